@@ -1,0 +1,68 @@
+"""Data-plane settings: listeners, limits and timeouts of one worker.
+
+Filled from `portico serve` / `portico controller` flags by the controller and handed to each
+worker when it starts (as JSON over its channel), so `proxy/` never parses command lines itself.
+Every field's default is the documented default of its flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    # Listeners (public). Port 0 disables a listener.
+    bind_address: str = "0.0.0.0"
+    http_port: int = 8080
+    https_port: int = 8443
+
+    # Request limits.
+    max_header_bytes: int = 32 * 1024  # request line + headers; 414 / 431 beyond
+    max_headers: int = 100  # header fields; 431 beyond
+    max_body_bytes: int = 0  # request body; 413 beyond; 0 = unlimited
+    max_connections: int = 10_000  # open client connections per worker
+
+    # Client-side timeouts (seconds).
+    client_header_timeout: float = 10.0  # first byte to end of head (slowloris)
+    client_body_timeout: float = 60.0  # between two reads of a request body
+    keepalive_timeout: float = 75.0  # idle between two requests on one connection
+
+    # Upstream timeouts (seconds) and pool.
+    upstream_connect_timeout: float = 5.0
+    upstream_send_timeout: float = 60.0  # between two writes of the request body
+    upstream_read_timeout: float = 60.0  # waiting for response head / between body reads
+    upstream_keepalive_timeout: float = 60.0  # idle pooled connection lifetime
+    upstream_keepalive_max: int = 64  # idle pooled connections per endpoint
+    upstream_max_attempts: int = 3  # distinct endpoints tried on connect failure
+    ejection_base: float = 1.0  # seconds an endpoint is ejected after a connect failure
+    ejection_max: float = 30.0  # cap of the doubling backoff
+
+    tunnel_idle_timeout: float = 3600.0  # WebSocket / upgraded connections
+
+    # X-Forwarded-* headers from these client networks are trusted and extended; from any other
+    # client they are overwritten.
+    trusted_proxies: tuple[str, ...] = ()
+
+    access_log: bool = True
+
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(ipaddress.ip_network(c, strict=False) for c in self.trusted_proxies)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ProxySettings:
+        raw: dict[str, Any] = json.loads(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        if "trusted_proxies" in values:
+            values["trusted_proxies"] = tuple(values["trusted_proxies"])
+        return cls(**values)
