@@ -52,6 +52,11 @@ class ProxySettings:
 
     access_log: bool = True
 
+    # Graceful shutdown (SIGTERM/SIGINT): /readyz fails at once, listeners stay open this long so
+    # load balancers notice, then in-flight requests get up to drain_timeout to finish.
+    shutdown_delay: float = 5.0
+    drain_timeout: float = 30.0
+
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(c, strict=False) for c in self.trusted_proxies)
 
