@@ -1,0 +1,141 @@
+"""The admin server: health, readiness, metrics and a snapshot summary for operators.
+
+Served by the controller process on `--admin-address:--admin-port` (127.0.0.1:10254 by default),
+never on the public listeners. `/healthz` says the controller's loop runs and workers are alive,
+`/readyz` turns 200 once every worker serves a snapshot built after the initial sync (and 503 as
+soon as a shutdown starts), `/metrics` is Prometheus text, and `/debug/snapshot` summarises the
+current snapshot without any key material.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from controller.compiler import Problem
+from controller.publisher import Publisher
+
+logger = logging.getLogger("portico.admin")
+
+
+class AdminState:
+    """What the admin endpoints report; owned and updated by the supervisor."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.shutting_down = False
+        self.problems: Sequence[Problem] = ()
+        self.workers_expected = 0
+        self.registry = CollectorRegistry()
+        self.snapshot_version = Gauge(
+            "portico_snapshot_version",
+            "Version of the newest published snapshot",
+            registry=self.registry,
+        )
+        self.problems_gauge = Gauge(
+            "portico_problems",
+            "Current configuration problems by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.workers_ready = Gauge(
+            "portico_workers_ready",
+            "Workers listening with an ACKed snapshot",
+            registry=self.registry,
+        )
+
+    def ready(self) -> bool:
+        return not self.shutting_down and self.publisher.ready()
+
+    def live_workers(self) -> int:
+        return sum(1 for link in self.publisher.links if link.alive)
+
+    def set_problems(self, problems: Sequence[Problem]) -> None:
+        self.problems = problems
+        self.problems_gauge.clear()
+        for reason, count in Counter(p.reason for p in problems).items():
+            self.problems_gauge.labels(reason=reason).set(count)
+
+    def summary(self) -> dict[str, Any]:
+        snapshot = self.publisher.current
+        doc: dict[str, Any] = {
+            "version": self.publisher.version,
+            "ready": self.ready(),
+            "workers": [
+                {
+                    "index": link.index,
+                    "alive": link.alive,
+                    "listening": link.listening,
+                    "acked_version": link.acked_version,
+                }
+                for link in self.publisher.links
+            ],
+            "problems": [
+                {"kind": p.kind, "ref": p.ref, "reason": p.reason, "message": p.message}
+                for p in self.problems
+            ],
+        }
+        if snapshot is not None:
+            routes = snapshot.routes
+            doc["virtual_hosts"] = [
+                {"host": vh.host, "rules": len(vh.rules), "tls": vh.tls_certificate}
+                for vh in routes.virtual_hosts
+            ]
+            doc["default_backend"] = None if routes.default is None else routes.default.backend
+            doc["backends"] = {
+                b.key: {"endpoints": len(b.endpoints), "unavailable": b.unavailable}
+                for b in snapshot.backends
+            }
+            # Names and validity only: certificate and key material never leave the workers.
+            doc["certificates"] = [
+                {"name": c.name, "hosts": list(c.hosts), "not_after": c.not_after}
+                for c in snapshot.certificates
+            ]
+        return doc
+
+
+def build_app(state: AdminState, alive: Callable[[], bool]) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        if alive() and (state.workers_expected == 0 or state.live_workers() > 0):
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="unhealthy\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if state.ready():
+            return web.Response(text="ready\n")
+        reason = "shutting down" if state.shutting_down else "not ready"
+        return web.Response(status=503, text=f"{reason}\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        state.snapshot_version.set(state.publisher.version)
+        state.workers_ready.set(
+            sum(1 for link in state.publisher.links if link.alive and link.listening)
+        )
+        body = generate_latest(state.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def debug_snapshot(_: web.Request) -> web.Response:
+        return web.json_response(state.summary())
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/snapshot", debug_snapshot)
+    return app
+
+
+async def start_admin(
+    state: AdminState, alive: Callable[[], bool], host: str, port: int
+) -> web.AppRunner:
+    runner = web.AppRunner(build_app(state, alive), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    logger.info("admin.listening", extra={"address": host, "port": port})
+    return runner

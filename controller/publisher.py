@@ -1,0 +1,200 @@
+"""The publisher: versions compiled snapshots and delivers them to every worker.
+
+It sits between the reconciler (which yields `CompileResult`s) and the workers' channels. Each new
+snapshot gets the next version; a snapshot equal to the current one is skipped. When only
+endpoint data changed (same routes, same certificates), workers get a small `EndpointsUpdate`
+with the changed backends instead of the whole snapshot. A full snapshot is encoded once and the
+same bytes go to every worker. Workers ACK or NACK each version; readiness means every live
+worker has ACKed a snapshot and is listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+
+from proxy.channel import ChannelClosed, Message, MessageType, Reply, read_message, send_message
+from proxy.config import (
+    EndpointsUpdate,
+    Snapshot,
+    encode_endpoints_update,
+    encode_snapshot,
+)
+
+logger = logging.getLogger("portico.publisher")
+
+
+@dataclass(eq=False)
+class WorkerLink:
+    """The controller's end of one worker's channel and what that worker has confirmed."""
+
+    index: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    acked_version: int = 0
+    listening: bool = False
+    alive: bool = True
+    # The version the worker will hold once it has applied everything sent so far; an endpoints
+    # update is only valid on top of exactly that version.
+    sent_version: int = 0
+    # Set by a NACK: the worker holds an older generation, so the next send must be a whole
+    # snapshot rather than an endpoints update on top of a version it does not have.
+    needs_full: bool = False
+    last_sent_update: bool = False
+    reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def changed_backends(old: Snapshot, new: Snapshot) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Keys of backends that differ between two snapshots: (changed or added, removed)."""
+    old_map = old.backend_map()
+    changed = []
+    for backend in new.backends:
+        previous = old_map.pop(backend.key, None)
+        # `is` first: the incremental compiler reuses unchanged Backend objects.
+        if previous is None or (previous is not backend and previous != backend):
+            changed.append(backend.key)
+    return tuple(changed), tuple(old_map)
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self._links: list[WorkerLink] = []
+        self._current: Snapshot | None = None
+        self._encoded: bytes = b""
+        self._version = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def current(self) -> Snapshot | None:
+        return self._current
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def links(self) -> tuple[WorkerLink, ...]:
+        return tuple(self._links)
+
+    def ready(self) -> bool:
+        """Every live worker listens and has ACKed a snapshot (at least the first one)."""
+        live = [link for link in self._links if link.alive]
+        return bool(live) and all(link.listening and link.acked_version > 0 for link in live)
+
+    async def publish(self, snapshot: Snapshot) -> int | None:
+        """Send `snapshot` to every worker; returns its version, or None when nothing changed."""
+        previous = self._current
+        if previous is not None and replace(snapshot, version=previous.version) == previous:
+            return None
+        self._version += 1
+        version = self._version
+        snapshot = replace(snapshot, version=version)
+        self._current = snapshot
+        self._encoded = encode_snapshot(snapshot)
+        update_bytes: bytes | None = None
+        if (
+            previous is not None
+            and snapshot.routes == previous.routes
+            and snapshot.certificates == previous.certificates
+        ):
+            changed, removed = changed_backends(previous, snapshot)
+            by_key = snapshot.backend_map()
+            update = EndpointsUpdate(
+                base_version=previous.version,
+                version=version,
+                backends=tuple(by_key[k] for k in changed),
+                removed=removed,
+            )
+            update_bytes = encode_endpoints_update(update)
+        for link in list(self._links):
+            if (
+                update_bytes is not None
+                and link.sent_version == version - 1
+                and not link.needs_full
+            ):
+                await self._send(link, Message(MessageType.ENDPOINTS, update_bytes), version)
+            else:
+                await self._send(link, Message(MessageType.SNAPSHOT, self._encoded), version)
+        logger.info(
+            "snapshot.published",
+            extra={
+                "version": version,
+                "kind": "endpoints" if update_bytes is not None else "full",
+                "bytes": len(update_bytes if update_bytes is not None else self._encoded),
+                "workers": len(self._links),
+            },
+        )
+        return version
+
+    async def attach(self, link: WorkerLink, settings_payload: bytes) -> None:
+        """Start talking to a new worker: settings first, then the current snapshot if any."""
+        self._links.append(link)
+        await self._send(link, Message(MessageType.SETTINGS, settings_payload), link.sent_version)
+        if self._current is not None:
+            await self._send(link, Message(MessageType.SNAPSHOT, self._encoded), self._version)
+        link.reader_task = asyncio.create_task(self._read_replies(link))
+
+    def detach(self, link: WorkerLink) -> None:
+        link.alive = False
+        if link in self._links:
+            self._links.remove(link)
+        if link.reader_task is not None:
+            link.reader_task.cancel()
+        link.writer.close()
+
+    async def drain_all(self) -> None:
+        for link in list(self._links):
+            await self._send(link, Message(MessageType.DRAIN), link.sent_version)
+
+    async def wait_change(self) -> None:
+        """Wait until some worker's ACK or readiness changes (for readiness waiters)."""
+        await self._changed.wait()
+        self._changed.clear()
+
+    async def _send(self, link: WorkerLink, message: Message, version: int) -> None:
+        if not link.alive:
+            return
+        try:
+            await send_message(link.writer, message)
+            link.sent_version = version
+            if message.type is MessageType.SNAPSHOT:
+                link.needs_full = False
+            link.last_sent_update = message.type is MessageType.ENDPOINTS
+        except (ConnectionError, OSError):
+            link.alive = False
+            logger.warning("worker.channel_lost", extra={"worker": link.index})
+
+    async def _read_replies(self, link: WorkerLink) -> None:
+        try:
+            while True:
+                message = await read_message(link.reader)
+                if message.type is MessageType.ACK:
+                    link.acked_version = max(
+                        link.acked_version, Reply.decode(message.payload).version
+                    )
+                elif message.type is MessageType.READY:
+                    link.listening = True
+                    logger.info("worker.ready", extra={"worker": link.index})
+                elif message.type is MessageType.NACK:
+                    reply = Reply.decode(message.payload)
+                    logger.error(
+                        "snapshot.nacked",
+                        extra={
+                            "worker": link.index,
+                            "version": reply.version,
+                            "reason": reply.reason,
+                        },
+                    )
+                    # The worker kept its previous generation, so updates on top of the refused
+                    # version cannot apply: resend the whole current snapshot when an update was
+                    # refused (a refused whole snapshot would only be refused again).
+                    link.needs_full = True
+                    if reply.version == self._version and link.last_sent_update:
+                        await self._send(
+                            link, Message(MessageType.SNAPSHOT, self._encoded), self._version
+                        )
+                self._changed.set()
+        except ChannelClosed:
+            link.alive = False
+            self._changed.set()

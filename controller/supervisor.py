@@ -1,0 +1,178 @@
+"""The supervisor: runs `portico serve`: source, publisher, workers and admin server.
+
+The controller process never serves traffic itself. It starts `--workers` worker processes
+(`python -m proxy.worker`), each with its own socketpair channel, feeds every compiled snapshot
+to them through the publisher, replaces a worker that dies (with backoff; the replacement gets
+the current snapshot before it binds), and on SIGTERM/SIGINT fails `/readyz` at once, keeps the
+listeners open for `shutdown_delay`, then tells the workers to drain and waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from controller.admin import AdminState, start_admin
+from controller.publisher import Publisher, WorkerLink
+from controller.reconciler import manifest_results
+from controller.settings import Settings
+
+logger = logging.getLogger("portico.supervisor")
+
+_RESTART_BACKOFF_MAX = 10.0
+_STABLE_AFTER = 30.0  # a worker that lived this long resets the restart backoff
+
+
+def default_worker_count() -> int:
+    """The pod's CPU quota (cgroup v2 `cpu.max`), else the CPUs this process may run on."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class WorkerSet:
+    """Spawns, watches and replaces the worker processes."""
+
+    def __init__(self, publisher: Publisher, settings_payload: bytes, log_level: str) -> None:
+        self._publisher = publisher
+        self._payload = settings_payload
+        self._log_level = log_level
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._links: dict[int, WorkerLink] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    async def start(self, count: int) -> None:
+        for index in range(count):
+            await self._spawn(index)
+            self._watchers.append(asyncio.create_task(self._watch(index)))
+
+    async def _spawn(self, index: int) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "proxy.worker",
+                "--channel-fd",
+                str(child.fileno()),
+                "--index",
+                str(index),
+                "--log-level",
+                self._log_level,
+                pass_fds=(child.fileno(),),
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        self._processes[index] = process
+        link = WorkerLink(index=index, reader=reader, writer=writer)
+        self._links[index] = link
+        await self._publisher.attach(link, self._payload)
+        logger.info("worker.started", extra={"worker": index, "pid": process.pid})
+
+    async def _watch(self, index: int) -> None:
+        backoff = 0.5
+        while True:
+            process = self._processes[index]
+            started = time.monotonic()
+            code = await process.wait()
+            link = self._links.pop(index, None)
+            if link is not None:
+                self._publisher.detach(link)
+            if self.stopping:
+                return
+            logger.error("worker.exited", extra={"worker": index, "code": code})
+            if time.monotonic() - started > _STABLE_AFTER:
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _RESTART_BACKOFF_MAX)
+            if self.stopping:
+                return
+            await self._spawn(index)
+
+    async def stop(self, grace: float) -> None:
+        """Wait up to `grace` seconds for drained workers to exit, then kill the rest."""
+        self.stopping = True
+        processes = list(self._processes.values())
+        waits = [asyncio.create_task(p.wait()) for p in processes]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for process in processes:
+                if process.returncode is None:
+                    logger.warning("worker.killed", extra={"pid": process.pid})
+                    process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for watcher in self._watchers:
+            watcher.cancel()
+
+
+async def serve(settings: Settings) -> int:
+    """Run the data plane on a manifest directory until SIGTERM/SIGINT; returns the exit code."""
+    if settings.manifests is None:
+        logger.error("serve.no_source", extra={"reason": "portico serve needs --manifests DIR"})
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    publisher = Publisher()
+    state = AdminState(publisher)
+    proxy_settings = settings.proxy_settings()
+    count = settings.workers or default_worker_count()
+    state.workers_expected = count
+    admin = await start_admin(
+        state, lambda: not loop.is_closed(), settings.admin_address, settings.admin_port
+    )
+    workers = WorkerSet(publisher, proxy_settings.to_json(), settings.log_level)
+    await workers.start(count)
+    logger.info(
+        "serve.started",
+        extra={
+            "manifests": str(settings.manifests),
+            "workers": count,
+            "http_port": proxy_settings.http_port,
+        },
+    )
+
+    async def publish_results() -> None:
+        assert settings.manifests is not None
+        async for result in manifest_results(settings.manifests, settings.compile_settings()):
+            state.set_problems(result.problems)
+            await publisher.publish(result.snapshot)
+
+    source = asyncio.create_task(publish_results())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({source, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if source.done() and not stopped.done():
+        # The source should run forever; if it fails, keep serving the last snapshot until told
+        # to stop rather than taking traffic down with it.
+        exc = source.exception()
+        logger.error("source.failed", extra={"reason": repr(exc)})
+        await stopped
+
+    state.shutting_down = True
+    logger.info("shutdown.started", extra={"delay": proxy_settings.shutdown_delay})
+    await asyncio.sleep(proxy_settings.shutdown_delay)
+    source.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await source
+    await publisher.drain_all()
+    await workers.stop(proxy_settings.drain_timeout + 5)
+    await admin.cleanup()
+    logger.info("shutdown.finished")
+    return 0

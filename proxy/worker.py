@@ -1,0 +1,177 @@
+"""Worker process entry: one uvloop event loop serving traffic from the snapshots it is sent.
+
+Started by the controller's supervisor as `python -m proxy.worker --channel-fd N --index I` with
+one end of a socketpair. The worker reads its settings, waits for its first snapshot, applies it,
+and only then binds its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot
+route. Every later snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last
+good generation). `DRAIN` or SIGTERM starts a graceful shutdown; if the channel breaks the worker
+keeps serving its last snapshot (it still dies with its parent, through PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from proxy.channel import (
+    ChannelClosed,
+    Message,
+    MessageType,
+    Reply,
+    read_message,
+    send_message,
+)
+from proxy.config import SnapshotError, decode_endpoints_update, decode_snapshot
+from proxy.logs import configure_logging
+from proxy.server import ProxyServer
+from proxy.settings import ProxySettings
+
+logger = logging.getLogger("portico.worker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM us when the controller dies, so no orphan holds the ports."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the channel EOF is all we get
+        pass
+
+
+def listener_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking listening socket with SO_REUSEPORT, so every worker binds its own."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    def __init__(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.index = index
+        self._reader = reader
+        self._writer = writer
+        self._server: ProxyServer | None = None
+        self._settings = ProxySettings()
+        self._listening = False
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        first = await read_message(self._reader)
+        if first.type is not MessageType.SETTINGS:
+            logger.error("worker.protocol_error", extra={"got": first.type.name})
+            return 2
+        self._settings = ProxySettings.from_json(first.payload)
+        self._server = ProxyServer(self._settings)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        # SIGINT from a terminal reaches the whole process group; the supervisor coordinates the
+        # shutdown and tells us through DRAIN.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        channel = asyncio.create_task(self._serve_channel())
+        await self._stop.wait()
+        channel.cancel()
+        logger.info("worker.draining", extra={"worker": self.index})
+        if self._listening:
+            await self._server.shutdown(self._settings.drain_timeout)
+        logger.info("worker.stopped", extra={"worker": self.index})
+        return 0
+
+    async def _serve_channel(self) -> None:
+        try:
+            while True:
+                message = await read_message(self._reader)
+                if message.type is MessageType.DRAIN:
+                    self._stop.set()
+                    return
+                if message.type in (MessageType.SNAPSHOT, MessageType.ENDPOINTS):
+                    await self._apply(message)
+        except ChannelClosed:
+            if not self._listening:
+                self._stop.set()  # never configured: nothing to keep serving
+            else:
+                logger.warning("worker.channel_lost", extra={"worker": self.index})
+
+    async def _apply(self, message: Message) -> None:
+        assert self._server is not None
+        version = -1
+        try:
+            if message.type is MessageType.SNAPSHOT:
+                snapshot = decode_snapshot(message.payload)
+                version = snapshot.version
+                self._server.apply(snapshot)
+            else:
+                update = decode_endpoints_update(message.payload)
+                version = update.version
+                self._server.apply_endpoints(update)
+        except (SnapshotError, ValueError) as exc:
+            logger.error(
+                "snapshot.rejected",
+                extra={"worker": self.index, "version": version, "reason": str(exc)},
+            )
+            await send_message(
+                self._writer, Message(MessageType.NACK, Reply(version, str(exc)).encode())
+            )
+            return
+        await send_message(self._writer, Message(MessageType.ACK, Reply(version).encode()))
+        if not self._listening:
+            await self._listen()
+            await send_message(self._writer, Message(MessageType.READY))
+
+    async def _listen(self) -> None:
+        assert self._server is not None
+        settings = self._settings
+        sock = listener_socket(settings.bind_address, settings.http_port)
+        await self._server.start(http_sock=sock)
+        self._listening = True
+        logger.info(
+            "worker.listening",
+            extra={
+                "worker": self.index,
+                "address": settings.bind_address,
+                "http_port": settings.http_port,
+            },
+        )
+
+
+async def _main(fd: int, index: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        return await Worker(index, reader, writer).run()
+    except ChannelClosed:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portico-worker")
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--log-level", default=os.environ.get("PORTICO_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    configure_logging(args.log_level)
+    import uvloop
+
+    return uvloop.run(_main(args.channel_fd, args.index))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
