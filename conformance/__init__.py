@@ -1,0 +1,1 @@
+"""Conformance: scenarios (objects + requests + expected answers), their runner and the echo pod."""
