@@ -1,0 +1,93 @@
+"""The snapshot JSON codec round-trips every field and rejects what it cannot read."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config import (
+    Backend,
+    Endpoint,
+    EndpointsUpdate,
+    PathRule,
+    RouteOptions,
+    RouteTable,
+    Snapshot,
+    SnapshotError,
+    TLSCertificate,
+    VirtualHost,
+    apply_endpoints_update,
+    decode_endpoints_update,
+    decode_snapshot,
+    encode_endpoints_update,
+    encode_snapshot,
+)
+
+
+def full_snapshot() -> Snapshot:
+    options = RouteOptions(ssl_redirect=True, balancer="least_request", read_timeout=5.0)
+    exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
+    prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
+    fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
+    routes = RouteTable(
+        (
+            VirtualHost("a.example", (exact, prefix), fallback, "ns/cert"),
+            VirtualHost("*.example", (prefix,)),
+            VirtualHost("", (prefix,)),
+        ),
+        default=fallback,
+    )
+    backends = (
+        Backend("ns/def/80", (), unavailable="ServiceNotFound"),
+        Backend(
+            "ns/web/80", (Endpoint("127.0.0.2", 8080, True, "ns/web-1"), Endpoint("::1", 81, False))
+        ),
+        Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
+    )
+    cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
+    return Snapshot(routes, backends, (cert,), version=7)
+
+
+def test_round_trip() -> None:
+    snapshot = full_snapshot()
+    assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+def test_key_never_in_repr() -> None:
+    assert "KEY" not in repr(full_snapshot())
+
+
+def test_endpoints_update_round_trip_and_apply() -> None:
+    snapshot = full_snapshot()
+    update = EndpointsUpdate(
+        7, 8, (Backend("ns/web/80", (Endpoint("127.0.0.3", 8080),)),), ("ns/def/80",)
+    )
+    assert decode_endpoints_update(encode_endpoints_update(update)) == update
+    applied = apply_endpoints_update(snapshot, update)
+    assert applied.version == 8
+    assert applied.routes is snapshot.routes
+    assert [b.key for b in applied.backends] == ["ns/web/80", "ns/web/http"]
+    with pytest.raises(SnapshotError):
+        apply_endpoints_update(applied, update)  # base version no longer matches
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[]",
+        b'{"schema": 99}',
+        b'{"schema": 1}',
+        encode_snapshot(Snapshot()).replace(b'"schema":1', b'"schema":2'),
+    ],
+)
+def test_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(data)
+
+
+def test_ready_endpoints_fall_back_to_terminating() -> None:
+    terminating = Endpoint("127.0.0.2", 80, ready=False)
+    ready = Endpoint("127.0.0.3", 80)
+    assert Backend("k", (terminating, ready)).ready_endpoints == (ready,)
+    assert Backend("k", (terminating,)).ready_endpoints == (terminating,)
+    assert Endpoint("fd00::1", 80).authority == "[fd00::1]:80"

@@ -1,0 +1,134 @@
+"""The publisher: versioning, skipping unchanged snapshots, endpoints-only updates, ACK/NACK."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from controller.publisher import Publisher, WorkerLink, changed_backends
+from proxy.channel import Message, MessageType, Reply, read_message, send_message
+from proxy.config import (
+    Backend,
+    Endpoint,
+    PathRule,
+    RouteTable,
+    Snapshot,
+    VirtualHost,
+    apply_endpoints_update,
+    decode_endpoints_update,
+    decode_snapshot,
+)
+
+
+def make_snapshot(*endpoints: str, host: str = "a.example") -> Snapshot:
+    rule = PathRule("/", "prefix", "default/web/80", "default/web", "default/web", 80, "Prefix")
+    routes = RouteTable((VirtualHost(host, (rule,)),))
+    backend = Backend("default/web/80", tuple(Endpoint(ip, 8080) for ip in endpoints))
+    return Snapshot(routes=routes, backends=(backend,))
+
+
+class FakeWorker:
+    """The worker end of a channel: records messages and ACKs (or NACKs) every version."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.messages: list[Message] = []
+        self.refuse: set[int] = set()
+        self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        while True:
+            message = await read_message(self.reader)
+            self.messages.append(message)
+            if message.type is MessageType.SNAPSHOT:
+                version = decode_snapshot(message.payload).version
+            elif message.type is MessageType.ENDPOINTS:
+                version = decode_endpoints_update(message.payload).version
+            else:
+                continue
+            if version in self.refuse:
+                reply = Message(MessageType.NACK, Reply(version, "refused").encode())
+            else:
+                reply = Message(MessageType.ACK, Reply(version).encode())
+            await send_message(self.writer, reply)
+            await send_message(self.writer, Message(MessageType.READY))
+
+
+async def connect(publisher: Publisher) -> tuple[WorkerLink, FakeWorker]:
+    a, b = socket.socketpair()
+    r1, w1 = await asyncio.open_unix_connection(sock=a)
+    r2, w2 = await asyncio.open_unix_connection(sock=b)
+    link = WorkerLink(index=0, reader=r1, writer=w1)
+    worker = FakeWorker(r2, w2)
+    await publisher.attach(link, b"{}")
+    return link, worker
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_versions_full_then_endpoints_update_then_skip() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    assert await publisher.publish(make_snapshot("127.0.0.2")) == 1
+    await wait_for(lambda: link.acked_version == 1)
+    assert publisher.ready()
+    # Same content again: nothing is sent.
+    assert await publisher.publish(make_snapshot("127.0.0.2")) is None
+    # Endpoint change only: a small update, which applies on top of version 1.
+    assert await publisher.publish(make_snapshot("127.0.0.2", "127.0.0.3")) == 2
+    await wait_for(lambda: link.acked_version == 2)
+    kinds = [m.type for m in worker.messages]
+    assert kinds == [MessageType.SETTINGS, MessageType.SNAPSHOT, MessageType.ENDPOINTS]
+    update = decode_endpoints_update(worker.messages[2].payload)
+    first = decode_snapshot(worker.messages[1].payload)
+    rebuilt = apply_endpoints_update(first, update)
+    assert rebuilt == publisher.current
+    # A route change is a whole snapshot.
+    assert await publisher.publish(make_snapshot("127.0.0.2", host="b.example")) == 3
+    await wait_for(lambda: link.acked_version == 3)
+    assert worker.messages[-1].type is MessageType.SNAPSHOT
+    worker.task.cancel()
+
+
+async def test_nack_of_update_resends_whole_snapshot() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    await wait_for(lambda: link.acked_version == 1)
+    worker.refuse.add(2)
+    await publisher.publish(make_snapshot("127.0.0.3"))
+    # The refused update is followed by the whole snapshot of version 2 (refused again here, so
+    # the worker keeps version 1 and the publisher does not loop).
+    await wait_for(lambda: len(worker.messages) >= 4)
+    await asyncio.sleep(0.05)
+    assert [m.type for m in worker.messages[2:]] == [MessageType.ENDPOINTS, MessageType.SNAPSHOT]
+    assert link.acked_version == 1 and link.needs_full
+    worker.refuse.clear()
+    await publisher.publish(make_snapshot("127.0.0.4"))
+    await wait_for(lambda: link.acked_version == 3)
+    assert worker.messages[-1].type is MessageType.SNAPSHOT
+    worker.task.cancel()
+
+
+async def test_late_worker_gets_current_snapshot() -> None:
+    publisher = Publisher()
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    link, worker = await connect(publisher)
+    await wait_for(lambda: link.acked_version == 1)
+    assert [m.type for m in worker.messages] == [MessageType.SETTINGS, MessageType.SNAPSHOT]
+    worker.task.cancel()
+
+
+def test_changed_backends() -> None:
+    old = make_snapshot("127.0.0.2")
+    new = Snapshot(
+        routes=old.routes,
+        backends=(old.backends[0], Backend("default/api/80", (Endpoint("127.0.0.9", 80),))),
+    )
+    assert changed_backends(old, new) == (("default/api/80",), ())
+    assert changed_backends(new, old) == ((), ("default/api/80",))
