@@ -63,7 +63,7 @@ class Publisher:
         self._current: Snapshot | None = None
         self._encoded: bytes = b""
         self._version = 0
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     @property
     def current(self) -> Snapshot | None:
@@ -147,10 +147,16 @@ class Publisher:
         for link in list(self._links):
             await self._send(link, Message(MessageType.DRAIN), link.sent_version)
 
-    async def wait_change(self) -> None:
-        """Wait until some worker's ACK or readiness changes (for readiness waiters)."""
-        await self._changed.wait()
-        self._changed.clear()
+    def applied(self, version: int) -> bool:
+        """Every live worker listens and has ACKed `version` or a later one."""
+        return self.ready() and all(
+            link.acked_version >= version for link in self._links if link.alive
+        )
+
+    async def wait_applied(self, version: int) -> None:
+        """Wait until every live worker serves `version` or later (e.g. before writing status)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.applied(version))
 
     async def _send(self, link: WorkerLink, message: Message, version: int) -> None:
         if not link.alive:
@@ -194,7 +200,11 @@ class Publisher:
                         await self._send(
                             link, Message(MessageType.SNAPSHOT, self._encoded), self._version
                         )
-                self._changed.set()
+                await self._notify()
         except ChannelClosed:
             link.alive = False
-            self._changed.set()
+            await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()

@@ -18,12 +18,19 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from controller.admin import AdminState, start_admin
+from controller.compiler import CompileResult
 from controller.publisher import Publisher, WorkerLink
 from controller.reconciler import manifest_results
 from controller.settings import Settings
+
+# What a source hands the supervisor: the stream of compile results, and an optional task that
+# runs beside the data plane with access to the publisher (cluster mode writes Ingress status).
+Results = AsyncIterator[CompileResult]
+Companion = Callable[[Publisher], Awaitable[None]]
 
 logger = logging.getLogger("portico.supervisor")
 
@@ -121,10 +128,23 @@ class WorkerSet:
 
 
 async def serve(settings: Settings) -> int:
-    """Run the data plane on a manifest directory until SIGTERM/SIGINT; returns the exit code."""
+    """`portico serve`: the data plane on a manifest directory until SIGTERM/SIGINT."""
     if settings.manifests is None:
         logger.error("serve.no_source", extra={"reason": "portico serve needs --manifests DIR"})
         return 2
+    return await supervise(
+        settings, manifest_results(settings.manifests, settings.compile_settings())
+    )
+
+
+async def supervise(
+    settings: Settings, results: Results, companion: Companion | None = None
+) -> int:
+    """Run workers, publisher and admin server on a stream of compile results until a signal.
+
+    Returns the process exit code. The stream should never end; if it fails, the workers keep
+    serving the last snapshot until the process is told to stop.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,35 +162,36 @@ async def serve(settings: Settings) -> int:
     await workers.start(count)
     logger.info(
         "serve.started",
-        extra={
-            "manifests": str(settings.manifests),
-            "workers": count,
-            "http_port": proxy_settings.http_port,
-        },
+        extra={"workers": count, "http_port": proxy_settings.http_port},
     )
 
     async def publish_results() -> None:
-        assert settings.manifests is not None
-        async for result in manifest_results(settings.manifests, settings.compile_settings()):
+        async for result in results:
             state.set_problems(result.problems)
             await publisher.publish(result.snapshot)
 
-    source = asyncio.create_task(publish_results())
+    tasks = [asyncio.create_task(publish_results())]
+    if companion is not None:
+        tasks.append(asyncio.create_task(companion(publisher)))
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({source, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if source.done() and not stopped.done():
-        # The source should run forever; if it fails, keep serving the last snapshot until told
-        # to stop rather than taking traffic down with it.
-        exc = source.exception()
-        logger.error("source.failed", extra={"reason": repr(exc)})
-        await stopped
+    pending: set[asyncio.Task[None]] = set(tasks)
+    while not stopped.done():
+        done, pending = await asyncio.wait(pending | {stopped}, return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(stopped)
+        for task in done - {stopped}:
+            if not task.cancelled() and task.exception() is not None:
+                # Keep serving the last snapshot rather than taking traffic down with the source.
+                logger.error("source.failed", extra={"reason": repr(task.exception())})
+        if not pending:
+            await stopped
 
     state.shutting_down = True
     logger.info("shutdown.started", extra={"delay": proxy_settings.shutdown_delay})
     await asyncio.sleep(proxy_settings.shutdown_delay)
-    source.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await source
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
     await publisher.drain_all()
     await workers.stop(proxy_settings.drain_timeout + 5)
     await admin.cleanup()

@@ -1,0 +1,238 @@
+"""`portico serve` end to end: a real controller process, real workers, real echo pods.
+
+The controller runs as a subprocess on a temporary manifest directory; echo backends listen on
+127.0.0.2/127.0.0.3; requests go through the worker's public port. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from conformance.echo import start_echo
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def manifests(service_ips: dict[str, list[str]], port: int, paths: dict[str, str]) -> str:
+    """An IngressClass, one Service + EndpointSlice per service, one Ingress for host svc.test."""
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressClass",
+            "metadata": {"name": "portico"},
+            "spec": {"controller": "portico.dev/ingress-controller"},
+        }
+    ]
+    for name, ips in service_ips.items():
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
+            }
+        )
+        docs.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-1",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            }
+        )
+    docs.append(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "svc", "namespace": "default"},
+            "spec": {
+                "ingressClassName": "portico",
+                "rules": [
+                    {
+                        "host": "svc.test",
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": path,
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": svc, "port": {"name": "http"}}},
+                                }
+                                for path, svc in paths.items()
+                            ]
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    return yaml.safe_dump_all(docs)
+
+
+class Portico:
+    def __init__(self, process: asyncio.subprocess.Process, http: int, admin: int) -> None:
+        self.process, self.http, self.admin = process, http, admin
+
+    async def get(self, session: aiohttp.ClientSession, path: str) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.http}{path}"
+        async with session.get(url, headers={"Host": "svc.test"}) as resp:
+            body = await resp.read()
+            try:
+                return resp.status, json.loads(body)
+            except ValueError:
+                return resp.status, {}
+
+    async def admin_status(self, session: aiohttp.ClientSession, path: str) -> int:
+        try:
+            async with session.get(f"http://127.0.0.1:{self.admin}{path}") as resp:
+                return resp.status
+        except aiohttp.ClientError:
+            return 0
+
+
+async def eventually(check: Callable[[], Any], limit: float = 10.0) -> None:
+    """Poll an async predicate until it holds, at most `limit` seconds."""
+    async with asyncio.timeout(limit):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def pods() -> AsyncIterator[int]:
+    port = free_port("127.0.0.2")
+    runners = [
+        await start_echo("127.0.0.2", port, "web", "web-1"),
+        await start_echo("127.0.0.3", port, "api", "api-1"),
+    ]
+    yield port
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def portico(tmp_path: Path, pods: int) -> AsyncIterator[Portico]:
+    (tmp_path / "app.yaml").write_text(
+        manifests({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods, {"/": "web"})
+    )
+    http, admin = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "serve",
+        "--manifests",
+        str(tmp_path),
+        "--http-port",
+        str(http),
+        "--admin-port",
+        str(admin),
+        "--workers",
+        "1",
+        "--shutdown-delay",
+        "1",
+        "--drain-timeout",
+        "5",
+        "--bind-address",
+        "127.0.0.1",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    instance = Portico(process, http, admin)
+    yield instance
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
+        assert await portico.admin_status(session, "/healthz") == 200
+        status, body = await portico.get(session, "/hello")
+        assert (status, body["service"], body["path"]) == (200, "web", "/hello")
+
+        # A route edit takes effect without a restart.
+        (tmp_path / "app.yaml").write_text(
+            manifests(
+                {"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods, {"/": "web", "/api": "api"}
+            )
+        )
+
+        async def api_routed() -> bool:
+            return (await portico.get(session, "/api/x"))[1].get("service") == "api"
+
+        await eventually(api_routed, 5)
+
+        # An endpoint-only change: web's pod moves to 127.0.0.3 (where the "api" echo answers).
+        (tmp_path / "app.yaml").write_text(
+            manifests(
+                {"web": ["127.0.0.3"], "api": ["127.0.0.3"]}, pods, {"/": "web", "/api": "api"}
+            )
+        )
+
+        async def moved() -> bool:
+            return (await portico.get(session, "/"))[1].get("pod") == "api-1"
+
+        await eventually(moved, 5)
+
+        async with session.get(f"http://127.0.0.1:{portico.admin}/debug/snapshot") as resp:
+            summary = await resp.json()
+        assert summary["version"] >= 3
+        assert summary["backends"]["default/web/http"]["endpoints"] == 1
+
+        # SIGTERM: not ready at once, still serving during the shutdown delay, then exit 0.
+        portico.process.send_signal(signal.SIGTERM)
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 503), 2)
+        status, _ = await portico.get(session, "/")
+        assert status == 200
+        async with asyncio.timeout(20):
+            assert await portico.process.wait() == 0
+
+
+async def test_killed_worker_is_replaced(portico: Portico) -> None:
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
+        async with session.get(f"http://127.0.0.1:{portico.admin}/debug/snapshot") as resp:
+            summary = await resp.json()
+        assert summary["workers"][0]["listening"]
+        worker_pids = _children(portico.process.pid)
+        assert len(worker_pids) == 1
+        os.kill(worker_pids[0], signal.SIGKILL)
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 503), 5)
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 10)
+        new_pids = _children(portico.process.pid)
+        assert new_pids and new_pids != worker_pids
+        status, body = await portico.get(session, "/")
+        assert (status, body["service"]) == (200, "web")
+
+
+async def _is(awaitable: Any, expected: int) -> bool:
+    return bool(await awaitable == expected)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
