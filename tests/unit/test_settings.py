@@ -1,0 +1,133 @@
+"""Settings: flags over environment over defaults, generated data-plane fields, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.settings import (
+    PROXY_FIELDS,
+    Settings,
+    SettingsError,
+    add_settings_arguments,
+    settings_from_args,
+)
+from proxy.settings import ProxySettings
+
+
+def _parse(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    return settings_from_args(parser.parse_args(argv), environ or {})
+
+
+def test_every_proxy_field_is_a_setting_with_the_same_default() -> None:
+    fields = Settings.model_fields
+    for f in dataclasses.fields(ProxySettings):
+        assert f.name in fields, f.name
+        assert fields[f.name].default == f.default, f.name
+        assert fields[f.name].description, f.name
+    assert set(PROXY_FIELDS) == {f.name for f in dataclasses.fields(ProxySettings)}
+
+
+def test_every_field_is_documented() -> None:
+    for name, info in Settings.model_fields.items():
+        assert info.description, name
+
+
+def test_defaults() -> None:
+    settings = _parse([])
+    assert settings.proxy_settings() == ProxySettings()
+    assert settings.manifests is None
+    assert settings.admin_port == 10254
+    assert settings.admin_address == "127.0.0.1"
+    assert settings.workers is None
+    assert settings.log_level == "info"
+    compile_settings = settings.compile_settings()
+    assert compile_settings.ingress_class == "portico"
+    assert compile_settings.controller_name == "portico.dev/ingress-controller"
+    assert compile_settings.watch_ingress_without_class is False
+    assert compile_settings.allow_external_name is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "field", "expected"),
+    [
+        (["--http-port", "81"], {}, "http_port", 81),
+        ([], {"PORTICO_HTTP_PORT": "82"}, "http_port", 82),
+        (["--http-port", "81"], {"PORTICO_HTTP_PORT": "82"}, "http_port", 81),
+        (["--manifests", "examples"], {}, "manifests", Path("examples")),
+        (["--workers", "3"], {}, "workers", 3),
+        ([], {"PORTICO_WORKERS": "auto"}, "workers", None),
+        (["--no-access-log"], {"PORTICO_ACCESS_LOG": "true"}, "access_log", False),
+        ([], {"PORTICO_ACCESS_LOG": "false"}, "access_log", False),
+        (["--watch-ingress-without-class"], {}, "watch_ingress_without_class", True),
+        ([], {"PORTICO_ALLOW_EXTERNAL_NAME": "1"}, "allow_external_name", True),
+        (["--log-level", "DEBUG"], {}, "log_level", "debug"),
+        (["--upstream-read-timeout", "2.5"], {}, "upstream_read_timeout", 2.5),
+        (["--default-certificate", "ns/cert"], {}, "default_certificate", "ns/cert"),
+        (
+            ["--trusted-proxies", "10.0.0.0/8, 192.168.1.1"],
+            {},
+            "trusted_proxies",
+            ("10.0.0.0/8", "192.168.1.1"),
+        ),
+        ([], {"PORTICO_TRUSTED_PROXIES": ""}, "trusted_proxies", ()),
+    ],
+)
+def test_sources(argv: list[str], environ: dict[str, str], field: str, expected: Any) -> None:
+    assert getattr(_parse(argv, environ), field) == expected
+
+
+def test_proxy_settings_carry_the_values() -> None:
+    settings = _parse(["--https-port", "0", "--trusted-proxies", "10.0.0.0/8"])
+    proxy = settings.proxy_settings()
+    assert proxy.https_port == 0
+    assert proxy.trusted_proxies == ("10.0.0.0/8",)
+    assert ProxySettings.from_json(proxy.to_json()) == proxy
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "named"),
+    [
+        (["--http-port", "eighty"], {}, "--http-port"),
+        (["--http-port", "70000"], {}, "--http-port"),
+        ([], {"PORTICO_ADMIN_PORT": "-1"}, "PORTICO_ADMIN_PORT"),
+        (["--workers", "0"], {}, "--workers"),
+        (["--trusted-proxies", "10.0.0.0/8,not-a-network"], {}, "--trusted-proxies"),
+        (["--log-level", "loud"], {}, "--log-level"),
+        (["--default-certificate", "no-namespace"], {}, "--default-certificate"),
+        (["--bind-address", "localhost:80"], {}, "--bind-address"),
+        ([], {"PORTICO_KEEPALIVE_TIMEOUT": "-5"}, "PORTICO_KEEPALIVE_TIMEOUT"),
+        (["--ingress-class", ""], {}, "--ingress-class"),
+    ],
+)
+def test_invalid_values_name_their_source(
+    argv: list[str], environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=named):
+        _parse(argv, environ)
+
+
+def test_settings_are_frozen() -> None:
+    settings = _parse([])
+    with pytest.raises(ValueError):
+        settings.http_port = 1  # type: ignore[misc]
+
+
+def test_unknown_setting_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="nonsense"):
+        Settings.from_sources({"nonsense": 1}, {})
+
+
+def test_help_lists_env_and_default() -> None:
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    text = parser.format_help()
+    assert "PORTICO_HTTP_PORT" in text
+    assert "--max-header-bytes" in text
+    assert "--no-access-log" in text
