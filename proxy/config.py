@@ -147,6 +147,9 @@ class Snapshot:
     backends: tuple[Backend, ...] = ()  # sorted by key
     certificates: tuple[TLSCertificate, ...] = ()  # sorted by name
     version: int = 0
+    # The certificate (a name in `certificates`) for handshakes no host certificate covers, from
+    # `--default-certificate`; None: each worker uses a self-signed one.
+    default_certificate: str | None = None
 
     def backend_map(self) -> dict[str, Backend]:
         return {b.key: b for b in self.backends}
@@ -248,6 +251,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             }
             for c in snapshot.certificates
         ],
+        "default_certificate": snapshot.default_certificate,
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -294,6 +298,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
                 for c in doc["certificates"]
             ),
             version=int(doc["version"]),
+            default_certificate=doc.get("default_certificate"),
         )
     except SnapshotError:
         raise
@@ -344,4 +349,5 @@ def apply_endpoints_update(snapshot: Snapshot, update: EndpointsUpdate) -> Snaps
         backends=tuple(merged[k] for k in sorted(merged)),
         certificates=snapshot.certificates,
         version=update.version,
+        default_certificate=snapshot.default_certificate,
     )

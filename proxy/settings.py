@@ -52,6 +52,12 @@ class ProxySettings:
 
     access_log: bool = True
 
+    # TLS on the HTTPS listener.
+    tls_min_version: str = "1.2"  # "1.2" or "1.3"
+    hsts: bool = True  # Strict-Transport-Security on HTTPS responses
+    hsts_max_age: int = 31_536_000
+    hsts_include_subdomains: bool = True
+
     # Graceful shutdown (SIGTERM/SIGINT): /readyz fails at once, listeners stay open this long so
     # load balancers notice, then in-flight requests get up to drain_timeout to finish.
     shutdown_delay: float = 5.0

@@ -44,7 +44,7 @@ def full_snapshot() -> Snapshot:
         Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
     )
     cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
-    return Snapshot(routes, backends, (cert,), version=7)
+    return Snapshot(routes, backends, (cert,), version=7, default_certificate="ns/cert")
 
 
 def test_round_trip() -> None:
