@@ -1,0 +1,204 @@
+"""The compiler: store contents in, routing snapshot and problems out.
+
+`compile_view` is the pure, total function the reconciler and `portico explain` call; `Compiler`
+gives the same output incrementally: it caches each Ingress's validated part and each TLS
+Secret's check by object identity, and when only EndpointSlices changed since its last call it
+rebuilds just the affected backends and reuses the compiled routes (the very same RouteTable
+object, so the publisher can send an endpoints-only update).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from controller.compiler.backends import BackendUse, resolve_backend
+from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
+from controller.compiler.problems import Problem
+from controller.compiler.settings import CompileSettings
+from controller.compiler.tls import LoadedCertificate, load_certificate
+from controller.objects import Ingress, IngressClass, Secret
+from controller.store import Store
+from proxy.config import Backend, Snapshot
+
+__all__ = [
+    "CompileResult",
+    "CompileSettings",
+    "Compiler",
+    "Problem",
+    "compile_view",
+]
+
+logger = logging.getLogger(__name__)
+
+_NO_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    snapshot: Snapshot
+    problems: tuple[Problem, ...]  # sorted by (kind, ref, reason, message)
+    owned: tuple[str, ...]  # refs of the Ingresses that are ours, sorted
+    ignored: Mapping[str, str] = field(default_factory=dict)  # ref -> why it is not ours
+
+
+def _precedence(ingress: Ingress) -> tuple[datetime, str]:
+    # Oldest first; an Ingress without a creationTimestamp (a manifest file) sorts after all
+    # dated ones; ties by namespace/name.
+    return (ingress.creation_timestamp or _NO_TIME, ingress.ref)
+
+
+class Compiler:
+    """Incremental compiler; `compile(store)` equals `compile_view(store, settings)`."""
+
+    def __init__(self, settings: CompileSettings) -> None:
+        self.settings = settings
+        self._parts: dict[tuple[str, str], tuple[Ingress, IngressPart]] = {}
+        self._certs: dict[tuple[str, str], tuple[Secret | None, LoadedCertificate | str]] = {}
+        self._store_id: int | None = None
+        self._revision = -1
+        self._routes_revision = -1
+        self._last: CompileResult | None = None
+        self._backends: dict[str, Backend] = {}
+        self._uses_by_service: dict[tuple[str, str], list[BackendUse]] = {}
+
+    def compile(self, store: Store, *, now: datetime | None = None) -> CompileResult:
+        """The next result; endpoints-only changes reuse the previous routes.
+
+        `now` (default: the current time) decides certificate expiry; it is applied on full
+        compiles, so a caller that wants expiry noticed without any change passes `now` through
+        `compile_view` periodically.
+        """
+        last = self._last
+        if (
+            last is not None
+            and self._store_id == store.id
+            and store.routes_revision == self._routes_revision
+        ):
+            if store.revision == self._revision:
+                return last
+            return self._update_endpoints(store, last)
+        return self._full(store, now or datetime.now(UTC))
+
+    # ---- full compile ---------------------------------------------------------------------------
+
+    def _part(self, ingress: Ingress) -> IngressPart:
+        key = (ingress.namespace, ingress.name)
+        cached = self._parts.get(key)
+        if cached is not None and cached[0] is ingress:
+            return cached[1]
+        part = compile_ingress(ingress)
+        self._parts[key] = (ingress, part)
+        return part
+
+    def _certificate(self, store: Store, namespace: str, name: str) -> LoadedCertificate | str:
+        obj = store.get("Secret", namespace, name)
+        secret = obj if isinstance(obj, Secret) else None
+        key = (namespace, name)
+        cached = self._certs.get(key)
+        if cached is not None and cached[0] is secret:
+            return cached[1]
+        loaded = load_certificate(secret, f"{namespace}/{name}")
+        self._certs[key] = (secret, loaded)
+        return loaded
+
+    def _full(self, store: Store, now: datetime) -> CompileResult:
+        settings = self.settings
+        classes = {c.name: c for c in store.objects("IngressClass") if isinstance(c, IngressClass)}
+        ours: list[Ingress] = []
+        ignored: dict[str, str] = {}
+        for obj in store.objects("Ingress"):
+            if not isinstance(obj, Ingress):
+                continue
+            why = classify(obj, classes, settings)
+            if why is None:
+                ours.append(obj)
+            else:
+                ignored[obj.ref] = why
+        ours.sort(key=_precedence)
+        parts = [self._part(i) for i in ours]
+        # Drop cache entries of Ingresses that are gone or no longer ours.
+        live = {(i.namespace, i.name) for i in ours}
+        for key in [k for k in self._parts if k not in live]:
+            del self._parts[key]
+        referenced: set[tuple[str, str]] = set()
+
+        def certificate(namespace: str, name: str) -> LoadedCertificate | str:
+            referenced.add((namespace, name))
+            return self._certificate(store, namespace, name)
+
+        assembly = assemble(parts, certificate, now)
+        for key in [k for k in self._certs if k not in referenced]:
+            del self._certs[key]
+
+        problems = list(assembly.problems)
+        backends: dict[str, Backend] = {}
+        by_service: dict[tuple[str, str], list[BackendUse]] = {}
+        for backend_key in sorted(assembly.uses):
+            use = assembly.uses[backend_key]
+            backend, backend_problems = resolve_backend(store, use, settings)
+            backends[backend_key] = backend
+            problems.extend(backend_problems)
+            by_service.setdefault((use.namespace, use.service), []).append(use)
+
+        snapshot = Snapshot(
+            routes=assembly.routes,
+            backends=tuple(backends.values()),  # keys were visited sorted
+            certificates=assembly.certificates,
+        )
+        result = CompileResult(
+            snapshot=snapshot,
+            problems=tuple(sorted(set(problems))),
+            owned=tuple(sorted(i.ref for i in ours)),
+            ignored=dict(sorted(ignored.items())),
+        )
+        self._store_id = store.id
+        self._revision = store.revision
+        self._routes_revision = store.routes_revision
+        self._backends = backends
+        self._uses_by_service = by_service
+        self._last = result
+        logger.debug(
+            "compiler.full",
+            extra={
+                "ingresses": len(ours),
+                "ignored": len(ignored),
+                "virtual_hosts": len(snapshot.routes.virtual_hosts),
+                "backends": len(backends),
+                "problems": len(result.problems),
+            },
+        )
+        return result
+
+    # ---- endpoints only -------------------------------------------------------------------------
+
+    def _update_endpoints(self, store: Store, last: CompileResult) -> CompileResult:
+        changed = store.endpoint_changes_since(self._revision)
+        rebuilt = 0
+        for svc in changed:
+            for use in self._uses_by_service.get(svc, ()):
+                # Problems depend on the Service alone, which has not changed: keep the old ones.
+                backend, _ = resolve_backend(store, use, self.settings)
+                self._backends[use.key] = backend
+                rebuilt += 1
+        self._revision = store.revision
+        if rebuilt == 0:
+            return last
+        snapshot = Snapshot(
+            routes=last.snapshot.routes,
+            backends=tuple(self._backends.values()),
+            certificates=last.snapshot.certificates,
+        )
+        result = CompileResult(snapshot, last.problems, last.owned, last.ignored)
+        self._last = result
+        logger.debug("compiler.endpoints", extra={"services": len(changed), "backends": rebuilt})
+        return result
+
+
+def compile_view(
+    store: Store, settings: CompileSettings, *, now: datetime | None = None
+) -> CompileResult:
+    """Compile everything from scratch: pure (given `now`), total, deterministic."""
+    return Compiler(settings).compile(store, now=now)

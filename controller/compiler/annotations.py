@@ -1,0 +1,161 @@
+"""Ingress annotations -> typed, validated route options.
+
+Annotations are free-form strings on an Ingress; here each one we support is parsed into a typed
+value with a strict grammar (nothing is ever rendered into text parsed again). An invalid value
+becomes an `AnnotationError` (reported by the compiler as `InvalidAnnotation`) and is ignored;
+unknown annotations are ignored silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from proxy.config import DEFAULT_OPTIONS, RouteOptions
+
+PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
+
+_DNS_NAME: Final = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_TIMEOUT: Final = re.compile(r"^([0-9]{1,9})s?$")
+_SIZE: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
+_SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationError:
+    annotation: str  # the full annotation name as written
+    value: str
+    reason: str
+
+    def message(self) -> str:
+        return f"annotation {self.annotation}: invalid value {self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressOptions:
+    """What an Ingress's annotations say. `ssl_redirect` None: default (redirect TLS hosts)."""
+
+    route: RouteOptions = DEFAULT_OPTIONS  # ssl_redirect is left False here; set per host
+    ssl_redirect: bool | None = None
+    force_ssl_redirect: bool = False
+
+    def redirect(self, host_has_tls: bool) -> bool:
+        if self.force_ssl_redirect:
+            return True
+        return host_has_tls and self.ssl_redirect is not False
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise _Invalid('expected "true" or "false"')
+
+
+def _balancer(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered == "round_robin":
+        return "round_robin"
+    if lowered in ("ewma", "least_request"):
+        return "least_request"
+    raise _Invalid('expected "round_robin", "ewma" or "least_request"')
+
+
+def _protocol(value: str) -> str:
+    upper = value.strip().upper()
+    if upper in ("HTTP", "HTTPS"):
+        return upper
+    raise _Invalid('expected "HTTP" or "HTTPS"')
+
+
+def _server_name(value: str) -> str:
+    lowered = value.strip().lower()
+    if not _DNS_NAME.match(lowered):
+        raise _Invalid("expected a DNS name")
+    return lowered
+
+
+def _timeout(value: str) -> float:
+    m = _TIMEOUT.match(value.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise _Invalid('expected a positive number of seconds, like "10" or "10s"')
+    return float(m.group(1))
+
+
+def _size(value: str) -> int:
+    m = _SIZE.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a size like "0" (unlimited), "512k", "1m" or "1g"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+# annotation suffix -> (parser, RouteOptions field or IngressOptions field)
+_PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
+    "ssl-redirect": (_bool, "ssl_redirect"),
+    "force-ssl-redirect": (_bool, "force_ssl_redirect"),
+    "load-balance": (_balancer, "balancer"),
+    "backend-protocol": (_protocol, "upstream_protocol"),
+    "proxy-ssl-name": (_server_name, "upstream_server_name"),
+    "proxy-connect-timeout": (_timeout, "connect_timeout"),
+    "proxy-read-timeout": (_timeout, "read_timeout"),
+    "proxy-send-timeout": (_timeout, "send_timeout"),
+    "proxy-body-size": (_size, "max_body_size"),
+}
+_INGRESS_FIELDS: Final = frozenset({"ssl_redirect", "force_ssl_redirect"})
+
+_cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
+_CACHE_MAX: Final = 4096
+
+
+def parse_annotations(
+    annotations: Mapping[str, str],
+) -> tuple[IngressOptions, tuple[AnnotationError, ...]]:
+    """Parse the annotations we support; the `portico.dev/` prefix wins over `nginx.…/`."""
+    relevant = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(PREFIXES)))
+    if not relevant:
+        return IngressOptions(), ()
+    # Thousands of Ingresses usually share a handful of annotation sets.
+    cached = _cache.get(relevant)
+    if cached is not None:
+        return cached
+    values: dict[str, Any] = {}
+    errors: list[AnnotationError] = []
+    # nginx prefix first so the portico prefix overrides it.
+    for prefix in PREFIXES:
+        for name, value in relevant:
+            if not name.startswith(prefix):
+                continue
+            entry = _PARSERS.get(name[len(prefix) :])
+            if entry is None:
+                continue
+            parser, field = entry
+            try:
+                values[field] = parser(value)
+            except _Invalid as exc:
+                errors.append(AnnotationError(name, value, str(exc)))
+    route_values = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
+    result = (
+        IngressOptions(
+            route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
+            if route_values
+            else DEFAULT_OPTIONS,
+            ssl_redirect=values.get("ssl_redirect"),
+            force_ssl_redirect=bool(values.get("force_ssl_redirect", False)),
+        ),
+        tuple(errors),
+    )
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[relevant] = result
+    return result

@@ -1,0 +1,479 @@
+"""Ingress semantics: class selection, hosts, paths, precedence, defaultBackend, conflicts, TLS.
+
+Two stages. `compile_ingress` turns one Ingress into an `IngressPart` (validated path rules,
+fallbacks, TLS entries, its own problems); it depends on that Ingress alone, so the incremental
+compiler caches parts per Ingress object. `assemble` merges the parts of all our Ingresses in
+precedence order (oldest first, then namespace/name) into a RouteTable, resolving conflicts and
+attaching certificates; the backends the surviving rules use are returned for `backends.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from controller.compiler.annotations import parse_annotations
+from controller.compiler.backends import BackendUse, backend_key
+from controller.compiler.problems import (
+    DEFAULT_BACKEND_CONFLICT,
+    INVALID_ANNOTATION,
+    INVALID_BACKEND,
+    INVALID_HOST,
+    INVALID_PATH,
+    INVALID_PATH_TYPE,
+    PATH_CONFLICT,
+    SECRET_INVALID,
+    UNSUPPORTED_BACKEND,
+    Problem,
+)
+from controller.compiler.settings import CompileSettings
+from controller.compiler.tls import LoadedCertificate, check_validity, covers
+from controller.objects import Ingress, IngressBackend, IngressClass
+from proxy.config import MatchKind, PathRule, RouteOptions, RouteTable, TLSCertificate, VirtualHost
+
+LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
+PATH_TYPES: Final[Mapping[str, MatchKind]] = {
+    "Exact": "exact",
+    "Prefix": "prefix",
+    "ImplementationSpecific": "prefix",
+}
+
+_DNS_SUBDOMAIN: Final = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+# RFC 3986 path characters (pchar plus "/"); "%" must start a percent-escape.
+_PATH_CHARS: Final = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
+# Sequences the API server rejects in Exact and Prefix paths.
+_BAD_SEQUENCES: Final = ("//", "/./", "/../", "%2f", "%2F")
+_BAD_SUFFIXES: Final = ("/..", "/.")
+
+
+# ---- class selection --------------------------------------------------------------------------
+
+
+def classify(
+    ingress: Ingress, classes: Mapping[str, IngressClass], settings: CompileSettings
+) -> str | None:
+    """None if the Ingress is ours, else the reason it is not."""
+    if ingress.ingress_class_name is not None:
+        cls = classes.get(ingress.ingress_class_name)
+        if cls is None:
+            return f"IngressClass {ingress.ingress_class_name!r} not found"
+        if cls.controller != settings.controller_name:
+            return (
+                f"class {ingress.ingress_class_name!r} is not ours (controller {cls.controller!r})"
+            )
+        return None
+    legacy = ingress.annotations.get(LEGACY_CLASS_ANNOTATION)
+    if legacy is not None:
+        if legacy == settings.ingress_class:
+            return None
+        return f"class {legacy!r} is not ours (annotation {LEGACY_CLASS_ANNOTATION})"
+    if settings.watch_ingress_without_class:
+        return None
+    if any(c.is_default and c.controller == settings.controller_name for c in classes.values()):
+        return None
+    return "no ingress class, and no default IngressClass of ours"
+
+
+# ---- one Ingress ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=65536)
+def host_error(host: str) -> str | None:
+    """Why a (lower-cased) rule host is invalid, or None."""
+    name = host[2:] if host.startswith("*.") else host
+    if "*" in name:
+        return "a wildcard must be the whole first label, as in *.example.com"
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return "must be a DNS name, not an IP address"
+    if not _DNS_SUBDOMAIN.match(name):
+        return "not a valid DNS-1123 name"
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def path_error(path: str, path_type: str) -> str | None:
+    """Why a path is invalid for its pathType, or None."""
+    if not _PATH_CHARS.match(path):
+        if not path.startswith("/"):
+            return 'must start with "/"'
+        return "contains characters not allowed in a URL path"
+    if path_type != "ImplementationSpecific":
+        for seq in _BAD_SEQUENCES:
+            if seq in path:
+                return f"must not contain {seq!r}"
+        for suffix in _BAD_SUFFIXES:
+            if path.endswith(suffix):
+                return f"must not end with {suffix!r}"
+    return None
+
+
+def normalize_path(path: str, match: MatchKind) -> str:
+    """Prefix paths lose their trailing "/" (element-wise matching), "/" stays "/"."""
+    if match == "prefix" and len(path) > 1 and path.endswith("/"):
+        stripped = path.rstrip("/")
+        return stripped or "/"
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRef:
+    key: str
+    namespace: str
+    service: str
+    port: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEntry:
+    host: str
+    rule: PathRule
+    backend: BackendRef
+    text: str  # "(rule host=a.com path=/api)" for problem messages
+
+
+@dataclass(frozen=True, slots=True)
+class TLSEntry:
+    secret: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IngressPart:
+    """What one Ingress contributes, validated, before merging with other Ingresses."""
+
+    ref: str
+    namespace: str
+    hosts: tuple[str, ...]  # valid rule hosts ("" for host-less), in order of appearance
+    entries: tuple[RuleEntry, ...]
+    fallbacks: tuple[RuleEntry, ...]  # per host: the defaultBackend (Ingress with rules)
+    default: RuleEntry | None  # the defaultBackend of an Ingress without rules
+    tls: tuple[TLSEntry, ...]
+    problems: tuple[Problem, ...]
+
+
+def _rule_text(host: str, path: str | None) -> str:
+    where = f"host={host} " if host else ""
+    return f"(rule {where}path={path})"
+
+
+def _backend(
+    ingress: Ingress, backend: IngressBackend, text: str, problems: list[Problem]
+) -> BackendRef | None:
+    ref = ingress.ref
+    if backend.service is None:
+        if backend.resource is not None:
+            res = backend.resource
+            problems.append(
+                Problem(
+                    "Ingress",
+                    ref,
+                    UNSUPPORTED_BACKEND,
+                    f"resource backend {res.kind} {res.name!r} is not supported {text}",
+                )
+            )
+        else:
+            problems.append(Problem("Ingress", ref, INVALID_BACKEND, f"no service backend {text}"))
+        return None
+    svc = backend.service
+    port = svc.port
+    if port is None or port == "":
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                INVALID_BACKEND,
+                f'service "{svc.name}" needs a port number or name {text}',
+            )
+        )
+        return None
+    if isinstance(port, int) and not 0 < port < 65536:
+        problems.append(
+            Problem("Ingress", ref, INVALID_BACKEND, f"port {port} is out of range {text}")
+        )
+        return None
+    return BackendRef(
+        backend_key(ingress.namespace, svc.name, port), ingress.namespace, svc.name, port
+    )
+
+
+def _rule(
+    ingress: Ingress,
+    backend: BackendRef,
+    options: RouteOptions,
+    *,
+    path: str = "/",
+    match: MatchKind = "prefix",
+    path_type: str | None = None,
+) -> PathRule:
+    return PathRule(
+        path=path,
+        match=match,
+        backend=backend.key,
+        ingress=ingress.ref,
+        service=f"{backend.namespace}/{backend.service}",
+        port=backend.port,
+        path_type=path_type,
+        options=options,
+    )
+
+
+def compile_ingress(ingress: Ingress) -> IngressPart:
+    """Validate one Ingress into its part; every rejected rule becomes a problem."""
+    ref = ingress.ref
+    problems: list[Problem] = []
+    opts, errors = parse_annotations(ingress.annotations)
+    problems.extend(Problem("Ingress", ref, INVALID_ANNOTATION, e.message()) for e in errors)
+
+    tls = tuple(
+        TLSEntry(t.secret_name or "", tuple(h.strip().lower() for h in t.hosts))
+        for t in ingress.tls
+    )
+    tls_hosts = tuple(h for t in tls for h in t.hosts)
+    plain = opts.route
+    redirected = dataclasses.replace(plain, ssl_redirect=True)
+
+    def options_for(host: str) -> RouteOptions:
+        has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
+        return redirected if opts.redirect(has_tls) else plain
+
+    hosts: dict[str, RouteOptions] = {}
+    entries: list[RuleEntry] = []
+    for rule in ingress.rules:
+        host = (rule.host or "").strip().lower()
+        if host:
+            err = host_error(host)
+            if err is not None:
+                problems.append(
+                    Problem(
+                        "Ingress", ref, INVALID_HOST, f'host "{rule.host}": {err}; rule dropped'
+                    )
+                )
+                continue
+        host_opts = hosts.get(host)
+        if host_opts is None:
+            host_opts = hosts[host] = options_for(host)
+        for p in rule.paths:
+            text = _rule_text(host, p.path)
+            if p.path_type is None:
+                problems.append(
+                    Problem("Ingress", ref, INVALID_PATH_TYPE, f"pathType is required {text}")
+                )
+                continue
+            match = PATH_TYPES.get(p.path_type)
+            if match is None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        ref,
+                        INVALID_PATH_TYPE,
+                        f"pathType {p.path_type!r} is not Exact, Prefix or "
+                        f"ImplementationSpecific {text}",
+                    )
+                )
+                continue
+            path = p.path
+            if not path:
+                if p.path_type != "ImplementationSpecific":
+                    problems.append(
+                        Problem("Ingress", ref, INVALID_PATH, f"path is required {text}")
+                    )
+                    continue
+                path = "/"
+            err = path_error(path, p.path_type)
+            if err is not None:
+                problems.append(Problem("Ingress", ref, INVALID_PATH, f"path {err} {text}"))
+                continue
+            backend = _backend(ingress, p.backend, text, problems)
+            if backend is None:
+                continue
+            rule_obj = _rule(
+                ingress,
+                backend,
+                host_opts,
+                path=normalize_path(path, match),
+                match=match,
+                path_type=p.path_type,
+            )
+            entries.append(RuleEntry(host, rule_obj, backend, text))
+
+    fallbacks: list[RuleEntry] = []
+    default: RuleEntry | None = None
+    if ingress.default_backend is not None:
+        text = "(defaultBackend)"
+        backend = _backend(ingress, ingress.default_backend, text, problems)
+        if backend is not None:
+            if ingress.rules:
+                for host, host_opts in hosts.items():
+                    rule_obj = _rule(ingress, backend, host_opts)
+                    fallbacks.append(RuleEntry(host, rule_obj, backend, text))
+            else:
+                rule_obj = _rule(ingress, backend, options_for(""))
+                default = RuleEntry("", rule_obj, backend, text)
+    return IngressPart(
+        ref=ref,
+        namespace=ingress.namespace,
+        hosts=tuple(hosts),
+        entries=tuple(entries),
+        fallbacks=tuple(fallbacks),
+        default=default,
+        tls=tls,
+        problems=tuple(problems),
+    )
+
+
+# ---- all Ingresses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    routes: RouteTable
+    certificates: tuple[TLSCertificate, ...]
+    problems: tuple[Problem, ...]
+    uses: Mapping[str, BackendUse]  # backend key -> the surviving rules using it
+
+
+def _rule_order(rule: PathRule) -> tuple[int, int, str]:
+    # Longest path first; Exact before Prefix at equal length; then by path for determinism.
+    return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
+
+
+def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
+    b = entry.backend
+    use = uses.get(b.key)
+    if use is None:
+        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+    use.users.append((ref, entry.text))
+
+
+def assemble(
+    parts: Iterable[IngressPart],
+    certificate: Callable[[str, str], LoadedCertificate | str],
+    now: datetime,
+) -> Assembly:
+    """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS."""
+    problems: list[Problem] = []
+    uses: dict[str, BackendUse] = {}
+    by_host: dict[str, dict[tuple[str, str], PathRule]] = {}
+    fallback: dict[str, PathRule] = {}
+    host_cert: dict[str, str] = {}
+    certificates: dict[str, TLSCertificate] = {}
+    default: PathRule | None = None
+    parts = list(parts)
+
+    for part in parts:
+        ref = part.ref
+        problems.extend(part.problems)
+        for host in part.hosts:
+            if host not in by_host:
+                by_host[host] = {}
+        for entry in part.entries:
+            slot = by_host[entry.host]
+            rule = entry.rule
+            key = (rule.path, rule.match)
+            prev = slot.get(key)
+            if prev is None:
+                slot[key] = rule
+                _use(uses, entry, ref)
+                continue
+            owner = (
+                "an earlier path of this Ingress"
+                if prev.ingress == ref
+                else f"Ingress {prev.ingress}, which is older or sorts first"
+            )
+            problems.append(
+                Problem(
+                    "Ingress",
+                    ref,
+                    PATH_CONFLICT,
+                    f"{rule.match} path {rule.path} on host {entry.host or '<any>'} is already "
+                    f"claimed by {owner} {entry.text}",
+                )
+            )
+        for entry in part.fallbacks:
+            prev = fallback.get(entry.host)
+            if prev is None:
+                fallback[entry.host] = entry.rule
+                _use(uses, entry, ref)
+            elif prev.backend != entry.rule.backend:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        ref,
+                        DEFAULT_BACKEND_CONFLICT,
+                        f"host {entry.host or '<any>'} already falls back to {prev.backend} "
+                        f"(defaultBackend of Ingress {prev.ingress}); {entry.rule.backend} ignored",
+                    )
+                )
+        if part.default is not None:
+            entry = part.default
+            if default is None:
+                default = entry.rule
+                _use(uses, entry, ref)
+            elif default.backend != entry.rule.backend:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        ref,
+                        DEFAULT_BACKEND_CONFLICT,
+                        f"the global default backend is already {default.backend} (Ingress "
+                        f"{default.ingress}); {entry.rule.backend} ignored",
+                    )
+                )
+
+    # TLS after routes so a certificate is attached only to hosts that exist.
+    for part in parts:
+        for tls in part.tls:
+            if not tls.secret:
+                continue  # hosts listed for redirects only; the proxy's default certificate
+            loaded = certificate(part.namespace, tls.secret)
+            listed = f" (hosts: {', '.join(tls.hosts)})" if tls.hosts else ""
+            reason = loaded if isinstance(loaded, str) else check_validity(loaded, now)
+            if reason is not None or isinstance(loaded, str):
+                problems.append(Problem("Ingress", part.ref, SECRET_INVALID, f"{reason}{listed}"))
+                continue
+            cert = loaded.certificate
+            used = not tls.hosts
+            for host in tls.hosts:
+                if not covers(cert.hosts, host):
+                    problems.append(
+                        Problem(
+                            "Ingress",
+                            part.ref,
+                            SECRET_INVALID,
+                            f'secret "{cert.name}": certificate does not cover host "{host}"',
+                        )
+                    )
+                    continue
+                used = True
+                if host in by_host and host not in host_cert:
+                    host_cert[host] = cert.name
+            if used:
+                certificates[cert.name] = cert
+
+    vhosts = tuple(
+        VirtualHost(
+            host=host,
+            rules=tuple(sorted(by_host[host].values(), key=_rule_order)),
+            fallback=fallback.get(host),
+            tls_certificate=host_cert.get(host),
+        )
+        for host in sorted(by_host)
+    )
+    return Assembly(
+        routes=RouteTable(virtual_hosts=vhosts, default=default),
+        certificates=tuple(certificates[k] for k in sorted(certificates)),
+        problems=tuple(problems),
+        uses=uses,
+    )

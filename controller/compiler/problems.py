@@ -1,0 +1,38 @@
+"""Problems: every piece of user input the compiler rejects, as data for status and `explain`.
+
+The compiler never raises on user objects; it drops the offending rule and records a `Problem`
+here. The status writer turns problems into Kubernetes Events; `portico explain` prints them.
+Reasons are CamelCase like Kubernetes Event reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# The reasons the compiler emits; kept in one place so docs, tests and status agree.
+INVALID_HOST: Final = "InvalidHost"
+INVALID_PATH: Final = "InvalidPath"
+INVALID_PATH_TYPE: Final = "InvalidPathType"
+INVALID_BACKEND: Final = "InvalidBackend"
+UNSUPPORTED_BACKEND: Final = "UnsupportedBackend"
+INVALID_ANNOTATION: Final = "InvalidAnnotation"
+PATH_CONFLICT: Final = "PathConflict"
+DEFAULT_BACKEND_CONFLICT: Final = "DefaultBackendConflict"
+SERVICE_NOT_FOUND: Final = "ServiceNotFound"
+SERVICE_PORT_NOT_FOUND: Final = "ServicePortNotFound"
+EXTERNAL_NAME_NOT_ALLOWED: Final = "ExternalNameNotAllowed"
+SECRET_INVALID: Final = "SecretInvalid"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One rejected piece of an object: which object, a CamelCase reason, a human message."""
+
+    kind: str
+    ref: str  # ObjectRef "ns/name" ("name" for cluster-scoped objects)
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref}: {self.reason}: {self.message}"

@@ -1,0 +1,22 @@
+"""Compiler settings: which Ingresses are ours and which backends we allow.
+
+A small frozen value the controller builds from its flags; the compiler reads nothing else
+from the environment, so a compile is a pure function of the store and these settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    # Legacy `kubernetes.io/ingress.class` annotation value we answer to.
+    ingress_class: str = "portico"
+    # `spec.controller` of the IngressClasses that are ours.
+    controller_name: str = "portico.dev/ingress-controller"
+    # Take Ingresses with neither a class name nor the legacy annotation.
+    watch_ingress_without_class: bool = False
+    # ExternalName Services let an Ingress send traffic to any DNS name; off unless the operator
+    # opts in, since it lets a namespace owner reach hosts outside the cluster through us.
+    allow_external_name: bool = False

@@ -1,0 +1,135 @@
+"""TLS Secrets -> validated certificates for the snapshot.
+
+The compiler hands each Secret an Ingress names under `spec.tls` to `load_certificate`, which
+checks it with `cryptography` (PEM parses, key matches the leaf certificate) and extracts the names
+it covers; `check_validity` then applies the clock. A failure is a reason string that the compiler
+turns into a `SecretInvalid` problem; the proxy then uses its default certificate for that host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from controller.objects import TLS_SECRET_TYPE, Secret
+from proxy.config import TLSCertificate
+
+_SUPPORTED_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCertificate:
+    certificate: TLSCertificate
+    not_before: float  # Unix time
+
+
+def _names(cert: x509.Certificate) -> tuple[str, ...]:
+    """DNS names the certificate covers: SAN DNS names, the CN only when there is no SAN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        names = san.value.get_values_for_type(x509.DNSName)
+    else:
+        names = [
+            str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ]
+    return tuple(sorted({n.lower().rstrip(".") for n in names if n}))
+
+
+def _public_der(key: object) -> bytes | None:
+    public_key = getattr(key, "public_key", None)
+    if public_key is None:
+        return None
+    pub = public_key()
+    der: bytes = pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def load_certificate(secret: Secret | None, name: str) -> LoadedCertificate | str:
+    """A validated certificate from a Secret, or the exact reason it cannot be used.
+
+    Time-independent (so callers may cache it per Secret object); expiry is `check_validity`.
+    """
+    if secret is None:
+        return f'secret "{name}" not found'
+    if secret.type != TLS_SECRET_TYPE:
+        return f'secret "{name}" has type {secret.type!r}, expected {TLS_SECRET_TYPE!r}'
+    cert_pem = secret.data.get("tls.crt")
+    key_pem = secret.data.get("tls.key")
+    if not cert_pem:
+        return f'secret "{name}" has no tls.crt'
+    if not key_pem:
+        return f'secret "{name}" has no tls.key'
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError as exc:
+        return f'secret "{name}": tls.crt is not a PEM certificate ({exc})'
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        return f'secret "{name}": tls.key is not an unencrypted PEM private key ({exc})'
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
+        return f'secret "{name}": tls.key cannot be loaded ({exc})'
+    if not isinstance(key, _SUPPORTED_KEYS):
+        kind = (
+            "DSA"
+            if isinstance(key, dsa.DSAPrivateKey)
+            else "Ed25519/Ed448"
+            if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+            else type(key).__name__
+        )
+        return f'secret "{name}": unsupported key type {kind} (RSA or EC expected)'
+    leaf = chain[0]
+    try:
+        cert_key = _public_der(leaf)
+    except Exception as exc:  # an unsupported public key algorithm in the certificate
+        return f'secret "{name}": certificate public key cannot be read ({exc})'
+    if cert_key != _public_der(key):
+        return f'secret "{name}": tls.key does not match the certificate in tls.crt'
+    try:
+        cert_text = cert_pem.decode("ascii")
+        key_text = key_pem.decode("ascii")
+    except UnicodeDecodeError:
+        return f'secret "{name}": PEM data is not ASCII'
+    return LoadedCertificate(
+        certificate=TLSCertificate(
+            name=name,
+            cert_pem=cert_text,
+            key_pem=key_text,
+            hosts=_names(leaf),
+            not_after=leaf.not_valid_after_utc.timestamp(),
+        ),
+        not_before=leaf.not_valid_before_utc.timestamp(),
+    )
+
+
+def check_validity(loaded: LoadedCertificate, now: datetime) -> str | None:
+    """None if the certificate is valid at `now`, else the reason."""
+    ts = now.timestamp()
+    cert = loaded.certificate
+    if ts > cert.not_after:
+        expired = datetime.fromtimestamp(cert.not_after, UTC).isoformat()
+        return f'secret "{cert.name}": certificate expired at {expired}'
+    if ts < loaded.not_before:
+        start = datetime.fromtimestamp(loaded.not_before, UTC).isoformat()
+        return f'secret "{cert.name}": certificate not valid before {start}'
+    return None
+
+
+def covers(names: tuple[str, ...], host: str) -> bool:
+    """Whether a certificate with these DNS names serves `host` (wildcards span one label)."""
+    if host in names:
+        return True
+    if host.startswith("*."):
+        return False
+    label_end = host.find(".")
+    return label_end > 0 and f"*{host[label_end:]}" in names

@@ -1,0 +1,175 @@
+"""The store: the typed objects Portico reads, indexed, with change tracking for the compiler.
+
+Sources turn watch events into `WatchEvent`s; the reconciler applies them here. `apply` says
+whether a change can matter for routing, so the reconciler can skip compiles on churn nobody
+routes to. The store also records what changed since a given revision, so the incremental
+`Compiler` can tell "only endpoints of these Services changed" from "routes must be rebuilt".
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from controller.objects import (
+    READ_KINDS,
+    TLS_SECRET_TYPE,
+    EndpointSlice,
+    Ingress,
+    IngressBackend,
+    KubeObject,
+    Secret,
+)
+
+logger = logging.getLogger(__name__)
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+_ObjKey = tuple[str, str]  # (namespace, name) within one kind
+
+_store_ids: Final = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    obj: KubeObject
+
+
+def _backend_services(backend: IngressBackend | None, namespace: str) -> Iterable[ServiceKey]:
+    if backend is not None and backend.service is not None:
+        yield (namespace, backend.service.name)
+
+
+def ingress_services(ingress: Ingress) -> set[ServiceKey]:
+    """Every Service an Ingress names (rules and defaultBackend), in its own namespace."""
+    out = set(_backend_services(ingress.default_backend, ingress.namespace))
+    for rule in ingress.rules:
+        for path in rule.paths:
+            out.update(_backend_services(path.backend, ingress.namespace))
+    return out
+
+
+def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
+    return {(ingress.namespace, t.secret_name) for t in ingress.tls if t.secret_name}
+
+
+class Store:
+    """All objects of READ_KINDS by kind and (namespace, name), plus the indexes the compiler uses.
+
+    Revisions: every change that matters bumps `revision`. Changes to anything but EndpointSlices
+    also set `routes_revision`; EndpointSlice changes record the revision per Service instead, so
+    `endpoint_changes_since(r)` lists the Services whose endpoints changed after revision r.
+    """
+
+    def __init__(self) -> None:
+        # A process-unique id: a Compiler that sees another store must not reuse its caches.
+        self.id: Final[int] = next(_store_ids)
+        self._objects: dict[str, dict[_ObjKey, KubeObject]] = {k: {} for k in READ_KINDS}
+        self._slices: dict[ServiceKey, dict[str, EndpointSlice]] = {}
+        self._service_refs: Counter[ServiceKey] = Counter()
+        self._secret_refs: Counter[_ObjKey] = Counter()
+        self._listed: set[str] = set()
+        self.revision = 0
+        self.routes_revision = 0
+        self._slice_revisions: dict[ServiceKey, int] = {}
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        by_key = self._objects.get(kind)
+        return None if by_key is None else by_key.get((namespace, name))
+
+    def objects(self, kind: str) -> Iterable[KubeObject]:
+        return self._objects.get(kind, {}).values()
+
+    def slices_for(self, namespace: str, service: str) -> Iterable[EndpointSlice]:
+        """EndpointSlices labelled for one Service (same namespace), by slice name."""
+        by_name = self._slices.get((namespace, service))
+        return () if by_name is None else by_name.values()
+
+    def is_referenced_service(self, namespace: str, name: str) -> bool:
+        return self._service_refs[(namespace, name)] > 0
+
+    def endpoint_changes_since(self, revision: int) -> set[ServiceKey]:
+        """Services whose EndpointSlices changed after `revision`."""
+        return {svc for svc, rev in self._slice_revisions.items() if rev > revision}
+
+    def mark_listed(self, kind: str) -> None:
+        self._listed.add(kind)
+
+    @property
+    def synced(self) -> bool:
+        return self._listed >= READ_KINDS
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._objects.values())
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def apply(self, event: WatchEvent) -> bool:
+        """Apply one event; True if the change can matter for routing."""
+        obj = event.obj
+        by_key = self._objects[obj.kind]
+        key = (obj.namespace, obj.name)
+        old = by_key.get(key)
+        if event.type == "DELETED":
+            if old is None:
+                return False
+            del by_key[key]
+            new: KubeObject | None = None
+        else:
+            if old == obj:
+                return False
+            by_key[key] = obj
+            new = obj
+        self._index(old, new)
+        relevant = self._relevant(old, new)
+        if relevant:
+            self.revision += 1
+            if isinstance(obj, EndpointSlice):
+                for svc in {s.service_name for s in (old, new) if isinstance(s, EndpointSlice)}:
+                    if svc is not None:
+                        self._slice_revisions[(obj.namespace, svc)] = self.revision
+            else:
+                self.routes_revision = self.revision
+        return relevant
+
+    def _index(self, old: KubeObject | None, new: KubeObject | None) -> None:
+        if isinstance(old, Ingress):
+            self._service_refs.subtract(ingress_services(old))
+            self._secret_refs.subtract(ingress_secrets(old))
+        if isinstance(new, Ingress):
+            self._service_refs.update(ingress_services(new))
+            self._secret_refs.update(ingress_secrets(new))
+        if isinstance(old, EndpointSlice) and old.service_name is not None:
+            skey = (old.namespace, old.service_name)
+            group = self._slices.get(skey)
+            if group is not None:
+                group.pop(old.name, None)
+                if not group:
+                    del self._slices[skey]
+        if isinstance(new, EndpointSlice) and new.service_name is not None:
+            self._slices.setdefault((new.namespace, new.service_name), {})[new.name] = new
+
+    def _relevant(self, old: KubeObject | None, new: KubeObject | None) -> bool:
+        obj = new if new is not None else old
+        if isinstance(obj, EndpointSlice):
+            return any(
+                s.service_name is not None
+                and self.is_referenced_service(s.namespace, s.service_name)
+                for s in (old, new)
+                if isinstance(s, EndpointSlice)
+            )
+        if isinstance(obj, Secret):
+            # TLS Secrets can become certificates; any other type matters only when an Ingress
+            # names it (the compiler then reports its wrong type).
+            return self._secret_refs[(obj.namespace, obj.name)] > 0 or any(
+                isinstance(s, Secret) and s.type == TLS_SECRET_TYPE for s in (old, new)
+            )
+        if obj is not None and obj.kind == "Service":
+            return self.is_referenced_service(obj.namespace, obj.name)
+        return True
