@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 
 import yaml
 
-from controller.compiler.problems import Problem
+from controller.compiler import Problem
 from controller.objects import READ_KINDS, KubeObject, ObjectParseError, parse_object
 from controller.store import Store, WatchEvent
 

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from controller.compiler.settings import CompileSettings
+    from controller.compiler import CompileSettings
 
 ENV_PREFIX: Final = "PORTICO_"
 
@@ -217,13 +217,14 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
 
     def compile_settings(self) -> CompileSettings:
         """The part the compiler needs to decide which Ingresses are ours and what they may do."""
-        from controller.compiler.settings import CompileSettings
+        from controller.compiler import CompileSettings
 
         return CompileSettings(
             ingress_class=self.ingress_class,
             controller_name=self.controller_name,
             watch_ingress_without_class=self.watch_ingress_without_class,
             allow_external_name=self.allow_external_name,
+            default_certificate=self.default_certificate,
         )
 
     @classmethod

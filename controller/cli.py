@@ -1,0 +1,232 @@
+"""The `portico` command line: serve, check, explain, echo.
+
+Only argument parsing and printing live here: `serve` hands a `Settings` to the supervisor,
+`check` and `explain` read a manifest directory once and compile it (the same code path as
+`serve`), `echo` runs the demo/test backend. Usage errors and invalid settings exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, TextIO
+
+from controller.logs import configure_logging
+from controller.settings import (
+    Settings,
+    SettingsError,
+    add_settings_arguments,
+    env_name,
+    settings_from_args,
+)
+
+# The settings that change what a compile produces: `check` and `explain` take them too, so
+# they answer for the same configuration `serve` runs with.
+COMPILE_FIELDS: Final = (
+    "ingress_class",
+    "controller_name",
+    "watch_ingress_without_class",
+    "allow_external_name",
+)
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default=os.environ.get(env_name("log_level"), default).lower(),
+        help=f"least severe level logged, JSON on stderr [env {env_name('log_level')}; "
+        f"default {default}]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portico", description="Kubernetes Ingress controller and reverse proxy."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy on a manifest directory, recompiling on every change",
+        description="Run the proxy. Every flag can also be set with PORTICO_<FLAG> "
+        "(upper case, '_' for '-'); flags win.",
+    )
+    add_settings_arguments(serve)
+
+    check = commands.add_parser(
+        "check", help="compile a manifest directory once and print every problem"
+    )
+    check.add_argument("directory", type=Path, metavar="DIR")
+    add_settings_arguments(check, COMPILE_FIELDS)
+    _add_log_level(check, "warning")
+
+    explain = commands.add_parser("explain", help="where a request would be routed, or why nowhere")
+    explain.add_argument("url", metavar="URL", help="e.g. http://demo.local/api/x")
+    explain.add_argument(
+        "--manifests", type=Path, required=True, metavar="DIR", help="manifest directory"
+    )
+    explain.add_argument(
+        "--header",
+        "-H",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header, e.g. 'Host: demo.local' (repeatable)",
+    )
+    explain.add_argument("--method", "-X", default="GET", help="request method (default GET)")
+    explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    add_settings_arguments(explain, COMPILE_FIELDS)
+    _add_log_level(explain, "warning")
+
+    echo = commands.add_parser("echo", help="run the echo backend (a stand-in pod)")
+    echo.add_argument("--listen", required=True, metavar="IP:PORT")
+    echo.add_argument("--service", required=True, metavar="NAME")
+    echo.add_argument("--pod", default=None, metavar="NAME", help="default: the listen address")
+    _add_log_level(echo, "info")
+    return parser
+
+
+def _fail(message: str, err: TextIO) -> int:
+    print(f"portico: {message}", file=err)
+    return EXIT_USAGE
+
+
+def _compile_settings(args: argparse.Namespace) -> Settings:
+    # Only the compile settings' variables: a bad PORTICO_HTTP_PORT must not fail `check`.
+    environ = {
+        env_name(f): os.environ[env_name(f)] for f in COMPILE_FIELDS if env_name(f) in os.environ
+    }
+    return settings_from_args(args, environ)
+
+
+def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from controller.compiler import compile_view
+    from controller.files import read_manifests
+
+    directory: Path = args.directory
+    if not directory.is_dir():
+        return _fail(f"{directory} is not a directory", err)
+    settings = _compile_settings(args)
+    store, source = read_manifests(directory)
+    result = compile_view(store, settings.compile_settings())
+    problems = (*source.problems, *sorted(result.problems))
+    for problem in problems:
+        print(str(problem), file=out)
+    for ref, why in sorted(result.ignored.items()):
+        print(f"ignored Ingress {ref}: {why}", file=out)
+    snapshot = result.snapshot
+    hosts = sorted(vh.host or "(any host)" for vh in snapshot.routes.virtual_hosts)
+    endpoints = sum(len(b.endpoints) for b in snapshot.backends)
+    skipped = source.skipped
+    print(
+        f"{directory}: {len(problems)} problem{'s' if len(problems) != 1 else ''}; "
+        f"ingresses: {len(result.owned)} owned, {len(result.ignored)} ignored; "
+        f"hosts: {len(hosts)}{' (' + ', '.join(hosts) + ')' if hosts else ''}; "
+        f"default backend: {'yes' if snapshot.routes.default is not None else 'no'}; "
+        f"backends: {len(snapshot.backends)}; endpoints: {endpoints}; "
+        f"skipped objects (kinds not read): {len(skipped)}",
+        file=out,
+    )
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _parse_headers(raw: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"header {item!r} is not 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from controller.compiler import compile_view
+    from controller.explain import RequestError, describe, explain
+    from controller.files import read_manifests
+
+    directory: Path = args.manifests
+    if not directory.is_dir():
+        return _fail(f"{directory} is not a directory", err)
+    try:
+        headers = _parse_headers(args.header)
+    except ValueError as exc:
+        return _fail(str(exc), err)
+    settings = _compile_settings(args)
+    store, source = read_manifests(directory)
+    result = compile_view(store, settings.compile_settings())
+    try:
+        answer = explain(result, store, args.url, headers)
+    except RequestError as exc:
+        return _fail(str(exc), err)
+    if args.output == "json":
+        print(json.dumps(answer), file=out)
+        return EXIT_OK
+    print(f"request:   {args.method.upper()} {args.url}", file=out)
+    for line in describe(answer, result.ignored):
+        print(line, file=out)
+    related = {answer.get("ingress"), answer.get("service")} - {None}
+    for problem in (*source.problems, *result.problems):
+        if problem.ref in related:
+            print(f"problem:   {problem}", file=out)
+    return EXIT_OK
+
+
+def _echo(args: argparse.Namespace, err: TextIO) -> int:
+    from conformance.echo import parse_listen, run_echo
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        return _fail(f"--listen: {exc}", err)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_echo(host, port, args.service, args.pod or args.listen))
+    return EXIT_OK
+
+
+def _serve(settings: Settings, err: TextIO) -> int:
+    if settings.manifests is None:
+        return _fail("serve needs --manifests DIR (or PORTICO_MANIFESTS)", err)
+    if not settings.manifests.is_dir():
+        return _fail(f"--manifests: {settings.manifests} is not a directory", err)
+    from controller.supervisor import serve
+
+    return asyncio.run(serve(settings))
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Entry point of `portico` and `python -m controller`; returns the exit code."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = settings_from_args(args)
+            configure_logging(settings.log_level)
+            return _serve(settings, err)
+        if args.log_level not in LOG_LEVELS:
+            return _fail(f"PORTICO_LOG_LEVEL={args.log_level}: not one of {LOG_LEVELS}", err)
+        configure_logging(args.log_level)
+        if args.command == "check":
+            return _check(args, out, err)
+        if args.command == "explain":
+            return _explain(args, out, err)
+        return _echo(args, err)
+    except SettingsError as exc:
+        return _fail(str(exc), err)

@@ -1,0 +1,195 @@
+"""The reconciler: the single loop between sources and the publisher.
+
+Sources (the manifest directory, later the Kubernetes watches) hand it events; it applies them
+to the store at once, debounces (about 50 ms of quiet, forced after 250 ms of steady churn),
+never compiles before every kind has been listed, then runs the incremental `Compiler` and
+yields a `CompileResult` whenever the snapshot actually changed. Problems (the compiler's and the
+source's) are logged once when they appear, not on every compile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Final
+
+from controller.compiler import Compiler, CompileResult, CompileSettings, Problem
+from controller.files import ManifestSource
+from controller.store import Store, WatchEvent
+from proxy.config import Snapshot
+
+logger = logging.getLogger(__name__)
+
+QUIET: Final = 0.05  # seconds without a change before compiling
+MAX_DELAY: Final = 0.25  # seconds after the first change at most, even under steady churn
+
+
+class ProblemLog:
+    """Logs each problem once when it appears, and once when it goes away."""
+
+    def __init__(self) -> None:
+        self._seen: set[Problem] = set()
+
+    def update(self, problems: Iterable[Problem]) -> None:
+        current = set(problems)
+        for problem in sorted(current - self._seen, key=_order):
+            logger.warning("problem", extra=_fields(problem))
+        for problem in sorted(self._seen - current, key=_order):
+            logger.info("problem.resolved", extra=_fields(problem))
+        self._seen = current
+
+
+def _order(problem: Problem) -> tuple[str, str, str, str]:
+    return (problem.kind, problem.ref, problem.reason, problem.message)
+
+
+def _fields(problem: Problem) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "kind": problem.kind,
+        "ref": problem.ref,
+        "reason": problem.reason,
+        "message": problem.message,
+    }
+    if problem.kind == "File":
+        # File problems name "path#document": also log them apart for grep-ability.
+        path, _, document = problem.ref.rpartition("#")
+        if path and document.isdigit():
+            fields["file"] = path
+            fields["document"] = int(document)
+    return fields
+
+
+class Reconciler:
+    """Applies source events to a store and turns settled changes into compile results.
+
+    The source side (`apply`, `mark_listed`, `set_source_problems`) is synchronous and runs on
+    the same event loop as `results()`, so the store is only ever touched from one task at a time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        compiler: Compiler,
+        *,
+        quiet: float = QUIET,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
+        self._store = store
+        self._compiler = compiler
+        self._quiet = quiet
+        self._max_delay = max_delay
+        self._wake = asyncio.Event()
+        self._dirty = True  # nothing compiled yet
+        self._source_problems: tuple[Problem, ...] = ()
+        self._compiled: CompileResult | None = None
+        self._failure: BaseException | None = None
+        self.problem_log = ProblemLog()
+
+    # ---- the source side ----------------------------------------------------------------------
+
+    def apply(self, events: Sequence[WatchEvent]) -> None:
+        changed = False
+        for event in events:
+            changed = self._store.apply(event) or changed
+        if changed:
+            self._dirty = True
+            self._wake.set()
+
+    def mark_listed(self, kind: str) -> None:
+        self._store.mark_listed(kind)
+        self._wake.set()
+
+    def set_source_problems(self, problems: tuple[Problem, ...]) -> None:
+        if problems != self._source_problems:
+            self._source_problems = problems
+            self._wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """A source died: `results()` raises `exc` instead of waiting forever."""
+        self._failure = exc
+        self._wake.set()
+
+    # ---- the compile side ---------------------------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Return once changes stop for `quiet` seconds, or `max_delay` after the first one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_delay
+        while self._failure is None:
+            self._wake.clear()
+            remaining = min(self._quiet, deadline - loop.time())
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def results(self) -> AsyncIterator[CompileResult]:
+        """One result after the initial sync, then one per change of the snapshot."""
+        published: Snapshot | None = None
+        while True:
+            await self._wake.wait()
+            await self._settle()
+            self._wake.clear()
+            if self._failure is not None:
+                raise self._failure
+            if not self._store.synced:
+                continue
+            if self._dirty or self._compiled is None:
+                self._dirty = False
+                started = time.perf_counter()
+                self._compiled = self._compiler.compile(self._store)
+                logger.debug(
+                    "reconcile.compiled",
+                    extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
+                )
+            result = dataclasses.replace(
+                self._compiled, problems=(*self._compiled.problems, *self._source_problems)
+            )
+            self.problem_log.update(result.problems)
+            if published is not None and result.snapshot == published:
+                continue
+            published = result.snapshot
+            logger.info(
+                "reconcile.changed",
+                extra={
+                    "hosts": len(result.snapshot.routes.virtual_hosts),
+                    "backends": len(result.snapshot.backends),
+                    "problems": len(result.problems),
+                },
+            )
+            yield result
+
+
+async def manifest_results(
+    directory: Path, settings: CompileSettings
+) -> AsyncIterator[CompileResult]:
+    """Compile results of a watched manifest directory: the first after the initial read,
+    then one per effective change. File problems are merged into `CompileResult.problems`."""
+    if not await asyncio.to_thread(directory.is_dir):
+        raise NotADirectoryError(f"manifest directory {directory} does not exist")
+    reconciler = Reconciler(Store(), Compiler(settings))
+    source = ManifestSource(directory)
+    watching = asyncio.create_task(source.watch(reconciler), name="manifest-watch")
+
+    def _done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            logger.error("manifests.watch_failed", extra={"reason": repr(exc)})
+            reconciler.fail(exc)
+
+    watching.add_done_callback(_done)
+    try:
+        async for result in reconciler.results():
+            yield result
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
