@@ -1,0 +1,349 @@
+"""`portico explain` answers: one row per rule, objects (YAML) in, the JSON answer out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.compiler import CompileSettings, compile_view
+from controller.explain import KEYS, RequestError, describe, explain
+from controller.objects import READ_KINDS, parse_object
+from controller.store import Store, WatchEvent
+
+CLASS = """
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: portico}
+spec: {controller: portico.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+"""
+
+
+def service(name: str, port: int = 80, port_name: str = "http") -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: ns}}
+spec:
+  ports: [{{name: {port_name}, port: {port}, targetPort: 8081}}]
+"""
+
+
+def endpoints(svc: str, *addresses: str, ready: bool = True, terminating: bool = False) -> str:
+    items = ", ".join(
+        f"{{addresses: [{a}], conditions: {{ready: {str(ready).lower()}, serving: true, "
+        f"terminating: {str(terminating).lower()}}}}}"
+        for a in addresses
+    )
+    return f"""
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {svc}-slice
+  namespace: ns
+  labels: {{kubernetes.io/service-name: {svc}}}
+addressType: IPv4
+ports: [{{name: http, port: 8081}}]
+endpoints: [{items}]
+"""
+
+
+def ingress(
+    name: str,
+    rules: str = "",
+    *,
+    cls: str = "portico",
+    default: str | None = None,
+    tls: str | None = None,
+) -> str:
+    spec = [f"  ingressClassName: {cls}"]
+    if default is not None:
+        spec.append(f"  defaultBackend: {{service: {{name: {default}, port: {{number: 80}}}}}}")
+    if tls is not None:
+        spec.append(f"  tls: [{{hosts: [{tls}], secretName: {name}-tls}}]")
+    if rules:
+        spec.append("  rules:" + rules)
+    body = "\n".join(spec)
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}, namespace: ns}}
+spec:
+{body}
+"""
+
+
+def rule(host: str | None, *paths: tuple[str, str, str, int | str]) -> str:
+    head = "\n  - http:" if host is None else f"\n  - host: '{host}'\n    http:"
+    lines = [head, "      paths:"]
+    for path, path_type, svc, port in paths:
+        port_ref = f"number: {port}" if isinstance(port, int) else f"name: {port}"
+        lines.append(
+            f"      - {{path: '{path}', pathType: {path_type}, "
+            f"backend: {{service: {{name: {svc}, port: {{{port_ref}}}}}}}}}"
+        )
+    return "\n".join(lines)
+
+
+WEB = service("web") + "---" + endpoints("web", "127.0.0.2", "127.0.0.3")
+API = service("api") + "---" + endpoints("api", "127.0.0.4")
+DEMO = ingress(
+    "demo",
+    rule("demo.local", ("/", "Prefix", "web", "http"), ("/api", "Prefix", "api", 80))
+    + rule(None, ("/exact", "Exact", "web", 80)),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    objects: list[str]
+    url: str
+    expected: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def routed(
+    ingress: str,
+    host: str | None,
+    path: str | None,
+    path_type: str | None,
+    service: str,
+    port: int | str,
+    endpoints: list[str],
+) -> dict[str, Any]:
+    return {
+        "status": 200,
+        "ingress": ingress,
+        "host": host,
+        "path": path,
+        "pathType": path_type,
+        "service": service,
+        "port": port,
+        "endpoints": endpoints,
+        "reason": None,
+    }
+
+
+def miss(
+    status: int, reason: str, ingress: str | None = None, host: str | None = None
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "ingress": ingress,
+        "host": host,
+        "path": None,
+        "pathType": None,
+        "service": None,
+        "port": None,
+        "endpoints": [],
+        "reason": reason,
+    }
+
+
+WEB_PODS = ["127.0.0.2:8081", "127.0.0.3:8081"]
+
+CASES = [
+    Case(
+        "prefix rule, port by name",
+        [DEMO, WEB, API],
+        "http://demo.local/",
+        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", "http", WEB_PODS),
+    ),
+    Case(
+        "longest prefix wins, element-wise",
+        [DEMO, WEB, API],
+        "http://demo.local/api/v1?x=1",
+        routed("ns/demo", "demo.local", "/api", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+    ),
+    Case(
+        "/apix is not under /api",
+        [DEMO, WEB, API],
+        "http://demo.local/apix",
+        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", "http", WEB_PODS),
+    ),
+    Case(
+        "Host header wins over the URL, port ignored, case folded",
+        [DEMO, WEB, API],
+        "http://127.0.0.1:8080/api",
+        routed("ns/demo", "demo.local", "/api", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+        headers={"host": "Demo.Local:8080"},
+    ),
+    Case(
+        "host-less rule, Exact path",
+        [DEMO, WEB, API],
+        "http://elsewhere.local/exact",
+        routed("ns/demo", None, "/exact", "Exact", "ns/web", 80, WEB_PODS),
+    ),
+    Case(
+        "no host matches and no default backend",
+        [ingress("demo", rule("demo.local", ("/", "Prefix", "web", 80))), WEB],
+        "http://other.local/",
+        miss(404, "NoHostMatch"),
+    ),
+    Case(
+        "host matches, no path does",
+        [ingress("demo", rule("demo.local", ("/app", "Prefix", "web", 80))), WEB],
+        "http://demo.local/other",
+        miss(404, "NoPathMatch", host="demo.local"),
+    ),
+    Case(
+        "Exact does not match a longer path",
+        [ingress("demo", rule("demo.local", ("/exact", "Exact", "web", 80))), WEB],
+        "http://demo.local/exact/more",
+        miss(404, "NoPathMatch", host="demo.local"),
+    ),
+    Case(
+        "Service missing",
+        [ingress("demo", rule("demo.local", ("/", "Prefix", "gone", 80)))],
+        "http://demo.local/",
+        {
+            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/gone", 80, []),
+            "status": 503,
+            "reason": "ServiceNotFound",
+        },
+    ),
+    Case(
+        "Service port missing",
+        [ingress("demo", rule("demo.local", ("/", "Prefix", "web", 8443))), WEB],
+        "http://demo.local/",
+        {
+            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 8443, []),
+            "status": 503,
+            "reason": "ServicePortNotFound",
+        },
+    ),
+    Case(
+        "no endpoints",
+        [ingress("demo", rule("demo.local", ("/", "Prefix", "web", 80))), service("web")],
+        "http://demo.local/",
+        {
+            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 80, []),
+            "status": 503,
+            "reason": "NoEndpoints",
+        },
+    ),
+    Case(
+        "only terminating endpoints: picked from them",
+        [
+            ingress("demo", rule("demo.local", ("/", "Prefix", "web", 80))),
+            service("web"),
+            endpoints("web", "127.0.0.6", ready=False, terminating=True),
+        ],
+        "http://demo.local/",
+        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 80, ["127.0.0.6:8081"]),
+    ),
+    Case(
+        "tls host over plain http: 308",
+        [ingress("secure", rule("s.local", ("/", "Prefix", "web", 80)), tls="s.local"), WEB],
+        "http://s.local/x",
+        {
+            **routed("ns/secure", "s.local", "/", "Prefix", "ns/web", 80, []),
+            "status": 308,
+            "reason": "SSLRedirect",
+        },
+    ),
+    Case(
+        "tls host over https: routed",
+        [ingress("secure", rule("s.local", ("/", "Prefix", "web", 80)), tls="s.local"), WEB],
+        "https://s.local/x",
+        routed("ns/secure", "s.local", "/", "Prefix", "ns/web", 80, WEB_PODS),
+    ),
+    Case(
+        "default backend catches an unknown host",
+        [DEMO, WEB, API, ingress("fallback", default="api")],
+        "http://unknown.local/whatever",
+        routed("ns/fallback", None, None, None, "ns/api", 80, ["127.0.0.4:8081"]),
+    ),
+    Case(
+        "default backend catches a path the host lacks",
+        [
+            ingress("demo", rule("demo.local", ("/app", "Prefix", "web", 80))),
+            ingress("fallback", default="api"),
+            WEB,
+            API,
+        ],
+        "http://demo.local/other",
+        routed("ns/fallback", None, None, None, "ns/api", 80, ["127.0.0.4:8081"]),
+    ),
+    Case(
+        "wildcard host matches one label",
+        [ingress("wild", rule("*.demo.local", ("/", "Prefix", "web", 80))), WEB],
+        "http://a.demo.local/",
+        routed("ns/wild", "*.demo.local", "/", "Prefix", "ns/web", 80, WEB_PODS),
+    ),
+    Case(
+        "wildcard host does not match two labels",
+        [ingress("wild", rule("*.demo.local", ("/", "Prefix", "web", 80))), WEB],
+        "http://a.b.demo.local/",
+        miss(404, "NoHostMatch"),
+    ),
+    Case(
+        "exact host beats wildcard",
+        [
+            ingress("wild", rule("*.demo.local", ("/", "Prefix", "web", 80))),
+            ingress("exact", rule("a.demo.local", ("/", "Prefix", "api", 80))),
+            WEB,
+            API,
+        ],
+        "http://a.demo.local/",
+        routed("ns/exact", "a.demo.local", "/", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+    ),
+    Case(
+        "the only matching Ingress is of another class",
+        [ingress("theirs", rule("demo.local", ("/", "Prefix", "web", 80)), cls="nginx"), WEB],
+        "http://demo.local/",
+        miss(404, "IngressClassNotOurs", ingress="ns/theirs"),
+    ),
+    Case(
+        "another class's Ingress for another host does not explain the miss",
+        [ingress("theirs", rule("x.local", ("/", "Prefix", "web", 80)), cls="nginx"), WEB],
+        "http://demo.local/",
+        miss(404, "NoHostMatch"),
+    ),
+    Case(
+        "an Ingress naming a class that does not exist is not ours either",
+        [ingress("typo", rule("demo.local", ("/", "Prefix", "web", 80)), cls="portco"), WEB],
+        "http://demo.local/",
+        miss(404, "IngressClassNotOurs", ingress="ns/typo"),
+    ),
+]
+
+
+def _store(documents: list[str]) -> Store:
+    store = Store()
+    for text in [CLASS, *documents]:
+        for raw in yaml.safe_load_all(text):
+            obj = parse_object(raw)
+            assert obj is not None
+            store.apply(WatchEvent("ADDED", obj))
+    for kind in READ_KINDS:
+        store.mark_listed(kind)
+    return store
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_explain(case: Case) -> None:
+    store = _store(case.objects)
+    result = compile_view(store, CompileSettings())
+    answer = explain(result, store, case.url, case.headers)
+    assert answer == case.expected
+    assert list(answer) == [*KEYS, "reason"]
+    text = "\n".join(describe(answer, result.ignored))
+    assert f"status:    {case.expected['status']}" in text
+    if case.expected["reason"] is not None:
+        assert case.expected["reason"] in text
+
+
+@pytest.mark.parametrize("url", ["ftp://demo.local/", "demo.local/path", "http:///x"])
+def test_rejects_non_http_urls(url: str) -> None:
+    store = _store([DEMO, WEB])
+    with pytest.raises(RequestError):
+        explain(compile_view(store, CompileSettings()), store, url, {})
