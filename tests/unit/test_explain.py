@@ -112,13 +112,13 @@ class Case:
 
 def routed(
     ingress: str,
-    host: str | None,
-    path: str | None,
-    path_type: str | None,
-    service: str,
-    port: int | str,
+    rule: tuple[str | None, str | None, str | None],
+    backend: tuple[str, int | str],
     endpoints: list[str],
 ) -> dict[str, Any]:
+    """The answer for a request routed by `rule` (host, path, pathType) to `backend`."""
+    host, path, path_type = rule
+    service, port = backend
     return {
         "status": 200,
         "ingress": ingress,
@@ -155,32 +155,32 @@ CASES = [
         "prefix rule, port by name",
         [DEMO, WEB, API],
         "http://demo.local/",
-        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", "http", WEB_PODS),
+        routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/web", "http"), WEB_PODS),
     ),
     Case(
         "longest prefix wins, element-wise",
         [DEMO, WEB, API],
         "http://demo.local/api/v1?x=1",
-        routed("ns/demo", "demo.local", "/api", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+        routed("ns/demo", ("demo.local", "/api", "Prefix"), ("ns/api", 80), ["127.0.0.4:8081"]),
     ),
     Case(
         "/apix is not under /api",
         [DEMO, WEB, API],
         "http://demo.local/apix",
-        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", "http", WEB_PODS),
+        routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/web", "http"), WEB_PODS),
     ),
     Case(
         "Host header wins over the URL, port ignored, case folded",
         [DEMO, WEB, API],
         "http://127.0.0.1:8080/api",
-        routed("ns/demo", "demo.local", "/api", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+        routed("ns/demo", ("demo.local", "/api", "Prefix"), ("ns/api", 80), ["127.0.0.4:8081"]),
         headers={"host": "Demo.Local:8080"},
     ),
     Case(
         "host-less rule, Exact path",
         [DEMO, WEB, API],
         "http://elsewhere.local/exact",
-        routed("ns/demo", None, "/exact", "Exact", "ns/web", 80, WEB_PODS),
+        routed("ns/demo", (None, "/exact", "Exact"), ("ns/web", 80), WEB_PODS),
     ),
     Case(
         "no host matches and no default backend",
@@ -205,7 +205,7 @@ CASES = [
         [ingress("demo", rule("demo.local", ("/", "Prefix", "gone", 80)))],
         "http://demo.local/",
         {
-            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/gone", 80, []),
+            **routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/gone", 80), []),
             "status": 503,
             "reason": "ServiceNotFound",
         },
@@ -215,7 +215,7 @@ CASES = [
         [ingress("demo", rule("demo.local", ("/", "Prefix", "web", 8443))), WEB],
         "http://demo.local/",
         {
-            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 8443, []),
+            **routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/web", 8443), []),
             "status": 503,
             "reason": "ServicePortNotFound",
         },
@@ -225,7 +225,7 @@ CASES = [
         [ingress("demo", rule("demo.local", ("/", "Prefix", "web", 80))), service("web")],
         "http://demo.local/",
         {
-            **routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 80, []),
+            **routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/web", 80), []),
             "status": 503,
             "reason": "NoEndpoints",
         },
@@ -238,14 +238,14 @@ CASES = [
             endpoints("web", "127.0.0.6", ready=False, terminating=True),
         ],
         "http://demo.local/",
-        routed("ns/demo", "demo.local", "/", "Prefix", "ns/web", 80, ["127.0.0.6:8081"]),
+        routed("ns/demo", ("demo.local", "/", "Prefix"), ("ns/web", 80), ["127.0.0.6:8081"]),
     ),
     Case(
         "tls host over plain http: 308",
         [ingress("secure", rule("s.local", ("/", "Prefix", "web", 80)), tls="s.local"), WEB],
         "http://s.local/x",
         {
-            **routed("ns/secure", "s.local", "/", "Prefix", "ns/web", 80, []),
+            **routed("ns/secure", ("s.local", "/", "Prefix"), ("ns/web", 80), []),
             "status": 308,
             "reason": "SSLRedirect",
         },
@@ -254,13 +254,13 @@ CASES = [
         "tls host over https: routed",
         [ingress("secure", rule("s.local", ("/", "Prefix", "web", 80)), tls="s.local"), WEB],
         "https://s.local/x",
-        routed("ns/secure", "s.local", "/", "Prefix", "ns/web", 80, WEB_PODS),
+        routed("ns/secure", ("s.local", "/", "Prefix"), ("ns/web", 80), WEB_PODS),
     ),
     Case(
         "default backend catches an unknown host",
         [DEMO, WEB, API, ingress("fallback", default="api")],
         "http://unknown.local/whatever",
-        routed("ns/fallback", None, None, None, "ns/api", 80, ["127.0.0.4:8081"]),
+        routed("ns/fallback", (None, None, None), ("ns/api", 80), ["127.0.0.4:8081"]),
     ),
     Case(
         "default backend catches a path the host lacks",
@@ -271,13 +271,13 @@ CASES = [
             API,
         ],
         "http://demo.local/other",
-        routed("ns/fallback", None, None, None, "ns/api", 80, ["127.0.0.4:8081"]),
+        routed("ns/fallback", (None, None, None), ("ns/api", 80), ["127.0.0.4:8081"]),
     ),
     Case(
         "wildcard host matches one label",
         [ingress("wild", rule("*.demo.local", ("/", "Prefix", "web", 80))), WEB],
         "http://a.demo.local/",
-        routed("ns/wild", "*.demo.local", "/", "Prefix", "ns/web", 80, WEB_PODS),
+        routed("ns/wild", ("*.demo.local", "/", "Prefix"), ("ns/web", 80), WEB_PODS),
     ),
     Case(
         "wildcard host does not match two labels",
@@ -294,7 +294,7 @@ CASES = [
             API,
         ],
         "http://a.demo.local/",
-        routed("ns/exact", "a.demo.local", "/", "Prefix", "ns/api", 80, ["127.0.0.4:8081"]),
+        routed("ns/exact", ("a.demo.local", "/", "Prefix"), ("ns/api", 80), ["127.0.0.4:8081"]),
     ),
     Case(
         "the only matching Ingress is of another class",
