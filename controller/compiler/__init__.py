@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 from controller.compiler.backends import BackendUse, resolve_backend
 from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
-from controller.compiler.problems import Problem
+from controller.compiler.problems import SECRET_INVALID, Problem
 from controller.compiler.settings import CompileSettings
-from controller.compiler.tls import LoadedCertificate, load_certificate
+from controller.compiler.tls import LoadedCertificate, check_validity, load_certificate
 from controller.objects import Ingress, IngressClass, Secret
 from controller.store import Store
 from proxy.config import Backend, Snapshot
@@ -130,10 +130,26 @@ class Compiler:
             return self._certificate(store, namespace, name)
 
         assembly = assemble(parts, certificate, now)
+        problems = list(assembly.problems)
+        certificates = assembly.certificates
+        default_certificate: str | None = None
+        if settings.default_certificate:
+            ns, _, name = settings.default_certificate.partition("/")
+            loaded = certificate(ns, name)
+            reason = loaded if isinstance(loaded, str) else check_validity(loaded, now)
+            if reason is not None or isinstance(loaded, str):
+                problems.append(
+                    Problem("Secret", settings.default_certificate, SECRET_INVALID, f"{reason}")
+                )
+            else:
+                default_certificate = loaded.certificate.name
+                if all(c.name != default_certificate for c in certificates):
+                    certificates = tuple(
+                        sorted((*certificates, loaded.certificate), key=lambda c: c.name)
+                    )
         for key in [k for k in self._certs if k not in referenced]:
             del self._certs[key]
 
-        problems = list(assembly.problems)
         backends: dict[str, Backend] = {}
         by_service: dict[tuple[str, str], list[BackendUse]] = {}
         for backend_key in sorted(assembly.uses):
@@ -146,7 +162,8 @@ class Compiler:
         snapshot = Snapshot(
             routes=assembly.routes,
             backends=tuple(backends.values()),  # keys were visited sorted
-            certificates=assembly.certificates,
+            certificates=certificates,
+            default_certificate=default_certificate,
         )
         result = CompileResult(
             snapshot=snapshot,
@@ -190,6 +207,7 @@ class Compiler:
             routes=last.snapshot.routes,
             backends=tuple(self._backends.values()),
             certificates=last.snapshot.certificates,
+            default_certificate=last.snapshot.default_certificate,
         )
         result = CompileResult(snapshot, last.problems, last.owned, last.ignored)
         self._last = result

@@ -20,3 +20,6 @@ class CompileSettings:
     # ExternalName Services let an Ingress send traffic to any DNS name; off unless the operator
     # opts in, since it lets a namespace owner reach hosts outside the cluster through us.
     allow_external_name: bool = False
+    # "namespace/name" of a kubernetes.io/tls Secret served when no host certificate matches
+    # (`--default-certificate`); None: the workers' self-signed certificate.
+    default_certificate: str | None = None
