@@ -35,7 +35,7 @@ def _meta(name: str, namespace: str | None, **extra: Any) -> Raw:
     return meta
 
 
-# ---- Ingress ----------------------------------------------------------------------------------
+# ---- Ingress ----
 
 
 def backend(service: str = "web", port: int | str = 80) -> Raw:
@@ -133,7 +133,7 @@ def ingress_class(
     }
 
 
-# ---- Service and EndpointSlice ------------------------------------------------------------------
+# ---- Service and EndpointSlice ----
 
 
 def service_port(port: int = 80, name: str | None = None, target: int | str = 8080) -> Raw:
@@ -204,7 +204,7 @@ def endpoint_slice(
     }
 
 
-# ---- Secrets and certificates ---------------------------------------------------------------------
+# ---- Secrets and certificates ----
 
 
 @functools.cache
@@ -298,7 +298,7 @@ def opaque_secret(name: str = "config", namespace: str = "default", **data: str)
     }
 
 
-# ---- store ----------------------------------------------------------------------------------------
+# ---- store ----
 
 
 def store_of(*raws: Raw) -> Store:

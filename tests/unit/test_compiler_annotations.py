@@ -1,0 +1,91 @@
+"""Compiler tables: annotations parsed into RouteOptions; invalid values become problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kube_factory import ingress, ingress_class, service, store_of
+
+from controller.compiler import CompileSettings, compile_view
+from controller.compiler.annotations import parse_annotations
+from proxy.config import DEFAULT_OPTIONS
+
+N = "nginx.ingress.kubernetes.io/"
+P = "portico.dev/"
+
+VALID_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
+    # (prefix, name, value, expected RouteOptions fields)
+    (N, "load-balance", "round_robin", {"balancer": "round_robin"}),
+    (N, "load-balance", "ewma", {"balancer": "least_request"}),
+    (P, "load-balance", "least_request", {"balancer": "least_request"}),
+    (N, "backend-protocol", "HTTPS", {"upstream_protocol": "HTTPS"}),
+    (N, "backend-protocol", "http", {"upstream_protocol": "HTTP"}),
+    (N, "proxy-ssl-name", "Internal.Example.com", {"upstream_server_name": "internal.example.com"}),
+    (N, "proxy-connect-timeout", "10", {"connect_timeout": 10.0}),
+    (P, "proxy-read-timeout", "30s", {"read_timeout": 30.0}),
+    (N, "proxy-send-timeout", "5s", {"send_timeout": 5.0}),
+    (N, "proxy-body-size", "0", {"max_body_size": 0}),
+    (N, "proxy-body-size", "512k", {"max_body_size": 512 * 1024}),
+    (N, "proxy-body-size", "1m", {"max_body_size": 1024 * 1024}),
+    (P, "proxy-body-size", "2G", {"max_body_size": 2 * 1024**3}),
+    (N, "proxy-body-size", "100", {"max_body_size": 100}),
+]
+
+
+@pytest.mark.parametrize(("prefix", "name", "value", "fields"), VALID_ROWS)
+def test_valid_annotation(prefix: str, name: str, value: str, fields: dict[str, Any]) -> None:
+    opts, errors = parse_annotations({prefix + name: value})
+    assert errors == ()
+    for field, expected in fields.items():
+        assert getattr(opts.route, field) == expected
+
+
+INVALID_ROWS: list[tuple[str, str]] = [
+    ("ssl-redirect", "yes"),
+    ("force-ssl-redirect", "1"),
+    ("load-balance", "random"),
+    ("backend-protocol", "GRPC"),
+    ("backend-protocol", "FCGI"),
+    ("proxy-ssl-name", "not a name"),
+    ("proxy-connect-timeout", "0"),
+    ("proxy-connect-timeout", "-5"),
+    ("proxy-read-timeout", "1m"),
+    ("proxy-send-timeout", "abc"),
+    ("proxy-body-size", "1t"),
+    ("proxy-body-size", "-1"),
+    ("proxy-body-size", "1.5m"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID_ROWS)
+def test_invalid_annotation_is_a_problem_and_ignored(name: str, value: str) -> None:
+    # A valid sibling annotation (never the one under test) must still apply.
+    sibling = "proxy-send-timeout" if name != "proxy-send-timeout" else "proxy-read-timeout"
+    annotations = {N + name: value, N + sibling: "7"}
+    ing = ingress(annotations=annotations)
+    result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
+    assert [(p.ref, p.reason) for p in result.problems] == [("default/web", "InvalidAnnotation")]
+    assert N + name in result.problems[0].message and repr(value) in result.problems[0].message
+    # The rest of the Ingress is served, with its other annotations.
+    rule = result.snapshot.routes.virtual_hosts[0].rules[0]
+    assert getattr(rule.options, sibling.removeprefix("proxy-").replace("-", "_")) == 7.0
+
+
+def test_portico_prefix_wins_over_nginx_prefix() -> None:
+    opts, _ = parse_annotations({N + "proxy-read-timeout": "10", P + "proxy-read-timeout": "20"})
+    assert opts.route.read_timeout == 20.0
+
+
+def test_unknown_annotations_are_ignored() -> None:
+    opts, errors = parse_annotations(
+        {N + "configuration-snippet": "evil;", P + "nope": "x", "other.io/x": "y"}
+    )
+    assert errors == () and opts.route == DEFAULT_OPTIONS
+
+
+def test_options_reach_every_rule_of_the_ingress() -> None:
+    ing = ingress(annotations={N + "load-balance": "ewma", N + "backend-protocol": "HTTPS"})
+    result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
+    options = result.snapshot.routes.virtual_hosts[0].rules[0].options
+    assert options.balancer == "least_request" and options.upstream_protocol == "HTTPS"
