@@ -1,0 +1,371 @@
+"""Client-facing HTTP/1.1 protocol: parses requests, orders responses, couples flow control.
+
+One instance per client connection (plain TCP now, TLS later: only the asyncio transport API
+is used). httptools' parser calls back with the request line and header tuples; when a head is
+complete, `ProxyServer.open_exchange` validates and routes it against the generation current at
+that moment and returns an `Exchange`. Exchanges are answered strictly in order: a pipelined
+request waits (and the connection stops reading) until the one before it is finished.
+
+Reading stops for several independent reasons (pipelining, request body backpressure,
+an upgrade awaiting its answer), kept as bits so one reason's resume never cancels another's
+pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.headers import ClientContext
+from proxy.replies import local_reply
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.server import ProxyServer
+    from proxy.tunnel import Tunnel
+
+logger = logging.getLogger("portico.proxy")
+
+_PAUSE_PIPELINE = 1
+_PAUSE_BODY = 2
+_PAUSE_UPGRADE = 4
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing a request we refuse."""
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "active",
+        "closing",
+        "ctx",
+        "current",
+        "deadline",
+        "head_bytes",
+        "head_raw",
+        "headers",
+        "in_head",
+        "last",
+        "loop",
+        "parser",
+        "paused",
+        "port",
+        "queue",
+        "rejected",
+        "scheme",
+        "server",
+        "transport",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, server: ProxyServer, scheme: str, port: int) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.scheme = scheme
+        self.port = port
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
+        self.parser = httptools.HttpRequestParser(self)
+        self.ctx: ClientContext | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.head_bytes = 0  # exact size of the head being read (request line + fields)
+        self.head_raw = 0  # bytes read while in a head, to bound memory across many reads
+        self.current: Exchange | None = None  # the exchange whose request is being read
+        self.last: Exchange | None = None  # the exchange whose request was read last
+        self.active: Exchange | None = None  # the exchange being answered
+        self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting for their turn
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.rejected = False
+        self.deadline = 0.0
+
+    # ---- transport events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.ctx = server.client_context(client_ip, self.scheme, self.port)
+        if not server.admit(self):
+            self.closing = True
+            transport.abort()
+            return
+        self.deadline = self.loop.time() + server.settings.client_header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.in_head:
+            self.head_raw += len(data)
+            if self.head_raw > self.server.head_raw_limit:
+                self._reject(431, "HeadTooLarge")
+                return
+        elif self.current is not None:
+            self.deadline = self.loop.time() + self.server.settings.client_body_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data, upgrade.args[0])
+        except httptools.HttpParserError as exc:
+            if not self.rejected:
+                status = 400
+                reason = "MalformedRequest"
+                if isinstance(exc, httptools.HttpParserInvalidMethodError):
+                    reason = "InvalidMethod"
+                elif isinstance(exc, httptools.HttpParserInvalidURLError):
+                    reason = "InvalidTarget"
+                self._reject(status, reason, detail=str(exc))
+
+    def eof_received(self) -> bool | None:
+        # A client half-closing after its request still gets its answer; an idle one is done.
+        return self.active is not None or bool(self.queue) or self.current is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.deadline = 0.0
+        self.server.release_client(self)
+        active = self.active
+        self.active = None
+        if active is not None:
+            active.client_lost()
+        current = self.current
+        if current is not None and current is not active:
+            current.client_lost()
+        while self.queue:
+            self.queue.popleft().client_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        active = self.active
+        if active is not None:
+            conn = active.conn
+            if conn is not None and conn.transport is not None:
+                conn.transport.pause_reading()
+                conn.deadline = 0.0
+        # A client that stops reading is timed like one that stops sending.
+        self.deadline = self.loop.time() + self.server.settings.client_body_timeout
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        active = self.active
+        if active is not None:
+            conn = active.conn
+            if conn is not None and conn.transport is not None:
+                conn.transport.resume_reading()
+                conn.deadline = self.loop.time() + active.read_timeout
+        if self.current is None and not self.in_head:
+            self.deadline = 0.0 if active is not None else self._idle_deadline()
+
+    # ---- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_raw = 0
+        if self.active is None:
+            self.deadline = self.loop.time() + self.server.settings.client_header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.server.head_limit:
+            self._reject(414, "TargetTooLong")
+            raise _Reject
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer field: dropped
+        headers = self.headers
+        headers.append((name, value))
+        size = self.head_bytes = self.head_bytes + len(name) + len(value) + 4
+        if len(headers) > self.server.settings.max_headers or size > self.server.head_limit:
+            too_large = size > self.server.head_limit
+            self._reject(431, "HeadTooLarge" if too_large else "TooManyHeaders")
+            raise _Reject
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        exchange = self.server.open_exchange(
+            self, parser.get_method(), self.url, parser.get_http_version(), self.headers
+        )
+        if exchange.reply and exchange.close_after:
+            # A request we refuse outright: answer in turn, read nothing more.
+            self.rejected = True
+        self.current = exchange
+        self.last = exchange
+        if self.active is None:
+            self.active = exchange
+            exchange.begin()
+        else:
+            self.queue.append(exchange)
+        if self.rejected:
+            self._stop_reading()
+            raise _Reject
+
+    def on_body(self, body: bytes) -> None:
+        current = self.current
+        if current is not None:
+            current.request_body(body)
+
+    def on_message_complete(self) -> None:
+        current = self.current
+        if current is None:
+            return
+        self.current = None
+        current.request_end()
+        if self.closing:
+            return
+        if self.active is not None:
+            self.deadline = 0.0  # the upstream's timers run now
+            if self.queue or self.active is not current:
+                self._pause(_PAUSE_PIPELINE)
+        elif not self.in_head:
+            self.deadline = self._idle_deadline()
+
+    # ---- used by exchanges -------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.transport.write(data)
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        if self.active is exchange:
+            self.active = None
+        self.server.stats.requests += 1
+        if self.closing:
+            return
+        if not keep_alive or self.server.draining or (self.rejected and not self.queue):
+            self.close()
+            return
+        if self.queue:
+            # Start the next pipelined exchange from a fresh stack frame: the upstream that
+            # finished this one may still be inside its parser callback.
+            self.loop.call_soon(self._next)
+            return
+        self._resume(_PAUSE_PIPELINE)
+        if self.current is None and not self.in_head:
+            self.deadline = self._idle_deadline()
+
+    def _next(self) -> None:
+        if self.closing or self.active is not None or not self.queue:
+            return
+        exchange = self.queue.popleft()
+        self.active = exchange
+        exchange.begin()
+        if not self.queue and not self.closing:
+            self._resume(_PAUSE_PIPELINE)
+
+    def pause_for_body(self) -> None:
+        self._pause(_PAUSE_BODY)
+
+    def resume_for_body(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    def tunnel_started(self, exchange: Exchange, tunnel: Tunnel) -> None:
+        """The connection now belongs to a tunnel: this protocol is out of the picture."""
+        self.closing = True
+        self.deadline = 0.0
+        self.active = None
+        self.current = None
+        self.server.release_client(self, tunneled=True)
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.deadline = 0.0
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.deadline = 0.0
+            self.transport.abort()
+
+    def timeout(self) -> None:
+        """Called by the server's sweep when `deadline` passed."""
+        self.deadline = 0.0
+        if self.closing:
+            return
+        if self.in_head:
+            if self.active is None:
+                self._reject(408, "HeaderTimeout")
+            else:
+                self.abort()
+        elif self.current is not None and not self.paused:
+            self.current.client_timeout()
+        elif self.active is None and not self.queue:
+            self.close()  # idle keep-alive connection
+        elif self.write_paused:
+            self.server.reject(self, 0, "ClientNotReading")
+            self.abort()
+
+    def drain(self) -> None:
+        """Shutdown: close at once when idle, else after the response in progress."""
+        if self.active is None and self.current is None and not self.in_head and not self.queue:
+            self.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _idle_deadline(self) -> float:
+        return self.loop.time() + self.server.settings.keepalive_timeout
+
+    def _pause(self, bit: int) -> None:
+        if not self.paused and not self.closing:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and not self.closing:
+                self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self._pause(_PAUSE_UPGRADE)
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        last = self.last
+        if self.rejected or self.closing:
+            return
+        if last is not None and last.head is not None and last.head.upgrade is not None:
+            # The bytes after the upgrade request belong to the tunnel, if the upstream agrees;
+            # the connection is not read again until then. A refused upgrade closes it.
+            last.tunnel_rest += data[offset:]
+            self.rejected = True
+            self._pause(_PAUSE_UPGRADE)
+            return
+        # An upgrade we do not tunnel (h2c, CONNECT was refused before): continue as HTTP/1.1.
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest:
+            self.data_received(rest)
+
+    def _reject(self, status: int, reason: str, detail: str | None = None) -> None:
+        """Refuse the request being read: answer in turn (if we still can) and close."""
+        if self.rejected or self.closing:
+            return
+        self.rejected = True
+        self.in_head = False
+        self._stop_reading()
+        self.server.reject(self, status, reason, detail)
+        if self.active is None:
+            self.closing = True
+            self.deadline = 0.0
+            self.transport.write(local_reply(status, close=True))
+            self.transport.close()
+        else:
+            # Answer after the responses still owed, then close.
+            self.queue.append(self.server.local_exchange(self, status, reason))

@@ -1,0 +1,480 @@
+"""Header rules of the data path: request validation and rewriting, response rewriting.
+
+The downstream protocol hands the raw head of each client request (method, target, version and
+the header tuples httptools collected) to `parse_request`, which checks it against the
+smuggling rules (RFC 9112 §6.3, §3.2), strips hop-by-hop fields (RFC 9110 §7.6.1), adds the
+X-Forwarded-* / X-Real-IP / X-Request-ID fields and renders the upstream head as one bytes
+object. `render_response` does the same for the upstream's response head on its way back to
+the client and decides how its body is framed. Both are single passes over the header list:
+they run for every request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from typing import Final
+
+from proxy.settings import IPNetwork
+
+# Hop-by-hop fields (RFC 9110 §7.6.1) plus the framing ones we regenerate ourselves.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Connection options that are not header names; anything else listed in Connection names a
+# header to remove as well.
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+_FORWARDED: Final = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    }
+)
+
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Request ids: a random per-process prefix plus a counter; as unique as a UUID across workers
+# and restarts, and an order of magnitude cheaper to make than uuid4().
+_ID_PREFIX: Final = os.urandom(8).hex().encode()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    return b"%s%016x" % (_ID_PREFIX, next(_id_counter))
+
+
+class BadRequest(Exception):
+    """A request we refuse to forward: answered with `status` and the connection closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ClientContext:
+    """What is fixed for one client connection: its address, trust, scheme and listener port."""
+
+    __slots__ = ("client_ip", "fixed_forwarded", "port", "scheme", "trusted")
+
+    def __init__(
+        self, client_ip: str, scheme: str, port: int, trusted_networks: tuple[IPNetwork, ...]
+    ) -> None:
+        self.client_ip = client_ip.encode()
+        self.scheme = scheme.encode()
+        self.port = str(port).encode()
+        self.trusted = False
+        if trusted_networks:
+            try:
+                address = ipaddress.ip_address(client_ip)
+                self.trusted = any(address in net for net in trusted_networks)
+            except ValueError:
+                self.trusted = False
+        # For an untrusted client the forwarded fields do not depend on the request, except
+        # X-Forwarded-Host: render them once per connection.
+        self.fixed_forwarded = b"".join(
+            (
+                b"X-Forwarded-For: ",
+                self.client_ip,
+                b"\r\nX-Real-IP: ",
+                self.client_ip,
+                b"\r\nX-Forwarded-Proto: ",
+                self.scheme,
+                b"\r\nX-Forwarded-Port: ",
+                self.port,
+                b"\r\n",
+            )
+        )
+
+
+class RequestHead:
+    """One validated client request, ready to go upstream."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "request_id",
+        "target",
+        "upgrade",
+        "upstream_head",
+        "upstream_rest",
+        "version_11",
+    )
+
+    method: bytes
+    target: bytes  # origin-form, as forwarded
+    path: str  # target without the query, for routing
+    host: bytes  # Host as sent (or the authority of an absolute-form target); b"" if none
+    content_length: int  # -1: none
+    chunked: bool
+    keep_alive: bool
+    version_11: bool
+    expect_continue: bool
+    upgrade: bytes | None  # the Upgrade value when this request asks for a tunnel
+    request_id: bytes
+    upstream_head: bytes | None  # full upstream head; None when Host must be added at send time
+    upstream_rest: bytes  # head after the request line, without Host (when Host is missing)
+
+    def render(self, authority: bytes) -> bytes:
+        """The upstream head; a request without Host (HTTP/1.0) gets the endpoint's authority."""
+        if self.upstream_head is not None:
+            return self.upstream_head
+        return (
+            b"".join((self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"))
+            + self.upstream_rest
+        )
+
+
+def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
+    """(origin-form target, authority from an absolute-form target or None)."""
+    if url[:1] == b"/":
+        return url, None
+    if url == b"*":
+        if method != b"OPTIONS":
+            raise BadRequest(400, "AsteriskTarget")
+        return url, None
+    lower = url[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = url[7:]
+    elif lower.startswith(b"https://"):
+        rest = url[8:]
+    else:
+        raise BadRequest(400, "InvalidTarget")
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = slash if slash >= 0 and (query < 0 or slash < query) else query
+    if cut < 0:
+        authority, target = rest, b"/"
+    else:
+        authority, target = rest[:cut], rest[cut:]
+        if target[:1] == b"?":
+            target = b"/" + target
+    if not authority or b"@" in authority:
+        raise BadRequest(400, "InvalidTarget")
+    return target, authority
+
+
+def parse_request(
+    method: bytes,
+    url: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    ctx: ClientContext,
+) -> RequestHead:
+    """Validate a request head and render its upstream form; raises BadRequest."""
+    if version == "1.1":
+        version_11 = True
+    elif version == "1.0":
+        version_11 = False
+    elif version[:1] in ("0", "1"):
+        raise BadRequest(400, "InvalidVersion")
+    else:
+        raise BadRequest(505, "VersionNotSupported")
+    if method == b"CONNECT":
+        raise BadRequest(405, "ConnectNotAllowed")
+    target, authority = _check_target(method, url)
+
+    host: bytes | None = None
+    hosts = 0
+    content_length = -1
+    te: bytes | None = None
+    connection: list[bytes] | None = None
+    upgrade: bytes | None = None
+    expect: bytes | None = None
+    request_id: bytes | None = None
+    xff: bytes | None = None
+    x_proto: bytes | None = None
+    x_host: bytes | None = None
+    x_port: bytes | None = None
+    x_real_ip: bytes | None = None
+    parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
+    append = parts.append
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"host":
+            hosts += 1
+            host = value
+        elif lname in HOP_BY_HOP:
+            if lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                connection = tokens if connection is None else connection + tokens
+            elif lname == b"transfer-encoding":
+                if te is not None:
+                    raise BadRequest(400, "DuplicateTransferEncoding")
+                te = value
+            elif lname == b"upgrade":
+                upgrade = value
+            continue
+        elif lname == b"content-length":
+            # httptools already rejects malformed and duplicate values; checked again because
+            # this is the one field request smuggling hinges on.
+            if content_length >= 0 or not value.isdigit():
+                raise BadRequest(400, "InvalidContentLength")
+            content_length = int(value)
+        elif lname in _FORWARDED:
+            if ctx.trusted:
+                if lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"x-forwarded-proto":
+                    x_proto = value
+                elif lname == b"x-forwarded-host":
+                    x_host = value
+                elif lname == b"x-forwarded-port":
+                    x_port = value
+                else:
+                    x_real_ip = value
+            continue
+        elif lname == b"expect":
+            expect = value
+            continue
+        elif lname == b"x-request-id":
+            request_id = value
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+
+    if hosts > 1:
+        raise BadRequest(400, "MultipleHost")
+    if authority is not None:
+        host = authority  # RFC 9112 §3.2.2: the target's authority replaces Host
+    elif host is None:
+        if version_11:
+            raise BadRequest(400, "MissingHost")
+    elif b"/" in host or b" " in host or b"," in host or b"@" in host:
+        raise BadRequest(400, "InvalidHost")
+    chunked = False
+    if te is not None:
+        if content_length >= 0:
+            raise BadRequest(400, "ContentLengthWithTransferEncoding")
+        if te.strip().lower() != b"chunked" or not version_11:
+            raise BadRequest(400, "InvalidTransferEncoding")
+        chunked = True
+
+    keep_alive = version_11
+    tunnel: bytes | None = None
+    if connection is not None:
+        if b"close" in connection:
+            keep_alive = False
+        elif not version_11 and b"keep-alive" in connection:
+            keep_alive = True
+        # h2c is hop-by-hop and cannot be proxied to an HTTP/1.1 upstream: strip it.
+        if (
+            upgrade is not None
+            and b"upgrade" in connection
+            and version_11
+            and upgrade.strip().lower() != b"h2c"
+        ):
+            tunnel = upgrade
+        extra = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
+        if extra:
+            parts = _drop_named(parts, frozenset(extra))
+            append = parts.append
+
+    expect_continue = False
+    if expect is not None:
+        if expect.strip().lower() != b"100-continue":
+            raise BadRequest(417, "UnsupportedExpectation")
+        expect_continue = version_11
+
+    if request_id is None:
+        request_id = new_request_id()
+    append(b"X-Request-ID: ")
+    append(request_id)
+    append(b"\r\n")
+    if host is not None:
+        append(b"X-Forwarded-Host: ")
+        append(x_host if x_host is not None else host)
+        append(b"\r\n")
+    if ctx.trusted:
+        append(b"X-Forwarded-For: ")
+        append(ctx.client_ip if xff is None else xff + b", " + ctx.client_ip)
+        append(b"\r\nX-Real-IP: ")
+        append(ctx.client_ip if x_real_ip is None else x_real_ip)
+        append(b"\r\nX-Forwarded-Proto: ")
+        append(ctx.scheme if x_proto is None else x_proto)
+        append(b"\r\nX-Forwarded-Port: ")
+        append(ctx.port if x_port is None else x_port)
+        append(b"\r\n")
+    else:
+        append(ctx.fixed_forwarded)
+    if chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    if tunnel is not None:
+        append(b"Connection: upgrade\r\nUpgrade: ")
+        append(tunnel)
+        append(b"\r\n")
+    append(b"\r\n")
+
+    head = RequestHead()
+    head.method = method
+    head.target = target
+    query = target.find(b"?")
+    head.path = (target if query < 0 else target[:query]).decode("latin-1")
+    head.content_length = content_length
+    head.chunked = chunked
+    head.keep_alive = keep_alive
+    head.version_11 = version_11
+    head.expect_continue = expect_continue and (chunked or content_length > 0)
+    head.upgrade = tunnel
+    head.request_id = request_id
+    if host is None:
+        head.host = b""
+        head.upstream_head = None
+        head.upstream_rest = b"".join(parts[4:])
+    else:
+        head.host = host
+        parts[3] = b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        head.upstream_head = b"".join(parts)
+        head.upstream_rest = b""
+    return head
+
+
+def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    """Remove header fields named in Connection from the rendered parts (rare path)."""
+    out = parts[:4]
+    for i in range(4, len(parts), 4):
+        if parts[i].lower() not in names:
+            out.extend(parts[i : i + 4])
+    return out
+
+
+# Response body framing towards the client.
+FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_LENGTH: Final = 1  # Content-Length, passed through
+FRAME_CHUNKED: Final = 2  # re-chunked by us (upstream chunked or read-to-close)
+FRAME_CLOSE: Final = 3  # delimited by closing the client connection (HTTP/1.0 clients)
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class ResponseHead:
+    """The client-facing head of an upstream response and how its body is framed."""
+
+    __slots__ = ("data", "framing", "keep_alive", "upstream_chunked")
+
+    data: bytes
+    framing: int
+    keep_alive: bool  # the client connection may stay open after this response
+    upstream_chunked: bool
+
+
+def render_response(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    head_request: bool,
+    version_11: bool,
+    keep_alive: bool,
+) -> ResponseHead:
+    """Rewrite an upstream response head for the client; raises ValueError if it is invalid."""
+    parts: list[bytes] = [_status_line(status, reason)]
+    append = parts.append
+    has_server = False
+    has_length = False
+    chunked = False
+    connection: list[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or chunked:
+                    raise ValueError("unsupported transfer-encoding from upstream")
+                chunked = True
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                connection = tokens if connection is None else connection + tokens
+            continue
+        if lname == b"content-length":
+            if has_length:
+                raise ValueError("duplicate content-length from upstream")
+            has_length = True
+        elif lname == b"server":
+            has_server = True
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if connection is not None:
+        extra = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
+        if extra:
+            parts = _drop_named_response(parts, frozenset(extra))
+            append = parts.append
+    if not has_server:
+        append(b"Server: portico\r\n")
+
+    out = ResponseHead()
+    out.upstream_chunked = chunked
+    if head_request or status < 200 or status in (204, 304):
+        out.framing = FRAME_NONE
+    elif has_length and not chunked:
+        out.framing = FRAME_LENGTH
+    elif version_11:
+        out.framing = FRAME_CHUNKED
+        append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        out.framing = FRAME_CLOSE
+        keep_alive = False
+    if not keep_alive:
+        append(b"Connection: close\r\n")
+    elif not version_11:
+        append(b"Connection: keep-alive\r\n")
+    append(b"\r\n")
+    out.keep_alive = keep_alive
+    out.data = b"".join(parts)
+    return out
+
+
+def _drop_named_response(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    out = parts[:1]
+    for i in range(1, len(parts), 4):
+        if parts[i].lower() not in names:
+            out.extend(parts[i : i + 4])
+    return out
+
+
+def render_switching(reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The 101 head for the client: end-to-end fields plus Connection/Upgrade kept as sent."""
+    parts: list[bytes] = [_status_line(101, reason)]
+    upgrade = b"websocket"
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"upgrade":
+            upgrade = value
+            continue
+        if lname in HOP_BY_HOP:
+            continue
+        parts.extend((name, b": ", value, b"\r\n"))
+    parts.extend((b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n"))
+    return b"".join(parts)

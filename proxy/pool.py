@@ -1,0 +1,110 @@
+"""Per-endpoint keep-alive pool of upstream connections, one per worker.
+
+An exchange asks `acquire(key)` for an idle connection to an (ip, port) and, when there is none,
+dials with `connect`. After a complete response on a reusable connection the exchange hands it
+back with `release`; it then idles (LIFO, so the warmest connection is reused first and the
+coldest ones expire) until `upstream_keepalive_timeout`, at most `upstream_keepalive_max` per
+endpoint. When a snapshot drops an endpoint, `retain` closes its idle connections and makes
+later releases to it close instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proxy.config import Endpoint
+from proxy.settings import ProxySettings
+from proxy.upstream import UpstreamProtocol
+
+logger = logging.getLogger("portico.proxy")
+
+_Key = tuple[str, int]
+
+
+class Pool:
+    __slots__ = (
+        "connects",
+        "conns",
+        "idle",
+        "keepalive_max",
+        "keepalive_timeout",
+        "loop",
+        "retained",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: ProxySettings) -> None:
+        self.loop = loop
+        self.keepalive_timeout = settings.upstream_keepalive_timeout
+        self.keepalive_max = settings.upstream_keepalive_max
+        self.idle: dict[_Key, list[UpstreamProtocol]] = {}
+        self.conns: set[UpstreamProtocol] = set()  # every open upstream connection
+        self.retained: frozenset[_Key] | None = None  # None: every endpoint is current
+        self.connects = 0
+
+    def track(self, conn: UpstreamProtocol) -> None:
+        self.conns.add(conn)
+
+    def forget(self, conn: UpstreamProtocol) -> None:
+        self.conns.discard(conn)
+        idle = self.idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def acquire(self, key: _Key) -> UpstreamProtocol | None:
+        idle = self.idle.get(key)
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing():
+                conn.deadline = 0.0
+                return conn
+        return None
+
+    def release(self, conn: UpstreamProtocol) -> None:
+        conn.exchange = None
+        if conn.closed:
+            return
+        key = conn.key
+        retained = self.retained
+        idle = self.idle.get(key)
+        if idle is None:
+            idle = self.idle[key] = []
+        if (retained is not None and key not in retained) or len(idle) >= self.keepalive_max:
+            conn.close()
+            return
+        transport = conn.transport
+        if transport is not None:
+            transport.resume_reading()  # may have been paused by a slow client
+        conn.deadline = self.loop.time() + self.keepalive_timeout
+        idle.append(conn)
+
+    async def connect(self, endpoint: Endpoint, connect_timeout: float) -> UpstreamProtocol:
+        self.connects += 1
+        _, conn = await asyncio.wait_for(
+            self.loop.create_connection(
+                lambda: UpstreamProtocol(self, endpoint), endpoint.address, endpoint.port
+            ),
+            connect_timeout,
+        )
+        return conn
+
+    def retain(self, keys: frozenset[_Key]) -> None:
+        """Keep pooling only these endpoints; close idle connections to any other."""
+        self.retained = keys
+        for key in [k for k in self.idle if k not in keys]:
+            for conn in self.idle.pop(key):
+                conn.close()
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self.idle.values())
+
+    def close(self) -> None:
+        for idle in list(self.idle.values()):
+            for conn in list(idle):
+                conn.close()
+        self.idle.clear()
+
+    def abort_all(self) -> None:
+        for conn in list(self.conns):
+            conn.abort()

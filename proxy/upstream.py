@@ -1,0 +1,162 @@
+"""Pod-facing HTTP/1.1 protocol: one TCP connection to one endpoint, reused through the pool.
+
+While an `Exchange` is attached, the httptools response parser's callbacks go straight to it
+(status, headers, body pieces, end of message); between exchanges the connection idles in the
+`Pool`. Bytes from an idle connection mean the peer is broken, so it is closed. Flow control is
+coupled both ways: this transport's `pause_writing` pauses reading the client's request body,
+and the client transport's `pause_writing` pauses reading here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.config import Endpoint
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.pool import Pool
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "deadline",
+        "endpoint",
+        "exchange",
+        "headers",
+        "in_head",
+        "key",
+        "parser",
+        "pool",
+        "reason",
+        "requests",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.key = (endpoint.address, endpoint.port)
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.deadline = 0.0
+        self.closed = False
+        self.requests = 0  # exchanges served; > 1 means the connection came from the pool
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.in_head = True
+
+    # ---- transport events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Not TCP (a Unix socket) or already closed: nothing to tune.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pool.track(self)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Unsolicited bytes (or an early close notice) on an idle connection: unusable.
+            self.close()
+            return
+        exchange.response_bytes = True
+        self.deadline = self.pool.loop.time() + exchange.read_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.exchange is exchange:
+                exchange.upstream_upgraded(self, data[upgrade.args[0] :])
+        except httptools.HttpParserError:
+            if self.exchange is exchange:
+                exchange.upstream_failed(self, 502, "BadUpstreamResponse")
+            else:
+                self.close()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_resumed()
+
+    # ---- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # trailers are dropped
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_head(self, self.parser.get_status_code(), self.reason, self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.response is not None:
+            exchange.response_done(self, self.parser.should_keep_alive())
+
+    # ---- used by the exchange and the pool ---------------------------------------------------
+
+    def finish_head_response(self) -> bool:
+        """A response to HEAD ends with its head; httptools cannot be told, so start afresh."""
+        keep = bool(self.parser.should_keep_alive())
+        self.parser = httptools.HttpResponseParser(self)
+        return keep
+
+    def timeout(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # idle too long in the pool
+        else:
+            exchange.upstream_timeout(self)
+
+    def close(self) -> None:
+        self.exchange = None
+        self.deadline = 0.0
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        self.deadline = 0.0
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
