@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -49,11 +49,12 @@ def _order(problem: Problem) -> tuple[str, str, str, str]:
 
 
 def _fields(problem: Problem) -> dict[str, object]:
+    # `message` is reserved on LogRecords (it is the formatted event), hence `detail`.
     fields: dict[str, object] = {
         "kind": problem.kind,
         "ref": problem.ref,
         "reason": problem.reason,
-        "message": problem.message,
+        "detail": problem.message,
     }
     if problem.kind == "File":
         # File problems name "path#document": also log them apart for grep-ability.
@@ -169,7 +170,7 @@ class Reconciler:
 
 async def manifest_results(
     directory: Path, settings: CompileSettings
-) -> AsyncIterator[CompileResult]:
+) -> AsyncGenerator[CompileResult, None]:
     """Compile results of a watched manifest directory: the first after the initial read,
     then one per effective change. File problems are merged into `CompileResult.problems`."""
     if not await asyncio.to_thread(directory.is_dir):
