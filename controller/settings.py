@@ -57,6 +57,10 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "extended; from any other client they are overwritten."
     ),
     "access_log": "Log one line per request.",
+    "tls_min_version": 'Oldest TLS version the HTTPS listener accepts: "1.2" or "1.3".',
+    "hsts": "Send Strict-Transport-Security on HTTPS responses.",
+    "hsts_max_age": "max-age, in seconds, of the Strict-Transport-Security header.",
+    "hsts_include_subdomains": "Add includeSubDomains to the Strict-Transport-Security header.",
     "shutdown_delay": (
         "Seconds listeners stay open after SIGTERM (readiness already failing) so load "
         "balancers notice."
@@ -178,6 +182,13 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
                 raise ValueError(f"{network!r} is not an IP network: {exc}") from None
         return value
 
+    @field_validator("tls_min_version", check_fields=False)
+    @classmethod
+    def _check_tls_version(cls, value: str) -> str:
+        if value not in ("1.2", "1.3"):
+            raise ValueError(f"{value!r} is not a TLS version Portico accepts (1.2 or 1.3)")
+        return value
+
     @field_validator("workers", mode="before")
     @classmethod
     def _auto_workers(cls, value: Any) -> Any:
@@ -268,6 +279,17 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+_METAVARS: Final[Mapping[str, str]] = {
+    "trusted_proxies": "CIDR,...",
+    "manifests": "DIR",
+    "default_certificate": "NAMESPACE/NAME",
+    "log_level": "LEVEL",
+    "workers": "N",
+    str(int): "N",
+    str(float): "SECONDS",
+}
+
+
 def _is_bool(info: FieldInfo) -> bool:
     return info.annotation is bool
 
@@ -293,7 +315,7 @@ def add_settings_arguments(
         if _is_bool(info):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["metavar"] = name.upper()
+            kwargs["metavar"] = _METAVARS.get(name) or _METAVARS.get(str(info.annotation), "VALUE")
         parser.add_argument(flag_name(name), **kwargs)
 
 

@@ -37,6 +37,7 @@ def test_every_proxy_field_is_a_setting_with_the_same_default() -> None:
 def test_every_field_is_documented() -> None:
     for name, info in Settings.model_fields.items():
         assert info.description, name
+        assert "proxy/settings.py" not in info.description, f"{name}: add it to _PROXY_HELP"
 
 
 def test_defaults() -> None:
@@ -104,6 +105,7 @@ def test_proxy_settings_carry_the_values() -> None:
         (["--bind-address", "localhost:80"], {}, "--bind-address"),
         ([], {"PORTICO_KEEPALIVE_TIMEOUT": "-5"}, "PORTICO_KEEPALIVE_TIMEOUT"),
         (["--ingress-class", ""], {}, "--ingress-class"),
+        (["--tls-min-version", "1.1"], {}, "--tls-min-version"),
     ],
 )
 def test_invalid_values_name_their_source(
