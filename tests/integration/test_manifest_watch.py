@@ -262,3 +262,35 @@ async def test_missing_directory_fails_at_once(tmp_path: Path) -> None:
     stream = manifest_results(tmp_path / "nope", CompileSettings())
     with pytest.raises(NotADirectoryError):
         await asyncio.wait_for(anext(stream), SLACK_BOUND)
+
+
+async def test_configmap_volume_symlink_swap(tmp_path: Path) -> None:
+    # The layout kubelet writes for a ConfigMap volume: the real files live in a hidden,
+    # timestamped directory; `..data` points at it; visible names point through `..data`.
+    # Updates swap `..data` atomically. Hidden directories must not be read twice.
+    def version(name: str, text: str) -> None:
+        write(tmp_path / name / "class.yaml", CLASS)
+        write(tmp_path / name / "app.yaml", text)
+
+    version("..v1", app("web", "web.local"))
+    os.symlink("..v1", tmp_path / "..data")
+    for name in ("class.yaml", "app.yaml"):
+        os.symlink(f"..data/{name}", tmp_path / name)
+    stream = manifest_results(tmp_path, CompileSettings())
+    w = Watch(stream)
+    try:
+        first = await w.result()
+        assert first.problems == ()  # no DuplicateObject from the hidden copies
+        assert target(first, "web.local") == ("ns/web", ["127.0.0.2:8081"])
+
+        version("..v2", app("web", "web.local", address="127.0.0.9"))
+        os.symlink("..v2", tmp_path / "..data_tmp")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        result = await w.result()
+        assert target(result, "web.local") == ("ns/web", ["127.0.0.9:8081"])
+    finally:
+        if w.pending is not None:
+            w.pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await w.pending
+        await stream.aclose()
