@@ -1,0 +1,78 @@
+"""Raw-object helpers for cluster mode: what the informers see besides the parsed models.
+
+The store keeps only the fields routing needs. Reporting back needs two more things from the
+raw objects: each object's identity (UID, apiVersion) so Events attach to it the way
+`kubectl describe` looks them up, and the publish Service's `status.loadBalancer`. Both are fed
+by informer changes here, without widening the shared models.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from controller.kube.watching import Change, Informer, ObjKey
+from controller.status import LbStatus, parse_lb_status
+
+logger = logging.getLogger(__name__)
+
+
+class ReferenceIndex:
+    """(kind, ref) -> the `involvedObject` reference of every object the informers know."""
+
+    def __init__(self) -> None:
+        self._refs: dict[tuple[str, str], dict[str, str]] = {}
+
+    def observe(self, kind: str, key: ObjKey, raw: dict[str, Any] | None) -> None:
+        """A RawObserver: record or forget one object's identity."""
+        ns, name = key
+        ref = f"{ns}/{name}" if ns else name
+        if raw is None:
+            self._refs.pop((kind, ref), None)
+            return
+        meta = raw.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, Mapping) else None
+        api_version = raw.get("apiVersion")
+        reference = {"kind": kind, "name": name}
+        if ns:
+            reference["namespace"] = ns
+        if isinstance(api_version, str) and api_version:
+            reference["apiVersion"] = api_version
+        if isinstance(uid, str) and uid:
+            reference["uid"] = uid
+        self._refs[(kind, ref)] = reference
+
+    def get(self, kind: str, ref: str) -> dict[str, str] | None:
+        reference = self._refs.get((kind, ref))
+        return None if reference is None else dict(reference)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
+class PublishedService:
+    """A ChangeSink for the one-Service informer of `--publish-service`.
+
+    Hands the Service's `status.loadBalancer.ingress` to `on_status`; None while the Service is
+    missing (unknown: statuses are then left alone, never blanked).
+    """
+
+    def __init__(self, name: str, on_status: Callable[[LbStatus | None], None]) -> None:
+        self.name = name
+        self._on_status = on_status
+        self.informers: list[Informer] = []
+
+    def changes(self, informer: Informer, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.key[1] != self.name:
+                continue
+            if change.type == "DELETED" or change.raw is None:
+                logger.warning("status.publish_service_missing", extra={"service": self.name})
+                self._on_status(None)
+            else:
+                self._on_status(parse_lb_status(change.raw))
+
+    def listed(self, informer: Informer) -> None:
+        if not informer.cache:
+            logger.warning("status.publish_service_missing", extra={"service": self.name})
