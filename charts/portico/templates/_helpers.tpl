@@ -115,3 +115,13 @@ app.kubernetes.io/part-of: portico
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* A value as an environment variable string. Helm reads numbers as float64, and 1048576 would
+print as 1.048576e+06: whole numbers are printed as integers. */}}
+{{- define "portico.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (float64 (int64 .))) }}
+{{- int64 . | toString | quote }}
+{{- else }}
+{{- toString . | quote }}
+{{- end }}
+{{- end }}
