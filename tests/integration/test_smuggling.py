@@ -167,7 +167,9 @@ def make_snapshot(backend_port: int) -> Snapshot:
     )
 
 
-DEFAULT_SETTINGS = ProxySettings(bind_address="127.0.0.1", http_port=0, https_port=0)
+DEFAULT_SETTINGS = ProxySettings(
+    bind_address="127.0.0.1", http_port=0, https_port=0, access_log=False
+)
 LIMITS_SETTINGS = ProxySettings(
     bind_address="127.0.0.1",
     http_port=0,
@@ -175,6 +177,7 @@ LIMITS_SETTINGS = ProxySettings(
     max_header_bytes=4096,
     max_headers=20,
     max_body_bytes=1024,
+    access_log=False,
 )
 
 
@@ -250,9 +253,10 @@ async def converse(
     *,
     responses: int | None = None,
     timeout: float = CONVERSATION_TIMEOUT,
+    half_close: bool = False,
 ) -> Conversation:
-    """Send `data` on a fresh connection; read until the proxy closes, `responses` complete
-    responses have arrived, or `timeout` passes."""
+    """Send `data` on a fresh connection (then half-close if asked); read until the proxy
+    closes, `responses` complete responses have arrived, or `timeout` passes."""
     loop = asyncio.get_running_loop()
     conversation = Conversation()
     collector = _ResponseCollector(conversation)
@@ -264,6 +268,8 @@ async def converse(
         # The proxy may reject early and close while we still send; its answer stays readable.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await loop.sock_sendall(sock, data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         deadline = loop.time() + timeout
         while responses is None or conversation.complete < responses:
             remaining = deadline - loop.time()
@@ -808,6 +814,26 @@ async def test_pipelined_smuggling_after_a_good_request(stack: Stack) -> None:
     assert conv.closed
     await asyncio.sleep(0.05)
     assert [r.target for r in stack.recorder.requests] == ["/first"]
+
+
+TRUNCATED = [
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x.exa", id="head"),
+    pytest.param(post(b"Content-Length: 10\r\n", b"hello"), id="content_length_body"),
+    pytest.param(post(b"Transfer-Encoding: chunked\r\n", b"a\r\nhello"), id="chunk_data"),
+    pytest.param(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n"), id="no_last_chunk"),
+]
+
+
+@pytest.mark.parametrize("data", TRUNCATED)
+async def test_eof_mid_request_ends_the_exchange(stack: Stack, data: bytes) -> None:
+    """A client that half-closes before its request is complete can never complete it: the
+    proxy closes at once (well before its 10 s / 60 s client timeouts) and the backend never
+    sees a complete request."""
+    conv = await converse(stack.port, data, half_close=True)
+    assert conv.closed, f"still open after EOF: {conv.raw[:200]!r}"
+    assert conv.statuses in ([], [400]), conv.raw[:200]
+    await asyncio.sleep(0.05)
+    assert stack.recorder.requests == []
 
 
 # ---- limits (RFC 9110 §15.5.14/.15, RFC 6585 §5) -------------------------------------------------
