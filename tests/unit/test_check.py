@@ -45,6 +45,13 @@ endpoints: [{addresses: [127.0.0.2], conditions: {ready: true}}]
 """
 
 
+@pytest.fixture(autouse=True)
+def _keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() installs the JSON handler on the root logger; inside pytest that would outlive the
+    # test (and its captured stderr). The subprocess test below covers the real set-up.
+    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
+
+
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), out, err)
