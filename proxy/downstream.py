@@ -59,6 +59,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "rejected",
         "scheme",
         "server",
+        "starting",
         "transport",
         "url",
         "write_paused",
@@ -70,7 +71,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.scheme = scheme
         self.port = port
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = self._new_parser()
         self.ctx: ClientContext | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -81,6 +82,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.last: Exchange | None = None  # the exchange whose request was read last
         self.active: Exchange | None = None  # the exchange being answered
         self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting for their turn
+        # The active exchange, begun only once the read that completed its head is parsed:
+        # a malformed body in the same read is then refused before a byte goes upstream, and
+        # the head goes out with the body bytes of that read in one write.
+        self.starting: Exchange | None = None
         self.paused = 0
         self.write_paused = False
         self.closing = False
@@ -124,11 +129,22 @@ class DownstreamProtocol(asyncio.Protocol):
                     reason = "InvalidMethod"
                 elif isinstance(exc, httptools.HttpParserInvalidURLError):
                     reason = "InvalidTarget"
+                elif "HTTP version" in str(exc):
+                    status, reason = 505, "VersionNotSupported"
                 self._reject(status, reason, detail=str(exc))
+        starting = self.starting
+        if starting is not None:
+            self.starting = None
+            if not starting.finished and not self.closing:
+                starting.begin()
 
     def eof_received(self) -> bool | None:
-        # A client half-closing after its request still gets its answer; an idle one is done.
-        return self.active is not None or bool(self.queue) or self.current is not None
+        # A client half-closing after its request still gets its answer; an idle one is done,
+        # and one in the middle of a request can never finish it (connection_lost cleans up,
+        # closing any upstream connection that carries the partial request).
+        if self.current is not None or self.in_head:
+            return False
+        return self.active is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -208,7 +224,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.last = exchange
         if self.active is None:
             self.active = exchange
-            exchange.begin()
+            self.starting = exchange
         else:
             self.queue.append(exchange)
         if self.rejected:
@@ -319,6 +335,13 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # llhttp refuses versions other than 0.9/1.0/1.1/2.0; parse_request decides instead
+        # (1.x as 1.1, 2 and above 505), which is RFC 9110 §2.5's advice.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
+
     def _idle_deadline(self) -> float:
         return self.loop.time() + self.server.settings.keepalive_timeout
 
@@ -348,7 +371,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._pause(_PAUSE_UPGRADE)
             return
         # An upgrade we do not tunnel (h2c, CONNECT was refused before): continue as HTTP/1.1.
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = self._new_parser()
         rest = data[offset:]
         if rest:
             self.data_received(rest)
@@ -361,6 +384,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self.in_head = False
         self._stop_reading()
         self.server.reject(self, status, reason, detail)
+        starting = self.starting
+        if starting is not None and starting is self.active and starting is self.current:
+            # The request that is not right is the one about to start: it never leaves.
+            self.starting = None
+            self.active = None
+            self.current = None
+            starting.discard()
         if self.active is None:
             self.closing = True
             self.deadline = 0.0

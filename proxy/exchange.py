@@ -455,6 +455,11 @@ class Exchange:
             self.status = 499  # nginx's "client closed request", for the access log
         self.down.server.log_access(self, self.reason or "ClientClosed")
 
+    def discard(self) -> None:
+        """Dropped before it began (its request turned out malformed): nothing to undo."""
+        self.finished = True
+        self.pending = None
+
     def client_timeout(self) -> None:
         """The client stopped sending its request body."""
         if self.finished:

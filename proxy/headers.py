@@ -146,6 +146,8 @@ class RequestHead:
 
 def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
     """(origin-form target, authority from an absolute-form target or None)."""
+    if b"#" in url or not url.isascii():
+        raise BadRequest(400, "InvalidTarget")  # RFC 9112 §3.2: no fragment, ASCII only
     if url[:1] == b"/":
         return url, None
     if url == b"*":
@@ -185,6 +187,8 @@ def parse_request(
         version_11 = True
     elif version == "1.0":
         version_11 = False
+    elif version[:2] == "1.":
+        version_11 = True  # RFC 9110 §2.5: a later 1.x minor version is handled as 1.1
     elif version[:1] in ("0", "1"):
         raise BadRequest(400, "InvalidVersion")
     else:
@@ -213,6 +217,7 @@ def parse_request(
         if lname == b"host":
             hosts += 1
             host = value
+            continue
         elif lname in HOP_BY_HOP:
             if lname == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
@@ -227,6 +232,7 @@ def parse_request(
         elif lname == b"content-length":
             # httptools already rejects malformed and duplicate values; checked again because
             # this is the one field request smuggling hinges on.
+            value = value.strip(b" \t")
             if content_length >= 0 or not value.isdigit():
                 raise BadRequest(400, "InvalidContentLength")
             content_length = int(value)
