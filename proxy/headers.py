@@ -232,10 +232,10 @@ def parse_request(
         elif lname == b"content-length":
             # httptools already rejects malformed and duplicate values; checked again because
             # this is the one field request smuggling hinges on.
-            value = value.strip(b" \t")
-            if content_length >= 0 or not value.isdigit():
+            digits = value.strip(b" \t")
+            if content_length >= 0 or not digits.isdigit():
                 raise BadRequest(400, "InvalidContentLength")
-            content_length = int(value)
+            content_length = int(digits)
         elif lname in _FORWARDED:
             if ctx.trusted:
                 if lname == b"x-forwarded-for":
