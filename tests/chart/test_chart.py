@@ -347,6 +347,7 @@ def test_rendering_passes_kubernetes_validate(helm: Helm, name: str, kube: str) 
         ({"controller": {"containerPorts": {"http": 80, "https": 443, "admin": 10254}}}, "http"),
         ({"controller": {"defaultCertificate": "no-namespace"}}, "defaultCertificate"),
         ({"kind": "StatefulSet"}, "kind"),
+        ({"controller": {"config": {"admin_port": 1}}}, "admin_port"),
     ],
     ids=[
         "unknown-key",
@@ -357,6 +358,7 @@ def test_rendering_passes_kubernetes_validate(helm: Helm, name: str, kube: str) 
         "privileged-port",
         "secret-ref",
         "kind",
+        "config-shadows-value",
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, values: Values, field: str) -> None:
@@ -451,7 +453,9 @@ def test_env_names_are_portico_settings(helm: Helm, name: str) -> None:
     from controller.settings import Settings
 
     known = CONTROLLER_FLAGS | set(Settings.model_fields)
-    for variable in env_of(helm.render(VALUE_SETS[name])):
+    names = [e["name"] for e in container(helm.render(VALUE_SETS[name]))["env"]]
+    assert len(names) == len(set(names)), names
+    for variable in names:
         if variable.startswith("PORTICO_"):
             assert variable.removeprefix("PORTICO_").lower() in known, variable
 
@@ -463,7 +467,9 @@ def test_env_is_accepted_by_settings(helm: Helm) -> None:
     env = env_of(helm.render(VALUE_SETS["extras"]))
     environ = {k: v for k, v in env.items() if k.startswith("PORTICO_") and isinstance(v, str)}
     settings = Settings.from_sources({}, environ)
-    assert settings.admin_address == "0.0.0.0"
+    # ipFamilies lists IPv6: public ports on "::" (both families), admin on the pod's own IP.
+    assert settings.bind_address == "::"
+    assert env["PORTICO_ADMIN_ADDRESS"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert settings.admin_port == 10254
     assert (settings.http_port, settings.https_port) == (8080, 8443)
     assert (settings.shutdown_delay, settings.drain_timeout) == (5, 30)
@@ -579,6 +585,21 @@ def test_service_cluster_ip_drops_external_fields(helm: Helm) -> None:
     assert all("nodePort" not in p for p in spec["ports"])
     assert "externalTrafficPolicy" not in spec
     assert "loadBalancerClass" not in spec
+
+
+def test_ipv4_listeners_by_default(helm: Helm) -> None:
+    env = env_of(helm.render())
+    assert env["PORTICO_ADMIN_ADDRESS"] == "0.0.0.0"
+    assert "PORTICO_BIND_ADDRESS" not in env  # the proxy's own default, 0.0.0.0
+    single = env_of(helm.render({"service": {"ipFamilies": ["IPv6"]}}))
+    assert single["PORTICO_BIND_ADDRESS"] == "::"
+    chosen = {
+        "service": {"ipFamilies": ["IPv6"]},
+        "controller": {"config": {"bind_address": "::1"}},
+    }
+    assert env_of(helm.render(chosen))["PORTICO_BIND_ADDRESS"] == "::1"
+    names = [e["name"] for e in container(helm.render(chosen))["env"]]
+    assert len(names) == len(set(names))
 
 
 def test_publish_status_address_replaces_publish_service(helm: Helm) -> None:
