@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 
 from controller.admin import AdminState, start_admin
@@ -30,7 +30,7 @@ from controller.settings import Settings
 # What a source hands the supervisor: the stream of compile results, and an optional task that
 # runs beside the data plane with access to the publisher (cluster mode writes Ingress status).
 Results = AsyncIterator[CompileResult]
-Companion = Callable[[Publisher], Awaitable[None]]
+Companion = Callable[[Publisher], Coroutine[None, None, None]]
 
 logger = logging.getLogger("portico.supervisor")
 
@@ -170,11 +170,11 @@ async def supervise(
             state.set_problems(result.problems)
             await publisher.publish(result.snapshot)
 
-    tasks = [asyncio.create_task(publish_results())]
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(publish_results())]
     if companion is not None:
         tasks.append(asyncio.create_task(companion(publisher)))
-    stopped = asyncio.create_task(stop.wait())
-    pending: set[asyncio.Task[None]] = set(tasks)
+    stopped: asyncio.Task[object] = asyncio.create_task(stop.wait())
+    pending: set[asyncio.Task[object]] = set(tasks)
     while not stopped.done():
         done, pending = await asyncio.wait(pending | {stopped}, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(stopped)
