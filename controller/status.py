@@ -26,7 +26,7 @@ from controller.kube import ApiError
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class LbAddress:
     """One `status.loadBalancer.ingress[]` entry (the fields Portico writes)."""
 
@@ -46,7 +46,8 @@ LbStatus = tuple[LbAddress, ...]  # sorted, duplicates removed: comparable as a 
 
 
 def lb_status(entries: Iterable[LbAddress]) -> LbStatus:
-    return tuple(sorted(set(e for e in entries if e.ip or e.hostname)))
+    unique = {e for e in entries if e.ip or e.hostname}
+    return tuple(sorted(unique, key=lambda e: (e.ip or "", e.hostname or "")))
 
 
 def parse_lb_status(raw: Mapping[str, Any] | None) -> LbStatus:
