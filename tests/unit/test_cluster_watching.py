@@ -91,8 +91,11 @@ class Recorder:
         self.problems = problems
 
 
+SERVICES_WATCHED = Watched(SERVICES)
+
+
 def make(
-    api: FakeApi, watched: Watched = Watched(SERVICES), namespace: str | None = None
+    api: FakeApi, watched: Watched = SERVICES_WATCHED, namespace: str | None = None
 ) -> tuple[Informer, ClusterSource, Recorder]:
     store = Store()
     recorder = Recorder(store)
