@@ -3,7 +3,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-. scripts/venv.sh test
+. scripts/venv.sh
+ensure_venv test
 # System tools the tests and benchmarks use (nginx, wrk, openssl, iproute2).
 need=()
 for tool in nginx wrk openssl ip; do command -v "$tool" >/dev/null || need+=("$tool"); done

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: make sure .venv exists with Portico installed (idempotent).
-# Usage: . scripts/venv.sh [extra]   e.g. ". scripts/venv.sh test" installs the test extra too.
+# Usage: ". scripts/venv.sh" then "ensure_venv [extra]" (e.g. "ensure_venv test").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
+
+ensure_venv() {
 if [ ! -x "$root/.venv/bin/python" ]; then
   if ! "$python" -m venv "$root/.venv" 2>/dev/null; then
     # Debian ships venv support separately.
@@ -16,6 +18,7 @@ if [ ! -x "$root/.venv/bin/python" ]; then
     "$python" -m venv "$root/.venv"
   fi
 fi
-spec="$root"
+local spec="$root"
 if [ -n "${1:-}" ]; then spec="$root[$1]"; fi
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
+}
