@@ -20,6 +20,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 import pytest
@@ -307,6 +308,29 @@ async def assert_only_sentinel_reaches_backend(stack: Stack) -> None:
     assert len(received) == 1, f"backend received extra bytes: {received!r}"
     assert received[0].startswith(b"GET /__sentinel ")
     assert received[0].count(b"\r\n\r\n") == 1 and received[0].endswith(b"\r\n\r\n"), received
+
+
+# ---- cases the proxy gets wrong today ----------------------------------------------------------
+# Never weaken a case to make it pass: list it here with what happens, so it gets fixed. The
+# xfail is strict, so a fix turns the case into a failure until its entry is removed.
+
+KNOWN_PROXY_BUGS: dict[str, str] = {
+    "cl_with_ows": (
+        "proxy validates the stripped value but forwards the field verbatim "
+        "('Content-Length: 5 ' with the trailing OWS); framing fields should be regenerated"
+    ),
+}
+
+
+def params(cases: list[Any]) -> list[Any]:
+    """pytest params named after each case, marked xfail(strict) when listed as a known bug."""
+    out = []
+    for c in cases:
+        marks = []
+        if c.name in KNOWN_PROXY_BUGS:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_PROXY_BUGS[c.name]))
+        out.append(pytest.param(c, id=c.name, marks=marks))
+    return out
 
 
 # ---- hostile cases -----------------------------------------------------------------------------
@@ -795,7 +819,7 @@ def _check_rejection(c: Case, conv: Conversation) -> None:
         assert conv.closed, f"{c.name}: the proxy kept the connection open ({conv.raw[:200]!r})"
 
 
-@pytest.mark.parametrize("c", FRAMING_CASES + SYNTAX_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("c", params(FRAMING_CASES + SYNTAX_CASES))
 async def test_rejected_and_nothing_forwarded(stack: Stack, c: Case) -> None:
     conv = await converse(stack.port, c.data)
     _check_rejection(c, conv)
@@ -816,20 +840,26 @@ async def test_pipelined_smuggling_after_a_good_request(stack: Stack) -> None:
     assert [r.target for r in stack.recorder.requests] == ["/first"]
 
 
+@dataclass(frozen=True)
+class Truncated:
+    name: str
+    data: bytes
+
+
 TRUNCATED = [
-    pytest.param(b"GET / HTTP/1.1\r\nHost: x.exa", id="head"),
-    pytest.param(post(b"Content-Length: 10\r\n", b"hello"), id="content_length_body"),
-    pytest.param(post(b"Transfer-Encoding: chunked\r\n", b"a\r\nhello"), id="chunk_data"),
-    pytest.param(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n"), id="no_last_chunk"),
+    Truncated("head", b"GET / HTTP/1.1\r\nHost: x.exa"),
+    Truncated("content_length_body", post(b"Content-Length: 10\r\n", b"hello")),
+    Truncated("chunk_data", post(b"Transfer-Encoding: chunked\r\n", b"a\r\nhello")),
+    Truncated("no_last_chunk", post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n")),
 ]
 
 
-@pytest.mark.parametrize("data", TRUNCATED)
-async def test_eof_mid_request_ends_the_exchange(stack: Stack, data: bytes) -> None:
+@pytest.mark.parametrize("t", params(TRUNCATED))
+async def test_eof_mid_request_ends_the_exchange(stack: Stack, t: Truncated) -> None:
     """A client that half-closes before its request is complete can never complete it: the
     proxy closes at once (well before its 10 s / 60 s client timeouts) and the backend never
     sees a complete request."""
-    conv = await converse(stack.port, data, half_close=True)
+    conv = await converse(stack.port, t.data, half_close=True)
     assert conv.closed, f"still open after EOF: {conv.raw[:200]!r}"
     assert conv.statuses in ([], [400]), conv.raw[:200]
     await asyncio.sleep(0.05)
@@ -866,7 +896,7 @@ LIMIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("c", LIMIT_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("c", params(LIMIT_CASES))
 async def test_limits(limits_stack: Stack, c: Case) -> None:
     conv = await converse(limits_stack.port, c.data)
     _check_rejection(c, conv)
@@ -998,7 +1028,7 @@ GOOD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("g", GOOD_CASES, ids=lambda g: g.name)
+@pytest.mark.parametrize("g", params(GOOD_CASES))
 async def test_well_formed_request_arrives_byte_correct(stack: Stack, g: Good) -> None:
     conv = await converse(stack.port, g.data, responses=1)
     assert conv.statuses == [200], f"{g.name}: {conv.raw[:300]!r}"
