@@ -236,9 +236,10 @@ def namespaced_grants(scope: str | None) -> set[Grant]:
         expand(scope, "networking.k8s.io", ["ingresses"], READ)
         | expand(scope, "", ["services", "secrets"], READ)
         | expand(scope, "discovery.k8s.io", ["endpointslices"], READ)
-        | expand(scope, "networking.k8s.io", ["ingresses/status"], ["update"])
-        | expand(scope, "", ["events"], ["create", "patch"])
-        | expand(scope, "events.k8s.io", ["events"], ["create", "patch"])
+        # controller/status.py merge-patches ingresses/status; update is the same right via PUT.
+        | expand(scope, "networking.k8s.io", ["ingresses/status"], ["patch", "update"])
+        # controller/events.py: create, on 409 get the existing Event, then patch its count.
+        | expand(scope, "", ["events"], ["create", "get", "patch"])
     )
 
 

@@ -107,13 +107,14 @@ app.kubernetes.io/part-of: portico
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
+# The status writer merge-patches /status; update covers a full-object write of it (same power).
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses/status"]
-  verbs: ["update"]
-# Problems become Events; both Event APIs are allowed so either client works.
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["patch", "update"]
+# Problems become core/v1 Events: create, then patch the count; get when one already exists.
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "get", "patch"]
 {{- end }}
 
 {{/* A value as an environment variable string. Helm reads numbers as float64, and 1048576 would
