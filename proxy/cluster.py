@@ -209,13 +209,18 @@ class Cluster:
         state = self._state(endpoint)
         if state is None:
             return  # no longer part of this backend
+        now = self._clock()
+        if state.ejected_until > now:
+            # Connects that were already under way when the endpoint got ejected fail together;
+            # they say nothing new, so they must not escalate the backoff.
+            return
         state.failures += 1
         exponent = min(state.failures - 1, _MAX_BACKOFF_EXPONENT)
         duration = min(self._ejection_base * 2.0**exponent, self._ejection_max)
         if state.ejected_until == 0.0:
             self._ejected += 1
         # Never 0.0, which means "not ejected", even with a clock that starts at zero.
-        state.ejected_until = max(self._clock() + duration, 1e-9)
+        state.ejected_until = max(now + duration, 1e-9)
         logger.info(
             "cluster.endpoint_ejected",
             extra={

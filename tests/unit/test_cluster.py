@@ -58,6 +58,15 @@ def picks(
     return out
 
 
+def fail_repeatedly(cluster: Cluster, clock: FakeClock, endpoint: Endpoint, n: int) -> None:
+    """n consecutive failures, each one after the previous ejection ran out (a failed probe)."""
+    for i in range(n):
+        if i:
+            while cluster.is_ejected(endpoint):
+                clock.now += 0.25
+        cluster.connect_failed(endpoint)
+
+
 # ---- which endpoints are candidates ----------------------------------------------------------
 
 
@@ -107,9 +116,8 @@ def test_candidate_tiers(case: TierCase, balancer: BalancerKind) -> None:
 def test_all_ejected_picks_the_one_closest_to_recovery() -> None:
     clock = FakeClock()
     cluster = make(A, B, clock=clock)
-    cluster.connect_failed(A)
-    cluster.connect_failed(A)  # ejected for 2 s
-    cluster.connect_failed(B)  # ejected for 1 s
+    fail_repeatedly(cluster, clock, A, 2)  # ejected for 2 s from now
+    cluster.connect_failed(B)  # ejected for 1 s from now
     assert {cluster.pick("round_robin") for _ in range(5)} == {B}
 
 
@@ -134,8 +142,7 @@ def test_backoff_doubles_and_caps(
 ) -> None:
     clock = FakeClock()
     cluster = make(A, B, clock=clock, base=base, cap=cap)
-    for _ in range(failures):
-        cluster.connect_failed(A)
+    fail_repeatedly(cluster, clock, A, failures)
     start = clock.now
     clock.now = start + ejected_for - 0.01
     assert cluster.is_ejected(A)
@@ -159,11 +166,19 @@ def test_recovery_after_backoff_keeps_failure_count_until_success() -> None:
     assert not cluster.is_ejected(A)
 
 
+def test_failures_while_ejected_do_not_escalate() -> None:
+    clock = FakeClock()
+    cluster = make(A, B, clock=clock)
+    for _ in range(5):  # five connects that were in flight together all fail
+        cluster.connect_failed(A)
+    clock.now += 1.01
+    assert not cluster.is_ejected(A)  # ejected once, for the base duration
+
+
 def test_success_resets_and_unejects() -> None:
     clock = FakeClock()
     cluster = make(A, B, clock=clock)
-    for _ in range(4):
-        cluster.connect_failed(A)
+    fail_repeatedly(cluster, clock, A, 4)
     assert cluster.is_ejected(A)
     cluster.connect_succeeded(A)
     assert not cluster.is_ejected(A)
@@ -307,8 +322,7 @@ def test_p2c_spreads_over_idle_endpoints() -> None:
 def test_update_keeps_state_of_endpoints_that_stay() -> None:
     clock = FakeClock()
     cluster = make(A, B, C, clock=clock)
-    cluster.connect_failed(A)
-    cluster.connect_failed(A)
+    fail_repeatedly(cluster, clock, A, 2)
     cluster.request_started(B)
     cluster.request_started(B)
     cluster.request_finished(C, 0.7)
@@ -317,7 +331,9 @@ def test_update_keeps_state_of_endpoints_that_stay() -> None:
     assert cluster.endpoints == (A, B, C, D)
     assert cluster.is_ejected(A)
     assert cluster.active_requests(B) == 2
-    # The failure count survived too: one more failure ejects for 4 s.
+    # The failure count survived too: the next failed probe ejects for 4 s.
+    clock.now += 2.01
+    assert not cluster.is_ejected(A)
     cluster.connect_failed(A)
     clock.now += 3.9
     assert cluster.is_ejected(A)
