@@ -181,7 +181,7 @@ class Cluster:
 async def run_controller(settings: ClusterSettings, base: Settings) -> int:
     """Run cluster mode until SIGTERM/SIGINT; returns the process exit code."""
     try:
-        api = await open_api(settings.kubeconfig)
+        api = await open_api(settings.kubeconfig, f"portico ({settings.pod_name})")
     except (ConfigError, OSError, ValueError) as exc:
         logger.error("controller.config_failed", extra={"reason": str(exc)})
         return 2

@@ -1,0 +1,571 @@
+"""Cluster mode end to end: the controller as a subprocess against the API simulator.
+
+KubeSim runs in the test's event loop and speaks the real API protocol, so the controller's
+kubernetes-asyncio client does real list/watch/patch requests; echo pods listen on 127.0.0.2
+and 127.0.0.3; requests go through the controller's worker on a free port. Every wait is
+bounded. Lease timings are short (2 s) so leader changes happen within a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conformance.echo import start_echo
+
+ROOT = Path(__file__).resolve().parents[2]
+# tests/integration is not a package: make the repository root importable for tests.kubesim.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.kubesim import KubeSim  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+PUBLISHED = "203.0.113.10"
+LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3}
+# "Traffic follows within 1 s" is the goal; the bound leaves room for a loaded 2-core CI box.
+FOLLOW = 3.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 15.0) -> Any:
+    """Poll until `check()` returns something truthy; return it. Bounded by `limit` seconds."""
+    async with asyncio.timeout(limit):
+        while True:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+
+# ---- objects ----------------------------------------------------------------------------------
+
+
+def ingress_class() -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": "portico"},
+        "spec": {"controller": "portico.dev/ingress-controller"},
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+
+
+def endpoint_slice(
+    name: str, service_name: str, port: int, endpoints: list[tuple[str, bool, bool]]
+) -> dict[str, Any]:
+    """endpoints: (ip, ready, terminating)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": True, "terminating": terminating},
+            }
+            for ip, ready, terminating in endpoints
+        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+def ingress(name: str, host: str, service_name: str, cls: str = "portico") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "ingressClassName": cls,
+            "rules": [
+                {
+                    "host": host,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {
+                                    "service": {"name": service_name, "port": {"name": "http"}}
+                                },
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+def lb_ips(sim: KubeSim, name: str) -> list[str]:
+    obj = sim.get("ingresses", "default", name) or {}
+    entries = (obj.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+    return [e.get("ip") or e.get("hostname") for e in entries]
+
+
+# ---- the controller process ---------------------------------------------------------------------
+
+
+class Controller:
+    def __init__(self, identity: str, sim: KubeSim, tmp: Path, **cluster: Any) -> None:
+        self.identity = identity
+        self.http = free_port()
+        self.admin = free_port()
+        self.log = tmp / f"{identity}.log"
+        kubeconfig = sim.write_kubeconfig(tmp / f"{identity}.kubeconfig")
+        self.settings = {
+            "http_port": self.http,
+            "https_port": 0,
+            "admin_port": self.admin,
+            "bind_address": "127.0.0.1",
+            "workers": 1,
+            "shutdown_delay": 0,
+            "drain_timeout": 1,
+            "access_log": False,
+        }
+        self.cluster = {
+            "kubeconfig": str(kubeconfig),
+            "pod_name": identity,
+            "election_namespace": "default",
+            "watch_timeout": 30,
+            "max_backoff": 0.5,
+            **LEASE,
+            **cluster,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def user_agent(self) -> str:
+        return f"portico ({self.identity})"
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "controller.kube",
+                "--settings",
+                json.dumps(self.settings),
+                "--cluster",
+                json.dumps(self.cluster),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own process group: workers die with it
+            )
+
+    def kill_group(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+    async def stop(self, signum: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        if signum == signal.SIGTERM:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)  # the controller drains its own workers
+        else:
+            self.kill_group(signum)
+        try:
+            async with asyncio.timeout(10):
+                await self.process.wait()
+        except TimeoutError:
+            self.kill_group(signal.SIGKILL)
+            await self.process.wait()
+        # Whatever is left in the group (workers of a killed controller) goes too.
+        self.kill_group(signal.SIGKILL)
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    async def get(self, session: aiohttp.ClientSession, host: str) -> tuple[int, str]:
+        """(status, pod) of one request for `host`; (0, "") when the proxy is not up."""
+        try:
+            async with session.get(
+                f"http://127.0.0.1:{self.http}/", headers={"Host": host}
+            ) as resp:
+                body = await resp.read()
+                pod = resp.headers.get("X-Echo-Pod", "")
+                del body
+                return resp.status, pod
+        except aiohttp.ClientError:
+            return 0, ""
+
+    async def ready(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(f"http://127.0.0.1:{self.admin}/readyz") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[KubeSim]:
+    server = KubeSim(bookmark_interval=1.0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def pods() -> AsyncIterator[dict[str, tuple[str, int]]]:
+    """Two echo pods of Service "web" on 127.0.0.2 and 127.0.0.3, same port."""
+    port = free_port("127.0.0.2")
+    runners = [
+        await start_echo("127.0.0.2", port, "web", "pod-a"),
+        await start_echo("127.0.0.3", port, "web", "pod-b"),
+    ]
+    try:
+        yield {"pod-a": ("127.0.0.2", port), "pod-b": ("127.0.0.3", port)}
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        yield client
+
+
+@pytest.fixture
+async def controllers(tmp_path: Path) -> AsyncIterator[list[Controller]]:
+    started: list[Controller] = []
+    try:
+        yield started
+    finally:
+        for controller in started:
+            await controller.stop(signal.SIGKILL)
+        for controller in started:
+            # Captured by pytest and shown only when the test fails.
+            lines = controller.log.read_text(errors="replace").splitlines()
+            sys.stderr.write(f"--- {controller.identity} (last 40 log lines)\n")
+            sys.stderr.write("\n".join(lines[-40:]) + "\n")
+
+
+async def launch(
+    controllers: list[Controller], sim: KubeSim, tmp: Path, identity: str, **cluster: Any
+) -> Controller:
+    controller = Controller(identity, sim, tmp, **cluster)
+    await controller.start()
+    controllers.append(controller)
+    return controller
+
+
+def seed(sim: KubeSim, port: int) -> None:
+    sim.create(ingress_class())
+    sim.create(service("web"))
+    sim.create(endpoint_slice("web-1", "web", port, [("127.0.0.2", True, False)]))
+    sim.create(ingress("web", "web.test", "web"))
+
+
+def status_writes(sim: KubeSim, user_agent: str | None = None) -> list[str]:
+    return [
+        f"{e.namespace}/{e.name}"
+        for e in sim.audit
+        if e.resource == "ingresses/status"
+        and e.verb in ("patch", "update")
+        and (user_agent is None or e.user_agent == user_agent)
+    ]
+
+
+async def lease_holder(sim: KubeSim) -> str:
+    lease = sim.get("leases", "default", "portico-leader") or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+# ---- tests --------------------------------------------------------------------------------------
+
+
+async def test_routes_status_and_endpoint_changes(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    sim.create(service("other"))
+    sim.create(endpoint_slice("other-1", "other", port, [("127.0.0.3", True, False)]))
+    sim.create(ingress("foreign", "foreign.test", "other", cls="nginx"))
+    controller = await launch(
+        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
+    )
+
+    # Status appears only once the route answers: whenever we see it, the route must work.
+    async def status_then_route() -> bool:
+        if not lb_ips(sim, "web"):
+            return False
+        assert await controller.get(session, "web.test") == (200, "pod-a")
+        return True
+
+    await eventually(status_then_route, 30)
+    assert lb_ips(sim, "web") == [PUBLISHED]
+    assert await controller.ready(session)
+
+    # The Ingress of another class: no route, no status, never a status write.
+    assert (await controller.get(session, "foreign.test"))[0] == 404
+    assert lb_ips(sim, "foreign") == []
+    assert "default/foreign" not in status_writes(sim)
+
+    # Scale up: pod-b joins.
+    sim.apply(
+        endpoint_slice(
+            "web-1", "web", port, [("127.0.0.2", True, False), ("127.0.0.3", True, False)]
+        )
+    )
+
+    async def both_pods() -> bool:
+        seen = {(await controller.get(session, "web.test"))[1] for _ in range(6)}
+        return seen == {"pod-a", "pod-b"}
+
+    await eventually(both_pods, FOLLOW)
+
+    # pod-a terminating (not ready): traffic only to pod-b.
+    sim.apply(
+        endpoint_slice(
+            "web-1", "web", port, [("127.0.0.2", False, True), ("127.0.0.3", True, False)]
+        )
+    )
+
+    async def only_b() -> bool:
+        seen = {(await controller.get(session, "web.test"))[1] for _ in range(6)}
+        return seen == {"pod-b"}
+
+    await eventually(only_b, FOLLOW)
+
+    # The slice goes away: no endpoints, 503.
+    sim.delete("endpointslices", "default", "web-1")
+
+    async def unavailable() -> bool:
+        return (await controller.get(session, "web.test"))[0] == 503
+
+    await eventually(unavailable, FOLLOW)
+    # Exactly one status write for our Ingress (only when it differed).
+    assert status_writes(sim) == ["default/web"]
+
+
+async def test_compaction_and_outage_lose_nothing(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    sim.create(ingress("old", "old.test", "web"))
+    controller = await launch(
+        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
+    )
+
+    async def answers(host: str) -> bool:
+        return (await controller.get(session, host))[0] == 200
+
+    await eventually(lambda: answers("web.test"), 30)
+    await eventually(lambda: answers("old.test"))
+    await sim.wait_for_watch("ingresses")
+
+    # The API server goes away; while it is down, objects change and history is compacted.
+    sim.set_down(True)
+    sim.create(ingress("new", "new.test", "web"))
+    sim.delete("ingresses", "default", "old")
+    sim.compact()
+    # Traffic is untouched meanwhile, for a few seconds of outage.
+    for _ in range(10):
+        assert await controller.get(session, "web.test") == (200, "pod-a")
+        await asyncio.sleep(0.2)
+    assert await controller.ready(session)
+    relists_before = sum(1 for e in controller.logs() if e.get("event") == "watch.expired")
+
+    sim.set_down(False)
+    # Resuming from the old resourceVersion gets 410: the re-list must bring both changes.
+    await eventually(lambda: answers("new.test"), 20)
+
+    async def old_gone() -> bool:
+        return (await controller.get(session, "old.test"))[0] == 404
+
+    await eventually(old_gone)
+    assert sum(1 for e in controller.logs() if e.get("event") == "watch.expired") > relists_before
+
+    # Compaction plus dropped watches while up: nothing lost either.
+    sim.pause_events()
+    sim.create(ingress("late", "late.test", "web"))
+    sim.compact()
+    sim.drop_watches()
+    sim.resume_events()
+    await eventually(lambda: answers("late.test"), 20)
+    assert await controller.get(session, "web.test") == (200, "pod-a")
+
+
+async def test_only_the_leader_writes_and_leadership_moves(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    a = await launch(controllers, sim, tmp_path, "replica-a", publish_status_address=[PUBLISHED])
+    b = await launch(controllers, sim, tmp_path, "replica-b", publish_status_address=[PUBLISHED])
+    by_name = {"replica-a": a, "replica-b": b}
+
+    first = await eventually(lambda: lease_holder(sim), 30)
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "web") == [PUBLISHED]), 30)
+    # Both replicas serve traffic, leader or not.
+    for replica in (a, b):
+        await eventually(lambda r=replica: _answers(r, session, "web.test"), 30)
+    leader, follower = by_name[first], by_name[next(n for n in by_name if n != first)]
+    assert status_writes(sim, follower.user_agent) == []
+    assert status_writes(sim, leader.user_agent) == ["default/web"]
+
+    # SIGTERM: the leader releases the Lease; the follower takes over at once.
+    stopped_at = time.monotonic()
+    await leader.stop(signal.SIGTERM)
+    holder = await eventually(lambda: asyncio.sleep(0, result=_other_holder(sim, first)), 10)
+    assert holder == follower.identity
+    takeover = time.monotonic() - stopped_at
+    sim.create(ingress("second", "second.test", "web"))
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "second") == [PUBLISHED]), 15)
+    assert "default/second" in status_writes(sim, follower.user_agent)
+    assert "default/second" not in status_writes(sim, leader.user_agent)
+
+    # A new replica joins as a follower; SIGKILL the leader: no release, the Lease must expire.
+    c = await launch(controllers, sim, tmp_path, "replica-c", publish_status_address=[PUBLISHED])
+    await eventually(lambda: _answers(c, session, "web.test"), 30)
+    assert await lease_holder(sim) == follower.identity
+    killed_at = time.monotonic()
+    await follower.stop(signal.SIGKILL)
+    await eventually(
+        lambda: asyncio.sleep(0, result=_other_holder(sim, follower.identity) == "replica-c"),
+        LEASE["lease_duration"] + LEASE["retry_period"] + 5,
+    )
+    moved = time.monotonic() - killed_at
+    sim.create(ingress("third", "third.test", "web"))
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "third") == [PUBLISHED]), 15)
+    assert "default/third" in status_writes(sim, c.user_agent)
+    # Informational: how long the hand-overs took (not asserted beyond the bounds above).
+    print(f"takeover after SIGTERM {takeover:.2f}s, after SIGKILL {moved:.2f}s")
+
+
+async def _answers(controller: Controller, session: aiohttp.ClientSession, host: str) -> bool:
+    return (await controller.get(session, host))[0] == 200
+
+
+def _other_holder(sim: KubeSim, previous: str) -> str:
+    lease = sim.get("leases", "default", "portico-leader") or {}
+    holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+    return holder if holder and holder != previous else ""
+
+
+async def test_missing_permission_is_reported_and_recovers(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    sim.forbid("list", "secrets")
+    controller = await launch(
+        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
+    )
+
+    def forbidden_logged() -> list[dict[str, Any]]:
+        return [e for e in controller.logs() if e.get("event") == "watch.forbidden"]
+
+    found = await eventually(lambda: asyncio.sleep(0, result=forbidden_logged()), 30)
+    assert found[0]["missing"] == "cannot list secrets in all namespaces"
+    # Without Secrets the initial sync is incomplete: nothing is published, not ready.
+    await asyncio.sleep(1.0)
+    assert not await controller.ready(session)
+    assert (await controller.get(session, "web.test"))[0] == 0
+    assert len(forbidden_logged()) == 1  # logged once, retried quietly
+
+    sim.allow("list", "secrets")
+    await eventually(lambda: _answers(controller, session, "web.test"), 20)
+    await eventually(lambda: controller.ready(session), 10)
+    assert any(e.get("event") == "watch.allowed" for e in controller.logs())
+
+
+async def test_problems_become_events(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    sim.create(ingress("broken", "broken.test", "missing"))
+    controller = await launch(
+        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
+    )
+    await eventually(lambda: _answers(controller, session, "web.test"), 30)
+
+    def events(reason: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in sim.list("events", "default")
+            if e.get("reason") == reason and e["involvedObject"].get("name") == "broken"
+        ]
+
+    warning = (await eventually(lambda: asyncio.sleep(0, result=events("ServiceNotFound"))))[0]
+    assert warning["type"] == "Warning"
+    assert warning["involvedObject"]["kind"] == "Ingress"
+    assert (
+        warning["involvedObject"]["uid"]
+        == sim.get("ingresses", "default", "broken")["metadata"]["uid"]
+    )
+    # Fixed: one Normal event.
+    sim.create(service("missing"))
+    resolved = await eventually(lambda: asyncio.sleep(0, result=events("Resolved")))
+    assert resolved[0]["type"] == "Normal"
+    assert len(events("ServiceNotFound")) == 1
