@@ -569,3 +569,39 @@ async def test_problems_become_events(
     resolved = await eventually(lambda: asyncio.sleep(0, result=events("Resolved")))
     assert resolved[0]["type"] == "Normal"
     assert len(events("ServiceNotFound")) == 1
+
+
+async def test_status_follows_the_publish_service_and_is_cleared_when_not_ours(
+    sim: KubeSim,
+    pods: dict[str, tuple[str, int]],
+    session: aiohttp.ClientSession,
+    controllers: list[Controller],
+    tmp_path: Path,
+) -> None:
+    port = pods["pod-a"][1]
+    seed(sim, port)
+    front = service("portico")
+    sim.create(front)
+    controller = await launch(controllers, sim, tmp_path, "solo", publish_service="default/portico")
+    await eventually(lambda: _answers(controller, session, "web.test"), 30)
+    # The Service has no load-balancer address yet: status is left alone, not blanked.
+    await asyncio.sleep(0.5)
+    assert status_writes(sim) == []
+
+    def set_lb(address: str) -> None:
+        current = sim.get("services", "default", "portico")
+        assert current is not None
+        current["status"] = {"loadBalancer": {"ingress": [{"ip": address}]}}
+        sim.update_status(current)
+
+    set_lb("198.51.100.5")
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "web") == ["198.51.100.5"]), 15)
+    set_lb("198.51.100.6")
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "web") == ["198.51.100.6"]), 15)
+    # The Ingress moves to another class: its route goes and our address is taken back.
+    moved = sim.get("ingresses", "default", "web")
+    assert moved is not None
+    moved["spec"]["ingressClassName"] = "nginx"
+    sim.update(moved)
+    await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "web") == []), 15)
+    assert (await controller.get(session, "web.test"))[0] == 404
