@@ -29,9 +29,8 @@ NS = "default"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def ingress(
-    name: str, host: str = "a.test", labels: dict[str, str] | None = None
-) -> dict[str, Any]:
+# Object builders return Any: the client takes plain dicts as bodies, though its stubs say models.
+def ingress(name: str, host: str = "a.test", labels: dict[str, str] | None = None) -> Any:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -56,7 +55,7 @@ def ingress(
     }
 
 
-def slice_(name: str, *addresses: str) -> dict[str, Any]:
+def slice_(name: str, *addresses: str) -> Any:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -95,6 +94,11 @@ async def events(stream: Any, count: int, timeout: float = 5.0) -> list[dict[str
             if len(seen) == count:
                 break
     return seen
+
+
+def status_of(exc: ApiException) -> Any:
+    """The Status body of a failed call."""
+    return json.loads(exc.body or b"{}")
 
 
 def summary(evs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -196,7 +200,7 @@ async def test_compacted_rv_gives_410_in_stream(sim: KubeSim, api: client.ApiCli
             NS, resource_version=stale, resource_version_match="Exact"
         )
     assert info.value.status == 410
-    assert json.loads(info.value.body)["reason"] == "Expired"
+    assert status_of(info.value)["reason"] == "Expired"
 
 
 async def test_bookmarks_arrive_with_current_rv(sim: KubeSim, api: client.ApiClient) -> None:
@@ -343,24 +347,22 @@ async def test_put_conflict_and_error_bodies(sim: KubeSim, api: client.ApiClient
     with pytest.raises(ApiException) as info:
         await net.replace_namespaced_ingress("a", NS, first)
     assert info.value.status == 409
-    body = json.loads(info.value.body)
+    body = status_of(info.value)
     assert body["reason"] == "Conflict"
     assert body["message"] == (
         'Operation cannot be fulfilled on ingresses.networking.k8s.io "a": the object has been '
         "modified; please apply your changes to the latest version and try again"
     )
-    # Without a resourceVersion the PUT is unconditional.
-    first.metadata.resource_version = None
+    # With an empty resourceVersion the PUT is unconditional.
+    first.metadata.resource_version = ""
     await net.replace_namespaced_ingress("a", NS, first)
 
     with pytest.raises(ApiException) as info:
         await net.create_namespaced_ingress(NS, ingress("a"))
-    assert (info.value.status, json.loads(info.value.body)["reason"]) == (409, "AlreadyExists")
+    assert (info.value.status, status_of(info.value)["reason"]) == (409, "AlreadyExists")
     with pytest.raises(ApiException) as info:
         await net.read_namespaced_ingress("missing", NS)
-    assert json.loads(info.value.body)["message"] == (
-        'ingresses.networking.k8s.io "missing" not found'
-    )
+    assert status_of(info.value)["message"] == ('ingresses.networking.k8s.io "missing" not found')
     wrong_ns = ingress("b")
     wrong_ns["metadata"]["namespace"] = "other"
     with pytest.raises(ApiException) as info:
@@ -370,7 +372,7 @@ async def test_put_conflict_and_error_bodies(sim: KubeSim, api: client.ApiClient
     del no_path_type["spec"]["rules"][0]["http"]["paths"][0]["pathType"]
     with pytest.raises(ApiException) as info:
         await net.create_namespaced_ingress(NS, no_path_type)
-    assert json.loads(info.value.body)["message"] == (
+    assert status_of(info.value)["message"] == (
         'Ingress.networking.k8s.io "c" is invalid: spec.rules[0].http.paths[0].pathType: '
         "Required value: pathType must be specified"
     )
@@ -391,8 +393,9 @@ async def test_patch_kinds(sim: KubeSim, api: client.ApiClient) -> None:
     assert patched.spec.rules[0].host == "j.test"
     assert patched.metadata.generation == 2
     # explicit merge-patch content type
+    merge: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
     merged = await net.patch_namespaced_ingress(
-        "a", NS, {"spec": {"ingressClassName": "x"}}, _content_type="application/merge-patch+json"
+        "a", NS, {"spec": {"ingressClassName": "x"}}, **merge
     )
     assert merged.spec.ingress_class_name == "x"
     # a failing JSON patch test op is a 422
@@ -403,11 +406,10 @@ async def test_patch_kinds(sim: KubeSim, api: client.ApiClient) -> None:
     assert info.value.status == 422
     # server-side apply is not implemented: 415
     with pytest.raises(ApiException) as info:
-        await net.patch_namespaced_ingress(
-            "a", NS, {"spec": {}}, _content_type="application/apply-patch+yaml", field_manager="t"
-        )
+        apply: dict[str, Any] = {"_content_type": "application/apply-patch+yaml"}
+        await net.patch_namespaced_ingress("a", NS, {"spec": {}}, field_manager="t", **apply)
     assert info.value.status == 415
-    assert json.loads(info.value.body)["reason"] == "UnsupportedMediaType"
+    assert status_of(info.value)["reason"] == "UnsupportedMediaType"
 
 
 async def test_secret_string_data_and_tls_validation(sim: KubeSim, api: client.ApiClient) -> None:
@@ -428,7 +430,7 @@ async def test_secret_string_data_and_tls_validation(sim: KubeSim, api: client.A
             NS, client.V1Secret(metadata=client.V1ObjectMeta(name="bad"), type="kubernetes.io/tls")
         )
     assert info.value.status == 422
-    assert json.loads(info.value.body)["message"] == (
+    assert status_of(info.value)["message"] == (
         'Secret "bad" is invalid: [data[tls.crt]: Required value, data[tls.key]: Required value]'
     )
     # Secrets support the `type` field selector.
@@ -445,7 +447,7 @@ async def test_endpoint_slices_loopback_switch(sim: KubeSim, api: client.ApiClie
     sim.options.allow_loopback_endpoints = False
     with pytest.raises(ApiException) as info:
         await disc.create_namespaced_endpoint_slice(NS, slice_("web-3", "10.0.0.1", "127.0.0.3"))
-    assert json.loads(info.value.body)["message"] == (
+    assert status_of(info.value)["message"] == (
         'EndpointSlice.discovery.k8s.io "web-3" is invalid: endpoints[1].addresses[0]: Invalid '
         'value: "127.0.0.3": may not be in the loopback range (127.0.0.0/8, ::1/128)'
     )
@@ -480,7 +482,7 @@ async def test_lease_conflict_and_leader_election(sim: KubeSim, api: client.ApiC
             metadata=client.V1ObjectMeta(name="manual"),
             spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=10),
         ),
-        pretty=True,
+        pretty="true",
     )
     lease.spec.holder_identity = "b"
     await coord.replace_namespaced_lease("manual", NS, lease)
@@ -530,6 +532,7 @@ async def test_fail_next_and_forbid(sim: KubeSim, api: client.ApiClient) -> None
         with pytest.raises(ApiException) as info:
             await net.list_ingress_for_all_namespaces()
         assert info.value.status == 503
+        assert info.value.headers is not None
         assert info.value.headers["Retry-After"] == "2"
     await net.list_ingress_for_all_namespaces()  # the fault is used up
 
@@ -543,7 +546,7 @@ async def test_fail_next_and_forbid(sim: KubeSim, api: client.ApiClient) -> None
     sim.forbid("patch", "ingresses/status", NS)
     with pytest.raises(ApiException) as info:
         await net.patch_namespaced_ingress_status("a", NS, body)
-    assert json.loads(info.value.body)["message"] == (
+    assert status_of(info.value)["message"] == (
         'ingresses.networking.k8s.io "a" is forbidden: User "system:serviceaccount:portico:portico"'
         ' cannot patch resource "ingresses/status" in API group "networking.k8s.io" in the '
         'namespace "default"'
