@@ -470,6 +470,7 @@ async def test_only_the_leader_writes_and_leadership_moves(
     await leader.stop(signal.SIGTERM)
     holder = await eventually(lambda: asyncio.sleep(0, result=_other_holder(sim, first)), 10)
     assert holder == follower.identity
+    assert any(e.get("event") == "leader.released" for e in leader.logs())
     takeover = time.monotonic() - stopped_at
     sim.create(ingress("second", "second.test", "web"))
     await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "second") == [PUBLISHED]), 15)
