@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(serve)
 
+    controller = commands.add_parser(
+        "controller",
+        help="run in a cluster: watch the API server, route, publish Ingress status",
+        description="Cluster mode (the container's entrypoint). Every flag can also be set with "
+        "PORTICO_<FLAG> (upper case, '_' for '-'); flags win.",
+    )
+    add_settings_arguments(controller)
+    _add_cluster_arguments(controller)
+
     check = commands.add_parser(
         "check", help="compile a manifest directory once and print every problem"
     )
@@ -98,6 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--pod", default=None, metavar="NAME", help="default: the listen address")
     _add_log_level(echo, "info")
     return parser
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    from controller.kube.settings import FIELD_HELP
+
+    for name, text in FIELD_HELP.items():
+        kwargs: dict[str, object] = {"dest": f"cluster_{name}", "default": argparse.SUPPRESS}
+        if name != "events":
+            kwargs["metavar"] = "VALUE"
+        if name == "events":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        help_text = f"{text} [env {env_name(name)}]"
+        parser.add_argument("--" + name.replace("_", "-"), help=help_text, **kwargs)  # type: ignore[arg-type]
+
+
+def _controller(args: argparse.Namespace, err: TextIO) -> int:
+    from controller.kube.run import run_controller
+    from controller.kube.settings import cluster_settings_from_sources
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    given = {
+        key.removeprefix("cluster_"): value
+        for key, value in vars(args).items()
+        if key.startswith("cluster_")
+    }
+    try:
+        cluster = cluster_settings_from_sources(given)
+    except ValueError as exc:
+        return _fail(str(exc), err)
+    return asyncio.run(run_controller(cluster, settings))
 
 
 def _fail(message: str, err: TextIO) -> int:
@@ -216,6 +256,8 @@ def main(
     err = sys.stderr if err is None else err
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "controller":
+            return _controller(args, err)
         if args.command == "serve":
             settings = settings_from_args(args)
             configure_logging(settings.log_level)

@@ -133,7 +133,7 @@ class Reconciler:
 
     async def results(self) -> AsyncIterator[CompileResult]:
         """One result after the initial sync, then one per change of the snapshot."""
-        published: Snapshot | None = None
+        published: tuple[Snapshot, tuple[Problem, ...], tuple[str, ...]] | None = None
         while True:
             await self._wake.wait()
             await self._settle()
@@ -154,9 +154,12 @@ class Reconciler:
                 self._compiled, problems=(*self._compiled.problems, *self._source_problems)
             )
             self.problem_log.update(result.problems)
-            if published is not None and result.snapshot == published:
+            # Problems and ownership matter too (Events, Ingress status) even when the routes
+            # they concern did not change; the publisher skips an identical snapshot itself.
+            key = (result.snapshot, result.problems, result.owned)
+            if published is not None and key == published:
                 continue
-            published = result.snapshot
+            published = key
             logger.info(
                 "reconcile.changed",
                 extra={

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
@@ -107,3 +107,70 @@ class ClusterSettings:
         return tuple(
             (a, None) if _is_ip(a) else (None, a.lower()) for a in self.publish_status_address
         )
+
+
+# What each field means, for `portico controller --help`.
+FIELD_HELP: Final = {
+    "kubeconfig": "kubeconfig file; unset: the in-cluster service account",
+    "watch_namespaces": "comma-separated namespaces to watch; empty: all namespaces",
+    "publish_service": "namespace/name of the Service whose load-balancer address goes "
+    "into the status of every Ingress Portico owns",
+    "publish_status_address": "comma-separated IPs or hostnames to publish instead of a "
+    "Service's address",
+    "election_id": "name of the leader-election Lease",
+    "election_namespace": "namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    "lease_duration": "seconds a Lease is valid without renewal",
+    "renew_deadline": "seconds a leader keeps trying to renew before it steps down",
+    "retry_period": "seconds between leader-election attempts",
+    "pod_name": "leader-election identity (default: $POD_NAME, else the hostname)",
+    "watch_timeout": "server-side timeout of each watch request, seconds",
+    "max_backoff": "longest wait between retries of failed API calls, seconds",
+    "events": "turn configuration problems into Kubernetes Events",
+}
+
+
+def cluster_settings_from_sources(
+    given: dict[str, object], environ: dict[str, str] | os._Environ[str] | None = None
+) -> ClusterSettings:
+    """ClusterSettings from flags (`given`, raw strings or bools), else `PORTICO_<FIELD>`.
+
+    Raises ValueError naming the flag or variable for a value that does not parse.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(ClusterSettings):
+        env = "PORTICO_" + f.name.upper()
+        if f.name in given:
+            raw, source = given[f.name], "--" + f.name.replace("_", "-")
+        elif env in environ:
+            raw, source = environ[env], env
+        else:
+            continue
+        try:
+            values[f.name] = _convert(f.name, raw)
+        except ValueError as exc:
+            raise ValueError(f"{source}={raw!r}: {exc}") from exc
+    return ClusterSettings(**values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, raw: object) -> object:
+    default = {f.name: f for f in fields(ClusterSettings)}[name]
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip()
+    if name in ("watch_namespaces", "publish_status_address"):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if name == "kubeconfig":
+        return Path(text) if text else None
+    if name == "publish_service":
+        return text or None
+    if name == "events":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default.default, float):
+        return float(text)
+    return text
