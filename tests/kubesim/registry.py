@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.kubesim import strategy
 from tests.kubesim.patching import apply_patch
-from tests.kubesim.resources import ALL_TYPES, NAMESPACE, ResourceType
+from tests.kubesim.resources import ALL_TYPES, INGRESS, INGRESS_CLASS, NAMESPACE, ResourceType
 from tests.kubesim.selectors import Predicate
 from tests.kubesim.status import (
     ApiError,
@@ -29,6 +29,7 @@ from tests.kubesim.status import (
 from tests.kubesim.storage import Store, object_key
 from tests.kubesim.strategy import Options
 
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 _CONTINUE_EXPIRED = (
     "The provided continue parameter is too old to display a consistent list result. You can "
     "start a new list without the continue parameter, or use the continue value from the "
@@ -188,6 +189,8 @@ class Registry:
         if rt.namespaced:
             self._check_namespace(rt, namespace)
         obj = strategy.prepare_create(rt, body, namespace, self.options)
+        if rt is INGRESS and self.options.default_ingress_class:
+            self._admit_default_class(obj)
         name = obj["metadata"]["name"]
         if self.store.get(rt, namespace, name) is not None:
             raise already_exists(rt, name)
@@ -200,6 +203,19 @@ class Registry:
                 )
             )
         return self.store.commit(rt, obj, None)
+
+    def _admit_default_class(self, obj: dict[str, Any]) -> None:
+        spec = obj.setdefault("spec", {})
+        annotations = obj["metadata"].get("annotations") or {}
+        if spec.get("ingressClassName") or "kubernetes.io/ingress.class" in annotations:
+            return
+        defaults = [
+            c["metadata"]["name"]
+            for c in self.store.items(INGRESS_CLASS)
+            if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        ]
+        if len(defaults) == 1:
+            spec["ingressClassName"] = defaults[0]
 
     def _namespace_terminating(self, namespace: str | None) -> bool:
         ns = self.store.get(NAMESPACE, None, namespace or "")
@@ -307,7 +323,9 @@ class Registry:
             pending["metadata"]["deletionGracePeriodSeconds"] = 0
             pending["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
             return self.store.commit(rt, pending, old), False
-        self.store.commit(rt, None, old)
+        final = self.store.commit(rt, None, old)
+        if rt.returns_deleted_object:
+            return final, True
         details: dict[str, Any] = {
             "name": name,
             "kind": rt.plural,

@@ -54,6 +54,9 @@ class ResourceType:
     status_subresource: bool = False
     short_names: tuple[str, ...] = ()
     field_labels: frozenset[str] = field(default=_META_FIELDS)
+    # DELETE answers with the deleted object instead of a Status (the registry's
+    # ReturnDeletedObject; Services do this, as the OpenAPI return types show).
+    returns_deleted_object: bool = False
 
     @property
     def api_version(self) -> str:
@@ -104,7 +107,9 @@ INGRESS = ResourceType(
 INGRESS_CLASS = ResourceType(
     "networking.k8s.io", "v1", "ingressclasses", "ingressclass", "IngressClass", False
 )
-SERVICE = ResourceType("", "v1", "services", "service", "Service", True, True, ("svc",))
+SERVICE = ResourceType(
+    "", "v1", "services", "service", "Service", True, True, ("svc",), returns_deleted_object=True
+)
 ENDPOINT_SLICE = ResourceType(
     "discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", True
 )

@@ -125,6 +125,7 @@ class KubeSim:
         allow_loopback_endpoints: bool = True,
         validation: bool = True,
         auto_create_namespaces: bool = True,
+        default_ingress_class: bool = False,
         typed_list_items: bool = False,
         server_version: str = "v1.32.0",
     ) -> None:
@@ -144,6 +145,7 @@ class KubeSim:
             validation=validation,
             allow_loopback_endpoints=allow_loopback_endpoints,
             auto_create_namespaces=auto_create_namespaces,
+            default_ingress_class=default_ingress_class,
         )
         self.store = Store(history_size)
         self.registry = Registry(self.store, self.options)

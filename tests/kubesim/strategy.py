@@ -48,6 +48,9 @@ class Options:
     allow_loopback_endpoints: bool = True
     # Create a missing namespace on first use instead of answering 404 (a real server's answer).
     auto_create_namespaces: bool = True
+    # The DefaultIngressClass admission plugin: stamp the default class onto new Ingresses
+    # without one, when exactly one IngressClass is marked default.
+    default_ingress_class: bool = False
 
 
 def now_rfc3339() -> str:

@@ -469,6 +469,9 @@ async def test_finalizers_delay_delete(sim: KubeSim, api: client.ApiClient) -> N
     assert pending is not None and pending["metadata"]["deletionTimestamp"]
     await net.patch_namespaced_ingress("a", NS, {"metadata": {"finalizers": None}})
     assert sim.get("ingresses", NS, "a") is None
+    sim.create(ingress("b"))
+    status = await net.delete_namespaced_ingress("b", NS)
+    assert (status.status, status.details.name) == ("Success", "b")
 
 
 # --- leases --------------------------------------------------------------------------------------
@@ -725,3 +728,82 @@ async def test_standalone_process(tmp_path: Path) -> None:
         proc.terminate()
         async with asyncio.timeout(10):
             await proc.wait()
+
+
+async def test_services_events_and_default_class(tmp_path: Path) -> None:
+    async with KubeSim(default_ingress_class=True) as sim:
+        cfg = client.Configuration()
+        path = sim.write_kubeconfig(tmp_path / "kubeconfig")
+        await config.load_kube_config(config_file=str(path), client_configuration=cfg)
+        async with client.ApiClient(cfg) as api:
+            core = client.CoreV1Api(api)
+            svc = await core.create_namespaced_service(
+                NS,
+                client.V1Service(
+                    metadata=client.V1ObjectMeta(name="web"),
+                    spec=client.V1ServiceSpec(ports=[client.V1ServicePort(name="http", port=80)]),
+                ),
+            )
+            assert svc.spec.type == "ClusterIP" and svc.spec.cluster_ip
+            assert svc.spec.ports[0].target_port == 80
+            lb = {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}
+            patched = await core.patch_namespaced_service_status("web", NS, lb)
+            assert patched.status.load_balancer.ingress[0].ip == "192.0.2.1"
+            assert patched.spec.cluster_ip == svc.spec.cluster_ip
+            deleted = await core.delete_namespaced_service("web", NS)  # returns the Service
+            assert deleted.metadata.name == "web"
+
+            await core.create_namespaced_event(
+                NS,
+                client.CoreV1Event(
+                    metadata=client.V1ObjectMeta(generate_name="web."),
+                    involved_object=client.V1ObjectReference(kind="Ingress", name="web"),
+                    reason="ServiceNotFound",
+                    type="Warning",
+                ),
+            )
+            listed = await core.list_namespaced_event(
+                NS, field_selector="involvedObject.kind=Ingress,reason=ServiceNotFound"
+            )
+            assert len(listed.items) == 1
+            assert listed.items[0].metadata.name.startswith("web.")
+
+            events_api = client.EventsV1Api(api)
+            with pytest.raises(ApiException) as info:
+                bare: Any = {"metadata": {"name": "e"}, "reason": "X", "type": "Normal"}
+                await events_api.create_namespaced_event(NS, bare)
+            assert info.value.status == 422
+            assert "reportingController: Required value" in status_of(info.value)["message"]
+
+            net = client.NetworkingV1Api(api)
+            await net.create_ingress_class(
+                client.V1IngressClass(
+                    metadata=client.V1ObjectMeta(
+                        name="portico",
+                        annotations={"ingressclass.kubernetes.io/is-default-class": "true"},
+                    ),
+                    spec=client.V1IngressClassSpec(controller="example.com/portico"),
+                )
+            )
+            body = ingress("classless")
+            del body["spec"]["ingressClassName"]
+            made = await net.create_namespaced_ingress(NS, body)
+            assert made.spec.ingress_class_name == "portico"
+
+
+async def test_in_cluster_config(tmp_path: Path) -> None:
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
+    async with KubeSim(tls=True, require_auth=True) as sim:
+        env = sim.write_incluster_files(tmp_path)
+        cfg = client.Configuration()
+        InClusterConfigLoader(
+            token_filename=str(tmp_path / "token"),
+            cert_filename=str(tmp_path / "ca.crt"),
+            environ=env,
+        ).load_and_set(cfg)
+        async with client.ApiClient(cfg) as api:
+            coord = client.CoordinationV1Api(api)
+            listed = await coord.list_namespaced_lease(NS)
+        assert listed.items == []
+        assert sim.audit[-1].status == 200

@@ -163,7 +163,9 @@ class WatchStream:
                     await self._bookmark(response, sub)
                     next_bookmark = time.monotonic() + self.bookmark_interval()
                 continue
-            sub.progress = max(sub.progress, event.rv)
+            if event.rv <= sub.progress:
+                continue  # a watch from a future RV starts after that RV
+            sub.progress = event.rv
             seen = sub.translate(event)
             if seen is not None:
                 await response.write(_line(*seen))
