@@ -31,6 +31,8 @@ class AdminState:
         self.shutting_down = False
         self.problems: Sequence[Problem] = ()
         self.workers_expected = 0
+        # Why the source cannot sync (e.g. a missing RBAC permission), shown by /readyz.
+        self.blocked: Callable[[], Sequence[str]] = tuple
         self.registry = CollectorRegistry()
         self.snapshot_version = Gauge(
             "portico_snapshot_version",
@@ -109,7 +111,8 @@ def build_app(state: AdminState, alive: Callable[[], bool]) -> web.Application:
         if state.ready():
             return web.Response(text="ready\n")
         reason = "shutting down" if state.shutting_down else "not ready"
-        return web.Response(status=503, text=f"{reason}\n")
+        lines = [reason, *state.blocked()]
+        return web.Response(status=503, text="\n".join(lines) + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
         state.snapshot_version.set(state.publisher.version)

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 
 from controller.admin import AdminState, start_admin
@@ -138,7 +138,10 @@ async def serve(settings: Settings) -> int:
 
 
 async def supervise(
-    settings: Settings, results: Results, companion: Companion | None = None
+    settings: Settings,
+    results: Results,
+    companion: Companion | None = None,
+    blocked: Callable[[], Sequence[str]] | None = None,
 ) -> int:
     """Run workers, publisher and admin server on a stream of compile results until a signal.
 
@@ -155,6 +158,8 @@ async def supervise(
     proxy_settings = settings.proxy_settings()
     count = settings.workers or default_worker_count()
     state.workers_expected = count
+    if blocked is not None:
+        state.blocked = blocked
     admin = await start_admin(
         state, lambda: not loop.is_closed(), settings.admin_address, settings.admin_port
     )

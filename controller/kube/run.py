@@ -195,7 +195,7 @@ async def run_controller(settings: ClusterSettings, base: Settings) -> int:
                 "lease": f"{settings.election_namespace}/{settings.election_id}",
             },
         )
-        return await supervise(base, cluster.results(), cluster.companion)
+        return await supervise(base, cluster.results(), cluster.companion, cluster.blocked_reasons)
     finally:
         await api.close()
 
