@@ -19,6 +19,9 @@ Predicate = Callable[[dict[str, Any]], bool]
 
 _KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
 _VALUE = r"[-A-Za-z0-9_.]*"
+_KEY_RE = re.compile(_KEY, re.ASCII)
+_VALUE_RE = re.compile(_VALUE, re.ASCII)
+_OPERATORS = frozenset({"!=", "==", "=", ">", "<", "!", "(", ")", ","})
 _TOKEN = re.compile(rf"\s*(?:(?P<op>!=|==|=|>|<|!|\(|\)|,)|(?P<word>{_KEY}|{_VALUE}))", re.ASCII)
 
 
@@ -84,18 +87,26 @@ def parse_label_selector(text: str) -> Predicate:
         i += 1
         return tok
 
-    while i < len(tokens):
+    def key_word() -> str:
         tok = take()
-        if tok == "!":
-            reqs.append(_Requirement(take(), "!", ()))
+        if not _KEY_RE.fullmatch(tok) or tok in _OPERATORS:
+            raise fail()
+        return tok
+
+    while i < len(tokens):
+        if tokens[i] == "!":
+            i += 1
+            reqs.append(_Requirement(key_word(), "!", ()))
         else:
-            key = tok
+            key = key_word()
             nxt = tokens[i] if i < len(tokens) else ","
             if nxt == ",":
                 reqs.append(_Requirement(key, "exists", ()))
             elif nxt in ("=", "==", "!="):
                 i += 1
                 value = tokens[i] if i < len(tokens) and tokens[i] != "," else ""
+                if value and (value in _OPERATORS or not _VALUE_RE.fullmatch(value)):
+                    raise fail()
                 if value:
                     i += 1
                 reqs.append(_Requirement(key, "!=" if nxt == "!=" else "=", (value,)))
@@ -116,6 +127,8 @@ def parse_label_selector(text: str) -> Predicate:
                         break
                     if tok == ",":
                         continue
+                    if tok in _OPERATORS or not _VALUE_RE.fullmatch(tok):
+                        raise fail()
                     values.append(tok)
                 reqs.append(_Requirement(key, nxt, tuple(values)))
             else:

@@ -22,6 +22,8 @@ from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from tests.kubesim import ApiError, KubeSim
+from tests.kubesim.resources import SECRET
+from tests.kubesim.selectors import parse_field_selector, parse_label_selector
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -807,3 +809,35 @@ async def test_in_cluster_config(tmp_path: Path) -> None:
             listed = await coord.list_namespaced_lease(NS)
         assert listed.items == []
         assert sim.audit[-1].status == 200
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b", {"a": "c"}, False),
+        ("a!=b", {}, True),
+        ("a!=b", {"a": "b"}, False),
+        ("a in (b, c)", {"a": "c"}, True),
+        ("a notin (b,c)", {"a": "c"}, False),
+        ("a notin (b,c)", {}, True),
+        ("a", {"a": ""}, True),
+        ("!a", {"a": "x"}, False),
+        ("a,b=1", {"a": "x", "b": "1"}, True),
+        ("example.com/tier=web,n>3", {"example.com/tier": "web", "n": "4"}, True),
+        ("n<3", {"n": "x"}, False),
+    ],
+)
+def test_label_selector_grammar(selector: str, labels: dict[str, str], expected: bool) -> None:
+    assert parse_label_selector(selector)({"metadata": {"labels": labels}}) is expected
+
+
+def test_selector_errors_are_bad_requests() -> None:
+    for bad in ("a in b", "a=(", "=b"):
+        with pytest.raises(ApiError) as err:
+            parse_label_selector(bad)
+        assert err.value.code == 400
+    secret = {"metadata": {"name": "s", "namespace": "x"}, "type": "kubernetes.io/tls"}
+    assert parse_field_selector("type=kubernetes.io/tls,metadata.name!=t", SECRET)(secret)
+    with pytest.raises(ApiError):
+        parse_field_selector("data.x=1", SECRET)
