@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -95,15 +95,15 @@ class DownstreamProtocol(asyncio.Protocol):
     # ---- transport events --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not registered as asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         server = self.server
         peer = transport.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.ctx = server.client_context(client_ip, self.scheme, self.port)
         if not server.admit(self):
             self.closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.deadline = self.loop.time() + server.settings.client_header_timeout
 

@@ -9,7 +9,7 @@ is passed on, and a close on either side closes both. The tunnel has its own idl
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -19,9 +19,9 @@ class _Side(asyncio.Protocol):
     __slots__ = ("eof", "peer", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.tunnel = tunnel
-        self.transport = transport
+        # uvloop's transports are not registered as asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer: _Side | None = None
         self.eof = False
 
