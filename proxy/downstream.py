@@ -396,6 +396,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.deadline = 0.0
             self.transport.write(local_reply(status, close=True))
             self.transport.close()
+            self.server.log_refusal(self, status, reason)
         else:
             # Answer after the responses still owed, then close.
             self.queue.append(self.server.local_exchange(self, status, reason))

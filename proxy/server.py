@@ -381,6 +381,24 @@ class ProxyServer:
             extra["detail"] = detail
         logger.info("request.rejected", extra=extra)
 
+    def log_refusal(self, down: DownstreamProtocol, status: int, reason: str) -> None:
+        """Access-log a request refused before it became an exchange (unparsable head)."""
+        if self.access is not None:
+            self.access.record(
+                (
+                    down.ctx.client_ip if down.ctx is not None else b"",
+                    b"",
+                    b"",
+                    down.url[:256],
+                    status,
+                    0,
+                    0.0,
+                    None,
+                    b"",
+                    reason,
+                )
+            )
+
     def log_access(self, exchange: Exchange, reason: str | None) -> None:
         access = self.access
         if access is None:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
@@ -55,8 +55,7 @@ class _PodConnection(asyncio.Protocol):
         self.upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.pod.open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
