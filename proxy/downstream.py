@@ -222,6 +222,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.rejected = True
         self.current = exchange
         self.last = exchange
+        if not exchange.request_done:
+            self.deadline = self.loop.time() + self.server.settings.client_body_timeout
         if self.active is None:
             self.active = exchange
             self.starting = exchange
