@@ -46,7 +46,6 @@ class DownstreamProtocol(asyncio.Protocol):
         "ctx",
         "current",
         "deadline",
-        "head_bytes",
         "head_raw",
         "headers",
         "in_head",
@@ -56,6 +55,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "paused",
         "port",
         "queue",
+        "read_size",
         "rejected",
         "scheme",
         "server",
@@ -76,8 +76,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
-        self.head_bytes = 0  # exact size of the head being read (request line + fields)
         self.head_raw = 0  # bytes read while in a head, to bound memory across many reads
+        self.read_size = 0
         self.current: Exchange | None = None  # the exchange whose request is being read
         self.last: Exchange | None = None  # the exchange whose request was read last
         self.active: Exchange | None = None  # the exchange being answered
@@ -110,11 +110,14 @@ class DownstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.read_size = len(data)
         if self.in_head:
-            self.head_raw += len(data)
-            if self.head_raw > self.server.head_raw_limit:
+            # Everything read before this, since the read the head began in, was head: too
+            # much of it is a 431 even though the head is unfinished (bounds memory).
+            if self.head_raw > self.server.head_limit:
                 self._reject(431, "HeadTooLarge")
                 return
+            self.head_raw += len(data)
         elif self.current is not None:
             self.deadline = self.loop.time() + self.server.settings.client_body_timeout
         try:
@@ -188,31 +191,33 @@ class DownstreamProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.in_head = True
-        self.head_bytes = 0
         self.head_raw = 0
         if self.active is None:
             self.deadline = self.loop.time() + self.server.settings.client_header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > self.server.head_limit:
+        if len(self.url) > self.server.head_limit:
             self._reject(414, "TargetTooLong")
             raise _Reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # a trailer field: dropped
-        headers = self.headers
-        headers.append((name, value))
-        size = self.head_bytes = self.head_bytes + len(name) + len(value) + 4
-        if len(headers) > self.server.settings.max_headers or size > self.server.head_limit:
-            too_large = size > self.server.head_limit
-            self._reject(431, "HeadTooLarge" if too_large else "TooManyHeaders")
-            raise _Reject
+        if self.in_head:  # else a trailer field: dropped
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        headers = self.headers
+        server = self.server
+        if len(headers) > server.settings.max_headers:
+            self._reject(431, "TooManyHeaders")
+            raise _Reject
+        if self.head_raw + self.read_size > server.head_limit:
+            # Possibly too large (a head within a smaller read cannot be): measure exactly.
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers)
+            if size > server.head_limit:
+                self._reject(431, "HeadTooLarge")
+                raise _Reject
         parser = self.parser
         exchange = self.server.open_exchange(
             self, parser.get_method(), self.url, parser.get_http_version(), self.headers

@@ -94,7 +94,8 @@ class Exchange:
         self.read_timeout = route.read_timeout if route is not None else 60.0
         self.request_done = head is None or (head.content_length <= 0 and not head.chunked)
         self.body_received = 0
-        self.pending: list[bytes] | None = []  # request body pieces (framed for upstream)
+        # Request body pieces (framed for upstream) not yet sent, or kept for a replay.
+        self.pending: list[bytes] | None = None
         self.pending_bytes = 0
         self.replayable = True
         self.conn: UpstreamProtocol | None = None
@@ -108,7 +109,7 @@ class Exchange:
         self.status = 0
         self.sent = 0
         self.finished = False
-        self.switching: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        self.switching: list[tuple[bytes, bytes]] | None = None
         self.tunnel_rest = b""
 
     # ---- start -------------------------------------------------------------------------------
@@ -199,9 +200,12 @@ class Exchange:
         self.conn = conn
         conn.exchange = self
         conn.requests += 1
+        conn.expect_response()
         self.response_bytes = False
         transport = conn.transport
-        data = head.render(conn.endpoint.authority.encode())
+        data = head.upstream_head
+        if data is None:
+            data = head.render(conn.endpoint.authority.encode())
         pending = self.pending
         if self.down.paused:
             self.down.resume_for_body()  # the buffered body goes out now
@@ -212,7 +216,7 @@ class Exchange:
         if self.request_done and not self.replayable:
             self.pending = None
         conn.deadline = self.down.loop.time() + self.read_timeout
-        if route.cluster is not None:
+        if route.track and route.cluster is not None:
             route.cluster.request_started(conn.endpoint)
         if self.down.write_paused:
             transport.pause_reading()
@@ -251,19 +255,22 @@ class Exchange:
         pending = self.pending
         if conn is not None and conn.transport is not None:
             conn.transport.write(piece)
-            if pending is not None:
+            if self.replayable:
                 self.pending_bytes += len(piece)
                 if self.pending_bytes > REPLAY_LIMIT:
                     self.pending = None
                     self.replayable = False
+                elif pending is None:
+                    self.pending = [piece]
                 else:
                     pending.append(piece)
             return
         # No connection yet (dialling, or between attempts): buffer, and stop reading the
         # client while the buffer is over its limit.
         if pending is None:
-            # Only reachable after a failed attempt of an unreplayable request.
-            return
+            if not self.replayable and self.tried:
+                return  # a failed attempt of an unreplayable request: it is answered anyway
+            pending = self.pending = []
         pending.append(piece)
         self.pending_bytes += len(piece)
         if self.pending_bytes > BUFFER_LIMIT:
@@ -285,11 +292,7 @@ class Exchange:
     # ---- response (from the upstream protocol) -----------------------------------------------
 
     def response_head(
-        self,
-        conn: UpstreamProtocol,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        self, conn: UpstreamProtocol, status: int, headers: list[tuple[bytes, bytes]]
     ) -> None:
         head = self.head
         assert head is not None
@@ -298,11 +301,11 @@ class Exchange:
                 if head.upgrade is None:
                     self.upstream_failed(conn, 502, "UnexpectedSwitchingProtocols")
                 else:
-                    self.switching = (reason, headers)
+                    self.switching = headers
                 return
             # 100 was answered by us already (Expect is not forwarded); others are relayed.
             if status != 100 and head.version_11:
-                parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+                parts = [hdr.status_line(status)]
                 for name, value in headers:
                     parts.extend((name, b": ", value, b"\r\n"))
                 parts.append(b"\r\n")
@@ -313,7 +316,6 @@ class Exchange:
         try:
             response = hdr.render_response(
                 status,
-                reason,
                 headers,
                 head_request=head.method == b"HEAD",
                 version_11=head.version_11,
@@ -358,10 +360,30 @@ class Exchange:
         if self.pending_head is not None:
             tail = self.pending_head + tail
             self.pending_head = None
+        down = self.down
         if tail:
-            self.down.write(tail)
-        self._release(conn, upstream_keep_alive and self.request_done)
-        self._finish(response.keep_alive and self.request_done)
+            down.write(tail)
+        # The common ending, inlined (_release + _finish): it runs once per request.
+        self.finished = True
+        self.pending = None
+        self.conn = None
+        if conn.exchange is self:
+            conn.exchange = None
+        endpoint = self.endpoint
+        if endpoint is not None:
+            self.endpoint = None
+            route = self.route
+            if route is not None and route.track and route.cluster is not None:
+                route.cluster.request_finished(endpoint, down.loop.time() - self.started)
+        request_done = self.request_done
+        if upstream_keep_alive and request_done:
+            down.server.pool.release(conn)
+        else:
+            conn.close()
+        server = down.server
+        if server.access is not None:
+            server.log_access(self, self.reason)
+        down.exchange_done(self, response.keep_alive and request_done)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
         """The upstream switched protocols: from now on both connections are one byte pipe."""
@@ -378,7 +400,7 @@ class Exchange:
         if self.route is not None and self.route.cluster is not None:
             self.route.cluster.request_finished(conn.endpoint, down.loop.time() - self.started)
         self.finished = True
-        down.write(hdr.render_switching(*switching))
+        down.write(hdr.render_switching(switching))
         if rest:
             down.write(rest)
         tunnel = Tunnel(down.server, down.transport, conn.transport)
@@ -404,7 +426,7 @@ class Exchange:
                 self._abort("UpstreamClosedEarly")
             return
         self._request_finished()
-        if not self.response_bytes and self.pending is not None and self.replayable:
+        if not self.response_bytes and self.replayable:
             if conn.requests > 1:
                 # A pooled connection the upstream had closed: the classic keep-alive race.
                 # Nothing of the response came back, so send it again on a fresh connection.
@@ -485,7 +507,8 @@ class Exchange:
         route = self.route
         if endpoint is not None and route is not None and route.cluster is not None:
             self.endpoint = None
-            route.cluster.request_finished(endpoint, self.down.loop.time() - self.started)
+            if route.track:
+                route.cluster.request_finished(endpoint, self.down.loop.time() - self.started)
 
     def _fail(self, status: int, reason: str, *, close: bool = False) -> None:
         """Answer locally if nothing was sent yet, else cut the client connection."""

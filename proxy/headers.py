@@ -11,6 +11,7 @@ they run for every request.
 
 from __future__ import annotations
 
+import http
 import ipaddress
 import itertools
 import os
@@ -43,6 +44,11 @@ _FORWARDED: Final = frozenset(
         b"x-forwarded-port",
         b"x-real-ip",
     }
+)
+
+# Every request field parse_request treats specially; all others are copied as they came.
+_REQUEST_SPECIAL: Final = (
+    HOP_BY_HOP | _FORWARDED | {b"host", b"content-length", b"expect", b"x-request-id"}
 )
 
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -211,9 +217,11 @@ def parse_request(
     x_port: bytes | None = None
     x_real_ip: bytes | None = None
     parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-    append = parts.append
     for name, value in headers:
         lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            parts += (name, b": ", value, b"\r\n")
+            continue
         if lname == b"host":
             hosts += 1
             host = value
@@ -236,6 +244,7 @@ def parse_request(
             if content_length >= 0 or not digits.isdigit():
                 raise BadRequest(400, "InvalidContentLength")
             content_length = int(digits)
+            continue  # regenerated below: framing fields go out in canonical form
         elif lname in _FORWARDED:
             if ctx.trusted:
                 if lname == b"x-forwarded-for":
@@ -251,15 +260,10 @@ def parse_request(
             continue
         elif lname == b"expect":
             expect = value
-            continue
-        elif lname == b"x-request-id":
+        else:  # x-request-id
             request_id = value
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
 
+    append = parts.append
     if hosts > 1:
         raise BadRequest(400, "MultipleHost")
     if authority is not None:
@@ -326,6 +330,8 @@ def parse_request(
         append(ctx.fixed_forwarded)
     if chunked:
         append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length >= 0:
+        append(b"Content-Length: %d\r\n" % content_length)
     if tunnel is not None:
         append(b"Connection: upgrade\r\nUpgrade: ")
         append(tunnel)
@@ -365,22 +371,25 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return out
 
 
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server"}
+
 # Response body framing towards the client.
 FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
 FRAME_LENGTH: Final = 1  # Content-Length, passed through
 FRAME_CHUNKED: Final = 2  # re-chunked by us (upstream chunked or read-to-close)
 FRAME_CLOSE: Final = 3  # delimited by closing the client connection (HTTP/1.0 clients)
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+# Status lines with the standard reason phrases (the upstream's own phrase is not kept:
+# RFC 9112 §4 says clients ignore it, and not collecting it saves a callback per response).
+_STATUS_LINES: Final[dict[int, bytes]] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus
+}
 
 
-def _status_line(status: int, reason: bytes) -> bytes:
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
     if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        if len(_STATUS_LINES) < 256:
-            _STATUS_LINES[key] = line
+        line = b"HTTP/1.1 %d Status\r\n" % status
     return line
 
 
@@ -397,7 +406,6 @@ class ResponseHead:
 
 def render_response(
     status: int,
-    reason: bytes,
     headers: list[tuple[bytes, bytes]],
     *,
     head_request: bool,
@@ -405,14 +413,16 @@ def render_response(
     keep_alive: bool,
 ) -> ResponseHead:
     """Rewrite an upstream response head for the client; raises ValueError if it is invalid."""
-    parts: list[bytes] = [_status_line(status, reason)]
-    append = parts.append
+    parts: list[bytes] = [status_line(status)]
     has_server = False
     has_length = False
     chunked = False
     connection: list[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
+        if lname not in _RESPONSE_SPECIAL:
+            parts += (name, b": ", value, b"\r\n")
+            continue
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 if value.strip().lower() != b"chunked" or chunked:
@@ -426,12 +436,10 @@ def render_response(
             if has_length:
                 raise ValueError("duplicate content-length from upstream")
             has_length = True
-        elif lname == b"server":
+        else:
             has_server = True
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
+    append = parts.append
     if connection is not None:
         extra = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
         if extra:
@@ -470,9 +478,9 @@ def _drop_named_response(parts: list[bytes], names: frozenset[bytes]) -> list[by
     return out
 
 
-def render_switching(reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+def render_switching(headers: list[tuple[bytes, bytes]]) -> bytes:
     """The 101 head for the client: end-to-end fields plus Connection/Upgrade kept as sent."""
-    parts: list[bytes] = [_status_line(101, reason)]
+    parts: list[bytes] = [status_line(101)]
     upgrade = b"websocket"
     for name, value in headers:
         lname = name.lower()

@@ -51,6 +51,7 @@ class Route:
         "read_timeout",
         "rule",
         "send_timeout",
+        "track",
         "unavailable",
     )
 
@@ -69,6 +70,8 @@ class Route:
             cluster = None
         self.cluster = cluster
         self.balancer: BalancerKind = options.balancer
+        # Only the least-request balancer uses in-flight counts and latencies.
+        self.track = options.balancer == "least_request"
         self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
         self.read_timeout = options.read_timeout or settings.upstream_read_timeout
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout

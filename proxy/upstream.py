@@ -32,9 +32,9 @@ class UpstreamProtocol(asyncio.Protocol):
         "headers",
         "in_head",
         "key",
+        "loop",
         "parser",
         "pool",
-        "reason",
         "requests",
         "transport",
     )
@@ -50,8 +50,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.requests = 0  # exchanges served; > 1 means the connection came from the pool
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.in_head = True
+        self.loop = pool.loop
 
     # ---- transport events --------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         exchange.response_bytes = True
-        self.deadline = self.pool.loop.time() + exchange.read_timeout
+        self.deadline = self.loop.time() + exchange.read_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -105,22 +105,23 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # ---- parser callbacks --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.headers = []
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+    # No on_message_begin/on_status: every callback costs a Python call per response, the
+    # header list is replaced once used, and the reason phrase is the standard one (RFC 9112
+    # §4: clients ignore it).
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # trailers are dropped
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        headers = self.headers
+        self.headers = []
+        status = self.parser.get_status_code()
+        # After a 1xx head another head follows; anything after a final head is trailers.
+        self.in_head = status < 200 and status != 101
         exchange = self.exchange
         if exchange is not None:
-            exchange.response_head(self, self.parser.get_status_code(), self.reason, self.headers)
+            exchange.response_head(self, status, headers)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
@@ -138,7 +139,13 @@ class UpstreamProtocol(asyncio.Protocol):
         """A response to HEAD ends with its head; httptools cannot be told, so start afresh."""
         keep = bool(self.parser.should_keep_alive())
         self.parser = httptools.HttpResponseParser(self)
+        self.in_head = True
         return keep
+
+    def expect_response(self) -> None:
+        """A request went out on this connection: the next bytes start a response head."""
+        self.in_head = True
+        self.headers = []
 
     def timeout(self) -> None:
         exchange = self.exchange

@@ -272,8 +272,9 @@ async def test_head_limits_414_431(pods: list[Pod]) -> None:
         # A head arriving in many small reads is measured as a whole.
         client = await Client.connect(proxy.http_port)
         client.send(b"GET / HTTP/1.1\r\nHost: svc.test\r\n")
-        # 13 fields of ~164 bytes pass 2048 (httptools reports a field when the next begins).
-        for i in range(14):
+        # Fields of ~164 bytes, one per read: once 13 of them (> 2048 bytes) have been read
+        # after the first read, the next read is refused although the head is unfinished.
+        for i in range(15):
             client.send(b"X-Piece-%02d: " % i + b"p" * 150 + b"\r\n")
             await asyncio.sleep(0.01)
         assert_local(await client.response(), 431)
