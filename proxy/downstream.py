@@ -187,16 +187,19 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ---- parser callbacks --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.in_head = True
-        self.head_raw = 0
-        if self.active is None:
-            self.deadline = self.loop.time() + self.server.settings.client_header_timeout
+    # No on_message_begin: a message's first on_url starts it (one Python call less per
+    # request). Until its method is read, a new head is timed by the keep-alive deadline.
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        if not self.in_head:
+            self.in_head = True
+            self.url = url
+            self.headers = []
+            self.head_raw = 0
+            if self.active is None:
+                self.deadline = self.loop.time() + self.server.settings.client_header_timeout
+        else:
+            self.url += url
         if len(self.url) > self.server.head_limit:
             self._reject(414, "TargetTooLong")
             raise _Reject

@@ -309,13 +309,16 @@ def parse_request(
 
     if request_id is None:
         request_id = new_request_id()
-    append(b"X-Request-ID: ")
-    append(request_id)
-    append(b"\r\n")
     if host is not None:
-        append(b"X-Forwarded-Host: ")
-        append(x_host if x_host is not None else host)
-        append(b"\r\n")
+        parts += (
+            b"X-Request-ID: ",
+            request_id,
+            b"\r\nX-Forwarded-Host: ",
+            x_host if x_host is not None else host,
+            b"\r\n",
+        )
+    else:
+        parts += (b"X-Request-ID: ", request_id, b"\r\n")
     if ctx.trusted:
         append(b"X-Forwarded-For: ")
         append(ctx.client_ip if xff is None else xff + b", " + ctx.client_ip)
