@@ -61,6 +61,9 @@ class LocalTarget:
     namespace = "conformance"
 
     def __init__(self, workdir: Path, *, log_level: str = "warning") -> None:
+        # A checkout's root holds tests/kubesim; make it importable wherever we were started.
+        if (ROOT / "tests" / "kubesim").is_dir() and str(ROOT) not in sys.path:
+            sys.path.append(str(ROOT))
         try:
             from tests.kubesim import KubeSim
         except ImportError as exc:
@@ -211,6 +214,10 @@ class LocalTarget:
                 raise
 
     async def ingress_addresses(self, name: str) -> list[str]:
+        # Polled while waiting for a status: a dead controller fails the scenario at once
+        # instead of after the whole wait.
+        if self.process is not None and self.process.returncode is not None:
+            raise SetupError(f"the controller exited with {self.process.returncode}")
         obj = self.sim.get("ingresses", self.namespace, name) or {}
         entries = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         return [str(e.get("ip") or e.get("hostname")) for e in entries if isinstance(e, dict)]

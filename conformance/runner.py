@@ -36,7 +36,7 @@ from conformance.scenario import (
 
 logger = logging.getLogger(__name__)
 
-STATUS_WAIT: Final = 20.0  # seconds for an Ingress status to appear (first one: controller start)
+STATUS_WAIT: Final = 15.0  # seconds for an Ingress status to appear (first one: controller start)
 STEP_WAIT: Final = 5.0  # seconds for a step's change to show in the answers
 REQUEST_TIMEOUT: Final = 5.0
 MAX_REPORTED: Final = 3  # differences shown per failing scenario
@@ -238,15 +238,19 @@ class Runner:
             await self.target.apply(obj)
 
     async def run_scenario(self, scenario: Scenario) -> Outcome:
-        env = Environment(
-            namespace=self.target.namespace,
-            pod_addresses=await self.target.ensure_pods(pods_of(scenario)),
-            echo_port=self.target.echo_port,
-            certificates={
-                name: certificate.generate(spec)
-                for name, spec in certificate_specs(scenario).items()
-            },
-        )
+        try:
+            env = Environment(
+                namespace=self.target.namespace,
+                pod_addresses=await self.target.ensure_pods(pods_of(scenario)),
+                echo_port=self.target.echo_port,
+                certificates={
+                    name: certificate.generate(spec)
+                    for name, spec in certificate_specs(scenario).items()
+                },
+            )
+        except Exception as exc:
+            logger.exception("conformance.pods_failed", extra={"scenario": scenario.full_name})
+            return Outcome(scenario.full_name, (f"echo pods: {type(exc).__name__}: {exc}",))
         problems: list[str] = []
         try:
             await self._apply(scenario, env)
