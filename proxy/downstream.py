@@ -281,9 +281,10 @@ class DownstreamProtocol(asyncio.Protocol):
             # finished this one may still be inside its parser callback.
             self.loop.call_soon(self._next)
             return
-        self._resume(_PAUSE_PIPELINE)
+        if self.paused:
+            self._resume(_PAUSE_PIPELINE)
         if self.current is None and not self.in_head:
-            self.deadline = self._idle_deadline()
+            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
 
     def _next(self) -> None:
         if self.closing or self.active is not None or not self.queue:

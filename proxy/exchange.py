@@ -143,7 +143,11 @@ class Exchange:
         tried.append(endpoint)
         self.attempts_left -= 1
         self.endpoint = endpoint
-        conn = self.down.server.pool.acquire((endpoint.address, endpoint.port))
+        # Pool.acquire, inlined for the common case of a warm idle connection.
+        idle = self.down.server.pool.idle.get((endpoint.address, endpoint.port))
+        conn = idle.pop() if idle else None
+        if conn is not None and (conn.closed or conn.transport is None):
+            conn = self.down.server.pool.acquire((endpoint.address, endpoint.port))
         if conn is not None:
             self._attach(conn)
         else:
@@ -200,7 +204,8 @@ class Exchange:
         self.conn = conn
         conn.exchange = self
         conn.requests += 1
-        conn.expect_response()
+        conn.in_head = True  # UpstreamProtocol.expect_response, inlined
+        conn.headers = []
         self.response_bytes = False
         transport = conn.transport
         data = head.upstream_head
@@ -343,14 +348,17 @@ class Exchange:
         self.sent += size
         if response.framing == hdr.FRAME_CHUNKED:
             body = b"%x\r\n%s\r\n" % (size, body)
+        down = self.down
+        if down.closing:
+            return
         pending_head = self.pending_head
         if pending_head is not None:
             self.pending_head = None
             if size <= 16384:
                 body = pending_head + body
             else:
-                self.down.write(pending_head)
-        self.down.write(body)
+                down.transport.write(pending_head)
+        down.transport.write(body)
 
     def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool) -> None:
         response = self.response

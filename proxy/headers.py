@@ -201,7 +201,10 @@ def parse_request(
         raise BadRequest(505, "VersionNotSupported")
     if method == b"CONNECT":
         raise BadRequest(405, "ConnectNotAllowed")
-    target, authority = _check_target(method, url)
+    if url[:1] == b"/" and b"#" not in url and url.isascii():
+        target, authority = url, None  # origin-form, the common case, checked inline
+    else:
+        target, authority = _check_target(method, url)
 
     host: bytes | None = None
     hosts = 0
@@ -308,7 +311,7 @@ def parse_request(
         expect_continue = version_11
 
     if request_id is None:
-        request_id = new_request_id()
+        request_id = b"%s%016x" % (_ID_PREFIX, next(_id_counter))  # new_request_id, inlined
     if host is not None:
         parts += (
             b"X-Request-ID: ",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from typing import Any, cast
@@ -252,6 +253,10 @@ class ProxyServer:
         self._servers.append(server)
         if self._tick_handle is None:
             self._tick_handle = loop.call_later(self._tick_interval, self._tick)
+        # Everything allocated so far (modules, the first generation) lives as long as the
+        # worker: move it out of the collector's way, so full collections triggered by
+        # per-request garbage only walk young objects (shorter pauses, better p99).
+        gc.freeze()
         logger.info("proxy.listening", extra={"port": self.http_port, "scheme": "http"})
 
     def _http_factory(self) -> DownstreamProtocol:
