@@ -1,23 +1,47 @@
-"""TLS termination: one SSLContext per certificate, chosen by SNI, plus the default certificate.
+"""TLS termination (SNI certificates, default certificate, ticket keys) and upstream TLS.
 
-A worker builds a `CertificateSet` from each snapshot (off the hot path) and the HTTPS listener's
-context consults the current set in its SNI callback, so a renewed certificate is used for the
-next handshake while open connections keep theirs. Private keys are handed to OpenSSL through an
-anonymous in-memory file (`memfd`), never written to disk, and never appear in reprs or logs.
+Data flow: each snapshot's `certificates` and `VirtualHost.tls_certificate` become, in every
+worker, a `CertificateSet` (one `SSLContext` per certificate; exact hosts, one-label wildcards,
+the default) built by `TLSTerminator.update` off the request path, and only when the
+certificates or the TLS hosts changed. Contexts are cached by certificate content, so an
+unchanged certificate keeps its context and a renewed Secret gets a new one. The HTTPS
+listener's own context (`TLSTerminator.listener_context`) has an SNI callback that switches
+every new handshake to the context the current set picks; open connections keep theirs.
 
-Security defaults: TLS 1.2+ (configurable to 1.3), the "intermediate" cipher list, no
-compression, no renegotiation, ALPN `http/1.1`, session tickets (OpenSSL keeps their keys in
-memory; a new set of contexts per snapshot rotates them).
+Private keys reach OpenSSL through an anonymous in-memory file (`memfd`), never a file on disk,
+and never appear in reprs or logs (`TLSCertificate.key_pem` is excluded from its repr).
+
+Security defaults: TLS 1.2+ (`--tls-min-version 1.3` for 1.3 only), the Mozilla "intermediate"
+cipher list, no compression, no renegotiation, ALPN `http/1.1`.
+
+Session tickets: OpenSSL encrypts tickets (TLS 1.2 tickets and TLS 1.3 PSK tickets) with keys
+it generates at random in memory when the listener context is created, and never rotates them
+by itself. The keys belong to the context the handshake started on (the listener context, not
+the per-certificate one the SNI callback switches to), so `TLSTerminator` rotates that
+context's keys every `TICKET_KEY_LIFETIME` seconds with `SSL_CTRL_SET_TLSEXT_TICKET_KEYS`
+(fresh random bytes, memory only). OpenSSL keeps a single key set: tickets issued before a
+rotation are no longer accepted and those clients do a full handshake once.
+
+Upstream TLS (`backend-protocol: HTTPS`): `upstream_tls(server_name, ca_pem)` gives one shared
+`UpstreamTLS` per (SNI, CA) pair, used both to dial and as part of the pool key, so TLS and
+plain connections to the same pod never mix. Without a CA the upstream certificate is not
+verified (ingress-nginx's default, `proxy_ssl_verify off`); with one, the chain must lead to
+it and the certificate must match the SNI name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
+import hashlib
+import logging
 import os
 import ssl
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.config import Snapshot, TLSCertificate
+
+logger = logging.getLogger("portico.tls")
 
 # Mozilla "intermediate" profile, TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults).
 INTERMEDIATE_CIPHERS = ":".join(
@@ -41,6 +67,9 @@ INTERMEDIATE_CIPHERS = ":".join(
 )
 
 DEFAULT_CERTIFICATE_NAME = "portico/default-certificate"
+
+# Seconds between two rotations of the session ticket keys.
+TICKET_KEY_LIFETIME: Final = 3600.0
 
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -140,21 +169,38 @@ class CertificateSet:
         return self.wildcard.get(parent, self.default)
 
 
+def _content_key(certificate: TLSCertificate, min_version: str) -> bytes:
+    """Identifies a context by what it holds (a renewed Secret under the same name differs)."""
+    digest = hashlib.sha256()
+    for part in (min_version, certificate.cert_pem, certificate.key_pem):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.digest()
+
+
 def build_certificate_set(
-    snapshot: Snapshot, default: TLSCertificate, min_version: str = "1.2"
+    snapshot: Snapshot,
+    default: TLSCertificate,
+    min_version: str = "1.2",
+    cache: dict[bytes, ssl.SSLContext] | None = None,
 ) -> CertificateSet:
     """Contexts for every host an Ingress lists under `tls` with a certificate that covers it.
 
     The compiler only attaches a certificate to a host it covers; the check is repeated here so
-    a bad snapshot can never serve a certificate for a name it does not hold.
+    a bad snapshot can never serve a certificate for a name it does not hold. `cache` (content
+    key -> context) is reused and left holding exactly the contexts of the new set.
     """
     by_name = {c.name: c for c in snapshot.certificates}
-    contexts: dict[str, ssl.SSLContext] = {}
+    old = {} if cache is None else dict(cache)
+    used: dict[bytes, ssl.SSLContext] = {}
 
-    def context(name: str) -> ssl.SSLContext:
-        if name not in contexts:
-            contexts[name] = server_context(by_name[name], min_version)
-        return contexts[name]
+    def context(certificate: TLSCertificate) -> ssl.SSLContext:
+        key = _content_key(certificate, min_version)
+        found = used.get(key) or old.get(key)
+        if found is None:
+            found = server_context(certificate, min_version)
+        used[key] = found
+        return found
 
     exact: dict[str, ssl.SSLContext] = {}
     wildcard: dict[str, ssl.SSLContext] = {}
@@ -162,31 +208,222 @@ def build_certificate_set(
         name = vhost.tls_certificate
         if not vhost.host or name is None or name not in by_name:
             continue
-        cert_hosts = by_name[name].hosts
+        certificate = by_name[name]
         if vhost.host.startswith("*."):
-            if vhost.host in cert_hosts:
-                wildcard[vhost.host[2:]] = context(name)
-        elif any(covers(pattern, vhost.host) for pattern in cert_hosts):
-            exact[vhost.host] = context(name)
-    return CertificateSet(exact, wildcard, server_context(default, min_version))
+            if vhost.host in certificate.hosts:
+                wildcard[vhost.host[2:]] = context(certificate)
+        elif any(covers(pattern, vhost.host) for pattern in certificate.hosts):
+            exact[vhost.host] = context(certificate)
+    chosen = default
+    if snapshot.default_certificate is not None and snapshot.default_certificate in by_name:
+        chosen = by_name[snapshot.default_certificate]
+    result = CertificateSet(exact, wildcard, context(chosen))
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
+    return result
 
 
-def listener_context(
-    current: Callable[[], CertificateSet | None],
-    default: TLSCertificate,
-    min_version: str = "1.2",
-) -> ssl.SSLContext:
-    """The HTTPS listener's context: its SNI callback switches to the current set's choice.
+def _tls_shape(snapshot: Snapshot) -> tuple[object, ...]:
+    """Everything a CertificateSet depends on; equal shapes give equal sets."""
+    return (
+        tuple(
+            (vh.host, vh.tls_certificate)
+            for vh in snapshot.routes.virtual_hosts
+            if vh.tls_certificate is not None
+        ),
+        tuple((c.name, c.cert_pem, c.key_pem, c.hosts) for c in snapshot.certificates),
+        snapshot.default_certificate,
+    )
 
-    OpenSSL calls the callback for every ClientHello, with `server_name` None when the client
-    sent no SNI, so the current set decides every handshake.
+
+class TLSTerminator:
+    """The TLS state of one worker's HTTPS listener: the current set and the listener context.
+
+    `fallback` is the certificate served when neither a host certificate nor the snapshot's
+    default certificate applies: the self-signed "Portico Default Certificate", generated once
+    per worker.
     """
-    context = server_context(default, min_version)
 
-    def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-        certificates = current()
-        if certificates is not None:
-            sock.context = certificates.context_for(server_name)
+    def __init__(self, min_version: str = "1.2", fallback: TLSCertificate | None = None) -> None:
+        if min_version not in _TLS_VERSIONS:
+            raise ValueError(f"unsupported minimum TLS version {min_version!r}")
+        self.min_version = min_version
+        self.fallback = fallback if fallback is not None else self_signed_certificate()
+        self.current: CertificateSet | None = None
+        self.rebuilds = 0
+        self._shape: tuple[object, ...] | None = None
+        self._cache: dict[bytes, ssl.SSLContext] = {}
+        self._listener: ssl.SSLContext | None = None
+        self._tickets_rotated = 0.0
 
-    context.sni_callback = pick
-    return context
+    def update(self, snapshot: Snapshot) -> bool:
+        """Make `snapshot`'s certificates current; False (no work) when they did not change.
+
+        Raises ValueError (or ssl.SSLError) for a certificate OpenSSL refuses; the previous
+        set then stays current.
+        """
+        shape = _tls_shape(snapshot)
+        if shape == self._shape and self.current is not None:
+            return False
+        try:
+            certificates = build_certificate_set(
+                snapshot, self.fallback, self.min_version, self._cache
+            )
+        except ssl.SSLError as exc:
+            raise ValueError(f"cannot load a TLS certificate: {exc.reason or exc}") from None
+        self.current = certificates
+        self._shape = shape
+        self.rebuilds += 1
+        logger.info(
+            "tls.certificates",
+            extra={
+                "exact_hosts": len(certificates.exact),
+                "wildcard_domains": len(certificates.wildcard),
+                "contexts": len(self._cache),
+                "default": snapshot.default_certificate or DEFAULT_CERTIFICATE_NAME,
+            },
+        )
+        return True
+
+    def listener_context(self) -> ssl.SSLContext:
+        """The HTTPS listener's context: its SNI callback switches to the current set's choice.
+
+        OpenSSL calls the callback for every ClientHello, with `server_name` None when the
+        client sent no SNI, so the current set decides every handshake.
+        """
+        if self._listener is None:
+            context = server_context(self.fallback, self.min_version)
+
+            def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+                certificates = self.current
+                if certificates is not None:
+                    sock.context = certificates.context_for(server_name)
+
+            context.sni_callback = pick
+            self._listener = context
+            self._tickets_rotated = time.monotonic()
+        return self._listener
+
+    def maybe_rotate(self, now: float | None = None) -> bool:
+        """Rotate the session ticket keys once they are TICKET_KEY_LIFETIME old."""
+        if self._listener is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - self._tickets_rotated < TICKET_KEY_LIFETIME:
+            return False
+        self._tickets_rotated = now
+        rotated = rotate_ticket_keys(self._listener)
+        logger.info("tls.ticket_keys_rotated", extra={"rotated": rotated})
+        return rotated
+
+
+# ---- session ticket keys ---------------------------------------------------------------------
+# The ssl module has no API for ticket keys; OpenSSL's SSL_CTX_ctrl does. The SSL_CTX pointer is
+# the first field after the object header of CPython's PySSLContext; it is checked against the
+# context's options before use, and rotation is skipped (logged) if anything does not fit.
+
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
+_TICKET_KEYS_SIZE: Final = 80  # 16 name + 32 HMAC + 32 AES bytes
+
+
+def _libssl() -> ctypes.CDLL | None:
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIB: Final = _libssl()
+
+
+def _ctx_pointer(context: ssl.SSLContext) -> int | None:
+    if _LIB is None:
+        return None
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or _LIB.SSL_CTX_get_options(pointer) != int(context.options):
+        return None
+    return pointer
+
+
+def ticket_keys(context: ssl.SSLContext) -> bytes | None:
+    """The context's current ticket key material (for tests), None if unreachable."""
+    pointer = _ctx_pointer(context)
+    if pointer is None or _LIB is None:
+        return None
+    buf = ctypes.create_string_buffer(_TICKET_KEYS_SIZE)
+    if _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) != 1:
+        return None
+    return buf.raw
+
+
+def rotate_ticket_keys(context: ssl.SSLContext) -> bool:
+    """Replace the context's ticket keys with fresh random ones; False if unsupported."""
+    pointer = _ctx_pointer(context)
+    if pointer is None or _LIB is None:
+        return False
+    buf = ctypes.create_string_buffer(os.urandom(_TICKET_KEYS_SIZE), _TICKET_KEYS_SIZE)
+    ok = bool(
+        _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) == 1
+    )
+    ctypes.memset(buf, 0, _TICKET_KEYS_SIZE)
+    return ok
+
+
+# ---- upstream TLS ----------------------------------------------------------------------------
+
+
+class UpstreamTLS:
+    """How to speak TLS to the pods of a route; hashed by identity (part of the pool key)."""
+
+    __slots__ = ("context", "server_name", "verify")
+
+    def __init__(self, server_name: str, ca_pem: str | None) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        context.set_alpn_protocols(["http/1.1"])
+        if ca_pem is None:
+            # ingress-nginx's default (proxy_ssl_verify off): encrypted, not authenticated.
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context.load_verify_locations(cadata=ca_pem)
+            context.check_hostname = True
+            context.verify_mode = ssl.CERT_REQUIRED
+        self.context = context
+        self.server_name = server_name
+        self.verify = ca_pem is not None
+
+    def __repr__(self) -> str:
+        return f"UpstreamTLS(server_name={self.server_name!r}, verify={self.verify})"
+
+
+_upstream: dict[tuple[str, str | None], UpstreamTLS] = {}
+_UPSTREAM_MAX: Final = 1024
+
+
+def upstream_tls(server_name: str, ca_pem: str | None) -> UpstreamTLS:
+    """The shared UpstreamTLS for this SNI name and CA, so pools carry over between snapshots.
+
+    Raises ValueError when `ca_pem` holds no usable certificate.
+    """
+    key = (server_name, ca_pem)
+    found = _upstream.get(key)
+    if found is None:
+        try:
+            found = UpstreamTLS(server_name, ca_pem)
+        except ssl.SSLError as exc:
+            raise ValueError(f"invalid upstream CA bundle: {exc.reason or exc}") from None
+        if len(_upstream) >= _UPSTREAM_MAX:
+            _upstream.clear()
+        _upstream[key] = found
+    return found
