@@ -33,8 +33,10 @@ from proxy.downstream import DownstreamProtocol
 from proxy.exchange import Exchange
 from proxy.headers import BadRequest, ClientContext, parse_request
 from proxy.pool import Pool
+from proxy.redirect import Redirect
 from proxy.settings import ProxySettings
 from proxy.table import Router
+from proxy.tls import TLSTerminator, UpstreamTLS, upstream_tls
 from proxy.tunnel import Tunnel
 
 logger = logging.getLogger("portico.proxy")
@@ -50,10 +52,12 @@ class Route:
         "key",
         "max_body",
         "read_timeout",
+        "redirect",
         "rule",
         "send_timeout",
         "track",
         "unavailable",
+        "upstream_tls",
     )
 
     def __init__(
@@ -79,6 +83,22 @@ class Route:
         self.max_body = (
             options.max_body_size if options.max_body_size is not None else settings.max_body_bytes
         )
+        # Plain-HTTP requests on this route get a 308 to https:// (checked per request only as
+        # this flag).
+        self.redirect = options.ssl_redirect
+        # None: plain HTTP to the pods; else the TLS identity (also part of the pool key).
+        self.upstream_tls: UpstreamTLS | None = None
+        if options.upstream_protocol == "HTTPS":
+            name = options.upstream_server_name
+            if name is None and rule.service is not None:
+                namespace, _, service = rule.service.partition("/")
+                name = f"{service}.{namespace}.svc"
+            try:
+                self.upstream_tls = upstream_tls(name or "", options.upstream_ca_pem)
+            except ValueError:
+                # The compiler validates CA bundles; a bad one must not go out unverified.
+                self.unavailable = "UpstreamCAInvalid"
+                self.cluster = None
 
 
 class Generation:
@@ -169,6 +189,16 @@ class ProxyServer:
         self._drained: asyncio.Event | None = None  # set during shutdown
         self._contexts: dict[tuple[str, str, int], ClientContext] = {}
         self.http_port = 0
+        self.https_port = 0
+        # Certificates for the HTTPS listener, created when it starts (see proxy/tls.py).
+        self.tls: TLSTerminator | None = None
+        # The Strict-Transport-Security field added to HTTPS responses (b"": none).
+        self.hsts = b""
+        if settings.hsts:
+            value = b"max-age=%d" % settings.hsts_max_age
+            if settings.hsts_include_subdomains:
+                value += b"; includeSubDomains"
+            self.hsts = b"Strict-Transport-Security: " + value + b"\r\n"
 
     # ---- configuration -----------------------------------------------------------------------
 
@@ -184,6 +214,8 @@ class ProxyServer:
             raise
         except Exception as exc:  # a bug in the table must not take the worker down
             raise SnapshotError(f"cannot build the route table: {exc}") from exc
+        if self.tls is not None:
+            self.tls.update(snapshot)  # before the swap: a refused certificate keeps the old
         self._install(snapshot, router)
 
     def apply_endpoints(self, update: EndpointsUpdate) -> None:
@@ -237,20 +269,27 @@ class ProxyServer:
         http_sock: socket.socket | None = None,
         host: str = "127.0.0.1",
         http_port: int = 0,
+        http: bool = True,
+        https_sock: socket.socket | None = None,
+        https_port: int | None = None,
     ) -> None:
+        """Listen for HTTP (unless `http` is False) and, given a socket or port, for HTTPS."""
         if self._generation is None:
             raise RuntimeError("apply a snapshot before starting the proxy")
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.pool.loop = loop
+        if https_sock is not None or https_port is not None:
+            await self._start_https(loop, https_sock, host, https_port or 0)
         if http_sock is not None:
             server = await loop.create_server(self._http_factory, sock=http_sock, backlog=4096)
-        else:
+        elif http:
             server = await loop.create_server(
                 self._http_factory, host, http_port, reuse_address=True, backlog=4096
             )
-        self.http_port = server.sockets[0].getsockname()[1]
-        self._servers.append(server)
+        if http_sock is not None or http:
+            self.http_port = server.sockets[0].getsockname()[1]
+            self._servers.append(server)
         if self._tick_handle is None:
             self._tick_handle = loop.call_later(self._tick_interval, self._tick)
         # Everything allocated so far (modules, the first generation) lives as long as the
@@ -261,6 +300,36 @@ class ProxyServer:
 
     def _http_factory(self) -> DownstreamProtocol:
         return DownstreamProtocol(self, "http", self.http_port)
+
+    async def _start_https(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket | None,
+        host: str,
+        port: int,
+    ) -> None:
+        generation = self._generation
+        assert generation is not None
+        tls = self.tls
+        if tls is None:
+            tls = TLSTerminator(self.settings.tls_min_version)
+            tls.update(generation.snapshot)
+            self.tls = tls
+        context = tls.listener_context()
+        if sock is not None:
+            server = await loop.create_server(
+                self._https_factory, sock=sock, backlog=4096, ssl=context
+            )
+        else:
+            server = await loop.create_server(
+                self._https_factory, host, port, reuse_address=True, backlog=4096, ssl=context
+            )
+        self.https_port = server.sockets[0].getsockname()[1]
+        self._servers.append(server)
+        logger.info("proxy.listening", extra={"port": self.https_port, "scheme": "https"})
+
+    def _https_factory(self) -> DownstreamProtocol:
+        return DownstreamProtocol(self, "https", self.https_port)
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, close idle connections, let in-flight requests finish, close."""
@@ -306,6 +375,8 @@ class ProxyServer:
                 logger.exception("proxy.timeout_failed")
         if self.access is not None:
             self.access.flush()
+        if self.tls is not None:
+            self.tls.maybe_rotate()
         self._tick_handle = self.loop.call_later(self._tick_interval, self._tick)
 
     # ---- used by the protocols ---------------------------------------------------------------
@@ -365,6 +436,8 @@ class ProxyServer:
         route = generation.routes.get(id(rule))
         if route is None or route.rule is not rule:
             route = generation.route_for(rule)
+        if route.redirect and down.scheme == "http":
+            return Redirect(down, head, route, reply=308, reason="SSLRedirect")
         if route.max_body and head.content_length > route.max_body:
             self.reject(down, 413, "BodyTooLarge")
             return Exchange(down, head, None, reply=413, reason="BodyTooLarge", close_after=True)

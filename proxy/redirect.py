@@ -1,0 +1,68 @@
+"""HTTP -> HTTPS redirects: the local answer to a plain-HTTP request on an `ssl_redirect` route.
+
+`ProxyServer.open_exchange` creates a `Redirect` instead of an `Exchange` when the matched
+route has `RouteOptions.ssl_redirect` and the request came in on the plain-HTTP listener; in
+its turn on the connection it answers `308 Permanent Redirect` to `https://<host><target>`
+(as ingress-nginx does: 308 keeps the method and body). The port is left out of the Location on
+purpose: behind a load balancer mapping 443 to the listener's port the public port is 443, and
+the request's own port is the plain-HTTP one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from proxy.exchange import Exchange
+
+_BODY: Final = b"308 Permanent Redirect\n"
+
+
+def _hostname(host: bytes) -> bytes | None:
+    """The host without its port; None if it is not safe to put in a header."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        name = host[: end + 1] if end > 0 else b""
+    else:
+        name = host.partition(b":")[0]
+    if not name or any(c <= 0x20 or c >= 0x7F for c in name):
+        return None
+    return name
+
+
+def location(host: bytes, target: bytes) -> bytes | None:
+    """`https://host/target` for a request, None when the host cannot be used."""
+    name = _hostname(host)
+    if name is None:
+        return None
+    if target[:1] != b"/":
+        target = b"/"
+    return b"https://" + name + target
+
+
+def render(url: bytes, *, close: bool, head_only: bool) -> bytes:
+    data = (
+        b"HTTP/1.1 308 Permanent Redirect\r\nServer: portico\r\nLocation: %s\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n"
+        % (url, len(_BODY), b"Connection: close\r\n" if close else b"")
+    )
+    return data if head_only else data + _BODY
+
+
+class Redirect(Exchange):
+    """A 308 to the HTTPS URL of the request, answered in its turn on the connection."""
+
+    __slots__ = ()
+
+    def begin(self) -> None:
+        head = self.head
+        down = self.down
+        url = None if head is None else location(head.host, head.target)
+        if head is None or url is None:
+            self._local(400, "InvalidHost", close=True)
+            return
+        # A request body still on its way would be read as the next request: close instead.
+        close = not self.request_done or not head.keep_alive or down.server.draining
+        self.status = 308
+        down.server.stats.local_replies += 1
+        down.write(render(url, close=close, head_only=head.method == b"HEAD"))
+        self._finish(not close)
