@@ -48,6 +48,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "deadline",
         "head_raw",
         "headers",
+        "hsts",
         "in_head",
         "last",
         "loop",
@@ -70,6 +71,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.loop = server.loop
         self.scheme = scheme
         self.port = port
+        # Strict-Transport-Security field for responses on the HTTPS listener (b"": none).
+        self.hsts = server.hsts if scheme == "https" else b""
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.parser = self._new_parser()
         self.ctx: ClientContext | None = None

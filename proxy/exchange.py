@@ -143,11 +143,18 @@ class Exchange:
         tried.append(endpoint)
         self.attempts_left -= 1
         self.endpoint = endpoint
+        # TLS and plain connections to one pod live under different pool keys.
+        tls = route.upstream_tls
+        key = (
+            (endpoint.address, endpoint.port)
+            if tls is None
+            else (endpoint.address, endpoint.port, tls)
+        )
         # Pool.acquire, inlined for the common case of a warm idle connection.
-        idle = self.down.server.pool.idle.get((endpoint.address, endpoint.port))
+        idle = self.down.server.pool.idle.get(key)
         conn = idle.pop() if idle else None
         if conn is not None and (conn.closed or conn.transport is None):
-            conn = self.down.server.pool.acquire((endpoint.address, endpoint.port))
+            conn = self.down.server.pool.acquire(key)
         if conn is not None:
             self._attach(conn)
         else:
@@ -157,7 +164,9 @@ class Exchange:
         route = self.route
         assert route is not None
         server = self.down.server
-        task = server.loop.create_task(server.pool.connect(endpoint, route.connect_timeout))
+        task = server.loop.create_task(
+            server.pool.connect(endpoint, route.connect_timeout, route.upstream_tls)
+        )
         self.connect_task = task
         task.add_done_callback(self._connected)
 
@@ -329,6 +338,8 @@ class Exchange:
         except ValueError:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")
             return
+        if down.hsts:
+            response.data = response.data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
         self.response = response
         self.status = status
         if response.framing == hdr.FRAME_NONE:
@@ -541,9 +552,12 @@ class Exchange:
         self.reason = reason
         self.status = status
         down.server.stats.local_replies += 1
-        down.write(
-            local_reply(status, close=close, head_only=head is not None and head.method == b"HEAD")
+        data = local_reply(
+            status, close=close, head_only=head is not None and head.method == b"HEAD"
         )
+        if down.hsts:
+            data = data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
+        down.write(data)
         self._finish(not close)
 
     def _abort(self, reason: str) -> None:

@@ -15,11 +15,14 @@ import logging
 
 from proxy.config import Endpoint
 from proxy.settings import ProxySettings
+from proxy.tls import UpstreamTLS
 from proxy.upstream import UpstreamProtocol
 
 logger = logging.getLogger("portico.proxy")
 
 _Key = tuple[str, int]
+# (ip, port) for plain connections, (ip, port, UpstreamTLS) for TLS ones.
+_PoolKey = tuple[object, ...]
 
 
 class Pool:
@@ -37,7 +40,7 @@ class Pool:
         self.loop = loop
         self.keepalive_timeout = settings.upstream_keepalive_timeout
         self.keepalive_max = settings.upstream_keepalive_max
-        self.idle: dict[_Key, list[UpstreamProtocol]] = {}
+        self.idle: dict[_PoolKey, list[UpstreamProtocol]] = {}
         self.conns: set[UpstreamProtocol] = set()  # every open upstream connection
         self.retained: frozenset[_Key] | None = None  # None: every endpoint is current
         self.connects = 0
@@ -47,11 +50,11 @@ class Pool:
 
     def forget(self, conn: UpstreamProtocol) -> None:
         self.conns.discard(conn)
-        idle = self.idle.get(conn.key)
+        idle = self.idle.get(conn.pool_key)
         if idle and conn in idle:
             idle.remove(conn)
 
-    def acquire(self, key: _Key) -> UpstreamProtocol | None:
+    def acquire(self, key: _PoolKey) -> UpstreamProtocol | None:
         idle = self.idle.get(key)
         while idle:
             conn = idle.pop()
@@ -65,12 +68,12 @@ class Pool:
         conn.exchange = None
         if conn.closed:
             return
-        key = conn.key
+        key = conn.pool_key
         retained = self.retained
         idle = self.idle.get(key)
         if idle is None:
             idle = self.idle[key] = []
-        if (retained is not None and key not in retained) or len(idle) >= self.keepalive_max:
+        if (retained is not None and conn.key not in retained) or len(idle) >= self.keepalive_max:
             conn.close()
             return
         transport = conn.transport
@@ -79,20 +82,35 @@ class Pool:
         conn.deadline = self.loop.time() + self.keepalive_timeout
         idle.append(conn)
 
-    async def connect(self, endpoint: Endpoint, connect_timeout: float) -> UpstreamProtocol:
+    async def connect(
+        self, endpoint: Endpoint, connect_timeout: float, tls: UpstreamTLS | None = None
+    ) -> UpstreamProtocol:
         self.connects += 1
-        _, conn = await asyncio.wait_for(
-            self.loop.create_connection(
-                lambda: UpstreamProtocol(self, endpoint), endpoint.address, endpoint.port
-            ),
-            connect_timeout,
-        )
+        if tls is None:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: UpstreamProtocol(self, endpoint), endpoint.address, endpoint.port
+                ),
+                connect_timeout,
+            )
+        else:
+            # The handshake is part of connecting: it counts against the connect timeout.
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: UpstreamProtocol(self, endpoint, tls),
+                    endpoint.address,
+                    endpoint.port,
+                    ssl=tls.context,
+                    server_hostname=tls.server_name or None,
+                ),
+                connect_timeout,
+            )
         return conn
 
     def retain(self, keys: frozenset[_Key]) -> None:
         """Keep pooling only these endpoints; close idle connections to any other."""
         self.retained = keys
-        for key in [k for k in self.idle if k not in keys]:
+        for key in [k for k in self.idle if k[:2] not in keys]:
             for conn in self.idle.pop(key):
                 conn.close()
 

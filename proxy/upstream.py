@@ -21,6 +21,7 @@ from proxy.config import Endpoint
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.pool import Pool
+    from proxy.tls import UpstreamTLS
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -35,14 +36,19 @@ class UpstreamProtocol(asyncio.Protocol):
         "loop",
         "parser",
         "pool",
+        "pool_key",
         "requests",
         "transport",
     )
 
-    def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
+    def __init__(self, pool: Pool, endpoint: Endpoint, tls: UpstreamTLS | None = None) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.key = (endpoint.address, endpoint.port)
+        # The idle list this connection returns to: TLS ones apart from plain ones.
+        self.pool_key: tuple[object, ...] = (
+            self.key if tls is None else (endpoint.address, endpoint.port, tls)
+        )
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
