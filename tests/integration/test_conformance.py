@@ -8,7 +8,9 @@ report a failure (and exit 1) as well as a success.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -18,11 +20,12 @@ from typing import Any
 import pytest
 
 from conformance.__main__ import SCENARIOS, main
-from conformance.certificate import PeerCertificate
-from conformance.client import Answer, ClientError, parse_response
+from conformance.certificate import PeerCertificate, generate
+from conformance.client import Answer, ClientError, parse_response, send
 from conformance.runner import compare, compare_all
 from conformance.scenario import (
     Certificate,
+    CertificateSpec,
     Environment,
     Expect,
     Request,
@@ -286,6 +289,38 @@ def test_parse_response_framing() -> None:
         parse_response(b"HTTP/1.1 200 OK\r\n", head_only=False)
     with pytest.raises(ClientError):
         parse_response(b"SSH-2.0-x\r\n\r\n", head_only=False)
+
+
+async def test_client_sends_sni_and_reads_the_certificate(tmp_path: Path) -> None:
+    spec = CertificateSpec(cn="a.example", dns=["a.example", "*.b.example"])
+    generated = generate(spec)
+    (tmp_path / "cert.pem").write_bytes(generated.cert_pem)
+    (tmp_path / "key.pem").write_bytes(generated.key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = head.split(b"\r\n")[1]  # the Host line, echoed back
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        got = await send("127.0.0.1", port, host="h.example", tls=True, server_name="a.example")
+        assert (got.status, got.body) == (200, b"Host: h.example")
+        assert got.certificate == PeerCertificate("a.example", frozenset(spec.dns))
+        await send("127.0.0.1", port, tls=True, server_name=None)
+        assert names == ["a.example", None]
+        with pytest.raises(ClientError):
+            await send("127.0.0.1", port, tls=False, limit=2.0)  # plain HTTP to a TLS port
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # ---- end to end ---------------------------------------------------------------------------------
