@@ -53,8 +53,19 @@ def ingress_services(ingress: Ingress) -> set[ServiceKey]:
     return out
 
 
+_PROXY_SSL_SECRET = ("nginx.ingress.kubernetes.io/proxy-ssl-secret", "portico.dev/proxy-ssl-secret")
+
+
 def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
-    return {(ingress.namespace, t.secret_name) for t in ingress.tls if t.secret_name}
+    out = {(ingress.namespace, t.secret_name) for t in ingress.tls if t.secret_name}
+    # The CA bundle of upstream TLS ("namespace/name"); a malformed value is reported by the
+    # compiler, and indexing it anyway is harmless.
+    for annotation in _PROXY_SSL_SECRET:
+        ref = ingress.annotations.get(annotation)
+        if ref and "/" in ref:
+            namespace, _, name = ref.strip().partition("/")
+            out.add((namespace, name))
+    return out
 
 
 class Store:

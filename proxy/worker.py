@@ -138,8 +138,19 @@ class Worker:
     async def _listen(self) -> None:
         assert self._server is not None
         settings = self._settings
-        sock = listener_socket(settings.bind_address, settings.http_port)
-        await self._server.start(http_sock=sock)
+        http = (
+            listener_socket(settings.bind_address, settings.http_port)
+            if settings.http_port
+            else None
+        )
+        https = (
+            listener_socket(settings.bind_address, settings.https_port)
+            if settings.https_port
+            else None
+        )
+        # The HTTPS listener's TLS state (self-signed default certificate, contexts for the
+        # current snapshot) is built here, once, before the first handshake.
+        await self._server.start(http_sock=http, http=http is not None, https_sock=https)
         self._listening = True
         logger.info(
             "worker.listening",
@@ -147,6 +158,7 @@ class Worker:
                 "worker": self.index,
                 "address": settings.bind_address,
                 "http_port": settings.http_port,
+                "https_port": settings.https_port,
             },
         )
 

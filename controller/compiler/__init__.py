@@ -18,7 +18,12 @@ from controller.compiler.backends import BackendUse, resolve_backend
 from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
 from controller.compiler.problems import SECRET_INVALID, Problem
 from controller.compiler.settings import CompileSettings
-from controller.compiler.tls import LoadedCertificate, check_validity, load_certificate
+from controller.compiler.tls import (
+    LoadedCertificate,
+    check_validity,
+    load_ca_bundle,
+    load_certificate,
+)
 from controller.objects import Ingress, IngressClass, Secret
 from controller.store import Store
 from proxy.config import Backend, Snapshot
@@ -129,7 +134,13 @@ class Compiler:
             referenced.add((namespace, name))
             return self._certificate(store, namespace, name)
 
-        assembly = assemble(parts, certificate, now)
+        def ca_bundle(ref: str) -> tuple[str | None, str | None]:
+            namespace, _, name = ref.partition("/")
+            referenced.add((namespace, name))
+            obj = store.get("Secret", namespace, name)
+            return load_ca_bundle(obj if isinstance(obj, Secret) else None, ref)
+
+        assembly = assemble(parts, certificate, now, ca_bundle)
         problems = list(assembly.problems)
         certificates = assembly.certificates
         default_certificate: str | None = None

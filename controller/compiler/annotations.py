@@ -43,6 +43,12 @@ class IngressOptions:
     route: RouteOptions = DEFAULT_OPTIONS  # ssl_redirect is left False here; set per host
     ssl_redirect: bool | None = None
     force_ssl_redirect: bool = False
+    # `proxy-ssl-secret`: "namespace/name" of a Secret whose `ca.crt` verifies the pods'
+    # certificates (resolved by the compiler into RouteOptions.upstream_ca_pem).
+    proxy_ssl_secret: str | None = None
+    # `proxy-ssl-verify`: False turns verification off even with a secret; None/True: verify
+    # when a secret is given.
+    proxy_ssl_verify: bool | None = None
 
     def redirect(self, host_has_tls: bool) -> bool:
         if self.force_ssl_redirect:
@@ -86,6 +92,27 @@ def _server_name(value: str) -> str:
     return lowered
 
 
+_SECRET_REF: Final = re.compile(
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+)
+
+
+def _secret_ref(value: str) -> str:
+    ref = value.strip()
+    if not _SECRET_REF.match(ref):
+        raise _Invalid('expected a Secret reference "namespace/name"')
+    return ref
+
+
+def _on_off(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("on", "true"):
+        return True
+    if lowered in ("off", "false"):
+        return False
+    raise _Invalid('expected "on" or "off"')
+
+
 def _timeout(value: str) -> float:
     m = _TIMEOUT.match(value.strip())
     if m is None or int(m.group(1)) == 0:
@@ -107,12 +134,16 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "load-balance": (_balancer, "balancer"),
     "backend-protocol": (_protocol, "upstream_protocol"),
     "proxy-ssl-name": (_server_name, "upstream_server_name"),
+    "proxy-ssl-secret": (_secret_ref, "proxy_ssl_secret"),
+    "proxy-ssl-verify": (_on_off, "proxy_ssl_verify"),
     "proxy-connect-timeout": (_timeout, "connect_timeout"),
     "proxy-read-timeout": (_timeout, "read_timeout"),
     "proxy-send-timeout": (_timeout, "send_timeout"),
     "proxy-body-size": (_size, "max_body_size"),
 }
-_INGRESS_FIELDS: Final = frozenset({"ssl_redirect", "force_ssl_redirect"})
+_INGRESS_FIELDS: Final = frozenset(
+    {"ssl_redirect", "force_ssl_redirect", "proxy_ssl_secret", "proxy_ssl_verify"}
+)
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
 _CACHE_MAX: Final = 4096
@@ -152,6 +183,8 @@ def parse_annotations(
             else DEFAULT_OPTIONS,
             ssl_redirect=values.get("ssl_redirect"),
             force_ssl_redirect=bool(values.get("force_ssl_redirect", False)),
+            proxy_ssl_secret=values.get("proxy_ssl_secret"),
+            proxy_ssl_verify=values.get("proxy_ssl_verify"),
         ),
         tuple(errors),
     )

@@ -161,6 +161,8 @@ class IngressPart:
     default: RuleEntry | None  # the defaultBackend of an Ingress without rules
     tls: tuple[TLSEntry, ...]
     problems: tuple[Problem, ...]
+    # `proxy-ssl-secret` ("ns/name") whose ca.crt verifies the pods; None: no verification.
+    ca_secret: str | None = None
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -330,6 +332,7 @@ def compile_ingress(ingress: Ingress) -> IngressPart:
         default=default,
         tls=tls,
         problems=tuple(problems),
+        ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
     )
 
 
@@ -357,20 +360,56 @@ def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
     use.users.append((ref, entry.text))
 
 
+def _with_ca(part: IngressPart, pem: str) -> IngressPart:
+    """The part with `upstream_ca_pem` set on every rule ("" when the CA is unusable)."""
+
+    def entry(e: RuleEntry) -> RuleEntry:
+        options = dataclasses.replace(e.rule.options, upstream_ca_pem=pem)
+        return dataclasses.replace(e, rule=dataclasses.replace(e.rule, options=options))
+
+    return dataclasses.replace(
+        part,
+        entries=tuple(entry(e) for e in part.entries),
+        fallbacks=tuple(entry(e) for e in part.fallbacks),
+        default=None if part.default is None else entry(part.default),
+    )
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
     now: datetime,
+    ca_bundle: Callable[[str], tuple[str | None, str | None]] | None = None,
 ) -> Assembly:
-    """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS."""
+    """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
+
+    `ca_bundle(ref)` gives (PEM, None) or (None, reason) for a `proxy-ssl-secret`; a part whose
+    CA cannot be loaded gets an empty CA, which the proxy refuses (503, fail closed) rather
+    than talk to its pods unverified.
+    """
     problems: list[Problem] = []
     uses: dict[str, BackendUse] = {}
     by_host: dict[str, dict[tuple[str, str], PathRule]] = {}
     fallback: dict[str, PathRule] = {}
     host_cert: dict[str, str] = {}
+    wild_cert: dict[str, str] = {}
     certificates: dict[str, TLSCertificate] = {}
     default: PathRule | None = None
     parts = list(parts)
+    for i, part in enumerate(parts):
+        if part.ca_secret is None or ca_bundle is None:
+            continue
+        pem, reason = ca_bundle(part.ca_secret)
+        if pem is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    SECRET_INVALID,
+                    f'proxy-ssl-secret "{part.ca_secret}": {reason}; its backends answer 503',
+                )
+            )
+        parts[i] = _with_ca(part, pem or "")
 
     for part in parts:
         ref = part.ref
@@ -459,6 +498,17 @@ def assemble(
                 used = True
                 if host in by_host and host not in host_cert:
                     host_cert[host] = cert.name
+                if host.startswith("*."):
+                    # A wildcard tls host serves the rule hosts it covers (one label), unless
+                    # an exact tls entry names them (exact wins whatever the order).
+                    for rule_host in by_host:
+                        if (
+                            rule_host
+                            and not rule_host.startswith("*.")
+                            and rule_host.partition(".")[2] == host[2:]
+                            and rule_host not in wild_cert
+                        ):
+                            wild_cert[rule_host] = cert.name
             if used:
                 certificates[cert.name] = cert
 
@@ -467,7 +517,7 @@ def assemble(
             host=host,
             rules=tuple(sorted(by_host[host].values(), key=_rule_order)),
             fallback=fallback.get(host),
-            tls_certificate=host_cert.get(host),
+            tls_certificate=host_cert.get(host) or wild_cert.get(host),
         )
         for host in sorted(by_host)
     )

@@ -112,6 +112,23 @@ def load_certificate(secret: Secret | None, name: str) -> LoadedCertificate | st
     )
 
 
+def load_ca_bundle(secret: Secret | None, name: str) -> tuple[str | None, str | None]:
+    """(`ca.crt` PEM, None) of a `proxy-ssl-secret`, or (None, the exact reason)."""
+    if secret is None:
+        return None, f'secret "{name}" not found'
+    data = secret.data.get("ca.crt")
+    if not data:
+        return None, f'secret "{name}" has no ca.crt'
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+        text = data.decode("ascii")
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        return None, f'secret "{name}": ca.crt is not a PEM certificate bundle ({exc})'
+    if not certificates:
+        return None, f'secret "{name}": ca.crt holds no certificate'
+    return text, None
+
+
 def check_validity(loaded: LoadedCertificate, now: datetime) -> str | None:
     """None if the certificate is valid at `now`, else the reason."""
     ts = now.timestamp()
