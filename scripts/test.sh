@@ -24,3 +24,4 @@ echo "== ruff check"; "$bin/ruff" check .
 echo "== ruff format --check"; "$bin/ruff" format --check .
 echo "== mypy --strict"; "$bin/mypy"
 echo "== pytest"; "$bin/pytest" "$@"
+echo "== conformance (local mode)"; "$bin/python" -m conformance
