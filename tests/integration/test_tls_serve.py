@@ -1,0 +1,229 @@
+"""`portico serve` over HTTPS end to end: real controller, real (uvloop) worker, manifest mode.
+
+A renewed Secret (the file rewritten, as cert-manager renews) must be served to new handshakes
+within 1 s while a TLS connection opened before keeps working; plain HTTP is redirected;
+`/debug/snapshot` never shows key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from backends import Client
+from tls_env import der, peer_der, tls_client
+
+from conformance.echo import start_echo
+from tests.unit.kube_factory import make_cert
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "secure.test"
+ROTATION_BOUND = 1.0  # seconds: the promise for a renewed Secret in manifest mode
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def app_manifests(pod_port: int) -> str:
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressClass",
+            "metadata": {"name": "portico"},
+            "spec": {"controller": "portico.dev/ingress-controller"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": pod_port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": pod_port, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "secure", "namespace": "default"},
+            "spec": {
+                "ingressClassName": "portico",
+                "tls": [{"hosts": [HOST], "secretName": "secure-tls"}],
+                "rules": [
+                    {
+                        "host": HOST,
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
+                                }
+                            ]
+                        },
+                    }
+                ],
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs)
+
+
+def secret_manifest(cert: bytes, key: bytes) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "secure-tls", "namespace": "default"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
+        }
+    )
+
+
+async def eventually(check: Callable[[], Any], limit: float) -> None:
+    async with asyncio.timeout(limit):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+class Serve:
+    def __init__(self, process: asyncio.subprocess.Process, ports: dict[str, int]) -> None:
+        self.process = process
+        self.http, self.https, self.admin = ports["http"], ports["https"], ports["admin"]
+
+
+@pytest.fixture
+async def pod_port() -> AsyncIterator[int]:
+    port = free_port("127.0.0.2")
+    runner = await start_echo("127.0.0.2", port, "web", "web-1")
+    yield port
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def serve(tmp_path: Path, pod_port: int) -> AsyncIterator[Serve]:
+    (tmp_path / "app.yaml").write_text(app_manifests(pod_port))
+    ports = {"http": free_port(), "https": free_port(), "admin": free_port()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "serve",
+        "--manifests",
+        str(tmp_path),
+        "--http-port",
+        str(ports["http"]),
+        "--https-port",
+        str(ports["https"]),
+        "--admin-port",
+        str(ports["admin"]),
+        "--workers",
+        "1",
+        "--shutdown-delay",
+        "0",
+        "--drain-timeout",
+        "2",
+        "--bind-address",
+        "127.0.0.1",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    instance = Serve(process, ports)
+    yield instance
+    if process.returncode is None:
+        process.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def ready(session: aiohttp.ClientSession, serve: Serve) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{serve.admin}/readyz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_renewal_redirects_and_no_keys(serve: Serve, tmp_path: Path, pod_port: int) -> None:
+    old_cert, old_key = make_cert(HOST)
+    new_cert, new_key = make_cert(HOST, key="ec", key_index=4)
+    (tmp_path / "secret.yaml").write_text(secret_manifest(old_cert, old_key))
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: ready(session, serve), 20)
+
+        async def serves(cert: bytes) -> bool:
+            client = await tls_client(serve.https, HOST)
+            try:
+                return peer_der(client) == der(cert)
+            finally:
+                await client.close()
+
+        await eventually(lambda: serves(old_cert), 5)
+        opened = await tls_client(serve.https, HOST)
+        try:
+            resp = await opened.request("GET", "/hello", host=HOST)
+            assert resp.status == 200
+            assert resp.header("Strict-Transport-Security") is not None
+
+            # Plain HTTP on the TLS host: 308 to the same host and path, no port.
+            plain = await Client.connect(serve.http)
+            redirect = await plain.request("GET", "/a/b?c=d", host=f"{HOST}:{serve.http}")
+            await plain.close()
+            assert redirect.status == 308
+            assert redirect.header("Location") == f"https://{HOST}/a/b?c=d"
+
+            # Renewal: new handshakes get the new certificate within the bound ...
+            (tmp_path / "secret.yaml").write_text(secret_manifest(new_cert, new_key))
+            await eventually(lambda: serves(new_cert), ROTATION_BOUND)
+            # ... and the connection opened before is still up, with its certificate.
+            assert peer_der(opened) == der(old_cert)
+            assert (await opened.request("GET", "/again", host=HOST)).status == 200
+        finally:
+            await opened.close()
+
+        async with session.get(f"http://127.0.0.1:{serve.admin}/debug/snapshot") as resp:
+            text = await resp.text()
+        summary = json.loads(text)
+        assert "default/secure-tls" in text
+        assert summary["certificates"]
+        for key in (old_key, new_key):
+            assert key.decode().splitlines()[1] not in text
+        assert "PRIVATE KEY" not in text
+
+    serve.process.terminate()
+    async with asyncio.timeout(15):
+        await serve.process.wait()
+    assert serve.process.stderr is not None
+    logs = (await serve.process.stderr.read()).decode()
+    assert "tls.certificates" in logs
+    for key in (old_key, new_key):
+        assert key.decode().splitlines()[1] not in logs
+    assert "PRIVATE KEY" not in logs
