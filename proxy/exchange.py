@@ -213,7 +213,7 @@ class Exchange:
         self.conn = conn
         conn.exchange = self
         conn.requests += 1
-        conn.in_head = True  # UpstreamProtocol.expect_response, inlined
+        conn.in_head = True  # the next bytes start a response head
         conn.headers = []
         self.response_bytes = False
         transport = conn.transport
@@ -365,7 +365,7 @@ class Exchange:
         pending_head = self.pending_head
         if pending_head is not None:
             self.pending_head = None
-            if size <= 16384:
+            if size <= 262144:  # one write for head and first piece (a read is <= 256 KiB)
                 body = pending_head + body
             else:
                 down.transport.write(pending_head)

@@ -59,10 +59,6 @@ _ID_PREFIX: Final = os.urandom(8).hex().encode()
 _id_counter = itertools.count(1)
 
 
-def new_request_id() -> bytes:
-    return b"%s%016x" % (_ID_PREFIX, next(_id_counter))
-
-
 class BadRequest(Exception):
     """A request we refuse to forward: answered with `status` and the connection closed."""
 
@@ -311,7 +307,7 @@ def parse_request(
         expect_continue = version_11
 
     if request_id is None:
-        request_id = b"%s%016x" % (_ID_PREFIX, next(_id_counter))  # new_request_id, inlined
+        request_id = b"%s%016x" % (_ID_PREFIX, next(_id_counter))
     if host is not None:
         parts += (
             b"X-Request-ID: ",

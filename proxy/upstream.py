@@ -148,11 +148,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self.in_head = True
         return keep
 
-    def expect_response(self) -> None:
-        """A request went out on this connection: the next bytes start a response head."""
-        self.in_head = True
-        self.headers = []
-
     def timeout(self) -> None:
         exchange = self.exchange
         if exchange is None:
