@@ -18,6 +18,7 @@ Entry = tuple[bytes, bytes, bytes, bytes, int, int, float, str | None, bytes, st
 
 BATCH = 128
 
+
 def _json_bytes(value: bytes) -> bytes:
     """`value` as the inside of a JSON string. httptools already refuses control characters
     other than HTAB in targets and field values, so three checks cover the rest."""
