@@ -46,6 +46,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "ctx",
         "current",
         "deadline",
+        "eof",
         "head_raw",
         "headers",
         "hsts",
@@ -93,6 +94,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self.rejected = False
+        self.eof = False
         self.deadline = 0.0
 
     # ---- transport events --------------------------------------------------------------------
@@ -150,6 +152,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # closing any upstream connection that carries the partial request).
         if self.current is not None or self.in_head:
             return False
+        self.eof = True  # close once the answers still owed are written
         return self.active is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -276,7 +279,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self.server.stats.requests += 1
         if self.closing:
             return
-        if not keep_alive or self.server.draining or (self.rejected and not self.queue):
+        if (
+            not keep_alive
+            or self.server.draining
+            or ((self.rejected or self.eof) and not self.queue)
+        ):
             self.close()
             return
         if self.queue:

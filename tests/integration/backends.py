@@ -473,6 +473,8 @@ class Client:
                 data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
                 if not data:
                     return True
+        except TimeoutError:  # (a subclass of OSError: caught first)
+            return False
         except (ConnectionError, OSError):
             return True
 

@@ -411,3 +411,12 @@ async def test_access_log_line_per_request(capsys: pytest.CaptureFixture[str]) -
     ok = [x for x in lines if x["target"] == "/echo?log=1"]
     assert ok and ok[0]["status"] == 200 and ok[0]["upstream"].startswith("127.0.0.2:")
     assert any(x["status"] == 400 and x.get("reason") for x in lines)
+
+
+async def test_client_half_close_after_request_gets_answer_then_close(stack: Stack) -> None:
+    client = await stack.client()
+    client.send(render_request("GET", "/slow?delay=0.1"))
+    client.writer.write_eof()
+    resp = await client.response()
+    assert resp.status == 200
+    assert await client.closed(timeout=2)  # not kept open until the keep-alive timeout
