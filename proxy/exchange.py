@@ -365,7 +365,7 @@ class Exchange:
         pending_head = self.pending_head
         if pending_head is not None:
             self.pending_head = None
-            if size <= 262144:  # one write for head and first piece (a read is <= 256 KiB)
+            if size <= 16384:  # small: one write; large: not worth copying the piece
                 body = pending_head + body
             else:
                 down.transport.write(pending_head)
