@@ -148,6 +148,8 @@ async def portico(tmp_path: Path, pods: int) -> AsyncIterator[Portico]:
         str(tmp_path),
         "--http-port",
         str(http),
+        "--https-port",
+        "0",
         "--admin-port",
         str(admin),
         "--workers",
