@@ -314,12 +314,7 @@ async def assert_only_sentinel_reaches_backend(stack: Stack) -> None:
 # Never weaken a case to make it pass: list it here with what happens, so it gets fixed. The
 # xfail is strict, so a fix turns the case into a failure until its entry is removed.
 
-KNOWN_PROXY_BUGS: dict[str, str] = {
-    "cl_with_ows": (
-        "proxy validates the stripped value but forwards the field verbatim "
-        "('Content-Length: 5 ' with the trailing OWS); framing fields should be regenerated"
-    ),
-}
+KNOWN_PROXY_BUGS: dict[str, str] = {}
 
 
 def params(cases: list[Any]) -> list[Any]:
