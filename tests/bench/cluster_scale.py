@@ -1,0 +1,211 @@
+"""Cluster mode at scale: time to first ready, memory, and endpoint-change latency (a benchmark).
+
+    .venv/bin/python tests/bench/cluster_scale.py [--ingresses 10000] [--services 5000]
+
+Loads the API-server simulator with N Ingresses (two paths each), M Services with ten endpoints
+each and one IngressClass, starts `portico controller` (one worker) against it, and reports:
+the time from process start to `/readyz` 200, the controller's and the worker's RSS once ready,
+and how long an EndpointSlice change takes to reach the data path (a probe Service whose pod
+moves from 127.0.0.2 to 127.0.0.3, observed by requests through the proxy). Figures are printed,
+never asserted. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+
+from kube_factory import (
+    endpoint_slice,
+    ingress,
+    ingress_class,
+    path,
+    rule,
+    service,
+    service_port,
+)
+
+from conformance.echo import start_echo
+from tests.kubesim import KubeSim
+
+NAMESPACES = 50
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ip(n: int) -> str:
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def objects(ingresses: int, services: int) -> list[dict[str, Any]]:
+    raws: list[dict[str, Any]] = [ingress_class()]
+    for i in range(services):
+        ns = f"ns-{i % NAMESPACES}"
+        raws.append(service(f"svc-{i}", ns, ports=[service_port(80, "http")]))
+        eps = [_ip(i * 10 + e) for e in range(10)]
+        raws.append(
+            endpoint_slice(f"svc-{i}-abc", f"svc-{i}", ns, endpoints=eps, ports=[("http", 8080)])
+        )
+    for i in range(ingresses):
+        svc = i % services
+        ns = f"ns-{svc % NAMESPACES}"
+        raws.append(
+            ingress(
+                f"ing-{i}",
+                ns,
+                rules=[
+                    rule(
+                        f"host-{i}.example.com",
+                        path("/", f"svc-{svc}", 80),
+                        path(f"/api/v{i % 3}", f"svc-{svc}", "http", "Exact"),
+                    )
+                ],
+            )
+        )
+    return raws
+
+
+def probe_slice(address: str, port: int) -> dict[str, Any]:
+    return endpoint_slice(
+        "probe-1", "probe", "default", endpoints=[address], ports=[("http", port)]
+    )
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+async def pod_of(session: aiohttp.ClientSession, http_port: int) -> str | None:
+    try:
+        async with session.get(
+            f"http://127.0.0.1:{http_port}/", headers={"Host": "probe.example.com"}
+        ) as resp:
+            return resp.headers.get("X-Echo-Pod")
+    except aiohttp.ClientError:
+        return None
+
+
+async def main(ingresses: int, services: int, changes: int) -> None:
+    echo_port = free_port()
+    pods = [
+        await start_echo("127.0.0.2", echo_port, "probe", "pod-a"),
+        await start_echo("127.0.0.3", echo_port, "probe", "pod-b"),
+    ]
+    async with KubeSim(bookmark_interval=30.0) as sim:
+        started = time.perf_counter()
+        for raw in objects(ingresses, services):
+            sim.create(raw)
+        sim.create(service("probe", "default", ports=[service_port(80, "http")]))
+        sim.create(probe_slice("127.0.0.2", echo_port))
+        sim.create(
+            ingress("probe", "default", rules=[rule("probe.example.com", path("/", "probe", 80))])
+        )
+        print(f"simulator loaded in {time.perf_counter() - started:.1f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = sim.write_kubeconfig(Path(tmp) / "kubeconfig")
+            http_port, admin_port = free_port(), free_port()
+            t0 = time.perf_counter()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "controller",
+                "controller",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--http-port",
+                str(http_port),
+                "--https-port",
+                "0",
+                "--admin-port",
+                str(admin_port),
+                "--workers",
+                "1",
+                "--pod-name",
+                "bench",
+                "--no-events",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                env={**os.environ, "POD_NAMESPACE": "default"},
+            )
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with asyncio.timeout(300):
+                        while True:
+                            try:
+                                async with session.get(
+                                    f"http://127.0.0.1:{admin_port}/readyz"
+                                ) as resp:
+                                    if resp.status == 200:
+                                        break
+                            except aiohttp.ClientError:
+                                pass
+                            await asyncio.sleep(0.05)
+                    ready = time.perf_counter() - t0
+                    workers = children(process.pid)
+                    print(f"time to first ready: {ready:.2f} s")
+                    print(f"controller RSS: {rss_mib(process.pid):.0f} MiB")
+                    for pid in workers:
+                        print(f"worker RSS: {rss_mib(pid):.0f} MiB")
+                    latencies = []
+                    for n in range(changes):
+                        target_ip, target_pod = (
+                            ("127.0.0.3", "pod-b") if n % 2 == 0 else ("127.0.0.2", "pod-a")
+                        )
+                        current = sim.get("EndpointSlice", "default", "probe-1")
+                        assert current is not None
+                        changed = probe_slice(target_ip, echo_port)
+                        changed["metadata"]["resourceVersion"] = current["metadata"][
+                            "resourceVersion"
+                        ]
+                        t1 = time.perf_counter()
+                        sim.update(changed)
+                        async with asyncio.timeout(10):
+                            while await pod_of(session, http_port) != target_pod:
+                                await asyncio.sleep(0.002)
+                        latencies.append((time.perf_counter() - t1) * 1000)
+                    print(
+                        f"EndpointSlice change to traffic, {changes} changes: "
+                        f"median {statistics.median(latencies):.1f} ms, "
+                        f"max {max(latencies):.1f} ms"
+                    )
+            finally:
+                process.terminate()
+                await process.wait()
+    for pod in pods:
+        await pod.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ingresses", type=int, default=10_000)
+    parser.add_argument("--services", type=int, default=5_000)
+    parser.add_argument("--changes", type=int, default=20)
+    args = parser.parse_args()
+    asyncio.run(main(args.ingresses, args.services, args.changes))
