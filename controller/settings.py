@@ -18,7 +18,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from proxy.settings import ProxySettings
@@ -149,6 +157,17 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "matches; default: a self-signed certificate generated at start."
         ),
     )
+    default_certificate_file: Path | None = Field(
+        default=None,
+        description=(
+            "Manifest mode: PEM certificate chain file of the default certificate "
+            "(with --default-certificate-key-file), instead of a Secret."
+        ),
+    )
+    default_certificate_key_file: Path | None = Field(
+        default=None,
+        description="Manifest mode: PEM private key file of the default certificate.",
+    )
     admin_port: int = Field(
         default=10254,
         ge=0,
@@ -196,7 +215,26 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             return None
         return value
 
-    @field_validator("manifests", "default_certificate", mode="before")
+    @model_validator(mode="after")
+    def _check_certificate_files(self) -> Settings:
+        files = (self.default_certificate_file, self.default_certificate_key_file)
+        if (files[0] is None) != (files[1] is None):
+            raise ValueError(
+                "--default-certificate-file and --default-certificate-key-file go together"
+            )
+        if files[0] is not None and self.default_certificate is not None:
+            raise ValueError(
+                "give either --default-certificate (a Secret) or the certificate files, not both"
+            )
+        return self
+
+    @field_validator(
+        "manifests",
+        "default_certificate",
+        "default_certificate_file",
+        "default_certificate_key_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -283,6 +321,8 @@ _METAVARS: Final[Mapping[str, str]] = {
     "trusted_proxies": "CIDR,...",
     "manifests": "DIR",
     "default_certificate": "NAMESPACE/NAME",
+    "default_certificate_file": "FILE",
+    "default_certificate_key_file": "FILE",
     "log_level": "LEVEL",
     "workers": "N",
     str(int): "N",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
 import math
 import os
@@ -23,9 +25,11 @@ from pathlib import Path
 
 from controller.admin import AdminState, start_admin
 from controller.compiler import CompileResult
+from controller.compiler.tls import check_validity, load_pem_pair
 from controller.publisher import Publisher, WorkerLink
 from controller.reconciler import manifest_results
 from controller.settings import Settings
+from proxy.config import TLSCertificate
 
 # What a source hands the supervisor: the stream of compile results, and an optional task that
 # runs beside the data plane with access to the publisher (cluster mode writes Ingress status).
@@ -132,9 +136,48 @@ async def serve(settings: Settings) -> int:
     if settings.manifests is None:
         logger.error("serve.no_source", extra={"reason": "portico serve needs --manifests DIR"})
         return 2
-    return await supervise(
-        settings, manifest_results(settings.manifests, settings.compile_settings())
-    )
+    results: Results = manifest_results(settings.manifests, settings.compile_settings())
+    if settings.default_certificate_file and settings.default_certificate_key_file:
+        loaded = load_certificate_files(
+            settings.default_certificate_file, settings.default_certificate_key_file
+        )
+        if isinstance(loaded, str):
+            logger.error("serve.default_certificate_invalid", extra={"reason": loaded})
+            return 2
+        results = with_default_certificate(results, loaded)
+    return await supervise(settings, results)
+
+
+DEFAULT_CERTIFICATE_FILE_NAME = "portico/default-certificate-file"
+
+
+def load_certificate_files(cert_file: Path, key_file: Path) -> TLSCertificate | str:
+    """The default certificate from a PEM file pair, or why it cannot be used.
+
+    Read once at start: renewing these files takes a restart (a Secret in the manifest
+    directory, named by --default-certificate, is picked up live instead).
+    """
+    source = f"default certificate files {cert_file}, {key_file}"
+    try:
+        cert_pem, key_pem = cert_file.read_bytes(), key_file.read_bytes()
+    except OSError as exc:
+        return f"{source}: {exc.strerror}: {exc.filename}"
+    loaded = load_pem_pair(cert_pem, key_pem, DEFAULT_CERTIFICATE_FILE_NAME, source)
+    if isinstance(loaded, str):
+        return loaded
+    invalid = check_validity(loaded, datetime.datetime.now(datetime.UTC), source)
+    return invalid if invalid else loaded.certificate
+
+
+async def with_default_certificate(results: Results, certificate: TLSCertificate) -> Results:
+    """Each result's snapshot with `certificate` as its default certificate."""
+    async for result in results:
+        snapshot = result.snapshot
+        certificates = tuple(sorted((*snapshot.certificates, certificate), key=lambda c: c.name))
+        snapshot = dataclasses.replace(
+            snapshot, certificates=certificates, default_certificate=certificate.name
+        )
+        yield dataclasses.replace(result, snapshot=snapshot)
 
 
 async def supervise(

@@ -69,16 +69,26 @@ def load_certificate(secret: Secret | None, name: str) -> LoadedCertificate | st
         return f'secret "{name}" has no tls.crt'
     if not key_pem:
         return f'secret "{name}" has no tls.key'
+    return load_pem_pair(cert_pem, key_pem, name, f'secret "{name}"')
+
+
+def load_pem_pair(
+    cert_pem: bytes, key_pem: bytes, name: str, source: str
+) -> LoadedCertificate | str:
+    """A validated certificate chain and key (PEM), or the exact reason they cannot be used.
+
+    `source` names where they came from in messages (a Secret, or a pair of files).
+    """
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
-        return f'secret "{name}": tls.crt is not a PEM certificate ({exc})'
+        return f"{source}: tls.crt is not a PEM certificate ({exc})"
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        return f'secret "{name}": tls.key is not an unencrypted PEM private key ({exc})'
+        return f"{source}: tls.key is not an unencrypted PEM private key ({exc})"
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
-        return f'secret "{name}": tls.key cannot be loaded ({exc})'
+        return f"{source}: tls.key cannot be loaded ({exc})"
     if not isinstance(key, _SUPPORTED_KEYS):
         kind = (
             "DSA"
@@ -87,19 +97,19 @@ def load_certificate(secret: Secret | None, name: str) -> LoadedCertificate | st
             if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
             else type(key).__name__
         )
-        return f'secret "{name}": unsupported key type {kind} (RSA or EC expected)'
+        return f"{source}: unsupported key type {kind} (RSA or EC expected)"
     leaf = chain[0]
     try:
         cert_key = _public_der(leaf)
     except Exception as exc:  # an unsupported public key algorithm in the certificate
-        return f'secret "{name}": certificate public key cannot be read ({exc})'
+        return f"{source}: certificate public key cannot be read ({exc})"
     if cert_key != _public_der(key):
-        return f'secret "{name}": tls.key does not match the certificate in tls.crt'
+        return f"{source}: tls.key does not match the certificate in tls.crt"
     try:
         cert_text = cert_pem.decode("ascii")
         key_text = key_pem.decode("ascii")
     except UnicodeDecodeError:
-        return f'secret "{name}": PEM data is not ASCII'
+        return f"{source}: PEM data is not ASCII"
     return LoadedCertificate(
         certificate=TLSCertificate(
             name=name,
@@ -129,16 +139,20 @@ def load_ca_bundle(secret: Secret | None, name: str) -> tuple[str | None, str | 
     return text, None
 
 
-def check_validity(loaded: LoadedCertificate, now: datetime) -> str | None:
-    """None if the certificate is valid at `now`, else the reason."""
+def check_validity(
+    loaded: LoadedCertificate, now: datetime, source: str | None = None
+) -> str | None:
+    """None if the certificate is valid at `now`, else the reason (naming `source`, by
+    default the Secret the certificate came from)."""
     ts = now.timestamp()
     cert = loaded.certificate
+    source = f'secret "{cert.name}"' if source is None else source
     if ts > cert.not_after:
         expired = datetime.fromtimestamp(cert.not_after, UTC).isoformat()
-        return f'secret "{cert.name}": certificate expired at {expired}'
+        return f"{source}: certificate expired at {expired}"
     if ts < loaded.not_before:
         start = datetime.fromtimestamp(loaded.not_before, UTC).isoformat()
-        return f'secret "{cert.name}": certificate not valid before {start}'
+        return f"{source}: certificate not valid before {start}"
     return None
 
 
