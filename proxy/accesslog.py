@@ -9,20 +9,28 @@ Small batches keep each write short, so no request waits behind a large flush.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 # client, method, host, target, status, bytes, seconds, upstream, request id, reason
 Entry = tuple[bytes, bytes, bytes, bytes, int, int, float, str | None, bytes, str | None]
 
 BATCH = 128
 
+# ".mmmZ" for every millisecond: one index instead of a format per line.
+_MILLIS: Final = tuple(b".%03dZ" % i for i in range(1000))
+
+
+# A byte that cannot stand as it is inside a JSON string: control characters (httptools lets
+# only HTAB through), '"', '\\' and anything beyond ASCII.
+_UNSAFE: Final = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
 
 def _json_bytes(value: bytes) -> bytes:
-    """`value` as the inside of a JSON string. httptools already refuses control characters
-    other than HTAB in targets and field values, so three checks cover the rest."""
-    if value.isascii() and b'"' not in value and b"\\" not in value and b"\t" not in value:
+    """`value` as the inside of a JSON string."""
+    if _UNSAFE.search(value) is None:
         return value
     return json.dumps(value.decode("latin-1")).encode()[1:-1]
 
@@ -54,28 +62,42 @@ class AccessLog:
         if not entries:
             return
         self.entries = []
-        lines = []
+        # One flat list of pieces joined once: an order of magnitude cheaper than a bytes
+        # %-format per line (this runs once per request, on the event loop).
+        out: list[bytes] = []
+        extend = out.extend
+        second = self._second
+        stamp = self._stamp
+        unsafe = _UNSAFE.search
         for when, e in entries:
             client, method, host, target, status, sent, seconds, upstream, rid, reason = e
-            lines.append(
-                b'{"time":"%s","event":"access","client":"%s","method":"%s","host":"%s",'
-                b'"target":"%s","status":%d,"bytes":%d,"ms":%.3f,"upstream":%s,'
-                b'"request_id":"%s"%s}\n'
-                % (
-                    self._time(when),
+            if unsafe(host + target + rid) is not None:
+                host, target, rid = _json_bytes(host), _json_bytes(target), _json_bytes(rid)
+            if int(when) != second:
+                stamp = self._time(when)[:-5]
+                second = self._second
+            extend(
+                (
+                    b'{"time":"',
+                    stamp,
+                    _MILLIS[int(when * 1000) % 1000],
+                    b'","event":"access","client":"',
                     client,
+                    b'","method":"',
                     method,
-                    _json_bytes(host),
-                    _json_bytes(target),
-                    status,
-                    sent,
-                    seconds * 1000,
+                    b'","host":"',
+                    host,
+                    b'","target":"',
+                    target,
+                    b'","status":%d,"bytes":%d,"ms":%.3f,"upstream":'
+                    % (status, sent, seconds * 1000),
                     b"null" if upstream is None else b'"%s"' % upstream.encode(),
-                    _json_bytes(rid),
-                    b"" if reason is None else b',"reason":"%s"' % reason.encode(),
+                    b',"request_id":"',
+                    rid,
+                    b'"}\n' if reason is None else b'","reason":"%s"}\n' % reason.encode(),
                 )
             )
-        data = b"".join(lines)
+        data = b"".join(out)
         try:
             stream = self.stream if self.stream is not None else sys.stdout.buffer
             stream.write(data)

@@ -72,6 +72,7 @@ class Exchange:
         "switching",
         "tried",
         "tunnel_rest",
+        "upstream",
     )
 
     def __init__(
@@ -111,6 +112,7 @@ class Exchange:
         self.finished = False
         self.switching: list[tuple[bytes, bytes]] | None = None
         self.tunnel_rest = b""
+        self.upstream: str | None = None  # authority of the attached connection, for the log
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class Exchange:
                 self._local(503, "NoEndpoints")
             return
         tried.append(endpoint)
+        self.upstream = None
         self.attempts_left -= 1
         self.endpoint = endpoint
         # TLS and plain connections to one pod live under different pool keys.
@@ -211,6 +214,7 @@ class Exchange:
         route = self.route
         assert head is not None and route is not None and conn.transport is not None
         self.conn = conn
+        self.upstream = conn.authority
         conn.exchange = self
         conn.requests += 1
         conn.in_head = True  # the next bytes start a response head
@@ -219,7 +223,7 @@ class Exchange:
         transport = conn.transport
         data = head.upstream_head
         if data is None:
-            data = head.render(conn.endpoint.authority.encode())
+            data = head.render(conn.authority.encode())
         pending = self.pending
         if self.down.paused:
             self.down.resume_for_body()  # the buffered body goes out now

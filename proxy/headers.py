@@ -15,6 +15,7 @@ import http
 import ipaddress
 import itertools
 import os
+from collections.abc import Iterator
 from typing import Final
 
 from proxy.settings import IPNetwork
@@ -56,7 +57,18 @@ IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"
 # Request ids: a random per-process prefix plus a counter; as unique as a UUID across workers
 # and restarts, and an order of magnitude cheaper to make than uuid4().
 _ID_PREFIX: Final = os.urandom(8).hex().encode()
-_id_counter = itertools.count(1)
+_HEX2: Final = tuple(b"%02x" % i for i in range(256))
+
+
+def _request_ids() -> Iterator[bytes]:
+    """prefix + a 16-digit hex counter; formatted once per 256 ids (this runs per request)."""
+    for high in itertools.count(0):
+        base = b"%s%014x" % (_ID_PREFIX, high)
+        for low in _HEX2:
+            yield base + low
+
+
+_next_request_id = _request_ids().__next__
 
 
 class BadRequest(Exception):
@@ -148,7 +160,7 @@ class RequestHead:
 
 def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
     """(origin-form target, authority from an absolute-form target or None)."""
-    if b"#" in url or not url.isascii():
+    if 35 in url or not url.isascii():  # 35: "#" (an int test is a memchr)
         raise BadRequest(400, "InvalidTarget")  # RFC 9112 §3.2: no fragment, ASCII only
     if url[:1] == b"/":
         return url, None
@@ -172,7 +184,7 @@ def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
         authority, target = rest[:cut], rest[cut:]
         if target[:1] == b"?":
             target = b"/" + target
-    if not authority or b"@" in authority:
+    if not authority or 64 in authority:  # "@"
         raise BadRequest(400, "InvalidTarget")
     return target, authority
 
@@ -197,7 +209,7 @@ def parse_request(
         raise BadRequest(505, "VersionNotSupported")
     if method == b"CONNECT":
         raise BadRequest(405, "ConnectNotAllowed")
-    if url[:1] == b"/" and b"#" not in url and url.isascii():
+    if url[:1] == b"/" and 35 not in url and url.isascii():
         target, authority = url, None  # origin-form, the common case, checked inline
     else:
         target, authority = _check_target(method, url)
@@ -270,7 +282,7 @@ def parse_request(
     elif host is None:
         if version_11:
             raise BadRequest(400, "MissingHost")
-    elif b"/" in host or b" " in host or b"," in host or b"@" in host:
+    elif 47 in host or 32 in host or 44 in host or 64 in host:  # "/", " ", ",", "@"
         raise BadRequest(400, "InvalidHost")
     chunked = False
     if te is not None:
@@ -307,7 +319,7 @@ def parse_request(
         expect_continue = version_11
 
     if request_id is None:
-        request_id = b"%s%016x" % (_ID_PREFIX, next(_id_counter))
+        request_id = _next_request_id()
     if host is not None:
         parts += (
             b"X-Request-ID: ",
@@ -430,7 +442,8 @@ def render_response(
                 if value.strip().lower() != b"chunked" or chunked:
                     raise ValueError("unsupported transfer-encoding from upstream")
                 chunked = True
-            elif lname == b"connection":
+            # "keep-alive" / "close" (what servers send) name no other field to drop.
+            elif lname == b"connection" and value.lower() not in _CONNECTION_OPTIONS:
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 connection = tokens if connection is None else connection + tokens
             continue

@@ -430,7 +430,7 @@ class ProxyServer:
             return Exchange(down, None, None, reply=exc.status, reason=exc.reason, close_after=True)
         generation = self._generation
         assert generation is not None
-        rule = generation.router.route(head.host.decode("latin-1"), head.path)
+        rule = generation.router.route_raw(head.host, head.path)
         if rule is None:
             return Exchange(down, head, None, reply=404, reason="NoRoute")
         route = generation.routes.get(id(rule))
@@ -486,8 +486,10 @@ class ProxyServer:
             return
         head = exchange.head
         down = exchange.down
-        tried = exchange.tried
-        upstream = tried[-1].authority if tried else None
+        upstream = exchange.upstream
+        if upstream is None:
+            tried = exchange.tried
+            upstream = tried[-1].authority if tried else None
         access.record(
             (
                 down.ctx.client_ip if down.ctx is not None else b"",

@@ -16,6 +16,9 @@ from proxy.config import PathRule, RouteTable, VirtualHost
 NO_HOST_MATCH = "NoHostMatch"
 NO_PATH_MATCH = "NoPathMatch"
 
+# Distinct Host values remembered by Router.route_raw before it starts over.
+_RAW_HOSTS_MAX = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
@@ -87,13 +90,16 @@ def _normalize_host(host: str) -> str:
 class Router:
     """Route lookup over one RouteTable; immutable once built."""
 
-    __slots__ = ("_catch_all", "_default", "_exact", "_wildcard")
+    __slots__ = ("_by_raw", "_catch_all", "_default", "_exact", "_wildcard")
 
     def __init__(self, routes: RouteTable) -> None:
         self._exact: dict[str, _Host] = {}
         self._wildcard: dict[str, _Host] = {}  # "*.foo.com" under "foo.com"
         self._catch_all: _Host | None = None
         self._default = routes.default
+        # Host field as sent -> its table (None: no host matched), so a request's host is
+        # normalized once per distinct value, not per request. Bounded: cleared when full.
+        self._by_raw: dict[bytes, _Host | None] = {}
         for vhost in routes.virtual_hosts:
             table = _Host(vhost)
             if vhost.host == "":
@@ -121,6 +127,24 @@ class Router:
     def route(self, host: str, path: str) -> PathRule | None:
         """The rule answering a request; the host's fallback or global default; None: 404."""
         table = self._host(host)
+        if table is None:
+            return self._default
+        rule = table.match(path)
+        if rule is not None:
+            return rule
+        fallback = table.fallback
+        return fallback if fallback is not None else self._default
+
+    def route_raw(self, host: bytes, path: str) -> PathRule | None:
+        """`route` for a Host field as sent (bytes), with the host lookup cached."""
+        by_raw = self._by_raw
+        try:
+            table = by_raw[host]
+        except KeyError:
+            table = self._host(host.decode("latin-1"))
+            if len(by_raw) >= _RAW_HOSTS_MAX:
+                by_raw.clear()
+            by_raw[host] = table
         if table is None:
             return self._default
         rule = table.match(path)

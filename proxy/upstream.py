@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
+        "authority",
         "closed",
         "deadline",
         "endpoint",
@@ -45,6 +46,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool = pool
         self.endpoint = endpoint
         self.key = (endpoint.address, endpoint.port)
+        self.authority = endpoint.authority  # a property: computed once here, not per request
         # The idle list this connection returns to: TLS ones apart from plain ones.
         self.pool_key: tuple[object, ...] = (
             self.key if tls is None else (endpoint.address, endpoint.port, tls)
