@@ -218,6 +218,7 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         conn.in_head = True  # the next bytes start a response head
+        conn.quickack = False
         conn.headers = []
         self.response_bytes = False
         transport = conn.transport
@@ -346,6 +347,7 @@ class Exchange:
             response.data = response.data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
         self.response = response
         self.status = status
+        conn.quickack = response.framing in _CLOSE_DELIMITED  # no length: see upstream.py
         if response.framing == hdr.FRAME_NONE:
             down.write(response.data)
             if head.method == b"HEAD" and status >= 200:
@@ -361,19 +363,28 @@ class Exchange:
             return
         size = len(body)
         self.sent += size
-        if response.framing == hdr.FRAME_CHUNKED:
-            body = b"%x\r\n%s\r\n" % (size, body)
         down = self.down
         if down.closing:
             return
         pending_head = self.pending_head
+        if size <= 16384:
+            # Small: copying is cheaper than a second buffer; one write.
+            if response.framing == hdr.FRAME_CHUNKED:
+                body = b"%x\r\n%s\r\n" % (size, body)
+            if pending_head is not None:
+                self.pending_head = None
+                body = pending_head + body
+            down.transport.write(body)
+            return
+        # Large: never copy the piece; head, framing and piece go out in one writev.
+        if response.framing == hdr.FRAME_CHUNKED:
+            parts = [b"%x\r\n" % size, body, b"\r\n"]
+        else:
+            parts = [body]
         if pending_head is not None:
             self.pending_head = None
-            if size <= 16384:  # small: one write; large: not worth copying the piece
-                body = pending_head + body
-            else:
-                down.transport.write(pending_head)
-        down.transport.write(body)
+            parts.insert(0, pending_head)
+        down.transport.writelines(parts)
 
     def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool) -> None:
         response = self.response

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from proxy.tls import UpstreamTLS
 
 
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 12)
+
+
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "authority",
@@ -38,7 +41,9 @@ class UpstreamProtocol(asyncio.Protocol):
         "parser",
         "pool",
         "pool_key",
+        "quickack",
         "requests",
+        "sock",
         "transport",
     )
 
@@ -60,6 +65,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = True
         self.loop = pool.loop
+        self.sock: socket.socket | None = None
+        # Set while a response without a length is read (see data_received).
+        self.quickack = False
 
     # ---- transport events --------------------------------------------------------------------
 
@@ -71,6 +79,7 @@ class UpstreamProtocol(asyncio.Protocol):
             # Not TCP (a Unix socket) or already closed: nothing to tune.
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock = sock
         self.pool.track(self)
 
     def data_received(self, data: bytes) -> None:
@@ -91,6 +100,13 @@ class UpstreamProtocol(asyncio.Protocol):
                 exchange.upstream_failed(self, 502, "BadUpstreamResponse")
             else:
                 self.close()
+            return
+        if self.quickack and self.exchange is not None and self.sock is not None:
+            # A chunked (or read-to-close) body is often written by the pod in pieces, the last
+            # one small; a pod whose Nagle holds that piece until our delayed ACK (40 ms) stalls
+            # every such response. Acknowledge at once while such a body is being read.
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost does the rest

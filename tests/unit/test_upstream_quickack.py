@@ -1,0 +1,40 @@
+"""Upstream reads of bodies without a length acknowledge at once (TCP_QUICKACK), others not."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from tests.bench.hotpath import REQUEST, build, response
+
+QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
+class RecordingSock:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.calls.append((level, name, value))
+
+
+@pytest.mark.parametrize(("kind", "want"), [("small", 0), ("64k", 0), ("chunked", 1)])
+async def test_quickack_only_while_a_chunked_body_is_read(kind: str, want: int) -> None:
+    import asyncio
+
+    down, up = build(asyncio.get_running_loop())
+    sock: Any = RecordingSock()
+    up.sock = sock
+    transport: Any = down.transport
+    for _ in range(2):
+        before = transport.written
+        down.data_received(REQUEST)
+        for piece in response(kind):
+            up.data_received(piece)
+        assert up.exchange is None and down.active is None
+        assert transport.written > before
+    quick = [c for c in sock.calls if c[1] == QUICKACK]
+    # The chunked fixture arrives in 3 reads, the last one completes the response.
+    assert len(quick) == (4 if want else 0)
