@@ -218,7 +218,7 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         conn.in_head = True  # the next bytes start a response head
-        conn.quickack = False
+        conn.remaining = 0
         conn.headers = []
         self.response_bytes = False
         transport = conn.transport
@@ -347,7 +347,6 @@ class Exchange:
             response.data = response.data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
         self.response = response
         self.status = status
-        conn.quickack = response.framing in _CLOSE_DELIMITED  # no length: see upstream.py
         if response.framing == hdr.FRAME_NONE:
             down.write(response.data)
             if head.method == b"HEAD" and status >= 200:

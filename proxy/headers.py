@@ -410,12 +410,13 @@ def status_line(status: int) -> bytes:
 class ResponseHead:
     """The client-facing head of an upstream response and how its body is framed."""
 
-    __slots__ = ("data", "framing", "keep_alive", "upstream_chunked")
+    __slots__ = ("data", "framing", "keep_alive", "length", "upstream_chunked")
 
     data: bytes
     framing: int
     keep_alive: bool  # the client connection may stay open after this response
     upstream_chunked: bool
+    length: int  # the body's Content-Length (FRAME_LENGTH), else -1
 
 
 def render_response(
@@ -430,6 +431,7 @@ def render_response(
     parts: list[bytes] = [status_line(status)]
     has_server = False
     has_length = False
+    length = -1
     chunked = False
     connection: list[bytes] | None = None
     for name, value in headers:
@@ -451,6 +453,7 @@ def render_response(
             if has_length:
                 raise ValueError("duplicate content-length from upstream")
             has_length = True
+            length = int(value)  # httptools accepted it: digits
         else:
             has_server = True
         parts += (name, b": ", value, b"\r\n")
@@ -465,10 +468,12 @@ def render_response(
 
     out = ResponseHead()
     out.upstream_chunked = chunked
+    out.length = -1
     if head_request or status < 200 or status in (204, 304):
         out.framing = FRAME_NONE
     elif has_length and not chunked:
         out.framing = FRAME_LENGTH
+        out.length = length
     elif version_11:
         out.framing = FRAME_CHUNKED
         append(b"Transfer-Encoding: chunked\r\n")
