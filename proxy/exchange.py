@@ -219,7 +219,8 @@ class Exchange:
         conn.requests += 1
         conn.in_head = True  # the next bytes start a response head
         conn.remaining = 0
-        conn.headers = []
+        conn.parts = [b""]
+        conn.special = []
         self.response_bytes = False
         transport = conn.transport
         data = head.upstream_head
@@ -311,11 +312,20 @@ class Exchange:
     # ---- response (from the upstream protocol) -----------------------------------------------
 
     def response_head(
-        self, conn: UpstreamProtocol, status: int, headers: list[tuple[bytes, bytes]]
+        self,
+        conn: UpstreamProtocol,
+        status: int,
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes, bytes]],
     ) -> None:
+        """A response head from the upstream: `parts` are its end-to-end fields rendered
+        (parts[0] left for the status line), `special` the others (see headers.py)."""
         head = self.head
         assert head is not None
         if status < 200:
+            # Rare: back to plain (name, value) pairs.
+            headers = [(parts[i], parts[i + 2]) for i in range(1, len(parts), 4)]
+            headers += [(name, value) for _, name, value in special]
             if status == 101:
                 if head.upgrade is None:
                     self.upstream_failed(conn, 502, "UnexpectedSwitchingProtocols")
@@ -335,16 +345,16 @@ class Exchange:
         try:
             response = hdr.render_response(
                 status,
-                headers,
+                parts,
+                special,
                 head_request=head.method == b"HEAD",
                 version_11=head.version_11,
                 keep_alive=keep_alive,
+                extra=down.hsts,
             )
         except ValueError:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")
             return
-        if down.hsts:
-            response.data = response.data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
         self.response = response
         self.status = status
         if response.framing == hdr.FRAME_NONE:

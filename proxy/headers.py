@@ -385,7 +385,8 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return out
 
 
-_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server"}
+# Response fields render_response decides about; all others are copied as they came.
+RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server"}
 
 # Response body framing towards the client.
 FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
@@ -421,24 +422,27 @@ class ResponseHead:
 
 def render_response(
     status: int,
-    headers: list[tuple[bytes, bytes]],
+    parts: list[bytes],
+    special: list[tuple[bytes, bytes, bytes]],
     *,
     head_request: bool,
     version_11: bool,
     keep_alive: bool,
+    extra: bytes = b"",
 ) -> ResponseHead:
-    """Rewrite an upstream response head for the client; raises ValueError if it is invalid."""
-    parts: list[bytes] = [status_line(status)]
+    """Rewrite an upstream response head for the client; raises ValueError if it is invalid.
+
+    The upstream protocol classifies fields as they are parsed: `parts` holds the end-to-end
+    ones already rendered as name, ": ", value, CRLF (parts[0] is set here to the status
+    line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `extra` is
+    one or more rendered fields to add (HSTS)."""
+    parts[0] = status_line(status)
     has_server = False
     has_length = False
     length = -1
     chunked = False
     connection: list[bytes] | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname not in _RESPONSE_SPECIAL:
-            parts += (name, b": ", value, b"\r\n")
-            continue
+    for lname, name, value in special:
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 if value.strip().lower() != b"chunked" or chunked:
@@ -459,12 +463,14 @@ def render_response(
         parts += (name, b": ", value, b"\r\n")
     append = parts.append
     if connection is not None:
-        extra = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
-        if extra:
-            parts = _drop_named_response(parts, frozenset(extra))
+        named = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
+        if named:
+            parts = _drop_named_response(parts, frozenset(named))
             append = parts.append
     if not has_server:
         append(b"Server: portico\r\n")
+    if extra:
+        append(extra)
 
     out = ResponseHead()
     out.upstream_chunked = chunked

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.config import Endpoint
+from proxy.headers import RESPONSE_SPECIAL
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -37,16 +38,17 @@ class UpstreamProtocol(asyncio.Protocol):
         "deadline",
         "endpoint",
         "exchange",
-        "headers",
         "in_head",
         "key",
         "loop",
         "parser",
+        "parts",
         "pool",
         "pool_key",
         "remaining",
         "requests",
         "sock",
+        "special",
         "transport",
     )
 
@@ -65,7 +67,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.closed = False
         self.requests = 0  # exchanges served; > 1 means the connection came from the pool
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The head being read, classified as it arrives: end-to-end fields already rendered
+        # (parts[0] is left for the status line), the fields that need a decision apart.
+        self.parts: list[bytes] = [b""]
+        self.special: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, name, value)
         self.in_head = True
         self.loop = pool.loop
         self.sock: socket.socket | None = None
@@ -97,6 +102,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if remaining:
             self._body_past_parser(exchange, data, remaining)
             return
+        had_head = exchange.response is not None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -109,11 +115,11 @@ class UpstreamProtocol(asyncio.Protocol):
             else:
                 self.close()
             return
-        if self.exchange is exchange:
+        if self.exchange is exchange and not had_head:
             response = exchange.response
             if response is None:
                 return  # the head is not complete yet
-            # Partway through a response body.
+            # This read completed the head and left the body unfinished.
             if response.length >= 0:
                 left = response.length - exchange.sent
                 if left >= _PAST_PARSER_MIN:
@@ -128,7 +134,6 @@ class UpstreamProtocol(asyncio.Protocol):
         if size < remaining:
             self.remaining = remaining - size
             exchange.response_body(data)
-            self._quickack()
             return
         self.remaining = 0
         # The old parser knows the response's framing flags (Connection: close, HTTP/1.0);
@@ -144,8 +149,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def _quickack(self) -> None:
         # A pod writes a body in pieces; one that holds its last small piece (Nagle) until our
-        # delayed ACK (40 ms) would stall the response: acknowledge at once while a body is
-        # being read. Measured: p99 of 64 KiB responses 35 ms -> 5 ms.
+        # delayed ACK (40 ms) would stall the response. Once per response, after the read that
+        # held its head, leave delayed-ACK mode for the rest of the body. Measured with wrk
+        # -c50: p99 of 64 KiB responses 37 -> 4.5 ms; chunked responses 44 -> 6 ms (p50).
+        # (After every read instead: the same p99, 10% fewer 64 KiB responses per second.)
         sock = self.sock
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -178,17 +185,23 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # trailers are dropped
-            self.headers.append((name, value))
+            lname = name.lower()
+            if lname in RESPONSE_SPECIAL:
+                self.special.append((lname, name, value))
+            else:
+                self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        headers = self.headers
-        self.headers = []
+        parts = self.parts
+        special = self.special
+        self.parts = [b""]
+        self.special = []
         status = self.parser.get_status_code()
         # After a 1xx head another head follows; anything after a final head is trailers.
         self.in_head = status < 200 and status != 101
         exchange = self.exchange
         if exchange is not None:
-            exchange.response_head(self, status, headers)
+            exchange.response_head(self, status, parts, special)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
