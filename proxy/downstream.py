@@ -257,7 +257,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if current is None:
             return
         self.current = None
-        current.request_end()
+        if not current.request_done:  # else request_end has nothing to do: save the call
+            current.request_end()
         if self.closing:
             return
         if self.active is not None:
