@@ -463,7 +463,10 @@ def render_response(
         parts += (name, b": ", value, b"\r\n")
     append = parts.append
     if connection is not None:
-        named = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
+        # Content-Length stays whatever Connection names: the body is framed by it.
+        named = [
+            t for t in connection if t and t not in _CONNECTION_OPTIONS and t != b"content-length"
+        ]
         if named:
             parts = _drop_named_response(parts, frozenset(named))
             append = parts.append
