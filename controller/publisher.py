@@ -61,7 +61,9 @@ class Publisher:
     def __init__(self) -> None:
         self._links: list[WorkerLink] = []
         self._current: Snapshot | None = None
-        self._encoded: bytes = b""
+        # The current snapshot encoded, made only when some worker needs the whole snapshot:
+        # at 10,000 Ingresses encoding takes far longer than an endpoints-only update.
+        self._encoded: bytes | None = None
         self._version = 0
         self._changed = asyncio.Condition()
 
@@ -91,7 +93,7 @@ class Publisher:
         version = self._version
         snapshot = replace(snapshot, version=version)
         self._current = snapshot
-        self._encoded = encode_snapshot(snapshot)
+        self._encoded = None
         update_bytes: bytes | None = None
         if (
             previous is not None
@@ -115,13 +117,13 @@ class Publisher:
             ):
                 await self._send(link, Message(MessageType.ENDPOINTS, update_bytes), version)
             else:
-                await self._send(link, Message(MessageType.SNAPSHOT, self._encoded), version)
+                await self._send(link, Message(MessageType.SNAPSHOT, self._full()), version)
         logger.info(
             "snapshot.published",
             extra={
                 "version": version,
                 "kind": "endpoints" if update_bytes is not None else "full",
-                "bytes": len(update_bytes if update_bytes is not None else self._encoded),
+                "bytes": len(update_bytes if update_bytes is not None else self._full()),
                 "workers": len(self._links),
             },
         )
@@ -132,7 +134,7 @@ class Publisher:
         self._links.append(link)
         await self._send(link, Message(MessageType.SETTINGS, settings_payload), link.sent_version)
         if self._current is not None:
-            await self._send(link, Message(MessageType.SNAPSHOT, self._encoded), self._version)
+            await self._send(link, Message(MessageType.SNAPSHOT, self._full()), self._version)
         link.reader_task = asyncio.create_task(self._read_replies(link))
 
     def detach(self, link: WorkerLink) -> None:
@@ -146,6 +148,12 @@ class Publisher:
     async def drain_all(self) -> None:
         for link in list(self._links):
             await self._send(link, Message(MessageType.DRAIN), link.sent_version)
+
+    def _full(self) -> bytes:
+        if self._encoded is None:
+            assert self._current is not None
+            self._encoded = encode_snapshot(self._current)
+        return self._encoded
 
     def applied(self, version: int) -> bool:
         """Every live worker listens and has ACKed `version` or a later one."""
@@ -198,7 +206,7 @@ class Publisher:
                     link.needs_full = True
                     if reply.version == self._version and link.last_sent_update:
                         await self._send(
-                            link, Message(MessageType.SNAPSHOT, self._encoded), self._version
+                            link, Message(MessageType.SNAPSHOT, self._full()), self._version
                         )
                 await self._notify()
         except ChannelClosed:

@@ -24,6 +24,7 @@ from proxy.accesslog import BATCH as ACCESS_BATCH
 from proxy.accesslog import AccessLog
 from proxy.cluster import Cluster
 from proxy.config import (
+    Backend,
     BalancerKind,
     EndpointsUpdate,
     PathRule,
@@ -140,6 +141,16 @@ class Generation:
             route = Route(rule, self.clusters, self.settings)
         return route
 
+    def with_snapshot(self, snapshot: Snapshot) -> Generation:
+        """This generation for a snapshot with the same routes (an endpoints-only update)."""
+        generation = Generation.__new__(Generation)
+        generation.snapshot = snapshot
+        generation.router = self.router
+        generation.clusters = self.clusters
+        generation.routes = self.routes
+        generation.settings = self.settings
+        return generation
+
 
 class ServerStats:
     """Plain counters, read by the worker for metrics."""
@@ -226,7 +237,33 @@ class ProxyServer:
         if current is None:
             raise SnapshotError("no snapshot to apply an endpoints update to")
         snapshot = apply_endpoints_update(current.snapshot, update)
-        self._install(snapshot, current.router)
+        if update.removed or not self._clusters_updatable(update.backends):
+            self._install(snapshot, current.router)
+            return
+        # The common case (pods come and go): only endpoint sets change, which the shared
+        # Cluster objects absorb in place, so routes and the route table are reused as they
+        # are; rebuilding 20,000 routes would take longer than the update's whole budget.
+        gone = False
+        for backend in update.backends:
+            cluster = self._clusters[backend.key]
+            if not gone:
+                now = {(e.address, e.port) for e in backend.endpoints}
+                gone = any((e.address, e.port) not in now for e in cluster.backend.endpoints)
+            if cluster.backend != backend:
+                cluster.update(backend)
+        self._generation = current.with_snapshot(snapshot)
+        if gone:
+            self.pool.retain(
+                frozenset((e.address, e.port) for b in snapshot.backends for e in b.endpoints)
+            )
+
+    def _clusters_updatable(self, backends: tuple[Backend, ...]) -> bool:
+        """Whether every changed backend exists and stays as usable (or not) as it was."""
+        for backend in backends:
+            cluster = self._clusters.get(backend.key)
+            if cluster is None or cluster.backend.unavailable != backend.unavailable:
+                return False
+        return True
 
     def _install(self, snapshot: Snapshot, router: Router) -> None:
         old = self._clusters
