@@ -11,16 +11,75 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from controller.compiler import Problem
 from controller.publisher import Publisher
 
 logger = logging.getLogger("portico.admin")
+
+# A listening worker reports every second; this long without a word means its loop is stuck.
+STALL_LIMIT = 10.0
+
+# Worker counters exported as Prometheus metrics: STATS name -> (metric name, help, counter?).
+WORKER_METRICS: dict[str, tuple[str, str, bool]] = {
+    "requests": ("portico_requests", "Requests handled by the workers", True),
+    "connections_total": ("portico_connections", "Client connections accepted", True),
+    "connections_refused": (
+        "portico_connections_refused",
+        "Client connections closed at once (max connections reached)",
+        True,
+    ),
+    "connections_open": ("portico_connections_open", "Open client connections", False),
+    "tunnels_open": ("portico_tunnels_open", "Open upgraded (WebSocket) connections", False),
+    "local_replies": ("portico_local_replies", "Answers made by Portico itself", True),
+    "rejected": ("portico_requests_rejected", "Malformed or hostile requests refused", True),
+    "upstream_connections_open": (
+        "portico_upstream_connections_open",
+        "Open connections to pods",
+        False,
+    ),
+    "upstream_connections_idle": (
+        "portico_upstream_connections_idle",
+        "Idle pooled connections to pods",
+        False,
+    ),
+    "upstream_connects": ("portico_upstream_connects", "Connections opened to pods", True),
+    "upstream_connect_failures": (
+        "portico_upstream_connect_errors",
+        "Failed connection attempts to pods",
+        True,
+    ),
+    "upstream_stale_retries": (
+        "portico_upstream_stale_retries",
+        "Requests retried after a stale pooled connection",
+        True,
+    ),
+}
+
+
+class WorkerCollector(Collector):
+    """Prometheus view of the workers' counters, summed over workers at scrape time."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.publisher.totals()
+        for stat, (name, help_text, cumulative) in WORKER_METRICS.items():
+            family: Metric
+            if cumulative:
+                family = CounterMetricFamily(name, help_text)
+            else:
+                family = GaugeMetricFamily(name, help_text)
+            family.add_metric([], totals.get(stat, 0))
+            yield family
 
 
 class AdminState:
@@ -45,6 +104,7 @@ class AdminState:
             ["reason"],
             registry=self.registry,
         )
+        self.registry.register(WorkerCollector(publisher))
         self.workers_ready = Gauge(
             "portico_workers_ready",
             "Workers listening with an ACKed snapshot",
@@ -103,6 +163,10 @@ class AdminState:
 
 def build_app(state: AdminState, alive: Callable[[], bool]) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
+        stalled = state.publisher.stalled(STALL_LIMIT)
+        if stalled:
+            text = f"worker event loop stalled: {', '.join(map(str, stalled))}\n"
+            return web.Response(status=503, text=text)
         if alive() and (state.workers_expected == 0 or state.live_workers() > 0):
             return web.Response(text="ok\n")
         return web.Response(status=503, text="unhealthy\n")

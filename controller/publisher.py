@@ -11,7 +11,9 @@ worker has ACKed a snapshot and is listening.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 from proxy.channel import ChannelClosed, Message, MessageType, Reply, read_message, send_message
@@ -23,6 +25,21 @@ from proxy.config import (
 )
 
 logger = logging.getLogger("portico.publisher")
+
+# Worker counters that only grow (summed over workers, past ones included); the other STATS
+# fields are current levels (open connections) summed over live workers only.
+CUMULATIVE_STATS = frozenset(
+    {
+        "connections_total",
+        "connections_refused",
+        "requests",
+        "local_replies",
+        "rejected",
+        "upstream_connects",
+        "upstream_connect_failures",
+        "upstream_stale_retries",
+    }
+)
 
 
 @dataclass(eq=False)
@@ -42,6 +59,9 @@ class WorkerLink:
     # snapshot rather than an endpoints update on top of a version it does not have.
     needs_full: bool = False
     last_sent_update: bool = False
+    # The worker's latest counters (STATS) and when anything last came from it (monotonic).
+    stats: dict[str, int] = field(default_factory=dict)
+    last_seen: float = field(default_factory=time.monotonic)
     reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -65,6 +85,7 @@ class Publisher:
         # at 10,000 Ingresses encoding takes far longer than an endpoints-only update.
         self._encoded: bytes | None = None
         self._version = 0
+        self.retired_stats: dict[str, int] = {}
         self._changed = asyncio.Condition()
 
     @property
@@ -78,6 +99,24 @@ class Publisher:
     @property
     def links(self) -> tuple[WorkerLink, ...]:
         return tuple(self._links)
+
+    def totals(self) -> dict[str, int]:
+        """Worker counters summed: cumulative ones over all workers ever, levels over live ones."""
+        totals = dict(self.retired_stats)
+        for link in self._links:
+            if link.alive:
+                for name, value in link.stats.items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def stalled(self, limit: float) -> list[int]:
+        """Indexes of listening workers that sent nothing for `limit` seconds."""
+        now = time.monotonic()
+        return [
+            link.index
+            for link in self._links
+            if link.alive and link.listening and now - link.last_seen > limit
+        ]
 
     def ready(self) -> bool:
         """Every live worker listens and has ACKed a snapshot (at least the first one)."""
@@ -138,6 +177,11 @@ class Publisher:
         link.reader_task = asyncio.create_task(self._read_replies(link))
 
     def detach(self, link: WorkerLink) -> None:
+        # Counters of a worker that is gone keep counting in the totals (they are monotonic).
+        for name, value in link.stats.items():
+            if name in CUMULATIVE_STATS:
+                self.retired_stats[name] = self.retired_stats.get(name, 0) + value
+        link.stats = {}
         link.alive = False
         if link in self._links:
             self._links.remove(link)
@@ -183,6 +227,10 @@ class Publisher:
         try:
             while True:
                 message = await read_message(link.reader)
+                link.last_seen = time.monotonic()
+                if message.type is MessageType.STATS:
+                    link.stats = json.loads(message.payload)
+                    continue
                 if message.type is MessageType.ACK:
                     link.acked_version = max(
                         link.acked_version, Reply.decode(message.payload).version

@@ -5,7 +5,8 @@ Each worker process gets one end of a Unix socketpair. Frames are a 4-byte big-e
 full encoded snapshot) or `ENDPOINTS` (an encoded endpoints-only update) whenever routing
 changes, and `DRAIN` to shut the worker down gracefully. The worker answers every snapshot or
 update with `ACK` or `NACK` (the version, and for a NACK the reason) and sends `READY` once its
-listeners accept connections.
+listeners accept connections, then `STATS` (its counters, as JSON) every second: the
+controller aggregates them into metrics and treats their absence as a stalled event loop.
 
 This module is the only wire contract besides `proxy.config`; the controller imports it, never
 the other way round.
@@ -32,6 +33,7 @@ class MessageType(enum.IntEnum):
     NACK = 5
     READY = 6
     DRAIN = 7
+    STATS = 8  # worker -> controller, every second: counters (JSON); doubles as a heartbeat
 
 
 class ChannelClosed(ConnectionError):

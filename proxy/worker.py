@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from proxy.settings import ProxySettings
 logger = logging.getLogger("portico.worker")
 
 _PR_SET_PDEATHSIG = 1
+STATS_INTERVAL = 1.0  # seconds between STATS messages
 
 
 def _die_with_parent() -> None:
@@ -86,13 +88,28 @@ class Worker:
         # shutdown and tells us through DRAIN.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         channel = asyncio.create_task(self._serve_channel())
+        heartbeat = asyncio.create_task(self._report_stats())
         await self._stop.wait()
         channel.cancel()
+        heartbeat.cancel()
         logger.info("worker.draining", extra={"worker": self.index})
         if self._listening:
             await self._server.shutdown(self._settings.drain_timeout)
         logger.info("worker.stopped", extra={"worker": self.index})
         return 0
+
+    async def _report_stats(self) -> None:
+        """Send the server's counters every second once listening; also the loop's heartbeat."""
+        assert self._server is not None
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            if not self._listening:
+                continue
+            payload = json.dumps(self._server.stats_dict()).encode()
+            try:
+                await send_message(self._writer, Message(MessageType.STATS, payload))
+            except (ConnectionError, OSError):
+                return  # the channel is gone; keep serving, as without a controller
 
     async def _serve_channel(self) -> None:
         try:

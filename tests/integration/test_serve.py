@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.echo import start_echo
 
@@ -204,6 +205,21 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
             summary = await resp.json()
         assert summary["version"] >= 3
         assert summary["backends"]["default/web/http"]["endpoints"] == 1
+
+        # Workers report their counters every second; /metrics sums them (Prometheus text).
+        async def counted() -> bool:
+            async with session.get(f"http://127.0.0.1:{portico.admin}/metrics") as resp:
+                text = await resp.text()
+            samples = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            return samples.get("portico_requests_total", 0) >= 3 and (
+                samples.get("portico_upstream_connects_total", 0) >= 1
+            )
+
+        await eventually(counted, 5)
 
         # SIGTERM: not ready at once, still serving during the shutdown delay, then exit 0.
         portico.process.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable
 
@@ -132,3 +133,21 @@ def test_changed_backends() -> None:
     )
     assert changed_backends(old, new) == (("default/api/80",), ())
     assert changed_backends(new, old) == ((), ("default/api/80",))
+
+
+async def test_stats_totals_survive_a_dead_worker_and_stalls_are_seen() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    await wait_for(lambda: link.listening)
+    stats = {"requests": 5, "connections_open": 2}
+    await send_message(worker.writer, Message(MessageType.STATS, json.dumps(stats).encode()))
+    await wait_for(lambda: link.stats == stats)
+    assert publisher.totals() == stats
+    assert publisher.stalled(10.0) == []
+    link.last_seen -= 11.0
+    assert publisher.stalled(10.0) == [0]
+    # A worker that is gone: its requests still count, its open connections do not.
+    publisher.detach(link)
+    assert publisher.totals() == {"requests": 5}
+    worker.task.cancel()
