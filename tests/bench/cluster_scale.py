@@ -1,13 +1,13 @@
 """Cluster mode at scale: time to first ready, memory, and endpoint-change latency (a benchmark).
 
-    .venv/bin/python tests/bench/cluster_scale.py [--ingresses 10000] [--services 5000]
+    .venv/bin/python tests/bench/cluster_scale.py [--changes 20]
 
-Loads the API-server simulator with N Ingresses (two paths each), M Services with ten endpoints
-each and one IngressClass, starts `portico controller` (one worker) against it, and reports:
-the time from process start to `/readyz` 200, the controller's and the worker's RSS once ready,
-and how long an EndpointSlice change takes to reach the data path (a probe Service whose pod
-moves from 127.0.0.2 to 127.0.0.3, observed by requests through the proxy). Figures are printed,
-never asserted. Every wait is bounded.
+Loads the API-server simulator with the compiler benchmark's objects (10,000 Ingresses with two
+paths each, 5,000 Services with ten endpoints each, one IngressClass), starts `portico
+controller` (one worker) against it, and reports: the time from process start to `/readyz` 200,
+the controller's and the worker's RSS once ready, and how long an EndpointSlice change takes to
+reach the data path (a probe Service whose pod moves from 127.0.0.2 to 127.0.0.3, observed by
+requests through the proxy). Figures are printed, never asserted. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -27,21 +27,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kube_factory import (
-    endpoint_slice,
-    ingress,
-    ingress_class,
-    path,
-    rule,
-    service,
-    service_port,
-)
+from kube_factory import endpoint_slice, ingress, path, rule, service, service_port
+from test_compile_bench import scale_objects
 
 from conformance.echo import start_echo
 from tests.kubesim import KubeSim
-
-NAMESPACES = 50
 
 
 def free_port() -> int:
@@ -49,38 +41,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _ip(n: int) -> str:
-    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-
-
-def objects(ingresses: int, services: int) -> list[dict[str, Any]]:
-    raws: list[dict[str, Any]] = [ingress_class()]
-    for i in range(services):
-        ns = f"ns-{i % NAMESPACES}"
-        raws.append(service(f"svc-{i}", ns, ports=[service_port(80, "http")]))
-        eps = [_ip(i * 10 + e) for e in range(10)]
-        raws.append(
-            endpoint_slice(f"svc-{i}-abc", f"svc-{i}", ns, endpoints=eps, ports=[("http", 8080)])
-        )
-    for i in range(ingresses):
-        svc = i % services
-        ns = f"ns-{svc % NAMESPACES}"
-        raws.append(
-            ingress(
-                f"ing-{i}",
-                ns,
-                rules=[
-                    rule(
-                        f"host-{i}.example.com",
-                        path("/", f"svc-{svc}", 80),
-                        path(f"/api/v{i % 3}", f"svc-{svc}", "http", "Exact"),
-                    )
-                ],
-            )
-        )
-    return raws
 
 
 def probe_slice(address: str, port: int) -> dict[str, Any]:
@@ -111,7 +71,7 @@ async def pod_of(session: aiohttp.ClientSession, http_port: int) -> str | None:
         return None
 
 
-async def main(ingresses: int, services: int, changes: int) -> None:
+async def main(changes: int) -> None:
     echo_port = free_port()
     pods = [
         await start_echo("127.0.0.2", echo_port, "probe", "pod-a"),
@@ -119,7 +79,7 @@ async def main(ingresses: int, services: int, changes: int) -> None:
     ]
     async with KubeSim(bookmark_interval=30.0) as sim:
         started = time.perf_counter()
-        for raw in objects(ingresses, services):
+        for raw in scale_objects():
             sim.create(raw)
         sim.create(service("probe", "default", ports=[service_port(80, "http")]))
         sim.create(probe_slice("127.0.0.2", echo_port))
@@ -204,8 +164,6 @@ async def main(ingresses: int, services: int, changes: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ingresses", type=int, default=10_000)
-    parser.add_argument("--services", type=int, default=5_000)
     parser.add_argument("--changes", type=int, default=20)
     args = parser.parse_args()
-    asyncio.run(main(args.ingresses, args.services, args.changes))
+    asyncio.run(main(args.changes))

@@ -54,9 +54,9 @@ def _slice(i: int, generation: int = 0) -> dict[str, Any]:
     return endpoint_slice(f"svc-{i}-abc", f"svc-{i}", ns, endpoints=eps, ports=[("http", 8080)])
 
 
-@functools.cache
-def big_store() -> Store:
-    store = Store()
+def scale_objects() -> list[dict[str, Any]]:
+    """The raw objects of the scale target (also loaded into the API simulator by
+    tests/bench/cluster_scale.py)."""
     raws: list[dict[str, Any]] = [ingress_class()]
     for i in range(SERVICES):
         ns = f"ns-{i % NAMESPACES}"
@@ -79,6 +79,13 @@ def big_store() -> Store:
                 created=i,
             )
         )
+    return raws
+
+
+@functools.cache
+def big_store() -> Store:
+    store = Store()
+    raws = scale_objects()
     for raw in raws:
         obj = parse_object(raw)
         assert obj is not None
