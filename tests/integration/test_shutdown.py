@@ -1,0 +1,146 @@
+"""Graceful shutdown of `portico serve` with two workers, under long transfers.
+
+SIGTERM arrives while a slow upload, a slow download and a WebSocket are in flight: /readyz
+fails at once, new connections are still accepted during the shutdown delay, every in-flight
+exchange completes, and the process exits 0. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conformance.echo import start_echo
+from tests.integration.test_serve import eventually, free_port, manifests
+
+pytestmark = pytest.mark.timeout(90)
+
+DOWNLOAD = 24 * 1024 * 1024
+UPLOAD = 24 * 1024 * 1024
+PIECE = 256 * 1024
+SHUTDOWN_DELAY = 2.0
+
+
+@pytest.fixture
+async def pod_port() -> AsyncIterator[int]:
+    port = free_port("127.0.0.2")
+    runner = await start_echo("127.0.0.2", port, "web", "web-1")
+    yield port
+    await runner.cleanup()
+
+
+async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int) -> None:
+    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
+    http, admin = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "serve",
+        "--manifests",
+        str(tmp_path),
+        "--http-port",
+        str(http),
+        "--https-port",
+        "0",
+        "--admin-port",
+        str(admin),
+        "--workers",
+        "2",
+        "--shutdown-delay",
+        str(SHUTDOWN_DELAY),
+        "--drain-timeout",
+        "30",
+        "--bind-address",
+        "127.0.0.1",
+        "--no-access-log",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{http}"
+    headers = {"Host": "svc.test"}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def status(path: str) -> int:
+                try:
+                    async with session.get(f"http://127.0.0.1:{admin}{path}") as resp:
+                        return resp.status
+                except aiohttp.ClientError:
+                    return 0
+
+            async def is_ready() -> bool:
+                return await status("/readyz") == 200
+
+            await eventually(is_ready, 20)
+            started = asyncio.Event()
+
+            async def download() -> int:
+                received = 0
+                async with session.get(f"{base}/?bytes={DOWNLOAD}", headers=headers) as resp:
+                    assert resp.status == 200
+                    async for piece in resp.content.iter_chunked(PIECE):
+                        received += len(piece)
+                        started.set()
+                        await asyncio.sleep(0.03)  # a slow reader: about 3 s in all
+                return received
+
+            async def body() -> AsyncIterator[bytes]:
+                for _ in range(UPLOAD // PIECE):
+                    yield b"u" * PIECE
+                    await asyncio.sleep(0.03)  # a slow writer: about 3 s in all
+
+            async def upload() -> int:
+                async with session.post(f"{base}/up", data=body(), headers=headers) as resp:
+                    assert resp.status == 200
+                    return int((await resp.json())["body_bytes"])
+
+            async def websocket() -> list[str]:
+                echoed = []
+                async with session.ws_connect(f"{base}/ws", headers=headers) as ws:
+                    for n in range(30):
+                        await ws.send_str(f"m{n}")
+                        reply = await ws.receive(timeout=5)
+                        echoed.append(reply.data)
+                        await asyncio.sleep(0.1)
+                return echoed
+
+            transfers = [
+                asyncio.create_task(download()),
+                asyncio.create_task(upload()),
+                asyncio.create_task(websocket()),
+            ]
+            async with asyncio.timeout(10):
+                await started.wait()
+            process.send_signal(signal.SIGTERM)
+
+            async def not_ready() -> bool:
+                return await status("/readyz") == 503
+
+            await eventually(not_ready, 1.5)
+            # Load balancers still send traffic during the delay: new connections get answers.
+            for _ in range(3):
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.get(f"{base}/new", headers=headers) as resp,
+                ):
+                    assert resp.status == 200
+                await asyncio.sleep(SHUTDOWN_DELAY / 5)
+
+            async with asyncio.timeout(40):
+                received, uploaded, echoed = await asyncio.gather(*transfers)
+            assert received == DOWNLOAD
+            assert uploaded == UPLOAD
+            assert echoed == [f"m{n}" for n in range(30)]
+            async with asyncio.timeout(40):
+                assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
