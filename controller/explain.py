@@ -14,6 +14,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
+from controller.compiler.problems import SERVICE_NOT_FOUND
 from controller.objects import Ingress, IngressClass
 from controller.store import Store, WatchEvent
 from proxy.config import PathRule, RouteTable, Snapshot
@@ -23,7 +24,6 @@ SSL_REDIRECT: Final = "SSLRedirect"
 NO_HOST_MATCH: Final = "NoHostMatch"
 NO_PATH_MATCH: Final = "NoPathMatch"
 NO_ENDPOINTS: Final = "NoEndpoints"
-SERVICE_NOT_FOUND: Final = "ServiceNotFound"
 CLASS_NOT_OURS: Final = "IngressClassNotOurs"
 
 # Keys of the JSON answer, in output order.

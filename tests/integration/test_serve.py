@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.echo import start_echo
+from tests.integration.serving import children, free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def manifests(service_ips: dict[str, list[str]], port: int, paths: dict[str, str]) -> str:
@@ -140,34 +132,10 @@ async def portico(tmp_path: Path, pods: int) -> AsyncIterator[Portico]:
         manifests({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods, {"/": "web"})
     )
     http, admin = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "controller",
-        "serve",
-        "--manifests",
-        str(tmp_path),
-        "--http-port",
-        str(http),
-        "--https-port",
-        "0",
-        "--admin-port",
-        str(admin),
-        "--workers",
-        "1",
-        "--shutdown-delay",
-        "1",
-        "--drain-timeout",
-        "5",
-        "--bind-address",
-        "127.0.0.1",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = await start_serve(tmp_path, http=http, admin=admin, shutdown_delay=1)
     instance = Portico(process, http, admin)
     yield instance
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
+    await stop_serve(process, grace=0.1)
 
 
 async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: int) -> None:
@@ -236,12 +204,12 @@ async def test_killed_worker_is_replaced(portico: Portico) -> None:
         async with session.get(f"http://127.0.0.1:{portico.admin}/debug/snapshot") as resp:
             summary = await resp.json()
         assert summary["workers"][0]["listening"]
-        worker_pids = _children(portico.process.pid)
+        worker_pids = children(portico.process.pid)
         assert len(worker_pids) == 1
         os.kill(worker_pids[0], signal.SIGKILL)
         await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 503), 5)
         await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 10)
-        new_pids = _children(portico.process.pid)
+        new_pids = children(portico.process.pid)
         assert new_pids and new_pids != worker_pids
         status, body = await portico.get(session, "/")
         assert (status, body["service"]) == (200, "web")
@@ -249,8 +217,3 @@ async def test_killed_worker_is_replaced(portico: Portico) -> None:
 
 async def _is(awaitable: Any, expected: int) -> bool:
     return bool(await awaitable == expected)
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()]

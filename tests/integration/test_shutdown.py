@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import aiohttp
 import pytest
 
 from conformance.echo import start_echo
-from tests.integration.test_serve import eventually, free_port, manifests
+from tests.integration.serving import children, free_port, start_serve, stop_serve
+from tests.integration.test_serve import eventually, manifests
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,29 +39,14 @@ async def pod_port() -> AsyncIterator[int]:
 async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int) -> None:
     (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
     http, admin = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "controller",
-        "serve",
-        "--manifests",
-        str(tmp_path),
-        "--http-port",
-        str(http),
-        "--https-port",
-        "0",
-        "--admin-port",
-        str(admin),
-        "--workers",
-        "2",
-        "--shutdown-delay",
-        str(SHUTDOWN_DELAY),
-        "--drain-timeout",
-        "30",
-        "--bind-address",
-        "127.0.0.1",
-        "--no-access-log",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = await start_serve(
+        tmp_path,
+        http=http,
+        admin=admin,
+        workers=2,
+        shutdown_delay=SHUTDOWN_DELAY,
+        drain_timeout=30,
+        extra=("--no-access-log",),
     )
     base = f"http://127.0.0.1:{http}"
     headers = {"Host": "svc.test"}
@@ -141,35 +126,14 @@ async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int)
             async with asyncio.timeout(40):
                 assert await process.wait() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop_serve(process, grace=0.1)
 
 
 async def test_a_killed_worker_under_load_is_replaced(tmp_path: Path, pod_port: int) -> None:
     (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
     http, admin = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "controller",
-        "serve",
-        "--manifests",
-        str(tmp_path),
-        "--http-port",
-        str(http),
-        "--https-port",
-        "0",
-        "--admin-port",
-        str(admin),
-        "--workers",
-        "2",
-        "--shutdown-delay",
-        "0",
-        "--bind-address",
-        "127.0.0.1",
-        "--no-access-log",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = await start_serve(
+        tmp_path, http=http, admin=admin, workers=2, extra=("--no-access-log",)
     )
     try:
         async with aiohttp.ClientSession() as admin_session:
@@ -212,12 +176,12 @@ async def test_a_killed_worker_under_load_is_replaced(tmp_path: Path, pod_port: 
 
             clients = [asyncio.create_task(client()) for _ in range(16)]
             await asyncio.sleep(1.0)
-            workers = _children(process.pid)
+            workers = children(process.pid)
             assert len(workers) == 2
             os.kill(workers[0], signal.SIGKILL)
 
             async def replaced() -> bool:
-                current = _children(process.pid)
+                current = children(process.pid)
                 return len(current) == 2 and workers[0] not in current and await is_ready()
 
             # The bound: a new worker takes over within 2 s (plus polling slack).
@@ -231,15 +195,4 @@ async def test_a_killed_worker_under_load_is_replaced(tmp_path: Path, pod_port: 
             assert all(failed <= 1 for _, failed in results)
             assert all(answered > 0 for answered, _ in results)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        await stop_serve(process)

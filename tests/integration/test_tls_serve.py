@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,19 +20,13 @@ from backends import Client
 from tls_env import der, peer_der, tls_client
 
 from conformance.echo import start_echo
+from tests.integration.serving import free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert
 
 pytestmark = pytest.mark.timeout(60)
 
 HOST = "secure.test"
 ROTATION_BOUND = 1.0  # seconds: the promise for a renewed Secret in manifest mode
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def app_manifests(pod_port: int) -> str:
@@ -127,41 +118,18 @@ async def pod_port() -> AsyncIterator[int]:
 async def serve(tmp_path: Path, pod_port: int) -> AsyncIterator[Serve]:
     (tmp_path / "app.yaml").write_text(app_manifests(pod_port))
     ports = {"http": free_port(), "https": free_port(), "admin": free_port()}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "controller",
-        "serve",
-        "--manifests",
-        str(tmp_path),
-        "--http-port",
-        str(ports["http"]),
-        "--https-port",
-        str(ports["https"]),
-        "--admin-port",
-        str(ports["admin"]),
-        "--workers",
-        "1",
-        "--shutdown-delay",
-        "0",
-        "--drain-timeout",
-        "2",
-        "--bind-address",
-        "127.0.0.1",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = await start_serve(
+        tmp_path,
+        http=ports["http"],
+        https=ports["https"],
+        admin=ports["admin"],
+        drain_timeout=2,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     instance = Serve(process, ports)
     yield instance
-    if process.returncode is None:
-        process.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+    await stop_serve(process, grace=10)
 
 
 async def ready(session: aiohttp.ClientSession, serve: Serve) -> bool:

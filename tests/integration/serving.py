@@ -1,0 +1,75 @@
+"""Running `portico serve` as a subprocess for end-to-end tests (ports, start, stop, workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def start_serve(
+    manifests: Path,
+    *,
+    http: int,
+    admin: int,
+    https: int = 0,
+    workers: int = 1,
+    shutdown_delay: float = 0.0,
+    drain_timeout: float = 5.0,
+    extra: tuple[str, ...] = (),
+    **popen: Any,
+) -> asyncio.subprocess.Process:
+    """`portico serve` on 127.0.0.1 with these ports (https 0: no HTTPS listener)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "serve",
+        "--manifests",
+        str(manifests),
+        "--http-port",
+        str(http),
+        "--https-port",
+        str(https),
+        "--admin-port",
+        str(admin),
+        "--workers",
+        str(workers),
+        "--shutdown-delay",
+        str(shutdown_delay),
+        "--drain-timeout",
+        str(drain_timeout),
+        "--bind-address",
+        "127.0.0.1",
+        *extra,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **popen,
+    )
+
+
+async def stop_serve(process: asyncio.subprocess.Process, grace: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `grace` seconds."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        async with asyncio.timeout(grace):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+def children(pid: int) -> list[int]:
+    """PIDs of a process's children (the workers of a `portico serve`)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
