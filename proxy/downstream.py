@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy.headers import ClientContext
+from proxy.headers import REQUEST_SPECIAL, ClientContext
 from proxy.replies import local_reply
 
 if TYPE_CHECKING:
@@ -48,12 +48,12 @@ class DownstreamProtocol(asyncio.Protocol):
         "deadline",
         "eof",
         "head_raw",
-        "headers",
         "hsts",
         "in_head",
         "last",
         "loop",
         "parser",
+        "parts",
         "paused",
         "port",
         "queue",
@@ -61,6 +61,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "rejected",
         "scheme",
         "server",
+        "special",
         "starting",
         "transport",
         "url",
@@ -78,7 +79,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parser = self._new_parser()
         self.ctx: ClientContext | None = None
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The head being read: end-to-end fields rendered for the upstream after four slots
+        # for the request line, the fields parse_request decides about apart (see headers.py).
+        self.parts: list[bytes] = []
+        self.special: list[tuple[bytes, bytes]] = []
         self.in_head = False
         self.head_raw = 0  # bytes read while in a head, to bound memory across many reads
         self.read_size = 0
@@ -200,7 +204,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self.in_head:
             self.in_head = True
             self.url = url
-            self.headers = []
+            self.parts = [b"", b" ", b"", b""]
+            self.special = []
             self.head_raw = 0
             if self.active is None:
                 self.deadline = self.loop.time() + self.server.settings.client_header_timeout
@@ -212,24 +217,31 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # else a trailer field: dropped
-            self.headers.append((name, value))
+            lname = name.lower()
+            if lname in REQUEST_SPECIAL:
+                self.special.append((lname, value))
+            else:
+                self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        headers = self.headers
+        parts = self.parts
+        special = self.special
         server = self.server
-        if len(headers) > server.settings.max_headers:
+        if (len(parts) >> 2) - 1 + len(special) > server.settings.max_headers:
             self._reject(431, "TooManyHeaders")
             raise _Reject
         if self.head_raw + self.read_size > server.head_limit:
             # Possibly too large (a head within a smaller read cannot be): measure exactly.
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers)
+            size = (
+                len(self.url) + sum(map(len, parts)) + sum(len(n) + len(v) + 4 for n, v in special)
+            )
             if size > server.head_limit:
                 self._reject(431, "HeadTooLarge")
                 raise _Reject
         parser = self.parser
-        exchange = self.server.open_exchange(
-            self, parser.get_method(), self.url, parser.get_http_version(), self.headers
+        exchange = server.open_exchange(
+            self, parser.get_method(), self.url, parser.get_http_version(), parts, special
         )
         if exchange.reply and exchange.close_after:
             # A request we refuse outright: answer in turn, read nothing more.

@@ -347,10 +347,10 @@ class Exchange:
                 status,
                 parts,
                 special,
-                head_request=head.method == b"HEAD",
-                version_11=head.version_11,
-                keep_alive=keep_alive,
-                extra=down.hsts,
+                head.method == b"HEAD",
+                head.version_11,
+                keep_alive,
+                down.hsts,
             )
         except ValueError:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")

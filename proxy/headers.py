@@ -1,12 +1,13 @@
 """Header rules of the data path: request validation and rewriting, response rewriting.
 
-The downstream protocol hands the raw head of each client request (method, target, version and
-the header tuples httptools collected) to `parse_request`, which checks it against the
-smuggling rules (RFC 9112 §6.3, §3.2), strips hop-by-hop fields (RFC 9110 §7.6.1), adds the
-X-Forwarded-* / X-Real-IP / X-Request-ID fields and renders the upstream head as one bytes
-object. `render_response` does the same for the upstream's response head on its way back to
-the client and decides how its body is framed. Both are single passes over the header list:
-they run for every request.
+The downstream protocol sorts each client request's fields as httptools reports them: ordinary
+ones are rendered for the upstream at once, the few that need a decision (REQUEST_SPECIAL) are
+kept apart. `parse_request` checks those against the smuggling rules (RFC 9112 §6.3, §3.2),
+strips hop-by-hop fields (RFC 9110 §7.6.1), adds the X-Forwarded-* / X-Real-IP / X-Request-ID
+fields and renders the upstream head as one bytes object. `render_response` does the same for
+the upstream's response head on its way back to the client and decides how its body is framed.
+Both run for every request: the common case (only Host, or only Content-Length, Server and
+Connection in a response) takes a short path.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ _FORWARDED: Final = frozenset(
     }
 )
 
-# Every request field parse_request treats specially; all others are copied as they came.
-_REQUEST_SPECIAL: Final = (
+# Every request field parse_request decides about; all others are copied as they came.
+REQUEST_SPECIAL: Final = (
     HOP_BY_HOP | _FORWARDED | {b"host", b"content-length", b"expect", b"x-request-id"}
 )
 
@@ -193,10 +194,16 @@ def parse_request(
     method: bytes,
     url: bytes,
     version: str,
-    headers: list[tuple[bytes, bytes]],
+    parts: list[bytes],
+    special: list[tuple[bytes, bytes]],
     ctx: ClientContext,
 ) -> RequestHead:
-    """Validate a request head and render its upstream form; raises BadRequest."""
+    """Validate a request head and render its upstream form; raises BadRequest.
+
+    The downstream protocol classifies fields as httptools reports them: `parts` holds four
+    slots for the request line, then the end-to-end fields already rendered as name, ": ",
+    value, CRLF; `special` the REQUEST_SPECIAL ones as (lower-case name, value). `parts` is
+    completed in place."""
     if version == "1.1":
         version_11 = True
     elif version == "1.0":
@@ -214,6 +221,80 @@ def parse_request(
     else:
         target, authority = _check_target(method, url)
 
+    head = RequestHead()
+    head.method = method
+    head.target = target
+    query = target.find(b"?")
+    head.path = (target if query < 0 else target[:query]).decode("latin-1")
+    head.version_11 = version_11
+    parts[0] = method
+    parts[2] = target
+    if len(special) == 1 and special[0][0] == b"host" and authority is None:
+        # The common request: Host is its only field needing a decision.
+        host = special[0][1]
+        if 47 in host or 32 in host or 44 in host or 64 in host:  # "/", " ", ",", "@"
+            raise BadRequest(400, "InvalidHost")
+        request_id = _next_request_id()
+        head.content_length = -1
+        head.chunked = False
+        head.keep_alive = version_11
+        head.expect_continue = False
+        head.upgrade = None
+        head.request_id = request_id
+        head.host = host
+        parts[3] = b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        if ctx.trusted:
+            parts += (b"X-Request-ID: ", request_id, b"\r\nX-Forwarded-Host: ", host, b"\r\n")
+            _forwarded(parts, ctx, None, None, None, None)
+            parts.append(b"\r\n")
+        else:
+            parts += (
+                b"X-Request-ID: ",
+                request_id,
+                b"\r\nX-Forwarded-Host: ",
+                host,
+                b"\r\n",
+                ctx.fixed_forwarded,
+                b"\r\n",
+            )
+        head.upstream_head = b"".join(parts)
+        head.upstream_rest = b""
+        return head
+    _parse_special(head, version_11, authority, parts, special, ctx)
+    return head
+
+
+def _forwarded(
+    parts: list[bytes],
+    ctx: ClientContext,
+    xff: bytes | None,
+    x_real_ip: bytes | None,
+    x_proto: bytes | None,
+    x_port: bytes | None,
+) -> None:
+    """The X-Forwarded-* fields for a trusted client: its values kept, its address appended."""
+    parts += (
+        b"X-Forwarded-For: ",
+        ctx.client_ip if xff is None else xff + b", " + ctx.client_ip,
+        b"\r\nX-Real-IP: ",
+        ctx.client_ip if x_real_ip is None else x_real_ip,
+        b"\r\nX-Forwarded-Proto: ",
+        ctx.scheme if x_proto is None else x_proto,
+        b"\r\nX-Forwarded-Port: ",
+        ctx.port if x_port is None else x_port,
+        b"\r\n",
+    )
+
+
+def _parse_special(
+    head: RequestHead,
+    version_11: bool,
+    authority: bytes | None,
+    parts: list[bytes],
+    special: list[tuple[bytes, bytes]],
+    ctx: ClientContext,
+) -> None:
+    """parse_request for a head with fields beyond Host: framing, Connection, Expect, ..."""
     host: bytes | None = None
     hosts = 0
     content_length = -1
@@ -227,16 +308,10 @@ def parse_request(
     x_host: bytes | None = None
     x_port: bytes | None = None
     x_real_ip: bytes | None = None
-    parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        lname = name.lower()
-        if lname not in _REQUEST_SPECIAL:
-            parts += (name, b": ", value, b"\r\n")
-            continue
+    for lname, value in special:
         if lname == b"host":
             hosts += 1
             host = value
-            continue
         elif lname in HOP_BY_HOP:
             if lname == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
@@ -247,7 +322,6 @@ def parse_request(
                 te = value
             elif lname == b"upgrade":
                 upgrade = value
-            continue
         elif lname == b"content-length":
             # httptools already rejects malformed and duplicate values; checked again because
             # this is the one field request smuggling hinges on.
@@ -255,7 +329,7 @@ def parse_request(
             if content_length >= 0 or not digits.isdigit():
                 raise BadRequest(400, "InvalidContentLength")
             content_length = int(digits)
-            continue  # regenerated below: framing fields go out in canonical form
+            # regenerated below: framing fields go out in canonical form
         elif lname in _FORWARDED:
             if ctx.trusted:
                 if lname == b"x-forwarded-for":
@@ -268,13 +342,11 @@ def parse_request(
                     x_port = value
                 else:
                     x_real_ip = value
-            continue
         elif lname == b"expect":
             expect = value
         else:  # x-request-id
             request_id = value
 
-    append = parts.append
     if hosts > 1:
         raise BadRequest(400, "MultipleHost")
     if authority is not None:
@@ -309,8 +381,7 @@ def parse_request(
             tunnel = upgrade
         extra = [t for t in connection if t and t not in _CONNECTION_OPTIONS]
         if extra:
-            parts = _drop_named(parts, frozenset(extra))
-            append = parts.append
+            parts[:] = _drop_named(parts, frozenset(extra))
 
     expect_continue = False
     if expect is not None:
@@ -331,36 +402,20 @@ def parse_request(
     else:
         parts += (b"X-Request-ID: ", request_id, b"\r\n")
     if ctx.trusted:
-        append(b"X-Forwarded-For: ")
-        append(ctx.client_ip if xff is None else xff + b", " + ctx.client_ip)
-        append(b"\r\nX-Real-IP: ")
-        append(ctx.client_ip if x_real_ip is None else x_real_ip)
-        append(b"\r\nX-Forwarded-Proto: ")
-        append(ctx.scheme if x_proto is None else x_proto)
-        append(b"\r\nX-Forwarded-Port: ")
-        append(ctx.port if x_port is None else x_port)
-        append(b"\r\n")
+        _forwarded(parts, ctx, xff, x_real_ip, x_proto, x_port)
     else:
-        append(ctx.fixed_forwarded)
+        parts.append(ctx.fixed_forwarded)
     if chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     elif content_length >= 0:
-        append(b"Content-Length: %d\r\n" % content_length)
+        parts.append(b"Content-Length: %d\r\n" % content_length)
     if tunnel is not None:
-        append(b"Connection: upgrade\r\nUpgrade: ")
-        append(tunnel)
-        append(b"\r\n")
-    append(b"\r\n")
+        parts += (b"Connection: upgrade\r\nUpgrade: ", tunnel, b"\r\n")
+    parts.append(b"\r\n")
 
-    head = RequestHead()
-    head.method = method
-    head.target = target
-    query = target.find(b"?")
-    head.path = (target if query < 0 else target[:query]).decode("latin-1")
     head.content_length = content_length
     head.chunked = chunked
     head.keep_alive = keep_alive
-    head.version_11 = version_11
     head.expect_continue = expect_continue and (chunked or content_length > 0)
     head.upgrade = tunnel
     head.request_id = request_id
@@ -373,7 +428,6 @@ def parse_request(
         parts[3] = b" HTTP/1.1\r\nHost: " + host + b"\r\n"
         head.upstream_head = b"".join(parts)
         head.upstream_rest = b""
-    return head
 
 
 def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
@@ -424,43 +478,42 @@ def render_response(
     status: int,
     parts: list[bytes],
     special: list[tuple[bytes, bytes, bytes]],
-    *,
     head_request: bool,
     version_11: bool,
     keep_alive: bool,
-    extra: bytes = b"",
+    extra: bytes,
 ) -> ResponseHead:
     """Rewrite an upstream response head for the client; raises ValueError if it is invalid.
 
     The upstream protocol classifies fields as they are parsed: `parts` holds the end-to-end
     ones already rendered as name, ": ", value, CRLF (parts[0] is set here to the status
     line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `extra` is
-    one or more rendered fields to add (HSTS)."""
-    parts[0] = status_line(status)
+    one or more rendered fields to add (HSTS), or b""."""
+    line = _STATUS_LINES.get(status)
+    parts[0] = line if line is not None else status_line(status)
     has_server = False
-    has_length = False
     length = -1
     chunked = False
     connection: list[bytes] | None = None
     for lname, name, value in special:
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                if value.strip().lower() != b"chunked" or chunked:
-                    raise ValueError("unsupported transfer-encoding from upstream")
-                chunked = True
+        if lname == b"content-length":
+            if length >= 0:
+                raise ValueError("duplicate content-length from upstream")
+            length = int(value)  # httptools accepted it: digits
+            parts += (name, b": ", value, b"\r\n")
+        elif lname == b"server":
+            has_server = True
+            parts += (name, b": ", value, b"\r\n")
+        elif lname == b"connection":
             # "keep-alive" / "close" (what servers send) name no other field to drop.
-            elif lname == b"connection" and value.lower() not in _CONNECTION_OPTIONS:
+            if value.lower() not in _CONNECTION_OPTIONS:
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 connection = tokens if connection is None else connection + tokens
-            continue
-        if lname == b"content-length":
-            if has_length:
-                raise ValueError("duplicate content-length from upstream")
-            has_length = True
-            length = int(value)  # httptools accepted it: digits
-        else:
-            has_server = True
-        parts += (name, b": ", value, b"\r\n")
+        elif lname == b"transfer-encoding":
+            if value.strip().lower() != b"chunked" or chunked:
+                raise ValueError("unsupported transfer-encoding from upstream")
+            chunked = True
+        # Any other hop-by-hop field is dropped.
     append = parts.append
     if connection is not None:
         # Content-Length stays whatever Connection names: the body is framed by it.
@@ -477,23 +530,26 @@ def render_response(
 
     out = ResponseHead()
     out.upstream_chunked = chunked
-    out.length = -1
-    if head_request or status < 200 or status in (204, 304):
+    if head_request or status < 200 or status == 204 or status == 304:
         out.framing = FRAME_NONE
-    elif has_length and not chunked:
+        out.length = -1
+    elif length >= 0 and not chunked:
         out.framing = FRAME_LENGTH
         out.length = length
     elif version_11:
         out.framing = FRAME_CHUNKED
+        out.length = -1
         append(b"Transfer-Encoding: chunked\r\n")
     else:
         out.framing = FRAME_CLOSE
+        out.length = -1
         keep_alive = False
     if not keep_alive:
-        append(b"Connection: close\r\n")
+        append(b"Connection: close\r\n\r\n")
     elif not version_11:
-        append(b"Connection: keep-alive\r\n")
-    append(b"\r\n")
+        append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        append(b"\r\n")
     out.keep_alive = keep_alive
     out.data = b"".join(parts)
     return out

@@ -458,12 +458,13 @@ class ProxyServer:
         method: bytes,
         url: bytes,
         version: str,
-        headers: list[tuple[bytes, bytes]],
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes]],
     ) -> Exchange:
         """Validate and route a complete request head (capturing the current generation)."""
         assert down.ctx is not None
         try:
-            head = parse_request(method, url, version, headers, down.ctx)
+            head = parse_request(method, url, version, parts, special, down.ctx)
         except BadRequest as exc:
             self.reject(down, exc.status, exc.reason)
             return Exchange(down, None, None, reply=exc.status, reason=exc.reason, close_after=True)
