@@ -229,15 +229,36 @@ def parse_request(
     head.version_11 = version_11
     parts[0] = method
     parts[2] = target
-    if len(special) == 1 and special[0][0] == b"host" and authority is None:
-        # The common request: Host is its only field needing a decision.
-        host = special[0][1]
+    # The common request: Host is its only field needing a decision, perhaps with a plain
+    # "Connection: close" or "keep-alive"; anything else takes the full path.
+    count = len(special)
+    keep_alive = version_11
+    if count == 1:
+        name, host = special[0]
+        simple = name == b"host"
+    elif count == 2:
+        name, host = special[0]
+        other, option = special[1]
+        if name == b"connection":
+            name, host, other, option = other, option, name, host
+        simple = name == b"host" and other == b"connection"
+        if simple:
+            option = option.lower()
+            if option == b"close":
+                keep_alive = False
+            elif option == b"keep-alive":
+                keep_alive = True
+            else:
+                simple = False
+    else:
+        simple = False
+    if simple and authority is None:
         if 47 in host or 32 in host or 44 in host or 64 in host:  # "/", " ", ",", "@"
             raise BadRequest(400, "InvalidHost")
         request_id = _next_request_id()
         head.content_length = -1
         head.chunked = False
-        head.keep_alive = version_11
+        head.keep_alive = keep_alive
         head.expect_continue = False
         head.upgrade = None
         head.request_id = request_id
@@ -530,7 +551,7 @@ def render_response(
 
     out = ResponseHead()
     out.upstream_chunked = chunked
-    if head_request or status < 200 or status == 204 or status == 304:
+    if head_request or status < 200 or status in {204, 304}:
         out.framing = FRAME_NONE
         out.length = -1
     elif length >= 0 and not chunked:
