@@ -366,7 +366,7 @@ class Exchange:
             # Sent with the first body piece: one write instead of two for small responses.
             self.pending_head = response.data
 
-    def response_body(self, body: bytes) -> None:
+    def response_body(self, body: bytes | memoryview) -> None:
         response = self.response
         if response is None or self.finished:
             return

@@ -29,6 +29,8 @@ _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 12)
 # Smallest rest of a Content-Length body worth reading past the parser (a new parser per
 # response costs about what copying this much does).
 _PAST_PARSER_MIN = 8192
+# Smallest read worth splitting at the end of a response head (see data_received).
+_SPLIT_MIN = 16384
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -103,11 +105,21 @@ class UpstreamProtocol(asyncio.Protocol):
             self._body_past_parser(exchange, data, remaining)
             return
         had_head = exchange.response is not None
+        rest: memoryview | None = None
+        if not had_head and len(data) > _SPLIT_MIN:
+            # A whole head and a large piece of body in one read (a pod on the same node sends
+            # a 64 KiB response in one): the parser reads the head only, the body goes out as
+            # a view of this read instead of the parser's copy of it.
+            end = data.find(b"\r\n\r\n") + 4
+            if end >= 4 and len(data) - end >= _PAST_PARSER_MIN:
+                rest = memoryview(data)[end:]
+                data = data[:end]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             if self.exchange is exchange:
-                exchange.upstream_upgraded(self, data[upgrade.args[0] :])
+                tail = data[upgrade.args[0] :]
+                exchange.upstream_upgraded(self, tail if rest is None else tail + rest)
             return
         except httptools.HttpParserError:
             if self.exchange is exchange:
@@ -118,17 +130,26 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.exchange is exchange and not had_head:
             response = exchange.response
             if response is None:
+                if rest is not None:
+                    self.data_received(bytes(rest))  # a 1xx head, then the next one
                 return  # the head is not complete yet
             # This read completed the head and left the body unfinished.
             if response.length >= 0:
                 left = response.length - exchange.sent
-                if left >= _PAST_PARSER_MIN:
+                if left >= _PAST_PARSER_MIN or (rest is not None and left > 0):
                     # The rest of a Content-Length body is counted here and forwarded as read,
                     # without the parser's copy of every piece (see _body_past_parser).
                     self.remaining = left
             self._quickack()
+        if rest is not None:
+            if self.remaining and self.exchange is exchange:
+                self._body_past_parser(exchange, rest, self.remaining)
+            else:
+                self.data_received(bytes(rest))  # not a Content-Length body: the parser's
 
-    def _body_past_parser(self, exchange: Exchange, data: bytes, remaining: int) -> None:
+    def _body_past_parser(
+        self, exchange: Exchange, data: bytes | memoryview, remaining: int
+    ) -> None:
         """Forward the rest of a Content-Length body; a fresh parser reads the next response."""
         size = len(data)
         if size < remaining:
@@ -145,7 +166,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.exchange is exchange:
             exchange.response_done(self, keep)
         if size > remaining:
-            self.data_received(data[remaining:])  # bytes past the response: closes
+            self.data_received(bytes(data[remaining:]))  # bytes past the response: closes
 
     def _quickack(self) -> None:
         # A pod writes a body in pieces; one that holds its last small piece (Nagle) until our

@@ -420,3 +420,87 @@ async def test_client_half_close_after_request_gets_answer_then_close(stack: Sta
     resp = await client.response()
     assert resp.status == 200
     assert await client.closed(timeout=2)  # not kept open until the keep-alive timeout
+
+
+# Responses a pod writes in one piece: head and a large body arrive in one read, which the
+# upstream protocol splits at the end of the head (see UpstreamProtocol.data_received).
+_BIG = pattern(40000)
+_ONE_READ_RESPONSES = [
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n" + _BIG, _BIG, id="content-length"
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9c40\r\n" + _BIG + b"\r\n0\r\n\r\n",
+        _BIG,
+        id="chunked",
+    ),
+    pytest.param(
+        b"HTTP/1.1 100 Continue\r\n\r\n"  # not relayed: the proxy answers Expect itself
+        b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n" + _BIG,
+        _BIG,
+        id="1xx-then-final",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + _BIG[:20000],
+        _BIG[:20000],
+        id="just-over-split",
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "body"), _ONE_READ_RESPONSES)
+async def test_head_and_large_body_in_one_read(wire: bytes, body: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: the same answer to every request
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(wire)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
+    try:
+        client = await Client.connect(proxy.http_port)
+        for _ in range(3):  # the pooled connection reads the next response correctly
+            resp = await client.request("GET", "/")
+            assert resp.status == 200
+            assert resp.body == body
+        await client.close()
+        assert proxy.pool.connects == 1
+    finally:
+        await proxy.shutdown(0.5)
+        server.close()
+
+
+async def test_bytes_after_a_one_read_response_close_the_upstream() -> None:
+    """A pod that sends more than its Content-Length is broken: the extra bytes never reach
+    the client as a response, and its connection is not pooled."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n"
+            + _BIG[:20000]
+            + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+        )
+        await writer.drain()
+        await reader.read()  # until the proxy closes
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
+    try:
+        client = await Client.connect(proxy.http_port)
+        resp = await client.request("GET", "/")
+        assert resp.body == _BIG[:20000]
+        resp = await client.request("GET", "/")  # a fresh upstream connection answers
+        assert resp.body == _BIG[:20000]
+        assert proxy.pool.connects == 2
+        await client.close()
+    finally:
+        await proxy.shutdown(0.5)
+        server.close()
