@@ -1,7 +1,7 @@
 """The reconciler: the single loop between sources and the publisher.
 
 Sources (the manifest directory, later the Kubernetes watches) hand it events; it applies them
-to the store at once, debounces (about 50 ms of quiet, forced after 250 ms of steady churn),
+to the store at once, debounces (about 20 ms of quiet, forced after 250 ms of steady churn),
 never compiles before every kind has been listed, then runs the incremental `Compiler` and
 yields a `CompileResult` whenever the snapshot actually changed. Problems (the compiler's and the
 source's) are logged once when they appear, not on every compile.
@@ -25,7 +25,7 @@ from proxy.config import Snapshot
 
 logger = logging.getLogger(__name__)
 
-QUIET: Final = 0.05  # seconds without a change before compiling
+QUIET: Final = 0.02  # seconds without a change before compiling (a burst of events is one compile)
 MAX_DELAY: Final = 0.25  # seconds after the first change at most, even under steady churn
 
 
