@@ -122,6 +122,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "expect_continue",
+        "forwarded_for",
         "host",
         "keep_alive",
         "method",
@@ -145,6 +146,7 @@ class RequestHead:
     expect_continue: bool
     upgrade: bytes | None  # the Upgrade value when this request asks for a tunnel
     request_id: bytes
+    forwarded_for: bytes | None  # X-Forwarded-For as received (trusted or not), for the log
     upstream_head: bytes | None  # full upstream head; None when Host must be added at send time
     upstream_rest: bytes  # head after the request line, without Host (when Host is missing)
 
@@ -257,10 +259,11 @@ def parse_request(
             content_length = int(digits)
             continue  # regenerated below: framing fields go out in canonical form
         elif lname in _FORWARDED:
-            if ctx.trusted:
-                if lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif lname == b"x-forwarded-proto":
+            if lname == b"x-forwarded-for":
+                # Kept from any client: only a trusted one's is forwarded, all are logged.
+                xff = value if xff is None else xff + b", " + value
+            elif ctx.trusted:
+                if lname == b"x-forwarded-proto":
                     x_proto = value
                 elif lname == b"x-forwarded-host":
                     x_host = value
@@ -364,6 +367,7 @@ def parse_request(
     head.expect_continue = expect_continue and (chunked or content_length > 0)
     head.upgrade = tunnel
     head.request_id = request_id
+    head.forwarded_for = xff
     if host is None:
         head.host = b""
         head.upstream_head = None
