@@ -130,6 +130,17 @@ class AdminState:
     def ready(self) -> bool:
         return not self.shutting_down and self.publisher.ready()
 
+    def metrics_text(self) -> bytes:
+        """The /metrics body (Prometheus text format)."""
+        self.snapshot_version.set(self.publisher.version)
+        self.workers_ready.set(
+            sum(1 for link in self.publisher.links if link.alive and link.listening)
+        )
+        body = generate_latest(self.registry)
+        if self.ingress_nginx_names:
+            body += render_ingress_nginx(self.data_plane.ingress_nginx(self.publisher.totals()))
+        return body
+
     def live_workers(self) -> int:
         return sum(1 for link in self.publisher.links if link.alive)
 
@@ -195,13 +206,7 @@ def build_app(state: AdminState, alive: Callable[[], bool]) -> web.Application:
         return web.Response(status=503, text="\n".join(lines) + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
-        state.snapshot_version.set(state.publisher.version)
-        state.workers_ready.set(
-            sum(1 for link in state.publisher.links if link.alive and link.listening)
-        )
-        body = generate_latest(state.registry)
-        if state.ingress_nginx_names:
-            body += render_ingress_nginx(state.data_plane.ingress_nginx(state.publisher.totals()))
+        body = state.metrics_text()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def debug_snapshot(_: web.Request) -> web.Response:
