@@ -234,11 +234,11 @@ async def test_every_metric_moves(tmp_path: Path, pods: int) -> None:
             duration = "portico_request_duration_seconds"
             upstream = "portico_upstream_response_duration_seconds"
             assert value(samples, duration + "_count", **web) == counts["web"]
+            # (Sums of durations are not asserted: with the loop's millisecond clock they may
+            # well be 0 on a fast machine.)
             assert value(samples, duration + "_bucket", **web, le="+Inf") == counts["web"]
-            assert value(samples, duration + "_sum", **web) > 0
             assert value(samples, upstream + "_count", **web) == counts["web"]
             assert value(samples, upstream + "_count", **svc, service="dead") == 0
-            assert value(samples, upstream + "_sum", **web) > 0
             api = {**svc, "service": "api"}
             assert value(samples, "portico_request_body_bytes_total", **api) == upload
             assert value(samples, "portico_response_body_bytes_total", **web) > 0

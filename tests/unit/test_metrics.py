@@ -165,3 +165,31 @@ async def test_metrics_text_parses_with_both_name_sets() -> None:
         assert ("nginx_ingress_controller_requests" in families) is nginx
     worker.task.cancel()
     publisher.detach(link)
+
+
+def test_access_log_off_spellings() -> None:
+    import argparse
+
+    from controller.settings import add_settings_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+
+    def access_log(*argv: str) -> bool:
+        return settings_from_args(parser.parse_args(list(argv)), {}).proxy_settings().access_log
+
+    assert access_log("--access-log", "off") is False
+    assert access_log("--no-access-log") is False
+    assert access_log("--access-log") is True
+    assert access_log("--access-log", "on") is True
+    assert access_log() is True
+
+
+async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) -> None:
+    monkeypatch.setattr("sys.argv", ["bench", "--no-log"])
+    down, up = hotpath.build(asyncio.get_running_loop())
+    assert down.server.access is None
+    hotpath.run(2, "small", down, up)
+    down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")  # a local reply
+    rows = down.server.metrics.export()["series"]
+    assert sorted(sum(r[6:][_COUNT]) for r in rows) == [1, 2]
