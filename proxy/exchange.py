@@ -349,8 +349,9 @@ class Exchange:
             return
         down = self.down
         # The loop time of this read: the upstream protocol has just set its read deadline
-        # from it (one clock call less per request).
-        self.head_at = conn.deadline - self.read_timeout
+        # from it (one clock call less per request), unless a paused client cleared it.
+        deadline = conn.deadline
+        self.head_at = deadline - self.read_timeout if deadline else down.loop.time()
         keep_alive = head.keep_alive and head.upgrade is None and not down.server.draining
         try:
             response = hdr.render_response(
