@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.compiler import Problem
+from controller.metrics import ApplyTracker, DataPlaneCollector, render_ingress_nginx
 from controller.publisher import Publisher
 
 logger = logging.getLogger("portico.admin")
@@ -29,7 +30,6 @@ STALL_LIMIT = 10.0
 
 # Worker counters exported as Prometheus metrics: STATS name -> (metric name, help, counter?).
 WORKER_METRICS: dict[str, tuple[str, str, bool]] = {
-    "requests": ("portico_requests", "Requests handled by the workers", True),
     "connections_total": ("portico_connections", "Client connections accepted", True),
     "connections_refused": (
         "portico_connections_refused",
@@ -38,7 +38,6 @@ WORKER_METRICS: dict[str, tuple[str, str, bool]] = {
     ),
     "connections_open": ("portico_connections_open", "Open client connections", False),
     "tunnels_open": ("portico_tunnels_open", "Open upgraded (WebSocket) connections", False),
-    "local_replies": ("portico_local_replies", "Answers made by Portico itself", True),
     "rejected": ("portico_requests_rejected", "Malformed or hostile requests refused", True),
     "upstream_connections_open": (
         "portico_upstream_connections_open",
@@ -85,8 +84,17 @@ class WorkerCollector(Collector):
 class AdminState:
     """What the admin endpoints report; owned and updated by the supervisor."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        ingress_nginx_names: bool = False,
+        ingress_class: str = "portico",
+        controller_name: str = "portico.dev/ingress-controller",
+    ) -> None:
         self.publisher = publisher
+        self.applies = ApplyTracker()
+        self.ingress_nginx_names = ingress_nginx_names
         self.shutting_down = False
         self.problems: Sequence[Problem] = ()
         self.workers_expected = 0
@@ -105,6 +113,14 @@ class AdminState:
             registry=self.registry,
         )
         self.registry.register(WorkerCollector(publisher))
+        self.data_plane = DataPlaneCollector(
+            publisher,
+            publisher.requests,
+            self.applies,
+            ingress_class=ingress_class,
+            controller_name=controller_name,
+        )
+        self.registry.register(self.data_plane)
         self.workers_ready = Gauge(
             "portico_workers_ready",
             "Workers listening with an ACKed snapshot",
@@ -113,6 +129,17 @@ class AdminState:
 
     def ready(self) -> bool:
         return not self.shutting_down and self.publisher.ready()
+
+    def metrics_text(self) -> bytes:
+        """The /metrics body (Prometheus text format)."""
+        self.snapshot_version.set(self.publisher.version)
+        self.workers_ready.set(
+            sum(1 for link in self.publisher.links if link.alive and link.listening)
+        )
+        body = generate_latest(self.registry)
+        if self.ingress_nginx_names:
+            body += render_ingress_nginx(self.data_plane.ingress_nginx(self.publisher.totals()))
+        return body
 
     def live_workers(self) -> int:
         return sum(1 for link in self.publisher.links if link.alive)
@@ -179,11 +206,7 @@ def build_app(state: AdminState, alive: Callable[[], bool]) -> web.Application:
         return web.Response(status=503, text="\n".join(lines) + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
-        state.snapshot_version.set(state.publisher.version)
-        state.workers_ready.set(
-            sum(1 for link in state.publisher.links if link.alive and link.listening)
-        )
-        body = generate_latest(state.registry)
+        body = state.metrics_text()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def debug_snapshot(_: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from controller.metrics import RequestTotals
 from proxy.channel import ChannelClosed, Message, MessageType, Reply, read_message, send_message
 from proxy.config import (
     EndpointsUpdate,
@@ -86,6 +87,9 @@ class Publisher:
         self._encoded: bytes | None = None
         self._version = 0
         self.retired_stats: dict[str, int] = {}
+        # Per-request series of every worker (controller/metrics.py).
+        self.requests = RequestTotals()
+        self.last_nacked = 0  # newest version some worker refused
         self._changed = asyncio.Condition()
 
     @property
@@ -104,8 +108,9 @@ class Publisher:
         """Worker counters summed: cumulative ones over all workers ever, levels over live ones."""
         totals = dict(self.retired_stats)
         for link in self._links:
-            if link.alive:
-                for name, value in link.stats.items():
+            # A dead worker's counters still count until it is detached (and retired).
+            for name, value in link.stats.items():
+                if link.alive or name in CUMULATIVE_STATS:
                     totals[name] = totals.get(name, 0) + value
         return totals
 
@@ -182,6 +187,7 @@ class Publisher:
             if name in CUMULATIVE_STATS:
                 self.retired_stats[name] = self.retired_stats.get(name, 0) + value
         link.stats = {}
+        self.requests.retire(link)
         link.alive = False
         if link in self._links:
             self._links.remove(link)
@@ -210,6 +216,15 @@ class Publisher:
         async with self._changed:
             await self._changed.wait_for(lambda: self.applied(version))
 
+    async def wait_outcome(self, version: int) -> bool:
+        """Wait until every live worker serves `version` or later (True), or one refused a
+        version at least as new (False)."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self.applied(version) or self.last_nacked >= version
+            )
+        return self.applied(version)
+
     async def _send(self, link: WorkerLink, message: Message, version: int) -> None:
         if not link.alive:
             return
@@ -229,7 +244,11 @@ class Publisher:
                 message = await read_message(link.reader)
                 link.last_seen = time.monotonic()
                 if message.type is MessageType.STATS:
-                    link.stats = json.loads(message.payload)
+                    stats = json.loads(message.payload)
+                    detail = stats.pop("metrics", None)
+                    link.stats = stats
+                    if detail is not None:
+                        self.requests.update(link, detail)
                     continue
                 if message.type is MessageType.ACK:
                     link.acked_version = max(
@@ -240,6 +259,7 @@ class Publisher:
                     logger.info("worker.ready", extra={"worker": link.index})
                 elif message.type is MessageType.NACK:
                     reply = Reply.decode(message.payload)
+                    self.last_nacked = max(self.last_nacked, reply.version)
                     logger.error(
                         "snapshot.nacked",
                         extra={

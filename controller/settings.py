@@ -64,7 +64,11 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "Comma-separated client networks (CIDR) whose X-Forwarded-* headers are trusted and "
         "extended; from any other client they are overwritten."
     ),
-    "access_log": "Log one line per request.",
+    "access_log": "Log one line per request (--access-log off, or --no-access-log, to stop).",
+    "metrics_ingress_nginx_names": (
+        "Also expose /metrics under ingress-nginx's metric names and labels, for existing "
+        "dashboards."
+    ),
     "tls_min_version": 'Oldest TLS version the HTTPS listener accepts: "1.2" or "1.3".',
     "hsts": "Send Strict-Transport-Security on HTTPS responses.",
     "hsts_max_age": "max-age, in seconds, of the Strict-Transport-Security header.",
@@ -334,6 +338,40 @@ def _is_bool(info: FieldInfo) -> bool:
     return info.annotation is bool
 
 
+_ON: Final = frozenset({"on", "true", "yes", "1"})
+_OFF: Final = frozenset({"off", "false", "no", "0"})
+
+
+class _Switch(argparse.Action):
+    """A boolean flag: `--x`, `--no-x`, or `--x on|off` (nginx's spelling, e.g. `--access-log
+    off`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        names = list(option_strings)
+        names += ["--no-" + o[2:] for o in option_strings if o.startswith("--")]
+        super().__init__(names, dest, nargs="?", metavar="on|off", **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        negated = option_string is not None and option_string.startswith("--no-")
+        if values is None:
+            value = not negated
+        elif negated:
+            parser.error(f"{option_string} takes no value")
+        elif str(values).lower() in _ON:
+            value = True
+        elif str(values).lower() in _OFF:
+            value = False
+        else:
+            parser.error(f"{option_string}: expected on or off, got {values!r}")
+        setattr(namespace, self.dest, value)
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser, fields: Iterable[str] | None = None
 ) -> None:
@@ -353,7 +391,7 @@ def add_settings_arguments(
             "help": help_text.replace("%", "%%"),
         }
         if _is_bool(info):
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = _Switch
         else:
             kwargs["metavar"] = _METAVARS.get(name) or _METAVARS.get(str(info.annotation), "VALUE")
         parser.add_argument(flag_name(name), **kwargs)

@@ -197,7 +197,12 @@ async def supervise(
         loop.add_signal_handler(signum, stop.set)
 
     publisher = Publisher()
-    state = AdminState(publisher)
+    state = AdminState(
+        publisher,
+        ingress_nginx_names=settings.metrics_ingress_nginx_names,
+        ingress_class=settings.ingress_class,
+        controller_name=settings.controller_name,
+    )
     proxy_settings = settings.proxy_settings()
     count = settings.workers or default_worker_count()
     state.workers_expected = count
@@ -216,7 +221,11 @@ async def supervise(
     async def publish_results() -> None:
         async for result in results:
             state.set_problems(result.problems)
-            await publisher.publish(result.snapshot)
+            started = time.monotonic()
+            version = await publisher.publish(result.snapshot)
+            if version is not None:
+                # Timed from publication to the last worker's ACK (not the compile before it).
+                state.applies.track(publisher, version, started)
 
     tasks: list[asyncio.Task[object]] = [asyncio.create_task(publish_results())]
     if companion is not None:
@@ -243,5 +252,6 @@ async def supervise(
     await publisher.drain_all()
     await workers.stop(proxy_settings.drain_timeout + 5)
     await admin.cleanup()
+    state.applies.stop()
     logger.info("shutdown.finished")
     return 0

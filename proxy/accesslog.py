@@ -14,10 +14,29 @@ import sys
 import time
 from typing import BinaryIO, Final
 
-# client, method, host, target, status, bytes, seconds, upstream, request id, reason
-Entry = tuple[bytes, bytes, bytes, bytes, int, int, float, str | None, bytes, str | None]
+# client, method, host, target, status, bytes, seconds, upstream, request id, reason,
+# X-Forwarded-For as received, upstream status (0: none), upstream seconds (head arrival - request
+# sent; < 0: none), ingress "ns/name", service "ns/name".
+Entry = tuple[
+    bytes,
+    bytes,
+    bytes,
+    bytes,
+    int,
+    int,
+    float,
+    str | None,
+    bytes,
+    str | None,
+    bytes | None,
+    int,
+    float,
+    str | None,
+    str | None,
+]
 
 BATCH = 128
+XFF_LIMIT = 256  # bytes of X-Forwarded-For logged: it is client-controlled and may be long
 
 # ".mmmZ" for every millisecond: one index instead of a format per line.
 _MILLIS: Final = tuple(b".%03dZ" % i for i in range(1000))
@@ -70,9 +89,26 @@ class AccessLog:
         stamp = self._stamp
         unsafe = _UNSAFE.search
         for when, e in entries:
-            client, method, host, target, status, sent, seconds, upstream, rid, reason = e
+            (
+                client,
+                method,
+                host,
+                target,
+                status,
+                sent,
+                seconds,
+                upstream,
+                rid,
+                reason,
+                xff,
+                upstream_status,
+                upstream_seconds,
+                ingress,
+                service,
+            ) = e
             if unsafe(host + target + rid) is not None:
                 host, target, rid = _json_bytes(host), _json_bytes(target), _json_bytes(rid)
+            forwarded = b"null" if xff is None else b'"%s"' % _json_bytes(xff[:XFF_LIMIT])
             if int(when) != second:
                 stamp = self._time(when)[:-5]
                 second = self._second
@@ -83,7 +119,9 @@ class AccessLog:
                     _MILLIS[int(when * 1000) % 1000],
                     b'","event":"access","client":"',
                     client,
-                    b'","method":"',
+                    b'","forwarded_for":',
+                    forwarded,
+                    b',"method":"',
                     method,
                     b'","host":"',
                     host,
@@ -92,6 +130,14 @@ class AccessLog:
                     b'","status":%d,"bytes":%d,"ms":%.3f,"upstream":'
                     % (status, sent, seconds * 1000),
                     b"null" if upstream is None else b'"%s"' % upstream.encode(),
+                    b',"upstream_status":null,"upstream_ms":null'
+                    if not upstream_status
+                    else b',"upstream_status":%d,"upstream_ms":%.3f'
+                    % (upstream_status, upstream_seconds * 1000),
+                    b',"ingress":',
+                    b"null" if ingress is None else b'"%s"' % ingress.encode(),
+                    b',"service":',
+                    b"null" if service is None else b'"%s"' % service.encode(),
                     b',"request_id":"',
                     rid,
                     b'"}\n' if reason is None else b'","reason":"%s"}\n' % reason.encode(),

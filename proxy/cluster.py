@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection
+from typing import ClassVar
 
 from proxy.config import Backend, BalancerKind, Endpoint
 from proxy.settings import ProxySettings
@@ -49,6 +50,9 @@ class _EndpointState:
 
 class Cluster:
     """The endpoints of one backend plus balancer state (round robin, least-request P2C)."""
+
+    # Ejections in this process, over every cluster ever built (a counter for metrics).
+    ejections: ClassVar[int] = 0
 
     __slots__ = (
         "_by_address",
@@ -221,6 +225,7 @@ class Cluster:
             self._ejected += 1
         # Never 0.0, which means "not ejected", even with a clock that starts at zero.
         state.ejected_until = max(now + duration, 1e-9)
+        Cluster.ejections += 1
         logger.info(
             "cluster.endpoint_ejected",
             extra={

@@ -55,6 +55,7 @@ class Exchange:
         "endpoint",
         "finished",
         "head",
+        "head_at",
         "pending",
         "pending_bytes",
         "pending_head",
@@ -67,6 +68,7 @@ class Exchange:
         "response_bytes",
         "route",
         "sent",
+        "sent_at",
         "started",
         "status",
         "switching",
@@ -113,6 +115,8 @@ class Exchange:
         self.switching: list[tuple[bytes, bytes]] | None = None
         self.tunnel_rest = b""
         self.upstream: str | None = None  # authority of the attached connection, for the log
+        self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
+        self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -142,6 +146,8 @@ class Exchange:
             else:
                 self._local(503, "NoEndpoints")
             return
+        if tried:
+            self.down.server.metrics.retries += 1
         tried.append(endpoint)
         self.upstream = None
         self.attempts_left -= 1
@@ -235,7 +241,8 @@ class Exchange:
             transport.write(data)
         if self.request_done and not self.replayable:
             self.pending = None
-        conn.deadline = self.down.loop.time() + self.read_timeout
+        self.sent_at = now = self.down.loop.time()
+        conn.deadline = now + self.read_timeout
         if route.track and route.cluster is not None:
             route.cluster.request_started(conn.endpoint)
         if self.down.write_paused:
@@ -341,6 +348,10 @@ class Exchange:
                 self.down.write(b"".join(parts))
             return
         down = self.down
+        # The loop time of this read: the upstream protocol has just set its read deadline
+        # from it (one clock call less per request), unless a paused client cleared it.
+        deadline = conn.deadline
+        self.head_at = deadline - self.read_timeout if deadline else down.loop.time()
         keep_alive = head.keep_alive and head.upgrade is None and not down.server.draining
         try:
             response = hdr.render_response(
@@ -424,6 +435,7 @@ class Exchange:
         else:
             conn.close()
         server = down.server
+        server.metrics.record(self, self.reason, down.loop.time())
         if server.access is not None:
             server.log_access(self, self.reason)
         down.exchange_done(self, response.keep_alive and request_done)
@@ -451,7 +463,7 @@ class Exchange:
         down.tunnel_started(self, tunnel)
         if self.tunnel_rest:
             conn.transport.write(self.tunnel_rest)
-        self.down.server.log_access(self, None)
+        self.down.server.exchange_ended(self, None)
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -518,7 +530,7 @@ class Exchange:
             self._release(conn, False)
         if self.status == 0:
             self.status = 499  # nginx's "client closed request", for the access log
-        self.down.server.log_access(self, self.reason or "ClientClosed")
+        self.down.server.exchange_ended(self, self.reason or "ClientClosed")
 
     def discard(self) -> None:
         """Dropped before it began (its request turned out malformed): nothing to undo."""
@@ -593,7 +605,7 @@ class Exchange:
         conn = self.conn
         if conn is not None:
             self._release(conn, False)
-        self.down.server.log_access(self, reason)
+        self.down.server.exchange_ended(self, reason)
         self.down.abort()
 
     def _finish(self, keep_alive: bool) -> None:
@@ -603,5 +615,5 @@ class Exchange:
         if task is not None:
             task.cancel()
             self.connect_task = None
-        self.down.server.log_access(self, self.reason)
+        self.down.server.exchange_ended(self, self.reason)
         self.down.exchange_done(self, keep_alive)

@@ -123,6 +123,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "expect_continue",
+        "forwarded_for",
         "host",
         "keep_alive",
         "method",
@@ -146,6 +147,7 @@ class RequestHead:
     expect_continue: bool
     upgrade: bytes | None  # the Upgrade value when this request asks for a tunnel
     request_id: bytes
+    forwarded_for: bytes | None  # X-Forwarded-For as received (trusted or not), for the log
     upstream_head: bytes | None  # full upstream head; None when Host must be added at send time
     upstream_rest: bytes  # head after the request line, without Host (when Host is missing)
 
@@ -262,6 +264,7 @@ def parse_request(
         head.expect_continue = False
         head.upgrade = None
         head.request_id = request_id
+        head.forwarded_for = None
         head.host = host
         parts[3] = b" HTTP/1.1\r\nHost: " + host + b"\r\n"
         if ctx.trusted:
@@ -352,10 +355,11 @@ def _parse_special(
             content_length = int(digits)
             # regenerated below: framing fields go out in canonical form
         elif lname in _FORWARDED:
-            if ctx.trusted:
-                if lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif lname == b"x-forwarded-proto":
+            if lname == b"x-forwarded-for":
+                # Kept from any client: only a trusted one's is forwarded, all are logged.
+                xff = value if xff is None else xff + b", " + value
+            elif ctx.trusted:
+                if lname == b"x-forwarded-proto":
                     x_proto = value
                 elif lname == b"x-forwarded-host":
                     x_host = value
@@ -440,6 +444,7 @@ def _parse_special(
     head.expect_continue = expect_continue and (chunked or content_length > 0)
     head.upgrade = tunnel
     head.request_id = request_id
+    head.forwarded_for = xff
     if host is None:
         head.host = b""
         head.upstream_head = None

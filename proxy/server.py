@@ -35,6 +35,7 @@ from proxy.config import (
 from proxy.downstream import DownstreamProtocol
 from proxy.exchange import Exchange
 from proxy.headers import BadRequest, ClientContext, parse_request
+from proxy.metrics import RequestMetrics, Series
 from proxy.pool import Pool
 from proxy.redirect import Redirect
 from proxy.settings import ProxySettings
@@ -58,6 +59,7 @@ class Route:
         "redirect",
         "rule",
         "send_timeout",
+        "series",
         "track",
         "unavailable",
         "upstream_tls",
@@ -69,6 +71,7 @@ class Route:
         options = rule.options
         self.rule = rule
         self.key = rule.backend
+        self.series: Series | None = None  # this rule's request metrics, set on first use
         cluster = clusters.get(rule.backend)
         self.unavailable: str | None = None
         if cluster is None:
@@ -193,6 +196,7 @@ class ProxyServer:
         # Raw bytes read while a head is incomplete may include some body; allow one read.
         self.head_raw_limit = 2 * settings.max_header_bytes + 65536
         self.access: AccessLog | None = AccessLog() if settings.access_log else None
+        self.metrics = RequestMetrics(settings.metrics_ingress_nginx_names)
         self._trusted = settings.trusted_networks()
         self._generation: Generation | None = None
         self._clusters: dict[str, Cluster] = {}
@@ -504,6 +508,7 @@ class ProxyServer:
 
     def log_refusal(self, down: DownstreamProtocol, status: int, reason: str) -> None:
         """Access-log a request refused before it became an exchange (unparsable head)."""
+        self.metrics.record_refusal(status, reason)
         if self.access is not None:
             self.access.record(
                 (
@@ -517,8 +522,19 @@ class ProxyServer:
                     None,
                     b"",
                     reason,
+                    None,
+                    0,
+                    -1.0,
+                    None,
+                    None,
                 )
             )
+
+    def exchange_ended(self, exchange: Exchange, reason: str | None) -> None:
+        """Every exchange ends here once (but Exchange.response_done, which inlines it)."""
+        self.metrics.record(exchange, reason, self.loop.time())
+        if self.access is not None:
+            self.log_access(exchange, reason)
 
     def log_access(self, exchange: Exchange, reason: str | None) -> None:
         access = self.access
@@ -530,6 +546,9 @@ class ProxyServer:
         if upstream is None:
             tried = exchange.tried
             upstream = tried[-1].authority if tried else None
+        route = exchange.route
+        rule = route.rule if route is not None else None
+        head_at = exchange.head_at
         # AccessLog.record, inlined: this runs for every request.
         entries = access.entries
         entries.append(
@@ -546,6 +565,11 @@ class ProxyServer:
                     upstream,
                     head.request_id if head is not None else b"",
                     reason,
+                    head.forwarded_for if head is not None else None,
+                    exchange.status if exchange.response is not None else 0,
+                    head_at - exchange.sent_at if head_at else -1.0,
+                    rule.ingress if rule is not None else None,
+                    rule.service if rule is not None else None,
                 ),
             )
         )

@@ -51,6 +51,9 @@ class ProxySettings:
     trusted_proxies: tuple[str, ...] = ()
 
     access_log: bool = True
+    # Also export metrics under ingress-nginx's names and labels (workers then keep the size
+    # histograms those need).
+    metrics_ingress_nginx_names: bool = False
 
     # TLS on the HTTPS listener.
     tls_min_version: str = "1.2"  # "1.2" or "1.3"

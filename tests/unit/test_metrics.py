@@ -1,0 +1,195 @@
+"""Request metrics: worker-side cells and export, controller-side sums, /metrics text.
+
+The worker side runs a real ProxyServer on fake transports (as the hot-path benchmark does);
+the controller side goes through a real Publisher and channel with fake workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.admin import AdminState
+from controller.metrics import ApplyTracker, RequestTotals
+from controller.publisher import Publisher
+from proxy.channel import Message, MessageType, send_message
+from proxy.metrics import BYTES_OUT, DURATION, METHODS, RequestMetrics
+from tests.bench import hotpath
+from tests.unit.test_publisher import connect, make_snapshot, wait_for
+
+_COUNT = slice(DURATION, DURATION + 12)
+
+
+def _rows(export: dict[str, Any]) -> dict[tuple[Any, ...], list[float]]:
+    return {tuple(r[:6]): r[6:] for r in export["series"]}
+
+
+async def test_worker_cells_and_export_of_moved_series_only() -> None:
+    loop = asyncio.get_running_loop()
+    down, up = hotpath.build(loop)
+    metrics = down.server.metrics
+    hotpath.run(3, "small", down, up)
+    # A method outside the fixed set is counted as OTHER; a request without a route (unknown
+    # host) has empty labels.
+    down.data_received(b"PURGE /x HTTP/1.1\r\nHost: bench.local\r\n\r\n")
+    for p in hotpath.response("small"):
+        up.data_received(p)
+    down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+
+    first = _rows(metrics.export())
+    route = ("default/bench", "", "bench.local", "/")  # the rule names no Service
+    get = first[(*route, 2, "GET")]
+    assert sum(get[_COUNT]) == 3
+    assert get[BYTES_OUT] == 3 * len(hotpath.SMALL_BODY)
+    assert sum(first[(*route, 2, "OTHER")][_COUNT]) == 1
+    assert sum(first[("", "", "", "", 4, "GET")][_COUNT]) == 1
+    assert metrics.export()["local_replies"] == {"NoRoute": 1}
+
+    # Nothing moved: nothing sent. Then only the cell that moved, with cumulative values.
+    assert metrics.export()["series"] == []
+    hotpath.run(2, "small", down, up)
+    again = _rows(metrics.export())
+    assert list(again) == [(*route, 2, "GET")]
+    assert sum(again[(*route, 2, "GET")][_COUNT]) == 5
+
+
+async def test_unknown_methods_cannot_grow_the_label_set() -> None:
+    loop = asyncio.get_running_loop()
+    down, up = hotpath.build(loop)
+    for i in range(100):
+        down.data_received(b"M%d /x HTTP/1.1\r\nHost: bench.local\r\n\r\n" % i)
+        for p in hotpath.response("small"):
+            up.data_received(p)
+    methods = {row[5] for row in down.server.metrics.export()["series"]}
+    assert methods == {"OTHER"}
+    assert set(METHODS) >= methods
+
+
+def test_refusals_count_without_a_route() -> None:
+    metrics = RequestMetrics(sizes=True)
+    metrics.record_refusal(400, "MalformedRequest")
+    (row,) = metrics.export()["series"]
+    assert row[:6] == ["", "", "", "", 4, "OTHER"]
+    assert metrics.local_replies == {"MalformedRequest": 1}
+
+
+def _payload(count: int, reason_count: int, ejections: int) -> dict[str, Any]:
+    cell = [0.5 * count, 0.0, 0, 10 * count] + [count] + [0] * 23
+    return {
+        "series": [["default/a", "default/s", "a.test", "/", 2, "GET", *cell]],
+        "sizes": False,
+        "local_replies": {"NoRoute": reason_count},
+        "retries": count,
+        "ejections": ejections,
+    }
+
+
+def _requests(totals: RequestTotals) -> float:
+    return sum(sum(v[_COUNT]) for v in totals.series().values())
+
+
+async def test_totals_stay_monotonic_across_a_worker_restart() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    await wait_for(lambda: link.listening)
+
+    async def stats(w: Any, payload: dict[str, Any]) -> None:
+        body = {"requests": 1, "connections_open": 1, "metrics": payload}
+        await send_message(w.writer, Message(MessageType.STATS, json.dumps(body).encode()))
+
+    await stats(worker, _payload(7, 2, 1))
+    await wait_for(lambda: _requests(publisher.requests) == 7)
+    # The nested payload does not leak into the flat counters.
+    assert publisher.totals() == {"requests": 1, "connections_open": 1}
+
+    seen = [_requests(publisher.requests)]
+    # The worker dies (channel closed, not yet detached): its counts still count ...
+    link.alive = False
+    seen.append(_requests(publisher.requests))
+    assert publisher.totals()["requests"] == 1
+    # ... and once detached, as retired totals; its replacement starts from zero.
+    publisher.detach(link)
+    worker.task.cancel()
+    seen.append(_requests(publisher.requests))
+    link2, worker2 = await connect(publisher)
+    await wait_for(lambda: link2.acked_version == 1)
+    await stats(worker2, _payload(3, 1, 0))
+    await wait_for(lambda: _requests(publisher.requests) == 10)
+    seen.append(_requests(publisher.requests))
+    assert seen == sorted(seen) and seen[-1] == 10
+    assert publisher.requests.local_replies() == {"NoRoute": 3}
+    assert publisher.requests.count("retries") == 10
+    assert publisher.requests.count("ejections") == 1
+    worker2.task.cancel()
+
+
+async def test_apply_outcome_success_then_refusal() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    tracker = ApplyTracker()
+    version = await publisher.publish(make_snapshot("127.0.0.2"))
+    assert version is not None
+    tracker.track(publisher, version, 0.0)
+    await wait_for(lambda: tracker.successes == 1)
+    assert tracker.last_success is True and tracker.last_success_time > 0
+    worker.refuse.add(2)
+    version = await publisher.publish(make_snapshot("127.0.0.3"))
+    assert version == 2
+    tracker.track(publisher, version, 0.0)
+    await wait_for(lambda: tracker.failures == 1)
+    assert tracker.last_success is False
+    # A late outcome of an older version does not overwrite the newest one.
+    tracker.observe(1, True, 0.01)
+    assert tracker.last_success is False
+    worker.task.cancel()
+    publisher.detach(link)
+
+
+async def test_metrics_text_parses_with_both_name_sets() -> None:
+    publisher = Publisher()
+    link, worker = await connect(publisher)
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    await wait_for(lambda: link.listening)
+    publisher.requests.update(link, {**_payload(4, 1, 0), "sizes": False})
+    for nginx in (False, True):
+        state = AdminState(publisher, ingress_nginx_names=nginx)
+        text = state.metrics_text().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        duration = families["portico_request_duration_seconds"]
+        buckets = [s.value for s in duration.samples if s.name.endswith("_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == 4  # cumulative, +Inf == count
+        assert ("nginx_ingress_controller_requests" in families) is nginx
+    worker.task.cancel()
+    publisher.detach(link)
+
+
+def test_access_log_off_spellings() -> None:
+    import argparse
+
+    from controller.settings import add_settings_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+
+    def access_log(*argv: str) -> bool:
+        return settings_from_args(parser.parse_args(list(argv)), {}).proxy_settings().access_log
+
+    assert access_log("--access-log", "off") is False
+    assert access_log("--no-access-log") is False
+    assert access_log("--access-log") is True
+    assert access_log("--access-log", "on") is True
+    assert access_log() is True
+
+
+async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) -> None:
+    monkeypatch.setattr("sys.argv", ["bench", "--no-log"])
+    down, up = hotpath.build(asyncio.get_running_loop())
+    assert down.server.access is None
+    hotpath.run(2, "small", down, up)
+    down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")  # a local reply
+    rows = down.server.metrics.export()["series"]
+    assert sorted(sum(r[6:][_COUNT]) for r in rows) == [1, 2]
