@@ -196,7 +196,9 @@ class ProxyServer:
         # Raw bytes read while a head is incomplete may include some body; allow one read.
         self.head_raw_limit = 2 * settings.max_header_bytes + 65536
         self.access: AccessLog | None = AccessLog() if settings.access_log else None
-        self.metrics = RequestMetrics(settings.metrics_ingress_nginx_names)
+        self.metrics = RequestMetrics(
+            settings.metrics_ingress_nginx_names, lambda: self._generation
+        )
         self._trusted = settings.trusted_networks()
         self._generation: Generation | None = None
         self._clusters: dict[str, Cluster] = {}
