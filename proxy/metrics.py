@@ -36,14 +36,13 @@ LENGTH_BUCKETS: Final = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 1
 SIZE_BUCKETS: Final = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
-_KNOWN: Final = frozenset(m.encode() for m in METHODS[:-1])
 _OTHER: Final = b"OTHER"
 _MAX_METHOD_KEYS: Final = 32  # unknown methods seen before they all map to OTHER's row
 _CLASSES: Final = 10  # status classes 0xx..9xx (httptools takes any 3-digit status from a pod)
 BATCH: Final = 256  # requests recorded before they are folded into the cells
 
-# Layout of one cell (a flat list of floats). Buckets are not cumulative and end with +Inf;
-# counts are the sums of the buckets (one increment less per request).
+# Layout of one cell (a flat list of floats, also sent as is). Buckets are not cumulative and
+# end with +Inf; counts are the sums of the buckets.
 DURATION_SUM: Final = 0
 UPSTREAM_SUM: Final = 1
 BYTES_IN: Final = 2
