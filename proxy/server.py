@@ -525,8 +525,7 @@ class ProxyServer:
                     reason,
                     None,
                     0,
-                    -1.0,
-                    None,
+                    0.0,
                     None,
                 )
             )
@@ -547,9 +546,6 @@ class ProxyServer:
         if upstream is None:
             tried = exchange.tried
             upstream = tried[-1].authority if tried else None
-        route = exchange.route
-        rule = route.rule if route is not None else None
-        head_at = exchange.head_at
         # AccessLog.record, inlined: this runs for every request.
         entries = access.entries
         entries.append(
@@ -568,9 +564,8 @@ class ProxyServer:
                     reason,
                     head.forwarded_for if head is not None else None,
                     exchange.status if exchange.response is not None else 0,
-                    head_at - exchange.sent_at if head_at else -1.0,
-                    rule.ingress if rule is not None else None,
-                    rule.service if rule is not None else None,
+                    exchange.head_at - exchange.sent_at,
+                    exchange.route,
                 ),
             )
         )
