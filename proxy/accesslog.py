@@ -12,11 +12,16 @@ import json
 import re
 import sys
 import time
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
+
+if TYPE_CHECKING:
+    from proxy.config import PathRule
+    from proxy.server import Route
 
 # client, method, host, target, status, bytes, seconds, upstream, request id, reason,
-# X-Forwarded-For as received, upstream status (0: none), upstream seconds (head arrival - request
-# sent; < 0: none), ingress "ns/name", service "ns/name".
+# X-Forwarded-For as received, upstream status (0: none, and then upstream seconds mean nothing),
+# upstream seconds (head arrival - request sent), the route (its rule names Ingress and Service;
+# looked up here rather than on the request path).
 Entry = tuple[
     bytes,
     bytes,
@@ -31,8 +36,7 @@ Entry = tuple[
     bytes | None,
     int,
     float,
-    str | None,
-    str | None,
+    "Route | None",
 ]
 
 BATCH = 128
@@ -52,6 +56,14 @@ def _json_bytes(value: bytes) -> bytes:
     if _UNSAFE.search(value) is None:
         return value
     return json.dumps(value.decode("latin-1")).encode()[1:-1]
+
+
+def _rule_fields(rule: PathRule) -> bytes:
+    service = rule.service
+    return b',"ingress":"%s","service":%s' % (
+        rule.ingress.encode(),
+        b"null" if service is None else b'"%s"' % service.encode(),
+    )
 
 
 class AccessLog:
@@ -103,8 +115,7 @@ class AccessLog:
                 xff,
                 upstream_status,
                 upstream_seconds,
-                ingress,
-                service,
+                route,
             ) = e
             if unsafe(host + target + rid) is not None:
                 host, target, rid = _json_bytes(host), _json_bytes(target), _json_bytes(rid)
@@ -134,10 +145,9 @@ class AccessLog:
                     if not upstream_status
                     else b',"upstream_status":%d,"upstream_ms":%.3f'
                     % (upstream_status, upstream_seconds * 1000),
-                    b',"ingress":',
-                    b"null" if ingress is None else b'"%s"' % ingress.encode(),
-                    b',"service":',
-                    b"null" if service is None else b'"%s"' % service.encode(),
+                    b',"ingress":null,"service":null'
+                    if route is None
+                    else _rule_fields(route.rule),
                     b',"request_id":"',
                     rid,
                     b'"}\n' if reason is None else b'","reason":"%s"}\n' % reason.encode(),

@@ -196,7 +196,9 @@ class ProxyServer:
         # Raw bytes read while a head is incomplete may include some body; allow one read.
         self.head_raw_limit = 2 * settings.max_header_bytes + 65536
         self.access: AccessLog | None = AccessLog() if settings.access_log else None
-        self.metrics = RequestMetrics(settings.metrics_ingress_nginx_names)
+        self.metrics = RequestMetrics(
+            settings.metrics_ingress_nginx_names, lambda: self._generation
+        )
         self._trusted = settings.trusted_networks()
         self._generation: Generation | None = None
         self._clusters: dict[str, Cluster] = {}
@@ -524,8 +526,7 @@ class ProxyServer:
                     reason,
                     None,
                     0,
-                    -1.0,
-                    None,
+                    0.0,
                     None,
                 )
             )
@@ -546,9 +547,6 @@ class ProxyServer:
         if upstream is None:
             tried = exchange.tried
             upstream = tried[-1].authority if tried else None
-        route = exchange.route
-        rule = route.rule if route is not None else None
-        head_at = exchange.head_at
         # AccessLog.record, inlined: this runs for every request.
         entries = access.entries
         entries.append(
@@ -567,9 +565,8 @@ class ProxyServer:
                     reason,
                     head.forwarded_for if head is not None else None,
                     exchange.status if exchange.response is not None else 0,
-                    head_at - exchange.sent_at if head_at else -1.0,
-                    rule.ingress if rule is not None else None,
-                    rule.service if rule is not None else None,
+                    exchange.head_at - exchange.sent_at,
+                    exchange.route,
                 ),
             )
         )

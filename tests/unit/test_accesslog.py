@@ -6,8 +6,16 @@ import io
 import json
 
 from proxy.accesslog import BATCH, XFF_LIMIT, AccessLog, Entry
+from proxy.config import PathRule
+from proxy.server import Route
+from proxy.settings import ProxySettings
 
-_NO_UPSTREAM = (None, 0, -1.0, None, None)  # xff, upstream status and time, ingress, service
+_NO_UPSTREAM = (None, 0, 0.0, None)  # xff, upstream status and time, route
+
+
+def _route(service: str | None) -> Route:
+    rule = PathRule("/", "prefix", "default/web-svc/80", "default/web", service, 80, "Prefix")
+    return Route(rule, {}, ProxySettings())
 
 
 def _lines(entries: list[Entry]) -> list[dict[str, object]]:
@@ -36,8 +44,7 @@ def test_fields_of_a_forwarded_request() -> None:
                 b"203.0.113.9, 10.0.0.1",
                 200,
                 0.0105,
-                "default/web",
-                "default/web-svc",
+                _route("default/web-svc"),
             )
         ]
     )
@@ -90,12 +97,12 @@ def test_client_controlled_values_are_escaped() -> None:
         None,
         xff,
         0,
-        -1.0,
-        None,
-        None,
+        0.0,
+        _route(None),
     )
     (line,) = _lines([entry])
     assert line["forwarded_for"] == xff[:XFF_LIMIT].decode("latin-1")
+    assert (line["ingress"], line["service"]) == ("default/web", None)  # a rule without Service
     assert line["host"] == host.decode("latin-1")
     assert line["target"] == target.decode("latin-1")
     assert line["request_id"] == rid.decode("latin-1")
