@@ -21,6 +21,7 @@ from controller.logs import configure_logging
 from controller.settings import (
     Settings,
     SettingsError,
+    SettingsHelpFormatter,
     add_settings_arguments,
     env_name,
     settings_from_args,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the proxy on a manifest directory, recompiling on every change",
         description="Run the proxy. Every flag can also be set with PORTICO_<FLAG> "
         "(upper case, '_' for '-'); flags win.",
+        formatter_class=SettingsHelpFormatter,
     )
     add_settings_arguments(serve)
 
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run in a cluster: watch the API server, route, publish Ingress status",
         description="Cluster mode (the container's entrypoint). Every flag can also be set with "
         "PORTICO_<FLAG> (upper case, '_' for '-'); flags win.",
+        formatter_class=SettingsHelpFormatter,
     )
     add_settings_arguments(controller)
     _add_cluster_arguments(controller)

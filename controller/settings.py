@@ -372,6 +372,17 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+class SettingsHelpFormatter(argparse.HelpFormatter):
+    """Shows a switch as `--x [on|off], --no-x`: the negated form takes no value."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):
+            names = action.option_strings
+            shown = [f"{o} [on|off]" for o in names if not o.startswith("--no-")]
+            return ", ".join(shown + [o for o in names if o.startswith("--no-")])
+        return super()._format_action_invocation(action)
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser, fields: Iterable[str] | None = None
 ) -> None:

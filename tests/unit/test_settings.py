@@ -133,3 +133,15 @@ def test_help_lists_env_and_default() -> None:
     assert "PORTICO_HTTP_PORT" in text
     assert "--max-header-bytes" in text
     assert "--no-access-log" in text
+
+
+def test_help_shows_switches_with_a_value_only_on_the_positive_form() -> None:
+    from controller.cli import build_parser
+
+    parser = build_parser()
+    commands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )  # the subcommands' parsers
+    text = commands.choices["serve"].format_help()
+    assert "--access-log [on|off], --no-access-log\n" in text
+    assert "--no-access-log [on|off]" not in text
