@@ -459,7 +459,7 @@ class Exchange:
         if rest:
             down.write(rest)
         tunnel = Tunnel(down.server, down.transport, conn.transport)
-        conn.closed = True  # the tunnel owns the transport now
+        conn.hand_over()  # the tunnel owns the transport now
         down.tunnel_started(self, tunnel)
         if self.tunnel_rest:
             conn.transport.write(self.tunnel_rest)

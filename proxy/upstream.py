@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from typing import TYPE_CHECKING, cast
 
@@ -87,9 +88,14 @@ class UpstreamProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Not TCP (a Unix socket) or already closed: nothing to tune.
-            with contextlib.suppress(OSError, AttributeError):
+            with contextlib.suppress(OSError, AttributeError, ValueError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.sock = sock
+                # uvloop's transport socket builds a socket object for every call (2 us,
+                # 9 % of a 64 KiB response's time): the per-response TCP_QUICKACK goes through
+                # a duplicate descriptor of our own instead, closed with the connection.
+                self.sock = socket.socket(
+                    sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno())
+                )
         self.pool.track(self)
 
     def data_received(self, data: bytes) -> None:
@@ -184,6 +190,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        sock = self.sock
+        if sock is not None:
+            self.sock = None
+            sock.close()  # the duplicate descriptor (see connection_made)
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
@@ -242,6 +252,14 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.in_head = True
         return keep
+
+    def hand_over(self) -> None:
+        """The transport now belongs to a tunnel (its protocol replaced): let go of it."""
+        self.closed = True
+        sock = self.sock
+        if sock is not None:
+            self.sock = None
+            sock.close()  # our duplicate descriptor only: the tunnel's stays open
 
     def timeout(self) -> None:
         exchange = self.exchange

@@ -504,3 +504,38 @@ async def test_bytes_after_a_one_read_response_close_the_upstream() -> None:
     finally:
         await proxy.shutdown(0.5)
         server.close()
+
+
+async def test_upstream_connections_leave_no_descriptor_behind() -> None:
+    """Every upstream connection's descriptors (uvloop's and the one kept for socket options)
+    are closed with it: pods closing after each response, and the pool closing on shutdown."""
+    import os
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\nConnection: close\r\n\r\n")
+        writer.write(_BIG[:20000])
+        await writer.drain()
+        writer.close()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    server = await asyncio.start_server(handler, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
+    try:
+        client = await Client.connect(proxy.http_port)
+        await client.request("GET", "/")  # everything lazily opened is open now
+        baseline = open_fds()
+        for _ in range(30):
+            resp = await client.request("GET", "/")
+            assert resp.body == _BIG[:20000]
+        assert proxy.pool.connects == 31
+        async with asyncio.timeout(5):
+            while open_fds() > baseline:
+                await asyncio.sleep(0.01)
+        await client.close()
+    finally:
+        await proxy.shutdown(0.5)
+        server.close()
