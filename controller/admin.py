@@ -177,7 +177,15 @@ class AdminState:
             ]
             doc["default_backend"] = None if routes.default is None else routes.default.backend
             doc["backends"] = {
-                b.key: {"endpoints": len(b.endpoints), "unavailable": b.unavailable}
+                b.key: {
+                    "endpoints": len(b.endpoints),
+                    "unavailable": b.unavailable,
+                    # Where traffic can go: "ip:port", terminating ones marked (not ready).
+                    "addresses": [
+                        {"address": e.authority, "ready": e.ready, "pod": e.target}
+                        for e in b.endpoints
+                    ],
+                }
                 for b in snapshot.backends
             }
             # Names and validity only: certificate and key material never leave the workers.

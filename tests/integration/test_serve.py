@@ -172,7 +172,10 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
         async with session.get(f"http://127.0.0.1:{portico.admin}/debug/snapshot") as resp:
             summary = await resp.json()
         assert summary["version"] >= 3
-        assert summary["backends"]["default/web/http"]["endpoints"] == 1
+        web = summary["backends"]["default/web/http"]
+        assert web["endpoints"] == 1
+        assert [a["address"] for a in web["addresses"]] == [f"127.0.0.3:{pods}"]
+        assert web["addresses"][0]["ready"] is True
 
         # Workers report their counters every second; /metrics sums them (Prometheus text).
         async def counted() -> bool:
