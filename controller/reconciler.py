@@ -4,7 +4,9 @@ Sources (the manifest directory, later the Kubernetes watches) hand it events; i
 to the store at once, debounces (about 20 ms of quiet, forced after 250 ms of steady churn),
 never compiles before every kind has been listed, then runs the incremental `Compiler` and
 yields a `CompileResult` whenever the snapshot actually changed. Problems (the compiler's and the
-source's) are logged once when they appear, not on every compile.
+source's) are logged once when they appear, not on every compile. With no change at all it still
+recompiles fully a second after a served certificate expires (and at least hourly), since
+validity changes with time alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from proxy.config import Snapshot
 
 logger = logging.getLogger(__name__)
 
+# Certificates are re-validated at least this often (seconds), and a second after the first
+# one in the snapshot expires: an expired one then falls back to the default certificate with a
+# SecretInvalid problem, as if it had just been applied.
+REVALIDATE_INTERVAL: Final = 3600.0
 QUIET: Final = 0.02  # seconds without a change before compiling (a burst of events is one compile)
 MAX_DELAY: Final = 0.25  # seconds after the first change at most, even under steady churn
 
@@ -131,11 +137,28 @@ class Reconciler:
             except TimeoutError:
                 return
 
+    def _revalidate_in(self) -> float | None:
+        """Seconds until certificates need checking again (None: nothing compiled yet)."""
+        compiled = self._compiled
+        if compiled is None:
+            return None
+        now = time.time()
+        delay = REVALIDATE_INTERVAL
+        for certificate in compiled.snapshot.certificates:
+            if certificate.not_after > now:
+                delay = min(delay, certificate.not_after - now + 1.0)
+        return delay
+
     async def results(self) -> AsyncIterator[CompileResult]:
         """One result after the initial sync, then one per change of the snapshot."""
         published: tuple[Snapshot, tuple[Problem, ...], tuple[str, ...]] | None = None
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._revalidate_in())
+            except TimeoutError:
+                self._compiler.revalidate()
+                self._dirty = True
+                logger.info("reconcile.revalidate", extra={"reason": "certificate validity"})
             await self._settle()
             self._wake.clear()
             if self._failure is not None:

@@ -73,8 +73,8 @@ class Compiler:
         """The next result; endpoints-only changes reuse the previous routes.
 
         `now` (default: the current time) decides certificate expiry; it is applied on full
-        compiles, so a caller that wants expiry noticed without any change passes `now` through
-        `compile_view` periodically.
+        compiles, so a caller that wants expiry noticed without any change calls `revalidate`
+        first (the reconciler does, when a served certificate expires).
         """
         last = self._last
         if (
@@ -86,6 +86,12 @@ class Compiler:
                 return last
             return self._update_endpoints(store, last)
         return self._full(store, now or datetime.now(UTC))
+
+    def revalidate(self) -> None:
+        """Make the next compile a full one: certificates change validity with time alone
+        (expiry), which no object change announces. Cached parts and loaded certificates are
+        reused; only their checks run again."""
+        self._routes_revision = -1
 
     # ---- full compile ---------------------------------------------------------------------------
 

@@ -305,3 +305,48 @@ async def test_configmap_volume_symlink_swap(tmp_path: Path) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await w.pending
         await stream.aclose()
+
+
+async def test_certificate_expiring_while_served_falls_back_without_any_edit(
+    tmp_path: Path,
+) -> None:
+    """Nothing changes on disk: a certificate that expires is noticed a second after its end
+    (not at the next edit) and the host falls back to the default certificate."""
+    import base64
+    import datetime as dt
+
+    from tests.unit.kube_factory import make_cert
+
+    cert, key = make_cert("tls.local", lifetime=dt.timedelta(seconds=3))
+    write(tmp_path / "class.yaml", CLASS)
+    write(tmp_path / "web.yaml", app("web", "tls.local"))
+    write(
+        tmp_path / "tls.yaml",
+        f"""\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web-tls, namespace: ns}}
+spec:
+  ingressClassName: portico
+  tls: [{{hosts: [tls.local], secretName: short}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: short, namespace: ns}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {base64.b64encode(cert).decode()}
+  tls.key: {base64.b64encode(key).decode()}
+""",
+    )
+    stream = manifest_results(tmp_path, CompileSettings())
+    try:
+        first = await asyncio.wait_for(anext(stream), SLACK_BOUND)
+        assert [c.name for c in first.snapshot.certificates] == ["ns/short"]
+        assert not [p for p in first.problems if p.reason == "SecretInvalid"]
+        later = await asyncio.wait_for(anext(stream), 3 + SLACK_BOUND)
+        assert later.snapshot.certificates == ()
+        (problem,) = [p for p in later.problems if p.reason == "SecretInvalid"]
+        assert "ns/short" in problem.message and "expired" in problem.message
+    finally:
+        await stream.aclose()

@@ -228,8 +228,10 @@ def make_cert(
     expired: bool = False,
     not_yet_valid: bool = False,
     key_index: int = 0,
+    lifetime: dt.timedelta | None = None,
 ) -> tuple[bytes, bytes]:
-    """A self-signed (cert PEM, key PEM) pair; keys are cached per (kind, index) for speed."""
+    """A self-signed (cert PEM, key PEM) pair; keys are cached per (kind, index) for speed.
+    `lifetime`: valid from a day ago until now + lifetime (a certificate about to expire)."""
     private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     private = _ec_key(key_index) if key.startswith("ec") else _rsa_key(key_index)
     now = dt.datetime.now(dt.UTC)
@@ -237,6 +239,8 @@ def make_cert(
         start, end = now - dt.timedelta(days=30), now - dt.timedelta(days=1)
     elif not_yet_valid:
         start, end = now + dt.timedelta(days=1), now + dt.timedelta(days=30)
+    elif lifetime is not None:
+        start, end = now - dt.timedelta(days=1), now + lifetime
     else:
         start, end = now - dt.timedelta(days=1), now + dt.timedelta(days=365)
     cn = common_name or (hosts[0] if hosts else "portico-test")
