@@ -466,7 +466,7 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
 
 
 # Response fields render_response decides about; all others are copied as they came.
-RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server"}
+RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server", b"strict-transport-security"}
 
 # Response body framing towards the client.
 FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
@@ -507,14 +507,15 @@ def render_response(
     head_request: bool,
     version_11: bool,
     keep_alive: bool,
-    extra: bytes,
+    hsts: bytes,
 ) -> ResponseHead:
     """Rewrite an upstream response head for the client; raises ValueError if it is invalid.
 
     The upstream protocol classifies fields as they are parsed: `parts` holds the end-to-end
     ones already rendered as name, ": ", value, CRLF (parts[0] is set here to the status
-    line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `extra` is
-    one or more rendered fields to add (HSTS), or b""."""
+    line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `hsts` is
+    the rendered Strict-Transport-Security field of the listener (b"": none); it replaces the
+    pod's own, as ingress-nginx's does, so a client never sees two policies."""
     line = _STATUS_LINES.get(status)
     parts[0] = line if line is not None else status_line(status)
     has_server = False
@@ -539,7 +540,9 @@ def render_response(
             if value.strip().lower() != b"chunked" or chunked:
                 raise ValueError("unsupported transfer-encoding from upstream")
             chunked = True
-        # Any other hop-by-hop field is dropped.
+        elif lname == b"strict-transport-security" and not hsts:
+            parts += (name, b": ", value, b"\r\n")
+        # Any other hop-by-hop field is dropped, and the pod's HSTS when ours replaces it.
     append = parts.append
     if connection is not None:
         # Content-Length stays whatever Connection names: the body is framed by it.
@@ -551,8 +554,8 @@ def render_response(
             append = parts.append
     if not has_server:
         append(b"Server: portico\r\n")
-    if extra:
-        append(extra)
+    if hsts:
+        append(hsts)
 
     out = ResponseHead()
     out.upstream_chunked = chunked

@@ -152,6 +152,11 @@ class _PodConnection(asyncio.Protocol):
             code = int(query.get("code", "204"))
             extra = b'ETag: "x"\r\n' if code == 304 else b""
             transport.write(b"HTTP/1.1 %d Status\r\n%s%s\r\n" % (code, extra, conn))
+        elif path == "/hsts":  # a pod with its own Strict-Transport-Security policy
+            transport.write(
+                b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=5\r\n"
+                b"Content-Length: 2\r\n%s\r\nok" % conn
+            )
         elif path == "/early-hints":
             transport.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
             await asyncio.sleep(0.01)

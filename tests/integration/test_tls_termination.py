@@ -285,6 +285,35 @@ async def test_hsts_settings(pod: Pod, settings: dict[str, object], expected: st
             await plain.close()
 
 
+@pytest.mark.parametrize(
+    ("settings", "https_expected"),
+    [
+        pytest.param({}, ["max-age=31536000; includeSubDomains"], id="ours-replaces-the-pods"),
+        pytest.param({"hsts": False}, ["max-age=5"], id="off-the-pods-passes"),
+    ],
+)
+async def test_pod_hsts_header(
+    pod: Pod, settings: dict[str, object], https_expected: list[str]
+) -> None:
+    """One policy reaches the client: Portico's replaces a pod's own (as ingress-nginx's
+    more_set_headers does); with HSTS off, and over plain HTTP, the pod's passes unchanged."""
+    result = compiled(ingress(rules=[rule(A)]), pod=(pod.host, pod.port))
+    async with running(result.snapshot, **settings) as proxy:
+        client = await tls_client(proxy.https_port, A)
+        try:
+            resp = await client.request("GET", "/hsts", host=A)
+            assert resp.status == 200 and resp.body == b"ok"
+            assert resp.header_all("Strict-Transport-Security") == https_expected
+        finally:
+            await client.close()
+        plain = await Client.connect(proxy.http_port)
+        try:
+            resp = await plain.request("GET", "/hsts", host=A)
+            assert resp.header_all("Strict-Transport-Security") == ["max-age=5"]
+        finally:
+            await plain.close()
+
+
 async def test_old_protocol_versions_refused(pod: Pod) -> None:
     result = compiled(ingress(rules=[rule(A)]), pod=(pod.host, pod.port))
     legacy = client_context(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
