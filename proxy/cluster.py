@@ -18,7 +18,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection
-from typing import ClassVar
 
 from proxy.config import Backend, BalancerKind, Endpoint
 from proxy.settings import ProxySettings
@@ -50,9 +49,6 @@ class _EndpointState:
 
 class Cluster:
     """The endpoints of one backend plus balancer state (round robin, least-request P2C)."""
-
-    # Ejections in this process, over every cluster ever built (a counter for metrics).
-    ejections: ClassVar[int] = 0
 
     __slots__ = (
         "_by_address",
@@ -208,16 +204,17 @@ class Cluster:
 
     # ---- outcome reports ---------------------------------------------------------------------
 
-    def connect_failed(self, endpoint: Endpoint) -> None:
-        """Eject for ejection_base * 2**(n-1) seconds (capped), n = consecutive failures."""
+    def connect_failed(self, endpoint: Endpoint) -> bool:
+        """Eject for ejection_base * 2**(n-1) seconds (capped), n = consecutive failures.
+        True if this failure ejected (or re-ejected) the endpoint."""
         state = self._state(endpoint)
         if state is None:
-            return  # no longer part of this backend
+            return False  # no longer part of this backend
         now = self._clock()
         if state.ejected_until > now:
             # Connects that were already under way when the endpoint got ejected fail together;
             # they say nothing new, so they must not escalate the backoff.
-            return
+            return False
         state.failures += 1
         exponent = min(state.failures - 1, _MAX_BACKOFF_EXPONENT)
         duration = min(self._ejection_base * 2.0**exponent, self._ejection_max)
@@ -225,7 +222,6 @@ class Cluster:
             self._ejected += 1
         # Never 0.0, which means "not ejected", even with a clock that starts at zero.
         state.ejected_until = max(now + duration, 1e-9)
-        Cluster.ejections += 1
         logger.info(
             "cluster.endpoint_ejected",
             extra={
@@ -235,6 +231,7 @@ class Cluster:
                 "seconds": duration,
             },
         )
+        return True
 
     def connect_succeeded(self, endpoint: Endpoint) -> None:
         state = self._state(endpoint)

@@ -200,8 +200,10 @@ class Exchange:
             return
         route = self.route
         assert route is not None and route.cluster is not None and self.endpoint is not None
-        route.cluster.connect_failed(self.endpoint)
-        self.down.server.stats.upstream_connect_failures += 1
+        server = self.down.server
+        if route.cluster.connect_failed(self.endpoint):
+            server.metrics.ejections += 1
+        server.stats.upstream_connect_failures += 1
         logger.info(
             "upstream.connect_failed",
             extra={

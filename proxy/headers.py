@@ -267,20 +267,12 @@ def parse_request(
         head.forwarded_for = None
         head.host = host
         parts[3] = b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        parts += (b"X-Request-ID: ", request_id, b"\r\nX-Forwarded-Host: ", host, b"\r\n")
         if ctx.trusted:
-            parts += (b"X-Request-ID: ", request_id, b"\r\nX-Forwarded-Host: ", host, b"\r\n")
             _forwarded(parts, ctx, None, None, None, None)
-            parts.append(b"\r\n")
         else:
-            parts += (
-                b"X-Request-ID: ",
-                request_id,
-                b"\r\nX-Forwarded-Host: ",
-                host,
-                b"\r\n",
-                ctx.fixed_forwarded,
-                b"\r\n",
-            )
+            parts.append(ctx.fixed_forwarded)
+        parts.append(b"\r\n")
         head.upstream_head = b"".join(parts)
         head.upstream_rest = b""
         return head

@@ -22,8 +22,6 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from proxy.cluster import Cluster
-
 if TYPE_CHECKING:
     from proxy.config import PathRule
     from proxy.exchange import Exchange
@@ -85,6 +83,7 @@ class RequestMetrics:
         "_exported",
         "_hosts",
         "_hosts_of",
+        "ejections",
         "generation",
         "local_replies",
         "pending",
@@ -108,6 +107,7 @@ class RequestMetrics:
         self.local_replies: dict[str, int] = {}
         self.pending: list[Pending] = []
         self.retries = 0  # attempts on another endpoint after a failed one
+        self.ejections = 0  # endpoints ejected after a connect failure
         # id(cell) -> request count at the last export.
         self._exported: dict[int, float] = {}
         # The host of each rule of one route table, built when a new route first shows up.
@@ -240,5 +240,5 @@ class RequestMetrics:
             "sizes": self.sizes,
             "local_replies": dict(self.local_replies),
             "retries": self.retries,
-            "ejections": Cluster.ejections,
+            "ejections": self.ejections,
         }

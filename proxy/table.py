@@ -126,14 +126,8 @@ class Router:
 
     def route(self, host: str, path: str) -> PathRule | None:
         """The rule answering a request; the host's fallback or global default; None: 404."""
-        table = self._host(host)
-        if table is None:
-            return self._default
-        rule = table.match(path)
-        if rule is not None:
-            return rule
-        fallback = table.fallback
-        return fallback if fallback is not None else self._default
+        # Kubernetes hosts are ASCII: a name beyond latin-1 matches no host, as "?" does not.
+        return self.route_raw(host.encode("latin-1", "replace"), path)
 
     def route_raw(self, host: bytes, path: str) -> PathRule | None:
         """`route` for a Host field as sent (bytes), with the host lookup cached."""

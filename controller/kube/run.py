@@ -59,6 +59,15 @@ async def _keep_running(informer: Informer) -> None:
             await asyncio.sleep(informer.backoff.next())
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait for them, whatever they end with."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 class Cluster:
     """Everything cluster mode runs, built from the settings; `results()` and `companion()`
     are what `supervise` takes."""
@@ -144,11 +153,7 @@ class Cluster:
                 self.events.observe(result.problems)
                 yield result
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await _stop(tasks)
 
     async def companion(self, publisher: Publisher) -> None:
         tasks = [
@@ -161,11 +166,7 @@ class Cluster:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await _stop(tasks)
             # Best effort, on SIGTERM: let another replica take over without waiting.
             await asyncio.shield(self.elector.release())
 

@@ -7,8 +7,9 @@ on 127.0.0.2/127.0.0.3 (see backends.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -54,6 +55,22 @@ def headers_of(doc: dict[str, Any]) -> dict[str, list[str]]:
     for name, value in doc["headers"]:
         out.setdefault(name.lower(), []).append(value)
     return out
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_pod(handler: Handler) -> AsyncIterator[Any]:
+    """A proxy in front of one hand-written pod on 127.0.0.3 (exact bytes on the wire)."""
+    server = await asyncio.start_server(handler, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
+    try:
+        yield proxy
+    finally:
+        await proxy.shutdown(0.5)
+        server.close()
 
 
 async def test_keepalive_reuses_both_sides(stack: Stack) -> None:
@@ -219,10 +236,7 @@ async def test_backend_server_header_passed_through() -> None:
         )
         await writer.drain()
 
-    server = await asyncio.start_server(handler, "127.0.0.3", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
-    try:
+    async with raw_pod(handler) as proxy:
         client = await Client.connect(proxy.http_port)
         resp = await client.request("GET", "/")
         assert resp.body == b"ok"
@@ -232,9 +246,6 @@ async def test_backend_server_header_passed_through() -> None:
         assert resp.header("Connection") is None
         assert resp.header("X-Pod") == "1"
         await client.close()
-    finally:
-        await proxy.shutdown(0.5)
-        server.close()
 
 
 async def test_chunked_response_rechunked_and_length_response_not(stack: Stack) -> None:
@@ -459,10 +470,7 @@ async def test_head_and_large_body_in_one_read(wire: bytes, body: bytes) -> None
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    server = await asyncio.start_server(handler, "127.0.0.3", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
-    try:
+    async with raw_pod(handler) as proxy:
         client = await Client.connect(proxy.http_port)
         for _ in range(3):  # the pooled connection reads the next response correctly
             resp = await client.request("GET", "/")
@@ -470,9 +478,6 @@ async def test_head_and_large_body_in_one_read(wire: bytes, body: bytes) -> None
             assert resp.body == body
         await client.close()
         assert proxy.pool.connects == 1
-    finally:
-        await proxy.shutdown(0.5)
-        server.close()
 
 
 async def test_bytes_after_a_one_read_response_close_the_upstream() -> None:
@@ -490,10 +495,7 @@ async def test_bytes_after_a_one_read_response_close_the_upstream() -> None:
         await reader.read()  # until the proxy closes
         writer.close()
 
-    server = await asyncio.start_server(handler, "127.0.0.3", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
-    try:
+    async with raw_pod(handler) as proxy:
         client = await Client.connect(proxy.http_port)
         resp = await client.request("GET", "/")
         assert resp.body == _BIG[:20000]
@@ -501,9 +503,6 @@ async def test_bytes_after_a_one_read_response_close_the_upstream() -> None:
         assert resp.body == _BIG[:20000]
         assert proxy.pool.connects == 2
         await client.close()
-    finally:
-        await proxy.shutdown(0.5)
-        server.close()
 
 
 async def test_upstream_connections_leave_no_descriptor_behind() -> None:
@@ -521,10 +520,7 @@ async def test_upstream_connections_leave_no_descriptor_behind() -> None:
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
-    server = await asyncio.start_server(handler, "127.0.0.3", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy = await start_proxy(snapshot({"ns/svc/80": [("127.0.0.3", port)]}))
-    try:
+    async with raw_pod(handler) as proxy:
         client = await Client.connect(proxy.http_port)
         await client.request("GET", "/")  # everything lazily opened is open now
         baseline = open_fds()
@@ -536,6 +532,3 @@ async def test_upstream_connections_leave_no_descriptor_behind() -> None:
             while open_fds() > baseline:
                 await asyncio.sleep(0.01)
         await client.close()
-    finally:
-        await proxy.shutdown(0.5)
-        server.close()
