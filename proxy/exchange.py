@@ -353,7 +353,10 @@ class Exchange:
         # The loop time of this read: the upstream protocol has just set its read deadline
         # from it (one clock call less per request), unless a paused client cleared it.
         deadline = conn.deadline
-        self.head_at = deadline - self.read_timeout if deadline else down.loop.time()
+        head_at = deadline - self.read_timeout if deadline else down.loop.time()
+        # uvloop's clock ticks in milliseconds: the head often arrives on the tick the request
+        # went out, and deadline - timeout may round an ulp below it (a negative upstream time).
+        self.head_at = head_at if head_at > self.sent_at else self.sent_at
         keep_alive = head.keep_alive and head.upgrade is None and not down.server.draining
         try:
             response = hdr.render_response(
