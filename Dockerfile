@@ -8,7 +8,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/portico
-COPY pyproject.toml README.md ./
+# setup.py compiles the proxy's request path with mypyc (gcc is in this stage's image).
+COPY pyproject.toml setup.py README.md ./
 COPY controller ./controller
 COPY proxy ./proxy
 COPY conformance ./conformance

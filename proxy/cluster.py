@@ -79,7 +79,9 @@ class Cluster:
         self._ejection_max = settings.ejection_max
         self._states: dict[Endpoint, _EndpointState] = {}
         self._by_address: dict[_Key, _EndpointState] = {}
-        self._candidates: tuple[Endpoint, ...] = ()
+        # Typed through the backend's tuple: a literal () would be narrowed to tuple[()], which
+        # compiled code (mypyc) then enforces on the next read.
+        self._candidates: tuple[Endpoint, ...] = backend.endpoints[:0]
         self._ejected = 0  # how many states have ejected_until != 0.0
         self._rr = 0
         self.backend = backend

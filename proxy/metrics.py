@@ -27,11 +27,13 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.server import Generation, Route
 
+# Typed explicitly: mypyc inlines a bare Final tuple and then leaves len() of it unset.
+Buckets = tuple[float, ...]
 # ingress-nginx's default buckets: time (Prometheus' defaults), length (request/response size)
 # and size (bytes sent), so dashboards built for it read the same quantiles.
-TIME_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LENGTH_BUCKETS: Final = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
-SIZE_BUCKETS: Final = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
+TIME_BUCKETS: Final[Buckets] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LENGTH_BUCKETS: Final[Buckets] = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
+SIZE_BUCKETS: Final[Buckets] = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
 _OTHER: Final = b"OTHER"

@@ -118,14 +118,18 @@ class Generation:
         router: Router,
         clusters: dict[str, Cluster],
         settings: ProxySettings,
+        routes: dict[int, Route] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.router = router
         self.clusters = clusters
         self.settings = settings
+        if routes is not None:  # an endpoints-only update keeps the routes it had
+            self.routes = routes
+            return
         # Keyed by the identity of the snapshot's rule objects: hashing a frozen dataclass
         # hashes all its fields, on every lookup.
-        routes: dict[int, Route] = {}
+        built: dict[int, Route] = {}
         table = snapshot.routes
         rules: list[PathRule] = []
         for vhost in table.virtual_hosts:
@@ -135,8 +139,8 @@ class Generation:
         if table.default is not None:
             rules.append(table.default)
         for rule in rules:
-            routes[id(rule)] = Route(rule, clusters, settings)
-        self.routes = routes
+            built[id(rule)] = Route(rule, clusters, settings)
+        self.routes = built
 
     def route_for(self, rule: PathRule) -> Route:
         route = self.routes.get(id(rule))
@@ -146,13 +150,7 @@ class Generation:
 
     def with_snapshot(self, snapshot: Snapshot) -> Generation:
         """This generation for a snapshot with the same routes (an endpoints-only update)."""
-        generation = Generation.__new__(Generation)
-        generation.snapshot = snapshot
-        generation.router = self.router
-        generation.clusters = self.clusters
-        generation.routes = self.routes
-        generation.settings = self.settings
-        return generation
+        return Generation(snapshot, self.router, self.clusters, self.settings, self.routes)
 
 
 class ServerStats:
@@ -333,7 +331,7 @@ class ProxyServer:
                 self._http_factory, host, http_port, reuse_address=True, backlog=4096
             )
         if http_sock is not None or http:
-            self.http_port = server.sockets[0].getsockname()[1]
+            self.http_port = _bound_port(server)
             self._servers.append(server)
         if self._tick_handle is None:
             self._tick_handle = loop.call_later(self._tick_interval, self._tick)
@@ -369,7 +367,7 @@ class ProxyServer:
             server = await loop.create_server(
                 self._https_factory, host, port, reuse_address=True, backlog=4096, ssl=context
             )
-        self.https_port = server.sockets[0].getsockname()[1]
+        self.https_port = _bound_port(server)
         self._servers.append(server)
         logger.info("proxy.listening", extra={"port": self.https_port, "scheme": "https"})
 
@@ -591,3 +589,9 @@ class ProxyServer:
             "upstream_connect_failures": s.upstream_connect_failures,
             "upstream_stale_retries": s.upstream_stale_retries,
         }
+
+
+def _bound_port(server: Any) -> int:
+    # Any, not asyncio.Server: uvloop's Server.sockets is a list where typeshed says a tuple,
+    # and compiled code (mypyc) checks the declared type.
+    return int(server.sockets[0].getsockname()[1])

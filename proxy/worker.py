@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from proxy import native
 from proxy.channel import (
     ChannelClosed,
     Message,
@@ -179,6 +180,7 @@ class Worker:
                 "address": settings.bind_address,
                 "http_port": settings.http_port,
                 "https_port": settings.https_port,
+                "request_path": native.STATE,  # compiled, or why the sources run
             },
         )
 

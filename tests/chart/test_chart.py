@@ -783,6 +783,9 @@ def test_dockerfile_runtime_contract() -> None:
     ]
     stages = [line for line in lines if line.startswith("FROM ")]
     assert len(stages) >= 2
+    # The build stage has setup.py, which compiles the request path (proxy/native.py).
+    build = lines[: lines.index(stages[-1])]
+    assert any(line.startswith("COPY ") and "setup.py" in line.split() for line in build)
     assert "slim" in stages[-1]
     final = lines[lines.index(stages[-1]) :]
     assert 'ENTRYPOINT ["portico", "controller"]' in final
