@@ -20,8 +20,17 @@ class RecordingSock:
         self.calls.append((level, name, value))
 
 
-@pytest.mark.parametrize(("kind", "want"), [("small", 0), ("64k", 1), ("chunked", 1)])
-async def test_quickack_while_a_body_is_unfinished(kind: str, want: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "whole", "want"),
+    [
+        ("small", False, 0),
+        ("64k", False, 1),
+        ("chunked", False, 1),
+        ("64k", True, 0),  # head and whole body in one read: nothing left to acknowledge early
+        ("chunked", True, 0),
+    ],
+)
+async def test_quickack_while_a_body_is_unfinished(kind: str, whole: bool, want: int) -> None:
     import asyncio
 
     down, up = build(asyncio.get_running_loop())
@@ -31,7 +40,8 @@ async def test_quickack_while_a_body_is_unfinished(kind: str, want: int) -> None
     for _ in range(2):
         before = transport.written
         down.data_received(REQUEST)
-        for piece in response(kind):
+        pieces = response(kind)
+        for piece in [b"".join(pieces)] if whole else pieces:
             up.data_received(piece)
         assert up.exchange is None and down.active is None
         assert transport.written > before
