@@ -56,6 +56,7 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
     "upstream_read_timeout": "Seconds to wait for a response head, and between two body reads.",
     "upstream_keepalive_timeout": "Seconds an idle pooled upstream connection is kept.",
     "upstream_keepalive_max": "Idle pooled connections kept per endpoint.",
+    "upstream_keepalive_time": "Seconds an upstream connection is reused (then closed once idle).",
     "upstream_max_attempts": "Distinct endpoints tried when connecting fails.",
     "ejection_base": "Seconds an endpoint is ejected after a connect failure (doubles).",
     "ejection_max": "Cap, in seconds, of the doubling ejection time.",

@@ -40,6 +40,9 @@ class ProxySettings:
     upstream_read_timeout: float = 60.0  # waiting for response head / between body reads
     upstream_keepalive_timeout: float = 60.0  # idle pooled connection lifetime
     upstream_keepalive_max: int = 64  # idle pooled connections per endpoint
+    # Seconds one upstream connection is reused before it is closed once idle: a long-lived
+    # connection keeps the pod's congestion state from long ago (see proxy/pool.py).
+    upstream_keepalive_time: float = 5.0
     upstream_max_attempts: int = 3  # distinct endpoints tried on connect failure
     ejection_base: float = 1.0  # seconds an endpoint is ejected after a connect failure
     ejection_max: float = 30.0  # cap of the doubling backoff

@@ -37,6 +37,7 @@ _SPLIT_MIN = 16384
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "authority",
+        "born",
         "closed",
         "deadline",
         "endpoint",
@@ -70,6 +71,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.closed = False
         self.requests = 0  # exchanges served; > 1 means the connection came from the pool
+        self.born = pool.loop.time()  # for upstream_keepalive_time
         # The head being read, classified as it arrives: end-to-end fields already rendered
         # (parts[0] is left for the status line), the fields that need a decision apart.
         self.parts: list[bytes] = [b""]

@@ -354,6 +354,28 @@ async def test_upstream_pool_idle_timeout_and_cap(pods: list[Pod]) -> None:
         await proxy.shutdown(0.5)
 
 
+async def test_upstream_connection_renewed_after_keepalive_time(pods: list[Pod]) -> None:
+    pod = pods[0]
+    proxy = await start_proxy(
+        snapshot({"ns/svc/80": [(pod.host, pod.port)]}), upstream_keepalive_time=0.3
+    )
+    try:
+        client = await Client.connect(proxy.http_port)
+        for _ in range(3):  # within the keep-alive time: one upstream connection
+            assert (await client.request("GET", "/echo")).status == 200
+        assert pod.connections == 1
+        await asyncio.sleep(0.4)
+        # Older than the keep-alive time: it serves the request it was taken for, then closes.
+        assert (await client.request("GET", "/echo")).status == 200
+        assert proxy.pool.idle_count() == 0
+        assert (await client.request("GET", "/echo")).status == 200
+        assert pod.connections == 2
+        assert proxy.pool.idle_count() == 1
+        await client.close()
+    finally:
+        await proxy.shutdown(0.5)
+
+
 async def test_max_connections_per_worker(pods: list[Pod]) -> None:
     pod = pods[0]
     proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}), max_connections=2)
