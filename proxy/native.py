@@ -29,6 +29,7 @@ from typing import Final
 COMPILED: Final[tuple[str, ...]] = (
     "proxy.accesslog",
     "proxy.cluster",
+    "proxy.config",
     "proxy.downstream",
     "proxy.exchange",
     "proxy.headers",
