@@ -44,10 +44,12 @@ COMPILED: Final[tuple[str, ...]] = (
 )
 STAMP: Final = "proxy._native_stamp"
 PURE_ENV: Final = "PORTICO_PURE_PYTHON"
+NOT_COMPILED: Final = "pure: not compiled"
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 
 # "compiled", "pure: not compiled", "pure: PORTICO_PURE_PYTHON", "pure: stale build (...)".
-STATE = "pure: not activated"
+_UNDECIDED: Final = "pure: not activated"
+STATE = _UNDECIDED
 
 
 def source_path(module: str, root: Path = PACKAGE_DIR.parent) -> Path:
@@ -97,9 +99,9 @@ def _check() -> str:
     try:
         stamp = importlib.import_module(STAMP)
     except ImportError:
-        return "pure: not compiled"
+        return NOT_COMPILED
     if not _is_extension(stamp):
-        return "pure: not compiled"
+        return NOT_COMPILED
     built: dict[str, str] = getattr(stamp, "SOURCES", {})
     try:
         changed = sorted(m for m, h in source_hashes().items() if built.get(m) != h)
@@ -113,8 +115,8 @@ def _check() -> str:
 def activate() -> str:
     """Decide once, before any compiled module is imported, which code the request path runs."""
     global STATE
-    if not any(isinstance(f, _SourcesFirst) for f in sys.meta_path):
+    if STATE == _UNDECIDED:
         STATE = _check()
-        if STATE != "compiled":
+        if STATE not in ("compiled", NOT_COMPILED):  # extensions there, not to be run
             sys.meta_path.insert(0, _SourcesFirst(COMPILED))
     return STATE

@@ -28,6 +28,7 @@ from proxy.config import (
     BalancerKind,
     EndpointsUpdate,
     PathRule,
+    RouteTable,
     Snapshot,
     SnapshotError,
     apply_endpoints_update,
@@ -118,19 +119,20 @@ class Generation:
         router: Router,
         clusters: dict[str, Cluster],
         settings: ProxySettings,
-        routes: dict[int, Route] | None = None,
+        routes: dict[int, Route],
     ) -> None:
         self.snapshot = snapshot
         self.router = router
         self.clusters = clusters
         self.settings = settings
-        if routes is not None:  # an endpoints-only update keeps the routes it had
-            self.routes = routes
-            return
-        # Keyed by the identity of the snapshot's rule objects: hashing a frozen dataclass
-        # hashes all its fields, on every lookup.
-        built: dict[int, Route] = {}
-        table = snapshot.routes
+        self.routes = routes
+
+    @staticmethod
+    def build_routes(
+        table: RouteTable, clusters: dict[str, Cluster], settings: ProxySettings
+    ) -> dict[int, Route]:
+        """The Route of every rule, keyed by the identity of the snapshot's rule objects:
+        hashing a frozen dataclass hashes all its fields, on every lookup."""
         rules: list[PathRule] = []
         for vhost in table.virtual_hosts:
             rules.extend(vhost.rules)
@@ -138,9 +140,7 @@ class Generation:
                 rules.append(vhost.fallback)
         if table.default is not None:
             rules.append(table.default)
-        for rule in rules:
-            built[id(rule)] = Route(rule, clusters, settings)
-        self.routes = built
+        return {id(rule): Route(rule, clusters, settings) for rule in rules}
 
     def route_for(self, rule: PathRule) -> Route:
         route = self.routes.get(id(rule))
@@ -279,7 +279,8 @@ class ProxyServer:
             elif cluster.backend != backend:
                 cluster.update(backend)
             clusters[backend.key] = cluster
-        generation = Generation(snapshot, router, clusters, self.settings)
+        routes = Generation.build_routes(snapshot.routes, clusters, self.settings)
+        generation = Generation(snapshot, router, clusters, self.settings, routes)
         self._clusters = clusters
         self._generation = generation
         self.pool.retain(

@@ -135,30 +135,30 @@ class UpstreamProtocol(asyncio.Protocol):
             else:
                 self.close()
             return
+        head_completed = False
         if self.exchange is exchange and not had_head:
             response = exchange.response
             if response is None:
                 if rest is not None:
                     self.data_received(bytes(rest))  # a 1xx head, then the next one
                 return  # the head is not complete yet
-            # This read completed the head and left the body unfinished.
+            # This read completed the head; the body follows in `rest` or in later reads.
+            head_completed = True
             if response.length >= 0:
                 left = response.length - exchange.sent
                 if left >= _PAST_PARSER_MIN or (rest is not None and left > 0):
                     # The rest of a Content-Length body is counted here and forwarded as read,
                     # without the parser's copy of every piece (see _body_past_parser).
                     self.remaining = left
-            unfinished = True
-        else:
-            unfinished = False
         if rest is not None:
             if self.remaining and self.exchange is exchange:
                 self._body_past_parser(exchange, rest, self.remaining)
             else:
                 self.data_received(bytes(rest))  # not a Content-Length body: the parser's
-        # Only a body still unfinished after this read needs the early ACK (a body that came
-        # whole with its head does not: the setsockopt was 4 % of a 64 KiB response's time).
-        if unfinished and self.exchange is exchange:
+        # Only a body still unfinished after the read that completed its head needs the early
+        # ACK (one that came whole with it does not: the setsockopt was 4 % of a 64 KiB
+        # response's time).
+        if head_completed and self.exchange is exchange:
             self._quickack()
 
     def _body_past_parser(

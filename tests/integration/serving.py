@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,15 @@ async def start_serve(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         **popen,
     )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], limit: float = 10.0, interval: float = 0.05
+) -> None:
+    """Poll an async predicate until it holds, at most `limit` seconds."""
+    async with asyncio.timeout(limit):
+        while not await check():
+            await asyncio.sleep(interval)
 
 
 async def stop_serve(process: asyncio.subprocess.Process, grace: float = 20.0) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.integration.serving import free_port  # noqa: E402
 from tests.kubesim import KubeSim  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
@@ -38,13 +38,6 @@ OUTAGE_SECONDS = 30.0
 LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3}
 # "Traffic follows within 1 s" is the goal; the bound leaves room for a loaded 2-core CI box.
 FOLLOW = 3.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 15.0) -> Any:

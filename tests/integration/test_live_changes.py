@@ -36,6 +36,7 @@ import yaml
 from aiohttp import web
 
 from conformance.echo import start_echo
+from tests.integration.manifests import ingress_class, service
 from tests.integration.serving import children, free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.timeout(120)
@@ -412,23 +413,7 @@ async def test_edits_and_a_rolling_replacement_under_keepalive_traffic(tmp_path:
         for ip, _ in s.states[0]:
             await start_pod(s, ip)
 
-    base: list[dict[str, Any]] = [
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": "portico"},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        },
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": svc, "namespace": NAMESPACE},
-                "spec": {"ports": [{"name": "http", "port": 80}]},
-            }
-            for svc in SERVICES
-        ),
-    ]
+    base = [ingress_class(), *(service(svc, namespace=NAMESPACE) for svc in SERVICES)]
     write_atomically(tmp_path / "base.yaml", base)
     timelines = {svc: Timeline() for svc in SERVICES}
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,69 +20,18 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.echo import start_echo
-from tests.integration.serving import children, free_port, start_serve, stop_serve
+from tests.integration.manifests import ingress, ingress_class, service_with_pods
+from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def manifests(service_ips: dict[str, list[str]], port: int, paths: dict[str, str]) -> str:
     """An IngressClass, one Service + EndpointSlice per service, one Ingress for host svc.test."""
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": "portico"},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        }
-    ]
+    docs = [ingress_class()]
     for name, ips in service_ips.items():
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
-            }
-        )
-        docs.append(
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": f"{name}-1",
-                    "namespace": "default",
-                    "labels": {"kubernetes.io/service-name": name},
-                },
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            }
-        )
-    docs.append(
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {"name": "svc", "namespace": "default"},
-            "spec": {
-                "ingressClassName": "portico",
-                "rules": [
-                    {
-                        "host": "svc.test",
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": path,
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": svc, "port": {"name": "http"}}},
-                                }
-                                for path, svc in paths.items()
-                            ]
-                        },
-                    }
-                ],
-            },
-        }
-    )
+        docs += service_with_pods(name, ips, port)
+    docs.append(ingress("svc", "svc.test", paths))
     return yaml.safe_dump_all(docs)
 
 
@@ -105,13 +54,6 @@ class Portico:
                 return resp.status
         except aiohttp.ClientError:
             return 0
-
-
-async def eventually(check: Callable[[], Any], limit: float = 10.0) -> None:
-    """Poll an async predicate until it holds, at most `limit` seconds."""
-    async with asyncio.timeout(limit):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

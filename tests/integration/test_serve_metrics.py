@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from conformance.echo import start_echo
-from tests.integration.serving import free_port, start_serve, stop_serve
+from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
+from tests.integration.serving import eventually, free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert
 
 pytestmark = pytest.mark.timeout(90)
@@ -33,78 +34,23 @@ HOST = "svc.test"
 DEAD = "127.0.0.4"
 
 
-def _service(name: str, ips: list[str], port: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port}]},
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-1",
-                "namespace": "default",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        },
-    ]
-
-
 def manifests(port: int, cert: bytes, key: bytes) -> str:
     paths = {"/web": "web", "/api": "api", "/dead": "dead", "/empty": "empty", "/nope": "nope"}
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": "portico"},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        },
-        *_service("web", ["127.0.0.2", DEAD], port),
-        *_service("api", ["127.0.0.3"], port),
-        *_service("dead", [DEAD], port),
-        *_service("empty", [], port),
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "svc-tls", "namespace": "default"},
-            "type": "kubernetes.io/tls",
-            "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {
-                "name": "svc",
-                "namespace": "default",
-                # Plain HTTP stays plain: the certificate is only here for its metric.
-                "annotations": {"portico.dev/ssl-redirect": "false"},
-            },
-            "spec": {
-                "ingressClassName": "portico",
-                "tls": [{"hosts": [HOST], "secretName": "svc-tls"}],
-                "rules": [
-                    {
-                        "host": HOST,
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": path,
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": svc, "port": {"name": "http"}}},
-                                }
-                                for path, svc in paths.items()
-                            ]
-                        },
-                    }
-                ],
-            },
-        },
+    docs = [
+        ingress_class(),
+        *service_with_pods("web", ["127.0.0.2", DEAD], port),
+        *service_with_pods("api", ["127.0.0.3"], port),
+        *service_with_pods("dead", [DEAD], port),
+        *service_with_pods("empty", [], port),
+        tls_secret("svc-tls", cert, key),
+        ingress(
+            "svc",
+            HOST,
+            paths,
+            tls_secret="svc-tls",
+            # Plain HTTP stays plain: the certificate is only here for its metric.
+            annotations={"portico.dev/ssl-redirect": "false"},
+        ),
     ]
     return yaml.safe_dump_all(docs)
 
@@ -127,12 +73,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples named `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-async def eventually(check: Callable[[], Any], limit: float = 10.0) -> None:
-    async with asyncio.timeout(limit):
-        while not await check():
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -182,7 +122,7 @@ async def test_every_metric_moves(tmp_path: Path, pods: int) -> None:
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, 20)
+            await eventually(ready, 20, interval=0.1)
 
             async def status(path: str, host: str = HOST, **kw: Any) -> int:
                 method = "POST" if "data" in kw else "GET"
@@ -215,7 +155,7 @@ async def test_every_metric_moves(tmp_path: Path, pods: int) -> None:
                     families, samples = parse(await resp.text())
                 return value(samples, "portico_requests_total") >= total
 
-            await eventually(all_counted, 10)
+            await eventually(all_counted, 10, interval=0.1)
 
             # Exact counts per label set: every request once, in the right series.
             def requests(**labels: str) -> float:

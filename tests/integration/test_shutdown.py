@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from conformance.echo import start_echo
-from tests.integration.serving import children, free_port, start_serve, stop_serve
-from tests.integration.test_serve import eventually, manifests
+from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
+from tests.integration.test_serve import manifests
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -20,7 +19,8 @@ from backends import Client
 from tls_env import der, peer_der, tls_client
 
 from conformance.echo import start_echo
-from tests.integration.serving import free_port, start_serve, stop_serve
+from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
+from tests.integration.serving import eventually, free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,74 +30,16 @@ ROTATION_BOUND = 1.0  # seconds: the promise for a renewed Secret in manifest mo
 
 
 def app_manifests(pod_port: int) -> str:
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": "portico"},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": pod_port}]},
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "web-1",
-                "namespace": "default",
-                "labels": {"kubernetes.io/service-name": "web"},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": True}}],
-            "ports": [{"name": "http", "port": pod_port, "protocol": "TCP"}],
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {"name": "secure", "namespace": "default"},
-            "spec": {
-                "ingressClassName": "portico",
-                "tls": [{"hosts": [HOST], "secretName": "secure-tls"}],
-                "rules": [
-                    {
-                        "host": HOST,
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                }
-                            ]
-                        },
-                    }
-                ],
-            },
-        },
+    docs = [
+        ingress_class(),
+        *service_with_pods("web", ["127.0.0.2"], pod_port),
+        ingress("secure", HOST, {"/": "web"}, tls_secret="secure-tls", service_port={"number": 80}),
     ]
     return yaml.safe_dump_all(docs)
 
 
 def secret_manifest(cert: bytes, key: bytes) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "secure-tls", "namespace": "default"},
-            "type": "kubernetes.io/tls",
-            "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
-        }
-    )
-
-
-async def eventually(check: Callable[[], Any], limit: float) -> None:
-    async with asyncio.timeout(limit):
-        while not await check():
-            await asyncio.sleep(0.02)
+    return yaml.safe_dump(tls_secret("secure-tls", cert, key))
 
 
 class Serve:
@@ -145,7 +87,7 @@ async def test_renewal_redirects_and_no_keys(serve: Serve, tmp_path: Path, pod_p
     new_cert, new_key = make_cert(HOST, key="ec", key_index=4)
     (tmp_path / "secret.yaml").write_text(secret_manifest(old_cert, old_key))
     async with aiohttp.ClientSession() as session:
-        await eventually(lambda: ready(session, serve), 20)
+        await eventually(lambda: ready(session, serve), 20, interval=0.02)
 
         async def serves(cert: bytes) -> bool:
             client = await tls_client(serve.https, HOST)
@@ -154,7 +96,7 @@ async def test_renewal_redirects_and_no_keys(serve: Serve, tmp_path: Path, pod_p
             finally:
                 await client.close()
 
-        await eventually(lambda: serves(old_cert), 5)
+        await eventually(lambda: serves(old_cert), 5, interval=0.02)
         opened = await tls_client(serve.https, HOST)
         try:
             resp = await opened.request("GET", "/hello", host=HOST)
@@ -170,7 +112,7 @@ async def test_renewal_redirects_and_no_keys(serve: Serve, tmp_path: Path, pod_p
 
             # Renewal: new handshakes get the new certificate within the bound ...
             (tmp_path / "secret.yaml").write_text(secret_manifest(new_cert, new_key))
-            await eventually(lambda: serves(new_cert), ROTATION_BOUND)
+            await eventually(lambda: serves(new_cert), ROTATION_BOUND, interval=0.02)
             # ... and the connection opened before is still up, with its certificate.
             assert peer_der(opened) == der(old_cert)
             assert (await opened.request("GET", "/again", host=HOST)).status == 200

@@ -1,0 +1,104 @@
+"""Kubernetes objects for the manifest directories `portico serve` tests run on.
+
+Plain dicts, dumped to YAML by each test; one builder per kind, so every test writes the same
+IngressClass, Service, EndpointSlice, Ingress and TLS Secret shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Doc = dict[str, Any]
+
+
+def ingress_class() -> Doc:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": "portico"},
+        "spec": {"controller": "portico.dev/ingress-controller"},
+    }
+
+
+def service(name: str, target_port: int | None = None, namespace: str = "default") -> Doc:
+    """A Service with one port named http (80), to `target_port` when given."""
+    port: dict[str, Any] = {"name": "http", "port": 80}
+    if target_port is not None:
+        port["targetPort"] = target_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [port]},
+    }
+
+
+def endpoint_slice(service_name: str, ips: list[str], port: int) -> Doc:
+    """The Service's slice `<service>-1` in default, every address ready on `port`."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+def service_with_pods(name: str, ips: list[str], port: int) -> list[Doc]:
+    """A Service and its slice, the pods listening on `port`."""
+    return [service(name, target_port=port), endpoint_slice(name, ips, port)]
+
+
+def ingress(
+    name: str,
+    host: str,
+    paths: dict[str, str],
+    *,
+    tls_secret: str | None = None,
+    annotations: dict[str, str] | None = None,
+    service_port: dict[str, Any] | None = None,
+) -> Doc:
+    """An Ingress of class portico in default: one rule for `host`, Prefix path -> Service."""
+    port = service_port if service_port is not None else {"name": "http"}
+    metadata: Doc = {"name": name, "namespace": "default"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    spec: Doc = {"ingressClassName": "portico"}
+    if tls_secret is not None:
+        spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
+    spec["rules"] = [
+        {
+            "host": host,
+            "http": {
+                "paths": [
+                    {
+                        "path": path,
+                        "pathType": "Prefix",
+                        "backend": {"service": {"name": svc, "port": dict(port)}},
+                    }
+                    for path, svc in paths.items()
+                ]
+            },
+        }
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def tls_secret(name: str, cert: bytes, key: bytes) -> Doc:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
+    }
