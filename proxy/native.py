@@ -39,6 +39,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.replies",
     "proxy.server",
     "proxy.table",
+    "proxy.tlsserver",
     "proxy.tunnel",
     "proxy.upstream",
 )

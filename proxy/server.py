@@ -42,6 +42,7 @@ from proxy.redirect import Redirect
 from proxy.settings import ProxySettings
 from proxy.table import Router
 from proxy.tls import TLSTerminator, UpstreamTLS, upstream_tls
+from proxy.tlsserver import TLSListener
 from proxy.tunnel import Tunnel
 
 logger = logging.getLogger("portico.proxy")
@@ -200,7 +201,7 @@ class ProxyServer:
         self._trusted = settings.trusted_networks()
         self._generation: Generation | None = None
         self._clusters: dict[str, Cluster] = {}
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | TLSListener] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_interval = self._interval(settings, ())
         self._drained: asyncio.Event | None = None  # set during shutdown
@@ -360,14 +361,11 @@ class ProxyServer:
             tls.update(generation.snapshot)
             self.tls = tls
         context = tls.listener_context()
-        if sock is not None:
-            server = await loop.create_server(
-                self._https_factory, sock=sock, backlog=4096, ssl=context
-            )
-        else:
-            server = await loop.create_server(
-                self._https_factory, host, port, reuse_address=True, backlog=4096, ssl=context
-            )
+        if sock is None:
+            sock = socket.create_server((host, port), backlog=4096, reuse_port=False)
+        server = TLSListener(
+            loop, sock, context, self._https_factory, self.settings.client_header_timeout
+        )
         self.https_port = _bound_port(server)
         self._servers.append(server)
         logger.info("proxy.listening", extra={"port": self.https_port, "scheme": "https"})

@@ -1,0 +1,495 @@
+"""The HTTPS listener: accepts connections and runs TLS straight on each socket.
+
+Data flow: `TLSListener` accepts on the HTTPS socket, wraps each connection in an `SSLSocket`
+of the listener's context (whose SNI callback picks the certificate, see tls.py) and hands it
+to a `TLSTransport`, which drives the handshake from the event loop's readiness callbacks and,
+once it is done, gives the `DownstreamProtocol` the same asyncio transport API a plain TCP
+connection has.
+
+Why not the event loop's own TLS (`create_server(ssl=...)`): that runs OpenSSL over memory
+BIOs. Every response is encrypted into a growing memory buffer (zero-filled as it grows),
+copied out of it into a new bytes object and only then written to the socket: two extra copies
+of every byte, a tenth of the worker's time on 64 KiB responses. Here OpenSSL reads and
+writes the socket itself (as nginx does): one encryption, one write.
+
+OpenSSL's rules this module follows: a write that stopped half-way (`SSLWantWriteError`) is
+retried with the very same bytes before anything else is written; a read may need the socket
+writable (and the other way round), so each wait says which way it waits; plaintext OpenSSL
+already holds is read before waiting on the socket again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+logger = logging.getLogger("portico.tls")
+
+# One TLS record holds at most 16 KiB of plaintext; a read returns one record at most.
+READ_SIZE: Final = 65536
+# Pieces of a `writelines` call (a response head and a body piece) are joined into one write
+# up to this size: full records and one write fewer cost less than copying the piece (+4 %
+# responses/s at 64 KiB). Beyond it they are written one by one.
+JOIN_LIMIT: Final = 262144
+# Flow control towards the protocol, as asyncio's transports do by default.
+HIGH_WATER: Final = 65536
+LOW_WATER: Final = 16384
+# Connections accepted per readiness event of the listening socket.
+ACCEPT_BURST: Final = 64
+# After accept() ran out of file descriptors, wait this long before accepting again.
+ACCEPT_BACKOFF: Final = 0.5
+
+# What the protocols write: bytes, or views of bytes (never of a buffer that is reused).
+Data = bytes | memoryview
+
+_WANT_READ: Final = 1
+_WANT_WRITE: Final = 2
+
+
+class TLSListener:
+    """Accepts TLS connections on a listening socket for a protocol factory.
+
+    Stands in for the `asyncio.Server` the event loop would return: `sockets`, `close`,
+    `wait_closed`.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        handshake_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.sockets = [sock]
+        self.context = context
+        self.protocol_factory = protocol_factory
+        self.handshake_timeout = handshake_timeout
+        self.closed = False
+        self.handshaking: set[TLSTransport] = set()
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                conn, _address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting for a moment instead of spinning;
+                    # the backlog keeps the waiting clients.
+                    logger.warning("tls.accept_failed", extra={"error": str(exc)})
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+                else:
+                    logger.debug("tls.accept_error", extra={"error": str(exc)})
+                return
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tls = self.context.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+            except OSError as exc:  # the peer already reset, or wrapping failed
+                logger.debug("tls.accept_error", extra={"error": str(exc)})
+                conn.close()
+                continue
+            TLSTransport(self, tls, self.protocol_factory())
+
+    def _resume_accepting(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted (and their handshakes) go on."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class TLSTransport:
+    """One server-side TLS connection, with asyncio's `Transport` API for its protocol."""
+
+    def __init__(
+        self, listener: TLSListener, sock: ssl.SSLSocket, protocol: asyncio.Protocol
+    ) -> None:
+        self.loop = listener.loop
+        self.listener: TLSListener | None = listener
+        self.sock = sock
+        # The C-level TLS connection inside the SSLSocket: reads and writes call it directly,
+        # skipping the ssl module's Python wrappers (seven calls per response).
+        self.tls: Any = getattr(sock, "_sslobj", None) or sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self.extra: dict[str, Any] = {}
+        self.handshaking = True
+        self.reading = True  # the protocol wants data (pause_reading clears it)
+        self.closing = False  # close() called: no more reads, shut down once written
+        self.closed = False  # the socket is closed; connection_lost is (being) called
+        # Outgoing data: `current` is the bytes a write stopped half-way in (OpenSSL needs it
+        # again, unchanged); `pending` what came after it.
+        self.current: Data | None = None
+        self.pending: list[Data] = []
+        self.buffered = 0
+        self.protocol_paused = False
+        # Which readiness each operation waits for (bits of _WANT_READ / _WANT_WRITE).
+        self.read_waits = _WANT_READ
+        self.write_waits = 0
+        self.registered = 0  # the readiness callbacks installed with the loop
+        listener.handshaking.add(self)
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(
+            listener.handshake_timeout, self._handshake_timed_out
+        )
+        self._handshake()
+
+    # ---- handshake ---------------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._wait(_WANT_READ, 0)
+            return
+        except ssl.SSLWantWriteError:
+            self._wait(_WANT_WRITE, 0)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._handshake_failed(exc)
+            return
+        self.handshaking = False
+        self._end_handshake_phase()
+        try:
+            self.extra["peername"] = self.sock.getpeername()
+        except OSError:
+            self.extra["peername"] = None
+        self.protocol.connection_made(self)  # type: ignore[arg-type]
+        if self.closed:
+            return
+        self.read_waits = _WANT_READ if self.reading and not self.closing else 0
+        self._sync()
+        if self.read_waits and self.sock.pending():
+            self.loop.call_soon(self._read)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        # Scanners, clients that reject the certificate, plain HTTP on the HTTPS port: not
+        # the proxy's problem, and far too common to log above debug.
+        logger.debug("tls.handshake_failed", extra={"error": _describe(exc)})
+        self._end_handshake_phase()
+        self._close_socket()
+
+    def _handshake_timed_out(self) -> None:
+        self.timer = None
+        if self.handshaking:
+            self._handshake_failed(TimeoutError("TLS handshake timed out"))
+
+    def _end_handshake_phase(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.listener is not None:
+            self.listener.handshaking.discard(self)
+            self.listener = None
+
+    # ---- readiness ---------------------------------------------------------------------------
+
+    def _wait(self, read_waits: int, write_waits: int) -> None:
+        self.read_waits = read_waits
+        self.write_waits = write_waits
+        self._sync()
+
+    def _sync(self) -> None:
+        """Install exactly the readiness callbacks the current reads and writes wait for."""
+        if self.closed:
+            return
+        wanted = self.read_waits | self.write_waits
+        have = self.registered
+        if wanted == have:
+            return
+        loop = self.loop
+        if wanted & _WANT_READ and not have & _WANT_READ:
+            loop.add_reader(self.fd, self._on_readable)
+        elif have & _WANT_READ and not wanted & _WANT_READ:
+            loop.remove_reader(self.fd)
+        if wanted & _WANT_WRITE and not have & _WANT_WRITE:
+            loop.add_writer(self.fd, self._on_writable)
+        elif have & _WANT_WRITE and not wanted & _WANT_WRITE:
+            loop.remove_writer(self.fd)
+        self.registered = wanted
+
+    def _on_readable(self) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        if self.read_waits & _WANT_READ:
+            self._read()
+        if self.write_waits & _WANT_READ:
+            self._flush()
+
+    def _on_writable(self) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        if self.write_waits & _WANT_WRITE:
+            self._flush()
+        if self.read_waits & _WANT_WRITE:
+            self._read()
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        # One record per readiness event: OpenSSL reads the socket only as far as the record
+        # it returns, so what is left stays in the kernel and the loop reports it again (a
+        # second read here would mostly cost a failed syscall).
+        tls = self.tls
+        while self.reading and not self.closing and not self.closed:
+            try:
+                data = tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                self._set_read_waits(_WANT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._set_read_waits(_WANT_WRITE)
+                return
+            except ssl.SSLEOFError:  # the client closed without close_notify
+                data = b""
+            except (ssl.SSLError, OSError) as exc:
+                self._fatal(exc)
+                return
+            if not data:
+                self._eof()
+                return
+            self._set_read_waits(_WANT_READ)
+            self.protocol.data_received(data)
+            if not tls.pending():
+                return
+
+    def _set_read_waits(self, waits: int) -> None:
+        if self.read_waits != waits:
+            self.read_waits = waits
+            self._sync()
+
+    def _eof(self) -> None:
+        self.read_waits = 0
+        self._sync()
+        try:
+            self.protocol.eof_received()
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        # TLS has no half-close: the connection ends once what is buffered is written.
+        self.close()
+
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            if not self.handshaking and self.read_waits:
+                self._set_read_waits(0)
+
+    def resume_reading(self) -> None:
+        if self.reading or self.closed:
+            return
+        self.reading = True
+        if self.handshaking or self.closing:
+            return
+        self._set_read_waits(_WANT_READ)
+        if self.sock.pending():
+            self.loop.call_soon(self._read)
+
+    def is_reading(self) -> bool:
+        return self.reading and not self.closing
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def write(self, data: Data) -> None:
+        if self.closing or self.closed or not data:
+            return
+        if self.current is None and not self.pending:
+            try:
+                self.tls.write(data)
+                return
+            except ssl.SSLWantWriteError:
+                self.current = data
+                self.write_waits = _WANT_WRITE
+            except ssl.SSLWantReadError:
+                self.current = data
+                self.write_waits = _WANT_READ
+            except (ssl.SSLError, OSError) as exc:
+                self._fatal(exc)
+                return
+            self.buffered = len(data)
+            self._sync()
+        else:
+            self.pending.append(data)
+            self.buffered += len(data)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Iterable[Data]) -> None:
+        pieces = list(list_of_data)
+        total = 0
+        for piece in pieces:
+            total += len(piece)
+        if total <= JOIN_LIMIT:
+            self.write(b"".join(pieces))
+        else:
+            for piece in pieces:
+                self.write(piece)
+
+    def _flush(self) -> None:
+        tls = self.tls
+        while True:
+            data = self.current
+            if data is None:
+                pending = self.pending
+                if not pending:
+                    break
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                self.pending = []
+                self.current = data
+            try:
+                tls.write(data)
+            except ssl.SSLWantWriteError:
+                self._set_write_waits(_WANT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._set_write_waits(_WANT_READ)
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._fatal(exc)
+                return
+            self.current = None
+            self.buffered -= len(data)
+        self.buffered = 0
+        self._set_write_waits(0)
+        if self.protocol_paused:
+            self.protocol_paused = False
+            try:
+                self.protocol.resume_writing()
+            except Exception as exc:
+                self._fatal(exc)
+                return
+        if self.closing:
+            self._shutdown()
+
+    def _set_write_waits(self, waits: int) -> None:
+        if self.write_waits != waits:
+            self.write_waits = waits
+            self._sync()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self.buffered > HIGH_WATER and not self.protocol_paused:
+            self.protocol_paused = True
+            try:
+                self.protocol.pause_writing()
+            except Exception as exc:
+                self._fatal(exc)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (LOW_WATER, HIGH_WATER)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot half-close")
+
+    # ---- closing -----------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self.closing or self.closed
+
+    def close(self) -> None:
+        """Stop reading; send what is buffered, then close_notify, then close."""
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        self.read_waits = 0
+        self._sync()
+        if self.current is None and not self.pending:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered."""
+        if not self.closed:
+            self.closing = True
+            self._close_socket(None)
+
+    def _shutdown(self) -> None:
+        # One close_notify, without waiting for the client's: it is about to see the close.
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            self.sock.unwrap()
+        self._close_socket(None)
+
+    def _fatal(self, exc: BaseException) -> None:
+        logger.debug("tls.connection_error", extra={"error": _describe(exc)})
+        if not self.closed:
+            self.closing = True
+            self._close_socket(exc if isinstance(exc, Exception) else None)
+
+    def _close_socket(self, exc: Exception | None = None) -> None:
+        """Remove the callbacks, close the socket and, if the protocol saw it, tell it."""
+        if self.closed:
+            return
+        self.read_waits = 0
+        self.write_waits = 0
+        self._sync()
+        self.closed = True
+        self.current = None
+        self.pending = []
+        self.buffered = 0
+        self.sock.close()
+        if not self.handshaking:
+            self.loop.call_soon(self.protocol.connection_lost, exc)
+
+    # ---- the rest of the transport API ---------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self.extra:
+            return self.extra[name]
+        if name == "ssl_object":
+            return self.sock
+        if name == "sslcontext":
+            return self.sock.context
+        if name == "sockname":
+            try:
+                return self.sock.getsockname()
+            except OSError:
+                return default
+        if name == "cipher":
+            return self.sock.cipher()
+        if name == "peercert":
+            return self.sock.getpeercert()
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        # Fixed limits (HIGH_WATER, LOW_WATER); the proxy does not change them.
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
