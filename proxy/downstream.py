@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy.headers import REQUEST_SPECIAL, ClientContext
+from proxy.headers import REQUEST_NAMES, ClientContext
 from proxy.replies import local_reply
 
 if TYPE_CHECKING:
@@ -231,11 +231,15 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # else a trailer field: dropped
-            lname = name.lower()
-            if lname in REQUEST_SPECIAL:
+            lname = REQUEST_NAMES.special_name(name)
+            if lname:
                 self.special.append((lname, value))
             else:
-                self.parts += (name, b": ", value, b"\r\n")
+                parts = self.parts  # four appends: no tuple to build and free per field
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -53,6 +53,35 @@ REQUEST_SPECIAL: Final = (
     HOP_BY_HOP | _FORWARDED | {b"host", b"content-length", b"expect", b"x-request-id"}
 )
 
+
+class FieldNames:
+    """Which field names are special: name as received -> its lower-case form, b"" if plain.
+
+    Per header field this replaces a `lower()` (a new bytes object) and a set lookup with one
+    dict lookup: clients and pods send the same few spellings over and over. Bounded, so
+    made-up names cost memory once: past the bound they are classified without caching.
+    """
+
+    __slots__ = ("known", "special")
+
+    LIMIT: Final = 512
+
+    def __init__(self, special: frozenset[bytes]) -> None:
+        self.special = special
+        self.known: dict[bytes, bytes] = {}
+
+    def special_name(self, name: bytes) -> bytes:
+        found = self.known.get(name)
+        if found is None:
+            lname = name.lower()
+            found = lname if lname in self.special else b""
+            if len(self.known) < FieldNames.LIMIT:
+                self.known[name] = found
+        return found
+
+
+REQUEST_NAMES: Final = FieldNames(REQUEST_SPECIAL)
+
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Request ids: a random per-process prefix plus a counter; as unique as a UUID across workers
@@ -459,6 +488,7 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
 
 # Response fields render_response decides about; all others are copied as they came.
 RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server", b"strict-transport-security"}
+RESPONSE_NAMES: Final = FieldNames(RESPONSE_SPECIAL)
 
 # Response body framing towards the client.
 FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.config import Endpoint
-from proxy.headers import RESPONSE_SPECIAL
+from proxy.headers import RESPONSE_NAMES
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -224,11 +224,15 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # trailers are dropped
-            lname = name.lower()
-            if lname in RESPONSE_SPECIAL:
+            lname = RESPONSE_NAMES.special_name(name)
+            if lname:
                 self.special.append((lname, name, value))
             else:
-                self.parts += (name, b": ", value, b"\r\n")
+                parts = self.parts
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         parts = self.parts
