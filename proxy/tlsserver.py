@@ -175,7 +175,11 @@ class TLSTransport:
             self.extra["peername"] = self.sock.getpeername()
         except OSError:
             self.extra["peername"] = None
-        self.protocol.connection_made(self)  # type: ignore[arg-type]
+        try:
+            self.protocol.connection_made(self)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._protocol_failed(exc)
+            return
         if self.closed:
             return
         self.read_waits = _WANT_READ if self.reading and not self.closing else 0
@@ -272,7 +276,11 @@ class TLSTransport:
                 self._eof()
                 return
             self._set_read_waits(_WANT_READ)
-            self.protocol.data_received(data)
+            try:
+                self.protocol.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc)
+                return
             if not tls.pending():
                 return
 
@@ -450,6 +458,18 @@ class TLSTransport:
         with contextlib.suppress(ssl.SSLError, OSError, ValueError):
             self.sock.unwrap()
         self._close_socket(None)
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        # A bug in the protocol, not a network event: logged loudly, and only this
+        # connection pays for it (as the event loop's own transports do).
+        logger.error(
+            "tls.protocol_error",
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"protocol": type(self.protocol).__name__},
+        )
+        if not self.closed:
+            self.closing = True
+            self._close_socket(exc)
 
     def _fatal(self, exc: BaseException) -> None:
         logger.debug("tls.connection_error", extra={"error": _describe(exc)})

@@ -316,6 +316,33 @@ async def test_abort_drops_the_buffer_and_closes_at_once() -> None:
         writer.close()
 
 
+async def test_a_protocol_error_closes_that_connection_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Exception):
+        pass
+
+    def explode_on_data(p: Recorder) -> None:
+        def data_received(data: bytes) -> None:
+            raise Broken("bug")
+
+        p.data_received = data_received  # type: ignore[method-assign]
+
+    async with tls_server(explode_on_data) as server:
+        reader, writer = await connect(server.port)
+        protocol = await server.protocol()
+        writer.write(b"boom")
+        assert isinstance(await asyncio.wait_for(protocol.lost, 5), Broken)
+        assert any(r.getMessage() == "tls.protocol_error" for r in caplog.records)
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        # Other connections are served.
+        reader, writer = await connect(server.port)
+        assert (await server.protocol(1)).events == ["made"]
+        writer.close()
+
+
 async def test_a_silent_connection_is_dropped_after_the_handshake_timeout() -> None:
     async with tls_server(handshake_timeout=0.3) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
