@@ -4,8 +4,13 @@ Started by the controller's supervisor as `python -m proxy.worker --channel-fd N
 one end of a socketpair. The worker reads its settings, waits for its first snapshot, applies it,
 and only then binds its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot
 route. Every later snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last
-good generation). `DRAIN` or SIGTERM starts a graceful shutdown; if the channel breaks the worker
-keeps serving its last snapshot (it still dies with its parent, through PR_SET_PDEATHSIG).
+good generation). `DRAIN` starts a graceful shutdown; if the channel breaks the worker keeps
+serving its last snapshot (it still dies with its parent, through PR_SET_PDEATHSIG).
+
+Signals: the supervisor runs the shutdown (readiness off, the shutdown delay, then `DRAIN`), so
+a SIGTERM or SIGINT that reaches the whole process group (a terminal, `timeout`, an init that
+signals the group) is left to it: the worker keeps serving through the delay. SIGTERM stops the
+worker only once its parent is gone (PR_SET_PDEATHSIG sends it then).
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ class Worker:
         self._settings = ProxySettings()
         self._listening = False
         self._stop = asyncio.Event()
+        self._parent = os.getppid()
+
+    def _on_sigterm(self) -> None:
+        if os.getppid() == self._parent:
+            # A signal to the whole group while the supervisor lives: it sends DRAIN after its
+            # shutdown delay; stopping now would close the listeners during that delay.
+            logger.info("worker.sigterm_left_to_supervisor", extra={"worker": self.index})
+            return
+        self._stop.set()  # the parent died (PR_SET_PDEATHSIG): nobody else will stop us
 
     async def run(self) -> int:
         first = await read_message(self._reader)
@@ -84,7 +98,7 @@ class Worker:
         self._settings = ProxySettings.from_json(first.payload)
         self._server = ProxyServer(self._settings)
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         # SIGINT from a terminal reaches the whole process group; the supervisor coordinates the
         # shutdown and tells us through DRAIN.
         loop.add_signal_handler(signal.SIGINT, lambda: None)

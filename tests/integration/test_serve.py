@@ -143,6 +143,58 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
             assert await portico.process.wait() == 0
 
 
+async def test_sigterm_to_the_whole_group_keeps_serving_through_the_delay(
+    tmp_path: Path, pods: int
+) -> None:
+    """What a terminal, `timeout` or a group-signalling init does: every process gets the
+    SIGTERM. The workers leave the shutdown to the supervisor: they serve through its delay,
+    and none exits early or is started again."""
+    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pods, {"/": "web"}))
+    http, admin = free_port(), free_port()
+    log_path = tmp_path / "portico.log"
+    with log_path.open("w") as log:
+        process = await start_serve(
+            tmp_path,
+            http=http,
+            admin=admin,
+            shutdown_delay=1.5,
+            stderr=log,
+            start_new_session=True,
+        )
+    portico = Portico(process, http, admin)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
+            os.killpg(process.pid, signal.SIGTERM)
+            await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 503), 2)
+            await asyncio.sleep(0.5)  # well inside the delay
+            status, body = await portico.get(session, "/")
+            assert (status, body["service"]) == (200, "web")
+            async with asyncio.timeout(20):
+                assert await process.wait() == 0
+    finally:
+        await stop_serve(process, grace=0.1)
+    events = [json.loads(line).get("event") for line in log_path.read_text().splitlines()]
+    assert events.count("worker.started") == 1
+    assert "worker.exited" not in events
+    assert "worker.sigterm_left_to_supervisor" in events
+
+
+async def test_workers_stop_when_the_supervisor_dies(portico: Portico) -> None:
+    """SIGKILL to the supervisor alone: PR_SET_PDEATHSIG's SIGTERM stops the orphaned workers
+    (their parent is gone, so the signal is theirs to act on) and the port is released."""
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
+        worker_pids = children(portico.process.pid)
+        portico.process.kill()
+        await portico.process.wait()
+
+        async def gone() -> bool:
+            return not any(os.path.exists(f"/proc/{pid}") for pid in worker_pids)
+
+        await eventually(gone, 10)
+
+
 async def test_killed_worker_is_replaced(portico: Portico) -> None:
     async with aiohttp.ClientSession() as session:
         await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
