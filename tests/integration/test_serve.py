@@ -190,7 +190,7 @@ async def test_workers_stop_when_the_supervisor_dies(portico: Portico) -> None:
         await portico.process.wait()
 
         async def gone() -> bool:
-            return not any(os.path.exists(f"/proc/{pid}") for pid in worker_pids)
+            return not any(_alive(pid) for pid in worker_pids)
 
         await eventually(gone, 10)
 
@@ -210,6 +210,14 @@ async def test_killed_worker_is_replaced(portico: Portico) -> None:
         assert new_pids and new_pids != worker_pids
         status, body = await portico.get(session, "/")
         assert (status, body["service"]) == (200, "web")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def _is(awaitable: Any, expected: int) -> bool:
