@@ -66,6 +66,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "paused",
         "port",
         "queue",
+        "read_at",
         "read_size",
         "rejected",
         "scheme",
@@ -95,6 +96,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.in_head = False
         self.head_raw = 0  # bytes read while in a head, to bound memory across many reads
         self.read_size = 0
+        self.read_at = 0.0  # loop time of the latest read (parser callbacks run within it)
         self.current: Exchange | None = None  # the exchange whose request is being read
         self.last: Exchange | None = None  # the exchange whose request was read last
         self.active: Exchange | None = None  # the exchange being answered
@@ -129,6 +131,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.closing:
             return
         self.read_size = len(data)
+        self.read_at = now = self.loop.time()
         if self.in_head:
             # Everything read before this, since the read the head began in, was head: too
             # much of it is a 431 even though the head is unfinished (bounds memory).
@@ -137,7 +140,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 return
             self.head_raw += len(data)
         elif self.current is not None:
-            self.deadline = self.loop.time() + self.server.settings.client_body_timeout
+            self.deadline = now + self.server.settings.client_body_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -222,7 +225,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.special = []
             self.head_raw = 0
             if self.active is None:
-                self.deadline = self.loop.time() + self.server.settings.client_header_timeout
+                self.deadline = self.read_at + self.server.settings.client_header_timeout
         else:
             self.url += url
         if len(self.url) > self.server.head_limit:
@@ -304,7 +307,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self.closing:
             self.transport.write(data)
 
-    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, now: float = 0.0) -> None:
         if self.active is exchange:
             self.active = None
         self.server.stats.requests += 1
@@ -325,7 +328,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.paused:
             self._resume(_PAUSE_PIPELINE)
         if self.current is None and not self.in_head:
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            if not now:
+                now = self.loop.time()
+            self.deadline = now + self.server.settings.keepalive_timeout
 
     def _next(self) -> None:
         if self.closing or self.active is not None or not self.queue:

@@ -86,6 +86,7 @@ class Exchange:
         reply: int = 0,
         reason: str | None = None,
         close_after: bool = False,
+        started: float = 0.0,
     ) -> None:
         self.down = down
         self.head = head
@@ -93,7 +94,8 @@ class Exchange:
         self.reply = reply  # a local reply status, 0 when forwarding
         self.reason = reason  # why a local reply (for the access log)
         self.close_after = close_after
-        self.started = down.loop.time()
+        # A head parsed from a read is timed by that read (one clock call less per request).
+        self.started = started if started else down.loop.time()
         self.read_timeout = route.read_timeout if route is not None else 60.0
         self.request_done = head is None or (head.content_length <= 0 and not head.chunked)
         self.body_received = 0
@@ -350,12 +352,9 @@ class Exchange:
                 self.down.write(b"".join(parts))
             return
         down = self.down
-        # The loop time of this read: the upstream protocol has just set its read deadline
-        # from it (one clock call less per request), unless a paused client cleared it.
-        deadline = conn.deadline
-        head_at = deadline - self.read_timeout if deadline else down.loop.time()
-        # uvloop's clock ticks in milliseconds: the head often arrives on the tick the request
-        # went out, and deadline - timeout may round an ulp below it (a negative upstream time).
+        # The loop time of the read that holds the head (one clock call less per request).
+        head_at = conn.read_at
+        # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
         keep_alive = head.keep_alive and head.upgrade is None and not down.server.draining
         try:
@@ -377,7 +376,7 @@ class Exchange:
             down.write(response.data)
             if head.method == b"HEAD" and status >= 200:
                 keep = conn.finish_head_response()
-                self.response_done(conn, keep)
+                self.response_done(conn, keep, conn.read_at)
         else:
             # Sent with the first body piece: one write instead of two for small responses.
             self.pending_head = response.data
@@ -411,7 +410,8 @@ class Exchange:
             parts.insert(0, pending_head)
         down.transport.writelines(parts)
 
-    def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool) -> None:
+    def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool, now: float) -> None:
+        """The response is complete; `now` is the loop time of the read that completed it."""
         response = self.response
         if self.finished or response is None:
             return
@@ -433,17 +433,17 @@ class Exchange:
             self.endpoint = None
             route = self.route
             if route is not None and route.track and route.cluster is not None:
-                route.cluster.request_finished(endpoint, down.loop.time() - self.started)
+                route.cluster.request_finished(endpoint, now - self.started)
         request_done = self.request_done
         if upstream_keep_alive and request_done:
-            down.server.pool.release(conn)
+            down.server.pool.release(conn, now)
         else:
             conn.close()
         server = down.server
-        server.metrics.record(self, self.reason, down.loop.time())
+        server.metrics.record(self, self.reason, now)
         if server.access is not None:
             server.log_access(self, self.reason)
-        down.exchange_done(self, response.keep_alive and request_done)
+        down.exchange_done(self, response.keep_alive and request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
         """The upstream switched protocols: from now on both connections are one byte pipe."""
@@ -481,7 +481,7 @@ class Exchange:
         if response is not None:
             if response.framing in _CLOSE_DELIMITED and not response.upstream_chunked:
                 # A body without Content-Length or chunked framing ends with the connection.
-                self.response_done(conn, False)
+                self.response_done(conn, False, self.down.loop.time())
             else:
                 self._abort("UpstreamClosedEarly")
             return

@@ -72,7 +72,8 @@ class Pool:
                 return conn
         return None
 
-    def release(self, conn: UpstreamProtocol) -> None:
+    def release(self, conn: UpstreamProtocol, now: float = 0.0) -> None:
+        """Pool an idle connection (or close it); `now`: the caller's loop time, if it has it."""
         conn.exchange = None
         if conn.closed:
             return
@@ -81,7 +82,8 @@ class Pool:
         idle = self.idle.get(key)
         if idle is None:
             idle = self.idle[key] = []
-        now = self.loop.time()
+        if not now:
+            now = self.loop.time()
         if (
             (retained is not None and conn.key not in retained)
             or len(idle) >= self.keepalive_max

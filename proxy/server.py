@@ -486,7 +486,7 @@ class ProxyServer:
             return Exchange(down, head, None, reply=413, reason="BodyTooLarge", close_after=True)
         if route.cluster is None:
             return Exchange(down, head, route, reply=503, reason=route.unavailable or "NoEndpoints")
-        return Exchange(down, head, route)
+        return Exchange(down, head, route, started=down.read_at)
 
     def local_exchange(self, down: DownstreamProtocol, status: int, reason: str) -> Exchange:
         return Exchange(down, None, None, reply=status, reason=reason, close_after=True)

@@ -49,6 +49,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "parts",
         "pool",
         "pool_key",
+        "read_at",
         "remaining",
         "requests",
         "sock",
@@ -72,6 +73,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.requests = 0  # exchanges served; > 1 means the connection came from the pool
         self.born = pool.loop.time()  # for upstream_keepalive_time
+        # Loop time of the latest read: what finishing a response within it uses as "now".
+        self.read_at = self.born
         # The head being read, classified as it arrives: end-to-end fields already rendered
         # (parts[0] is left for the status line), the fields that need a decision apart.
         self.parts: list[bytes] = [b""]
@@ -107,7 +110,8 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         exchange.response_bytes = True
-        self.deadline = self.loop.time() + exchange.read_timeout
+        self.read_at = now = self.loop.time()
+        self.deadline = now + exchange.read_timeout
         remaining = self.remaining
         if remaining:
             self._body_past_parser(exchange, data, remaining)
@@ -178,7 +182,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.in_head = True
         exchange.response_body(data if size == remaining else data[:remaining])
         if self.exchange is exchange:
-            exchange.response_done(self, keep)
+            exchange.response_done(self, keep, self.read_at)
         if size > remaining:
             self.data_received(bytes(data[remaining:]))  # bytes past the response: closes
 
@@ -254,7 +258,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.exchange
         if exchange is not None and exchange.response is not None:
-            exchange.response_done(self, self.parser.should_keep_alive())
+            exchange.response_done(self, self.parser.should_keep_alive(), self.read_at)
 
     # ---- used by the exchange and the pool ---------------------------------------------------
 

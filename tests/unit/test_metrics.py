@@ -197,9 +197,10 @@ async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) ->
 
 async def test_a_head_on_the_clock_tick_of_the_send_counts_as_an_upstream_time() -> None:
     # uvloop's clock has millisecond ticks: the response head often arrives on the tick the
-    # request left, and the read deadline minus the timeout can round an ulp below the send
-    # time. Such a response must still count in the upstream histogram (it was once dropped
-    # from it as "no response head", which made the metrics test flaky).
+    # request left, and the time taken for it may come out below the send time (it was once
+    # derived from the read deadline minus the timeout, which rounds). Such a response must
+    # still count in the upstream histogram (it was once dropped from it as "no response
+    # head", which made the metrics test flaky).
     loop = asyncio.get_running_loop()
     down, up = hotpath.build(loop)
     metrics = down.server.metrics
