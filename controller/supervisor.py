@@ -83,6 +83,8 @@ class WorkerSet:
                 str(index),
                 "--log-level",
                 self._log_level,
+                "--parent-pid",
+                str(os.getpid()),
                 pass_fds=(child.fileno(),),
             )
         finally:

@@ -1,7 +1,8 @@
 """Worker process entry: one uvloop event loop serving traffic from the snapshots it is sent.
 
-Started by the controller's supervisor as `python -m proxy.worker --channel-fd N --index I` with
-one end of a socketpair. The worker reads its settings, waits for its first snapshot, applies it,
+Started by the controller's supervisor as
+`python -m proxy.worker --channel-fd N --index I --parent-pid P` with one end of a socketpair.
+The worker reads its settings, waits for its first snapshot, applies it,
 and only then binds its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot
 route. Every later snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last
 good generation). `DRAIN` starts a graceful shutdown; if the channel breaks the worker keeps
@@ -10,7 +11,8 @@ serving its last snapshot (it still dies with its parent, through PR_SET_PDEATHS
 Signals: the supervisor runs the shutdown (readiness off, the shutdown delay, then `DRAIN`), so
 a SIGTERM or SIGINT that reaches the whole process group (a terminal, `timeout`, an init that
 signals the group) is left to it: the worker keeps serving through the delay. SIGTERM stops the
-worker only once its parent is gone (PR_SET_PDEATHSIG sends it then).
+worker only once its parent is gone (PR_SET_PDEATHSIG sends it then). A worker whose parent
+died before it could arm that signal (`--parent-pid` no longer its parent) exits at once.
 """
 
 from __future__ import annotations
@@ -72,7 +74,13 @@ def listener_socket(address: str, port: int) -> socket.socket:
 
 
 class Worker:
-    def __init__(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        parent: int | None = None,
+    ) -> None:
         self.index = index
         self._reader = reader
         self._writer = writer
@@ -80,7 +88,8 @@ class Worker:
         self._settings = ProxySettings()
         self._listening = False
         self._stop = asyncio.Event()
-        self._parent = os.getppid()
+        # The supervisor's pid: a SIGTERM while it lives is its business (see _on_sigterm).
+        self._parent = os.getppid() if parent is None else parent
 
     def _on_sigterm(self) -> None:
         if os.getppid() == self._parent:
@@ -199,11 +208,11 @@ class Worker:
         )
 
 
-async def _main(fd: int, index: int) -> int:
+async def _main(fd: int, index: int, parent: int | None = None) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     try:
-        return await Worker(index, reader, writer).run()
+        return await Worker(index, reader, writer, parent).run()
     except ChannelClosed:
         return 0
 
@@ -213,12 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--log-level", default=os.environ.get("PORTICO_LOG_LEVEL", "info"))
+    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
     configure_logging(args.log_level)
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        # The supervisor died before the death signal was armed: no signal will come, and an
+        # orphan would keep serving (and holding the ports) with SIGTERM left to nobody.
+        logger.warning("worker.orphaned", extra={"index": args.index, "parent": args.parent_pid})
+        return 0
     import uvloop
 
-    return uvloop.run(_main(args.channel_fd, args.index))
+    return uvloop.run(_main(args.channel_fd, args.index, args.parent_pid))
 
 
 if __name__ == "__main__":
