@@ -2,11 +2,11 @@
 
 Started by the controller's supervisor as
 `python -m proxy.worker --channel-fd N --index I --parent-pid P` with one end of a socketpair.
-The worker reads its settings, waits for its first snapshot, applies it,
-and only then binds its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot
-route. Every later snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last
-good generation). `DRAIN` starts a graceful shutdown; if the channel breaks the worker keeps
-serving its last snapshot (it still dies with its parent, through PR_SET_PDEATHSIG).
+The worker reads its settings, waits for its first snapshot, applies it, and only then binds
+its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot route. Every later
+snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last good
+generation). `DRAIN` starts a graceful shutdown; if the channel breaks the worker keeps serving
+its last snapshot (it still dies with its parent, through PR_SET_PDEATHSIG).
 
 Signals: the supervisor runs the shutdown (readiness off, the shutdown delay, then `DRAIN`), so
 a SIGTERM or SIGINT that reaches the whole process group (a terminal, `timeout`, an init that
