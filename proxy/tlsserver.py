@@ -12,6 +12,12 @@ copied out of it into a new bytes object and only then written to the socket: tw
 of every byte, a tenth of the worker's time on 64 KiB responses. Here OpenSSL reads and
 writes the socket itself (as nginx does): one encryption, one write.
 
+OpenSSL writes each record (16 KiB at most) with its own send(). A burst of several records
+(a large response) is corked (TCP_CORK) until its last record is written, so the kernel sends
+it as a few full segments instead of one packet per record: on loopback every packet costs a
+run of the receive path and a wake-up of the reader (measured: `--tls --body 64k` went from
+0.86 to 0.95 of nginx).
+
 OpenSSL's rules this module follows: a write that stopped half-way (`SSLWantWriteError`) is
 retried with the very same bytes before anything else is written; a read may need the socket
 writable (and the other way round), so each wait says which way it waits; plaintext OpenSSL
@@ -145,6 +151,7 @@ class TLSTransport:
         self.pending: list[Data] = []
         self.buffered = 0
         self.protocol_paused = False
+        self.corked = False  # TCP_CORK is set for the burst being written (see _burst)
         # Which readiness each operation waits for (bits of _WANT_READ / _WANT_WRITE).
         self.read_waits = _WANT_READ
         self.write_waits = 0
@@ -324,6 +331,15 @@ class TLSTransport:
     def write(self, data: Data) -> None:
         if self.closing or self.closed or not data:
             return
+        if len(data) > RECORD and self._cork():
+            try:
+                self._write(data)
+            finally:
+                self._uncork()
+        else:
+            self._write(data)
+
+    def _write(self, data: Data) -> None:
         if self.current is None and not self.pending:
             try:
                 self.tls.write(data)
@@ -357,21 +373,36 @@ class TLSTransport:
                 head.append(piece)
                 size += length
                 continue
-            if size:
-                room = RECORD - size
-                view = memoryview(piece)
-                head.append(view[:room])
-                self.write(b"".join(head))
-                self.write(view[room:])
-            else:
-                self.write(piece)
-            for rest in pieces[index + 1 :]:
-                self.write(rest)
+            corked = self._cork()
+            try:
+                if size:
+                    room = RECORD - size
+                    view = memoryview(piece)
+                    head.append(view[:room])
+                    self.write(b"".join(head))
+                    self.write(view[room:])
+                else:
+                    self.write(piece)
+                for rest in pieces[index + 1 :]:
+                    self.write(rest)
+            finally:
+                if corked:
+                    self._uncork()
             return
         if head:
             self.write(head[0] if len(head) == 1 else b"".join(head))
 
     def _flush(self) -> None:
+        corked = self.buffered > RECORD and self._cork()
+        try:
+            self._flush_buffered()
+        finally:
+            if corked:
+                self._uncork()
+        if self.closing and not self.closed and self.current is None and not self.pending:
+            self._shutdown()
+
+    def _flush_buffered(self) -> None:
         tls = self.tls
         while True:
             data = self.current
@@ -404,8 +435,24 @@ class TLSTransport:
             except Exception as exc:
                 self._fatal(exc)
                 return
-        if self.closing:
-            self._shutdown()
+
+    def _cork(self) -> bool:
+        """Hold back partial segments until `_uncork` (False: already corked, or closed)."""
+        if self.corked or self.closed:
+            return False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        except OSError:
+            return False
+        self.corked = True
+        return True
+
+    def _uncork(self) -> None:
+        """Send what the burst left in a partial segment now (not after the 200 ms cap)."""
+        self.corked = False
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     def _set_write_waits(self, waits: int) -> None:
         if self.write_waits != waits:

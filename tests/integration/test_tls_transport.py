@@ -188,6 +188,45 @@ async def test_writelines_joins_small_pieces_and_keeps_views() -> None:
         writer.close()
 
 
+async def test_a_burst_of_records_is_corked_until_its_last_record() -> None:
+    """A write of more than one record sets TCP_CORK and clears it once written, so the
+    records leave as full segments and nothing waits for the kernel's 200 ms cork cap."""
+    big = pattern(40 * 1024)
+    corks: list[int] = []
+    after_small: list[int] = []
+    left_corked: list[int] = []
+
+    def send(p: Recorder) -> None:
+        transport = p.transport
+        assert transport is not None
+        sock = transport.sock
+        real = sock.setsockopt
+
+        def spy(level: int, option: int, value: Any) -> None:
+            if option == socket.TCP_CORK:
+                corks.append(value)
+            real(level, option, value)
+
+        sock.setsockopt = spy  # type: ignore[method-assign]
+        transport.write(b"one record")
+        transport.writelines([b"head:", b"more:"])
+        after_small.extend(corks)
+        transport.writelines([b"head:", memoryview(big)])
+        transport.write(big)
+        left_corked.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
+
+    async with tls_server(send) as server:
+        reader, writer = await connect(server.port)
+        size = 10 + 10 + 5 + 2 * len(big)
+        got = await read_all(reader, size)
+        assert got == b"one recordhead:more:head:" + big + big
+        writer.close()
+    assert after_small == []  # a single record goes out as it is
+    assert left_corked == [0]
+    assert len(corks) >= 4 and corks[:2] == [1, 0]
+    assert corks == [1, 0] * (len(corks) // 2)
+
+
 async def test_a_slow_reader_pauses_the_writer_and_gets_every_byte() -> None:
     """The protocol writes whenever it may; a client not reading makes the transport pause it
     near the high-water mark, and every byte arrives in order once the client reads."""
