@@ -16,7 +16,7 @@ OpenSSL writes each record (16 KiB at most) with its own send(). A burst of seve
 (a large response) is corked (TCP_CORK) until its last record is written, so the kernel sends
 it as a few full segments instead of one packet per record: on loopback every packet costs a
 run of the receive path and a wake-up of the reader (measured: `--tls --body 64k` went from
-0.86 to 0.95 of nginx).
+0.83-0.89 to 0.93-0.99 of nginx).
 
 OpenSSL's rules this module follows: a write that stopped half-way (`SSLWantWriteError`) is
 retried with the very same bytes before anything else is written; a read may need the socket
