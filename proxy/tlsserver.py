@@ -361,9 +361,10 @@ class TLSTransport:
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[Data]) -> None:
-        # Pieces up to one record's worth are joined into one record. A large piece (a body
-        # read) is not copied whole: only its start is joined to what precedes it, to fill
-        # the first record (one write and one record fewer than writing the head alone).
+        # Pieces up to one record's worth are joined into one record. A larger piece (a body
+        # read) is written as it is, after what precedes it, in one corked burst: joining the
+        # head to the start of the body would save at most one record, and its 16 KiB copy
+        # cost more than that record (measured: `--tls --body 64k` 0.91 -> 0.96 of nginx).
         pieces = list(list_of_data)
         head: list[Data] = []
         size = 0
@@ -376,13 +377,8 @@ class TLSTransport:
             corked = self._cork()
             try:
                 if size:
-                    room = RECORD - size
-                    view = memoryview(piece)
-                    head.append(view[:room])
-                    self.write(b"".join(head))
-                    self.write(view[room:])
-                else:
-                    self.write(piece)
+                    self.write(head[0] if len(head) == 1 else b"".join(head))
+                self.write(piece)
                 for rest in pieces[index + 1 :]:
                     self.write(rest)
             finally:
