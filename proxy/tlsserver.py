@@ -54,6 +54,9 @@ Data = bytes | memoryview
 
 _WANT_READ: Final = 1
 _WANT_WRITE: Final = 2
+# Linux's TCP_CORK; -1 where the platform has none (bursts then go out uncorked). Not Final:
+# mypyc miscompiles a Final optional int.
+_TCP_CORK: int = getattr(socket, "TCP_CORK", -1)
 
 
 class TLSListener:
@@ -434,10 +437,10 @@ class TLSTransport:
 
     def _cork(self) -> bool:
         """Hold back partial segments until `_uncork` (False: already corked, or closed)."""
-        if self.corked or self.closed:
+        if self.corked or self.closed or _TCP_CORK < 0:
             return False
         try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
         except OSError:
             return False
         self.corked = True
@@ -446,9 +449,9 @@ class TLSTransport:
     def _uncork(self) -> None:
         """Send what the burst left in a partial segment now (not after the 200 ms cap)."""
         self.corked = False
-        if not self.closed:
+        if not self.closed and _TCP_CORK >= 0:
             with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def _set_write_waits(self, waits: int) -> None:
         if self.write_waits != waits:
