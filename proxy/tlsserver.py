@@ -154,7 +154,7 @@ class TLSTransport:
         self.pending: list[Data] = []
         self.buffered = 0
         self.protocol_paused = False
-        self.corked = False  # TCP_CORK is set for the burst being written (see _burst)
+        self.corked = False  # TCP_CORK is set for the burst being written (see _cork)
         # Which readiness each operation waits for (bits of _WANT_READ / _WANT_WRITE).
         self.read_waits = _WANT_READ
         self.write_waits = 0
@@ -436,7 +436,7 @@ class TLSTransport:
                 return
 
     def _cork(self) -> bool:
-        """Hold back partial segments until `_uncork` (False: already corked, or closed)."""
+        """Hold back partial segments until `_uncork` (False: corked already, closed, no cork)."""
         if self.corked or self.closed or _TCP_CORK < 0:
             return False
         try:
