@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from controller.publisher import Publisher, WorkerLink
 from controller.reconciler import manifest_results
 from controller.settings import Settings
 from proxy.config import TLSCertificate
+from proxy.worker import command as worker_command
 
 # What a source hands the supervisor: the stream of compile results, and an optional task that
 # runs beside the data plane with access to the publisher (cluster mode writes Ingress status).
@@ -74,17 +74,7 @@ class WorkerSet:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "proxy.worker",
-                "--channel-fd",
-                str(child.fileno()),
-                "--index",
-                str(index),
-                "--log-level",
-                self._log_level,
-                "--parent-pid",
-                str(os.getpid()),
+                *worker_command(child.fileno(), os.getpid(), index, self._log_level),
                 pass_fds=(child.fileno(),),
             )
         finally:

@@ -217,6 +217,23 @@ async def _main(fd: int, index: int, parent: int | None = None) -> int:
         return 0
 
 
+def command(channel_fd: int, parent_pid: int, index: int = 0, log_level: str = "info") -> list[str]:
+    """The command line that starts a worker on `channel_fd` for the supervisor `parent_pid`."""
+    return [
+        sys.executable,
+        "-m",
+        "proxy.worker",
+        "--channel-fd",
+        str(channel_fd),
+        "--index",
+        str(index),
+        "--log-level",
+        log_level,
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portico-worker")
     parser.add_argument("--channel-fd", type=int, required=True)

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from proxy.worker import command as worker_command
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -24,13 +26,7 @@ async def start_worker(parent_pid: int) -> tuple[asyncio.subprocess.Process, soc
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.worker",
-            "--channel-fd",
-            str(theirs.fileno()),
-            "--parent-pid",
-            str(parent_pid),
+            *worker_command(theirs.fileno(), parent_pid),
             pass_fds=(theirs.fileno(),),
             stderr=asyncio.subprocess.PIPE,
         )
