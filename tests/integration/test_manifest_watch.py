@@ -96,22 +96,20 @@ class Watch:
         self.last = future.result()
         return self.last
 
-    async def no_result_while(self, condition_met: asyncio.Event) -> None:
-        """Wait (bounded) until `condition_met`, then check no new snapshot came with it.
+    async def problem_reported(self, condition_met: asyncio.Event) -> CompileResult:
+        """The result that reports a broken edit: it must come (bounded), with `condition_met`
+        (the problem logged), and carry the last good snapshot unchanged.
 
-        A result carrying only the new problem (for Events and status) may come; its snapshot
-        must be the last good one, which the publisher then does not send again.
+        The reconciler yields a result whenever the problems change (Events and status need
+        them), so waiting for it proves the edit was read before checking that routes stayed.
         """
         previous = self.last
-        future = self._next()
-        await asyncio.wait_for(condition_met.wait(), SLACK_BOUND)
-        # The reconciler logs problems right before it would yield: give it a few more turns.
-        await asyncio.sleep(0.3)
-        if future.done():
-            assert previous is not None
-            assert future.result().snapshot == previous.snapshot, "a broken edit changed routes"
-            self.pending = None
-            self.last = future.result()
+        assert previous is not None
+        result = await self.result()
+        assert condition_met.is_set(), "a result came without the problem"
+        assert result.snapshot == previous.snapshot, "a broken edit changed routes"
+        assert len(result.problems) > len(previous.problems)
+        return result
 
 
 @pytest.fixture
@@ -190,7 +188,7 @@ async def test_broken_edit_keeps_the_last_good_version(
     seen = problems("web.yaml#1")
     broken = app("web", "web.local", "/v2").replace("ports: [{name: http, port: 80}]", "ports: [")
     write(tmp_path / "web.yaml", broken)
-    await watch.no_result_while(seen.seen)
+    await watch.problem_reported(seen.seen)
     record = seen.records[0]
     assert record.reason == "InvalidManifest"  # type: ignore[attr-defined]
     assert record.file == "web.yaml"  # type: ignore[attr-defined]
@@ -220,7 +218,7 @@ async def test_object_that_does_not_parse_is_a_problem(
     await watch.result()
     seen = problems("web.yaml#2")
     write(tmp_path / "web.yaml", app("web", "web.local").replace("port: 8081", "port: high"))
-    await watch.no_result_while(seen.seen)
+    await watch.problem_reported(seen.seen)
     assert "ports[0].port" in seen.records[0].detail  # type: ignore[attr-defined]
 
 

@@ -7,11 +7,14 @@ Then the proxy's HTTPS path with large bodies and slow peers: bytes intact, buff
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import socket
 import ssl
+import termios
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -264,6 +267,13 @@ async def test_a_slow_reader_pauses_the_writer_and_gets_every_byte() -> None:
         writer.close()
 
 
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes in a socket's kernel receive queue (FIONREAD), not yet read by anyone."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
 async def test_pause_reading_holds_bytes_back_until_resumed() -> None:
     def pause(p: Recorder) -> None:
         assert p.transport is not None
@@ -274,7 +284,13 @@ async def test_pause_reading_holds_bytes_back_until_resumed() -> None:
         protocol = await server.protocol()
         body = pattern(4 * MiB)
         writer.write(body)
-        await asyncio.sleep(0.3)
+        # The positive first: the bytes have reached the server's socket (its receive queue is
+        # not empty); only then does "nothing read" say that pause_reading held them back.
+        assert protocol.transport is not None
+        server_socket = protocol.transport.get_extra_info("ssl_object")
+        async with asyncio.timeout(10):
+            while unread_bytes(server_socket) == 0:
+                await asyncio.sleep(0.01)
         assert len(protocol.data) == 0
         assert protocol.transport is not None and not protocol.transport.is_reading()
         protocol.transport.resume_reading()

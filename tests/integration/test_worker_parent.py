@@ -35,6 +35,15 @@ async def start_worker(parent_pid: int) -> tuple[asyncio.subprocess.Process, soc
     return process, ours
 
 
+def loaded(pid: int, library: str) -> bool:
+    """Whether a shared object whose path names `library` is mapped into process `pid`."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(library in line for line in maps)
+    except FileNotFoundError:
+        return False
+
+
 def gone_pid() -> int:
     """The pid of a process that has already exited."""
     probe = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -62,9 +71,15 @@ async def test_worker_whose_parent_is_already_gone_exits() -> None:
 async def test_worker_of_a_living_parent_waits_for_its_settings() -> None:
     process, channel = await start_worker(os.getpid())
     try:
-        # Still waiting for SETTINGS on the open channel (a worker starts in about 0.3 s).
+        # The positive first: the worker got past its parent check into its event loop (it
+        # imports uvloop only then), so the wait below watches a worker that is really waiting.
+        async with asyncio.timeout(30):
+            while not loaded(process.pid, "uvloop"):
+                assert process.returncode is None, "the worker exited before its event loop"
+                await asyncio.sleep(0.05)
+        # Still waiting for SETTINGS on the open channel.
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(1):
                 await process.wait()
         channel.close()  # never configured: the closed channel ends it
         async with asyncio.timeout(30):
