@@ -75,16 +75,20 @@ def explain(
         reason = match.reason or NO_HOST_MATCH
         return _answer(404, reason, host=(vhost.host or None) if vhost is not None else None)
 
-    is_default = rule is routes.default or (
-        match.virtual_host is not None and rule is match.virtual_host.fallback
+    vhost = match.virtual_host
+    is_default = rule is routes.default or (vhost is not None and rule is vhost.fallback)
+    on_host = vhost is not None and rule is not routes.default
+    # The path as the Ingress wrote it (rule.path is normalized for matching: a Prefix "/foo/"
+    # matches as "/foo"); the compiler keeps it for every routed rule.
+    written = (
+        None
+        if is_default or vhost is None
+        else result.written_paths[(vhost.host, rule.path, rule.match)]
     )
-    on_host = match.virtual_host is not None and rule is not routes.default
     where: dict[str, Any] = {
         "ingress": rule.ingress,
-        "host": (match.virtual_host.host or None)
-        if on_host and match.virtual_host is not None
-        else None,
-        "path": None if is_default else rule.path,
+        "host": (vhost.host or None) if on_host and vhost is not None else None,
+        "path": written,
         "pathType": None if is_default else rule.path_type,
         "service": rule.service,
         "port": rule.port,
@@ -159,9 +163,11 @@ def describe(answer: Mapping[str, Any], why_ignored: Mapping[str, str]) -> list[
     reason = answer.get("reason")
     if answer.get("ingress"):
         lines.append(f"ingress:   {answer['ingress']}")
-    if answer.get("host") or answer.get("path"):
+    if answer.get("host") or answer.get("pathType"):
         host = answer.get("host") or "(any host)"
-        rule = f"{host} {answer.get('path') or ''} {answer.get('pathType') or ''}".rstrip()
+        # An ImplementationSpecific rule may omit its path: shown as "" rather than nothing.
+        path = '""' if answer.get("path") == "" else answer.get("path") or ""
+        rule = f"{host} {path} {answer.get('pathType') or ''}".rstrip()
         lines.append(f"rule:      {rule}")
     elif answer.get("service") and answer.get("ingress"):
         lines.append("rule:      default backend")

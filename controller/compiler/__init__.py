@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.compiler.backends import BackendUse, resolve_backend
@@ -26,7 +26,7 @@ from controller.compiler.tls import (
 )
 from controller.objects import Ingress, IngressClass, Secret
 from controller.store import Store
-from proxy.config import Backend, Snapshot
+from proxy.config import Backend, MatchKind, Snapshot
 
 __all__ = [
     "CompileResult",
@@ -47,6 +47,9 @@ class CompileResult:
     problems: tuple[Problem, ...]  # sorted by (kind, ref, reason, message)
     owned: tuple[str, ...]  # refs of the Ingresses that are ours, sorted
     ignored: Mapping[str, str] = field(default_factory=dict)  # ref -> why it is not ours
+    # Provenance kept out of the snapshot (workers never need it): (host, path, match) of each
+    # routed path rule -> its path as written in the Ingress, which `portico explain` reports.
+    written_paths: Mapping[tuple[str, str, MatchKind], str] = field(default_factory=dict)
 
 
 def _precedence(ingress: Ingress) -> tuple[datetime, str]:
@@ -187,6 +190,7 @@ class Compiler:
             problems=tuple(sorted(set(problems))),
             owned=tuple(sorted(i.ref for i in ours)),
             ignored=dict(sorted(ignored.items())),
+            written_paths=assembly.written_paths,
         )
         self._store_id = store.id
         self._revision = store.revision
@@ -226,7 +230,7 @@ class Compiler:
             certificates=last.snapshot.certificates,
             default_certificate=last.snapshot.default_certificate,
         )
-        result = CompileResult(snapshot, last.problems, last.owned, last.ignored)
+        result = replace(last, snapshot=snapshot)
         self._last = result
         logger.debug("compiler.endpoints", extra={"services": len(changed), "backends": rebuilt})
         return result

@@ -141,6 +141,9 @@ class RuleEntry:
     rule: PathRule
     backend: BackendRef
     text: str  # "(rule host=a.com path=/api)" for problem messages
+    # The path as written in the Ingress ("" when an ImplementationSpecific path is omitted);
+    # `rule.path` is normalized for matching. None for defaultBackend entries.
+    written_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +311,7 @@ def compile_ingress(ingress: Ingress) -> IngressPart:
                 match=match,
                 path_type=p.path_type,
             )
-            entries.append(RuleEntry(host, rule_obj, backend, text))
+            entries.append(RuleEntry(host, rule_obj, backend, text, p.path or ""))
 
     fallbacks: list[RuleEntry] = []
     default: RuleEntry | None = None
@@ -345,6 +348,10 @@ class Assembly:
     certificates: tuple[TLSCertificate, ...]
     problems: tuple[Problem, ...]
     uses: Mapping[str, BackendUse]  # backend key -> the surviving rules using it
+    # (host, path, match) of each routed path rule -> its path as written in the Ingress.
+    written_paths: Mapping[tuple[str, str, MatchKind], str] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def _rule_order(rule: PathRule) -> tuple[int, int, str]:
@@ -389,7 +396,8 @@ def assemble(
     """
     problems: list[Problem] = []
     uses: dict[str, BackendUse] = {}
-    by_host: dict[str, dict[tuple[str, str], PathRule]] = {}
+    by_host: dict[str, dict[tuple[str, MatchKind], PathRule]] = {}
+    written: dict[tuple[str, str, MatchKind], str] = {}
     fallback: dict[str, PathRule] = {}
     host_cert: dict[str, str] = {}
     wild_cert: dict[str, str] = {}
@@ -424,6 +432,8 @@ def assemble(
             prev = slot.get(key)
             if prev is None:
                 slot[key] = rule
+                if entry.written_path is not None:
+                    written[(entry.host, rule.path, rule.match)] = entry.written_path
                 _use(uses, entry, ref)
                 continue
             owner = (
@@ -526,4 +536,5 @@ def assemble(
         certificates=tuple(certificates[k] for k in sorted(certificates)),
         problems=tuple(problems),
         uses=uses,
+        written_paths=written,
     )

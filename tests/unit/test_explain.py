@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.compiler import CompileSettings, compile_view
+from controller.compiler import Compiler, CompileSettings, compile_view
 from controller.explain import KEYS, RequestError, describe, explain
 from controller.objects import READ_KINDS, parse_object
 from controller.store import Store, WatchEvent
@@ -347,3 +347,84 @@ def test_rejects_non_http_urls(url: str) -> None:
     store = _store([DEMO, WEB])
     with pytest.raises(RequestError):
         explain(compile_view(store, CompileSettings()), store, url, {})
+
+
+# ---- the matched rule's path and pathType, as written --------------------------------------------
+
+
+def one_path(path_type: str, path: str | None, *, other_host: str | None = None) -> str:
+    """An Ingress with one path (None: omitted) on demo.local; with `other_host`, first the
+    same matched rule on that host, spelled with the trailing "/" toggled where that is the same
+    rule (Prefix-like paths other than "/")."""
+
+    def host_rule(host: str, path: str | None) -> str:
+        path_field = "" if path is None else f"path: '{path}', "
+        backend = "backend: {service: {name: web, port: {number: 80}}}"
+        return f"""
+  - host: {host}
+    http:
+      paths:
+      - {{{path_field}pathType: {path_type}, {backend}}}"""
+
+    rules = host_rule("demo.local", path)
+    if other_host is not None:
+        other = path
+        if path_type != "Exact" and path is not None and path != "/":
+            other = path.rstrip("/") if path.endswith("/") else path + "/"
+        rules = host_rule(other_host, other) + rules
+    return ingress("written", rules)
+
+
+IS = "ImplementationSpecific"
+# (case, pathType, path as written (None: omitted), request path, path reported). The compiler
+# matches a Prefix path without its trailing "/" and an omitted path as "/"; explain reports the
+# path and pathType as the Ingress wrote them.
+WRITTEN = [
+    ("Exact", "Exact", "/foo", "/foo", "/foo"),
+    ("Exact, trailing /", "Exact", "/foo/", "/foo/", "/foo/"),
+    ("Exact root", "Exact", "/", "/", "/"),
+    ("Prefix", "Prefix", "/foo", "/foo/x", "/foo"),
+    ("Prefix, trailing /", "Prefix", "/foo/", "/foo/x", "/foo/"),
+    ("Prefix, trailing /, request without it", "Prefix", "/foo/", "/foo", "/foo/"),
+    ("Prefix root", "Prefix", "/", "/x", "/"),
+    ("ImplementationSpecific", IS, "/foo", "/foo/x", "/foo"),
+    ("ImplementationSpecific, trailing /", IS, "/foo/", "/foo/x", "/foo/"),
+    ("ImplementationSpecific root", IS, "/", "/x", "/"),
+    ("ImplementationSpecific, path omitted", IS, None, "/x", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("path_type", "written", "target", "reported"),
+    [row[1:] for row in WRITTEN],
+    ids=[row[0] for row in WRITTEN],
+)
+@pytest.mark.parametrize("other_host", [None, "other.local"], ids=["one host", "two hosts"])
+def test_reports_path_as_written(
+    path_type: str, written: str | None, target: str, reported: str, other_host: str | None
+) -> None:
+    """With `other_host`, the same matched rule is first written without the trailing "/" on
+    another host: each host keeps its own spelling."""
+    store = _store([one_path(path_type, written, other_host=other_host), WEB])
+    result = compile_view(store, CompileSettings())
+    assert not result.problems
+    answer = explain(result, store, f"http://demo.local{target}", {})
+    expected = routed("ns/written", ("demo.local", reported, path_type), ("ns/web", 80), WEB_PODS)
+    assert answer == expected
+    shown = '""' if reported == "" else reported
+    assert f"rule:      demo.local {shown} {path_type}" in describe(answer, result.ignored)
+
+
+def test_path_as_written_survives_an_endpoints_only_compile() -> None:
+    """The incremental compiler reuses the routes when only EndpointSlices change; the written
+    paths must come along with them."""
+    store = _store([ingress("written", rule("demo.local", ("/foo/", "Prefix", "web", 80))), WEB])
+    compiler = Compiler(CompileSettings())
+    first = compiler.compile(store)
+    moved = parse_object(yaml.safe_load(endpoints("web", "127.0.0.7")))
+    assert moved is not None
+    store.apply(WatchEvent("MODIFIED", moved))
+    second = compiler.compile(store)
+    assert second.snapshot.routes is first.snapshot.routes  # the endpoints-only path was taken
+    answer = explain(second, store, "http://demo.local/foo/x", {})
+    assert (answer["path"], answer["endpoints"]) == ("/foo/", ["127.0.0.7:8081"])
