@@ -23,6 +23,11 @@ READ_KINDS: Final[frozenset[str]] = frozenset(
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 DEFAULT_CLASS_ANNOTATION: Final = "ingressclass.kubernetes.io/is-default-class"
 TLS_SECRET_TYPE: Final = "kubernetes.io/tls"
+# The Secret data keys Portico reads: a TLS pair (`spec.tls`, the default certificate) and the CA
+# bundle of upstream TLS (`proxy-ssl-secret`). Every other key is dropped while parsing, so that
+# credentials of unrelated Secrets (cluster mode reads Secrets of most types) never stay in memory.
+# A feature that reads another key adds it here.
+SECRET_DATA_KEYS: Final[frozenset[str]] = frozenset({"tls.crt", "tls.key", "ca.crt"})
 
 # Ingress API versions whose spec shape we understand; the old v1beta1 shape (serviceName,
 # servicePort) would silently parse as backend-less paths, so it is rejected loudly instead.
@@ -437,8 +442,11 @@ def _endpoint_slice(
 
 
 def _secret(r: _Reader, raw: Mapping[str, Any], ns: str) -> Secret:
+    """A Secret holding only its SECRET_DATA_KEYS (other keys are neither decoded nor kept)."""
     data: dict[str, bytes] = {}
     for k, v in r.mapping(raw.get("data"), "data").items():
+        if k not in SECRET_DATA_KEYS:
+            continue
         if v is None:
             data[str(k)] = b""
             continue
@@ -455,6 +463,8 @@ def _secret(r: _Reader, raw: Mapping[str, Any], ns: str) -> Secret:
     # stringData is write-only in the API (merged into data by the API server, taking
     # precedence); a YAML manifest may carry it, so do the same merge here.
     for k, v in r.mapping(raw.get("stringData"), "stringData").items():
+        if k not in SECRET_DATA_KEYS:
+            continue
         if not isinstance(v, str):
             raise r.fail(f"stringData.{k}", f"expected a string, got {type(v).__name__}")
         data[str(k)] = v.encode()

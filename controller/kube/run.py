@@ -22,7 +22,7 @@ from typing import Any
 
 from controller.compiler import Compiler, CompileResult
 from controller.events import EventRecorder
-from controller.kube.client import SERVICES, ConfigError, KubeApi, open_api
+from controller.kube.client import SECRETS, SERVICES, ConfigError, KubeApi, Resource, open_api
 from controller.kube.objects import PublishedService, ReferenceIndex
 from controller.kube.settings import ClusterSettings
 from controller.kube.watching import (
@@ -31,6 +31,7 @@ from controller.kube.watching import (
     Informer,
     Watched,
     build_informers,
+    build_named_informers,
 )
 from controller.leader import LeaderElector
 from controller.publisher import Publisher
@@ -89,6 +90,20 @@ class Cluster:
             api,
             self.source,
             settings.watch_namespaces,
+            watch_timeout=settings.watch_timeout,
+            max_backoff=settings.max_backoff,
+        )
+        # The default certificate may live outside the watched namespaces (a shared wildcard
+        # certificate): then it is read by name, as the chart's RBAC grants it.
+        named: list[tuple[Resource, str, str]] = []
+        if base.default_certificate:
+            namespace, _, name = base.default_certificate.partition("/")
+            named.append((SECRETS, namespace, name))
+        self.informers += build_named_informers(
+            api,
+            self.source,
+            settings.watch_namespaces,
+            named,
             watch_timeout=settings.watch_timeout,
             max_backoff=settings.max_backoff,
         )

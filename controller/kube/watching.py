@@ -34,7 +34,7 @@ from controller.kube.client import (
     SERVICES,
     Resource,
 )
-from controller.objects import TLS_SECRET_TYPE, ObjectParseError, parse_object
+from controller.objects import ObjectParseError, parse_object
 from controller.store import Store, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -53,14 +53,30 @@ class Watched:
     field_selector: str | None = None
 
 
-# Secrets: only TLS ones (the API supports the `type` field selector for Secrets), so we never
-# receive service-account tokens or other credentials we have no use for.
+# Secret types Portico can never use: service-account and bootstrap tokens, Helm release
+# records, registry credentials. Configuration names Secrets of any other type: TLS pairs
+# (kubernetes.io/tls), and Opaque ones (a `proxy-ssl-secret` holding ca.crt, htpasswd files).
+UNUSABLE_SECRET_TYPES: Final[tuple[str, ...]] = (
+    "kubernetes.io/service-account-token",
+    "helm.sh/release.v1",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/dockerconfigjson",
+    "bootstrap.kubernetes.io/token",
+)
+
+# Secrets: every type except those, excluded by the server (the `type` field selector, several
+# `!=` terms ANDed), so the stream carries no tokens; `parse_object` keeps only the data keys
+# Portico reads. One list+watch per namespace rather than one watch per referenced Secret: the
+# names change with every Ingress, a watch per name does not scale to thousands of Ingresses,
+# and a Secret named by an Ingress must be readable anyway (list/watch in that namespace).
+SECRETS_SELECTOR: Final = ",".join(f"type!={t}" for t in UNUSABLE_SECRET_TYPES)
+
 WATCHED: Final[tuple[Watched, ...]] = (
     Watched(INGRESSES),
     Watched(INGRESS_CLASSES),
     Watched(SERVICES),
     Watched(ENDPOINT_SLICES),
-    Watched(SECRETS, f"type={TLS_SECRET_TYPE}"),
+    Watched(SECRETS, SECRETS_SELECTOR),
 )
 
 
@@ -460,5 +476,40 @@ def build_informers(
             informers.append(
                 Informer(api, item, ns, sink, watch_timeout=watch_timeout, max_backoff=max_backoff)
             )
+    sink.informers.extend(informers)
+    return informers
+
+
+def build_named_informers(
+    api: WatchApi,
+    sink: ClusterSource,
+    namespaces: Sequence[str],
+    refs: Iterable[tuple[Resource, str, str]],
+    *,
+    watch_timeout: float,
+    max_backoff: float,
+) -> list[Informer]:
+    """One informer per object that settings name (resource, namespace, name) outside the
+    watched `namespaces`: a list+watch of that namespace with a `metadata.name` field
+    selector, which the API server authorizes as a request for that one name (the chart grants
+    it with `resourceNames`). Objects inside the watched namespaces (or with all namespaces
+    watched) already come through `build_informers`. Their objects go into the same store, and
+    the kind counts as listed only once these have listed too."""
+    informers: list[Informer] = []
+    if not namespaces:
+        return informers
+    for resource, namespace, name in refs:
+        if namespace in namespaces:
+            continue
+        informers.append(
+            Informer(
+                api,
+                Watched(resource, f"metadata.name={name}"),
+                namespace,
+                sink,
+                watch_timeout=watch_timeout,
+                max_backoff=max_backoff,
+            )
+        )
     sink.informers.extend(informers)
     return informers

@@ -5,23 +5,31 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from controller.compiler.problems import Problem
 from controller.kube import ApiError
-from controller.kube.client import INGRESS_CLASSES, SECRETS, SERVICES, Resource
+from controller.kube.client import INGRESS_CLASSES, SECRETS, SERVICES, KubeApi, Resource
+from controller.kube.run import Cluster
+from controller.kube.settings import ClusterSettings
 from controller.kube.watching import (
+    SECRETS_SELECTOR,
+    WATCHED,
     Backoff,
     Change,
     ClusterSource,
     Informer,
     Watched,
     build_informers,
+    build_named_informers,
     reconcile_list,
 )
+from controller.settings import Settings
 from controller.store import Store, WatchEvent
+from tests.kubesim import resources as kubesim_resources
+from tests.kubesim.selectors import parse_field_selector
 
 
 def svc(name: str, rv: str, ns: str = "default", port: Any = 80) -> dict[str, Any]:
@@ -289,3 +297,78 @@ def test_deleted_without_object_removes_the_stored_one() -> None:
     source.changes(informer, [Change("DELETED", ("default", "a"), None)])
     assert names(store) == set()
     assert seen == [("Service", ("default", "a"), False), ("Service", ("default", "a"), True)]
+
+
+# Secrets of these types must reach the store (Opaque: a proxy-ssl-secret's ca.crt, htpasswd
+# files); the others must be excluded by the server and never be sent to Portico.
+SECRET_TYPES = [
+    ("kubernetes.io/tls", True),
+    ("Opaque", True),
+    ("kubernetes.io/basic-auth", True),
+    ("kubernetes.io/service-account-token", False),
+    ("helm.sh/release.v1", False),
+    ("kubernetes.io/dockercfg", False),
+    ("kubernetes.io/dockerconfigjson", False),
+    ("bootstrap.kubernetes.io/token", False),
+]
+
+
+@pytest.mark.parametrize(("secret_type", "read"), SECRET_TYPES)
+def test_the_secret_informer_reads_every_type_portico_can_use(secret_type: str, read: bool) -> None:
+    (secrets,) = [w for w in WATCHED if w.resource is SECRETS]
+    assert secrets.field_selector is not None
+    # Applied as the API server applies it (KubeSim implements the same selector grammar).
+    selector = parse_field_selector(secrets.field_selector, kubesim_resources.SECRET)
+    raw = {"metadata": {"name": "s", "namespace": "default"}, "type": secret_type}
+    assert selector(raw) is read
+
+
+def test_named_informers_read_objects_outside_the_watched_namespaces_by_name() -> None:
+    store = Store()
+    recorder = Recorder(store)
+    source = ClusterSource(recorder, store)
+    refs = [(SECRETS, "certs", "wildcard"), (SECRETS, "team-a", "inside")]
+    watched = build_informers(
+        FakeApi(), source, ["team-a"], watch_timeout=10, max_backoff=1, watched=[Watched(SECRETS)]
+    )
+    named = build_named_informers(
+        FakeApi(), source, ["team-a"], refs, watch_timeout=10, max_backoff=1
+    )
+    # Inside a watched namespace the namespace's informer has it already.
+    assert [(i.namespace, i.field_selector) for i in named] == [("certs", "metadata.name=wildcard")]
+    # With every namespace watched, nothing is read by name.
+    assert build_named_informers(FakeApi(), source, [], refs, watch_timeout=1, max_backoff=1) == []
+    # Secrets count as listed only once the by-name informer has listed too.
+    for informer in watched:
+        informer.has_listed = True
+        source.listed(informer)
+    assert recorder.listed == []
+    named[0].has_listed = True
+    source.listed(named[0])
+    assert recorder.listed == ["Secret"]
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "certificate", "expected"),
+    [
+        (("team-a",), "certs/wildcard", [("certs", "metadata.name=wildcard")]),
+        (("team-a", "certs"), "certs/wildcard", []),
+        ((), "certs/wildcard", []),
+        (("team-a",), None, []),
+    ],
+)
+def test_the_controller_reads_a_default_certificate_outside_the_watched_namespaces(
+    namespaces: tuple[str, ...], certificate: str | None, expected: list[tuple[str, str]]
+) -> None:
+    cluster = Cluster(
+        cast(KubeApi, FakeApi()),
+        ClusterSettings(watch_namespaces=namespaces, pod_name="p", election_namespace="portico"),
+        Settings(default_certificate=certificate),
+    )
+    secrets = [i for i in cluster.informers if i.resource is SECRETS]
+    assert [(i.namespace, i.field_selector) for i in secrets] == [
+        *[(ns, SECRETS_SELECTOR) for ns in namespaces or [None]],
+        *expected,
+    ]
+    # They feed the store, and the first compile waits for them.
+    assert all(i in cluster.source.informers for i in secrets)

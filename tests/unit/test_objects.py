@@ -107,11 +107,21 @@ def test_endpoint_slice_null_lists_and_conditions() -> None:
 
 
 def test_secret_data_and_string_data() -> None:
-    raw = opaque_secret(a="one", b="two")
-    raw["stringData"] = {"b": "override", "c": "three"}
+    raw = opaque_secret(**{"tls.crt": "one", "tls.key": "two"})
+    raw["stringData"] = {"tls.key": "override", "ca.crt": "three"}
     obj = parse_object(raw)
     assert isinstance(obj, Secret)
-    assert obj.data == {"a": b"one", "b": b"override", "c": b"three"}
+    assert obj.data == {"tls.crt": b"one", "tls.key": b"override", "ca.crt": b"three"}
+
+
+def test_secret_keeps_only_the_keys_portico_reads() -> None:
+    # Credentials beside the CA bundle are dropped at parse time, valid or not.
+    raw = opaque_secret(**{"ca.crt": "CA", "password": "hunter2", "token": "t"})
+    raw["data"]["broken"] = "!!!"
+    raw["stringData"] = {"auth-extra": "x", "other": "y"}
+    obj = parse_object(raw)
+    assert isinstance(obj, Secret)
+    assert obj.data == {"ca.crt": b"CA"}
 
 
 YAML_MANIFEST = """
@@ -208,7 +218,11 @@ BAD_ROWS: list[tuple[str, dict[str, Any], str]] = [
         ),
         "endpoints[0].conditions.ready",
     ),
-    ("secret-bad-base64", _with(opaque_secret(), "data", {"k": "!!!"}), "data.k: not valid base64"),
+    (
+        "secret-bad-base64",
+        _with(opaque_secret(), "data", {"ca.crt": "!!!"}),
+        "data.ca.crt: not valid base64",
+    ),
     (
         "old-ingress-api",
         _with(ingress(), "apiVersion", "extensions/v1beta1"),

@@ -72,6 +72,18 @@ def test_apply_relevance(type_: str, raw: Raw, relevant: bool) -> None:
     assert (store.revision > revision) is relevant
 
 
+def test_opaque_ca_secrets_matter_only_when_named_and_only_for_the_keys_portico_reads() -> None:
+    store = base_store()
+    annotation = {"nginx.ingress.kubernetes.io/proxy-ssl-secret": "default/upstream-ca"}
+    assert store.apply(ev("ADDED", ingress("up", annotations=annotation)))
+    ca = {"ca.crt": "CA-1", "note": "a"}
+    assert store.apply(ev("ADDED", opaque_secret("upstream-ca", **ca)))
+    assert not store.apply(ev("ADDED", opaque_secret("unrelated-ca", **ca)))
+    # A key Portico does not read changes: the parsed Secret is the same, nothing to compile.
+    assert not store.apply(ev("MODIFIED", opaque_secret("upstream-ca", **{**ca, "note": "b"})))
+    assert store.apply(ev("MODIFIED", opaque_secret("upstream-ca", **{**ca, "ca.crt": "CA-2"})))
+
+
 def test_irrelevant_objects_are_still_stored() -> None:
     store = base_store()
     store.apply(ev("ADDED", service("db")))
