@@ -18,7 +18,8 @@ API writes. Options worth knowing: bookmark_interval, watch_list (False = reject
 tls/require_auth, history_size. Call everything from the event loop's thread.
 """
 
+from tests.kubesim.rbac import Grant
 from tests.kubesim.server import AuditEntry, KubeSim, go_bool
 from tests.kubesim.status import ApiError
 
-__all__ = ["ApiError", "AuditEntry", "KubeSim", "go_bool"]
+__all__ = ["ApiError", "AuditEntry", "Grant", "KubeSim", "go_bool"]

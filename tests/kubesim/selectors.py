@@ -200,3 +200,22 @@ def parse_field_selector(text: str, rt: ResourceType) -> Predicate:
         return all((_field_value(obj, f) == value) != negate for f, negate, value in terms)
 
     return predicate
+
+
+def required_name(text: str) -> str | None:
+    """The name a field selector pins (a `metadata.name=x` or `==x` term), else None.
+
+    The apiserver takes it as the request's name when authorizing a list or watch, so a Role
+    with `resourceNames` allows listing and watching exactly that object this way.
+    """
+    for raw in _split_unescaped(text, ","):
+        term = raw.strip()
+        if "!=" in term:
+            continue
+        field, _, value = term.replace("==", "=", 1).partition("=")
+        value = value.strip()
+        # The name must be a valid path segment (apimachinery's IsValidPathSegmentName).
+        valid = value not in (".", "..") and "/" not in value and "%" not in value
+        if field.strip() == "metadata.name" and valid:
+            return value or None
+    return None

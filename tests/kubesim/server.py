@@ -28,10 +28,11 @@ import yaml
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from tests.kubesim import resources
+from tests.kubesim import rbac, resources
+from tests.kubesim.rbac import Grant
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ALL_TYPES, GROUPS, NAMESPACE, ResourceType
-from tests.kubesim.selectors import parse_field_selector, parse_label_selector
+from tests.kubesim.selectors import parse_field_selector, parse_label_selector, required_name
 from tests.kubesim.status import (
     ApiError,
     bad_request,
@@ -66,6 +67,7 @@ def go_bool(name: str, value: str) -> bool:
 # Aliases so annotations inside KubeSim are not shadowed by its `list` method.
 _Objects = list[dict[str, Any]]
 _Segments = list[str]
+_Grants = list[Grant]
 
 
 @dataclass
@@ -152,7 +154,9 @@ class KubeSim:
         self.audit: list[AuditEntry] = []
         self._faults: list[_Fault] = []
         self._forbidden: list[tuple[str, str, str | None]] = []
-        self._rbac: list[tuple[dict[str, Any], str | None]] | None = None
+        self._rbac: frozenset[Grant] | None = None
+        # The grants that allowed at least one request since load_rbac (see rbac_unused).
+        self.rbac_used: set[Grant] = set()
         self._delay = 0.0
         self._down = False
         self._app = web.Application()
@@ -441,19 +445,20 @@ class KubeSim:
         """Undo a forbid() with the same arguments."""
         self._forbidden = [r for r in self._forbidden if r != (verb, resource, namespace)]
 
-    def load_rbac(self, documents: Iterable[dict[str, Any]] | None) -> None:
-        """Allow only what these ClusterRole/Role documents grant (as if bound to our user);
-        None turns RBAC off. Use with `helm template` output to catch missing rules."""
-        if documents is None:
-            self._rbac = None
-            return
-        rules: list[tuple[dict[str, Any], str | None]] = []
-        for doc in documents:
-            if not doc or doc.get("kind") not in ("ClusterRole", "Role"):
-                continue
-            scope = doc.get("metadata", {}).get("namespace") if doc["kind"] == "Role" else None
-            rules.extend((rule, scope) for rule in doc.get("rules") or [])
-        self._rbac = rules
+    def load_rbac(self, documents: Iterable[dict[str, Any] | None] | None) -> None:
+        """Allow only what these ClusterRole/Role documents grant to `user` through their
+        bindings (all of them when there is no binding); None turns RBAC off. Use with
+        `helm template` output to catch missing rules, and `rbac_unused()` for surplus ones."""
+        self._rbac = None if documents is None else rbac.grants(documents, self.user)
+        self.rbac_used = set()
+
+    def rbac_grants(self) -> frozenset[Grant]:
+        """What the loaded RBAC grants (empty when RBAC is off)."""
+        return self._rbac or frozenset()
+
+    def rbac_unused(self) -> _Grants:
+        """Grants that allowed no request since load_rbac, sorted."""
+        return sorted(self.rbac_grants() - self.rbac_used)
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -506,9 +511,14 @@ class KubeSim:
             return discovery
         target = self._target(segments, request.path)
         verb = self._verb(request, target)
+        # A list or watch pinned to one name by its field selector is authorized (and audited)
+        # as a request for that name, as the apiserver's RequestInfo does.
+        name = target.name
+        if name is None and verb in ("list", "watch"):
+            name = required_name(request.query.get("fieldSelector", ""))
         entry.verb, entry.resource = verb, target.resource
-        entry.namespace, entry.name = target.namespace, target.name
-        self._authorize(verb, target)
+        entry.namespace, entry.name = target.namespace, name
+        self._authorize(verb, target, name)
         self._inject_fault(verb, target.resource)
         query = request.query
         if query.get("dryRun"):
@@ -616,7 +626,7 @@ class KubeSim:
             return "delete" if target.name is not None else "deletecollection"
         raise method_not_allowed(method)
 
-    def _authorize(self, verb: str, target: _Target) -> None:
+    def _authorize(self, verb: str, target: _Target, name: str | None) -> None:
         denied = any(
             f_verb in ("*", verb)
             and f_resource in ("*", target.resource)
@@ -624,9 +634,13 @@ class KubeSim:
             for f_verb, f_resource, f_ns in self._forbidden
         )
         if not denied and self._rbac is not None:
-            denied = not any(
-                self._rule_allows(rule, scope, verb, target) for rule, scope in self._rbac
-            )
+            allowing = {
+                grant
+                for grant in self._rbac
+                if grant.allows(verb, target.rt.group, target.resource, target.namespace, name)
+            }
+            self.rbac_used |= allowing
+            denied = not allowing
         if denied:
             raise forbidden(
                 target.rt,
@@ -634,21 +648,8 @@ class KubeSim:
                 user=self.user,
                 subresource=target.subresource,
                 namespace=target.namespace,
-                name=target.name,
+                name=name,
             )
-
-    @staticmethod
-    def _rule_allows(rule: dict[str, Any], scope: str | None, verb: str, target: _Target) -> bool:
-        if scope is not None and scope != target.namespace:
-            return False
-        groups = rule.get("apiGroups") or []
-        names = rule.get("resourceNames") or []
-        return (
-            ("*" in groups or target.rt.group in groups)
-            and any(r in ("*", target.resource) for r in rule.get("resources") or [])
-            and any(v in ("*", verb) for v in rule.get("verbs") or [])
-            and (not names or target.name in names)
-        )
 
     def _inject_fault(self, verb: str, resource: str) -> None:
         for fault in self._faults:

@@ -588,6 +588,111 @@ async def test_rbac_rules_from_a_cluster_role(sim: KubeSim, api: client.ApiClien
     assert info.value.status == 403
 
 
+def _binding(kind: str, role: str, subject: dict[str, str], ns: str | None = None) -> Any:
+    ref_kind = "ClusterRole" if kind == "ClusterRoleBinding" or role.startswith("c-") else "Role"
+    return {
+        "kind": kind,
+        "metadata": {"name": f"{kind}-{role}", **({"namespace": ns} if ns else {})},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": role},
+        "subjects": [subject],
+    }
+
+
+ME = {"kind": "ServiceAccount", "name": "portico", "namespace": "portico"}
+RBAC_DOCS: list[Any] = [
+    {
+        "kind": "ClusterRole",
+        "metadata": {"name": "c-read"},
+        "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]}],
+    },
+    {
+        "kind": "Role",
+        "metadata": {"name": "by-name", "namespace": "certs"},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["wildcard"],
+                "verbs": ["list", "watch"],
+            }
+        ],
+    },
+    {
+        "kind": "Role",
+        "metadata": {"name": "unbound", "namespace": NS},
+        "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}],
+    },
+    # c-read bound in one namespace only; by-name bound to us, and to someone else.
+    _binding("RoleBinding", "c-read", ME, "team-a"),
+    _binding("RoleBinding", "by-name", ME, "certs"),
+    _binding("ClusterRoleBinding", "c-read", {"kind": "User", "name": "alice"}),
+]
+
+
+async def test_rbac_follows_bindings_names_in_field_selectors_and_records_use(
+    sim: KubeSim, api: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(api)
+    sim.load_rbac(RBAC_DOCS)
+    assert sorted(map(str, sim.rbac_grants())) == [
+        "list secrets named wildcard in namespace certs",
+        "list services in namespace team-a",
+        "watch secrets named wildcard in namespace certs",
+        "watch services in namespace team-a",
+    ]
+    # A ClusterRole bound by a RoleBinding grants in that namespace only.
+    await core.list_namespaced_service("team-a")
+    for call in (
+        core.list_namespaced_service("team-b"),
+        core.list_service_for_all_namespaces(),
+        core.list_namespaced_secret("certs"),  # resourceNames: only with the name pinned
+        core.list_namespaced_secret("certs", field_selector="metadata.name=other"),
+        core.list_namespaced_secret("certs", field_selector="metadata.name!=wildcard"),
+        core.list_namespaced_event(NS),  # its Role is bound to nobody
+    ):
+        with pytest.raises(ApiException) as info:
+            await call
+        assert info.value.status == 403
+    assert sim.rbac_unused() == sorted(
+        g for g in sim.rbac_grants() if g.resource == "secrets" or g.verb == "watch"
+    )
+    # A list pinned to the name by its field selector is authorized, and audited, by that name.
+    listed = await core.list_namespaced_secret(
+        "certs", field_selector="type!=kubernetes.io/dockercfg,metadata.name=wildcard"
+    )
+    assert listed.items == []
+    assert (sim.audit[-1].verb, sim.audit[-1].name) == ("list", "wildcard")
+    w = watch.Watch()
+    stream = w.stream(
+        core.list_namespaced_secret, "certs", field_selector="metadata.name==wildcard"
+    )
+    task = asyncio.ensure_future(events(stream, 1))
+    await sim.wait_for_watch("secrets")
+    sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "wildcard", "namespace": "certs"},
+        }
+    )
+    assert summary(await task) == [("ADDED", "wildcard")]
+    assert sim.rbac_unused() == sorted(
+        g for g in sim.rbac_grants() if g.resource == "services" and g.verb == "watch"
+    )
+    message = (
+        'secrets "other" is forbidden: User "system:serviceaccount:portico:portico" cannot list '
+        'resource "secrets" in API group "" in the namespace "certs"'
+    )
+    forbidden = [e for e in sim.audit if e.status == 403 and e.name == "other"]
+    assert len(forbidden) == 1
+    with pytest.raises(ApiException) as info:
+        await core.list_namespaced_secret("certs", field_selector="metadata.name=other")
+    assert status_of(info.value)["message"] == message
+    sim.load_rbac(None)
+    assert sim.rbac_grants() == frozenset() and sim.rbac_unused() == []
+    await core.list_namespaced_event(NS)
+
+
 async def test_down_pause_and_delay(sim: KubeSim, api: client.ApiClient) -> None:
     net = client.NetworkingV1Api(api)
     sim.set_down(True)
@@ -839,5 +944,11 @@ def test_selector_errors_are_bad_requests() -> None:
         assert err.value.code == 400
     secret = {"metadata": {"name": "s", "namespace": "x"}, "type": "kubernetes.io/tls"}
     assert parse_field_selector("type=kubernetes.io/tls,metadata.name!=t", SECRET)(secret)
+    # Several `!=` terms on one field are ANDed, as Portico's Secret informer uses them.
+    excluding = "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1"
+    assert parse_field_selector(excluding, SECRET)(secret)
+    assert parse_field_selector(excluding, SECRET)({**secret, "type": "Opaque"})
+    for unwanted in ("kubernetes.io/service-account-token", "helm.sh/release.v1"):
+        assert not parse_field_selector(excluding, SECRET)({**secret, "type": unwanted})
     with pytest.raises(ApiError):
         parse_field_selector("data.x=1", SECRET)
