@@ -171,10 +171,13 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(str(problem), file=out)
     for ref, why in sorted(result.ignored.items()):
         print(f"ignored Ingress {ref}: {why}", file=out)
+    skipped = source.skipped
+    for item in skipped:
+        if item.problem is None:  # the others are problems, printed above
+            print(f"skipped {item} (kind not read)", file=out)
     snapshot = result.snapshot
     hosts = sorted(vh.host or "(any host)" for vh in snapshot.routes.virtual_hosts)
     endpoints = sum(len(b.endpoints) for b in snapshot.backends)
-    skipped = source.skipped
     print(
         f"{directory}: {len(problems)} problem{'s' if len(problems) != 1 else ''}; "
         f"ingresses: {len(result.owned)} owned, {len(result.ignored)} ignored; "

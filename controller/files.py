@@ -9,11 +9,16 @@ ConfigMap volumes whose files change by a symlink swap.
 A broken file (bad YAML, a document without apiVersion/kind, an object that does not parse)
 becomes a `File` problem naming `<relative path>#<document index>` (0-based), and the last good
 version of that whole file keeps serving: a half-saved edit never takes routes down.
+
+Objects of other kinds are skipped, and each is named (`skipped`). One that looks meant for
+Portico (`kind: Ingres`, an `extensions/v1beta1` Ingress: see `controller.kinds`) is also a
+`File` problem, `UnknownKind` or `UnsupportedAPIVersion`; the rest of its file is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +30,7 @@ from typing import Any, Final, Protocol
 import yaml
 
 from controller.compiler import Problem
+from controller.kinds import is_read, mistake
 from controller.objects import READ_KINDS, KubeObject, ObjectParseError, parse_object
 from controller.store import Store, WatchEvent
 
@@ -53,6 +59,21 @@ class Located:
     where: str
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """An object Portico does not read, where it is, and the problem when it looks meant for
+    Portico (a misspelt kind, an old apiVersion)."""
+
+    where: str  # "path#index"
+    api_version: str
+    kind: str
+    name: str  # "ns/name" when a namespace is given, else "name"
+    problem: Problem | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.api_version} {self.kind} {self.name}"
+
+
 @dataclass
 class _FileState:
     # What the last read saw; None forces a read on the next tick.
@@ -61,7 +82,7 @@ class _FileState:
     seen_signature: Signature | None = None
     good: tuple[Located, ...] = ()  # the last good read
     problems: tuple[Problem, ...] = ()
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
 
 class ManifestSink(Protocol):
@@ -99,8 +120,8 @@ class ManifestSource:
         return self._problems
 
     @property
-    def skipped(self) -> tuple[str, ...]:
-        """Objects of kinds Portico does not read, as "Kind name (path#index)"."""
+    def skipped(self) -> tuple[Skipped, ...]:
+        """The objects Portico does not read, in file and document order."""
         return tuple(s for state in self._files.values() for s in state.skipped)
 
     def located(self, kind: str, namespace: str, name: str) -> str | None:
@@ -173,7 +194,7 @@ class ManifestSource:
         return dict(sorted(found.items()))
 
     def _read(self, rel: str, path: Path, state: _FileState) -> None:
-        skipped: list[str] = []
+        skipped: list[Skipped] = []
         try:
             located = tuple(self._documents(rel, path, skipped))
         except _Invalid as exc:
@@ -189,7 +210,7 @@ class ManifestSource:
         state.skipped = tuple(skipped)
         logger.debug("manifest.read", extra={"file": rel, "objects": len(located)})
 
-    def _documents(self, rel: str, path: Path, skipped: list[str]) -> Iterator[Located]:
+    def _documents(self, rel: str, path: Path, skipped: list[Skipped]) -> Iterator[Located]:
         try:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -202,7 +223,9 @@ class ManifestSource:
         except yaml.YAMLError as exc:
             raise _Invalid(loaded, f"invalid YAML: {_yaml_reason(exc)}") from None
 
-    def _document(self, rel: str, index: int, doc: Any, skipped: list[str]) -> Iterator[Located]:
+    def _document(
+        self, rel: str, index: int, doc: Any, skipped: list[Skipped]
+    ) -> Iterator[Located]:
         if doc is None:
             return  # an empty document (a trailing `---`, a comment-only file)
         if not isinstance(doc, Mapping):
@@ -223,20 +246,27 @@ class ManifestSource:
         yield from self._object(rel, index, doc, skipped)
 
     def _object(
-        self, rel: str, index: int, raw: Mapping[str, Any], skipped: list[str], *, prefix: str = ""
+        self,
+        rel: str,
+        index: int,
+        raw: Mapping[str, Any],
+        skipped: list[Skipped],
+        *,
+        prefix: str = "",
     ) -> Iterator[Located]:
         where = f"{rel}#{index}"
+        if not is_read(raw.get("apiVersion"), raw.get("kind")):
+            item = _skipped(where, prefix, raw)
+            skipped.append(item)
+            logger.debug(
+                "manifest.skipped", extra={"file": rel, "document": index, "object": str(item)}
+            )
+            return
         try:
             obj = parse_object(raw)
         except ObjectParseError as exc:
             raise _Invalid(index, f"{prefix}{exc}") from None
-        if obj is None:
-            meta = raw.get("metadata")
-            name = meta.get("name") if isinstance(meta, Mapping) else None
-            note = f"{raw.get('kind')} {name or '<unnamed>'} ({where})"
-            skipped.append(note)
-            logger.debug("manifest.skipped", extra={"file": rel, "document": index, "object": note})
-            return
+        assert obj is not None  # is_read() admits only kinds that parse_object reads
         yield Located(obj, where)
 
     def _merge(self) -> list[WatchEvent]:
@@ -245,6 +275,7 @@ class ManifestSource:
         duplicates: list[Problem] = []
         for state in self._files.values():  # sorted by relative path
             invalid.extend(state.problems)
+            invalid.extend(s.problem for s in state.skipped if s.problem is not None)
             for located in state.good:
                 key = located.obj.key
                 first = merged.get(key)
@@ -321,6 +352,27 @@ def read_manifests(directory: Path) -> tuple[Store, ManifestSource]:
     store = Store()
     source.load(store)
     return store, source
+
+
+def _skipped(where: str, prefix: str, raw: Mapping[str, Any]) -> Skipped:
+    api_version, kind = raw.get("apiVersion"), raw.get("kind")
+    meta = raw.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = str(meta.get("name") or "<unnamed>")
+    if meta.get("namespace"):
+        name = f"{meta['namespace']}/{name}"
+    shown = Skipped(where, str(api_version or "<no apiVersion>"), str(kind), name)
+    wrong = mistake(api_version, kind)
+    if wrong is None:
+        return shown
+    problem = Problem(
+        "File",
+        where,
+        wrong.reason,
+        f"{prefix}{shown.api_version} {shown.kind} {name} is not read (skipped): "
+        f"{wrong.advice(api_version)}",
+    )
+    return dataclasses.replace(shown, problem=problem)
 
 
 def _raise(exc: OSError) -> None:

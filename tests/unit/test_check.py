@@ -150,6 +150,81 @@ def test_list_kind_and_skipped_kinds(tmp_path: Path) -> None:
     assert "1 owned" in out
     assert "endpoints: 1" in out
     assert "skipped objects (kinds not read): 1" in out
+    assert "skipped deploy.yaml#0: apps/v1 Deployment ns/web (kind not read)" in out
+
+
+def doc(api_version: str, kind: str, meta: str = "{name: web, namespace: ns}") -> str:
+    return f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {meta}\n"
+
+
+def note(what: str) -> str:
+    return f"skipped x.yaml#1: {what} (kind not read)"
+
+
+# (document, the line `check` prints for it, exit code): every skipped object is named
+# (file#document, apiVersion, kind, name); one that looks meant for Portico is a problem.
+SKIPPED = [
+    (doc("apps/v1", "Deployment"), note("apps/v1 Deployment ns/web"), 0),
+    (doc("v1", "ConfigMap", "{name: cfg}"), note("v1 ConfigMap cfg"), 0),
+    (doc("v1", "Endpoints"), note("v1 Endpoints ns/web"), 0),
+    (doc("v1", "ConfigMap", "{}"), note("v1 ConfigMap <unnamed>"), 0),
+    (
+        doc("networking.k8s.io/v1", "Ingres"),
+        "File x.yaml#1: UnknownKind: networking.k8s.io/v1 Ingres ns/web is not read (skipped): "
+        "did you mean kind: Ingress?",
+        1,
+    ),
+    (
+        doc("networking.k8s.io/v1", "ingress"),
+        "File x.yaml#1: UnknownKind: networking.k8s.io/v1 ingress ns/web is not read (skipped): "
+        "did you mean kind: Ingress?",
+        1,
+    ),
+    (
+        doc("discovery.k8s.io/v1", "EndpointSlices"),
+        "File x.yaml#1: UnknownKind: discovery.k8s.io/v1 EndpointSlices ns/web is not read "
+        "(skipped): did you mean kind: EndpointSlice?",
+        1,
+    ),
+    (
+        doc("networking.k8s.io/v1beta1", "Ingress"),
+        "File x.yaml#1: UnsupportedAPIVersion: networking.k8s.io/v1beta1 Ingress ns/web is not "
+        "read (skipped): Portico reads Ingress as apiVersion: networking.k8s.io/v1",
+        1,
+    ),
+    (
+        doc("extensions/v1beta1", "Ingress"),
+        "File x.yaml#1: UnsupportedAPIVersion: extensions/v1beta1 Ingress ns/web is not read "
+        "(skipped): Portico reads Ingress as apiVersion: networking.k8s.io/v1",
+        1,
+    ),
+    (
+        doc("discovery.k8s.io/v1beta1", "EndpointSlice"),
+        "File x.yaml#1: UnsupportedAPIVersion: discovery.k8s.io/v1beta1 EndpointSlice ns/web is "
+        "not read (skipped): Portico reads EndpointSlice as apiVersion: discovery.k8s.io/v1",
+        1,
+    ),
+    (
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Servce, metadata: {name: a}}",
+        "File x.yaml#1: UnknownKind: items[0]: v1 Servce a is not read (skipped): "
+        "did you mean kind: Service?",
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(("document", "line", "code"), SKIPPED, ids=[r[1][:60] for r in SKIPPED])
+def test_skipped_objects_are_named(tmp_path: Path, document: str, line: str, code: int) -> None:
+    # Document 0 is an ordinary object, so the index shown is the document's own.
+    write(tmp_path, {"app.yaml": GOOD, "x.yaml": f"{doc('v1', 'ConfigMap')}---\n{document}"})
+    exit_code, out, _ = run("check", str(tmp_path))
+    assert exit_code == code, out
+    assert line in out.splitlines()
+    assert "skipped x.yaml#0: v1 ConfigMap ns/web (kind not read)" in out
+    assert "skipped objects (kinds not read): 2" in out
+    assert f"{code} problem{'s' if code != 1 else ''};" in out
+    # A skipped object, even a mistaken one, leaves the rest of its file and directory in use.
+    assert "1 owned" in out
 
 
 def test_ignored_ingress_is_reported_but_not_a_problem(tmp_path: Path) -> None:
