@@ -4,9 +4,10 @@ Sources (the manifest directory, later the Kubernetes watches) hand it events; i
 to the store at once, debounces (about 20 ms of quiet, forced after 250 ms of steady churn),
 never compiles before every kind has been listed, then runs the incremental `Compiler` and
 yields a `CompileResult` whenever the snapshot actually changed. Problems (the compiler's and the
-source's) are logged once when they appear, not on every compile. With no change at all it still
-recompiles fully a second after a served certificate expires (and at least hourly), since
-validity changes with time alone.
+source's) are logged once when they appear, not on every compile. Validity changes with time
+alone, so with no change at all it still compiles a second after the moment the last result
+names (`refresh_at`: a certificate expires or becomes valid); the expired one then falls back to
+the default certificate with a `SecretInvalid` problem, through the same compile as an edit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -27,10 +29,13 @@ from proxy.config import Snapshot
 
 logger = logging.getLogger(__name__)
 
-# Certificates are re-validated at least this often (seconds), and a second after the first
-# one in the snapshot expires: an expired one then falls back to the default certificate with a
-# SecretInvalid problem, as if it had just been applied.
-REVALIDATE_INTERVAL: Final = 3600.0
+# Seconds after a result's `refresh_at` at which it is compiled again: X.509 times are whole
+# seconds, and the loop's clock and the wall clock may disagree slightly.
+REFRESH_MARGIN: Final = 1.0
+# The wall clock is read again at least this often (seconds), whatever the next `refresh_at`:
+# the wait runs on the loop's monotonic clock, which a suspended VM or a stepped system clock
+# leaves behind, and a certificate must still stop being served within a minute of expiring.
+CLOCK_CHECK: Final = 60.0
 QUIET: Final = 0.02  # seconds without a change before compiling (a burst of events is one compile)
 MAX_DELAY: Final = 0.25  # seconds after the first change at most, even under steady churn
 
@@ -85,11 +90,16 @@ class Reconciler:
         *,
         quiet: float = QUIET,
         max_delay: float = MAX_DELAY,
+        clock: Callable[[], float] = time.time,
+        clock_check: float = CLOCK_CHECK,
     ) -> None:
+        """`clock` is the wall clock (Unix time) certificates are checked against."""
         self._store = store
         self._compiler = compiler
         self._quiet = quiet
         self._max_delay = max_delay
+        self._clock = clock
+        self._clock_check = clock_check
         self._wake = asyncio.Event()
         self._dirty = True  # nothing compiled yet
         self._source_problems: tuple[Problem, ...] = ()
@@ -137,44 +147,50 @@ class Reconciler:
             except TimeoutError:
                 return
 
-    def _revalidate_in(self) -> float | None:
-        """Seconds until certificates need checking again (None: nothing compiled yet)."""
+    def _recheck_in(self) -> float | None:
+        """Seconds until the wall clock must be compared with `refresh_at` again (None: nothing
+        compiled yet, only sources can wake us)."""
         compiled = self._compiled
         if compiled is None:
             return None
-        now = time.time()
-        delay = REVALIDATE_INTERVAL
-        for certificate in compiled.snapshot.certificates:
-            if certificate.not_after > now:
-                delay = min(delay, certificate.not_after - now + 1.0)
-        return delay
+        if compiled.refresh_at is None:
+            return self._clock_check
+        due = compiled.refresh_at + REFRESH_MARGIN - self._clock()
+        return min(self._clock_check, max(due, 0.0))
 
     async def results(self) -> AsyncIterator[CompileResult]:
         """One result after the initial sync, then one per change of the snapshot."""
         published: tuple[Snapshot, tuple[Problem, ...], tuple[str, ...]] | None = None
         while True:
+            timed_out = False
             try:
-                await asyncio.wait_for(self._wake.wait(), self._revalidate_in())
+                await asyncio.wait_for(self._wake.wait(), self._recheck_in())
             except TimeoutError:
-                self._compiler.revalidate()
-                self._dirty = True
-                logger.info("reconcile.revalidate", extra={"reason": "certificate validity"})
+                timed_out = True
             await self._settle()
             self._wake.clear()
             if self._failure is not None:
                 raise self._failure
             if not self._store.synced:
                 continue
-            if self._dirty or self._compiled is None:
+            previous = compiled = self._compiled
+            if self._dirty or compiled is None or timed_out:
+                # On a timeout the store is unchanged and the compiler returns the previous
+                # result itself unless the clock left the window that result holds in.
                 self._dirty = False
                 started = time.perf_counter()
-                self._compiled = self._compiler.compile(self._store)
+                compiled = self._compiler.compile(
+                    self._store, now=datetime.fromtimestamp(self._clock(), UTC)
+                )
+                self._compiled = compiled
                 logger.debug(
                     "reconcile.compiled",
                     extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
                 )
+                if timed_out and compiled is not previous:
+                    logger.info("reconcile.revalidated", extra={"reason": "certificate validity"})
             result = dataclasses.replace(
-                self._compiled, problems=(*self._compiled.problems, *self._source_problems)
+                compiled, problems=(*compiled.problems, *self._source_problems)
             )
             self.problem_log.update(result.problems)
             # Problems and ownership matter too (Events, Ingress status) even when the routes

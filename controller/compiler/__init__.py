@@ -4,12 +4,16 @@
 gives the same output incrementally: it caches each Ingress's validated part and each TLS
 Secret's check by object identity, and when only EndpointSlices changed since its last call it
 rebuilds just the affected backends and reuses the compiled routes (the very same RouteTable
-object, so the publisher can send an endpoints-only update).
+object, so the publisher can send an endpoints-only update). Time is an input too: a result
+holds only while no certificate it checked has crossed its `notBefore` or `notAfter`
+(`CompileResult.refresh_at` says when the next one does, for the reconciler to schedule a
+compile); past that, even an unchanged store is compiled in full again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,6 +27,7 @@ from controller.compiler.tls import (
     check_validity,
     load_ca_bundle,
     load_certificate,
+    validity_window,
 )
 from controller.objects import Ingress, IngressClass, Secret
 from controller.store import Store
@@ -50,6 +55,9 @@ class CompileResult:
     # Provenance kept out of the snapshot (workers never need it): (host, path, match) of each
     # routed path rule -> its path as written in the Ingress, which `portico explain` reports.
     written_paths: Mapping[tuple[str, str, MatchKind], str] = field(default_factory=dict)
+    # Unix time from which time alone may change this result: the next `notBefore`/`notAfter`
+    # of a certificate it checked. None: no certificate will change validity.
+    refresh_at: float | None = None
 
 
 def _precedence(ingress: Ingress) -> tuple[datetime, str]:
@@ -69,32 +77,33 @@ class Compiler:
         self._revision = -1
         self._routes_revision = -1
         self._last: CompileResult | None = None
+        # Open interval of Unix times in which `_last` holds as far as certificate validity goes.
+        self._window = (-math.inf, math.inf)
         self._backends: dict[str, Backend] = {}
         self._uses_by_service: dict[tuple[str, str], list[BackendUse]] = {}
 
     def compile(self, store: Store, *, now: datetime | None = None) -> CompileResult:
         """The next result; endpoints-only changes reuse the previous routes.
 
-        `now` (default: the current time) decides certificate expiry; it is applied on full
-        compiles, so a caller that wants expiry noticed without any change calls `revalidate`
-        first (the reconciler does, when a served certificate expires).
+        `now` (default: the current time) decides certificate validity. Once it leaves the
+        window in which the previous result's certificate checks hold (a certificate expired or
+        became valid, or the clock was stepped back over such a moment), the compile is a full
+        one even with no object changed; cached parts and loaded certificates are still reused,
+        only their checks run again.
         """
+        moment = now or datetime.now(UTC)
         last = self._last
+        since, until = self._window
         if (
             last is not None
             and self._store_id == store.id
             and store.routes_revision == self._routes_revision
+            and since < moment.timestamp() < until
         ):
             if store.revision == self._revision:
                 return last
             return self._update_endpoints(store, last)
-        return self._full(store, now or datetime.now(UTC))
-
-    def revalidate(self) -> None:
-        """Make the next compile a full one: certificates change validity with time alone
-        (expiry), which no object change announces. Cached parts and loaded certificates are
-        reused; only their checks run again."""
-        self._routes_revision = -1
+        return self._full(store, moment)
 
     # ---- full compile ---------------------------------------------------------------------------
 
@@ -138,10 +147,19 @@ class Compiler:
         for key in [k for k in self._parts if k not in live]:
             del self._parts[key]
         referenced: set[tuple[str, str]] = set()
+        # Every certificate whose validity this compile checks narrows the window the result
+        # holds in (one then left unused, e.g. not covering its host, narrows it more than
+        # needed: an extra compile with the same output).
+        since, until = -math.inf, math.inf
 
         def certificate(namespace: str, name: str) -> LoadedCertificate | str:
+            nonlocal since, until
             referenced.add((namespace, name))
-            return self._certificate(store, namespace, name)
+            loaded = self._certificate(store, namespace, name)
+            if not isinstance(loaded, str):
+                start, end = validity_window(loaded, now)
+                since, until = max(since, start), min(until, end)
+            return loaded
 
         def ca_bundle(ref: str) -> tuple[str | None, str | None]:
             namespace, _, name = ref.partition("/")
@@ -191,7 +209,9 @@ class Compiler:
             owned=tuple(sorted(i.ref for i in ours)),
             ignored=dict(sorted(ignored.items())),
             written_paths=assembly.written_paths,
+            refresh_at=until if until < math.inf else None,
         )
+        self._window = (since, until)
         self._store_id = store.id
         self._revision = store.revision
         self._routes_revision = store.routes_revision

@@ -2,12 +2,15 @@
 
 The compiler hands each Secret an Ingress names under `spec.tls` to `load_certificate`, which
 checks it with `cryptography` (PEM parses, key matches the leaf certificate) and extracts the names
-it covers; `check_validity` then applies the clock. A failure is a reason string that the compiler
-turns into a `SecretInvalid` problem; the proxy then uses its default certificate for that host.
+it covers; `check_validity` then applies the clock, and `validity_window` says how long that
+answer holds (so the compiler knows when time alone changes its output). A failure is a reason
+string that the compiler turns into a `SecretInvalid` problem; the proxy then uses its default
+certificate for that host.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -154,6 +157,23 @@ def check_validity(
         start = datetime.fromtimestamp(loaded.not_before, UTC).isoformat()
         return f"{source}: certificate not valid before {start}"
     return None
+
+
+def validity_window(loaded: LoadedCertificate, now: datetime) -> tuple[float, float]:
+    """The open interval of Unix times around `now` in which `check_validity` keeps giving the
+    answer it gives at `now`: until `notBefore` for a certificate not valid yet, between
+    `notBefore` and `notAfter` for a valid one, from `notAfter` on for an expired one.
+
+    A result that checked certificates holds only inside the intersection of their windows;
+    outside it (time passed a boundary, or the clock was stepped back over one) it must be
+    compiled again."""
+    ts = now.timestamp()
+    not_before, not_after = loaded.not_before, loaded.certificate.not_after
+    if ts < not_before:
+        return (-math.inf, not_before)
+    if ts > not_after:
+        return (not_after, math.inf)
+    return (not_before, not_after)
 
 
 def covers(names: tuple[str, ...], host: str) -> bool:

@@ -1,13 +1,20 @@
-"""The incremental Compiler: same output as compile_view, routes reused on endpoint-only changes."""
+"""The incremental Compiler: same output as compile_view, routes reused on endpoint-only changes,
+and a cached result not reused once time alone changed a certificate's validity."""
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
 import pytest
+from cryptography import x509
 from kube_factory import (
     Raw,
     endpoint_slice,
     ingress,
     ingress_class,
+    make_cert,
     path,
     rule,
     service,
@@ -128,3 +135,103 @@ def test_a_sequence_of_mixed_changes_stays_equal_to_full() -> None:
     for type_, raw in steps:
         store.apply(event(type_, raw))
         assert compiler.compile(store) == compile_view(store, SETTINGS)
+
+
+# ---- time: certificate validity changes with no object changing ---------------------------------
+
+DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TimeCase:
+    id: str
+    cert: Literal["valid", "not_yet_valid"]  # the Ingress's certificate (b.example.com)
+    first: Literal["before", "inside", "after"]  # `now` of the first compile, then of the second
+    second: Literal["before", "inside", "after"]
+    slice_change: bool  # an endpoints-only change between the two compiles
+    served: bool  # whether the second result serves the certificate
+
+
+# "before"/"after": a minute before notBefore / after notAfter; "inside": a minute after the
+# boundary the first compile is next to (notAfter - 1 min for a valid certificate).
+TIME_CASES = [
+    TimeCase("expires-unchanged-store", "valid", "inside", "after", False, False),
+    TimeCase("expires-endpoints-only-change", "valid", "inside", "after", True, False),
+    TimeCase("becomes-valid-unchanged-store", "not_yet_valid", "before", "inside", False, True),
+    TimeCase("becomes-valid-endpoints-change", "not_yet_valid", "before", "inside", True, True),
+    TimeCase("clock-stepped-back-over-expiry", "valid", "after", "inside", False, True),
+]
+
+
+def _moments(cert_pem: bytes) -> dict[str, dt.datetime]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    minute = dt.timedelta(minutes=1)
+    return {
+        "before": cert.not_valid_before_utc - minute,
+        "after": cert.not_valid_after_utc + minute,
+        # Inside the validity period, a minute from the boundary the case crosses.
+        "inside": (
+            cert.not_valid_before_utc + minute
+            if cert.not_valid_before_utc > dt.datetime.now(dt.UTC)
+            else cert.not_valid_after_utc - minute
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", TIME_CASES, ids=lambda c: c.id)
+def test_time_alone_invalidates_the_cached_result(case: TimeCase) -> None:
+    cert_pem, key_pem = (
+        make_cert("b.example.com", not_yet_valid=True)
+        if case.cert == "not_yet_valid"
+        else make_cert("b.example.com", lifetime=DAY)
+    )
+    store = setup()
+    store.apply(
+        event("MODIFIED", tls_secret(hosts=["b.example.com"], cert_pem=cert_pem, key_pem=key_pem))
+    )
+    at = _moments(cert_pem)
+    compiler = Compiler(SETTINGS)
+    first = compiler.compile(store, now=at[case.first])
+    assert bool(first.snapshot.certificates) is not case.served
+    if case.slice_change:
+        assert store.apply(
+            event("MODIFIED", endpoint_slice("web-1", "web", endpoints=["10.0.0.9"]))
+        )
+    second = compiler.compile(store, now=at[case.second])
+    assert second == compile_view(store, SETTINGS, now=at[case.second])
+    assert [c.name for c in second.snapshot.certificates] == (
+        ["default/web-tls"] if case.served else []
+    )
+    invalid = [p for p in second.problems if p.reason == "SecretInvalid"]
+    assert bool(invalid) is not case.served
+
+
+def test_refresh_at_is_the_next_validity_boundary() -> None:
+    """`refresh_at` names the earliest notBefore/notAfter still ahead among the certificates
+    checked (the default certificate's too), and within it the cached result is reused."""
+    soon_pem, soon_key = make_cert("b.example.com", lifetime=DAY)
+    later_pem, later_key = make_cert("fallback.example", lifetime=2 * DAY)
+    store = setup()
+    store.apply(
+        event("MODIFIED", tls_secret(hosts=["b.example.com"], cert_pem=soon_pem, key_pem=soon_key))
+    )
+    store.apply(event("ADDED", tls_secret("fallback", cert_pem=later_pem, key_pem=later_key)))
+    soon = x509.load_pem_x509_certificate(soon_pem).not_valid_after_utc
+    later = x509.load_pem_x509_certificate(later_pem).not_valid_after_utc
+    compiler = Compiler(CompileSettings(default_certificate="default/fallback"))
+    now = soon - dt.timedelta(hours=1)
+    first = compiler.compile(store, now=now)
+    assert first.refresh_at == soon.timestamp()
+    assert compiler.compile(store, now=now + dt.timedelta(minutes=30)) is first
+    # Past the Ingress certificate's end, the default certificate's end is next ...
+    second = compiler.compile(store, now=soon + dt.timedelta(seconds=1))
+    assert second.refresh_at == later.timestamp()
+    assert second.snapshot.default_certificate == "default/fallback"
+    # ... and past both, nothing will change with time any more.
+    third = compiler.compile(store, now=later + dt.timedelta(seconds=1))
+    assert third.refresh_at is None
+    assert third.snapshot.default_certificate is None
+    assert {p.ref for p in third.problems if p.reason == "SecretInvalid"} == {
+        "default/b",
+        "default/fallback",
+    }
