@@ -2,13 +2,16 @@
 
 A renewed Secret (the file rewritten, as cert-manager renews) must be served to new handshakes
 within 1 s while a TLS connection opened before keeps working; plain HTTP is redirected;
-`/debug/snapshot` never shows key material.
+`/debug/snapshot` never shows key material. A certificate that expires while nothing is edited
+stops being served right after its notAfter, with a `SecretInvalid` problem on show.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +19,12 @@ import aiohttp
 import pytest
 import yaml
 from backends import Client
-from tls_env import der, peer_der, tls_client
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+from tls_env import der, peer_der, served_certificate, tls_client
 
 from conformance.echo import start_echo
+from controller.reconciler import REFRESH_MARGIN
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert
@@ -27,6 +33,8 @@ pytestmark = pytest.mark.timeout(60)
 
 HOST = "secure.test"
 ROTATION_BOUND = 1.0  # seconds: the promise for a renewed Secret in manifest mode
+LIFETIME = 5.0  # seconds a short-lived certificate is valid once written
+SLACK = 3.0  # seconds beyond a due moment, for a loaded 2-core machine
 
 
 def app_manifests(pod_port: int) -> str:
@@ -137,3 +145,48 @@ async def test_renewal_redirects_and_no_keys(serve: Serve, tmp_path: Path, pod_p
     for key in (old_key, new_key):
         assert key.decode().splitlines()[1] not in logs
     assert "PRIVATE KEY" not in logs
+
+
+async def test_certificate_expiring_while_served_falls_back_to_the_default(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Nothing is edited once the certificate is served: after its notAfter new handshakes get
+    the default certificate (within REFRESH_MARGIN plus slack), and `/debug/snapshot` and
+    `/metrics` show the SecretInvalid problem."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        await eventually(lambda: ready(session, serve), 20, interval=0.02)
+        cert, key = make_cert(HOST, lifetime=dt.timedelta(seconds=LIFETIME))
+        not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
+        (tmp_path / "secret.yaml").write_text(secret_manifest(cert, key))
+
+        async def presents(expected: bool) -> bool:
+            return (await served_certificate(serve.https, HOST) == der(cert)) is expected
+
+        # Served by SNI first (proved before it can have expired) ...
+        await eventually(lambda: presents(True), not_after - time.time(), interval=0.02)
+        # ... then, with no edit, the default certificate once it has expired.
+        await eventually(
+            lambda: presents(False), not_after - time.time() + REFRESH_MARGIN + SLACK, 0.05
+        )
+        assert time.time() > not_after, "the certificate was dropped before it expired"
+        presented = await served_certificate(serve.https, HOST)
+        subject = x509.load_der_x509_certificate(presented).subject.rfc4514_string()
+        assert "CN=Portico Default Certificate" in subject
+
+        async with session.get(f"http://127.0.0.1:{serve.admin}/debug/snapshot") as resp:
+            summary = json.loads(await resp.text())
+        assert summary["certificates"] == []
+        assert summary["virtual_hosts"] == [{"host": HOST, "rules": 1, "tls": None}]
+        (problem,) = [p for p in summary["problems"] if p["reason"] == "SecretInvalid"]
+        assert problem["ref"] == "default/secure"
+        assert 'secret "default/secure-tls": certificate expired at' in problem["message"]
+
+        async with session.get(f"http://127.0.0.1:{serve.admin}/metrics") as resp:
+            text = await resp.text()
+        problems = {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "portico_problems"
+            for sample in family.samples
+        }
+        assert problems == {"SecretInvalid": 1.0}
