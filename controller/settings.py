@@ -185,7 +185,10 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     workers: int | None = Field(
         default=None,
         ge=1,
-        description="Worker processes; default (or 'auto'): one per CPU available to the process.",
+        description=(
+            "Worker processes; default (or 'auto'): one per CPU of the cgroup's CPU quota (else"
+            " per usable CPU), at most as many as the cgroup's memory limit holds."
+        ),
     )
     log_level: LogLevel = Field(default="info", description="Least severe level logged.")
 

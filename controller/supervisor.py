@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import math
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 
 from controller.admin import AdminState, start_admin
+from controller.capacity import MIB, worker_plan
 from controller.compiler import CompileResult
 from controller.compiler.tls import check_validity, load_pem_pair
 from controller.publisher import Publisher, WorkerLink
@@ -40,17 +40,6 @@ logger = logging.getLogger("portico.supervisor")
 
 _RESTART_BACKOFF_MAX = 10.0
 _STABLE_AFTER = 30.0  # a worker that lived this long resets the restart backoff
-
-
-def default_worker_count() -> int:
-    """The pod's CPU quota (cgroup v2 `cpu.max`), else the CPUs this process may run on."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 class WorkerSet:
@@ -196,7 +185,9 @@ async def supervise(
         controller_name=settings.controller_name,
     )
     proxy_settings = settings.proxy_settings()
-    count = settings.workers or default_worker_count()
+    # One per CPU of the cgroup's quota, capped by what its memory limit holds (a warning then).
+    plan = worker_plan(settings.workers)
+    count = plan.count
     state.workers_expected = count
     if blocked is not None:
         state.blocked = blocked
@@ -207,7 +198,12 @@ async def supervise(
     await workers.start(count)
     logger.info(
         "serve.started",
-        extra={"workers": count, "http_port": proxy_settings.http_port},
+        extra={
+            "workers": count,
+            "workers_by_cpu": plan.by_cpu,
+            "memory_limit_mib": None if plan.memory_limit is None else plan.memory_limit // MIB,
+            "http_port": proxy_settings.http_port,
+        },
     )
 
     async def publish_results() -> None:
