@@ -190,6 +190,56 @@ class RequestHead:
         )
 
 
+# RFC 3986 §3.2.2 reg-name characters: unreserved, sub-delims and "%" (of a pct-encoded triple),
+# without ",": the authority becomes the forwarded Host, and "," is refused in Host (a list).
+_REG_NAME: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+;=%"
+)
+_HEXDIG: Final = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _valid_authority(authority: bytes) -> bool:
+    """Whether an absolute-form target's authority is host[:port] (RFC 3986 §3.2.2-3).
+
+    host: a bracketed IPv6 address (no zone, no IPvFuture: nothing Portico could route) or a
+    non-empty reg-name (IPv4 addresses included); no userinfo (RFC 9110 §4.2.4). port: digits,
+    at most 65535, possibly empty (RFC 3986 §3.2.3). Only absolute-form targets come here.
+    """
+    if authority[:1] == b"[":
+        end = authority.find(b"]")
+        literal = authority[1:end]
+        if end < 0 or 37 in literal:  # 37: "%" (a zone)
+            return False
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+        port = authority[end + 1 :]
+        if port:
+            if port[:1] != b":":
+                return False
+            port = port[1:]
+    else:
+        colon = authority.find(b":")
+        host = authority if colon < 0 else authority[:colon]
+        port = b"" if colon < 0 else authority[colon + 1 :]
+        if not host:
+            return False
+        n = len(host)
+        i = 0
+        while i < n:
+            c = host[i]
+            if c not in _REG_NAME:
+                return False
+            if c == 37 and (i + 2 >= n or host[i + 1] not in _HEXDIG or host[i + 2] not in _HEXDIG):
+                return False
+            i += 1
+    if not port:
+        return True
+    digits = port.lstrip(b"0")  # bounded before int(): a port of 5,000 digits is refused too
+    return port.isdigit() and len(digits) <= 5 and int(digits or b"0") <= 65535
+
+
 def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
     """(origin-form target, authority from an absolute-form target or None)."""
     if 35 in url or not url.isascii():  # 35: "#" (an int test is a memchr)
@@ -216,8 +266,8 @@ def _check_target(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
         authority, target = rest[:cut], rest[cut:]
         if target[:1] == b"?":
             target = b"/" + target
-    if not authority or 64 in authority:  # "@"
-        raise BadRequest(400, "InvalidTarget")
+    if not _valid_authority(authority):
+        raise BadRequest(400, "InvalidHost")  # it stands for Host (RFC 9112 §3.2.2)
     return target, authority
 
 
@@ -395,13 +445,15 @@ def _parse_special(
 
     if hosts > 1:
         raise BadRequest(400, "MultipleHost")
-    if authority is not None:
-        host = authority  # RFC 9112 §3.2.2: the target's authority replaces Host
-    elif host is None:
+    # RFC 9112 §3.2: an HTTP/1.1 request without Host, or with an invalid one, is a 400 even
+    # when an absolute-form target's authority then replaces it (§3.2.2).
+    if host is None:
         if version_11:
             raise BadRequest(400, "MissingHost")
     elif 47 in host or 32 in host or 44 in host or 64 in host:  # "/", " ", ",", "@"
         raise BadRequest(400, "InvalidHost")
+    if authority is not None:
+        host = authority
     chunked = False
     if te is not None:
         if content_length >= 0:

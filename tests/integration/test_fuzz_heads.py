@@ -224,6 +224,7 @@ VALID_REQUESTS = [
     b"5;e=1\r\nhello\r\n0\r\nT: v\r\n\r\n",
     b"OPTIONS * HTTP/1.1\r\nHost: x.example\r\n\r\n",
     b"GET http://x.example/abs HTTP/1.1\r\nHost: x.example\r\n\r\n",
+    b"GET http://x.example:8080/abs HTTP/1.1\r\nHost: x.example\r\n\r\n",
     b"PUT /e HTTP/1.1\r\nHost: x.example\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     b"GET /ws HTTP/1.1\r\nHost: x.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\nGET /2 HTTP/1.1\r\nHost: x.example\r\n\r\n",
@@ -334,6 +335,14 @@ def random_heads(draw: st.DrawFn) -> bytes:
     target = draw(
         st.one_of(
             st.sampled_from([b"/", b"/a?b=c", b"*", b"http://x.example/", b"x.example:443"]),
+            # absolute-form authorities, valid and not (RFC 9112 §3.2.2, RFC 3986 §3.2)
+            st.sampled_from([b"http://", b"https://", b"HTTP://"]).flatmap(
+                lambda scheme: st.tuples(
+                    st.sampled_from([b"x.example", b"[::1]", b"127.0.0.2", b"", b"u@x", b"[::1"]),
+                    st.one_of(st.just(b""), st.binary(max_size=8).map(lambda p: b":" + p)),
+                    st.sampled_from([b"", b"/", b"/a?b", b"?q"]),
+                ).map(lambda t: scheme + b"".join(t))
+            ),
             st.binary(max_size=30),
         )
     )

@@ -735,6 +735,64 @@ SYNTAX_CASES = [
         400,
         "RFC 9112 §3.2: invalid field value",
     ),
+    # -- absolute-form authority (RFC 9112 §3.2.2: it replaces Host, so it must be a valid
+    # host[:port], RFC 3986 §3.2: host = IP-literal / IPv4address / reg-name, port = *DIGIT;
+    # RFC 9110 §4.2.1: an http URI with an empty host MUST be rejected). The catch-all route
+    # would forward every one of these.
+    *(
+        case(
+            f"absolute_form_{name}",
+            b"GET http://" + authority + b"/p HTTP/1.1\r\n" + HOST + b"\r\n",
+            400,
+            f"RFC 9112 §3.2.2, RFC 3986 §3.2: {why}",
+        )
+        for name, authority, why in [
+            ("port_above_65535", b"x.example:65536", "a port is 0-65535 (TCP)"),
+            ("port_huge", b"x.example:99999999999999999999", "a port is 0-65535 (TCP)"),
+            ("port_4400_digits", b"x.example:" + b"9" * 4400, "a port is 0-65535 (TCP)"),
+            ("port_not_numeric", b"x.example:http", "port = *DIGIT"),
+            ("port_negative", b"x.example:-80", "port = *DIGIT"),
+            ("port_hex", b"x.example:0x50", "port = *DIGIT"),
+            ("two_ports", b"x.example:80:81", "one optional :port"),
+            ("empty_host_with_port", b":80", "RFC 9110 §4.2.1: an empty host is invalid"),
+            ("userinfo", b"user@x.example", "RFC 9110 §4.2.4: no userinfo in http URIs"),
+            ("userinfo_password", b"user:pw@x.example", "RFC 9110 §4.2.4: no userinfo"),
+            ("empty_userinfo", b"@x.example", "RFC 9110 §4.2.4: no userinfo in http URIs"),
+            ("backslash", b"x.example\\y", "reg-name has no \\"),
+            ("comma", b"x.example,y.example", "a list is never one host (as in Host)"),
+            ("lone_percent", b"x%zz.example", "reg-name: % starts pct-encoded HEXDIG HEXDIG"),
+            ("ipv6_unclosed", b"[::1", "IP-literal = [ IPv6address ]"),
+            ("ipv6_not_an_address", b"[::g]", "IP-literal = [ IPv6address ]"),
+            ("ipv6_empty", b"[]", "IP-literal = [ IPv6address ]"),
+            ("ipv6_unbracketed", b"::1", "an IPv6 address only as IP-literal"),
+            ("ipv6_junk_after", b"[::1]x", "IP-literal [ : port ]"),
+            ("ipv6_zone", b"[fe80::1%25eth0]", "RFC 6874 zones are not for HTTP (RFC 9110)"),
+        ]
+    ),
+    case(
+        "absolute_form_empty_host",
+        b"GET http:///p HTTP/1.1\r\n" + HOST + b"\r\n",
+        400,
+        "RFC 9110 §4.2.1: an http URI with an empty host MUST be rejected",
+    ),
+    case(
+        "absolute_form_empty_host_before_query",
+        b"GET http://?q HTTP/1.1\r\n" + HOST + b"\r\n",
+        400,
+        "RFC 9110 §4.2.1: an http URI with an empty host MUST be rejected",
+    ),
+    case(
+        "absolute_form_without_host_field",
+        b"GET http://x.example/p HTTP/1.1\r\n\r\n",
+        400,
+        "RFC 9112 §3.2: 400 for any HTTP/1.1 request without Host, absolute-form or not",
+    ),
+    case(
+        "absolute_form_with_invalid_host_field",
+        b"GET http://x.example/p HTTP/1.1\r\nHost: x.exa mple\r\n\r\n",
+        400,
+        "RFC 9112 §3.2: 400 for an invalid Host value, even though the authority wins",
+    ),
     case(
         "absolute_form_other_host",
         b"GET http://other.example/ HTTP/1.1\r\nHost: x.example\r\n\r\n",
@@ -1040,6 +1098,39 @@ async def test_well_formed_request_arrives_byte_correct(stack: Stack, g: Good) -
     hosts = request.header_values(b"host")
     expected_host = b"x.example"
     assert hosts == [expected_host], f"forwarded Host {hosts}"
+
+
+# (name, request target, target forwarded, Host forwarded, why): absolute-form targets that are
+# valid host[:port] authorities (RFC 9112 §3.2.2, RFC 3986 §3.2) are served, and their authority
+# is the Host the pod gets, whatever Host field came with them.
+ABSOLUTE_GOOD = [
+    ("port", b"http://x.example:8080/p", "/p", b"x.example:8080", "host:port"),
+    ("port_65535", b"http://x.example:65535/p", "/p", b"x.example:65535", "the largest port"),
+    ("empty_port", b"http://x.example:/p", "/p", b"x.example:", "RFC 3986 §3.2.3: port = *DIGIT"),
+    ("ipv4", b"http://127.0.0.9:80/p", "/p", b"127.0.0.9:80", "IPv4address"),
+    ("ipv6", b"http://[::1]:80/p", "/p", b"[::1]:80", "IP-literal"),
+    ("https_upper_case", b"HTTPS://X.example/p", "/p", b"X.example", "RFC 3986 §3.1, §3.2.2"),
+    ("query_only", b"http://x.example?a=1", "/?a=1", b"x.example", "RFC 9112 §3.2.1: path /"),
+    ("no_path", b"http://x.example", "/", b"x.example", "RFC 9112 §3.2.1: an empty path is /"),
+    ("sub_delims", b"http://a-b_c~d!$&'()*+;=.x/", "/", b"a-b_c~d!$&'()*+;=.x", "reg-name"),
+    ("pct_encoded", b"http://x%2Dy.example/", "/", b"x%2Dy.example", "reg-name: pct-encoded"),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded", "host"),
+    [g[1:4] for g in ABSOLUTE_GOOD],
+    ids=[g[0] for g in ABSOLUTE_GOOD],
+)
+async def test_valid_absolute_form_is_served_with_its_authority(
+    stack: Stack, target: bytes, forwarded: str, host: bytes
+) -> None:
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: other.example\r\n\r\n"
+    conv = await converse(stack.port, data, responses=1)
+    assert conv.statuses == [200], conv.raw[:300]
+    [request] = stack.recorder.requests
+    assert request.target == forwarded
+    assert request.header_values(b"host") == [host]
 
 
 async def test_large_chunked_body_is_byte_correct(stack: Stack) -> None:
