@@ -15,7 +15,9 @@ tested against it, and exposes fault injection and an audit log to the tests.
 Objects created directly go through the same validation and produce the same watch events as
 API writes. Options worth knowing: bookmark_interval, watch_list (False = reject WatchList as
 1.33), allow_loopback_endpoints (True by default for 127.0.0.x pods), default_ingress_class,
-tls/require_auth, history_size. Call everything from the event loop's thread.
+tls/require_auth, history_size. `load_rbac(docs)` enforces ClusterRoles, Roles and their
+bindings (e.g. `helm template` output) for `user`, and `rbac_unused()` lists the grants that no
+request used. Call everything from the event loop's thread.
 """
 
 from tests.kubesim.rbac import Grant

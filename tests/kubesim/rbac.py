@@ -18,7 +18,7 @@ _ROLE_KINDS = ("ClusterRole", "Role")
 _BINDING_KINDS = ("ClusterRoleBinding", "RoleBinding")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Grant:
     """One permission: `namespace` None means cluster-wide (a ClusterRole bound cluster-wide),
     `name` None means any object; "*" in group, resource or verb matches anything."""
@@ -39,6 +39,13 @@ class Grant:
             and self.verb in ("*", verb)
             and (self.name is None or self.name == name)
         )
+
+    def __lt__(self, other: Grant) -> bool:
+        """Sorted by namespace (cluster-wide first), group, resource, verb, name."""
+        return self._key() < other._key()
+
+    def _key(self) -> tuple[str, str, str, str, str]:
+        return (self.namespace or "", self.group, self.resource, self.verb, self.name or "")
 
     def __str__(self) -> str:
         group = f".{self.group}" if self.group else ""
