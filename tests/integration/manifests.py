@@ -33,14 +33,14 @@ def service(name: str, target_port: int | None = None, namespace: str = "default
     }
 
 
-def endpoint_slice(service_name: str, ips: list[str], port: int) -> Doc:
-    """The Service's slice `<service>-1` in default, every address ready on `port`."""
+def endpoint_slice(service_name: str, ips: list[str], port: int, namespace: str = "default") -> Doc:
+    """The Service's slice `<service>-1`, every address ready on `port`."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
             "name": f"{service_name}-1",
-            "namespace": "default",
+            "namespace": namespace,
             "labels": {"kubernetes.io/service-name": service_name},
         },
         "addressType": "IPv4",
@@ -49,9 +49,14 @@ def endpoint_slice(service_name: str, ips: list[str], port: int) -> Doc:
     }
 
 
-def service_with_pods(name: str, ips: list[str], port: int) -> list[Doc]:
+def service_with_pods(
+    name: str, ips: list[str], port: int, namespace: str = "default"
+) -> list[Doc]:
     """A Service and its slice, the pods listening on `port`."""
-    return [service(name, target_port=port), endpoint_slice(name, ips, port)]
+    return [
+        service(name, target_port=port, namespace=namespace),
+        endpoint_slice(name, ips, port, namespace),
+    ]
 
 
 def ingress(
@@ -62,10 +67,11 @@ def ingress(
     tls_secret: str | None = None,
     annotations: dict[str, str] | None = None,
     service_port: dict[str, Any] | None = None,
+    namespace: str = "default",
 ) -> Doc:
-    """An Ingress of class portico in default: one rule for `host`, Prefix path -> Service."""
+    """An Ingress of class portico: one rule for `host`, Prefix path -> Service."""
     port = service_port if service_port is not None else {"name": "http"}
-    metadata: Doc = {"name": name, "namespace": "default"}
+    metadata: Doc = {"name": name, "namespace": namespace}
     if annotations is not None:
         metadata["annotations"] = annotations
     spec: Doc = {"ingressClassName": "portico"}
@@ -94,11 +100,11 @@ def ingress(
     }
 
 
-def tls_secret(name: str, cert: bytes, key: bytes) -> Doc:
+def tls_secret(name: str, cert: bytes, key: bytes, namespace: str = "default") -> Doc:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "type": "kubernetes.io/tls",
         "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
     }

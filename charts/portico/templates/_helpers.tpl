@@ -96,21 +96,23 @@ app.kubernetes.io/part-of: portico
 {{- end }}
 {{- end }}
 
-{{/* Namespaced read and status-write rules (see rbac.yaml), as a YAML list. */}}
+{{/* Namespaced read and status-write rules (see rbac.yaml), as a YAML list. The informers
+only list and watch (no get); tests/integration/test_cluster_chart_rbac.py fails on a rule the
+controller does not use. */}}
 {{- define "portico.namespacedRules" }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["services", "secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
-# The status writer merge-patches /status; update covers a full-object write of it (same power).
+  verbs: ["list", "watch"]
+# The status writer merge-patches /status.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses/status"]
-  verbs: ["patch", "update"]
+  verbs: ["patch"]
 # Problems become core/v1 Events: create, then patch the count; get when one already exists.
 - apiGroups: [""]
   resources: ["events"]

@@ -1,0 +1,345 @@
+"""Cluster mode as the chart deploys it, under the chart's own RBAC, against the API simulator.
+
+`helm template` renders charts/portico twice: rbac.scope=cluster (every namespace served) and
+rbac.scope=namespaced with watchNamespaces team-a and team-b. KubeSim enforces the rendered Roles
+and bindings for the chart's ServiceAccount and records which grant allowed each request. The
+controller runs as `portico controller` with the environment the chart's Deployment sets (class,
+namespaces, published Service, default certificate, Lease), only addresses and timings changed
+for a test, and one process per mode. Each mode checks:
+
+- routes in the served namespaces, and nothing (no route, no status) for an Ingress elsewhere;
+- an HTTPS backend verified against a CA that an Opaque Secret holds;
+- the default certificate, a Secret in a namespace that is not served, on a TLS handshake;
+- status from the published Service; problems as Events, created and then counted by patch;
+- no request was refused (a missing permission), and every granted permission was used (a
+  surplus one), except those listed by `unused()` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+from tls_env import der, served_certificate
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from conformance.echo import make_app, start_echo  # noqa: E402
+from tests.helm_tools import find_helm, render_chart  # noqa: E402
+from tests.integration import manifests  # noqa: E402
+from tests.integration.cluster import ControllerProcess, eventually  # noqa: E402
+from tests.integration.serving import free_port  # noqa: E402
+from tests.kubesim import Grant, KubeSim  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+# Release "portico" in namespace "portico": ServiceAccount portico/portico, KubeSim's user.
+RELEASE = NAMESPACE = "portico"
+LB_IP = "203.0.113.20"
+DEFAULT_CERT = "certs/wildcard"
+HTTPS_NS = "team-a"  # where the HTTPS backend and its Opaque CA Secret live
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    values: dict[str, Any]
+    served: tuple[str, ...]  # namespaces whose Ingresses are routed
+    ignored: tuple[str, ...]  # namespaces with an Ingress that must not be
+
+
+MODES = [
+    Mode("cluster", {}, ("team-a", "team-b", "other"), ()),
+    Mode(
+        "namespaced",
+        {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]},
+        ("team-a", "team-b"),
+        ("other",),
+    ),
+]
+
+
+def unused(mode: Mode) -> dict[Grant, str]:
+    """Granted permissions a short test legitimately never uses, with the reason."""
+    scopes = [None] if mode.name == "cluster" else list(mode.served)
+    return {
+        Grant(ns, "", "events", "get"): "controller/events.py reads an Event only when creating "
+        "it answers 409: an Event an earlier leader made, not seen within one process"
+        for ns in scopes
+    }
+
+
+# ---- the chart ----------------------------------------------------------------------------------
+
+
+def render(mode: Mode) -> list[dict[str, Any]]:
+    helm, why = find_helm()
+    if helm is None:
+        pytest.skip(why)
+    values = {"replicaCount": 1, "controller": {"defaultCertificate": DEFAULT_CERT}}
+    return render_chart(helm, RELEASE, NAMESPACE, {**values, **mode.values})
+
+
+def chart_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The literal environment variables of the chart's controller container."""
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def controller_env(
+    docs: list[dict[str, Any]], controller: ControllerProcess, kubeconfig: Path
+) -> dict[str, str]:
+    env = chart_env(docs)
+    # What the chart decides stays as rendered; only where to listen and how fast to react change.
+    assert env["PORTICO_DEFAULT_CERTIFICATE"] == DEFAULT_CERT
+    assert env["PORTICO_PUBLISH_SERVICE"] == f"{NAMESPACE}/{RELEASE}"
+    return {
+        **os.environ,
+        **env,
+        "POD_NAME": controller.identity,  # the Downward API's values
+        "POD_NAMESPACE": NAMESPACE,
+        "PORTICO_KUBECONFIG": str(kubeconfig),
+        "PORTICO_HTTP_PORT": str(controller.http),
+        "PORTICO_HTTPS_PORT": str(controller.https),
+        "PORTICO_ADMIN_PORT": str(controller.admin),
+        "PORTICO_ADMIN_ADDRESS": "127.0.0.1",
+        "PORTICO_BIND_ADDRESS": "127.0.0.1",
+        "PORTICO_WORKERS": "1",
+        "PORTICO_SHUTDOWN_DELAY": "0",
+        "PORTICO_DRAIN_TIMEOUT": "1",
+        "PORTICO_ACCESS_LOG": "false",
+        "PORTICO_LEASE_DURATION": "2",
+        "PORTICO_RENEW_DEADLINE": "1.5",
+        "PORTICO_RETRY_PERIOD": "0.3",
+        "PORTICO_WATCH_TIMEOUT": "30",
+        "PORTICO_MAX_BACKOFF": "0.5",
+    }
+
+
+# ---- pods and objects ---------------------------------------------------------------------------
+
+
+@dataclass
+class Pods:
+    port: int  # the plain echo pod, 127.0.0.2
+    tls_port: int  # the HTTPS echo pod, 127.0.0.4, certificate for secure.<HTTPS_NS>.svc
+    ca: trustme.CA
+
+
+@pytest.fixture
+async def pods() -> AsyncIterator[Pods]:
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(f"secure.{HTTPS_NS}.svc").configure_cert(context)
+    port = free_port("127.0.0.2")
+    plain = await start_echo("127.0.0.2", port, "web", "plain-pod")
+    secure = web.AppRunner(make_app("secure", "tls-pod"), access_log=None, handle_signals=False)
+    await secure.setup()
+    tls_port = free_port("127.0.0.4")
+    await web.TCPSite(secure, "127.0.0.4", tls_port, ssl_context=context).start()
+    try:
+        yield Pods(port, tls_port, ca)
+    finally:
+        await secure.cleanup()
+        await plain.cleanup()
+
+
+def opaque_ca_secret(name: str, namespace: str, ca: trustme.CA) -> dict[str, Any]:
+    """An Opaque Secret, as `kubectl create secret generic --from-file=ca.crt` makes it; the
+    other key stands for credentials Portico must never keep."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {
+            "ca.crt": base64.b64encode(ca.cert_pem.bytes()).decode(),
+            "password": base64.b64encode(b"not for portico").decode(),
+        },
+    }
+
+
+def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods) -> bytes:
+    """The chart's IngressClass and Service, and the test's objects; returns the default
+    certificate (PEM)."""
+    for doc in docs:
+        if doc["kind"] in ("IngressClass", "Service"):
+            sim.create(doc)
+    for ns in ("team-a", "team-b", "other"):
+        for obj in manifests.service_with_pods("web", ["127.0.0.2"], pods.port, ns):
+            sim.create(obj)
+        sim.create(manifests.ingress("web", f"web.{ns}.test", {"/": "web"}, namespace=ns))
+        # Names a Service that does not exist yet: a ServiceNotFound problem, hence an Event.
+        sim.create(manifests.ingress("broken", f"broken.{ns}.test", {"/": "missing"}, namespace=ns))
+    for obj in manifests.service_with_pods("secure", ["127.0.0.4"], pods.tls_port, HTTPS_NS):
+        sim.create(obj)
+    annotations = {
+        "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+        "nginx.ingress.kubernetes.io/proxy-ssl-secret": f"{HTTPS_NS}/upstream-ca",
+    }
+    sim.create(
+        manifests.ingress(
+            "secure",
+            f"secure.{HTTPS_NS}.test",
+            {"/": "secure"},
+            annotations=annotations,
+            namespace=HTTPS_NS,
+        )
+    )
+    sim.create(opaque_ca_secret("upstream-ca", HTTPS_NS, pods.ca))
+    # The default certificate lives in "certs", which the namespaced install does not serve.
+    default = trustme.CA().issue_cert("default.portico.test")
+    cert = default.cert_chain_pems[0].bytes()
+    namespace, name = DEFAULT_CERT.split("/")
+    sim.create(manifests.tls_secret(name, cert, default.private_key_pem.bytes(), namespace))
+    return cert
+
+
+def set_published_address(sim: KubeSim) -> None:
+    published = sim.get("services", NAMESPACE, RELEASE)
+    assert published is not None
+    published["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
+    sim.update_status(published)
+
+
+def lb_ips(sim: KubeSim, namespace: str, name: str) -> list[str]:
+    obj = sim.get("ingresses", namespace, name) or {}
+    entries = (obj.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+    return [e.get("ip") or e.get("hostname") for e in entries]
+
+
+def warning_counts(sim: KubeSim, namespace: str) -> list[int]:
+    """Counts of the ServiceNotFound Events about Ingress `broken` in `namespace`."""
+    return [
+        e.get("count", 0)
+        for e in sim.list("events", namespace)
+        if e.get("reason") == "ServiceNotFound" and e["involvedObject"].get("name") == "broken"
+    ]
+
+
+def resolved(sim: KubeSim, namespace: str) -> bool:
+    return any(
+        e.get("reason") == "Resolved" and e["involvedObject"].get("name") == "broken"
+        for e in sim.list("events", namespace)
+    )
+
+
+def refused(sim: KubeSim) -> list[str]:
+    """Requests the RBAC refused (verb, resource, namespace, name)."""
+    return sorted(
+        {f"{e.verb} {e.resource} {e.namespace} {e.name}" for e in sim.audit if e.status == 403}
+    )
+
+
+# ---- the test -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[KubeSim]:
+    server = KubeSim(bookmark_interval=1.0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+async def test_the_chart_rbac_is_exactly_what_cluster_mode_uses(
+    mode: Mode, sim: KubeSim, pods: Pods, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    docs = render(mode)
+    sim.load_rbac(docs)
+    assert sim.rbac_grants(), "the chart rendered no RBAC"
+    default_cert = seed(sim, docs, pods)
+    controller = ControllerProcess(f"chart-{mode.name}", tmp_path)
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    await controller.start(
+        ["-m", "controller", "controller"], controller_env(docs, controller, kubeconfig)
+    )
+    try:
+        await check_cluster_mode(
+            mode, sim, controller=controller, session=session, default_cert=default_cert
+        )
+    except BaseException:
+        sys.stderr.write(f"--- refused requests\n{chr(10).join(refused(sim))}\n")
+        sys.stderr.write(f"--- {controller.identity} (last 40 log lines)\n{controller.tail()}\n")
+        raise
+    finally:
+        await controller.stop(signal.SIGKILL)
+
+
+async def check_cluster_mode(
+    mode: Mode,
+    sim: KubeSim,
+    *,
+    controller: ControllerProcess,
+    session: aiohttp.ClientSession,
+    default_cert: bytes,
+) -> None:
+    # Ready only once every informer listed: with a permission missing it never would be.
+    await eventually(lambda: controller.ready(session), 40)
+    for ns in mode.served:
+        assert await controller.get(session, f"web.{ns}.test") == (200, "plain-pod"), ns
+    # The HTTPS backend, verified with the CA from the Opaque Secret.
+    assert await controller.get(session, f"secure.{HTTPS_NS}.test") == (200, "tls-pod")
+    # A host no Ingress lists gets the default certificate from "certs", not a self-signed one.
+    assert await served_certificate(controller.https, "nobody.test") == der(default_cert)
+
+    set_published_address(sim)
+    for ns in mode.served:
+        await eventually(lambda ns=ns: asyncio.sleep(0, result=lb_ips(sim, ns, "web") == [LB_IP]))
+    # Each served namespace has its problem reported: Warning, Resolved, then the same Warning
+    # again, which patches the first one's count.
+    for ns in mode.served:
+        await eventually(lambda ns=ns: asyncio.sleep(0, result=warning_counts(sim, ns) == [1]))
+        sim.create(manifests.service("missing", namespace=ns))
+    for ns in mode.served:
+        await eventually(lambda ns=ns: asyncio.sleep(0, result=resolved(sim, ns)))
+        sim.delete("services", ns, "missing")
+    for ns in mode.served:
+        await eventually(lambda ns=ns: asyncio.sleep(0, result=warning_counts(sim, ns) == [2]))
+
+    # The leader created its Lease, and renews it (every retry period, 0.3 s here).
+    def renewed() -> bool:
+        return any(e.verb == "update" and e.resource == "leases" for e in sim.audit)
+
+    await eventually(lambda: asyncio.sleep(0, result=renewed()))
+
+    # Namespaces not served: their Ingress is neither routed nor given a status, even after the
+    # served ones have theirs (proven above).
+    for ns in mode.ignored:
+        assert (await controller.get(session, f"web.{ns}.test"))[0] == 404
+        assert lb_ips(sim, ns, "web") == []
+        assert not [e for e in sim.audit if e.namespace == ns]
+
+    assert not refused(sim), "refused by the chart's RBAC:\n" + "\n".join(refused(sim))
+    allowed = unused(mode)
+    never_used = sim.rbac_unused()
+    surplus = [str(g) for g in never_used if g not in allowed]
+    assert not surplus, "granted but never used (remove it from the chart, or list it in " + (
+        "unused() with the reason):\n" + "\n".join(surplus)
+    )
+    stale = [str(g) for g in sorted(allowed) if g not in never_used]
+    assert not stale, "used after all, drop from unused():\n" + "\n".join(stale)
