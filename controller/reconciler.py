@@ -174,7 +174,8 @@ class Reconciler:
             if not self._store.synced:
                 continue
             previous = compiled = self._compiled
-            if self._dirty or compiled is None or timed_out:
+            edited = self._dirty
+            if edited or compiled is None or timed_out:
                 # On a timeout the store is unchanged and the compiler returns the previous
                 # result itself unless the clock left the window that result holds in.
                 self._dirty = False
@@ -187,7 +188,7 @@ class Reconciler:
                     "reconcile.compiled",
                     extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
                 )
-                if timed_out and compiled is not previous:
+                if not edited and compiled is not previous:
                     logger.info("reconcile.revalidated", extra={"reason": "certificate validity"})
             result = dataclasses.replace(
                 compiled, problems=(*compiled.problems, *self._source_problems)
