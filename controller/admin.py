@@ -161,6 +161,8 @@ class AdminState:
                     "alive": link.alive,
                     "listening": link.listening,
                     "acked_version": link.acked_version,
+                    # compiled or python, why, and the detail (from the worker's READY)
+                    "build": link.build or None,
                 }
                 for link in self.publisher.links
             ],

@@ -5,9 +5,10 @@ values of the label sets that moved. `RequestTotals` keeps each worker's latest 
 a worker is gone, adds them to a retired total, so every counter is monotonic across worker
 restarts. `ApplyTracker` times each published snapshot until every worker ACKed it (or one
 NACKed it). `DataPlaneCollector` turns all of it, plus the current snapshot (endpoints per
-backend, certificate expiry), into Prometheus families under `portico_` names and, with
-`--metrics-ingress-nginx-names`, also under ingress-nginx's names and labels
-(`render_ingress_nginx`: those counters carry no `_total` suffix, as ingress-nginx's).
+backend, certificate expiry) and what the workers' request path runs, into Prometheus families
+under `portico_` names and, with `--metrics-ingress-nginx-names`, also under ingress-nginx's
+names and labels (`render_ingress_nginx`: those counters carry no `_total` suffix, as
+ingress-nginx's).
 """
 
 from __future__ import annotations
@@ -296,6 +297,7 @@ class DataPlaneCollector(Collector):
         )
         yield from self._config()
         yield from self._snapshot()
+        yield self._build()
 
     def _config(self) -> Iterator[Metric]:
         a = self.applies
@@ -345,6 +347,24 @@ class DataPlaneCollector(Collector):
             for cert in snapshot.certificates:
                 expiry.add_metric(list(_split(cert.name)), cert.not_after)
         yield from (ready, total, expiry)
+
+    def _build(self) -> Metric:
+        """What the live workers' request path runs, as each reported it (READY)."""
+        info = GaugeMetricFamily(
+            "portico_build_info",
+            "What the workers' request path runs: compiled (mypyc) or python (about half the "
+            "requests per second), and why not compiled (requested, not_compiled, stale_build, "
+            "import_failed)",
+            labels=["request_path", "reason"],
+        )
+        builds = {
+            (link.build["request_path"], link.build.get("reason", ""))
+            for link in self.publisher.links
+            if link.alive and "request_path" in link.build
+        }
+        for labels in sorted(builds):
+            info.add_metric(list(labels), 1)
+        return info
 
     # ---- ingress-nginx names -------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ snapshot gets the next version; a snapshot equal to the current one is skipped. 
 endpoint data changed (same routes, same certificates), workers get a small `EndpointsUpdate`
 with the changed backends instead of the whole snapshot. A full snapshot is encoded once and the
 same bytes go to every worker. Workers ACK or NACK each version; readiness means every live
-worker has ACKed a snapshot and is listening.
+worker has ACKed a snapshot and is listening. A worker's READY says what its request path runs
+(compiled or the Python sources, and why): logged once per kind, as a warning when not compiled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from controller.metrics import RequestTotals
+from proxy import native
 from proxy.channel import ChannelClosed, Message, MessageType, Reply, read_message, send_message
 from proxy.config import (
     EndpointsUpdate,
@@ -62,6 +64,9 @@ class WorkerLink:
     last_sent_update: bool = False
     # The worker's latest counters (STATS) and when anything last came from it (monotonic).
     stats: dict[str, int] = field(default_factory=dict)
+    # What the worker's request path runs, from its READY (proxy.native.report()): "compiled" or
+    # "python", the reason and the detail; empty until then.
+    build: dict[str, str] = field(default_factory=dict)
     last_seen: float = field(default_factory=time.monotonic)
     reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -90,6 +95,7 @@ class Publisher:
         # Per-request series of every worker (controller/metrics.py).
         self.requests = RequestTotals()
         self.last_nacked = 0  # newest version some worker refused
+        self._builds_logged: set[str] = set()
         self._changed = asyncio.Condition()
 
     @property
@@ -256,7 +262,9 @@ class Publisher:
                     )
                 elif message.type is MessageType.READY:
                     link.listening = True
+                    link.build = decode_build(message.payload)
                     logger.info("worker.ready", extra={"worker": link.index})
+                    self._log_build(link)
                 elif message.type is MessageType.NACK:
                     reply = Reply.decode(message.payload)
                     self.last_nacked = max(self.last_nacked, reply.version)
@@ -281,6 +289,31 @@ class Publisher:
             link.alive = False
             await self._notify()
 
+    def _log_build(self, link: WorkerLink) -> None:
+        """Say once per kind of build what the workers run: a WARNING when it is the plain
+        Python sources (about half the requests per second), unless PORTICO_PURE_PYTHON asked."""
+        state = link.build.get("state")
+        if state is None or state in self._builds_logged:
+            return
+        self._builds_logged.add(state)
+        reason = link.build.get("reason", "")
+        extra: dict[str, object] = {"worker": link.index, **link.build}
+        if link.build.get("request_path") == "compiled" or reason == native.REQUESTED:
+            logger.info("worker.request_path", extra=extra)
+            return
+        extra["effect"] = "about half the requests per second of the compiled request path"
+        extra["fix"] = native.ADVICE.get(reason, "reinstall Portico")
+        logger.warning("worker.request_path_not_compiled", extra=extra)
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+def decode_build(payload: bytes) -> dict[str, str]:
+    """A READY payload (proxy.native.report()); empty when the worker sent none."""
+    try:
+        raw = json.loads(payload) if payload else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}

@@ -5,8 +5,9 @@ Each worker process gets one end of a Unix socketpair. Frames are a 4-byte big-e
 full encoded snapshot) or `ENDPOINTS` (an encoded endpoints-only update) whenever routing
 changes, and `DRAIN` to shut the worker down gracefully. The worker answers every snapshot or
 update with `ACK` or `NACK` (the version, and for a NACK the reason) and sends `READY` once its
-listeners accept connections, then `STATS` (its counters, as JSON) every second: the
-controller aggregates them into metrics and treats their absence as a stalled event loop.
+listeners accept connections (with what its request path runs, as JSON: `proxy.native.report()`),
+then `STATS` (its counters, as JSON) every second: the controller aggregates them into metrics
+and treats their absence as a stalled event loop.
 
 This module is the only wire contract besides `proxy.config`; the controller imports it, never
 the other way round.

@@ -4,9 +4,12 @@
 mypyc when Portico is installed; the sources stay the reference and run as plain Python wherever
 no compiler was available. Next to them it compiles a stamp, `proxy._native_stamp`, holding the
 SHA-256 of each compiled source. When `proxy` is imported, `activate()` compares the stamp with
-the sources on disk: a source edited after the build (or `PORTICO_PURE_PYTHON=1`) makes every
-compiled module load from its `.py` instead, so stale machine code never runs. STATE says which
-case applies; the worker logs it when it starts listening.
+the sources on disk: a source edited after the build, an extension that does not load, a build
+missing some module (or `PORTICO_PURE_PYTHON=1`) makes every compiled module load from its `.py`
+instead, so stale machine code never runs. STATE says which case applies and REASON names it in
+one word; each worker reports both to the controller (`report()`), which warns when the workers
+run the sources and exports it as `portico_build_info`. `require_compiled()` is the container
+build's check that the image got the compiled path.
 
 This module imports only the standard library: `setup.py` reads COMPILED from it before any
 dependency is installed.
@@ -47,10 +50,27 @@ STAMP: Final = "proxy._native_stamp"
 PURE_ENV: Final = "PORTICO_PURE_PYTHON"
 NOT_COMPILED: Final = "pure: not compiled"
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
+_EXTENSIONS: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
-# "compiled", "pure: not compiled", "pure: PORTICO_PURE_PYTHON", "pure: stale build (...)".
+# Why the sources run instead of the build, in one word (the `reason` label of
+# portico_build_info; "" when compiled).
+REQUESTED: Final = "requested"  # PORTICO_PURE_PYTHON=1
+NO_BUILD: Final = "not_compiled"  # no extensions (no compiler at install, PORTICO_NATIVE=0), or
+# only some of them (a compile that failed for some modules)
+STALE: Final = "stale_build"  # a source changed since the build
+IMPORT_FAILED: Final = "import_failed"  # the extensions are there but do not load
+# What to do about each (said with the controller's warning).
+ADVICE: Final = {
+    NO_BUILD: "install a C compiler and the Python headers, then reinstall Portico",
+    STALE: "reinstall Portico (pip install -e .) to compile the changed sources",
+    IMPORT_FAILED: "reinstall Portico with the Python interpreter that runs it",
+}
+
+# "compiled", "pure: not compiled", "pure: PORTICO_PURE_PYTHON", "pure: stale build (...)",
+# "pure: import failed (...)", "pure: incomplete build (...)".
 _UNDECIDED: Final = "pure: not activated"
 STATE = _UNDECIDED
+REASON = ""
 
 
 def source_path(module: str, root: Path = PACKAGE_DIR.parent) -> Path:
@@ -88,36 +108,67 @@ class _SourcesFirst(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
 
-def _is_extension(module: ModuleType) -> bool:
-    return str(getattr(module, "__file__", "")).endswith(
-        tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    )
+def _has_extension(module: str) -> bool:
+    source = source_path(module)
+    stem = source.name.removesuffix(".py")
+    return any(source.with_name(stem + suffix).exists() for suffix in _EXTENSIONS)
 
 
-def _check() -> str:
+def _check() -> tuple[str, str]:
+    """(REASON, STATE) for this process: ("", "compiled") when the build is current."""
     if os.environ.get(PURE_ENV, "").lower() in ("1", "true", "yes", "on"):
-        return f"pure: {PURE_ENV}"
+        return REQUESTED, f"pure: {PURE_ENV}"
+    spec = importlib.util.find_spec(STAMP)
+    if spec is None or not str(spec.origin).endswith(_EXTENSIONS):
+        if any(_has_extension(m) for m in COMPILED):  # extensions without their stamp
+            return NO_BUILD, f"pure: incomplete build ({STAMP} not compiled)"
+        return NO_BUILD, NOT_COMPILED
     try:
         stamp = importlib.import_module(STAMP)
-    except ImportError:
-        return NOT_COMPILED
-    if not _is_extension(stamp):
-        return NOT_COMPILED
+    except ImportError as exc:  # built for another interpreter, or a library missing
+        return IMPORT_FAILED, f"pure: import failed ({exc})"
     built: dict[str, str] = getattr(stamp, "SOURCES", {})
     try:
         changed = sorted(m for m, h in source_hashes().items() if built.get(m) != h)
     except OSError as exc:  # a source missing next to its extension: trust nothing
-        return f"pure: stale build ({exc.strerror}: {exc.filename})"
+        return STALE, f"pure: stale build ({exc.strerror}: {exc.filename})"
     if changed:
-        return f"pure: stale build ({', '.join(changed)} changed since it was compiled)"
-    return "compiled"
+        return STALE, f"pure: stale build ({', '.join(changed)} changed since it was compiled)"
+    # The compiled modules call each other natively: all of them run compiled, or none.
+    missing = [m for m in COMPILED if not _has_extension(m)]
+    if missing:
+        return NO_BUILD, f"pure: incomplete build ({', '.join(missing)} not compiled)"
+    return "", "compiled"
 
 
 def activate() -> str:
     """Decide once, before any compiled module is imported, which code the request path runs."""
-    global STATE
+    global STATE, REASON
     if STATE == _UNDECIDED:
-        STATE = _check()
+        REASON, STATE = _check()
         if STATE not in ("compiled", NOT_COMPILED):  # extensions there, not to be run
             sys.meta_path.insert(0, _SourcesFirst(COMPILED))
     return STATE
+
+
+def report() -> dict[str, str]:
+    """What this process's request path runs: what a worker tells the controller (READY)."""
+    return {
+        "request_path": "compiled" if STATE == "compiled" else "python",
+        "reason": REASON,
+        "state": STATE,
+    }
+
+
+def require_compiled() -> int:
+    """The container build's check: exit status 0 when the compiled path runs, else 1."""
+    if activate() == "compiled":
+        print("portico: request path compiled", file=sys.stderr)
+        return 0
+    print(
+        f"portico: the request path is not compiled ({STATE}): Portico would run at about half"
+        " its speed; see setup.py's messages above (a C compiler and the Python headers are"
+        " needed)",
+        file=sys.stderr,
+    )
+    return 1

@@ -177,7 +177,10 @@ class Worker:
         await send_message(self._writer, Message(MessageType.ACK, Reply(version).encode()))
         if not self._listening:
             await self._listen()
-            await send_message(self._writer, Message(MessageType.READY))
+            # READY carries what this process's request path runs (compiled, or why not): the
+            # controller reports what the workers really run, not what it runs itself.
+            ready = json.dumps(native.report()).encode()
+            await send_message(self._writer, Message(MessageType.READY, ready))
 
     async def _listen(self) -> None:
         assert self._server is not None
