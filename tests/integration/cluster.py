@@ -35,7 +35,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 15.0) -
 
 
 class ControllerProcess:
-    """One controller process; `start` takes the command line and environment."""
+    """One controller process; `spawn` takes its command line and environment."""
 
     def __init__(self, identity: str, tmp: Path) -> None:
         self.identity = identity
@@ -49,7 +49,8 @@ class ControllerProcess:
     def user_agent(self) -> str:
         return f"portico ({self.identity})"
 
-    async def start(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Run `python ARGV...` from the repository root, logging to `self.log`."""
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -275,7 +275,7 @@ async def test_the_chart_rbac_is_exactly_what_cluster_mode_uses(
     default_cert = seed(sim, docs, pods)
     controller = ControllerProcess(f"chart-{mode.name}", tmp_path)
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
-    await controller.start(
+    await controller.spawn(
         ["-m", "controller", "controller"], controller_env(docs, controller, kubeconfig)
     )
     try:

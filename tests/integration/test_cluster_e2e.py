@@ -9,13 +9,12 @@ bounded. Lease timings are short (2 s) so leader changes happen within a test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.integration.cluster import ControllerProcess, eventually  # noqa: E402
 from tests.integration.serving import free_port  # noqa: E402
 from tests.kubesim import KubeSim  # noqa: E402
 
@@ -38,16 +38,6 @@ OUTAGE_SECONDS = 30.0
 LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3}
 # "Traffic follows within 1 s" is the goal; the bound leaves room for a loaded 2-core CI box.
 FOLLOW = 3.0
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 15.0) -> Any:
-    """Poll until `check()` returns something truthy; return it. Bounded by `limit` seconds."""
-    async with asyncio.timeout(limit):
-        while True:
-            value = await check()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
 
 
 # ---- objects ----------------------------------------------------------------------------------
@@ -131,12 +121,11 @@ def lb_ips(sim: KubeSim, name: str) -> list[str]:
 # ---- the controller process ---------------------------------------------------------------------
 
 
-class Controller:
+class Controller(ControllerProcess):
+    """`python -m controller.kube` with settings as JSON (test timings, one worker, no HTTPS)."""
+
     def __init__(self, identity: str, sim: KubeSim, tmp: Path, **cluster: Any) -> None:
-        self.identity = identity
-        self.http = free_port()
-        self.admin = free_port()
-        self.log = tmp / f"{identity}.log"
+        super().__init__(identity, tmp)
         kubeconfig = sim.write_kubeconfig(tmp / f"{identity}.kubeconfig")
         self.settings = {
             "http_port": self.http,
@@ -157,78 +146,10 @@ class Controller:
             **LEASE,
             **cluster,
         }
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def user_agent(self) -> str:
-        return f"portico ({self.identity})"
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "controller.kube",
-                "--settings",
-                json.dumps(self.settings),
-                "--cluster",
-                json.dumps(self.cluster),
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # its own process group: workers die with it
-            )
-
-    def kill_group(self, signum: int) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
-
-    async def stop(self, signum: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        if signum == signal.SIGTERM:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signum)  # the controller drains its own workers
-        else:
-            self.kill_group(signum)
-        try:
-            async with asyncio.timeout(10):
-                await self.process.wait()
-        except TimeoutError:
-            self.kill_group(signal.SIGKILL)
-            await self.process.wait()
-        # Whatever is left in the group (workers of a killed controller) goes too.
-        self.kill_group(signal.SIGKILL)
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    async def get(self, session: aiohttp.ClientSession, host: str) -> tuple[int, str]:
-        """(status, pod) of one request for `host`; (0, "") when the proxy is not up."""
-        try:
-            async with session.get(
-                f"http://127.0.0.1:{self.http}/", headers={"Host": host}
-            ) as resp:
-                body = await resp.read()
-                pod = resp.headers.get("X-Echo-Pod", "")
-                del body
-                return resp.status, pod
-        except aiohttp.ClientError:
-            return 0, ""
-
-    async def ready(self, session: aiohttp.ClientSession) -> bool:
-        try:
-            async with session.get(f"http://127.0.0.1:{self.admin}/readyz") as resp:
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
+        argv = ["-m", "controller.kube", "--settings", json.dumps(self.settings)]
+        await self.spawn([*argv, "--cluster", json.dumps(self.cluster)], os.environ)
 
 
 # ---- fixtures -----------------------------------------------------------------------------------
