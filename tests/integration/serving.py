@@ -28,9 +28,11 @@ async def start_serve(
     shutdown_delay: float = 0.0,
     drain_timeout: float = 5.0,
     extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
     **popen: Any,
 ) -> asyncio.subprocess.Process:
-    """`portico serve` on 127.0.0.1 with these ports (https 0: no HTTPS listener)."""
+    """`portico serve` on 127.0.0.1 with these ports (https 0: no HTTPS listener); `env` is
+    added to this process's environment."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,7 +55,7 @@ async def start_serve(
         "--bind-address",
         "127.0.0.1",
         *extra,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         **popen,
     )
 
