@@ -642,6 +642,8 @@ def test_rbac_namespaced_scope_exact(helm: Helm) -> None:
         # Outside the watched namespaces, only the named objects it must read.
         | expand(NAMESPACE, "", ["services"], READ, FULLNAME)
         | expand("certs", "", ["secrets"], READ, "wildcard")
+        # Problems with the default certificate become Events on its Secret.
+        | expand("certs", "", ["events"], ["create", "get", "patch"])
     )
     assert grants(docs) == expected
     # No cluster-wide Secret read, and the controller is told which namespaces to watch.

@@ -10,7 +10,8 @@ for a test, and one process per mode. Each mode checks:
 - routes in the served namespaces, and nothing (no route, no status) for an Ingress elsewhere;
 - an HTTPS backend verified against a CA that an Opaque Secret holds;
 - the default certificate, a Secret in a namespace that is not served, on a TLS handshake;
-- status from the published Service; problems as Events, created and then counted by patch;
+- status from the published Service; problems as Events (about Ingresses in the served
+  namespaces, and the default certificate), created and then counted by patch;
 - no request was refused (a missing permission), and every granted permission was used (a
   surplus one), except those listed by `unused()` with the reason.
 """
@@ -23,7 +24,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ pytestmark = pytest.mark.timeout(120)
 # Release "portico" in namespace "portico": ServiceAccount portico/portico, KubeSim's user.
 RELEASE = NAMESPACE = "portico"
 LB_IP = "203.0.113.20"
-DEFAULT_CERT = "certs/wildcard"
+CERTS_NS, CERT_NAME = "certs", "wildcard"  # the default certificate's Secret
+DEFAULT_CERT = f"{CERTS_NS}/{CERT_NAME}"
 HTTPS_NS = "team-a"  # where the HTTPS backend and its Opaque CA Secret live
 
 
@@ -75,7 +77,7 @@ MODES = [
 
 def unused(mode: Mode) -> dict[Grant, str]:
     """Granted permissions a short test legitimately never uses, with the reason."""
-    scopes = [None] if mode.name == "cluster" else list(mode.served)
+    scopes = [None] if mode.name == "cluster" else [*mode.served, CERTS_NS]
     return {
         Grant(ns, "", "events", "get"): "controller/events.py reads an Event only when creating "
         "it answers 409: an Event an earlier leader made, not seen within one process"
@@ -174,9 +176,32 @@ def opaque_ca_secret(name: str, namespace: str, ca: trustme.CA) -> dict[str, Any
     }
 
 
-def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods) -> bytes:
-    """The chart's IngressClass and Service, and the test's objects; returns the default
-    certificate (PEM)."""
+@dataclass(frozen=True)
+class DefaultCertificate:
+    """The default certificate's Secret, valid or (a key of another certificate) invalid."""
+
+    cert: bytes
+    key: bytes
+    other_key: bytes
+
+    def secret(self, *, valid: bool = True) -> dict[str, Any]:
+        key = self.key if valid else self.other_key
+        return manifests.tls_secret(CERT_NAME, self.cert, key, CERTS_NS)
+
+
+def default_certificate() -> DefaultCertificate:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("default.portico.test")
+    other = ca.issue_cert("other.portico.test")
+    return DefaultCertificate(
+        leaf.cert_chain_pems[0].bytes(),
+        leaf.private_key_pem.bytes(),
+        other.private_key_pem.bytes(),
+    )
+
+
+def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods, default: DefaultCertificate) -> None:
+    """The chart's IngressClass and Service, and the test's objects."""
     for doc in docs:
         if doc["kind"] in ("IngressClass", "Service"):
             sim.create(doc)
@@ -203,11 +228,7 @@ def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods) -> bytes:
     )
     sim.create(opaque_ca_secret("upstream-ca", HTTPS_NS, pods.ca))
     # The default certificate lives in "certs", which the namespaced install does not serve.
-    default = trustme.CA().issue_cert("default.portico.test")
-    cert = default.cert_chain_pems[0].bytes()
-    namespace, name = DEFAULT_CERT.split("/")
-    sim.create(manifests.tls_secret(name, cert, default.private_key_pem.bytes(), namespace))
-    return cert
+    sim.create(default.secret())
 
 
 def set_published_address(sim: KubeSim) -> None:
@@ -223,20 +244,54 @@ def lb_ips(sim: KubeSim, namespace: str, name: str) -> list[str]:
     return [e.get("ip") or e.get("hostname") for e in entries]
 
 
-def warning_counts(sim: KubeSim, namespace: str) -> list[int]:
-    """Counts of the ServiceNotFound Events about Ingress `broken` in `namespace`."""
-    return [
-        e.get("count", 0)
-        for e in sim.list("events", namespace)
-        if e.get("reason") == "ServiceNotFound" and e["involvedObject"].get("name") == "broken"
+@dataclass(frozen=True)
+class Problem:
+    """A problem the test causes, fixes and causes again, in `namespace`: its Events are
+    created (Warning, Resolved), then the Warning's count is patched."""
+
+    namespace: str
+    name: str  # of the object the Events are about
+    reason: str
+    cause: Callable[[KubeSim], Any]
+    fix: Callable[[KubeSim], Any]
+
+    def warning_counts(self, sim: KubeSim) -> list[int]:
+        return [e.get("count", 0) for e in self._events(sim, self.reason)]
+
+    def resolved(self, sim: KubeSim) -> bool:
+        return bool(self._events(sim, "Resolved"))
+
+    def _events(self, sim: KubeSim, reason: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in sim.list("events", self.namespace)
+            if e.get("reason") == reason and e["involvedObject"].get("name") == self.name
+        ]
+
+
+def problems(mode: Mode, default: DefaultCertificate) -> list[Problem]:
+    """Ingress `broken` names a missing Service in each served namespace (from the start); the
+    default certificate, outside them when namespaced, gets a key that does not match."""
+    out = [
+        Problem(
+            ns,
+            "broken",
+            "ServiceNotFound",
+            cause=lambda sim, ns=ns: sim.delete("services", ns, "missing"),
+            fix=lambda sim, ns=ns: sim.create(manifests.service("missing", namespace=ns)),
+        )
+        for ns in mode.served
     ]
-
-
-def resolved(sim: KubeSim, namespace: str) -> bool:
-    return any(
-        e.get("reason") == "Resolved" and e["involvedObject"].get("name") == "broken"
-        for e in sim.list("events", namespace)
+    out.append(
+        Problem(
+            CERTS_NS,
+            CERT_NAME,
+            "SecretInvalid",
+            cause=lambda sim: sim.apply(default.secret(valid=False)),
+            fix=lambda sim: sim.apply(default.secret()),
+        )
     )
+    return out
 
 
 def refused(sim: KubeSim) -> list[str]:
@@ -272,16 +327,15 @@ async def test_the_chart_rbac_is_exactly_what_cluster_mode_uses(
     docs = render(mode)
     sim.load_rbac(docs)
     assert sim.rbac_grants(), "the chart rendered no RBAC"
-    default_cert = seed(sim, docs, pods)
+    default = default_certificate()
+    seed(sim, docs, pods, default)
     controller = ControllerProcess(f"chart-{mode.name}", tmp_path)
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
     await controller.spawn(
         ["-m", "controller", "controller"], controller_env(docs, controller, kubeconfig)
     )
     try:
-        await check_cluster_mode(
-            mode, sim, controller=controller, session=session, default_cert=default_cert
-        )
+        await check_cluster_mode(mode, sim, controller=controller, session=session, default=default)
     except BaseException:
         sys.stderr.write(f"--- refused requests\n{chr(10).join(refused(sim))}\n")
         sys.stderr.write(f"--- {controller.identity} (last 40 log lines)\n{controller.tail()}\n")
@@ -296,7 +350,7 @@ async def check_cluster_mode(
     *,
     controller: ControllerProcess,
     session: aiohttp.ClientSession,
-    default_cert: bytes,
+    default: DefaultCertificate,
 ) -> None:
     # Ready only once every informer listed: with a permission missing it never would be.
     await eventually(lambda: controller.ready(session), 40)
@@ -305,21 +359,23 @@ async def check_cluster_mode(
     # The HTTPS backend, verified with the CA from the Opaque Secret.
     assert await controller.get(session, f"secure.{HTTPS_NS}.test") == (200, "tls-pod")
     # A host no Ingress lists gets the default certificate from "certs", not a self-signed one.
-    assert await served_certificate(controller.https, "nobody.test") == der(default_cert)
+    assert await served_certificate(controller.https, "nobody.test") == der(default.cert)
 
     set_published_address(sim)
     for ns in mode.served:
         await eventually(lambda ns=ns: asyncio.sleep(0, result=lb_ips(sim, ns, "web") == [LB_IP]))
-    # Each served namespace has its problem reported: Warning, Resolved, then the same Warning
-    # again, which patches the first one's count.
-    for ns in mode.served:
-        await eventually(lambda ns=ns: asyncio.sleep(0, result=warning_counts(sim, ns) == [1]))
-        sim.create(manifests.service("missing", namespace=ns))
-    for ns in mode.served:
-        await eventually(lambda ns=ns: asyncio.sleep(0, result=resolved(sim, ns)))
-        sim.delete("services", ns, "missing")
-    for ns in mode.served:
-        await eventually(lambda ns=ns: asyncio.sleep(0, result=warning_counts(sim, ns) == [2]))
+    # Problems in each served namespace, and with the default certificate wherever it is, are
+    # reported: Warning, Resolved, then the same Warning again, which patches its count.
+    cases = problems(mode, default)
+    cases[-1].cause(sim)  # the Ingress problems are there from the start
+    for case in cases:
+        await eventually(lambda c=case: asyncio.sleep(0, result=c.warning_counts(sim) == [1]))
+        case.fix(sim)
+    for case in cases:
+        await eventually(lambda c=case: asyncio.sleep(0, result=c.resolved(sim)))
+        case.cause(sim)
+    for case in cases:
+        await eventually(lambda c=case: asyncio.sleep(0, result=c.warning_counts(sim) == [2]))
 
     # The leader created its Lease, and renews it (every retry period, 0.3 s here).
     def renewed() -> bool:
