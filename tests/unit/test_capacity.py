@@ -8,10 +8,12 @@ that place the process in it.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import yaml
 
 from controller.capacity import (
     CONTROLLER_MEMORY,
@@ -136,3 +138,19 @@ def test_no_cgroup_files_means_no_limits(tmp_path: Path) -> None:
     assert read_limits(tmp_path / "absent", tmp_path / "absent-self") == CgroupLimits(None, None)
     plan = plan_workers(CgroupLimits(None, None), usable_cpus=3)
     assert (plan.count, plan.over_memory) == (3, False)
+
+
+def test_chart_defaults_hold_the_workers_they_start() -> None:
+    # The chart's defaults: no CPU limit, workers 0 (auto), a memory limit. On a 32-CPU node
+    # that must not mean 32 workers; values.yaml states the count the limit allows.
+    values_file = Path(__file__).resolve().parents[2] / "charts" / "portico" / "values.yaml"
+    values = yaml.safe_load(values_file.read_text())
+    assert values["controller"]["workers"] == 0
+    assert "cpu" not in values["resources"]["limits"]
+    quantity = re.fullmatch(r"(\d+)(Mi|Gi)", values["resources"]["limits"]["memory"])
+    assert quantity is not None
+    limit = int(quantity[1]) * (MIB if quantity[2] == "Mi" else 1024 * MIB)
+    plan = plan_workers(CgroupLimits(cpus=None, memory=limit), usable_cpus=NODE_CPUS)
+    assert 1 <= plan.count < NODE_CPUS
+    stated = re.search(r"holds the controller and (\d+) workers", values_file.read_text())
+    assert stated is not None and int(stated.group(1)) == plan.count
