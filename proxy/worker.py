@@ -206,7 +206,7 @@ class Worker:
                 "address": settings.bind_address,
                 "http_port": settings.http_port,
                 "https_port": settings.https_port,
-                "request_path": native.STATE,  # compiled, or why the sources run
+                **native.report(),  # compiled, or python and why the sources run
             },
         )
 
