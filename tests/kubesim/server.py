@@ -19,6 +19,7 @@ import os
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,9 @@ class KubeSim:
         self.audit: list[AuditEntry] = []
         self._faults: list[_Fault] = []
         self._forbidden: list[tuple[str, str, str | None]] = []
+        # Requests refused with 403, by (verb, resource): lets a test prove a refusal happened
+        # (and happened again) before it checks what the refusal prevents.
+        self.refusals: Counter[tuple[str, str]] = Counter()
         self._rbac: frozenset[Grant] | None = None
         # The grants that allowed at least one request since load_rbac (see rbac_unused).
         self.rbac_used: set[Grant] = set()
@@ -441,6 +445,10 @@ class KubeSim:
         """Answer matching requests with 403 Forbidden (RBAC denial); "*" matches anything."""
         self._forbidden.append((verb, resource, namespace))
 
+    def refused_count(self, verb: str, resource: str) -> int:
+        """How many `verb` requests on `resource` were refused with 403 so far."""
+        return self.refusals[(verb, resource)]
+
     def allow(self, verb: str, resource: str, namespace: str | None = None) -> None:
         """Undo a forbid() with the same arguments."""
         self._forbidden = [r for r in self._forbidden if r != (verb, resource, namespace)]
@@ -642,6 +650,7 @@ class KubeSim:
             self.rbac_used |= allowing
             denied = not allowing
         if denied:
+            self.refusals[(verb, target.resource)] += 1
             raise forbidden(
                 target.rt,
                 verb,
