@@ -98,10 +98,13 @@ async def send(
     """Send one request and read the whole response. `host` None: the address as Host.
     With `tls`, `server_name` is the SNI (None: none is sent when `address` is an IP)."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host if host is not None else address}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    extra = headers or {}
+    lines += [f"{name}: {value}" for name, value in extra.items() if name.lower() != "connection"]
     if body is not None or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body or b'')}")
-    lines.append("Connection: close")
+    # One request per connection; options the caller names (hop-by-hop fields) go with it.
+    options = [value for name, value in extra.items() if name.lower() == "connection"]
+    lines.append("Connection: " + ", ".join([*options, "close"]))
     wire = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
     writer: asyncio.StreamWriter | None = None
     try:

@@ -3,8 +3,10 @@
 It answers any method and path with a JSON description of the request it received, as the proxy
 forwarded it, so a test can check routing (`service`, `pod`) and forwarding (`host`, `path`,
 `headers`, `body_bytes`) in one look. `?status=N` answers with status N, `?bytes=N` with N bytes
-of payload, and `GET /ws` upgrades to a WebSocket that echoes every message. Not on the hot
-path, so aiohttp.web is fine here.
+of payload, `?sleep_ms=N` answers N milliseconds late (upstream timeouts), and `GET /ws`
+upgrades to a WebSocket that echoes every message. A backend can also be slow on every request
+(`delay_ms`: a pod the least-request balancer should avoid) and serve HTTPS (an `ssl.SSLContext`:
+HTTPS backends). Not on the hot path, so aiohttp.web is fine here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from typing import Any, Final
 
 from aiohttp import WSMsgType, web
@@ -21,9 +24,11 @@ logger = logging.getLogger(__name__)
 _CHUNK: Final = 64 * 1024
 _MAX_PAYLOAD: Final = 1 << 34  # a sanity bound for ?bytes=N
 _NO_BODY: Final = frozenset({204, 304})
+MAX_SLEEP_MS: Final = 60_000
 
 SERVICE_KEY: Final = web.AppKey("service", str)
 POD_KEY: Final = web.AppKey("pod", str)
+DELAY_KEY: Final = web.AppKey("delay_ms", int)
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -62,11 +67,18 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     size = _int_query(request, "bytes")
     if size is not None and not 0 <= size <= _MAX_PAYLOAD:
         raise web.HTTPBadRequest(text="bytes out of range\n")
+    sleep_ms = _int_query(request, "sleep_ms") or 0
+    if not 0 <= sleep_ms <= MAX_SLEEP_MS:
+        raise web.HTTPBadRequest(text=f"sleep_ms must be between 0 and {MAX_SLEEP_MS}\n")
 
     # Read the whole body so keep-alive works and the client learns how much arrived.
     body_bytes = 0
     async for chunk in request.content.iter_chunked(_CHUNK):
         body_bytes += len(chunk)
+    # Late answers are late before the head, which is what an upstream read timeout measures.
+    delay_ms = request.app[DELAY_KEY] + sleep_ms
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
 
     headers = _identity(request)
     if size is not None and status not in _NO_BODY:
@@ -102,21 +114,48 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return web.json_response(doc, status=status, headers=headers, dumps=json.dumps)
 
 
-def make_app(service: str, pod: str) -> web.Application:
+def make_app(service: str, pod: str, delay_ms: int = 0) -> web.Application:
     app = web.Application()
     app[SERVICE_KEY] = service
     app[POD_KEY] = pod
+    app[DELAY_KEY] = delay_ms
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
 
 
-async def start_echo(host: str, port: int, service: str, pod: str) -> web.AppRunner:
-    """Serve the echo app on host:port; the caller stops it with `await runner.cleanup()`."""
-    runner = web.AppRunner(make_app(service, pod), access_log=None, handle_signals=False)
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The TLS context of an HTTPS echo backend (PEM files; raises OSError or ssl.SSLError)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_echo(
+    host: str,
+    port: int,
+    service: str,
+    pod: str,
+    *,
+    delay_ms: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> web.AppRunner:
+    """Serve the echo app on host:port (HTTPS with `ssl_context`), every answer `delay_ms`
+    late; the caller stops it with `await runner.cleanup()`."""
+    app = make_app(service, pod, delay_ms)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
-    logger.info("echo.started", extra={"address": f"{host}:{port}", "service": service, "pod": pod})
+    logger.info(
+        "echo.started",
+        extra={
+            "address": f"{host}:{port}",
+            "service": service,
+            "pod": pod,
+            "tls": ssl_context is not None,
+            "delay_ms": delay_ms,
+        },
+    )
     return runner
 
 
@@ -131,9 +170,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-async def run_echo(host: str, port: int, service: str, pod: str) -> None:
+async def run_echo(
+    host: str,
+    port: int,
+    service: str,
+    pod: str,
+    *,
+    delay_ms: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """Serve until cancelled (the CLI entry: `portico echo`)."""
-    runner = await start_echo(host, port, service, pod)
+    runner = await start_echo(host, port, service, pod, delay_ms=delay_ms, ssl_context=ssl_context)
     try:
         await asyncio.Event().wait()
     finally:

@@ -4,8 +4,10 @@ KubeSim (the API-server simulator from tests/kubesim, so this mode needs a sourc
 runs in the runner's event loop; echo backends listen on 127.0.0.2, 127.0.0.3, ... (one
 address per pod placeholder, all on one port, since an EndpointSlice has one port for all its
 endpoints); `portico controller` runs as a subprocess pointed at KubeSim with a kubeconfig,
-publishing 127.0.0.1 as every owned Ingress's status address. Objects are written straight
-into KubeSim's registry, which produces the same watch events as API writes.
+publishing 127.0.0.1 as every owned Ingress's status address. It is a namespaced install
+(`--watch-namespaces conformance`), so the scenarios needing a namespace Portico does not watch
+run too. Objects are written straight into KubeSim's registry, which produces the same watch
+events as API writes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -27,7 +30,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from conformance.client import ClientError, send
-from conformance.echo import start_echo
+from conformance.echo import server_context, start_echo
+from conformance.scenario import CLUSTER_SCOPED, EchoPod
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +40,15 @@ READY_WAIT: Final = 30.0  # seconds for the controller to sync, compile and serv
 STOP_WAIT: Final = 10.0
 FIRST_POD: Final = ipaddress.IPv4Address("127.0.0.2")
 LAST_POD: Final = ipaddress.IPv4Address("127.0.0.254")
+CONTROLLER: Final = "portico.dev/ingress-controller"
 INGRESS_CLASS: Final = {
     "apiVersion": "networking.k8s.io/v1",
     "kind": "IngressClass",
     "metadata": {"name": "portico"},
-    "spec": {"controller": "portico.dev/ingress-controller"},
+    "spec": {"controller": CONTROLLER},
 }
+NAMESPACE: Final = "conformance"
+UNWATCHED_NAMESPACE: Final = "conformance-unwatched"
 
 
 class SetupError(RuntimeError):
@@ -55,10 +62,69 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def controller_args(
+    kubeconfig: Path,
+    *,
+    http_port: int,
+    https_port: int,
+    admin_port: int,
+    log_level: str = "warning",
+    watch_namespaces: tuple[str, ...] = (),
+) -> list[str]:
+    """`portico controller` arguments for a controller on loopback that publishes 127.0.0.1
+    as its Ingresses' status address (watching `watch_namespaces`, or all when empty)."""
+    args = [
+        "controller",
+        f"--kubeconfig={kubeconfig}",
+        "--publish-status-address=127.0.0.1",
+        "--bind-address=127.0.0.1",
+        f"--http-port={http_port}",
+        f"--https-port={https_port}",
+        f"--admin-port={admin_port}",
+        "--workers=1",
+        "--shutdown-delay=0",
+        "--drain-timeout=1",
+        "--no-access-log",
+        f"--log-level={log_level}",
+        "--pod-name=conformance",
+        "--election-namespace=default",
+    ]
+    if watch_namespaces:
+        args.append(f"--watch-namespaces={','.join(watch_namespaces)}")
+    return args
+
+
+async def start_controller(args: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    """`python -m controller ARGS` from this checkout, in its own process group (its workers
+    go with it), logging to `log_path`."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    with log_path.open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "controller",
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    logger.info("conformance.controller_started", extra={"pid": process.pid})
+    return process
+
+
 class LocalTarget:
     """A `Target` on loopback; use as `async with LocalTarget(workdir) as target:`."""
 
-    namespace = "conformance"
+    namespace = NAMESPACE
+    unwatched_namespace: str | None = UNWATCHED_NAMESPACE
+    one_worker = True  # --workers=1, one controller
+    controller = CONTROLLER
 
     def __init__(self, workdir: Path, *, log_level: str = "warning") -> None:
         # A checkout's root holds tests/kubesim; make it importable wherever we were started.
@@ -79,7 +145,7 @@ class LocalTarget:
         self.echo_port = free_port(str(FIRST_POD))
         self.log_path = workdir / "controller.log"
         self.process: asyncio.subprocess.Process | None = None
-        self._pods: dict[tuple[str, str], str] = {}  # (service, pod) -> IP
+        self._pods: dict[tuple[str, EchoPod], str] = {}  # (placeholder, pod) -> IP
         self._runners: list[web.AppRunner] = []
         self._next = FIRST_POD
 
@@ -105,41 +171,15 @@ class LocalTarget:
         await self.close()
 
     async def _start_controller(self) -> None:
-        kubeconfig = self.sim.write_kubeconfig(self.workdir / "kubeconfig")
-        args = [
-            "controller",
-            f"--kubeconfig={kubeconfig}",
-            "--publish-status-address=127.0.0.1",
-            "--bind-address=127.0.0.1",
-            f"--http-port={self.http_port}",
-            f"--https-port={self.https_port}",
-            f"--admin-port={self.admin_port}",
-            "--workers=1",
-            "--shutdown-delay=0",
-            "--drain-timeout=1",
-            "--no-access-log",
-            f"--log-level={self.log_level}",
-            "--pod-name=conformance",
-            "--election-namespace=default",
-        ]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        with self.log_path.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "controller",
-                *args,
-                cwd=ROOT,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # its own process group: its workers go with it
-            )
-        logger.info("conformance.controller_started", extra={"pid": self.process.pid})
+        args = controller_args(
+            self.sim.write_kubeconfig(self.workdir / "kubeconfig"),
+            http_port=self.http_port,
+            https_port=self.https_port,
+            admin_port=self.admin_port,
+            log_level=self.log_level,
+            watch_namespaces=(self.namespace,),
+        )
+        self.process = await start_controller(args, self.log_path)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_WAIT
@@ -186,39 +226,56 @@ class LocalTarget:
 
     # ---- Target -----------------------------------------------------------------------------
 
-    async def ensure_pods(self, pods: Mapping[str, str]) -> dict[str, str]:
+    def _tls_context(self, ip: str, pod: EchoPod) -> ssl.SSLContext | None:
+        if pod.tls is None:
+            return None
+        directory = self.workdir / "pods"
+        directory.mkdir(exist_ok=True)
+        cert, key = directory / f"{ip}.crt", directory / f"{ip}.key"
+        cert.write_bytes(pod.tls.cert_pem)
+        key.write_bytes(pod.tls.key_pem)
+        return server_context(str(cert), str(key))
+
+    async def ensure_pods(self, pods: Mapping[str, EchoPod]) -> dict[str, str]:
         addresses: dict[str, str] = {}
-        for pod, service in pods.items():
-            key = (service, pod)
+        for name, pod in pods.items():
+            key = (name, pod)
             if key not in self._pods:
                 if self._next > LAST_POD:
                     raise SetupError("more echo pods than loopback addresses")
                 ip = str(self._next)
                 self._next += 1
-                self._runners.append(await start_echo(ip, self.echo_port, service, pod))
+                runner = await start_echo(
+                    ip,
+                    self.echo_port,
+                    pod.service,
+                    name,
+                    delay_ms=pod.delay_ms,
+                    ssl_context=self._tls_context(ip, pod),
+                )
+                self._runners.append(runner)
                 self._pods[key] = ip
-            addresses[pod] = self._pods[key]
+            addresses[name] = self._pods[key]
         return addresses
 
     async def apply(self, obj: dict[str, Any]) -> None:
         self.sim.apply(obj)
 
-    async def delete(self, kind: str, name: str) -> None:
+    async def delete(self, kind: str, name: str, namespace: str | None) -> None:
         from tests.kubesim import ApiError
 
-        namespace = None if kind == "IngressClass" else self.namespace
         try:
-            self.sim.delete(kind, namespace, name)
+            self.sim.delete(kind, None if kind in CLUSTER_SCOPED else namespace, name)
         except ApiError as exc:
             if exc.code != 404:
                 raise
 
-    async def ingress_addresses(self, name: str) -> list[str]:
+    async def ingress_addresses(self, name: str, namespace: str | None = None) -> list[str]:
         # Polled while waiting for a status: a dead controller fails the scenario at once
         # instead of after the whole wait.
         if self.process is not None and self.process.returncode is not None:
             raise SetupError(f"the controller exited with {self.process.returncode}")
-        obj = self.sim.get("ingresses", self.namespace, name) or {}
+        obj = self.sim.get("ingresses", namespace or self.namespace, name) or {}
         entries = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         return [str(e.get("ip") or e.get("hostname")) for e in entries if isinstance(e, dict)]
 

@@ -1,13 +1,17 @@
 """Conformance scenarios: the YAML data model, its validation and its rendering into objects.
 
 A scenario file (`conformance/scenarios/<area>.yaml`) holds the scenarios of one area. Each
-scenario names Kubernetes objects (raw, or through two shorthands: `services` expands into a
+scenario names Kubernetes objects (raw, or through three shorthands: `services` expands into a
 selector-less Service plus an EndpointSlice, `certificates` into a `kubernetes.io/tls` Secret
-generated at run time), the requests to send, and the answers expected; optional `steps`
-change objects mid-scenario and send more requests. Pod IPs are never written: an endpoint
-names a pod placeholder (`pod: web-1`) and the runner maps it to the echo backend it started for
-that pod. This module is pure (no I/O besides reading files): the runner feeds it the pod
-addresses and the generated certificates and gets plain object dicts back.
+generated at run time, `ca_secrets` into an Opaque Secret holding a `ca.crt`), the requests to
+send, and the answers expected; optional `steps` change objects mid-scenario and send more
+requests. Pod IPs are never written: an endpoint names a pod placeholder (`pod: web-1`) and the
+runner maps it to the echo backend it started for that pod (`pods` gives a placeholder options:
+HTTPS, a delay). Namespaces are never written either: an annotation value `{secret: NAME}`
+becomes "<namespace>/NAME", and `unwatched_objects` go to a namespace Portico must not watch
+(scenarios that need one say `requires: [unwatched-namespace]`). This module is pure (no I/O
+besides reading files): the runner feeds it the pod addresses and the generated certificates
+and gets plain object dicts back.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import base64
 import copy
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +44,21 @@ MANAGED_BY: Final = "conformance.portico.dev"
 # The CN of the certificate Portico generates at start when no default certificate is named.
 DEFAULT_CERTIFICATE_CN: Final = "Portico Default Certificate"
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# What a scenario may require of the target (`requires`), and what each means.
+UNWATCHED_NAMESPACE: Final = "unwatched-namespace"
+ONE_WORKER: Final = "one-worker"
+Requirement: TypeAlias = Literal["unwatched-namespace", "one-worker"]
+REQUIREMENTS: Final[dict[str, str]] = {
+    UNWATCHED_NAMESPACE: "a namespace Portico does not watch (a namespaced install)",
+    ONE_WORKER: "Portico running one worker in one replica (answers counted per pod)",
+}
+CA_KEY: Final = "ca.crt"  # the key of a CA bundle in a Secret, as ingress-nginx reads it
+# The CAs a `ca_secrets` entry may hold: the one that signed the HTTPS echo pods' certificates,
+# or one that signed nothing here.
+CA_NAMES: Final = ("pods", "unrelated")
+
+# (kind, name, namespace); namespace None for cluster-scoped kinds.
+ObjectKey: TypeAlias = tuple[str, str, str | None]
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -57,17 +76,24 @@ class Expect(_Model):
 
     `service: null` means Portico answered by itself (no echo pod): no `X-Echo-Service` header.
     `pods` is compared as a set with the pods that answered all `count` requests; `pod` must
-    answer each. `location` may omit the HTTPS port: the runner also accepts it with the port
-    it targets. `cn`/`san` check the certificate the server presented (https only).
+    answer each; `counts` gives how many of the `count` answers each pod must give exactly,
+    `at_most` an upper bound per pod. `location` may omit the HTTPS port: the runner also
+    accepts it with the port it targets. `cn`/`san` check the certificate the server presented
+    (https only). `echoed` checks the request headers the pod saw (names case-insensitive; null:
+    the header must not have reached the pod), `body_bytes` how many body bytes it received.
     """
 
     status: int = Field(ge=100, le=599)
     service: str | None = None
     pod: str | None = None
     pods: frozenset[str] | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    at_most: dict[str, int] = Field(default_factory=dict)
     path: str | None = None
     location: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    echoed: dict[str, str | None] = Field(default_factory=dict)
+    body_bytes: int | None = Field(default=None, ge=0)
     cn: str | None = None
     san: frozenset[str] | None = None
 
@@ -87,8 +113,23 @@ class Request(_Model):
     path: str = "/"
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
+    body_size: int | None = Field(default=None, ge=0, le=1 << 20)  # a body of that many "x"
     count: int = Field(default=1, ge=1, le=100)
     expect: Expect
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Request:
+        if self.body is not None and self.body_size is not None:
+            raise ValueError("give body or body_size, not both")
+        if sum(self.expect.counts.values()) > self.count:
+            raise ValueError("expect.counts adds up to more answers than count")
+        return self
+
+    @property
+    def payload(self) -> bytes | None:
+        if self.body_size is not None:
+            return b"x" * self.body_size
+        return None if self.body is None else self.body.encode()
 
     @field_validator("method")
     @classmethod
@@ -143,7 +184,8 @@ class ServiceSpec(_Model):
 
 class CertificateSpec(_Model):
     """Shorthand for a `kubernetes.io/tls` Secret with a self-signed certificate generated at
-    run time: subject CN `cn`, DNS SANs `dns` (default: just the CN)."""
+    run time: subject CN `cn`, DNS SANs `dns` (default: just the CN). Generated anew for each
+    step that names it, so a step rotates the Secret's content."""
 
     cn: str
     dns: list[str] = Field(default_factory=list)
@@ -151,6 +193,22 @@ class CertificateSpec(_Model):
     @property
     def names(self) -> list[str]:
         return self.dns or [self.cn]
+
+
+class CASecretSpec(_Model):
+    """Shorthand for an Opaque Secret holding only `ca.crt` (what `proxy-ssl-secret` names):
+    the CA of the HTTPS echo pods (`pods`) or one that signed nothing here (`unrelated`)."""
+
+    ca: Literal["pods", "unrelated"] = "pods"
+
+
+class PodSpec(_Model):
+    """Options of a pod placeholder's echo backend: `tls` serves HTTPS with a certificate for
+    `<service>.<namespace>.svc` (Portico's default upstream name) signed by the run's pod CA;
+    `delay_ms` makes every answer that late."""
+
+    tls: bool = False
+    delay_ms: int = Field(default=0, ge=0, le=5000)
 
 
 class ObjectRef(_Model):
@@ -166,32 +224,46 @@ class ObjectRef(_Model):
 
 
 class Step(_Model):
-    """Objects to apply, objects to delete, then requests (retried until they match, bounded:
-    a step has no status to wait for, so the runner polls for the change to arrive)."""
+    """Objects to apply and objects to delete; then, once the runner has proof that Portico
+    serves the change (conformance/barrier.py), the Ingress statuses expected (`status`: name ->
+    whether it has one; waited for, bounded) and the requests, each sent once."""
 
     name: str = ""
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     certificates: dict[str, CertificateSpec] = Field(default_factory=dict)
+    ca_secrets: dict[str, CASecretSpec] = Field(default_factory=dict)
     objects: list[dict[str, Any]] = Field(default_factory=list)
+    unwatched_objects: list[dict[str, Any]] = Field(default_factory=list)
     delete: list[ObjectRef] = Field(default_factory=list)
+    status: dict[str, bool] = Field(default_factory=dict)
     requests: list[Request] = Field(default_factory=list)
 
-    @field_validator("objects")
+    @field_validator("objects", "unwatched_objects")
     @classmethod
     def _objects_valid(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for obj in value:
             _check_object(obj)
         return value
 
+    @field_validator("unwatched_objects")
+    @classmethod
+    def _namespaced(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for obj in value:
+            if obj["kind"] in CLUSTER_SCOPED:
+                raise ValueError(f"{obj['kind']} is cluster-scoped: not an unwatched_object")
+        return value
+
 
 class Scenario(Step):
     """Base objects and requests, optional steps. `unowned` lists Ingresses that must still
-    have no status once the base requests are done (another class); every other Ingress of the
-    base objects must get one, which is how the runner knows the configuration has reached the
-    proxy."""
+    have no status once the base requests are done (another class, an unwatched namespace);
+    every other Ingress of the base objects must get one. `requires` names what the target
+    must offer for the scenario to run (else it is skipped)."""
 
     area: str = ""
     description: str = ""
+    requires: list[Requirement] = Field(default_factory=list)
+    pods: dict[str, PodSpec] = Field(default_factory=dict)
     unowned: list[str] = Field(default_factory=list)
     steps: list[Step] = Field(default_factory=list)
 
@@ -204,13 +276,27 @@ class Scenario(Step):
         if not _NAME.match(self.name):
             raise ValueError(f"scenario name {self.name!r} must be a lower-case DNS-like name")
         ingresses = {o["metadata"]["name"] for o in self.objects if o["kind"] == "Ingress"}
+        unwatched = {
+            o["metadata"]["name"] for o in self.unwatched_objects if o["kind"] == "Ingress"
+        }
         if not ingresses - set(self.unowned):
             raise ValueError("a scenario needs at least one Ingress it expects Portico to own")
-        if unknown := set(self.unowned) - ingresses:
+        if clash := ingresses & unwatched:
+            raise ValueError(f"Ingress names used in both namespaces: {sorted(clash)}")
+        if unknown := set(self.unowned) - ingresses - unwatched:
             raise ValueError(f"unowned names no Ingress of the scenario: {sorted(unknown)}")
         if not self.requests and not any(s.requests for s in self.steps):
             raise ValueError("a scenario needs requests")
-        pods_of(self)  # raises on a pod placeholder claimed by two services
+        steps = list(_steps(self))
+        if any(s.unwatched_objects for s in steps) and UNWATCHED_NAMESPACE not in self.requires:
+            raise ValueError(f"unwatched_objects need `requires: [{UNWATCHED_NAMESPACE}]`")
+        named = {o["metadata"]["name"] for s in steps for o in s.objects if o["kind"] == "Ingress"}
+        for step in steps:
+            if unknown := set(step.status) - named:
+                raise ValueError(f"status names no Ingress of the scenario: {sorted(unknown)}")
+        pods = pods_of(self)  # raises on a pod placeholder claimed by two services
+        if unknown := set(self.pods) - set(pods):
+            raise ValueError(f"pods names placeholders no service uses: {sorted(unknown)}")
         return self
 
     @property
@@ -220,6 +306,12 @@ class Scenario(Step):
             for o in self.objects
             if o["kind"] == "Ingress" and o["metadata"]["name"] not in self.unowned
         ]
+
+    @property
+    def unwatched_ingresses(self) -> frozenset[str]:
+        return frozenset(
+            o["metadata"]["name"] for o in self.unwatched_objects if o["kind"] == "Ingress"
+        )
 
 
 def _check_object(obj: Any) -> None:
@@ -248,6 +340,18 @@ def _check_object(obj: Any) -> None:
                 )
             if not isinstance(endpoint.get("pod"), str):
                 raise ValueError(f"EndpointSlice {metadata['name']}: each endpoint needs `pod`")
+    for key, value in (metadata.get("annotations") or {}).items():
+        if isinstance(value, str):
+            continue
+        if not (isinstance(value, dict) and set(value) == {"secret"} and _is_name(value["secret"])):
+            raise ValueError(
+                f"{kind} {metadata['name']}: annotation {key} must be a string or "
+                "{secret: NAME} (rendered as namespace/NAME)"
+            )
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and _NAME.match(value) is not None
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -305,7 +409,7 @@ def pods_of(scenario: Scenario) -> dict[str, str]:
         for service, spec in step.services.items():
             for endpoint in spec.endpoints():
                 claim(endpoint.pod, service)
-        for obj in step.objects:
+        for obj in (*step.objects, *step.unwatched_objects):
             if obj["kind"] == "EndpointSlice":
                 service = obj["metadata"]["labels"][SERVICE_NAME_LABEL]
                 for endpoint in obj.get("endpoints") or []:
@@ -322,6 +426,16 @@ class Certificate:
 
 
 @dataclass(frozen=True)
+class EchoPod:
+    """What a target runs for one pod placeholder: an echo backend reporting `service`,
+    answering `delay_ms` late, over HTTPS with `tls` when given. Equal values may share a pod."""
+
+    service: str
+    delay_ms: int = 0
+    tls: Certificate | None = None
+
+
+@dataclass(frozen=True)
 class Environment:
     """What rendering needs from the target: where objects go and where pods listen."""
 
@@ -329,6 +443,8 @@ class Environment:
     pod_addresses: Mapping[str, str]  # pod placeholder -> IP
     echo_port: int
     certificates: Mapping[str, Certificate]  # certificate (Secret) name -> generated PEMs
+    ca_bundles: Mapping[str, bytes] = field(default_factory=dict)  # CA_NAMES -> PEM
+    unwatched_namespace: str | None = None
 
 
 def _endpoint(pod: str, env: Environment, conditions: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,7 +488,7 @@ def _service_objects(name: str, spec: ServiceSpec, env: Environment) -> list[dic
                 "kind": "EndpointSlice",
                 "metadata": {
                     **meta,
-                    "name": f"{name}-conformance",
+                    "name": _slice_name(name),
                     "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY},
                 },
                 "addressType": "IPv4",
@@ -385,11 +501,15 @@ def _service_objects(name: str, spec: ServiceSpec, env: Environment) -> list[dic
     return objects
 
 
-def _secret(name: str, certificate: Certificate, env: Environment) -> dict[str, Any]:
+def _slice_name(service: str) -> str:
+    return f"{service}-conformance"
+
+
+def tls_secret(name: str, namespace: str, certificate: Certificate) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": env.namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "type": "kubernetes.io/tls",
         "data": {
             "tls.crt": base64.b64encode(certificate.cert_pem).decode(),
@@ -398,10 +518,27 @@ def _secret(name: str, certificate: Certificate, env: Environment) -> dict[str, 
     }
 
 
-def _raw_object(obj: Mapping[str, Any], env: Environment) -> dict[str, Any]:
+def _ca_secret(name: str, spec: CASecretSpec, env: Environment) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": env.namespace},
+        "type": "Opaque",
+        "data": {CA_KEY: base64.b64encode(env.ca_bundles[spec.ca]).decode()},
+    }
+
+
+def _raw_object(
+    obj: Mapping[str, Any], env: Environment, namespace: str | None = None
+) -> dict[str, Any]:
     out = copy.deepcopy(dict(obj))
+    namespace = namespace or env.namespace
     if out["kind"] not in CLUSTER_SCOPED:
-        out["metadata"]["namespace"] = env.namespace
+        out["metadata"]["namespace"] = namespace
+    annotations = out["metadata"].get("annotations") or {}
+    for key, value in annotations.items():
+        if isinstance(value, dict):  # {secret: NAME}, checked when loading
+            annotations[key] = f"{namespace}/{value['secret']}"
     if out["kind"] == "EndpointSlice":
         labels = out["metadata"].setdefault("labels", {})
         labels.setdefault(MANAGED_BY_LABEL, MANAGED_BY)
@@ -415,35 +552,66 @@ def _raw_object(obj: Mapping[str, Any], env: Environment) -> dict[str, Any]:
     return out
 
 
+def _kind_order(obj: Mapping[str, Any]) -> int:
+    return KIND_ORDER.index(obj["kind"])
+
+
 def render(step: Step, env: Environment) -> list[dict[str, Any]]:
     """The objects a step applies, complete and namespaced, in KIND_ORDER."""
     objects: list[dict[str, Any]] = []
     for name in step.certificates:
-        objects.append(_secret(name, env.certificates[name], env))
+        objects.append(tls_secret(name, env.namespace, env.certificates[name]))
+    for name, ca_spec in step.ca_secrets.items():
+        objects.append(_ca_secret(name, ca_spec, env))
     for name, spec in step.services.items():
         objects.extend(_service_objects(name, spec, env))
     objects.extend(_raw_object(o, env) for o in step.objects)
-    return sorted(objects, key=lambda o: KIND_ORDER.index(o["kind"]))
+    if step.unwatched_objects:
+        if env.unwatched_namespace is None:
+            raise ValueError("unwatched_objects need an unwatched namespace")
+        objects.extend(_raw_object(o, env, env.unwatched_namespace) for o in step.unwatched_objects)
+    return sorted(objects, key=_kind_order)
 
 
-def deletions(step: Step) -> list[tuple[str, str]]:
-    """(kind, name) of the objects a step deletes, Ingresses first."""
-    refs = [(r.kind, r.name) for r in step.delete]
-    return sorted(refs, key=lambda r: -KIND_ORDER.index(r[0]))
+def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj["metadata"]
+    return obj["kind"], metadata["name"], metadata.get("namespace")
 
 
-def created(scenario: Scenario, env: Environment) -> list[tuple[str, str]]:
-    """(kind, name) of everything a scenario may have created, in deletion order (Ingresses
-    first, so no route ever points at a Service that is already gone)."""
-    refs: dict[tuple[str, str], None] = {}
-    for step in _steps(scenario):
-        for obj in render(step, env):
-            refs[(obj["kind"], obj["metadata"]["name"])] = None
-    return sorted(refs, key=lambda r: -KIND_ORDER.index(r[0]))
+def _deletion_order(key: ObjectKey) -> int:
+    return -KIND_ORDER.index(key[0])
 
 
-def certificate_specs(scenario: Scenario) -> dict[str, CertificateSpec]:
-    specs: dict[str, CertificateSpec] = {}
-    for step in _steps(scenario):
-        specs.update(step.certificates)
-    return specs
+def deletions(step: Step, env: Environment) -> list[ObjectKey]:
+    """The objects a step deletes, Ingresses first."""
+    refs = [
+        (r.kind, r.name, None if r.kind in CLUSTER_SCOPED else env.namespace) for r in step.delete
+    ]
+    return sorted(refs, key=_deletion_order)
+
+
+def _written(step: Step, env: Environment) -> Iterable[ObjectKey]:
+    namespace = env.namespace
+    for name in (*step.certificates, *step.ca_secrets):
+        yield "Secret", name, namespace
+    for name, spec in step.services.items():
+        yield "Service", name, namespace
+        if spec.pods is not None:
+            yield "EndpointSlice", _slice_name(name), namespace
+    for obj in step.objects:
+        scoped = obj["kind"] in CLUSTER_SCOPED
+        yield obj["kind"], obj["metadata"]["name"], None if scoped else namespace
+    for obj in step.unwatched_objects:
+        yield obj["kind"], obj["metadata"]["name"], env.unwatched_namespace
+
+
+def created(scenario: Scenario, env: Environment) -> list[ObjectKey]:
+    """Everything a scenario may have created, in deletion order (Ingresses first, so no route
+    ever points at a Service that is already gone)."""
+    refs = dict.fromkeys(key for step in _steps(scenario) for key in _written(step, env))
+    return sorted(refs, key=_deletion_order)
+
+
+def steps_of(scenario: Scenario) -> list[Step]:
+    """The scenario's base (itself) and then its steps, in the order they run."""
+    return list(_steps(scenario))

@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--listen", required=True, metavar="IP:PORT")
     echo.add_argument("--service", required=True, metavar="NAME")
     echo.add_argument("--pod", default=None, metavar="NAME", help="default: the listen address")
+    echo.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this chain")
+    echo.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    echo.add_argument(
+        "--delay-ms", type=int, default=0, metavar="N", help="answer every request N ms late"
+    )
     _add_log_level(echo, "info")
     return parser
 
@@ -233,14 +238,35 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _echo(args: argparse.Namespace, err: TextIO) -> int:
-    from conformance.echo import parse_listen, run_echo
+    import ssl
+
+    from conformance.echo import parse_listen, run_echo, server_context
 
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
         return _fail(f"--listen: {exc}", err)
+    if args.delay_ms < 0:
+        return _fail("--delay-ms must not be negative", err)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return _fail("--tls-cert and --tls-key go together", err)
+    context = None
+    if args.tls_cert is not None:
+        try:
+            context = server_context(str(args.tls_cert), str(args.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            return _fail(f"--tls-cert/--tls-key: {exc}", err)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_echo(host, port, args.service, args.pod or args.listen))
+        asyncio.run(
+            run_echo(
+                host,
+                port,
+                args.service,
+                args.pod or args.listen,
+                delay_ms=args.delay_ms,
+                ssl_context=context,
+            )
+        )
     return EXIT_OK
 
 

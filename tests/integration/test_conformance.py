@@ -3,26 +3,34 @@ the runner's local mode end to end (KubeSim + echo pods + `portico controller` s
 
 The full run asserts that every shipped scenario passes; the CLI run uses a scenario
 directory with one scenario meant to pass and one meant to fail, so the runner is shown to
-report a failure (and exit 1) as well as a success.
+report a failure (and exit 1) as well as a success. Two targets wrapped around local mode show
+how answers are checked: one misroutes every fourth plain-HTTP request (the runner must fail
+and send each request once), one holds watch events back (the runner must wait until the
+change is served). When the suite cannot run, it names what is missing and exits 3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
+import re
 import ssl
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conformance.__main__ import SCENARIOS, main
+from conformance import preflight
+from conformance.__main__ import EXIT_CANNOT_RUN, SCENARIOS, main
 from conformance.certificate import PeerCertificate, generate
 from conformance.client import Answer, ClientError, parse_response, send
-from conformance.runner import compare, compare_all
+from conformance.local import LocalTarget
+from conformance.runner import Outcome, Runner, compare, compare_all, summary_line
 from conformance.scenario import (
     Certificate,
     CertificateSpec,
@@ -31,6 +39,7 @@ from conformance.scenario import (
     Request,
     ScenarioError,
     created,
+    key_of,
     load_file,
     load_scenarios,
     pods_of,
@@ -91,9 +100,20 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "load-balancing",
         "tls",
         "errors",
+        "timeouts",
+        "body-size",
+        "backend-tls",
+        "forwarding",
+        "status",
+        "namespaces",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))
+    # Local mode offers every requirement: all of them run there.
+    assert len(scenarios) >= 32
+    # The CA of an HTTPS backend comes from an Opaque Secret, as users make them.
+    opaque = [s for s in scenarios if s.area == "backend-tls" and s.ca_secrets]
+    assert opaque
     # The Kubernetes path table's tricky rows are all asked.
     asked = {(r.host, r.path) for s in scenarios if s.area == "paths" for r in s.requests}
     assert ("prefix-aaa-bbb.paths.example", "/aaa/bbbxyz") in asked
@@ -133,11 +153,27 @@ REQUEST = "    - {host: web.example, expect: {status: 200, service: web}}\n"
         ("name: good", "name: Good_One", "DNS-like"),
         ("  requests:\n" + REQUEST, "", "needs requests"),
         ("{host: web.example,", "{path: x, host: web.example,", "path must start"),
+        ("{host: web.example,", "{body: x, body_size: 3, host: web.example,", "not both"),
+        ("{host: web.example,", "{count: 2, host: web.example,", ""),  # (valid: a control)
+        ("service: web}}", "service: web, counts: {web-1: 3}}}", "more answers than count"),
+        (REQUEST, REQUEST + "  pods: {web-9: {tls: true}}\n", "no service uses"),
+        (REQUEST, REQUEST + "  status: {nope: true}\n", "status names no Ingress"),
+        ("metadata: {name: web}", "metadata: {name: web, annotations: {a: {b: c}}}", "{secret"),
+        (REQUEST, REQUEST + "  unwatched_objects:" + INGRESS.replace("web}", "w2}"), "requires"),
+        (
+            REQUEST,
+            REQUEST + "  requires: [unwatched-namespace]\n  unwatched_objects:" + INGRESS,
+            "both namespaces",
+        ),
+        (REQUEST, REQUEST + "  requires: [gpu]\n", "unwatched-namespace"),
     ],
 )
 def test_loading_rejects_bad_scenarios(tmp_path: Path, old: str, new: str, message: str) -> None:
     assert old in GOOD or old in INGRESS
     path = write(tmp_path, "bad", scenario_file(GOOD.replace(old, new)))
+    if not message:
+        assert load_file(path)
+        return
     with pytest.raises(ScenarioError) as info:
         load_file(path)
     assert message in str(info.value)
@@ -213,8 +249,44 @@ def test_render_maps_pods_namespaces_ports_and_certificates(tmp_path: Path) -> N
     assert "addresses" not in scenario.objects[1]["endpoints"][0]
     # Cleanup deletes Ingresses first and IngressClasses last.
     order = created(scenario, env)
-    assert order[0] == ("Ingress", "web")
-    assert order[-1] == ("IngressClass", "other")
+    assert order[0] == ("Ingress", "web", "ns")
+    assert order[-1] == ("IngressClass", "other", None)
+
+
+def test_render_ca_secrets_annotations_and_unwatched_objects(tmp_path: Path) -> None:
+    body = (
+        GOOD.replace(
+            "  objects:",
+            """  requires: [unwatched-namespace]
+  ca_secrets:
+    pod-ca: {ca: pods}
+  objects:""",
+        ).replace(
+            "metadata: {name: web}",
+            "metadata: {name: web, annotations: {x/proxy-ssl-secret: {secret: pod-ca}, x/y: z}}",
+        )
+        + "  unwatched_objects:"
+        + INGRESS.replace("name: web}", "name: far}")
+    )
+    (scenario,) = load_file(write(tmp_path, "render", scenario_file(body)))
+    env = Environment(
+        namespace="ns",
+        pod_addresses={"web-1": "127.0.0.2"},
+        echo_port=4321,
+        certificates={},
+        ca_bundles={"pods": b"CA", "unrelated": b"OTHER"},
+        unwatched_namespace="elsewhere",
+    )
+    by_key = {key_of(o): o for o in render(scenario, env)}
+    secret = by_key[("Secret", "pod-ca", "ns")]
+    assert (secret["type"], secret["data"]) == ("Opaque", {"ca.crt": "Q0E="})
+    annotations = by_key[("Ingress", "web", "ns")]["metadata"]["annotations"]
+    assert annotations == {"x/proxy-ssl-secret": "ns/pod-ca", "x/y": "z"}
+    assert ("Ingress", "far", "elsewhere") in by_key
+    assert scenario.unwatched_ingresses == {"far"}
+    assert set(created(scenario, env)) == set(by_key)
+    with pytest.raises(ValueError, match="unwatched namespace"):
+        render(scenario, replace(env, unwatched_namespace=None))
 
 
 # ---- comparing answers --------------------------------------------------------------------------
@@ -276,6 +348,75 @@ def test_compare_all_checks_the_pod_set_and_failed_attempts() -> None:
     assert failed == ["GET http://lb.example/: request failed: refused"]
 
 
+def test_compare_what_the_pod_saw() -> None:
+    seen = {"headers": {"Host": "a.example", "X-Forwarded-Proto": "http"}, "body_bytes": 3}
+    answer = Answer(
+        status=200,
+        headers={"x-echo-service": "web", "x-echo-pod": "web-1"},
+        body=json.dumps(seen).encode(),
+    )
+    expect = Expect(
+        status=200,
+        echoed={"host": "a.example", "x-forwarded-proto": "http", "connection": None},
+        body_bytes=3,
+    )
+    assert compare(expect, answer, 0) == []
+    (problem,) = compare(
+        Expect(status=200, echoed={"X-Forwarded-Proto": "https", "host": None}, body_bytes=4),
+        answer,
+        0,
+    )
+    assert "the pod to see X-Forwarded-Proto 'https' (saw 'http')" in problem
+    assert "the pod to see host absent (saw 'a.example')" in problem
+    assert "the pod to receive 4 body bytes (got 3)" in problem
+
+
+@pytest.mark.parametrize(
+    ("expect", "pods", "problems"),
+    [
+        ({"counts": {"a": 2, "b": 2}}, "abab", []),
+        (
+            {"counts": {"a": 2, "b": 2}},
+            "aaab",
+            [
+                "a answered 3 of 4, expected 2 (a: 3, b: 1)",
+                "b answered 1 of 4, expected 2 (a: 3, b: 1)",
+            ],
+        ),
+        ({"counts": {"c": 1}}, "abab", ["c answered 0 of 4, expected 1 (a: 2, b: 2)"]),
+        ({"at_most": {"s": 1}}, "aabs", []),
+        (
+            {"at_most": {"s": 1}},
+            "asbs",
+            ["s answered 2 of 4, at most 1 expected (a: 1, b: 1, s: 2)"],
+        ),
+    ],
+)
+def test_compare_all_counts_answers_per_pod(
+    expect: dict[str, Any], pods: str, problems: list[str]
+) -> None:
+    request = Request.model_validate(
+        {"host": "lb.example", "count": len(pods), "expect": {"status": 200, **expect}}
+    )
+    found = compare_all(request, [echo_answer(pod=p) for p in pods], 0)
+    assert found == [f"GET http://lb.example/: {p}" for p in problems]
+
+
+def test_outcome_lines_and_summary() -> None:
+    outcomes = [
+        Outcome("a/ok", ()),
+        Outcome("a/bad", ("x", "y", "z", "w")),
+        Outcome("a/later", (), skipped="needs one-worker"),
+    ]
+    assert [o.line() for o in outcomes] == [
+        "PASS a/ok",
+        "FAIL a/bad: x; y; z (+1 more)",
+        "SKIP a/later: needs one-worker",
+    ]
+    assert summary_line(outcomes) == "1 passed, 1 failed, 1 skipped"
+    assert summary_line(outcomes[:2]) == "1 passed, 1 failed"
+
+
 def test_parse_response_framing() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nA: 1\r\nA: 2\r\n\r\n"
@@ -323,6 +464,30 @@ async def test_client_sends_sni_and_reads_the_certificate(tmp_path: Path) -> Non
         await server.wait_closed()
 
 
+async def test_client_sends_one_connection_field() -> None:
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await send("127.0.0.1", port, headers={"Connection": "x-private", "X-Private": "1"})
+        await send("127.0.0.1", port)
+    finally:
+        server.close()
+        await server.wait_closed()
+    # The caller's options and the client's own `close`, in one field (a second Connection
+    # field would leave it to the server which one counts).
+    assert heads[0].count(b"Connection:") == 1
+    assert b"\r\nConnection: x-private, close\r\n" in heads[0]
+    assert b"\r\nConnection: close\r\n" in heads[1]
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 
@@ -338,6 +503,136 @@ def test_every_shipped_scenario_passes_locally() -> None:
     total = len(load_scenarios(SCENARIOS))
     assert lines[-1] == f"{total} passed, 0 failed"
     assert len(lines) == total + 1
+
+
+TWO_HOSTS = """
+scenarios:
+  - name: steady
+    services:
+      a: {pods: [a-1]}
+      b: {pods: [b-1]}
+    objects:
+      - apiVersion: networking.k8s.io/v1
+        kind: Ingress
+        metadata: {name: two-hosts}
+        spec:
+          ingressClassName: portico
+          rules:
+            - host: a.runner.example
+              http:
+                paths:
+                  - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+            - host: b.runner.example
+              http:
+                paths:
+                  - {path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
+    requests:
+      - {host: a.runner.example, expect: {status: 200, service: a, pod: a-1}}
+    steps:
+      - name: a moves to another pod
+        services:
+          a: {pods: [a-2]}
+        requests:
+          - {host: a.runner.example, count: 3, expect: {status: 200, service: a, pod: a-2}}
+"""
+
+
+class Misrouter:
+    """A plain-HTTP hop in front of Portico that sends every `every`-th request to another
+    host (its Host header rewritten): a proxy that misroutes now and then."""
+
+    def __init__(self, upstream: int, every: int, host: bytes) -> None:
+        self.upstream = upstream
+        self.every = every
+        self.host = host
+        self.requests = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests += 1
+        if self.requests % self.every == 0:
+            head = re.sub(rb"(?im)^host:[^\r]*", b"Host: " + self.host, head)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        up_writer.write(head)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        forward = asyncio.create_task(pump(reader, up_writer))
+        await pump(up_reader, writer)  # the answer, until Portico closes (Connection: close)
+        forward.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+
+class MisroutedTarget(LocalTarget):
+    """Local mode with plain HTTP going through a `Misrouter` (HTTPS, so the runner's marker
+    probes, goes straight to Portico)."""
+
+    misrouter: Misrouter
+
+    def endpoint(self, scheme: str) -> tuple[str, int]:
+        if scheme == "http":
+            return "127.0.0.1", self.misrouter.port
+        return super().endpoint(scheme)
+
+
+@pytest.mark.timeout(60)
+async def test_a_proxy_that_misroutes_now_and_then_fails(tmp_path: Path) -> None:
+    (scenario,) = load_file(write(tmp_path, "runner", TWO_HOSTS))
+    async with MisroutedTarget(tmp_path) as target:
+        target.misrouter = Misrouter(target.http_port, every=4, host=b"b.runner.example")
+        await target.misrouter.start()
+        try:
+            outcome = await Runner(target, io.StringIO()).run_scenario(scenario)
+        finally:
+            await target.misrouter.stop()
+    # Every request was sent once: the base one and the step's three, the last misrouted.
+    assert target.misrouter.requests == 4
+    assert outcome.differences == (
+        "a moves to another pod: GET http://a.runner.example/: "
+        "got 200 (service b, pod b-1), expected service a, pod a-2",
+    )
+
+
+class LaggingTarget(LocalTarget):
+    """Local mode whose watch events reach the controller only `LAG` seconds after the last
+    write (KubeSim holds them): requests sent as soon as objects are written see the old
+    configuration."""
+
+    LAG = 0.5
+    _resume: asyncio.TimerHandle | None = None
+    held = 0
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        self.sim.pause_events()
+        self.held += 1
+        await super().apply(obj)
+        if self._resume is not None:
+            self._resume.cancel()
+        self._resume = asyncio.get_running_loop().call_later(self.LAG, self.sim.resume_events)
+
+
+@pytest.mark.timeout(60)
+async def test_requests_wait_for_the_change_to_be_served(tmp_path: Path) -> None:
+    (scenario,) = load_file(write(tmp_path, "runner", TWO_HOSTS))
+    async with LaggingTarget(tmp_path) as target:
+        outcome = await Runner(target, io.StringIO()).run_scenario(scenario)
+    assert target.held > 0
+    assert outcome.passed, outcome.differences
 
 
 @pytest.mark.timeout(90)
@@ -373,6 +668,94 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert main(["--scenarios", str(tmp_path), "--list"], out=out) == 0
     assert out.getvalue().startswith("one/good")
     assert main(["--scenarios", str(tmp_path), "-k", "absent"], out=out) == 2
+
+
+# ---- when it cannot run ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "argv", "says"),
+    [
+        ("aiohttp", [], "the Python module aiohttp (aiohttp) is needed to run the echo backends"),
+        (
+            "yaml",
+            ["--list"],
+            "the Python module yaml (PyYAML) is needed to read the scenario files",
+        ),
+        ("cryptography", [], "cryptography (cryptography) is needed to make the test certificates"),
+        ("httptools", [], "local mode runs `python -m controller` from"),
+        ("kubernetes_asyncio", ["--kubeconfig=x"], "kubernetes_asyncio) is needed to talk to"),
+    ],
+)
+def test_cannot_run_names_the_missing_module(missing: str, argv: list[str], says: str) -> None:
+    # `None` in sys.modules makes an import fail as it does when the module is not installed.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from conformance.__main__ import main\n"
+        f"sys.exit(main({argv!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_CANNOT_RUN, result.stderr
+    assert says in result.stderr
+    assert missing in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_cannot_run_without_a_checkout_or_an_old_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(preflight, "ROOT", tmp_path)
+    (problem,) = preflight.local_mode()
+    assert "local mode needs the API simulator in tests/kubesim" in problem
+    assert "or give --kubeconfig" in problem
+    assert preflight.python_version((3, 10)) == ["Python 3.11 or newer is needed (this is 3.10)"]
+    assert preflight.python_version((3, 12)) == []
+
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+current-context: sim
+contexts:
+  - {name: sim, context: {cluster: sim, user: sim}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "context", "says"),
+    [
+        (None, None, "does not exist"),
+        ("", None, "holds no configuration"),
+        ("a: [", None, "is not valid YAML"),
+        (KUBECONFIG.replace("current-context: sim", ""), None, "sets no current-context"),
+        (KUBECONFIG, "prod", "has no context 'prod' (it has ['sim'])"),
+        (KUBECONFIG, None, None),
+        (KUBECONFIG, "sim", None),
+    ],
+)
+def test_kubeconfig_problems_are_named(
+    tmp_path: Path, text: str | None, context: str | None, says: str | None
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if text is not None:
+        path.write_text(text)
+    problems = preflight.kubeconfig(path, context)
+    if says is None:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.startswith(f"kubeconfig {path} ")
+        assert says in problem
+    unreadable = preflight.kubeconfig(tmp_path, None)  # a directory
+    assert unreadable == [f"kubeconfig {tmp_path} cannot be read: Is a directory"]
 
 
 def test_request_defaults_and_sni() -> None:

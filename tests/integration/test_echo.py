@@ -1,14 +1,21 @@
-"""The echo backend over a real socket on 127.0.0.2: JSON echo, ?status, ?bytes, WebSocket."""
+"""The echo backend over a real socket on 127.0.0.2: JSON echo, ?status, ?bytes, ?sleep_ms,
+WebSocket, HTTPS and a per-backend delay, and the `portico echo` command."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conformance.echo import parse_listen, start_echo
+from conformance.certificate import generate_ca, issue
+from conformance.echo import parse_listen, server_context, start_echo
 
 HOST = "127.0.0.2"
 
@@ -108,3 +115,112 @@ def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(value: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(value)
+
+
+async def test_sleep_query_answers_late(echo_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        started = loop.time()
+        async with session.get(f"{echo_url}/x?sleep_ms=200") as response:
+            assert response.status == 200
+            assert (await response.json())["query"] == "sleep_ms=200"
+        assert loop.time() - started >= 0.2
+        async with session.get(f"{echo_url}/x?sleep_ms=-1") as response:
+            assert response.status == 400
+
+
+def _issued(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """CA file, certificate file and key file of a server certificate for `name`."""
+    ca = generate_ca("test CA")
+    leaf = issue(ca, [name])
+    paths = (tmp_path / "ca.crt", tmp_path / "tls.crt", tmp_path / "tls.key")
+    for path, pem in zip(paths, (ca.cert_pem, leaf.cert_pem, leaf.key_pem), strict=True):
+        path.write_bytes(pem)
+    return paths
+
+
+def _verifying(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca))
+
+
+async def test_https_and_delay(tmp_path: Path) -> None:
+    ca, cert, key = _issued(tmp_path, "web.ns.svc")
+    port = _free_port(HOST)
+    runner = await start_echo(
+        HOST, port, "web", "web-0", delay_ms=150, ssl_context=server_context(str(cert), str(key))
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        reader, writer = await asyncio.open_connection(
+            HOST, port, ssl=_verifying(ca), server_hostname="web.ns.svc"
+        )
+        writer.write(b"GET /tls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert b"X-Echo-Pod: web-0" in answer
+        assert loop.time() - started >= 0.15
+    finally:
+        await runner.cleanup()
+
+
+async def test_echo_command_serves_https(tmp_path: Path) -> None:
+    ca, cert, key = _issued(tmp_path, "api.ns.svc")
+    port = _free_port(HOST)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "echo",
+        f"--listen={HOST}:{port}",
+        "--service=api",
+        "--pod=api-7",
+        f"--tls-cert={cert}",
+        f"--tls-key={key}",
+        "--delay-ms=10",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(HOST, port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                break
+        connector = aiohttp.TCPConnector(ssl=_verifying(ca))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"https://{HOST}:{port}/", server_hostname="api.ns.svc") as response,
+        ):
+            assert response.status == 200
+            assert response.headers["X-Echo-Service"] == "api"
+            assert response.headers["X-Echo-Pod"] == "api-7"
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--tls-cert=/x.crt"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert=/missing.crt", "--tls-key=/missing.key"], "--tls-cert/--tls-key:"),
+        (["--delay-ms=-1"], "--delay-ms must not be negative"),
+    ],
+)
+def test_echo_command_rejects(args: list[str], says: str) -> None:
+    # A process of its own: the command configures the process's logging.
+    result = subprocess.run(
+        [sys.executable, "-m", "controller", "echo", "--listen=127.0.0.2:1", "--service=s", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr

@@ -123,6 +123,9 @@ SECRET = ResourceType(
     field_labels=_META_FIELDS | {"type"},
 )
 LEASE = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+# Stored and served like any object, nothing runs them: a test plays the kubelet (the
+# conformance runner's cluster mode starts echo pods and waits for them to be Ready).
+POD = ResourceType("", "v1", "pods", "pod", "Pod", True, True, ("po",), returns_deleted_object=True)
 NAMESPACE = ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, True, ("ns",))
 CORE_EVENT = ResourceType(
     "",
@@ -152,6 +155,7 @@ ALL_TYPES: tuple[ResourceType, ...] = (
     ENDPOINT_SLICE,
     SECRET,
     LEASE,
+    POD,
     NAMESPACE,
     CORE_EVENT,
     EVENT_V1,
