@@ -1,8 +1,9 @@
-"""The `portico` command line: serve, check, explain, echo.
+"""The `portico` command line: serve, check, explain, compat-report, docs, echo.
 
 Only argument parsing and printing live here: `serve` hands a `Settings` to the supervisor,
 `check` and `explain` read a manifest directory once and compile it (the same code path as
-`serve`), `echo` runs the demo/test backend. Usage errors and invalid settings exit 2.
+`serve`), `compat-report` prints `controller/compat.py`'s report, `echo` runs the demo/test
+backend. Usage errors and invalid settings exit 2.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COMPILE_FIELDS: Final = (
     "controller_name",
     "watch_ingress_without_class",
     "allow_external_name",
+    "serve_without_access_control",
 )
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -103,6 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--output", "-o", choices=("text", "json"), default="text")
     add_settings_arguments(explain, COMPILE_FIELDS)
     _add_log_level(explain, "warning")
+
+    compat = commands.add_parser(
+        "compat-report",
+        help="what Portico does with each ingress-nginx annotation of some Ingresses",
+        description="Per Ingress, per nginx.ingress.kubernetes.io/ (or portico.dev/) annotation: "
+        "its value, its status (supported, different, unsupported, refused, unknown) and what "
+        "Portico does. Exit 0: all supported; 1: something differs or has no effect; 2: an "
+        "Ingress would not be served (snippet, access control not enforced yet) or input "
+        "error.",
+    )
+    compat.add_argument(
+        "sources",
+        nargs="*",
+        metavar="PATH",
+        help="manifest directories or files; - reads standard input (kubectl get ingress -A "
+        "-o yaml)",
+    )
+    compat.add_argument(
+        "--kubeconfig", type=Path, metavar="FILE", help="list the Ingresses of this cluster"
+    )
+    compat.add_argument(
+        "--configmap", type=Path, metavar="FILE", help="the ingress-nginx controller ConfigMap"
+    )
+    compat.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    _add_log_level(compat, "warning")
+
+    docs = commands.add_parser("docs", help="print generated documentation")
+    docs.add_argument(
+        "topic",
+        choices=("annotations",),
+        help="annotations: the ingress-nginx annotation catalogue, as docs/annotations.md",
+    )
+    _add_log_level(docs, "warning")
 
     echo = commands.add_parser("echo", help="run the echo backend (a stand-in pod)")
     echo.add_argument("--listen", required=True, metavar="IP:PORT")
@@ -237,6 +272,35 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _compat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from controller.compat import (
+        InputError,
+        build,
+        read_cluster,
+        read_configmap,
+        read_sources,
+        render_text,
+    )
+
+    if not args.sources and args.kubeconfig is None:
+        return _fail("compat-report needs manifest PATHs, - (standard input) or --kubeconfig", err)
+    try:
+        text = stdin.read() if "-" in args.sources else None
+        subjects = read_sources(args.sources, text)
+        if args.kubeconfig is not None:
+            subjects += asyncio.run(read_cluster(args.kubeconfig))
+        configmap = None if args.configmap is None else read_configmap(args.configmap)
+    except InputError as exc:
+        return _fail(str(exc), err)
+    report = build(subjects, configmap)
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2), file=out)
+    else:
+        for line in render_text(report):
+            print(line, file=out)
+    return report.exit_code()
+
+
 def _echo(args: argparse.Namespace, err: TextIO) -> int:
     import ssl
 
@@ -281,7 +345,10 @@ def _serve(settings: Settings, err: TextIO) -> int:
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stdin: TextIO | None = None,
 ) -> int:
     """Entry point of `portico` and `python -m controller`; returns the exit code."""
     out = sys.stdout if out is None else out
@@ -301,6 +368,13 @@ def main(
             return _check(args, out, err)
         if args.command == "explain":
             return _explain(args, out, err)
+        if args.command == "compat-report":
+            return _compat(args, out, err, sys.stdin if stdin is None else stdin)
+        if args.command == "docs":
+            from controller.compiler.catalogue import markdown
+
+            out.write(markdown())
+            return EXIT_OK
         return _echo(args, err)
     except SettingsError as exc:
         return _fail(str(exc), err)

@@ -215,6 +215,9 @@ class ManifestSource:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise _Invalid(0, f"cannot read file: {exc}") from None
+        yield from self._parse(rel, text, skipped)
+
+    def _parse(self, rel: str, text: str, skipped: list[Skipped]) -> Iterator[Located]:
         loaded = 0  # documents fully handled: a YAML error is in document `loaded`
         try:
             for doc in yaml.load_all(text, Loader=_Loader):
@@ -352,6 +355,24 @@ def read_manifests(directory: Path) -> tuple[Store, ManifestSource]:
     store = Store()
     source.load(store)
     return store, source
+
+
+def read_text(text: str, name: str) -> tuple[tuple[Located, ...], tuple[Skipped, ...]]:
+    """The objects of one YAML stream (a file, standard input) read as a manifest directory
+    reads each of its files; `name` stands for the file in `Located.where`.
+
+    Raises ManifestError naming the first document that cannot be used.
+    """
+    skipped: list[Skipped] = []
+    try:
+        located = tuple(ManifestSource(Path(name))._parse(name, text, skipped))
+    except _Invalid as exc:
+        raise ManifestError(f"{name}#{exc.index}: {exc.reason}") from None
+    return located, tuple(skipped)
+
+
+class ManifestError(ValueError):
+    """A YAML stream with a document that cannot be used."""
 
 
 def _skipped(where: str, prefix: str, raw: Mapping[str, Any]) -> Skipped:

@@ -79,11 +79,18 @@ def _near(kind: str, read: str) -> bool:
     """Case-folded `kind` is `read`, its plural, or within the edit budget of it."""
     if kind == read or kind in (read + "s", read + "es"):
         return True
-    budget = max(1, len(read) // _LETTERS_PER_EDIT)
-    return abs(len(kind) - len(read)) <= budget and _edits(kind, read) <= budget
+    return within_budget(kind, read)
 
 
-def _edits(a: str, b: str) -> int:
+def within_budget(word: str, target: str) -> bool:
+    """`word` is one slip of the keyboard per six letters of `target` (at least one) from it.
+
+    Also used for misspelt annotation names (`controller.compiler.catalogue`)."""
+    budget = max(1, len(target) // _LETTERS_PER_EDIT)
+    return abs(len(word) - len(target)) <= budget and edit_distance(word, target) <= budget
+
+
+def edit_distance(a: str, b: str) -> int:
     """Optimal string alignment distance: Levenshtein plus adjacent transpositions."""
     before: list[int] | None = None
     previous = list(range(len(b) + 1))

@@ -155,6 +155,14 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         default=False,
         description="Allow backends that are ExternalName Services (resolved through DNS).",
     )
+    serve_without_access_control: bool = Field(
+        default=False,
+        description=(
+            "Serve Ingresses whose access-control annotations (auth-*, auth-tls-*, satisfy, "
+            "source ranges, ...) Portico does not enforce yet, unprotected, instead of leaving "
+            "their routes out (fail closed); each is logged as a warning at every compile."
+        ),
+    )
     default_certificate: str | None = Field(
         default=None,
         description=(
@@ -282,6 +290,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             watch_ingress_without_class=self.watch_ingress_without_class,
             allow_external_name=self.allow_external_name,
             default_certificate=self.default_certificate,
+            serve_without_access_control=self.serve_without_access_control,
         )
 
     @classmethod

@@ -112,7 +112,9 @@ class Compiler:
         cached = self._parts.get(key)
         if cached is not None and cached[0] is ingress:
             return cached[1]
-        part = compile_ingress(ingress)
+        part = compile_ingress(
+            ingress, serve_without_access_control=self.settings.serve_without_access_control
+        )
         self._parts[key] = (ingress, part)
         return part
 
@@ -142,6 +144,18 @@ class Compiler:
                 ignored[obj.ref] = why
         ours.sort(key=_precedence)
         parts = [self._part(i) for i in ours]
+        for part in parts:
+            if part.unprotected:
+                # Loud on purpose: the operator chose to expose these routes unprotected.
+                logger.warning(
+                    "compiler.access_control_not_enforced",
+                    extra={
+                        "ingress": part.ref,
+                        "annotations": list(part.unprotected),
+                        "served": True,
+                        "setting": "--serve-without-access-control",
+                    },
+                )
         # Drop cache entries of Ingresses that are gone or no longer ours.
         live = {(i.namespace, i.name) for i in ours}
         for key in [k for k in self._parts if k not in live]:

@@ -2,8 +2,9 @@
 
 Annotations are free-form strings on an Ingress; here each one we support is parsed into a typed
 value with a strict grammar (nothing is ever rendered into text parsed again). An invalid value
-becomes an `AnnotationError` (reported by the compiler as `InvalidAnnotation`) and is ignored;
-unknown annotations are ignored silently.
+becomes an `AnnotationError` (reported by the compiler as `InvalidAnnotation`) and is ignored.
+The other annotations are not parsed here: `screening.py` reports each one against the
+catalogue (`catalogue.py`, whose supported rows are exactly the names parsed here).
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-send-timeout": (_timeout, "send_timeout"),
     "proxy-body-size": (_size, "max_body_size"),
 }
+# The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
+PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
     {"ssl_redirect", "force_ssl_redirect", "proxy_ssl_secret", "proxy_ssl_verify"}
 )

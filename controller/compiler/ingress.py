@@ -32,6 +32,7 @@ from controller.compiler.problems import (
     UNSUPPORTED_BACKEND,
     Problem,
 )
+from controller.compiler.screening import screen
 from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
@@ -166,6 +167,9 @@ class IngressPart:
     problems: tuple[Problem, ...]
     # `proxy-ssl-secret` ("ns/name") whose ca.crt verifies the pods; None: no verification.
     ca_secret: str | None = None
+    # Access-control annotations not enforced, served anyway (--serve-without-access-control):
+    # the compiler logs a warning naming them.
+    unprotected: tuple[str, ...] = ()
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -234,12 +238,19 @@ def _rule(
     )
 
 
-def compile_ingress(ingress: Ingress) -> IngressPart:
-    """Validate one Ingress into its part; every rejected rule becomes a problem."""
+def compile_ingress(ingress: Ingress, *, serve_without_access_control: bool = False) -> IngressPart:
+    """Validate one Ingress into its part; every rejected rule becomes a problem.
+
+    An Ingress carrying a snippet, or access control Portico does not enforce (unless
+    `serve_without_access_control`), is still validated in full, for its problems, but
+    contributes no routes, hosts or certificates: see `screening.py`.
+    """
     ref = ingress.ref
     problems: list[Problem] = []
     opts, errors = parse_annotations(ingress.annotations)
     problems.extend(Problem("Ingress", ref, INVALID_ANNOTATION, e.message()) for e in errors)
+    screening = screen(ingress.annotations, {e.annotation: e.reason for e in errors})
+    problems.extend(screening.problems(ref, serve_without_access_control))
 
     tls = tuple(
         TLSEntry(t.secret_name or "", tuple(h.strip().lower() for h in t.hosts))
@@ -326,6 +337,17 @@ def compile_ingress(ingress: Ingress) -> IngressPart:
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
+    if screening.withheld(serve_without_access_control):
+        return IngressPart(
+            ref=ref,
+            namespace=ingress.namespace,
+            hosts=(),
+            entries=(),
+            fallbacks=(),
+            default=None,
+            tls=(),
+            problems=tuple(problems),
+        )
     return IngressPart(
         ref=ref,
         namespace=ingress.namespace,
@@ -336,6 +358,7 @@ def compile_ingress(ingress: Ingress) -> IngressPart:
         tls=tls,
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
+        unprotected=screening.unenforced,
     )
 
 

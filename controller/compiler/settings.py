@@ -23,3 +23,6 @@ class CompileSettings:
     # "namespace/name" of a kubernetes.io/tls Secret served when no host certificate matches
     # (`--default-certificate`); None: the workers' self-signed certificate.
     default_certificate: str | None = None
+    # Serve Ingresses whose access-control annotations Portico does not enforce yet (auth-*,
+    # source ranges, ...) instead of leaving their routes out (fail closed); off by default.
+    serve_without_access_control: bool = False

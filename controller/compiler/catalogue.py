@@ -1,0 +1,1026 @@
+"""The ingress-nginx annotation catalogue: what Portico does with each annotation, as data.
+
+Every annotation ingress-nginx documents on its annotations page (release v1.15.1), plus the few
+its parsers read without documenting them, is one `Entry`: `supported` (Portico behaves the
+same), `different` (supported, with a difference the entry names), `unsupported` (no effect yet:
+what to use instead, or the Portico issue that adds it) or `refused` (snippets: the Ingress is
+not served). A name under the prefix that is in no row is unknown (a typo, a removed annotation,
+a ConfigMap key written as an annotation): `nearest` suggests the catalogued name meant.
+
+Three readers keep to this one table: the compiler (`screening.py` turns it into problems and
+the fail-closed decision), `portico compat-report`, and `docs/annotations.md`, which `markdown()`
+generates (`portico docs annotations > docs/annotations.md`; a test fails when the file
+differs). A test also keeps the `supported`/`different` rows equal to what
+`annotations.py` parses, and the names equal to the list taken from ingress-nginx in
+`tests/data/ingress-nginx-annotations.txt`.
+
+`Entry` is not specific to annotations: the ingress-nginx ConfigMap keys (`CONFIGMAP_KEYS`) use
+the same rows, for `compat-report --configmap` now and for reading the ConfigMap later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from controller.kinds import edit_distance, within_budget
+
+NGINX_PREFIX: Final = "nginx.ingress.kubernetes.io/"
+PORTICO_PREFIX: Final = "portico.dev/"
+
+Status = Literal["supported", "different", "unsupported", "refused"]
+STATUSES: Final[tuple[Status, ...]] = ("supported", "different", "unsupported", "refused")
+
+# Categories in the order the documentation lists them.
+CATEGORIES: Final = (
+    "access-control",
+    "snippets",
+    "routing",
+    "redirects",
+    "tls",
+    "upstream",
+    "backend-tls",
+    "timeouts",
+    "buffering-and-limits",
+    "load-balancing",
+    "session-affinity",
+    "canary",
+    "rate-limiting",
+    "cors",
+    "error-pages",
+    "observability",
+    "modsecurity",
+    "mirroring",
+    "fastcgi",
+)
+
+# The Portico issues that add what is not supported yet.
+ISSUE_MIGRATION: Final = 16  # source ranges, the controller ConfigMap, drop-in class
+ISSUE_FORWARDING: Final = 17  # paths, redirects, upstream requests, error pages, passthrough
+ISSUE_PROTECTION: Final = 18  # auth, client certificates, rate limits, CORS, affinity, canary
+
+FAIL_CLOSED_NOTE: Final = (
+    "Until Portico enforces it, an Ingress carrying it is not served (fail closed): a request "
+    "for its routes gets whatever else matches, or 404 (a later change answers 403 instead). "
+    "--serve-without-access-control serves it anyway, unprotected."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ingress-nginx annotation (or ConfigMap key) and what Portico does with it."""
+
+    name: str  # without the prefix
+    status: Status
+    category: str
+    # supported: what Portico does; different: the difference and why; unsupported: what to use
+    # instead; refused: why.
+    detail: str
+    access_control: bool = False
+    # The Portico equivalent: the same name under portico.dev/ for supported annotations, or a
+    # flag that does the same for every Ingress.
+    portico: str = ""
+    issue: int | None = None  # the Portico issue that will support it
+    documented: bool = True  # False: ingress-nginx reads it but its annotations page omits it
+
+    @property
+    def fails_closed(self) -> bool:
+        """An Ingress carrying it is not served (some values excepted: see screening.py)."""
+        return self.access_control and self.status == "unsupported"
+
+    def describe(self, *, note: bool = True) -> str:
+        """The detail as users read it: the plan appended, and the fail-closed rule unless
+        `note` is False (the documentation states it once)."""
+        text = self.detail
+        if self.status == "unsupported":
+            if self.issue is not None:
+                text += f" Planned in Portico issue {self.issue}."
+            if self.fails_closed and note:
+                text += " " + FAIL_CLOSED_NOTE
+        return text
+
+
+def _supported(name: str, category: str, detail: str, *, status: Status = "supported") -> Entry:
+    return Entry(name, status, category, detail, portico=PORTICO_PREFIX + name)
+
+
+def _different(name: str, category: str, detail: str) -> Entry:
+    return _supported(name, category, detail, status="different")
+
+
+def _unsupported(
+    name: str,
+    category: str,
+    detail: str,
+    issue: int | None = None,
+    *,
+    access: bool = False,
+    portico: str = "",
+    documented: bool = True,
+) -> Entry:
+    return Entry(name, "unsupported", category, detail, access, portico, issue, documented)
+
+
+def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
+    return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
+
+
+def _refused(name: str, detail: str) -> Entry:
+    return Entry(
+        name,
+        "refused",
+        "snippets",
+        detail + " Portico never runs nginx configuration text, so the Ingress carrying it is "
+        "refused as a whole (none of its routes are served): a snippet often holds access rules "
+        "such as `deny all;`, and serving without them could expose what they protect. "
+        "ingress-nginx also rejects snippets unless `allow-snippet-annotations` is on.",
+        access_control=name == "auth-snippet",
+    )
+
+
+_HTTPS_REDIRECT = (
+    "Plain-HTTP requests get a 308 to https:// with the request's path and query kept as they "
+    "are; ingress-nginx drops a trailing `/` from the target (`/` goes to `https://host`) and "
+    "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
+)
+
+_ALLOW_ALL = (
+    "A list of only `0.0.0.0/0` and/or `::/0` (as on cert-manager's HTTP-01 solver Ingress) "
+    "restricts nothing and does not stop the Ingress."
+)
+
+_ENTRIES: Final[tuple[Entry, ...]] = (
+    # ---- access control ---------------------------------------------------------------------
+    _auth("auth-type", "Basic authentication against auth-secret (`basic`; `digest` too)."),
+    _auth("auth-secret", "The Secret holding the users and password hashes of auth-type."),
+    _auth("auth-secret-type", "How auth-secret is laid out: `auth-file` or `auth-map`."),
+    _auth("auth-realm", "The realm of the basic authentication challenge."),
+    _auth("auth-url", "External authentication: each request is first checked by this URL."),
+    _auth("auth-method", "HTTP method of the auth-url request."),
+    _auth("auth-signin", "Where a request auth-url refuses is redirected to sign in."),
+    _auth("auth-signin-redirect-param", "Query parameter of auth-signin naming the original URL."),
+    _auth("auth-response-headers", "auth-url response headers copied to the upstream request."),
+    _auth("auth-request-redirect", "The X-Auth-Request-Redirect value sent to auth-url."),
+    _auth("auth-proxy-set-headers", "A ConfigMap of headers sent to auth-url."),
+    _auth("auth-cache-key", "Caches auth-url answers under this key."),
+    _auth("auth-cache-duration", "How long auth-url answers are cached, per status."),
+    _auth("auth-always-set-cookie", "Sets auth-url's cookies whatever the upstream answers."),
+    _auth("auth-keepalive", "Keep-alive connections to auth-url."),
+    _auth("auth-keepalive-share-vars", "Shares request variables with the auth-url request."),
+    _auth("auth-keepalive-requests", "Requests per keep-alive connection to auth-url."),
+    _auth("auth-keepalive-timeout", "Idle time of keep-alive connections to auth-url."),
+    _auth(
+        "enable-global-auth",
+        'Whether the ConfigMap\'s global-auth-url applies to this Ingress. "false" asks for '
+        "nothing Portico does (it has no global authentication) and changes nothing; any other "
+        "value keeps the Ingress out of service until global authentication exists.",
+    ),
+    _auth("satisfy", "`any`: either auth or the source ranges suffice; `all` (default): both."),
+    _auth("auth-tls-secret", "Client certificates: the Secret whose ca.crt verifies them."),
+    _auth("auth-tls-verify-client", "Client certificates: `on`, `optional`, `optional_no_ca`."),
+    _auth("auth-tls-verify-depth", "Client certificates: the verification depth."),
+    _auth("auth-tls-error-page", "Client certificates: where a failed verification redirects."),
+    _auth(
+        "auth-tls-pass-certificate-to-upstream",
+        "Client certificates: passes the certificate upstream in `ssl-client-cert`.",
+    ),
+    _unsupported(
+        "auth-tls-match-cn",
+        "access-control",
+        "Client certificates: the subject CN must match this pattern. Not in a Portico issue yet.",
+        access=True,
+    ),
+    _unsupported(
+        "allowlist-source-range",
+        "access-control",
+        "Client address ranges (CIDR list) allowed to reach the Ingress; others get 403. "
+        + _ALLOW_ALL,
+        ISSUE_MIGRATION,
+        access=True,
+        documented=False,
+    ),
+    _unsupported(
+        "whitelist-source-range",
+        "access-control",
+        "The older spelling of allowlist-source-range, which ingress-nginx still reads. "
+        + _ALLOW_ALL,
+        ISSUE_MIGRATION,
+        access=True,
+    ),
+    _unsupported(
+        "denylist-source-range",
+        "access-control",
+        "Client address ranges (CIDR list) refused with 403.",
+        ISSUE_MIGRATION,
+        access=True,
+    ),
+    # ---- snippets ---------------------------------------------------------------------------
+    _refused("configuration-snippet", "nginx directives added to each location of the Ingress."),
+    _refused("server-snippet", "nginx directives added to the server block of the host."),
+    _refused("stream-snippet", "nginx directives added to the stream (TCP/UDP) block."),
+    _refused("auth-snippet", "nginx directives added to the auth-url location."),
+    _refused("modsecurity-snippet", "ModSecurity rules added to the location."),
+    # ---- routing ----------------------------------------------------------------------------
+    _unsupported(
+        "use-regex",
+        "routing",
+        "Paths of the host are case-insensitive regular expressions. Without it a regex path "
+        "is an InvalidPath problem or matches literally.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "rewrite-target",
+        "routing",
+        "Rewrites the path sent to the pod ($1-style captures). Without it the pod sees the "
+        "path as requested.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported("app-root", "routing", "Redirects `/` to this path.", ISSUE_FORWARDING),
+    _unsupported(
+        "x-forwarded-prefix", "routing", "Sends X-Forwarded-Prefix to the pod.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "server-alias",
+        "routing",
+        "More host names for the Ingress's rules; list them as rules instead.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "default-backend",
+        "error-pages",
+        "A Service answering when the rule's Service has no endpoints; spec.defaultBackend "
+        "of the Ingress covers unmatched paths.",
+        ISSUE_FORWARDING,
+    ),
+    # ---- redirects --------------------------------------------------------------------------
+    _different(
+        "ssl-redirect",
+        "redirects",
+        '"false" stops the HTTPS redirect of a TLS host; the default redirects. ' + _HTTPS_REDIRECT,
+    ),
+    _different(
+        "force-ssl-redirect",
+        "redirects",
+        '"true" redirects plain-HTTP requests to HTTPS even for hosts without TLS. '
+        + _HTTPS_REDIRECT,
+    ),
+    _unsupported(
+        "preserve-trailing-slash",
+        "redirects",
+        "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "permanent-redirect",
+        "redirects",
+        "Answers every request with a redirect (301).",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "permanent-redirect-code", "redirects", "Status of permanent-redirect.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "temporal-redirect",
+        "redirects",
+        "Answers every request with a redirect (302).",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "temporal-redirect-code", "redirects", "Status of temporal-redirect.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "from-to-www-redirect",
+        "redirects",
+        "Redirects between `www.` and the bare host name.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "use-port-in-redirects",
+        "redirects",
+        "Puts the listener's port in redirects; Portico leaves the port out, as ingress-nginx "
+        "does without it.",
+        documented=False,
+    ),
+    _unsupported(
+        "relative-redirects",
+        "redirects",
+        "Relative Location headers in redirects nginx makes itself.",
+        documented=False,
+    ),
+    # ---- TLS --------------------------------------------------------------------------------
+    _unsupported(
+        "ssl-passthrough",
+        "tls",
+        "Hands the TLS connection to the pod unterminated. Without it Portico terminates TLS "
+        "for the host with the Ingress's certificate (or its default one).",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "ssl-ciphers",
+        "tls",
+        "Portico uses OpenSSL's default ciphers for TLS 1.2 and 1.3 on every host.",
+        portico="--tls-min-version",
+    ),
+    _unsupported(
+        "ssl-prefer-server-ciphers",
+        "tls",
+        "Portico uses OpenSSL's cipher preference on every host.",
+    ),
+    # ---- upstream ---------------------------------------------------------------------------
+    _different(
+        "backend-protocol",
+        "upstream",
+        "`HTTP` and `HTTPS` as ingress-nginx. `GRPC`, `GRPCS`, `AUTO_HTTP` and `FCGI` are not "
+        "supported: Portico speaks HTTP/1.1 to pods, so such a value is an InvalidAnnotation "
+        "problem and the pods are reached over plain HTTP.",
+    ),
+    _unsupported(
+        "upstream-vhost", "upstream", "The Host header sent to the pod.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "service-upstream",
+        "upstream",
+        "Sends to the Service's cluster IP instead of its pods. Portico sends to the pods.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "connection-proxy-header",
+        "upstream",
+        "The Connection header sent to the pod.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "custom-headers",
+        "upstream",
+        "Response headers from a ConfigMap.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "proxy-redirect-from", "upstream", "Rewrites Location headers of the pod.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "proxy-redirect-to", "upstream", "The replacement of proxy-redirect-from.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "proxy-cookie-domain",
+        "upstream",
+        "Rewrites the Domain of the pod's cookies.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "proxy-cookie-path", "upstream", "Rewrites the Path of the pod's cookies.", ISSUE_FORWARDING
+    ),
+    _unsupported(
+        "proxy-http-version",
+        "upstream",
+        "Portico always speaks HTTP/1.1 to pods (ingress-nginx's default).",
+    ),
+    # ---- backend TLS --------------------------------------------------------------------------
+    _different(
+        "proxy-ssl-secret",
+        "backend-tls",
+        "Only the Secret's `ca.crt` is used, to verify the pods, and verification is on as soon "
+        "as the Secret is given (ingress-nginx verifies only with proxy-ssl-verify: on): "
+        "Portico does not present the Secret's tls.crt/tls.key as a client certificate. A "
+        "Secret that cannot be read makes its routes answer 503, never unverified.",
+    ),
+    _different(
+        "proxy-ssl-verify",
+        "backend-tls",
+        '"off" turns verification off. Without the annotation Portico verifies whenever '
+        "proxy-ssl-secret is given, where ingress-nginx's default is off.",
+    ),
+    _different(
+        "proxy-ssl-name",
+        "backend-tls",
+        "The name the pods' certificate is verified against. Portico always sends it as SNI "
+        "(ingress-nginx only with proxy-ssl-server-name: on); without it the name is "
+        "<service>.<namespace>.svc.",
+    ),
+    _unsupported(
+        "proxy-ssl-server-name",
+        "backend-tls",
+        "Portico always sends SNI to HTTPS pods: proxy-ssl-name, else <service>.<namespace>.svc.",
+    ),
+    _unsupported(
+        "proxy-ssl-verify-depth",
+        "backend-tls",
+        "Portico verifies the whole chain of the pods' certificate.",
+    ),
+    _unsupported(
+        "proxy-ssl-ciphers", "backend-tls", "Portico uses OpenSSL's default ciphers to pods."
+    ),
+    _unsupported(
+        "proxy-ssl-protocols", "backend-tls", "Portico speaks TLS 1.2 or 1.3 to HTTPS pods."
+    ),
+    # ---- timeouts ---------------------------------------------------------------------------
+    _supported(
+        "proxy-connect-timeout",
+        "timeouts",
+        "Seconds to connect to a pod (a number, or with an `s`); default --upstream-connect-"
+        "timeout.",
+    ),
+    _supported(
+        "proxy-read-timeout",
+        "timeouts",
+        "Seconds to wait for the response head and between two reads of its body; default "
+        "--upstream-read-timeout.",
+    ),
+    _supported(
+        "proxy-send-timeout",
+        "timeouts",
+        "Seconds allowed between two writes of the request body; default --upstream-send-timeout.",
+    ),
+    _unsupported(
+        "proxy-next-upstream",
+        "timeouts",
+        "When to retry another pod. Portico retries another pod only when connecting fails "
+        "(--upstream-max-attempts).",
+        ISSUE_FORWARDING,
+        portico="--upstream-max-attempts",
+    ),
+    _unsupported("proxy-next-upstream-tries", "timeouts", "Most pods tried.", ISSUE_FORWARDING),
+    _unsupported(
+        "proxy-next-upstream-timeout", "timeouts", "Time limit of the retries.", ISSUE_FORWARDING
+    ),
+    # ---- buffering and limits -----------------------------------------------------------------
+    _supported(
+        "proxy-body-size",
+        "buffering-and-limits",
+        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes); 413 beyond. Without it "
+        "Portico's --max-body-bytes applies (unlimited by default, where ingress-nginx's is 1m).",
+    ),
+    _unsupported(
+        "proxy-request-buffering",
+        "buffering-and-limits",
+        "Portico streams request bodies to the pod as they arrive (ingress-nginx buffers them "
+        'by default; "off" streams).',
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "proxy-buffering",
+        "buffering-and-limits",
+        "Portico streams responses to the client (ingress-nginx's default, off).",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "proxy-buffer-size",
+        "buffering-and-limits",
+        "Size of the buffer for the pod's response head.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "proxy-buffers-number", "buffering-and-limits", "nginx response buffers: no equivalent."
+    ),
+    _unsupported(
+        "proxy-busy-buffers-size", "buffering-and-limits", "nginx response buffers: no equivalent."
+    ),
+    _unsupported(
+        "proxy-max-temp-file-size",
+        "buffering-and-limits",
+        "nginx's temporary files of buffered responses; Portico writes none.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "client-body-buffer-size",
+        "buffering-and-limits",
+        "nginx's request body buffer; Portico streams bodies.",
+        ISSUE_FORWARDING,
+    ),
+    # ---- load balancing -----------------------------------------------------------------------
+    _different(
+        "load-balance",
+        "load-balancing",
+        "`round_robin` as ingress-nginx. `ewma` selects Portico's least-request balancer "
+        "(fewest requests in flight, weighed by latency), which serves the same purpose by "
+        "another formula; `least_request` names it directly.",
+    ),
+    _unsupported(
+        "upstream-hash-by",
+        "load-balancing",
+        "Consistent hashing on request variables.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "upstream-hash-by-subset", "load-balancing", "Hashing to subsets of pods.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "upstream-hash-by-subset-size", "load-balancing", "Pods per subset.", ISSUE_PROTECTION
+    ),
+    # ---- session affinity ---------------------------------------------------------------------
+    _unsupported("affinity", "session-affinity", "Sticky sessions by cookie.", ISSUE_PROTECTION),
+    _unsupported(
+        "affinity-mode", "session-affinity", "`balanced` or `persistent`.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "affinity-canary-behavior",
+        "session-affinity",
+        "Affinity to canaries: `sticky`.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-name", "session-affinity", "The affinity cookie's name.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "session-cookie-path", "session-affinity", "The affinity cookie's Path.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "session-cookie-domain",
+        "session-affinity",
+        "The affinity cookie's Domain.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-max-age",
+        "session-affinity",
+        "The affinity cookie's Max-Age.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-expires",
+        "session-affinity",
+        "The affinity cookie's Expires.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-samesite",
+        "session-affinity",
+        "The affinity cookie's SameSite.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-secure",
+        "session-affinity",
+        "The affinity cookie's Secure flag.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-change-on-failure",
+        "session-affinity",
+        "A new affinity cookie after a failed request.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "session-cookie-conditional-samesite-none",
+        "session-affinity",
+        "SameSite=None left out for browsers that mishandle it.",
+        ISSUE_PROTECTION,
+    ),
+    # ---- canary -------------------------------------------------------------------------------
+    _unsupported(
+        "canary",
+        "canary",
+        "Marks a canary Ingress. Without it the canary Ingress is an ordinary one: it competes "
+        "for the same host and path (a PathConflict problem; the older Ingress wins).",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "canary-by-header", "canary", "Canary chosen by a request header.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "canary-by-header-value",
+        "canary",
+        "The header value choosing the canary.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "canary-by-header-pattern",
+        "canary",
+        "A header regex choosing the canary.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported("canary-by-cookie", "canary", "Canary chosen by a cookie.", ISSUE_PROTECTION),
+    _unsupported(
+        "canary-weight", "canary", "Share of requests sent to the canary.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "canary-weight-total", "canary", "The total canary-weight is out of.", ISSUE_PROTECTION
+    ),
+    # ---- rate limiting ------------------------------------------------------------------------
+    _unsupported(
+        "limit-rps", "rate-limiting", "Requests per second per client address.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "limit-rpm", "rate-limiting", "Requests per minute per client address.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "limit-connections", "rate-limiting", "Connections per client address.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "limit-burst-multiplier", "rate-limiting", "Burst size of limit-rps/rpm.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "limit-allowlist",
+        "rate-limiting",
+        "Client ranges exempt from the limits.",
+        ISSUE_PROTECTION,
+        documented=False,
+    ),
+    _unsupported(
+        "limit-whitelist",
+        "rate-limiting",
+        "The older spelling of limit-allowlist: client ranges exempt from the limits.",
+        ISSUE_PROTECTION,
+    ),
+    _unsupported(
+        "limit-rate", "rate-limiting", "Bytes per second of each response.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "limit-rate-after",
+        "rate-limiting",
+        "Bytes sent before limit-rate applies.",
+        ISSUE_PROTECTION,
+    ),
+    # ---- CORS ---------------------------------------------------------------------------------
+    _unsupported(
+        "enable-cors", "cors", "Answers CORS preflights and adds CORS headers.", ISSUE_PROTECTION
+    ),
+    _unsupported("cors-allow-origin", "cors", "Origins allowed.", ISSUE_PROTECTION),
+    _unsupported("cors-allow-methods", "cors", "Methods allowed.", ISSUE_PROTECTION),
+    _unsupported("cors-allow-headers", "cors", "Request headers allowed.", ISSUE_PROTECTION),
+    _unsupported("cors-expose-headers", "cors", "Response headers exposed.", ISSUE_PROTECTION),
+    _unsupported(
+        "cors-allow-credentials", "cors", "Whether credentials are allowed.", ISSUE_PROTECTION
+    ),
+    _unsupported(
+        "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
+    ),
+    # ---- error pages --------------------------------------------------------------------------
+    _unsupported(
+        "custom-http-errors",
+        "error-pages",
+        "Pod answers with these statuses are replaced by the default backend's.",
+        ISSUE_FORWARDING,
+    ),
+    _unsupported(
+        "disable-proxy-intercept-errors",
+        "error-pages",
+        "Turns off custom-http-errors for the Ingress.",
+        ISSUE_FORWARDING,
+        documented=False,
+    ),
+    # ---- observability ------------------------------------------------------------------------
+    _unsupported(
+        "enable-access-log",
+        "observability",
+        "Per-Ingress access log switch; Portico's access log is on or off for every request.",
+        ISSUE_FORWARDING,
+        portico="--access-log",
+    ),
+    _unsupported("enable-rewrite-log", "observability", "nginx's rewrite log: no equivalent."),
+    _unsupported("enable-opentelemetry", "observability", "OpenTelemetry tracing: not in Portico."),
+    _unsupported(
+        "opentelemetry-trust-incoming-span",
+        "observability",
+        "OpenTelemetry tracing: not in Portico.",
+    ),
+    _unsupported(
+        "opentelemetry-operation-name",
+        "observability",
+        "OpenTelemetry tracing: not in Portico.",
+        documented=False,
+    ),
+    _unsupported(
+        "http2-push-preload",
+        "observability",
+        "HTTP/2 server push: Portico speaks HTTP/1.1 to clients, so there is nothing to push.",
+    ),
+    # ---- ModSecurity --------------------------------------------------------------------------
+    _unsupported(
+        "enable-modsecurity",
+        "modsecurity",
+        "ModSecurity web application firewall: not in Portico; put a WAF in front of it.",
+    ),
+    _unsupported(
+        "enable-owasp-core-rules",
+        "modsecurity",
+        "ModSecurity's OWASP rules: not in Portico; put a WAF in front of it.",
+    ),
+    _unsupported("modsecurity-transaction-id", "modsecurity", "ModSecurity: not in Portico."),
+    # ---- mirroring ----------------------------------------------------------------------------
+    _unsupported("mirror-target", "mirroring", "Copies each request to this URL: not in Portico."),
+    _unsupported("mirror-request-body", "mirroring", "Whether mirrored requests carry the body."),
+    _unsupported("mirror-host", "mirroring", "Host header of mirrored requests."),
+    # ---- FastCGI ------------------------------------------------------------------------------
+    _unsupported(
+        "fastcgi-index",
+        "fastcgi",
+        "FastCGI (backend-protocol FCGI): Portico speaks HTTP only.",
+        documented=False,
+    ),
+    _unsupported(
+        "fastcgi-params-configmap",
+        "fastcgi",
+        "FastCGI (backend-protocol FCGI): Portico speaks HTTP only.",
+        documented=False,
+    ),
+)
+
+ANNOTATIONS: Final[Mapping[str, Entry]] = {e.name: e for e in _ENTRIES}
+
+# Names under the prefix that ingress-nginx v1.15 does not read but that real Ingresses carry:
+# removed annotations and ConfigMap keys written as annotations. They are unknown (no effect on
+# ingress-nginx either); this is the advice given instead of a spelling suggestion.
+RETIRED: Final[Mapping[str, str]] = {
+    "secure-backends": 'removed from ingress-nginx long ago; use backend-protocol: "HTTPS"',
+    "session-cookie-hash": "removed from ingress-nginx in 0.24; it has no replacement",
+    "forwarded-for-header": "this is a key of the ingress-nginx ConfigMap, not an annotation",
+    "add-base-url": "removed from ingress-nginx in 0.22; it has no replacement",
+    "base-url-scheme": "removed from ingress-nginx in 0.22; it has no replacement",
+    "secure-verify-ca-secret": "removed from ingress-nginx; use proxy-ssl-secret",
+}
+
+# The ingress-nginx ConfigMap keys Portico has a setting for. Portico does not read the ConfigMap
+# yet (issue 16); `compat-report --configmap` names the flag to set instead.
+CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
+    e.name: e
+    for e in (
+        _unsupported(
+            "proxy-body-size",
+            "buffering-and-limits",
+            "Set --max-body-bytes.",
+            ISSUE_MIGRATION,
+            portico="--max-body-bytes",
+        ),
+        _unsupported(
+            "proxy-connect-timeout",
+            "timeouts",
+            "Set --upstream-connect-timeout.",
+            ISSUE_MIGRATION,
+            portico="--upstream-connect-timeout",
+        ),
+        _unsupported(
+            "proxy-read-timeout",
+            "timeouts",
+            "Set --upstream-read-timeout.",
+            ISSUE_MIGRATION,
+            portico="--upstream-read-timeout",
+        ),
+        _unsupported(
+            "proxy-send-timeout",
+            "timeouts",
+            "Set --upstream-send-timeout.",
+            ISSUE_MIGRATION,
+            portico="--upstream-send-timeout",
+        ),
+        _unsupported("hsts", "tls", "Set --hsts / --no-hsts.", ISSUE_MIGRATION, portico="--hsts"),
+        _unsupported(
+            "hsts-max-age", "tls", "Set --hsts-max-age.", ISSUE_MIGRATION, portico="--hsts-max-age"
+        ),
+        _unsupported(
+            "hsts-include-subdomains",
+            "tls",
+            "Set --hsts-include-subdomains.",
+            ISSUE_MIGRATION,
+            portico="--hsts-include-subdomains",
+        ),
+        _unsupported(
+            "ssl-protocols",
+            "tls",
+            "Set --tls-min-version (1.2 or 1.3).",
+            ISSUE_MIGRATION,
+            portico="--tls-min-version",
+        ),
+        _unsupported(
+            "use-forwarded-headers",
+            "upstream",
+            "Set --trusted-proxies to the networks of the proxies in front of Portico.",
+            ISSUE_MIGRATION,
+            portico="--trusted-proxies",
+        ),
+        _unsupported(
+            "proxy-real-ip-cidr",
+            "upstream",
+            "Set --trusted-proxies.",
+            ISSUE_MIGRATION,
+            portico="--trusted-proxies",
+        ),
+        _unsupported(
+            "enable-access-log-for-default-backend",
+            "observability",
+            "Portico logs every request, with --access-log on.",
+            ISSUE_MIGRATION,
+            portico="--access-log",
+        ),
+        _unsupported(
+            "disable-access-log",
+            "observability",
+            "Set --no-access-log.",
+            ISSUE_MIGRATION,
+            portico="--access-log",
+        ),
+        _unsupported(
+            "keep-alive",
+            "timeouts",
+            "Set --keepalive-timeout.",
+            ISSUE_MIGRATION,
+            portico="--keepalive-timeout",
+        ),
+        _unsupported(
+            "worker-processes",
+            "buffering-and-limits",
+            "Set --workers.",
+            ISSUE_MIGRATION,
+            portico="--workers",
+        ),
+        *(
+            _unsupported(name, "access-control", text, ISSUE_MIGRATION, access=True)
+            for name, text in (
+                ("global-auth-url", "External authentication for every Ingress."),
+                ("whitelist-source-range", "Client ranges allowed to reach every Ingress."),
+                ("denylist-source-range", "Client ranges refused by every Ingress."),
+                ("block-cidrs", "Client ranges refused everywhere."),
+                ("block-user-agents", "User agents refused everywhere."),
+                ("block-referers", "Referers refused everywhere."),
+            )
+        ),
+    )
+}
+
+CONFIGMAP_NOT_READ: Final = (
+    "Portico does not read the ingress-nginx ConfigMap yet (planned in Portico issue 16); "
+    "this key has no effect."
+)
+CONFIGMAP_UNPROTECTED: Final = (
+    "This is access control for every Ingress: on Portico, all of them would be served without it."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultBehaviour:
+    """Something Portico does without any annotation, compared with ingress-nginx."""
+
+    topic: str
+    status: Literal["supported", "different"]  # supported: the same as ingress-nginx
+    ingress_nginx: str
+    portico: str
+
+
+DEFAULTS: Final[tuple[DefaultBehaviour, ...]] = (
+    DefaultBehaviour(
+        "Request body size",
+        "different",
+        "1m (proxy-body-size), 413 beyond",
+        "unlimited unless --max-body-bytes (or proxy-body-size) sets a limit; 413 beyond it",
+    ),
+    DefaultBehaviour(
+        "Upstream timeouts",
+        "supported",
+        "connect 5 s, send 60 s, read 60 s",
+        "the same (--upstream-connect-timeout, --upstream-send-timeout, --upstream-read-timeout)",
+    ),
+    DefaultBehaviour(
+        "HTTPS redirect of TLS hosts",
+        "supported",
+        "308 to https:// for hosts with TLS",
+        "the same",
+    ),
+    DefaultBehaviour(
+        "Trailing slash in HTTPS redirects",
+        "different",
+        "a trailing `/` is dropped (`/` goes to `https://host`, `/a/` to `https://host/a`)",
+        "the path is kept as requested (`https://host/`, `https://host/a/`)",
+    ),
+    DefaultBehaviour(
+        "ACME HTTP-01 challenges on TLS hosts",
+        "different",
+        "`/.well-known/acme-challenge/` is never redirected to HTTPS nor authenticated",
+        "redirected like any other path (Let's Encrypt follows such redirects)",
+    ),
+    DefaultBehaviour(
+        "HSTS",
+        "different",
+        "max-age=31536000; includeSubDomains, only for hosts with their own certificate",
+        "the same header on every HTTPS response, default certificate included (--hsts)",
+    ),
+    DefaultBehaviour(
+        "Forwarded headers from clients",
+        "supported",
+        "X-Forwarded-* replaced unless use-forwarded-headers",
+        "the same unless the client is in --trusted-proxies",
+    ),
+    DefaultBehaviour(
+        "Request bodies",
+        "different",
+        "buffered whole (to disk beyond 8-16k) before the pod sees them",
+        "streamed to the pod as they arrive",
+    ),
+)
+
+
+def entry(suffix: str) -> Entry | None:
+    """The catalogue row of an annotation name without its prefix."""
+    return ANNOTATIONS.get(suffix)
+
+
+def supported_names() -> frozenset[str]:
+    """Names Portico parses: the `supported` and `different` rows."""
+    return frozenset(n for n, e in ANNOTATIONS.items() if e.status in ("supported", "different"))
+
+
+def nearest(suffix: str, names: Iterable[str] | None = None) -> str | None:
+    """The catalogued name `suffix` is probably a misspelling of, or None.
+
+    Within the edit budget of `controller.kinds` (one slip per six letters, case-insensitive),
+    the closest name wins; ties go to the first in alphabetical order. A name that only adds an
+    "s" is one edit, so `server-snippets` suggests `server-snippet`.
+    """
+    word = suffix.lower()
+    best: tuple[int, str] | None = None
+    for name in sorted(ANNOTATIONS if names is None else names):
+        if within_budget(word, name):
+            candidate = (edit_distance(word, name), name)
+            if best is None or candidate < best:
+                best = candidate
+    return None if best is None else best[1]
+
+
+# ---- documentation ----------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown() -> str:
+    """`docs/annotations.md`: the catalogue as Markdown, deterministic."""
+    counts = {s: sum(1 for e in _ENTRIES if e.status == s) for s in STATUSES}
+    lines = [
+        "# ingress-nginx annotations in Portico",
+        "",
+        "<!-- Generated by `portico docs annotations > docs/annotations.md` from",
+        "     controller/compiler/catalogue.py; edit that table, not this file. -->",
+        "",
+        f"Every annotation of ingress-nginx (v1.15.1), {len(_ENTRIES)} names, and what Portico "
+        f"does with it: {counts['supported']} supported, {counts['different']} supported with a "
+        f"difference, {counts['unsupported']} not supported yet, {counts['refused']} refused. "
+        "Portico reads them under `nginx.ingress.kubernetes.io/` and under `portico.dev/`; when "
+        "both are given, `portico.dev/` wins.",
+        "",
+        "- **supported**: the same behaviour as ingress-nginx.",
+        "- **different**: supported, with the difference the row names.",
+        "- **unsupported**: no effect yet; each Ingress carrying one gets an "
+        "`UnsupportedAnnotation` problem (log, `portico check`, Kubernetes Event, "
+        "`portico_problems`) and is served without it, except for access control below.",
+        "- **refused**: the Ingress is not served at all (`SnippetRefused` problem).",
+        "",
+        "**Access control fails closed.** An Ingress carrying an access-control annotation "
+        "that Portico does not enforce yet (*fails closed* below) is not served: its routes are "
+        "left out (`AccessControlNotEnforced` problem), so no request reaches its pods "
+        "unchecked; a request for them gets whatever else matches, or 404 (a later change "
+        "answers 403 instead). `--serve-without-access-control` (env "
+        "`PORTICO_SERVE_WITHOUT_ACCESS_CONTROL`) serves such Ingresses anyway and logs a "
+        "warning naming each one at every compile. A source-range allow list that allows every "
+        "address (`0.0.0.0/0` and/or `::/0`, as on cert-manager's HTTP-01 solver Ingress) "
+        'restricts nothing and does not stop the Ingress; `enable-global-auth: "false"` does '
+        "not either.",
+        "",
+        "**Unknown names.** A name under `nginx.ingress.kubernetes.io/` or `portico.dev/` that "
+        "is not in this table has no effect: it is an `UnknownAnnotation` problem naming the "
+        'closest catalogued name ("did you mean ...?") or, for names ingress-nginx dropped, '
+        "what replaced them.",
+        "",
+        "`portico compat-report` shows, before migrating, what each annotation of your Ingresses "
+        "will do.",
+        "",
+    ]
+    for category in CATEGORIES:
+        rows = [e for e in _ENTRIES if e.category == category]
+        if not rows:
+            continue
+        lines += [
+            f"## {category}",
+            "",
+            "| annotation | status | access control | Portico equivalent | what Portico does |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for e in sorted(rows, key=lambda e: e.name):
+            name = f"`{e.name}`" + ("" if e.documented else " (undocumented)")
+            portico = f"`{e.portico}`" if e.portico else ""
+            access = "fails closed" if e.fails_closed else "yes" if e.access_control else ""
+            lines.append(
+                f"| {name} | {e.status} | {access} | {portico} | {_cell(e.describe(note=False))} |"
+            )
+        lines.append("")
+    lines += [
+        "## Names ingress-nginx no longer reads",
+        "",
+        "| annotation | advice |",
+        "| --- | --- |",
+        *(f"| `{name}` | {_cell(advice)} |" for name, advice in sorted(RETIRED.items())),
+        "",
+        "## Defaults",
+        "",
+        "What happens without any annotation.",
+        "",
+        "| behaviour | status | ingress-nginx | Portico |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {d.topic} | {'same' if d.status == 'supported' else 'different'} | "
+            f"{_cell(d.ingress_nginx)} | {_cell(d.portico)} |"
+            for d in DEFAULTS
+        ),
+        "",
+    ]
+    return "\n".join(lines)

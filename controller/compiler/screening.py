@@ -1,0 +1,231 @@
+"""Screening an Ingress's annotations against the catalogue: nothing is silently ignored.
+
+`screen` looks at every annotation under `nginx.ingress.kubernetes.io/` and `portico.dev/` and
+says, per annotation, what Portico does with it (a `Finding`, with the statuses of
+`portico compat-report`) and, for the Ingress as a whole, whether it must stay out of service:
+
+- a snippet annotation refuses the whole Ingress (`SnippetRefused`): Portico never runs nginx
+  configuration text, and a snippet often holds access rules;
+- an access-control annotation Portico does not enforce yet fails closed
+  (`AccessControlNotEnforced`): its routes are left out, so no request reaches the pods
+  unchecked, unless the operator chose `--serve-without-access-control`. A source-range allow
+  list that allows every address restricts nothing and does not count, nor does
+  `enable-global-auth: "false"` (Portico has no global authentication to turn off).
+
+The compiler turns a `Screening` into problems (`problems()`); `controller/compat.py` prints
+the findings. Both therefore agree on every status by construction.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from controller.compiler.catalogue import (
+    ANNOTATIONS,
+    NGINX_PREFIX,
+    PORTICO_PREFIX,
+    RETIRED,
+    Entry,
+    nearest,
+)
+from controller.compiler.problems import (
+    ACCESS_CONTROL_NOT_ENFORCED,
+    SNIPPET_REFUSED,
+    UNKNOWN_ANNOTATION,
+    UNSUPPORTED_ANNOTATION,
+    Problem,
+)
+
+ReportStatus = Literal["supported", "different", "unsupported", "refused", "unknown"]
+REPORT_STATUSES: Final[tuple[ReportStatus, ...]] = (
+    "supported",
+    "different",
+    "unsupported",
+    "refused",
+    "unknown",
+)
+
+# Allow lists: served when they allow every address.
+_ALLOW_LISTS: Final = frozenset({"allowlist-source-range", "whitelist-source-range"})
+_EVERYTHING: Final = frozenset({ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")})
+# strconv.ParseBool's false spellings, which ingress-nginx reads booleans with.
+_FALSE: Final = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One annotation as written, and what Portico does with it."""
+
+    name: str  # the full annotation name
+    value: str
+    status: ReportStatus
+    detail: str
+    # This annotation keeps the Ingress's routes out of service (unenforced access control).
+    fails_closed: bool = False
+    # The problem reason it raises on its own (UnsupportedAnnotation, UnknownAnnotation), if any.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    findings: tuple[Finding, ...]  # sorted by name
+
+    @property
+    def refused(self) -> tuple[str, ...]:
+        """The snippet annotations that refuse the Ingress."""
+        return tuple(f.name for f in self.findings if f.status == "refused")
+
+    @property
+    def unenforced(self) -> tuple[str, ...]:
+        """The access-control annotations that keep the Ingress out of service."""
+        return tuple(f.name for f in self.findings if f.fails_closed)
+
+    def withheld(self, serve_without_access_control: bool) -> bool:
+        """True when none of the Ingress's routes may be served."""
+        return bool(self.refused) or (bool(self.unenforced) and not serve_without_access_control)
+
+    def problems(self, ref: str, serve_without_access_control: bool) -> list[Problem]:
+        """The problems of an Ingress (`ref` "ns/name") carrying these annotations."""
+        out = [
+            Problem("Ingress", ref, f.reason, _message(f))
+            for f in self.findings
+            if f.reason is not None
+        ]
+        if self.refused:
+            out.append(
+                Problem(
+                    "Ingress",
+                    ref,
+                    SNIPPET_REFUSED,
+                    f"Ingress refused, none of its routes are served: {_names(self.refused)} "
+                    "would inject nginx configuration text, which Portico never runs; a snippet "
+                    "often holds access rules (such as `deny all;`) and serving without them "
+                    "could expose what they protect. Remove the snippet and express it with "
+                    "supported annotations",
+                )
+            )
+        elif self.unenforced:
+            names = _names(self.unenforced)
+            if serve_without_access_control:
+                message = (
+                    f"served WITHOUT its access control: Portico does not enforce {names} yet, "
+                    "and --serve-without-access-control is on"
+                )
+            else:
+                message = (
+                    f"routes not served (fail closed): Portico does not enforce {names} yet, and "
+                    "serving the routes would let requests reach the pods unchecked; requests "
+                    "for them get whatever else matches, or 404. --serve-without-access-control "
+                    "serves them anyway"
+                )
+            out.append(Problem("Ingress", ref, ACCESS_CONTROL_NOT_ENFORCED, message))
+        return out
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(names)
+
+
+def _message(finding: Finding) -> str:
+    if finding.status == "unknown":
+        return f"annotation {finding.name} is unknown: {finding.detail}"
+    return f"annotation {finding.name} is not supported: {finding.detail}"
+
+
+def _everything(value: str) -> frozenset[int] | None:
+    """The address families an allow list opens wholly when it is only `0.0.0.0/0` and/or
+    `::/0` (it restricts nothing); None for any other list."""
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        networks = {ipaddress.ip_network(p) for p in parts}
+    except ValueError:  # also an empty entry
+        return None
+    return frozenset(n.version for n in networks) if networks <= _EVERYTHING else None
+
+
+def _access(entry: Entry, value: str) -> tuple[bool, str]:
+    """(fails closed, detail) of an unsupported access-control annotation with this value."""
+    if entry.name in _ALLOW_LISTS:
+        families = _everything(value)
+        if families is not None:
+            note = (
+                ""
+                if families == {4, 6}
+                else " (ingress-nginx would refuse clients of the other address family; Portico "
+                "serves them until it enforces source ranges)"
+            )
+            return False, (
+                "not enforced yet, but the list allows every address and restricts nothing, so "
+                f"the Ingress is served{note}."
+            )
+        return True, entry.describe()
+    if entry.name == "enable-global-auth" and value in _FALSE:
+        return False, (
+            'not enforced yet, but "false" only turns off global authentication, which Portico '
+            "does not have, so the Ingress is served."
+        )
+    return True, entry.describe()
+
+
+@functools.lru_cache(maxsize=1024)
+def _unknown_detail(prefix: str, suffix: str) -> str:
+    retired = RETIRED.get(suffix)
+    if retired is not None:
+        return f"no effect (on ingress-nginx either): {retired}."
+    near = nearest(suffix)
+    if near is not None:
+        return f"no effect (on ingress-nginx either); did you mean {prefix}{near}?"
+    return "no effect: it is not an ingress-nginx or Portico annotation."
+
+
+def _finding(
+    name: str, value: str, prefix: str, invalid: Mapping[str, str], overridden: bool
+) -> Finding:
+    suffix = name[len(prefix) :]
+    entry = ANNOTATIONS.get(suffix)
+    if entry is None:
+        return Finding(
+            name, value, "unknown", _unknown_detail(prefix, suffix), reason=UNKNOWN_ANNOTATION
+        )
+    if entry.status in ("supported", "different"):
+        reason = invalid.get(name)
+        if reason is not None:
+            # The compiler reports it as InvalidAnnotation already.
+            return Finding(
+                name,
+                value,
+                "unsupported",
+                f"this value is not accepted ({reason}), so the annotation has no effect. "
+                + entry.describe(),
+            )
+        detail = entry.describe()
+        if overridden:
+            detail = f"overridden by {PORTICO_PREFIX}{suffix}, which wins. {detail}"
+        return Finding(name, value, entry.status, detail)
+    if entry.status == "refused":
+        return Finding(name, value, "refused", entry.describe())
+    if entry.fails_closed:
+        closed, detail = _access(entry, value)
+        return Finding(name, value, "unsupported", detail, closed, UNSUPPORTED_ANNOTATION)
+    return Finding(name, value, "unsupported", entry.describe(), reason=UNSUPPORTED_ANNOTATION)
+
+
+def screen(annotations: Mapping[str, str], invalid: Mapping[str, str] | None = None) -> Screening:
+    """Findings for the annotations under Portico's two prefixes, sorted by name.
+
+    `invalid` maps the annotations whose value the parser refused to the reason.
+    """
+    invalid = invalid or {}
+    findings: list[Finding] = []
+    for name in sorted(annotations):
+        value = annotations[name]
+        if name.startswith(NGINX_PREFIX):
+            overridden = PORTICO_PREFIX + name[len(NGINX_PREFIX) :] in annotations
+            findings.append(_finding(name, value, NGINX_PREFIX, invalid, overridden))
+        elif name.startswith(PORTICO_PREFIX):
+            findings.append(_finding(name, value, PORTICO_PREFIX, invalid, False))
+    return Screening(tuple(findings))

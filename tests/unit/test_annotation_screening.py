@@ -1,0 +1,204 @@
+"""Nothing silently ignored: unsupported, unknown, snippet and access-control annotations.
+
+Each Ingress is compiled next to a plain one ("other", host other.test) that must keep serving,
+so a rule that drops too much is caught as well as one that drops too little.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from kube_factory import ingress, ingress_class, path, rule, service, store_of
+
+from controller.compiler import Compiler, CompileResult, CompileSettings, compile_view
+from controller.explain import explain
+from controller.files import read_manifests
+
+N = "nginx.ingress.kubernetes.io/"
+P = "portico.dev/"
+HOST = "app.test"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx" / "nginx"
+
+
+def run(annotations: dict[str, str], settings: CompileSettings | None = None) -> CompileResult:
+    app = ingress("app", annotations=annotations, rules=[rule(HOST, path("/", "web"))], created=1)
+    other = ingress("other", rules=[rule("other.test", path("/", "web"))], created=2)
+    store = store_of(ingress_class(), service("web"), app, other)
+    return compile_view(store, settings or CompileSettings())
+
+
+def hosts(result: CompileResult) -> list[str]:
+    return [vh.host for vh in result.snapshot.routes.virtual_hosts]
+
+
+def reasons(result: CompileResult) -> list[str]:
+    assert all(p.ref == "default/app" for p in result.problems), result.problems
+    return sorted(p.reason for p in result.problems)
+
+
+def test_unsupported_annotation_is_a_problem_and_the_rest_is_served() -> None:
+    result = run({N + "limit-rps": "10", N + "proxy-read-timeout": "7"})
+    assert reasons(result) == ["UnsupportedAnnotation"]
+    message = result.problems[0].message
+    assert N + "limit-rps" in message and "issue 18" in message
+    assert hosts(result) == [HOST, "other.test"]
+    app_rule = result.snapshot.routes.virtual_hosts[0].rules[0]
+    assert app_rule.options.read_timeout == 7.0
+
+
+UNKNOWN_ROWS = [
+    # (annotation, what the problem says)
+    (N + "rewite-target", f"did you mean {N}rewrite-target?"),
+    (N + "server-snippets", f"did you mean {N}server-snippet?"),
+    (P + "proxy-body-sise", f"did you mean {P}proxy-body-size?"),
+    (N + "session-cookie-hash", "removed from ingress-nginx in 0.24"),
+    (N + "secure-backends", 'use backend-protocol: "HTTPS"'),
+    (N + "forwarded-for-header", "ConfigMap"),
+    (N + "limit-enable", "not an ingress-nginx or Portico annotation"),
+]
+
+
+@pytest.mark.parametrize(("name", "says"), UNKNOWN_ROWS)
+def test_unknown_annotation_names_the_nearest(name: str, says: str) -> None:
+    result = run({name: "x"})
+    assert reasons(result) == ["UnknownAnnotation"]
+    assert name in result.problems[0].message and says in result.problems[0].message
+    assert hosts(result) == [HOST, "other.test"]  # ingress-nginx ignores it too: served
+
+
+def test_other_prefixes_are_not_screened() -> None:
+    result = run({"cert-manager.io/cluster-issuer": "le", "kubernetes.io/tls-acme": "true"})
+    assert result.problems == () and hosts(result) == [HOST, "other.test"]
+
+
+def test_supported_and_different_annotations_raise_nothing() -> None:
+    result = run({N + "load-balance": "ewma", P + "ssl-redirect": "false", N + "ssl-redirect": "1"})
+    # "1" under the nginx prefix is overridden by portico.dev/ but still invalid.
+    assert reasons(result) == ["InvalidAnnotation"]
+
+
+def test_invalid_value_is_reported_once() -> None:
+    result = run({N + "backend-protocol": "GRPC"})
+    assert reasons(result) == ["InvalidAnnotation"]
+
+
+SNIPPETS = ["configuration-snippet", "server-snippet", "stream-snippet", "auth-snippet"]
+
+
+@pytest.mark.parametrize("name", [*SNIPPETS, "modsecurity-snippet"])
+def test_snippet_refuses_the_whole_ingress(name: str) -> None:
+    result = run({N + name: "deny all;", N + "proxy-read-timeout": "7"})
+    assert reasons(result) == ["SnippetRefused"]
+    assert N + name in result.problems[0].message and "deny all" in result.problems[0].message
+    assert hosts(result) == ["other.test"]
+
+
+def test_snippet_refusal_even_with_serve_without_access_control() -> None:
+    settings = CompileSettings(serve_without_access_control=True)
+    result = run({N + "configuration-snippet": "deny all;"}, settings)
+    assert hosts(result) == ["other.test"]
+
+
+FAIL_CLOSED_ROWS = [
+    {N + "auth-url": "http://auth.test/check"},
+    {N + "auth-type": "basic", N + "auth-secret": "users"},
+    {N + "auth-realm": "private"},
+    {N + "auth-tls-secret": "default/ca", N + "auth-tls-verify-client": "on"},
+    {N + "auth-tls-match-cn": "CN=client"},
+    {N + "satisfy": "any"},
+    {N + "enable-global-auth": "true"},
+    {N + "whitelist-source-range": "10.0.0.0/8"},
+    {N + "allowlist-source-range": "0.0.0.0/0,10.0.0.0/8"},
+    {N + "whitelist-source-range": "0.0.0.0/1,128.0.0.0/1"},  # everything, but not written so
+    {N + "whitelist-source-range": "0.0.0.0/0,"},  # ingress-nginx refuses the empty entry
+    {N + "whitelist-source-range": ""},
+    {N + "denylist-source-range": "0.0.0.0/0"},
+    {N + "denylist-source-range": "192.0.2.1/32"},
+    {P + "auth-url": "http://auth.test/check"},  # the Portico prefix means the same
+]
+
+
+def _id(annotations: dict[str, str]) -> str:
+    return ";".join(f"{k.rsplit('/', 1)[1]}={v}" for k, v in annotations.items())
+
+
+@pytest.mark.parametrize("annotations", FAIL_CLOSED_ROWS, ids=_id)
+def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> None:
+    result = run(annotations)
+    assert reasons(result) == sorted(
+        ["AccessControlNotEnforced", *["UnsupportedAnnotation"] * len(annotations)]
+    )
+    closed = next(p for p in result.problems if p.reason == "AccessControlNotEnforced")
+    assert all(name in closed.message for name in annotations)
+    assert "fail closed" in closed.message
+    assert hosts(result) == ["other.test"]
+    # The operator's choice serves it, and says so.
+    served = run(annotations, CompileSettings(serve_without_access_control=True))
+    assert hosts(served) == [HOST, "other.test"]
+    warned = next(p for p in served.problems if p.reason == "AccessControlNotEnforced")
+    assert "WITHOUT" in warned.message
+
+
+SERVED_ROWS = [
+    {N + "whitelist-source-range": "0.0.0.0/0"},
+    {N + "whitelist-source-range": "::/0"},
+    {N + "allowlist-source-range": "0.0.0.0/0, ::/0"},
+    {N + "enable-global-auth": "false"},
+]
+
+
+@pytest.mark.parametrize("annotations", SERVED_ROWS, ids=_id)
+def test_access_control_that_restricts_nothing_is_served(annotations: dict[str, str]) -> None:
+    result = run(annotations)
+    assert reasons(result) == ["UnsupportedAnnotation"]
+    assert "so the Ingress is served" in result.problems[0].message
+    assert hosts(result) == [HOST, "other.test"]
+
+
+def test_a_fail_closed_host_falls_to_what_else_matches() -> None:
+    app = ingress(
+        "app",
+        annotations={N + "auth-url": "http://auth.test/"},
+        rules=[rule(HOST, path("/", "web"))],
+    )
+    catch_all = ingress("catch-all", rules=[rule(None, path("/", "fallback"))], created=2)
+    store = store_of(ingress_class(), service("web"), service("fallback"), app, catch_all)
+    result = compile_view(store, CompileSettings())
+    answer = explain(result, store, f"http://{HOST}/private", {})
+    assert answer["ingress"] == "default/catch-all", answer
+
+
+def test_served_without_access_control_logs_a_warning_per_compile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = ingress("app", annotations={N + "auth-url": "http://auth.test/"})
+    store = store_of(ingress_class(), service("web"), app)
+    with caplog.at_level(logging.WARNING, logger="controller.compiler"):
+        Compiler(CompileSettings(serve_without_access_control=True)).compile(store)
+    records = [r for r in caplog.records if r.msg == "compiler.access_control_not_enforced"]
+    assert len(records) == 1
+    assert records[0].__dict__["ingress"] == "default/app"
+    assert records[0].__dict__["annotations"] == [N + "auth-url"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controller.compiler"):
+        Compiler(CompileSettings()).compile(store)
+    assert not [r for r in caplog.records if r.msg == "compiler.access_control_not_enforced"]
+
+
+def test_cert_manager_http01_solver_ingress_keeps_working() -> None:
+    # cert-manager's solver Ingress (tests/data corpus, from cert-manager's ingress.go) carries
+    # whitelist-source-range: 0.0.0.0/0; the ACME server must reach the solver pod.
+    store, source = read_manifests(CORPUS)
+    assert source.problems == ()
+    result = compile_view(store, CompileSettings(ingress_class="nginx"))
+    solver = "shop/cm-acme-http-solver-x7k2p"
+    assert solver in result.owned
+    assert [p.reason for p in result.problems if p.ref == solver] == ["UnsupportedAnnotation"]
+    token = "Zb2Kc1pQ9xR0aLw4T7mYv3NfH8sDgJ6eUoB5iWqXrCt"
+    url = f"http://shop.example.com/.well-known/acme-challenge/{token}"
+    answer = explain(result, store, url, {})
+    assert answer["ingress"] == solver, answer
+    assert answer["service"] == "shop/cm-acme-http-solver-4bq9d"
