@@ -266,6 +266,7 @@ VALUE_SETS: dict[str, Values] = {
         "controller": {
             "preStopSleepSeconds": 3,
             "workers": 2,
+            "serveWithoutAccessControl": True,
             "config": {"trusted_proxies": "10.0.0.0/8", "max_body_bytes": 1048576},
             "extraArgs": ["--log-level=debug"],
             "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -424,6 +425,7 @@ def test_controller_settings_as_env(helm: Helm) -> None:
     assert env["PORTICO_ELECTION_ID"] == f"{FULLNAME}-leader"
     assert env["PORTICO_ADMIN_ADDRESS"] == "0.0.0.0"
     assert "PORTICO_WATCH_NAMESPACES" not in env  # all namespaces
+    assert env["PORTICO_SERVE_WITHOUT_ACCESS_CONTROL"] == "false"  # fail closed by default
     # The image's ENTRYPOINT is `portico controller`: the chart adds no command of its own.
     assert "command" not in container(docs)
     assert "args" not in container(docs)
@@ -458,6 +460,7 @@ def test_env_is_accepted_by_settings(helm: Helm) -> None:
     assert settings.workers == 2
     assert settings.max_body_bytes == 1048576
     assert settings.trusted_proxies == ("10.0.0.0/8",)
+    assert settings.compile_settings().serve_without_access_control is True
 
 
 # --- probes, shutdown, security --------------------------------------------------------------

@@ -202,3 +202,29 @@ def test_cert_manager_http01_solver_ingress_keeps_working() -> None:
     answer = explain(result, store, url, {})
     assert answer["ingress"] == solver, answer
     assert answer["service"] == "shop/cm-acme-http-solver-4bq9d"
+
+
+def test_check_prints_the_new_problems_and_takes_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from controller.cli import main
+
+    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
+
+    def check(*flags: str) -> str:
+        out = io.StringIO()
+        assert main(["check", "--ingress-class", "nginx", str(CORPUS), *flags], out) == 1
+        return out.getvalue()
+
+    out = check()
+    assert "Ingress default/external-auth: AccessControlNotEnforced: routes not served" in out
+    assert "Ingress notes/custom-404: SnippetRefused: " in out
+    assert f"Ingress jumpserver/jms-jumpserver-ingress: UnknownAnnotation: annotation {N}" in out
+    assert f"Ingress default/rate-limited-ingress: UnsupportedAnnotation: annotation {N}" in out
+    assert "external-auth-01.sample.com" not in out.splitlines()[-1]  # its host is not served
+    served = check("--serve-without-access-control")
+    assert "external-auth-01.sample.com" in served.splitlines()[-1]
+    monkeypatch.setenv("PORTICO_SERVE_WITHOUT_ACCESS_CONTROL", "true")
+    assert "external-auth-01.sample.com" in check().splitlines()[-1]
