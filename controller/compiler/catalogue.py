@@ -683,7 +683,7 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     ),
     _unsupported(
         "http2-push-preload",
-        "observability",
+        "tls",
         "HTTP/2 server push: Portico speaks HTTP/1.1 to clients, so there is nothing to push.",
     ),
     # ---- ModSecurity --------------------------------------------------------------------------

@@ -214,18 +214,37 @@ def _finding(
     return Finding(name, value, "unsupported", entry.describe(), reason=UNSUPPORTED_ANNOTATION)
 
 
+_PREFIXES: Final = (NGINX_PREFIX, PORTICO_PREFIX)
+_cache: dict[tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]], Screening] = {}
+_CACHE_MAX: Final = 4096
+
+
 def screen(annotations: Mapping[str, str], invalid: Mapping[str, str] | None = None) -> Screening:
     """Findings for the annotations under Portico's two prefixes, sorted by name.
 
     `invalid` maps the annotations whose value the parser refused to the reason.
     """
-    invalid = invalid or {}
+    relevant = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(_PREFIXES)))
+    if not relevant:
+        return _NOTHING
+    # Thousands of Ingresses usually share a handful of annotation sets (as in annotations.py).
+    key = (relevant, tuple(sorted((invalid or {}).items())))
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    refused = invalid or {}
     findings: list[Finding] = []
-    for name in sorted(annotations):
-        value = annotations[name]
+    for name, value in relevant:
         if name.startswith(NGINX_PREFIX):
             overridden = PORTICO_PREFIX + name[len(NGINX_PREFIX) :] in annotations
-            findings.append(_finding(name, value, NGINX_PREFIX, invalid, overridden))
-        elif name.startswith(PORTICO_PREFIX):
-            findings.append(_finding(name, value, PORTICO_PREFIX, invalid, False))
-    return Screening(tuple(findings))
+            findings.append(_finding(name, value, NGINX_PREFIX, refused, overridden))
+        else:
+            findings.append(_finding(name, value, PORTICO_PREFIX, refused, False))
+    result = Screening(tuple(findings))
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[key] = result
+    return result
+
+
+_NOTHING: Final = Screening(())
