@@ -40,7 +40,7 @@ RUNNER: Final = (
 CLUSTER: Final = (Module("kubernetes_asyncio", "kubernetes_asyncio", "to talk to the cluster"),)
 # Local mode runs the API simulator in-process and `python -m controller` from this checkout.
 SIMULATOR: Final = "tests.kubesim"
-CONTROLLER: Final = ("controller.kube.run", "controller.cli")
+CONTROLLER: Final = ("controller.app", "controller.cli")
 
 
 def _import_problem(name: str) -> ImportError | None:

@@ -1,9 +1,9 @@
 """The `portico` command line: serve, check, explain, compat-report, docs, echo.
 
-Only argument parsing and printing live here: `serve` hands a `Settings` to the supervisor,
-`check` and `explain` read a manifest directory once and compile it (the same code path as
-`serve`), `compat-report` prints `controller/compat.py`'s report, `echo` runs the demo/test
-backend. Usage errors and invalid settings exit 2.
+Only argument parsing and printing live here: `serve` and `controller` hand a `Settings` to the
+composition root (`controller/app.py`), `check` and `explain` read a manifest directory once and
+compile it (the same code path as `serve`), `compat-report` prints `controller/compat.py`'s
+report, `echo` runs the demo/test backend. Usage errors and invalid settings exit 2.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Final, TextIO
 
 from controller.logs import configure_logging
 from controller.settings import (
+    SERVE_FIELDS,
     Settings,
     SettingsError,
     SettingsHelpFormatter,
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(upper case, '_' for '-'); flags win.",
         formatter_class=SettingsHelpFormatter,
     )
-    add_settings_arguments(serve)
+    add_settings_arguments(serve, SERVE_FIELDS)
 
     controller = commands.add_parser(
         "controller",
@@ -79,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=SettingsHelpFormatter,
     )
     add_settings_arguments(controller)
-    _add_cluster_arguments(controller)
 
     check = commands.add_parser(
         "check", help="compile a manifest directory once and print every problem"
@@ -152,35 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    from controller.kube.settings import FIELD_HELP
-
-    for name, text in FIELD_HELP.items():
-        kwargs: dict[str, object] = {"dest": f"cluster_{name}", "default": argparse.SUPPRESS}
-        if name != "events":
-            kwargs["metavar"] = "VALUE"
-        if name == "events":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        help_text = f"{text} [env {env_name(name)}]"
-        parser.add_argument("--" + name.replace("_", "-"), help=help_text, **kwargs)  # type: ignore[arg-type]
-
-
-def _controller(args: argparse.Namespace, err: TextIO) -> int:
-    from controller.kube.run import run_controller
-    from controller.kube.settings import cluster_settings_from_sources
+def _controller(args: argparse.Namespace) -> int:
+    from controller.app import run_cluster
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
-    given = {
-        key.removeprefix("cluster_"): value
-        for key, value in vars(args).items()
-        if key.startswith("cluster_")
-    }
-    try:
-        cluster = cluster_settings_from_sources(given)
-    except ValueError as exc:
-        return _fail(str(exc), err)
-    return asyncio.run(run_controller(cluster, settings))
+    return asyncio.run(run_cluster(settings))
 
 
 def _fail(message: str, err: TextIO) -> int:
@@ -339,9 +316,9 @@ def _serve(settings: Settings, err: TextIO) -> int:
         return _fail("serve needs --manifests DIR (or PORTICO_MANIFESTS)", err)
     if not settings.manifests.is_dir():
         return _fail(f"--manifests: {settings.manifests} is not a directory", err)
-    from controller.supervisor import serve
+    from controller.app import run_manifests
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(run_manifests(settings))
 
 
 def main(
@@ -356,9 +333,9 @@ def main(
     args = build_parser().parse_args(argv)
     try:
         if args.command == "controller":
-            return _controller(args, err)
+            return _controller(args)
         if args.command == "serve":
-            settings = settings_from_args(args)
+            settings = settings_from_args(args, fields=SERVE_FIELDS)
             configure_logging(settings.log_level)
             return _serve(settings, err)
         if args.log_level not in LOG_LEVELS:

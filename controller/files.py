@@ -13,12 +13,16 @@ version of that whole file keeps serving: a half-saved edit never takes routes d
 Objects of other kinds are skipped, and each is named (`skipped`). One that looks meant for
 Portico (`kind: Ingres`, an `extensions/v1beta1` Ingress: see `controller.kinds`) is also a
 `File` problem, `UnknownKind` or `UnsupportedAPIVersion`; the rest of its file is used.
+
+Manifest mode can also take its default certificate from a PEM file pair instead of a Secret
+(`load_certificate_files`), read once at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import os
 import time
@@ -30,9 +34,11 @@ from typing import Any, Final, Protocol
 import yaml
 
 from controller.compiler import Problem
+from controller.compiler.tls import check_validity, load_pem_pair
 from controller.kinds import is_read, mistake
 from controller.objects import READ_KINDS, KubeObject, ObjectParseError, parse_object
 from controller.store import Store, WatchEvent
+from proxy.config import TLSCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -406,3 +412,24 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
         what = " ".join(p for p in (exc.context, exc.problem) if p)
         return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
     return str(exc)
+
+
+DEFAULT_CERTIFICATE_FILE_NAME: Final = "portico/default-certificate-file"
+
+
+def load_certificate_files(cert_file: Path, key_file: Path) -> TLSCertificate | str:
+    """The default certificate from a PEM file pair, or why it cannot be used.
+
+    Read once at start: renewing these files takes a restart (a Secret in the manifest
+    directory, named by --default-certificate, is picked up live instead).
+    """
+    source = f"default certificate files {cert_file}, {key_file}"
+    try:
+        cert_pem, key_pem = cert_file.read_bytes(), key_file.read_bytes()
+    except OSError as exc:
+        return f"{source}: {exc.strerror}: {exc.filename}"
+    loaded = load_pem_pair(cert_pem, key_pem, DEFAULT_CERTIFICATE_FILE_NAME, source)
+    if isinstance(loaded, str):
+        return loaded
+    invalid = check_validity(loaded, datetime.datetime.now(datetime.UTC), source)
+    return invalid if invalid else loaded.certificate

@@ -1,6 +1,6 @@
 """The reconciler: the single loop between sources and the publisher.
 
-Sources (the manifest directory, later the Kubernetes watches) hand it events; it applies them
+Sources (the manifest directory, the Kubernetes watches) hand it events; it applies them
 to the store at once, debounces (about 20 ms of quiet, forced after 250 ms of steady churn),
 never compiles before every kind has been listed, then runs the incremental `Compiler` and
 yields a `CompileResult` whenever the snapshot actually changed. Problems (the compiler's and the
@@ -13,17 +13,14 @@ the default certificate with a `SecretInvalid` problem, through the same compile
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final
 
-from controller.compiler import Compiler, CompileResult, CompileSettings, Problem
-from controller.files import ManifestSource
+from controller.compiler import Compiler, CompileResult, Problem
 from controller.store import Store, WatchEvent
 from proxy.config import Snapshot
 
@@ -209,31 +206,3 @@ class Reconciler:
                 },
             )
             yield result
-
-
-async def manifest_results(
-    directory: Path, settings: CompileSettings
-) -> AsyncGenerator[CompileResult, None]:
-    """Compile results of a watched manifest directory: the first after the initial read,
-    then one per effective change. File problems are merged into `CompileResult.problems`."""
-    if not await asyncio.to_thread(directory.is_dir):
-        raise NotADirectoryError(f"manifest directory {directory} does not exist")
-    reconciler = Reconciler(Store(), Compiler(settings))
-    source = ManifestSource(directory)
-    watching = asyncio.create_task(source.watch(reconciler), name="manifest-watch")
-
-    def _done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
-            logger.error("manifests.watch_failed", extra={"reason": repr(exc)})
-            reconciler.fail(exc)
-
-    watching.add_done_callback(_done)
-    try:
-        async for result in reconciler.results():
-            yield result
-    finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching

@@ -2,8 +2,11 @@
 
 The CLI builds a `Settings` from flags, else `PORTICO_<FIELD>` environment variables, else the
 defaults below, then splits it: `proxy_settings()` goes to every worker, `compile_settings()` to
-the compiler, the rest (ports, manifests, workers, logging) to the supervisor. The data-plane
-fields are generated from `proxy.settings.ProxySettings` so names and defaults never drift.
+the compiler, the rest (ports, manifests, workers, logging, and in cluster mode what to watch and
+how to report back: `CLUSTER_FIELDS`) to the composition root, `controller/app.py`. The
+data-plane fields are generated from `proxy.settings.ProxySettings` so names and defaults never
+drift. The cluster defaults that come from the pod (namespace, name) are read from the
+Downward-API environment variables `POD_NAMESPACE` and `POD_NAME` when not given.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import re
+import socket
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -121,6 +126,47 @@ else:
 PROXY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ProxySettings))
 
 _REF = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+DEFAULT_ELECTION_ID: Final = "portico-leader"
+
+# The settings only `portico controller` (cluster mode) reads: `portico serve` neither shows
+# them nor reads their environment variables.
+CLUSTER_FIELDS: Final = (
+    "kubeconfig",
+    "watch_namespaces",
+    "publish_service",
+    "publish_status_address",
+    "election_id",
+    "election_namespace",
+    "lease_duration",
+    "renew_deadline",
+    "retry_period",
+    "pod_name",
+    "watch_timeout",
+    "max_backoff",
+    "events",
+)
+
+# Comma-separated lists, in flags and environment variables alike.
+_LISTS: Final = ("trusted_proxies", "watch_namespaces", "publish_status_address")
+
+
+def _pod_namespace() -> str:
+    return os.environ.get("POD_NAMESPACE") or "default"
+
+
+def _pod_name() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class SettingsError(ValueError):
@@ -200,9 +246,70 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     )
     log_level: LogLevel = Field(default="info", description="Least severe level logged.")
 
-    @field_validator("trusted_proxies", mode="before")
+    # ---- cluster mode (CLUSTER_FIELDS) -----------------------------------------------------------
+    kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig file; unset: the in-cluster service account."
+    )
+    # One list+watch per namespace and kind.
+    watch_namespaces: tuple[str, ...] = Field(
+        default=(), description="Comma-separated namespaces to watch; empty: all namespaces."
+    )
+    publish_service: str | None = Field(
+        default=None,
+        description=(
+            "namespace/name of the Service whose load-balancer address goes into the status of "
+            "every Ingress Portico owns."
+        ),
+    )
+    # Wins over publish_service when both are set.
+    publish_status_address: tuple[str, ...] = Field(
+        default=(),
+        description="Comma-separated IPs or hostnames to publish instead of a Service's address.",
+    )
+    election_id: str = Field(
+        default=DEFAULT_ELECTION_ID, description="Name of the leader-election Lease."
+    )
+    # The pod's own values are checked too (validate_default), as given ones are.
+    election_namespace: str = Field(
+        default_factory=_pod_namespace,
+        validate_default=True,
+        description="Namespace of the Lease (default: $POD_NAMESPACE, else default).",
+    )
+    # Lease timing (seconds), as client-go: a leader that could not renew for renew_deadline
+    # steps down; followers take over lease_duration after the last renewal they saw.
+    lease_duration: float = Field(
+        default=15.0, description="Seconds a Lease is valid without renewal."
+    )
+    renew_deadline: float = Field(
+        default=10.0, description="Seconds a leader keeps trying to renew before it steps down."
+    )
+    retry_period: float = Field(
+        default=2.0, description="Seconds between leader-election attempts."
+    )
+    pod_name: str = Field(
+        default_factory=_pod_name,
+        validate_default=True,
+        min_length=1,
+        description="Leader-election identity (default: $POD_NAME, else the hostname).",
+    )
+    # Jittered by up to 25% per watch. The client read timeout is this plus a margin, which is
+    # what detects a silently dead stream.
+    watch_timeout: float = Field(
+        default=270.0, ge=1, description="Server-side timeout of each watch request, seconds."
+    )
+    max_backoff: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait between retries of failed API calls, seconds.",
+    )
+    events: bool = Field(
+        default=True,
+        description="Turn configuration problems into Kubernetes Events (leader only).",
+    )
+
+    @field_validator(*_LISTS, mode="before")
     @classmethod
-    def _split_networks(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -249,6 +356,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         "default_certificate",
         "default_certificate_file",
         "default_certificate_key_file",
+        "kubeconfig",
+        "publish_service",
         mode="before",
     )
     @classmethod
@@ -276,6 +385,53 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     def _lower_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("watch_namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for namespace in value:
+            if not _DNS_LABEL.match(namespace):
+                raise ValueError(f"watch namespace {namespace!r} is not a valid namespace name")
+        return value
+
+    @field_validator("publish_service")
+    @classmethod
+    def _check_publish_service(cls, value: str | None) -> str | None:
+        if value is not None:
+            namespace, _, name = value.partition("/")
+            if not (_DNS_LABEL.match(namespace) and _DNS_LABEL.match(name)):
+                raise ValueError(f"publish service {value!r} is not of the form namespace/name")
+        return value
+
+    @field_validator("publish_status_address")
+    @classmethod
+    def _check_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if not (_is_ip(address) or _DNS_NAME.match(address.lower())):
+                raise ValueError(f"publish status address {address!r} is not an IP or hostname")
+        return value
+
+    @field_validator("election_id")
+    @classmethod
+    def _check_election_id(cls, value: str) -> str:
+        if not _DNS_NAME.match(value):
+            raise ValueError(f"election id {value!r} is not a valid Lease name")
+        return value
+
+    @field_validator("election_namespace")
+    @classmethod
+    def _check_election_namespace(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"election namespace {value!r} is not a valid namespace name")
+        return value
+
+    @model_validator(mode="after")
+    def _check_lease_timing(self) -> Settings:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "leader election needs 0 < --retry-period < --renew-deadline < --lease-duration"
+            )
+        return self
+
     def proxy_settings(self) -> ProxySettings:
         """The data-plane part, handed to every worker."""
         return ProxySettings(**{name: getattr(self, name) for name in PROXY_FIELDS})
@@ -293,22 +449,46 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             serve_without_access_control=self.serve_without_access_control,
         )
 
+    @property
+    def lease_duration_seconds(self) -> int:
+        """leaseDurationSeconds is an integer in the API; round up so we never claim less."""
+        return max(1, math.ceil(self.lease_duration))
+
+    def publish_service_ref(self) -> tuple[str, str] | None:
+        """`--publish-service` as (namespace, name)."""
+        if self.publish_service is None:
+            return None
+        namespace, _, name = self.publish_service.partition("/")
+        return namespace, name
+
+    def publish_addresses(self) -> tuple[tuple[str | None, str | None], ...]:
+        """`--publish-status-address` as (ip, hostname) pairs."""
+        return tuple(
+            (a, None) if _is_ip(a) else (None, a.lower()) for a in self.publish_status_address
+        )
+
     @classmethod
     def from_sources(
-        cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+        cls,
+        flags: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+        fields: Iterable[str] | None = None,
     ) -> Settings:
         """Flags win over `PORTICO_<FIELD>` environment variables, which win over defaults.
 
-        `flags` holds only the flags actually given (field name -> value). Raises SettingsError.
+        `flags` holds only the flags actually given (field name -> value); the environment is
+        read for `fields` only (default: all), so that a command ignores the variables of
+        settings it does not take. Raises SettingsError.
         """
         environ = os.environ if environ is None else environ
+        read = set(cls.model_fields if fields is None else fields)
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         for name in cls.model_fields:
             if name in flags:
                 values[name] = flags[name]
                 origin[name] = flag_name(name)
-            elif (env := env_name(name)) in environ:
+            elif name in read and (env := env_name(name)) in environ:
                 values[name] = environ[env]
                 origin[name] = env
         unknown = set(flags) - set(cls.model_fields)
@@ -319,11 +499,19 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         except ValidationError as exc:
             lines = []
             for error in exc.errors():
-                name = str(error["loc"][0]) if error["loc"] else "?"
-                source = origin.get(name, name)
-                given = values.get(name)
+                if not error["loc"]:  # a rule across fields: its message names them
+                    lines.append(error["msg"])
+                    continue
+                name = str(error["loc"][0])
+                # Not given: a default read from the pod's environment (POD_NAMESPACE).
+                source = origin.get(name, f"default {flag_name(name)}")
+                given = values[name] if name in values else error.get("input")
                 lines.append(f"{source}={given!s}: {error['msg']}")
             raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+
+
+# What `portico serve` (manifest mode) takes: everything but the cluster settings.
+SERVE_FIELDS: Final = tuple(name for name in Settings.model_fields if name not in CLUSTER_FIELDS)
 
 
 def flag_name(field: str) -> str:
@@ -342,6 +530,13 @@ _METAVARS: Final[Mapping[str, str]] = {
     "default_certificate_key_file": "FILE",
     "log_level": "LEVEL",
     "workers": "N",
+    "kubeconfig": "FILE",
+    "watch_namespaces": "NAMESPACE,...",
+    "publish_service": "NAMESPACE/NAME",
+    "publish_status_address": "ADDRESS,...",
+    "election_id": "NAME",
+    "election_namespace": "NAMESPACE",
+    "pod_name": "NAME",
     str(int): "N",
     str(float): "SECONDS",
 }
@@ -409,6 +604,8 @@ def add_settings_arguments(
         default = info.default
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f"{info.description} [env {env_name(name)}; default: {shown}]"
+        if info.default_factory is not None:  # the description says where it comes from
+            help_text = f"{info.description} [env {env_name(name)}]"
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
@@ -422,8 +619,11 @@ def add_settings_arguments(
 
 
 def settings_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    fields: Iterable[str] | None = None,
 ) -> Settings:
-    """The Settings the parsed flags (added by `add_settings_arguments`) describe."""
+    """The Settings the parsed flags (added by `add_settings_arguments`) describe; the
+    environment is read for `fields` only (default: all)."""
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
-    return Settings.from_sources(given, environ)
+    return Settings.from_sources(given, environ, fields)

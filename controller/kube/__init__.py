@@ -1,11 +1,13 @@
-"""Cluster mode: the Kubernetes API as a source of objects and a place to report back.
+"""The Kubernetes API edge: the API as a source of objects and a place to report back.
 
-`controller/kube/` is the only code that imports kubernetes_asyncio. Everything here hands
-raw JSON dicts to the rest of the controller: `watching` turns list + watch streams into store
-events, `client` performs the few writes (Ingress status, Events, Leases), `run` wires it all
-through the supervisor. This module itself stays import-light: `ApiError` is what every API call
-raises, so `controller/leader.py`, `status.py` and `events.py` can handle API failures without
-importing the client library.
+`controller/kube/` is the only code that imports kubernetes_asyncio, and it wires nothing (the
+composition root, `controller/app.py`, builds cluster mode from these parts). Everything here
+hands raw JSON dicts to the rest of the controller: `watching` turns list + watch streams into
+store events, `objects` keeps what cluster mode needs of raw objects (UIDs for Events, the
+published Service's address), `client` performs the few writes (Ingress status, Events, Leases).
+This module itself stays import-light: `ApiError` is what every API call raises, so
+`controller/leader.py`, `status.py` and `events.py` can handle API failures without importing
+the client library.
 """
 
 from __future__ import annotations

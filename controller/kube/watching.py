@@ -376,6 +376,22 @@ class Informer:
             self.blocked = None
 
 
+async def keep_running(informer: Informer) -> None:
+    """Run an informer until cancelled. Its loop never ends on its own; a bug in it must not
+    stop the watch for good: log it, re-list after a backoff."""
+    while True:
+        try:
+            await informer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception(
+                "watch.crashed", extra={"informer": informer.name, "reason": repr(exc)}
+            )
+            informer.resource_version = None
+            await asyncio.sleep(informer.backoff.next())
+
+
 # ---- the sink that feeds the reconciler --------------------------------------------------------
 
 

@@ -32,27 +32,6 @@ HELM_MAJORS = (3, 4)
 # Kinds whose schema is not part of Kubernetes; checked by assertions below instead.
 CRD_KINDS = {"ServiceMonitor"}
 
-# The `portico controller` flags (env PORTICO_<FLAG>) besides the shared Settings fields.
-CONTROLLER_FLAGS = {
-    "kubeconfig",
-    "ingress_class",
-    "controller_name",
-    "watch_namespaces",
-    "watch_ingress_without_class",
-    "publish_service",
-    "publish_status_address",
-    "default_certificate",
-    "election_id",
-    "http_port",
-    "https_port",
-    "admin_port",
-    "admin_address",
-    "workers",
-    "shutdown_delay",
-    "drain_timeout",
-    "log_level",
-}
-
 Doc = dict[str, Any]
 Values = dict[str, Any]
 
@@ -435,7 +414,7 @@ def test_controller_settings_as_env(helm: Helm) -> None:
 def test_env_names_are_portico_settings(helm: Helm, name: str) -> None:
     from controller.settings import Settings
 
-    known = CONTROLLER_FLAGS | set(Settings.model_fields)
+    known = set(Settings.model_fields)
     names = [e["name"] for e in container(helm.render(VALUE_SETS[name]))["env"]]
     assert len(names) == len(set(names)), names
     settings = [v for v in names if v.startswith("PORTICO_")]
@@ -445,7 +424,7 @@ def test_env_names_are_portico_settings(helm: Helm, name: str) -> None:
 
 
 def test_env_is_accepted_by_settings(helm: Helm) -> None:
-    """The shared settings parse the chart's environment (controller-only flags aside)."""
+    """The settings parse the chart's environment, cluster-mode settings included."""
     from controller.settings import Settings
 
     env = env_of(helm.render(VALUE_SETS["extras"]))
@@ -461,6 +440,8 @@ def test_env_is_accepted_by_settings(helm: Helm) -> None:
     assert settings.max_body_bytes == 1048576
     assert settings.trusted_proxies == ("10.0.0.0/8",)
     assert settings.compile_settings().serve_without_access_control is True
+    assert settings.election_id == f"{FULLNAME}-leader"
+    assert settings.publish_service_ref() == (NAMESPACE, FULLNAME)
 
 
 # --- probes, shutdown, security --------------------------------------------------------------

@@ -9,7 +9,6 @@ bounded. Lease timings are short (2 s) so leader changes happen within a test.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -121,8 +120,23 @@ def lb_ips(sim: KubeSim, name: str) -> list[str]:
 # ---- the controller process ---------------------------------------------------------------------
 
 
+def flags(settings: dict[str, Any]) -> list[str]:
+    """Command-line flags for settings (field name -> value): lists comma-separated, switches
+    on/off."""
+    argv = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, list | tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        argv.append(f"--{name.replace('_', '-')}={text}")
+    return argv
+
+
 class Controller(ControllerProcess):
-    """`python -m controller.kube` with settings as JSON (test timings, one worker, no HTTPS)."""
+    """`portico controller` (test timings, one worker, no HTTPS)."""
 
     def __init__(self, identity: str, sim: KubeSim, tmp: Path, **cluster: Any) -> None:
         super().__init__(identity, tmp)
@@ -136,8 +150,6 @@ class Controller(ControllerProcess):
             "shutdown_delay": 0,
             "drain_timeout": 1,
             "access_log": False,
-        }
-        self.cluster = {
             "kubeconfig": str(kubeconfig),
             "pod_name": identity,
             "election_namespace": "default",
@@ -148,8 +160,7 @@ class Controller(ControllerProcess):
         }
 
     async def start(self) -> None:
-        argv = ["-m", "controller.kube", "--settings", json.dumps(self.settings)]
-        await self.spawn([*argv, "--cluster", json.dumps(self.cluster)], os.environ)
+        await self.spawn(["-m", "controller", "controller", *flags(self.settings)], os.environ)
 
 
 # ---- fixtures -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.app import manifest_results
 from controller.compiler import CompileResult, CompileSettings
-from controller.reconciler import manifest_results
 from proxy.table import Router
 
 EDIT_BOUND = 1.0  # seconds: the promise of `portico serve`

@@ -9,11 +9,10 @@ from typing import Any, cast
 
 import pytest
 
+from controller.app import ClusterMode
 from controller.compiler.problems import Problem
 from controller.kube import ApiError
 from controller.kube.client import INGRESS_CLASSES, SECRETS, SERVICES, KubeApi, Resource
-from controller.kube.run import Cluster
-from controller.kube.settings import ClusterSettings
 from controller.kube.watching import (
     SECRETS_SELECTOR,
     WATCHED,
@@ -360,10 +359,14 @@ def test_named_informers_read_objects_outside_the_watched_namespaces_by_name() -
 def test_the_controller_reads_a_default_certificate_outside_the_watched_namespaces(
     namespaces: tuple[str, ...], certificate: str | None, expected: list[tuple[str, str]]
 ) -> None:
-    cluster = Cluster(
+    cluster = ClusterMode(
         cast(KubeApi, FakeApi()),
-        ClusterSettings(watch_namespaces=namespaces, pod_name="p", election_namespace="portico"),
-        Settings(default_certificate=certificate),
+        Settings(
+            watch_namespaces=namespaces,
+            pod_name="p",
+            election_namespace="portico",
+            default_certificate=certificate,
+        ),
     )
     secrets = [i for i in cluster.informers if i.resource is SECRETS]
     assert [(i.namespace, i.field_selector) for i in secrets] == [

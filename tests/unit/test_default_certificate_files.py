@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 from kube_factory import make_cert
 
+from controller.app import with_default_certificate
 from controller.compiler import CompileResult
+from controller.files import DEFAULT_CERTIFICATE_FILE_NAME, load_certificate_files
 from controller.settings import Settings, SettingsError
-from controller.supervisor import (
-    DEFAULT_CERTIFICATE_FILE_NAME,
-    load_certificate_files,
-    with_default_certificate,
-)
 from proxy.config import Snapshot, TLSCertificate
 
 
