@@ -30,8 +30,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from conformance.client import ClientError, send
-from conformance.echo import server_context, start_echo
 from conformance.scenario import CLUSTER_SCOPED, EchoPod
+from controller.echo import server_context, start_echo
 
 logger = logging.getLogger(__name__)
 

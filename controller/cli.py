@@ -281,7 +281,7 @@ def _compat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -
 def _echo(args: argparse.Namespace, err: TextIO) -> int:
     import ssl
 
-    from conformance.echo import parse_listen, run_echo, server_context
+    from controller.echo import parse_listen, run_echo, server_context
 
     try:
         host, port = parse_listen(args.listen)

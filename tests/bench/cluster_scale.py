@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kube_factory import endpoint_slice, ingress, path, rule, service, service_port
 from test_compile_bench import scale_objects
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from tests.kubesim import KubeSim
 
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.echo import make_app, start_echo  # noqa: E402
+from controller.echo import make_app, start_echo  # noqa: E402
 from tests.helm_tools import find_helm, render_chart  # noqa: E402
 from tests.integration import manifests  # noqa: E402
 from tests.integration.cluster import ControllerProcess, eventually  # noqa: E402

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/integration is not a package: make the repository root importable for tests.kubesim.

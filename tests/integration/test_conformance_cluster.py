@@ -27,10 +27,10 @@ from aiohttp import web
 from conformance.__main__ import EXIT_CANNOT_RUN, SCENARIOS, main
 from conformance.client import ClientError, send
 from conformance.cluster import TLS_MOUNT
-from conformance.echo import server_context, start_echo
 from conformance.local import INGRESS_CLASS, controller_args, free_port, start_controller
 from conformance.scenario import load_scenarios
 from controller.cli import build_parser
+from controller.echo import server_context, start_echo
 from tests.kubesim import KubeSim
 
 pytestmark = pytest.mark.timeout(150)

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from conformance.certificate import generate_ca, issue
-from conformance.echo import parse_listen, server_context, start_echo
+from controller.echo import parse_listen, server_context, start_echo
 
 HOST = "127.0.0.2"
 

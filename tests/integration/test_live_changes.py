@@ -35,7 +35,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from tests.integration.manifests import ingress_class, service
 from tests.integration.serving import children, free_port, start_serve, stop_serve
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from tests.integration.manifests import ingress, ingress_class, service_with_pods
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 

@@ -23,7 +23,7 @@ import yaml
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 from tests.integration.test_serve import manifests
 

@@ -23,7 +23,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from tls_env import der, peer_der, served_certificate, tls_client
 
-from conformance.echo import start_echo
+from controller.echo import start_echo
 from controller.reconciler import REFRESH_MARGIN
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve

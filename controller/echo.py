@@ -1,4 +1,5 @@
-"""The echo backend: a stand-in pod for tests, the demo and the conformance runner.
+"""The echo backend, `portico echo`: a stand-in pod for the demo, the tests and the conformance
+runner (which import it from here: the product never imports the conformance package).
 
 It answers any method and path with a JSON description of the request it received, as the proxy
 forwarded it, so a test can check routing (`service`, `pod`) and forwarding (`host`, `path`,
