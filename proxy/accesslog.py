@@ -1,7 +1,7 @@
 """Access log: one JSON line per answered request, written in small batches.
 
 Exchanges append a tuple of fields (no formatting, no logging machinery on the request path);
-every BATCH entries, and on the server's timer sweep, the batch is rendered with bytes
+every BATCH entries, and on the worker's timer sweep, the batch is rendered with bytes
 formatting and written to stdout in one call, apart from the structured diagnostics on stderr.
 Small batches keep each write short, so no request waits behind a large flush.
 """
@@ -12,15 +12,13 @@ import json
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import BinaryIO, Final
 
-if TYPE_CHECKING:
-    from proxy.config import PathRule
-    from proxy.server import Route
+from proxy.config import PathRule
 
 # client, method, host, target, status, bytes, seconds, upstream, request id, reason,
 # X-Forwarded-For as received, upstream status (0: none, and then upstream seconds mean nothing),
-# upstream seconds (head arrival - request sent), the route (its rule names Ingress and Service;
+# upstream seconds (head arrival - request sent), the path rule (it names Ingress and Service;
 # looked up here rather than on the request path).
 Entry = tuple[
     bytes,
@@ -36,7 +34,7 @@ Entry = tuple[
     bytes | None,
     int,
     float,
-    "Route | None",
+    PathRule | None,
 ]
 
 BATCH = 128
@@ -115,7 +113,7 @@ class AccessLog:
                 xff,
                 upstream_status,
                 upstream_seconds,
-                route,
+                rule,
             ) = e
             if unsafe(host + target + rid) is not None:
                 host, target, rid = _json_bytes(host), _json_bytes(target), _json_bytes(rid)
@@ -145,9 +143,7 @@ class AccessLog:
                     if not upstream_status
                     else b',"upstream_status":%d,"upstream_ms":%.3f'
                     % (upstream_status, upstream_seconds * 1000),
-                    b',"ingress":null,"service":null'
-                    if route is None
-                    else _rule_fields(route.rule),
+                    b',"ingress":null,"service":null' if rule is None else _rule_fields(rule),
                     b',"request_id":"',
                     rid,
                     b'"}\n' if reason is None else b'","reason":"%s"}\n' % reason.encode(),

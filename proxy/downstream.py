@@ -2,7 +2,7 @@
 
 One instance per client connection (plain TCP now, TLS later: only the asyncio transport API
 is used). httptools' parser calls back with the request line and header tuples; when a head is
-complete, `ProxyServer.open_exchange` validates and routes it against the generation current at
+complete, `Routing.open_exchange` validates and routes it against the generation current at
 that moment and returns an `Exchange`. Exchanges are answered strictly in order: a pipelined
 request waits (and the connection stops reading) until the one before it is finished.
 
@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy.headers import REQUEST_NAMES, ClientContext
+from proxy.connections import Connections
+from proxy.headers import REQUEST_NAMES, ClientContext, ClientContexts
 from proxy.replies import local_reply
+from proxy.routing import Routing
+from proxy.settings import ProxySettings
+from proxy.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
-    from proxy.server import ProxyServer
     from proxy.tunnel import Tunnel
 
 logger = logging.getLogger("portico.proxy")
@@ -52,10 +55,13 @@ class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "active",
         "closing",
+        "connections",
+        "contexts",
         "ctx",
         "current",
         "deadline",
         "eof",
+        "head_limit",
         "head_raw",
         "hsts",
         "in_head",
@@ -69,22 +75,40 @@ class DownstreamProtocol(asyncio.Protocol):
         "read_at",
         "read_size",
         "rejected",
+        "routing",
         "scheme",
-        "server",
+        "settings",
         "special",
         "starting",
+        "telemetry",
         "transport",
         "url",
         "write_paused",
     )
 
-    def __init__(self, server: ProxyServer, scheme: str, port: int) -> None:
-        self.server = server
-        self.loop = server.loop
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: ProxySettings,
+        routing: Routing,
+        connections: Connections,
+        telemetry: Telemetry,
+        contexts: ClientContexts,
+        scheme: str,
+        port: int,
+        hsts: bytes = b"",
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.head_limit = settings.max_header_bytes
+        self.routing = routing
+        self.connections = connections
+        self.telemetry = telemetry
+        self.contexts = contexts
         self.scheme = scheme
         self.port = port
         # Strict-Transport-Security field for responses on the HTTPS listener (b"": none).
-        self.hsts = server.hsts if scheme == "https" else b""
+        self.hsts = hsts
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.parser = self._new_parser()
         self.ctx: ClientContext | None = None
@@ -117,15 +141,14 @@ class DownstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
-        server = self.server
         peer = transport.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        self.ctx = server.client_context(client_ip, self.scheme, self.port)
-        if not server.admit(self):
+        self.ctx = self.contexts.get(client_ip, self.scheme, self.port)
+        if not self.connections.admit(self):
             self.closing = True
             self.transport.abort()
             return
-        self.deadline = self.loop.time() + server.settings.client_header_timeout
+        self.deadline = self.loop.time() + self.settings.client_header_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -135,12 +158,12 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.in_head:
             # Everything read before this, since the read the head began in, was head: too
             # much of it is a 431 even though the head is unfinished (bounds memory).
-            if self.head_raw > self.server.head_limit:
+            if self.head_raw > self.head_limit:
                 self._reject(431, "HeadTooLarge")
                 return
             self.head_raw += len(data)
         elif self.current is not None:
-            self.deadline = now + self.server.settings.client_body_timeout
+            self.deadline = now + self.settings.client_body_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -179,7 +202,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # left for the garbage collector (a connection per request makes that measurable).
         self.parser = _SPENT_PARSER
         self.last = None
-        self.server.release_client(self)
+        self.connections.release(self)
         active = self.active
         self.active = None
         if active is not None:
@@ -199,7 +222,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 conn.transport.pause_reading()
                 conn.deadline = 0.0
         # A client that stops reading is timed like one that stops sending.
-        self.deadline = self.loop.time() + self.server.settings.client_body_timeout
+        self.deadline = self.loop.time() + self.settings.client_body_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -225,10 +248,10 @@ class DownstreamProtocol(asyncio.Protocol):
             self.special = []
             self.head_raw = 0
             if self.active is None:
-                self.deadline = self.read_at + self.server.settings.client_header_timeout
+                self.deadline = self.read_at + self.settings.client_header_timeout
         else:
             self.url += url
-        if len(self.url) > self.server.head_limit:
+        if len(self.url) > self.head_limit:
             self._reject(414, "TargetTooLong")
             raise _Reject
 
@@ -248,20 +271,19 @@ class DownstreamProtocol(asyncio.Protocol):
         self.in_head = False
         parts = self.parts
         special = self.special
-        server = self.server
-        if (len(parts) >> 2) - 1 + len(special) > server.settings.max_headers:
+        if (len(parts) >> 2) - 1 + len(special) > self.settings.max_headers:
             self._reject(431, "TooManyHeaders")
             raise _Reject
-        if self.head_raw + self.read_size > server.head_limit:
+        if self.head_raw + self.read_size > self.head_limit:
             # Possibly too large (a head within a smaller read cannot be): measure exactly.
             size = (
                 len(self.url) + sum(map(len, parts)) + sum(len(n) + len(v) + 4 for n, v in special)
             )
-            if size > server.head_limit:
+            if size > self.head_limit:
                 self._reject(431, "HeadTooLarge")
                 raise _Reject
         parser = self.parser
-        exchange = server.open_exchange(
+        exchange = self.routing.open_exchange(
             self, parser.get_method(), self.url, parser.get_http_version(), parts, special
         )
         if exchange.reply and exchange.close_after:
@@ -270,7 +292,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.current = exchange
         self.last = exchange
         if not exchange.request_done:
-            self.deadline = self.loop.time() + self.server.settings.client_body_timeout
+            self.deadline = self.loop.time() + self.settings.client_body_timeout
         if self.active is None:
             self.active = exchange
             self.starting = exchange
@@ -310,12 +332,12 @@ class DownstreamProtocol(asyncio.Protocol):
     def exchange_done(self, exchange: Exchange, keep_alive: bool, now: float = 0.0) -> None:
         if self.active is exchange:
             self.active = None
-        self.server.stats.requests += 1
+        self.telemetry.stats.requests += 1
         if self.closing:
             return
         if (
             not keep_alive
-            or self.server.draining
+            or self.connections.draining
             or ((self.rejected or self.eof) and not self.queue)
         ):
             self.close()
@@ -330,7 +352,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.current is None and not self.in_head:
             if not now:
                 now = self.loop.time()
-            self.deadline = now + self.server.settings.keepalive_timeout
+            self.deadline = now + self.settings.keepalive_timeout
 
     def _next(self) -> None:
         if self.closing or self.active is not None or not self.queue:
@@ -353,7 +375,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.active = None
         self.current = None
-        self.server.release_client(self, tunneled=True)
+        self.connections.release(self)
 
     def close(self) -> None:
         if not self.closing:
@@ -382,7 +404,7 @@ class DownstreamProtocol(asyncio.Protocol):
         elif self.active is None and not self.queue:
             self.close()  # idle keep-alive connection
         elif self.write_paused:
-            self.server.reject(self, 0, "ClientNotReading")
+            self.telemetry.reject(self.ctx, 0, "ClientNotReading")
             self.abort()
 
     def drain(self) -> None:
@@ -400,7 +422,7 @@ class DownstreamProtocol(asyncio.Protocol):
         return parser
 
     def _idle_deadline(self) -> float:
-        return self.loop.time() + self.server.settings.keepalive_timeout
+        return self.loop.time() + self.settings.keepalive_timeout
 
     def _pause(self, bit: int) -> None:
         if not self.paused and not self.closing:
@@ -440,7 +462,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.rejected = True
         self.in_head = False
         self._stop_reading()
-        self.server.reject(self, status, reason, detail)
+        self.telemetry.reject(self.ctx, status, reason, detail)
         starting = self.starting
         if starting is not None and starting is self.active and starting is self.current:
             # The request that is not right is the one about to start: it never leaves.
@@ -453,7 +475,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.deadline = 0.0
             self.transport.write(local_reply(status, close=True))
             self.transport.close()
-            self.server.log_refusal(self, status, reason)
+            self.telemetry.refused(self.ctx, self.url, status, reason)
         else:
             # Answer after the responses still owed, then close.
-            self.queue.append(self.server.local_exchange(self, status, reason))
+            self.queue.append(self.routing.local_exchange(self, status, reason))

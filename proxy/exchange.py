@@ -19,18 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from proxy import headers as hdr
+from proxy.accesslog import BATCH as ACCESS_BATCH
 from proxy.config import Endpoint
+from proxy.connections import Connections
 from proxy.headers import RequestHead, ResponseHead
+from proxy.metrics import OTHER_METHOD
+from proxy.pool import Pool
 from proxy.replies import CONTINUE, local_reply
+from proxy.route import Route
+from proxy.settings import ProxySettings
+from proxy.telemetry import Telemetry
 from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
-    from proxy.server import Route
 
 logger = logging.getLogger("portico.proxy")
 
@@ -44,6 +51,28 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _CLOSE_DELIMITED = (hdr.FRAME_CHUNKED, hdr.FRAME_CLOSE)
 
 
+class Forwarding:
+    """What the exchanges of one worker share: the loop, the upstream pool, telemetry, the
+    connection registry (for draining and tunnels) and the limits they apply."""
+
+    __slots__ = ("connections", "loop", "max_attempts", "pool", "telemetry", "tunnel_idle_timeout")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool,
+        telemetry: Telemetry,
+        connections: Connections,
+        settings: ProxySettings,
+    ) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.telemetry = telemetry
+        self.connections = connections
+        self.max_attempts = settings.upstream_max_attempts
+        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
+
+
 class Exchange:
     __slots__ = (
         "attempts_left",
@@ -54,6 +83,7 @@ class Exchange:
         "down",
         "endpoint",
         "finished",
+        "fwd",
         "head",
         "head_at",
         "pending",
@@ -79,6 +109,7 @@ class Exchange:
 
     def __init__(
         self,
+        fwd: Forwarding,
         down: DownstreamProtocol,
         head: RequestHead | None,
         route: Route | None,
@@ -88,6 +119,7 @@ class Exchange:
         close_after: bool = False,
         started: float = 0.0,
     ) -> None:
+        self.fwd = fwd
         self.down = down
         self.head = head
         self.route = route
@@ -95,7 +127,7 @@ class Exchange:
         self.reason = reason  # why a local reply (for the access log)
         self.close_after = close_after
         # A head parsed from a read is timed by that read (one clock call less per request).
-        self.started = started if started else down.loop.time()
+        self.started = started if started else fwd.loop.time()
         self.read_timeout = route.read_timeout if route is not None else 60.0
         self.request_done = head is None or (head.content_length <= 0 and not head.chunked)
         self.body_received = 0
@@ -107,7 +139,7 @@ class Exchange:
         self.connect_task: asyncio.Task[UpstreamProtocol] | None = None
         self.endpoint: Endpoint | None = None
         self.tried: list[Endpoint] = []
-        self.attempts_left = down.server.settings.upstream_max_attempts
+        self.attempts_left = fwd.max_attempts
         self.response: ResponseHead | None = None
         self.response_bytes = False  # any byte from the upstream for this attempt
         self.pending_head: bytes | None = None
@@ -149,7 +181,7 @@ class Exchange:
                 self._local(503, "NoEndpoints")
             return
         if tried:
-            self.down.server.metrics.retries += 1
+            self.fwd.telemetry.metrics.retries += 1
         tried.append(endpoint)
         self.upstream = None
         self.attempts_left -= 1
@@ -162,10 +194,10 @@ class Exchange:
             else (endpoint.address, endpoint.port, tls)
         )
         # Pool.acquire, inlined for the common case of a warm idle connection.
-        idle = self.down.server.pool.idle.get(key)
+        idle = self.fwd.pool.idle.get(key)
         conn = idle.pop() if idle else None
         if conn is not None and (conn.closed or conn.transport is None):
-            conn = self.down.server.pool.acquire(key)
+            conn = self.fwd.pool.acquire(key)
         if conn is not None:
             self._attach(conn)
         else:
@@ -174,9 +206,9 @@ class Exchange:
     def _dial(self, endpoint: Endpoint) -> None:
         route = self.route
         assert route is not None
-        server = self.down.server
-        task = server.loop.create_task(
-            server.pool.connect(endpoint, route.connect_timeout, route.upstream_tls)
+        fwd = self.fwd
+        task = fwd.loop.create_task(
+            fwd.pool.connect(endpoint, route.connect_timeout, route.upstream_tls)
         )
         self.connect_task = task
         task.add_done_callback(self._connected)
@@ -190,7 +222,7 @@ class Exchange:
         if exc is None:
             conn = task.result()
             if self.finished:
-                self.down.server.pool.release(conn)
+                self.fwd.pool.release(conn)
                 return
             route = self.route
             assert route is not None and route.cluster is not None
@@ -202,10 +234,10 @@ class Exchange:
             return
         route = self.route
         assert route is not None and route.cluster is not None and self.endpoint is not None
-        server = self.down.server
+        telemetry = self.fwd.telemetry
         if route.cluster.connect_failed(self.endpoint):
-            server.metrics.ejections += 1
-        server.stats.upstream_connect_failures += 1
+            telemetry.metrics.ejections += 1
+        telemetry.stats.upstream_connect_failures += 1
         logger.info(
             "upstream.connect_failed",
             extra={
@@ -245,7 +277,7 @@ class Exchange:
             transport.write(data)
         if self.request_done and not self.replayable:
             self.pending = None
-        self.sent_at = now = self.down.loop.time()
+        self.sent_at = now = self.fwd.loop.time()
         conn.deadline = now + self.read_timeout
         if route.track and route.cluster is not None:
             route.cluster.request_started(conn.endpoint)
@@ -263,7 +295,7 @@ class Exchange:
         self.body_received = received
         route = self.route
         if route is not None and route.max_body and received > route.max_body:
-            self.down.server.reject(self.down, 413, "BodyTooLarge")
+            self.fwd.telemetry.reject(self.down.ctx, 413, "BodyTooLarge")
             self._fail(413, "BodyTooLarge", close=True)
             return
         if self.head is not None and self.head.chunked:
@@ -312,13 +344,13 @@ class Exchange:
         self.down.pause_for_body()
         conn = self.conn
         if conn is not None and self.route is not None:
-            conn.deadline = self.down.loop.time() + self.route.send_timeout
+            conn.deadline = self.fwd.loop.time() + self.route.send_timeout
 
     def upstream_write_resumed(self) -> None:
         self.down.resume_for_body()
         conn = self.conn
         if conn is not None and self.response is None:
-            conn.deadline = self.down.loop.time() + self.read_timeout
+            conn.deadline = self.fwd.loop.time() + self.read_timeout
 
     # ---- response (from the upstream protocol) -----------------------------------------------
 
@@ -356,7 +388,7 @@ class Exchange:
         head_at = conn.read_at
         # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
-        keep_alive = head.keep_alive and head.upgrade is None and not down.server.draining
+        keep_alive = head.keep_alive and head.upgrade is None and not self.fwd.connections.draining
         try:
             response = hdr.render_response(
                 status,
@@ -436,13 +468,10 @@ class Exchange:
                 route.cluster.request_finished(endpoint, now - self.started)
         request_done = self.request_done
         if upstream_keep_alive and request_done:
-            down.server.pool.release(conn, now)
+            self.fwd.pool.release(conn, now)
         else:
             conn.close()
-        server = down.server
-        server.metrics.record(self, self.reason, now)
-        if server.access is not None:
-            server.log_access(self, self.reason)
+        self._ended(self.reason, now)
         down.exchange_done(self, response.keep_alive and request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
@@ -453,22 +482,25 @@ class Exchange:
             return
         self.status = 101
         down = self.down
+        fwd = self.fwd
         self.conn = None
         conn.exchange = None
         conn.deadline = 0.0
-        self.down.server.pool.forget(conn)
+        fwd.pool.forget(conn)
         if self.route is not None and self.route.cluster is not None:
-            self.route.cluster.request_finished(conn.endpoint, down.loop.time() - self.started)
+            self.route.cluster.request_finished(conn.endpoint, fwd.loop.time() - self.started)
         self.finished = True
         down.write(hdr.render_switching(switching))
         if rest:
             down.write(rest)
-        tunnel = Tunnel(down.server, down.transport, conn.transport)
+        tunnel = Tunnel(
+            fwd.loop, fwd.tunnel_idle_timeout, fwd.connections, down.transport, conn.transport
+        )
         conn.hand_over()  # the tunnel owns the transport now
         down.tunnel_started(self, tunnel)
         if self.tunnel_rest:
             conn.transport.write(self.tunnel_rest)
-        self.down.server.exchange_ended(self, None)
+        self._ended(None, fwd.loop.time())
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -481,7 +513,7 @@ class Exchange:
         if response is not None:
             if response.framing in _CLOSE_DELIMITED and not response.upstream_chunked:
                 # A body without Content-Length or chunked framing ends with the connection.
-                self.response_done(conn, False, self.down.loop.time())
+                self.response_done(conn, False, self.fwd.loop.time())
             else:
                 self._abort("UpstreamClosedEarly")
             return
@@ -490,7 +522,7 @@ class Exchange:
             if conn.requests > 1:
                 # A pooled connection the upstream had closed: the classic keep-alive race.
                 # Nothing of the response came back, so send it again on a fresh connection.
-                self.down.server.stats.upstream_stale_retries += 1
+                self.fwd.telemetry.stats.upstream_stale_retries += 1
                 self.endpoint = conn.endpoint
                 self._dial(conn.endpoint)
                 return
@@ -535,7 +567,7 @@ class Exchange:
             self._release(conn, False)
         if self.status == 0:
             self.status = 499  # nginx's "client closed request", for the access log
-        self.down.server.exchange_ended(self, self.reason or "ClientClosed")
+        self._ended(self.reason or "ClientClosed", self.fwd.loop.time())
 
     def discard(self) -> None:
         """Dropped before it began (its request turned out malformed): nothing to undo."""
@@ -546,7 +578,7 @@ class Exchange:
         """The client stopped sending its request body."""
         if self.finished:
             return
-        self.down.server.reject(self.down, 408, "BodyTimeout")
+        self.fwd.telemetry.reject(self.down.ctx, 408, "BodyTimeout")
         self._fail(408, "BodyTimeout", close=True)
 
     # ---- endings -----------------------------------------------------------------------------
@@ -558,7 +590,7 @@ class Exchange:
             conn.exchange = None
         self._request_finished()
         if reuse:
-            self.down.server.pool.release(conn)
+            self.fwd.pool.release(conn)
         else:
             conn.close()
 
@@ -568,7 +600,7 @@ class Exchange:
         if endpoint is not None and route is not None and route.cluster is not None:
             self.endpoint = None
             if route.track:
-                route.cluster.request_finished(endpoint, self.down.loop.time() - self.started)
+                route.cluster.request_finished(endpoint, self.fwd.loop.time() - self.started)
 
     def _fail(self, status: int, reason: str, *, close: bool = False) -> None:
         """Answer locally if nothing was sent yet, else cut the client connection."""
@@ -589,10 +621,10 @@ class Exchange:
         down = self.down
         # A request body still on its way would be read as the next request: close instead.
         close = close or not self.request_done or head is None or not head.keep_alive
-        close = close or down.server.draining
+        close = close or self.fwd.connections.draining
         self.reason = reason
         self.status = status
-        down.server.stats.local_replies += 1
+        self.fwd.telemetry.stats.local_replies += 1
         data = local_reply(
             status, close=close, head_only=head is not None and head.method == b"HEAD"
         )
@@ -610,7 +642,7 @@ class Exchange:
         conn = self.conn
         if conn is not None:
             self._release(conn, False)
-        self.down.server.exchange_ended(self, reason)
+        self._ended(reason, self.fwd.loop.time())
         self.down.abort()
 
     def _finish(self, keep_alive: bool) -> None:
@@ -620,5 +652,55 @@ class Exchange:
         if task is not None:
             task.cancel()
             self.connect_task = None
-        self.down.server.exchange_ended(self, self.reason)
+        self._ended(self.reason, self.fwd.loop.time())
         self.down.exchange_done(self, keep_alive)
+
+    def _ended(self, reason: str | None, now: float) -> None:
+        """Every exchange ends here once: its request metrics and access-log entry."""
+        route = self.route
+        head = self.head
+        down = self.down
+        telemetry = self.fwd.telemetry
+        head_at = self.head_at
+        telemetry.metrics.record(
+            telemetry.metrics.unrouted if route is None else route.series_in(telemetry.metrics),
+            head.method if head is not None else OTHER_METHOD,
+            self.status,
+            now - self.started,
+            head_at - self.sent_at if head_at else -1.0,
+            self.body_received,
+            self.sent,
+            reason,
+        )
+        access = telemetry.access
+        if access is None:
+            return
+        upstream = self.upstream
+        if upstream is None:
+            tried = self.tried
+            upstream = tried[-1].authority if tried else None
+        # AccessLog.record, inlined: this runs for every request.
+        entries = access.entries
+        entries.append(
+            (
+                time.time(),
+                (
+                    down.ctx.client_ip if down.ctx is not None else b"",
+                    head.method if head is not None else b"",
+                    head.host if head is not None else b"",
+                    head.target if head is not None else down.url,
+                    self.status,
+                    self.sent,
+                    now - self.started,
+                    upstream,
+                    head.request_id if head is not None else b"",
+                    reason,
+                    head.forwarded_for if head is not None else None,
+                    self.status if self.response is not None else 0,
+                    head_at - self.sent_at,
+                    route.rule if route is not None else None,
+                ),
+            )
+        )
+        if len(entries) >= ACCESS_BATCH:
+            access.flush()

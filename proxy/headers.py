@@ -145,6 +145,29 @@ class ClientContext:
         )
 
 
+class ClientContexts:
+    """The ClientContext of each (client address, scheme, listener port), shared by the
+    connections of one client (bounded: a scan of many addresses starts it over)."""
+
+    __slots__ = ("_contexts", "_trusted")
+
+    LIMIT: Final = 4096
+
+    def __init__(self, trusted_networks: tuple[IPNetwork, ...]) -> None:
+        self._trusted = trusted_networks
+        self._contexts: dict[tuple[str, str, int], ClientContext] = {}
+
+    def get(self, client_ip: str, scheme: str, port: int) -> ClientContext:
+        key = (client_ip, scheme, port)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = ClientContext(client_ip, scheme, port, self._trusted)
+            if len(self._contexts) > ClientContexts.LIMIT:
+                self._contexts.clear()
+            self._contexts[key] = ctx
+        return ctx
+
+
 class RequestHead:
     """One validated client request, ready to go upstream."""
 

@@ -1,6 +1,6 @@
 """Per-request accounting of one worker: counters and histograms with bounded label sets.
 
-Every finished exchange makes one `RequestMetrics.record` call (from `ProxyServer`), which
+Every finished exchange makes one `RequestMetrics.record` call (from `proxy/exchange.py`), which
 appends one tuple of its numbers to a short batch; every BATCH requests (and before each
 export) the batch is folded into the cells: counters and histogram buckets in flat lists, one
 cell per path rule, status class and method. Each bytecode amid the request path costs several
@@ -19,13 +19,7 @@ latest values per worker and sums them over workers for /metrics.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from proxy.config import PathRule
-    from proxy.exchange import Exchange
-    from proxy.server import Generation, Route
+from typing import Any, Final
 
 # Typed explicitly: mypyc inlines a bare Final tuple and then leaves len() of it unset.
 Buckets = tuple[float, ...]
@@ -36,7 +30,7 @@ LENGTH_BUCKETS: Final[Buckets] = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0
 SIZE_BUCKETS: Final[Buckets] = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
-_OTHER: Final = b"OTHER"
+OTHER_METHOD: Final = b"OTHER"
 _MAX_METHOD_KEYS: Final = 32  # unknown methods seen before they all map to OTHER's row
 _CLASSES: Final = 10  # status classes 0xx..9xx (httptools takes any 3-digit status from a pod)
 BATCH: Final = 256  # requests recorded before they are folded into the cells
@@ -83,10 +77,7 @@ class RequestMetrics:
         "_by_labels",
         "_cell_size",
         "_exported",
-        "_hosts",
-        "_hosts_of",
         "ejections",
-        "generation",
         "local_replies",
         "pending",
         "retries",
@@ -94,54 +85,44 @@ class RequestMetrics:
         "unrouted",
     )
 
-    def __init__(
-        self, sizes: bool = False, generation: Callable[[], Generation | None] = lambda: None
-    ) -> None:
-        # The current generation (for the host of a rule), read once per new route.
-        self.generation = generation
+    def __init__(self, sizes: bool = False) -> None:
         # Size histograms are only kept for the ingress-nginx names (three bisects less per
         # request otherwise).
         self.sizes = sizes
         self._cell_size = _SIZED_CELL if sizes else _BASIC_CELL
         # Routes of successive snapshots with the same labels share one series.
         self._by_labels: dict[SeriesLabels, Series] = {}
-        self.unrouted = self._series_for(("", "", "", ""))
+        self.unrouted = self.series_for(("", "", "", ""))
         self.local_replies: dict[str, int] = {}
         self.pending: list[Pending] = []
         self.retries = 0  # attempts on another endpoint after a failed one
         self.ejections = 0  # endpoints ejected after a connect failure
         # id(cell) -> request count at the last export.
         self._exported: dict[int, float] = {}
-        # The host of each rule of one route table, built when a new route first shows up.
-        self._hosts: dict[int, str] = {}
-        self._hosts_of: object = None
 
     # ---- the request path ----------------------------------------------------------------------
 
-    def record(self, exchange: Exchange, reason: str | None, now: float) -> None:
-        """Account one finished exchange (answered, refused, cut or abandoned)."""
-        route = exchange.route
-        head = exchange.head
-        head_at = exchange.head_at
+    def record(
+        self,
+        series: Series,
+        method: bytes,
+        status: int,
+        seconds: float,
+        upstream_seconds: float,
+        received: int,
+        sent: int,
+        reason: str | None,
+    ) -> None:
+        """Account one finished exchange (answered, refused, cut or abandoned): `series` is its
+        route's (`Route.series_in`, or `unrouted`); `upstream_seconds` < 0: no response head."""
         pending = self.pending
-        pending.append(
-            (
-                self.unrouted if route is None else route.series or self._series_of(route),
-                head.method if head is not None else _OTHER,
-                exchange.status,
-                now - exchange.started,
-                head_at - exchange.sent_at if head_at else -1.0,
-                exchange.body_received,
-                exchange.sent,
-                reason,
-            )
-        )
+        pending.append((series, method, status, seconds, upstream_seconds, received, sent, reason))
         if len(pending) >= BATCH:
             self.fold()
 
     def record_refusal(self, status: int, reason: str) -> None:
         """A request refused before it became an exchange (an unparsable head)."""
-        self.pending.append((self.unrouted, _OTHER, status, 0.0, -1.0, 0, 0, reason))
+        self.pending.append((self.unrouted, OTHER_METHOD, status, 0.0, -1.0, 0, 0, reason))
 
     def fold(self) -> None:
         """Add the recorded requests to their cells."""
@@ -178,39 +159,18 @@ class RequestMetrics:
 
     def _other(self, series: Series, method: bytes) -> Rows:
         """A method outside METHODS: counted as OTHER (remembered, up to a bound)."""
-        rows = series.methods[_OTHER]
+        rows = series.methods[OTHER_METHOD]
         if len(series.methods) < _MAX_METHOD_KEYS:
             series.methods[method] = rows
         return rows
 
-    def _series_of(self, route: Route) -> Series:
-        """The series of a route's rule, kept on the route (once per route and snapshot)."""
-        rule = route.rule
-        host = self._host(rule, self.generation())
-        series = self._series_for((rule.ingress, rule.service or "", host, rule.path))
-        route.series = series
-        return series
-
-    def _series_for(self, labels: SeriesLabels) -> Series:
+    def series_for(self, labels: SeriesLabels) -> Series:
+        """The series of a label set: routes of successive snapshots with the same labels
+        share one."""
         series = self._by_labels.get(labels)
         if series is None:
             series = self._by_labels[labels] = Series(labels)
         return series
-
-    def _host(self, rule: PathRule, generation: Generation | None) -> str:
-        if generation is None:
-            return ""
-        routes = generation.snapshot.routes
-        if self._hosts_of is not routes:
-            hosts: dict[int, str] = {}
-            for vhost in routes.virtual_hosts:
-                for r in vhost.rules:
-                    hosts[id(r)] = vhost.host
-                if vhost.fallback is not None:
-                    hosts[id(vhost.fallback)] = vhost.host
-            self._hosts = hosts
-            self._hosts_of = routes
-        return self._hosts.get(id(rule), "")
 
     # ---- export (once a second) ----------------------------------------------------------------
 

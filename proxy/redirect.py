@@ -1,6 +1,6 @@
 """HTTP -> HTTPS redirects: the local answer to a plain-HTTP request on an `ssl_redirect` route.
 
-`ProxyServer.open_exchange` creates a `Redirect` instead of an `Exchange` when the matched
+`Routing.open_exchange` creates a `Redirect` instead of an `Exchange` when the matched
 route has `RouteOptions.ssl_redirect` and the request came in on the plain-HTTP listener; in
 its turn on the connection it answers `308 Permanent Redirect` to `https://<host><target>`
 (as ingress-nginx does: 308 keeps the method and body). The port is left out of the Location on
@@ -61,8 +61,8 @@ class Redirect(Exchange):
             self._local(400, "InvalidHost", close=True)
             return
         # A request body still on its way would be read as the next request: close instead.
-        close = not self.request_done or not head.keep_alive or down.server.draining
+        close = not self.request_done or not head.keep_alive or self.fwd.connections.draining
         self.status = 308
-        down.server.stats.local_replies += 1
+        self.fwd.telemetry.stats.local_replies += 1
         down.write(render(url, close=close, head_only=head.method == b"HEAD"))
         self._finish(not close)

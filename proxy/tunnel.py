@@ -3,16 +3,16 @@
 Both transports get a `_Side` protocol (`transport.set_protocol`): whatever one side reads is
 written to the other, a full write buffer on one side pauses reading on the other, a half close
 is passed on, and a close on either side closes both. The tunnel has its own idle timeout
-(ProxySettings.tunnel_idle_timeout), checked by the server's timer sweep.
+(ProxySettings.tunnel_idle_timeout), checked by the server's timer sweep; it registers itself
+with the worker's `Connections` (shutdown waits for it) while open.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-if TYPE_CHECKING:
-    from proxy.server import ProxyServer
+from proxy.connections import Connections
 
 
 class _Side(asyncio.Protocol):
@@ -53,17 +53,19 @@ class _Side(asyncio.Protocol):
 
 
 class Tunnel:
-    __slots__ = ("client", "closed", "deadline", "idle_timeout", "loop", "server", "upstream")
+    __slots__ = ("client", "closed", "connections", "deadline", "idle_timeout", "loop", "upstream")
 
     def __init__(
         self,
-        server: ProxyServer,
+        loop: asyncio.AbstractEventLoop,
+        idle_timeout: float,
+        connections: Connections,
         client: asyncio.BaseTransport,
         upstream: asyncio.BaseTransport,
     ) -> None:
-        self.server = server
-        self.loop = server.loop
-        self.idle_timeout = server.settings.tunnel_idle_timeout
+        self.connections = connections
+        self.loop = loop
+        self.idle_timeout = idle_timeout
         self.closed = False
         self.client = _Side(self, client)
         self.upstream = _Side(self, upstream)
@@ -73,7 +75,7 @@ class Tunnel:
         upstream.set_protocol(self.upstream)
         self.deadline = 0.0
         self.touch()
-        server.tunnels.add(self)
+        connections.tunnel_opened(self)
         # The client transport may be paused (it was waiting for the upgrade's answer).
         self.client.transport.resume_reading()
         self.upstream.transport.resume_reading()
@@ -89,6 +91,6 @@ class Tunnel:
             return
         self.closed = True
         self.deadline = 0.0
-        self.server.tunnel_closed(self)
+        self.connections.tunnel_closed(self)
         self.client.transport.close()
         self.upstream.transport.close()

@@ -104,15 +104,14 @@ def build(loop: asyncio.AbstractEventLoop) -> tuple[DownstreamProtocol, Upstream
         1,
     )
     server = ProxyServer(ProxySettings(access_log="--no-log" not in sys.argv))
-    server.loop = loop
-    server.pool.loop = loop
+    server.use_loop(loop)
     server.apply(snap)
     if server.access is not None:
         server.access.stream = Sink()  # type: ignore[assignment]
     up = UpstreamProtocol(server.pool, Endpoint("127.0.0.2", 18081))
     up.connection_made(FakeTransport(("127.0.0.2", 18081)))  # type: ignore[arg-type]
     server.pool.release(up)
-    down = DownstreamProtocol(server, "http", 28080)
+    down = server.client_protocol("http", 28080)
     down.connection_made(FakeTransport(("127.0.0.1", 40000)))  # type: ignore[arg-type]
     return down, up
 

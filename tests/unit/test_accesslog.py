@@ -7,15 +7,12 @@ import json
 
 from proxy.accesslog import BATCH, XFF_LIMIT, AccessLog, Entry
 from proxy.config import PathRule
-from proxy.server import Route
-from proxy.settings import ProxySettings
 
-_NO_UPSTREAM = (None, 0, 0.0, None)  # xff, upstream status and time, route
+_NO_UPSTREAM = (None, 0, 0.0, None)  # xff, upstream status and time, rule
 
 
-def _route(service: str | None) -> Route:
-    rule = PathRule("/", "prefix", "default/web-svc/80", "default/web", service, 80, "Prefix")
-    return Route(rule, {}, ProxySettings())
+def _route(service: str | None) -> PathRule:
+    return PathRule("/", "prefix", "default/web-svc/80", "default/web", service, 80, "Prefix")
 
 
 def _lines(entries: list[Entry]) -> list[dict[str, object]]:

@@ -30,7 +30,7 @@ def _rows(export: dict[str, Any]) -> dict[tuple[Any, ...], list[float]]:
 async def test_worker_cells_and_export_of_moved_series_only() -> None:
     loop = asyncio.get_running_loop()
     down, up = hotpath.build(loop)
-    metrics = down.server.metrics
+    metrics = down.telemetry.metrics
     hotpath.run(3, "small", down, up)
     # A method outside the fixed set is counted as OTHER; a request without a route (unknown
     # host) has empty labels.
@@ -63,7 +63,7 @@ async def test_unknown_methods_cannot_grow_the_label_set() -> None:
         down.data_received(b"M%d /x HTTP/1.1\r\nHost: bench.local\r\n\r\n" % i)
         for p in hotpath.response("small"):
             up.data_received(p)
-    methods = {row[5] for row in down.server.metrics.export()["series"]}
+    methods = {row[5] for row in down.telemetry.metrics.export()["series"]}
     assert methods == {"OTHER"}
     assert set(METHODS) >= methods
 
@@ -188,10 +188,10 @@ def test_access_log_off_spellings() -> None:
 async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) -> None:
     monkeypatch.setattr("sys.argv", ["bench", "--no-log"])
     down, up = hotpath.build(asyncio.get_running_loop())
-    assert down.server.access is None
+    assert down.telemetry.access is None
     hotpath.run(2, "small", down, up)
     down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")  # a local reply
-    rows = down.server.metrics.export()["series"]
+    rows = down.telemetry.metrics.export()["series"]
     assert sorted(sum(r[6:][_COUNT]) for r in rows) == [1, 2]
 
 
@@ -203,7 +203,7 @@ async def test_a_head_on_the_clock_tick_of_the_send_counts_as_an_upstream_time()
     # head", which made the metrics test flaky).
     loop = asyncio.get_running_loop()
     down, up = hotpath.build(loop)
-    metrics = down.server.metrics
+    metrics = down.telemetry.metrics
     down.data_received(hotpath.REQUEST)
     exchange = up.exchange
     assert exchange is not None

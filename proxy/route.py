@@ -1,0 +1,93 @@
+"""One path rule resolved for the data path: its cluster, timeouts, upstream TLS and limits.
+
+A worker builds a `Route` per `PathRule` of a snapshot when it applies it (`proxy/routing.py`)
+and every request matching that rule reads it: everything here is decided once per snapshot so
+the request path only reads attributes. Routes of an endpoints-only update are kept as they are
+(their clusters absorb the new endpoints in place).
+"""
+
+from __future__ import annotations
+
+from proxy.cluster import Cluster
+from proxy.config import BalancerKind, PathRule
+from proxy.metrics import RequestMetrics, Series
+from proxy.settings import ProxySettings
+from proxy.tls import UpstreamTLS, upstream_tls
+
+
+class Route:
+    """A path rule resolved for the data path: its cluster and effective limits."""
+
+    __slots__ = (
+        "balancer",
+        "cluster",
+        "connect_timeout",
+        "host",
+        "key",
+        "max_body",
+        "read_timeout",
+        "redirect",
+        "rule",
+        "send_timeout",
+        "series",
+        "track",
+        "unavailable",
+        "upstream_tls",
+    )
+
+    def __init__(
+        self,
+        rule: PathRule,
+        clusters: dict[str, Cluster],
+        settings: ProxySettings,
+        host: str = "",
+    ) -> None:
+        options = rule.options
+        self.rule = rule
+        self.key = rule.backend
+        # The host pattern of the virtual host the rule belongs to ("" for host-less rules and
+        # the default backend): a label of the request metrics.
+        self.host = host
+        self.series: Series | None = None  # this rule's request metrics, set on first use
+        cluster = clusters.get(rule.backend)
+        self.unavailable: str | None = None
+        if cluster is None:
+            self.unavailable = "BackendNotFound"
+        elif cluster.backend.unavailable is not None:
+            self.unavailable = cluster.backend.unavailable
+            cluster = None
+        self.cluster = cluster
+        self.balancer: BalancerKind = options.balancer
+        # Only the least-request balancer uses in-flight counts and latencies.
+        self.track = options.balancer == "least_request"
+        self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
+        self.read_timeout = options.read_timeout or settings.upstream_read_timeout
+        self.send_timeout = options.send_timeout or settings.upstream_send_timeout
+        self.max_body = (
+            options.max_body_size if options.max_body_size is not None else settings.max_body_bytes
+        )
+        # Plain-HTTP requests on this route get a 308 to https:// (checked per request only as
+        # this flag).
+        self.redirect = options.ssl_redirect
+        # None: plain HTTP to the pods; else the TLS identity (also part of the pool key).
+        self.upstream_tls: UpstreamTLS | None = None
+        if options.upstream_protocol == "HTTPS":
+            name = options.upstream_server_name
+            if name is None and rule.service is not None:
+                namespace, _, service = rule.service.partition("/")
+                name = f"{service}.{namespace}.svc"
+            try:
+                self.upstream_tls = upstream_tls(name or "", options.upstream_ca_pem)
+            except ValueError:
+                # The compiler validates CA bundles; a bad one must not go out unverified.
+                self.unavailable = "UpstreamCAInvalid"
+                self.cluster = None
+
+    def series_in(self, metrics: RequestMetrics) -> Series:
+        """This rule's request metrics (created on the first request of the route)."""
+        series = self.series
+        if series is None:
+            rule = self.rule
+            series = metrics.series_for((rule.ingress, rule.service or "", self.host, rule.path))
+            self.series = series
+        return series

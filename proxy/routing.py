@@ -1,0 +1,225 @@
+"""Routing state of one worker and its swap; the dispatch of each request head.
+
+`Routing.install(snapshot, router)` builds a `Generation` (route table, one `Route` per path
+rule, clusters by backend key) off the request path and swaps it in as one reference; every
+request captures the generation once, when its head is complete (`open_exchange`), so a swap
+never changes a request mid-flight. Clusters (balancer and ejection state) and pooled upstream
+connections of unchanged endpoints carry over; pools of endpoints that disappeared are closed
+once idle. An endpoints-only update (`apply_endpoints`) changes clusters in place and keeps
+routes and the route table.
+
+`open_exchange` turns a complete request head into an `Exchange`: validated (a bad head is a
+local reply that closes the connection), routed, and checked against the route's limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from proxy.cluster import Cluster
+from proxy.config import (
+    Backend,
+    EndpointsUpdate,
+    PathRule,
+    RouteTable,
+    Snapshot,
+    SnapshotError,
+    apply_endpoints_update,
+)
+from proxy.exchange import Exchange, Forwarding
+from proxy.headers import BadRequest, parse_request
+from proxy.pool import Pool
+from proxy.redirect import Redirect
+from proxy.route import Route
+from proxy.settings import ProxySettings
+from proxy.table import Router
+from proxy.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+
+
+def build_router(snapshot: Snapshot) -> Router:
+    """The route table of a snapshot; raises SnapshotError when it cannot be built."""
+    try:
+        return Router(snapshot.routes)
+    except (SnapshotError, ValueError):
+        raise
+    except Exception as exc:  # a bug in the table must not take the worker down
+        raise SnapshotError(f"cannot build the route table: {exc}") from exc
+
+
+class Generation:
+    """Everything one snapshot needs on the request path; immutable once built."""
+
+    __slots__ = ("clusters", "router", "routes", "settings", "snapshot")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        router: Router,
+        clusters: dict[str, Cluster],
+        settings: ProxySettings,
+        routes: dict[int, Route],
+    ) -> None:
+        self.snapshot = snapshot
+        self.router = router
+        self.clusters = clusters
+        self.settings = settings
+        self.routes = routes
+
+    @staticmethod
+    def build_routes(
+        table: RouteTable, clusters: dict[str, Cluster], settings: ProxySettings
+    ) -> dict[int, Route]:
+        """The Route of every rule, keyed by the identity of the snapshot's rule objects:
+        hashing a frozen dataclass hashes all its fields, on every lookup."""
+        routes: dict[int, Route] = {}
+        for vhost in table.virtual_hosts:
+            for rule in vhost.rules:
+                routes[id(rule)] = Route(rule, clusters, settings, vhost.host)
+            if vhost.fallback is not None:
+                routes[id(vhost.fallback)] = Route(vhost.fallback, clusters, settings, vhost.host)
+        if table.default is not None:
+            routes[id(table.default)] = Route(table.default, clusters, settings)
+        return routes
+
+    def route_for(self, rule: PathRule) -> Route:
+        route = self.routes.get(id(rule))
+        if route is None or route.rule is not rule:
+            route = Route(rule, self.clusters, self.settings)
+        return route
+
+    def with_snapshot(self, snapshot: Snapshot) -> Generation:
+        """This generation for a snapshot with the same routes (an endpoints-only update)."""
+        return Generation(snapshot, self.router, self.clusters, self.settings, self.routes)
+
+
+class Routing:
+    """The current generation of one worker, its swap, and the dispatch of request heads."""
+
+    __slots__ = ("_clusters", "_generation", "forwarding", "pool", "settings", "telemetry")
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        pool: Pool,
+        telemetry: Telemetry,
+        forwarding: Forwarding,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.telemetry = telemetry
+        self.forwarding = forwarding
+        self._generation: Generation | None = None
+        self._clusters: dict[str, Cluster] = {}
+
+    @property
+    def generation(self) -> Generation | None:
+        return self._generation
+
+    # ---- the swap ----------------------------------------------------------------------------
+
+    def install(self, snapshot: Snapshot, router: Router) -> Generation:
+        """Build the generation of `snapshot` (its route table already built) and make it
+        current."""
+        old = self._clusters
+        clusters: dict[str, Cluster] = {}
+        for backend in snapshot.backends:
+            cluster = old.get(backend.key)
+            if cluster is None:
+                cluster = Cluster(backend, self.settings)
+            elif cluster.backend != backend:
+                cluster.update(backend)
+            clusters[backend.key] = cluster
+        routes = Generation.build_routes(snapshot.routes, clusters, self.settings)
+        generation = Generation(snapshot, router, clusters, self.settings, routes)
+        self._clusters = clusters
+        self._generation = generation
+        self.pool.retain(_endpoint_keys(snapshot.backends))
+        return generation
+
+    def apply_endpoints(self, update: EndpointsUpdate) -> Generation:
+        """Apply an endpoints-only update on top of the current snapshot (routes unchanged)."""
+        current = self._generation
+        if current is None:
+            raise SnapshotError("no snapshot to apply an endpoints update to")
+        snapshot = apply_endpoints_update(current.snapshot, update)
+        if update.removed or not self._clusters_updatable(update.backends):
+            return self.install(snapshot, current.router)
+        # The common case (pods come and go): only endpoint sets change, which the shared
+        # Cluster objects absorb in place, so routes and the route table are reused as they
+        # are; rebuilding 20,000 routes would take longer than the update's whole budget.
+        gone = False
+        for backend in update.backends:
+            cluster = self._clusters[backend.key]
+            if not gone:
+                now = {(e.address, e.port) for e in backend.endpoints}
+                gone = any((e.address, e.port) not in now for e in cluster.backend.endpoints)
+            if cluster.backend != backend:
+                cluster.update(backend)
+        generation = self._generation = current.with_snapshot(snapshot)
+        if gone:
+            self.pool.retain(_endpoint_keys(snapshot.backends))
+        return generation
+
+    def _clusters_updatable(self, backends: tuple[Backend, ...]) -> bool:
+        """Whether every changed backend exists and stays as usable (or not) as it was."""
+        for backend in backends:
+            cluster = self._clusters.get(backend.key)
+            if cluster is None or cluster.backend.unavailable != backend.unavailable:
+                return False
+        return True
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    def open_exchange(
+        self,
+        down: DownstreamProtocol,
+        method: bytes,
+        url: bytes,
+        version: str,
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes]],
+    ) -> Exchange:
+        """Validate and route a complete request head (capturing the current generation)."""
+        fwd = self.forwarding
+        assert down.ctx is not None
+        try:
+            head = parse_request(method, url, version, parts, special, down.ctx)
+        except BadRequest as exc:
+            self.telemetry.reject(down.ctx, exc.status, exc.reason)
+            return Exchange(
+                fwd, down, None, None, reply=exc.status, reason=exc.reason, close_after=True
+            )
+        generation = self._generation
+        assert generation is not None
+        rule = generation.router.route_raw(head.host, head.path)
+        if rule is None:
+            return Exchange(fwd, down, head, None, reply=404, reason="NoRoute")
+        route = generation.routes.get(id(rule))
+        if route is None or route.rule is not rule:
+            route = generation.route_for(rule)
+        if route.redirect and down.scheme == "http":
+            return Redirect(fwd, down, head, route, reply=308, reason="SSLRedirect")
+        if route.max_body and head.content_length > route.max_body:
+            self.telemetry.reject(down.ctx, 413, "BodyTooLarge")
+            return Exchange(
+                fwd, down, head, None, reply=413, reason="BodyTooLarge", close_after=True
+            )
+        if route.cluster is None:
+            return Exchange(
+                fwd, down, head, route, reply=503, reason=route.unavailable or "NoEndpoints"
+            )
+        return Exchange(fwd, down, head, route, started=down.read_at)
+
+    def local_exchange(self, down: DownstreamProtocol, status: int, reason: str) -> Exchange:
+        """A local reply owed on a connection that refuses what follows (closes after it)."""
+        return Exchange(
+            self.forwarding, down, None, None, reply=status, reason=reason, close_after=True
+        )
+
+
+def _endpoint_keys(backends: Iterable[Backend]) -> frozenset[tuple[str, int]]:
+    return frozenset((e.address, e.port) for b in backends for e in b.endpoints)
