@@ -20,45 +20,41 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.compiler import Problem
-from controller.metrics import ApplyTracker, DataPlaneCollector, render_ingress_nginx
+from controller.metrics import ApplyTracker, DataPlaneCollector, WorkerTotals, render_ingress_nginx
 from controller.publisher import Publisher
+from proxy.channel import STATS_LEVELS
 
 logger = logging.getLogger("portico.admin")
 
 # A listening worker reports every second; this long without a word means its loop is stuck.
 STALL_LIMIT = 10.0
 
-# Worker counters exported as Prometheus metrics: STATS name -> (metric name, help, counter?).
-WORKER_METRICS: dict[str, tuple[str, str, bool]] = {
-    "connections_total": ("portico_connections", "Client connections accepted", True),
+# Worker counters exported as Prometheus metrics: WorkerStats field -> (metric name, help).
+# Levels (proxy.channel.STATS_LEVELS) are gauges, the rest counters. `requests` and
+# `local_replies` are not here: portico_requests_total and portico_local_replies_total have
+# labels, from the per-request series.
+WORKER_METRICS: dict[str, tuple[str, str]] = {
+    "connections_total": ("portico_connections", "Client connections accepted"),
     "connections_refused": (
         "portico_connections_refused",
         "Client connections closed at once (max connections reached)",
-        True,
     ),
-    "connections_open": ("portico_connections_open", "Open client connections", False),
-    "tunnels_open": ("portico_tunnels_open", "Open upgraded (WebSocket) connections", False),
-    "rejected": ("portico_requests_rejected", "Malformed or hostile requests refused", True),
-    "upstream_connections_open": (
-        "portico_upstream_connections_open",
-        "Open connections to pods",
-        False,
-    ),
+    "connections_open": ("portico_connections_open", "Open client connections"),
+    "tunnels_open": ("portico_tunnels_open", "Open upgraded (WebSocket) connections"),
+    "rejected": ("portico_requests_rejected", "Malformed or hostile requests refused"),
+    "upstream_connections_open": ("portico_upstream_connections_open", "Open connections to pods"),
     "upstream_connections_idle": (
         "portico_upstream_connections_idle",
         "Idle pooled connections to pods",
-        False,
     ),
-    "upstream_connects": ("portico_upstream_connects", "Connections opened to pods", True),
+    "upstream_connects": ("portico_upstream_connects", "Connections opened to pods"),
     "upstream_connect_failures": (
         "portico_upstream_connect_errors",
         "Failed connection attempts to pods",
-        True,
     ),
     "upstream_stale_retries": (
         "portico_upstream_stale_retries",
         "Requests retried after a stale pooled connection",
-        True,
     ),
 }
 
@@ -66,33 +62,35 @@ WORKER_METRICS: dict[str, tuple[str, str, bool]] = {
 class WorkerCollector(Collector):
     """Prometheus view of the workers' counters, summed over workers at scrape time."""
 
-    def __init__(self, publisher: Publisher) -> None:
-        self.publisher = publisher
+    def __init__(self, totals: WorkerTotals) -> None:
+        self.totals = totals
 
     def collect(self) -> Iterator[Metric]:
-        totals = self.publisher.totals()
-        for stat, (name, help_text, cumulative) in WORKER_METRICS.items():
+        totals = self.totals.counters()
+        for stat, (name, help_text) in WORKER_METRICS.items():
             family: Metric
-            if cumulative:
-                family = CounterMetricFamily(name, help_text)
-            else:
+            if stat in STATS_LEVELS:
                 family = GaugeMetricFamily(name, help_text)
+            else:
+                family = CounterMetricFamily(name, help_text)
             family.add_metric([], totals.get(stat, 0))
             yield family
 
 
 class AdminState:
-    """What the admin endpoints report; owned and updated by the supervisor."""
+    """What the admin endpoints report; owned and updated by the composition root."""
 
     def __init__(
         self,
         publisher: Publisher,
+        totals: WorkerTotals,
         *,
         ingress_nginx_names: bool = False,
         ingress_class: str = "portico",
         controller_name: str = "portico.dev/ingress-controller",
     ) -> None:
         self.publisher = publisher
+        self.totals = totals
         self.applies = ApplyTracker()
         self.ingress_nginx_names = ingress_nginx_names
         self.shutting_down = False
@@ -112,10 +110,10 @@ class AdminState:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(WorkerCollector(publisher))
+        self.registry.register(WorkerCollector(totals))
         self.data_plane = DataPlaneCollector(
             publisher,
-            publisher.requests,
+            totals,
             self.applies,
             ingress_class=ingress_class,
             controller_name=controller_name,
@@ -138,7 +136,7 @@ class AdminState:
         )
         body = generate_latest(self.registry)
         if self.ingress_nginx_names:
-            body += render_ingress_nginx(self.data_plane.ingress_nginx(self.publisher.totals()))
+            body += render_ingress_nginx(self.data_plane.ingress_nginx(self.totals.counters()))
         return body
 
     def live_workers(self) -> int:

@@ -5,8 +5,9 @@ Both commands that serve come here and differ only in their source of objects:
 `portico controller` (`run_cluster`: the informers of `controller/kube/`, the API edge, feeding a
 `ClusterSource`). Everything else is built here, once, the same way for both:
 
-    source -> Reconciler(Store, Compiler) -> CompileResult -> Publisher -> channels -> workers
-                                                          \\-> AdminState (/metrics, /readyz)
+    source --events--> Reconciler(Store, Compiler) --CompileResult--> Publisher <--> workers
+                                                          (snapshots, DRAIN; ACK, READY, STATS)
+    AdminState (/healthz, /readyz, /metrics) <-- WorkerTotals <-- STATS --'
 
 Cluster mode adds, beside the data plane, leader election and, while leading, the Ingress
 status writer and the Event recorder; every replica serves traffic from its own watches whether
@@ -44,6 +45,7 @@ from controller.kube.watching import (
     keep_running,
 )
 from controller.leader import LeaderElector
+from controller.metrics import WorkerTotals
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.settings import Settings
@@ -304,9 +306,11 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    publisher = Publisher()
+    totals = WorkerTotals()
+    publisher = Publisher(totals)
     state = AdminState(
         publisher,
+        totals,
         ingress_nginx_names=settings.metrics_ingress_nginx_names,
         ingress_class=settings.ingress_class,
         controller_name=settings.controller_name,

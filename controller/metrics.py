@@ -1,10 +1,11 @@
 """Request and configuration metrics of the whole data plane, for the admin server's /metrics.
 
-Workers send their per-request series (`proxy/metrics.py`) with every STATS message: cumulative
-values of the label sets that moved. `RequestTotals` keeps each worker's latest values and, when
-a worker is gone, adds them to a retired total, so every counter is monotonic across worker
-restarts. `ApplyTracker` times each published snapshot until every worker ACKed it (or one
-NACKed it). `DataPlaneCollector` turns all of it, plus the current snapshot (endpoints per
+Workers send a `proxy.channel.WorkerStats` every second: their counters, and their per-request
+series (`proxy/metrics.py`): cumulative values of the label sets that moved. `WorkerTotals`
+(the publisher's `StatsSink`) keeps each worker's latest values and, when a worker is gone, adds
+them to a retired total, so every counter is monotonic across worker restarts. `ApplyTracker`
+times each published snapshot until every worker ACKed it (or one NACKed it).
+`DataPlaneCollector` turns all of it, plus the current snapshot (endpoints per
 backend, certificate expiry) and what the workers' request path runs, into Prometheus families
 under `portico_` names and, with `--metrics-ingress-nginx-names`, also under ingress-nginx's
 names and labels (`render_ingress_nginx`: those counters carry no `_total` suffix, as
@@ -18,9 +19,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,6 +31,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_go_string
 
+from controller.publisher import Publisher, WorkerLink
+from proxy.channel import STATS_COUNTERS, STATS_LEVELS, SeriesKey, WorkerStats
 from proxy.metrics import (
     BYTES_IN,
     BYTES_OUT,
@@ -46,13 +48,7 @@ from proxy.metrics import (
     UPSTREAM_SUM,
 )
 
-if TYPE_CHECKING:
-    from controller.publisher import Publisher
-
 logger = logging.getLogger("portico.metrics")
-
-# (ingress "ns/name", service "ns/name", host, path, status class 0..9, method)
-SeriesKey = tuple[str, str, str, str, int, str]
 
 # Config apply duration buckets (seconds): endpoint updates take milliseconds, a 10,000-Ingress
 # snapshot to several workers seconds.
@@ -67,65 +63,76 @@ def _add(into: list[float], values: Sequence[float]) -> None:
         into[i] += v
 
 
-class RequestTotals:
-    """Per-request series summed over workers, past ones included (monotonic counters)."""
+class WorkerTotals:
+    """The workers' STATS summed over workers, past ones included (the publisher's StatsSink).
+
+    Counters and per-request series are monotonic: a worker that is gone keeps counting, first
+    while its channel is dead (until it is detached), then in the retired totals. Levels (open
+    connections) count live workers only.
+    """
 
     def __init__(self) -> None:
-        self._live: dict[Hashable, dict[SeriesKey, list[float]]] = {}
-        self._live_misc: dict[Hashable, dict[str, Any]] = {}
-        self._retired: dict[SeriesKey, list[float]] = {}
+        self._latest: dict[WorkerLink, WorkerStats] = {}
+        # A STATS carries only the series that moved: each worker's are kept across messages.
+        self._series: dict[WorkerLink, dict[SeriesKey, list[float]]] = {}
+        self._retired: dict[str, int] = {}  # counters (levels of a gone worker are 0)
+        self._retired_series: dict[SeriesKey, list[float]] = {}
         self._retired_replies: dict[str, int] = {}
-        self._retired_counts: dict[str, int] = {}
+        self._retired_counts: dict[str, int] = {}  # retries, ejections
         self.sizes = False
 
-    def update(self, worker: Hashable, payload: dict[str, Any]) -> None:
-        """Take one worker's export (see proxy.metrics.RequestMetrics.export)."""
-        series = self._live.setdefault(worker, {})
-        for row in payload.get("series", ()):
-            key: SeriesKey = (
-                str(row[0]),
-                str(row[1]),
-                str(row[2]),
-                str(row[3]),
-                int(row[4]),
-                str(row[5]),
-            )
-            series[key] = [float(v) for v in row[6:]]
-        self.sizes = self.sizes or bool(payload.get("sizes"))
-        self._live_misc[worker] = {
-            "local_replies": dict(payload.get("local_replies", {})),
-            "retries": int(payload.get("retries", 0)),
-            "ejections": int(payload.get("ejections", 0)),
-        }
+    def update(self, link: WorkerLink, stats: WorkerStats) -> None:
+        self._latest[link] = stats
+        series = self._series.setdefault(link, {})
+        for key, values in stats.request_metrics.series.items():
+            series[key] = list(values)
+        self.sizes = self.sizes or stats.request_metrics.sizes
 
-    def retire(self, worker: Hashable) -> None:
+    def retire(self, link: WorkerLink) -> None:
         """The worker is gone: its last values keep counting."""
-        for key, values in self._live.pop(worker, {}).items():
-            _add(self._retired.setdefault(key, []), values)
-        misc = self._live_misc.pop(worker, None)
-        if misc is not None:
-            for reason, n in misc["local_replies"].items():
-                self._retired_replies[reason] = self._retired_replies.get(reason, 0) + n
-            for name in ("retries", "ejections"):
-                self._retired_counts[name] = self._retired_counts.get(name, 0) + misc[name]
+        for key, values in self._series.pop(link, {}).items():
+            _add(self._retired_series.setdefault(key, []), values)
+        stats = self._latest.pop(link, None)
+        if stats is None:
+            return
+        for name, value in stats.counters().items():
+            if name not in STATS_LEVELS:
+                self._retired[name] = self._retired.get(name, 0) + value
+        for name in ("retries", "ejections"):
+            value = getattr(stats.request_metrics, name)
+            self._retired_counts[name] = self._retired_counts.get(name, 0) + value
+        for reason, n in stats.request_metrics.local_replies.items():
+            self._retired_replies[reason] = self._retired_replies.get(reason, 0) + n
+
+    def counters(self) -> dict[str, int]:
+        """Each `WorkerStats` counter summed (levels over live workers only)."""
+        totals = dict.fromkeys(STATS_COUNTERS, 0)
+        for name, value in self._retired.items():
+            totals[name] += value
+        for link, stats in self._latest.items():
+            for name, value in stats.counters().items():
+                if link.alive or name not in STATS_LEVELS:
+                    totals[name] = totals.get(name, 0) + value
+        return totals
 
     def series(self) -> dict[SeriesKey, list[float]]:
-        totals = {key: list(values) for key, values in self._retired.items()}
-        for worker in self._live.values():
+        totals = {key: list(values) for key, values in self._retired_series.items()}
+        for worker in self._series.values():
             for key, values in worker.items():
                 _add(totals.setdefault(key, []), values)
         return totals
 
     def local_replies(self) -> dict[str, int]:
+        """Local replies by reason."""
         totals = dict(self._retired_replies)
-        for misc in self._live_misc.values():
-            for reason, n in misc["local_replies"].items():
+        for stats in self._latest.values():
+            for reason, n in stats.request_metrics.local_replies.items():
                 totals[reason] = totals.get(reason, 0) + n
         return totals
 
     def count(self, name: str) -> int:
         """`retries` or `ejections`, summed."""
-        live: int = sum(m[name] for m in self._live_misc.values())
+        live: int = sum(getattr(s.request_metrics, name) for s in self._latest.values())
         return self._retired_counts.get(name, 0) + live
 
 
@@ -203,7 +210,7 @@ class DataPlaneCollector(Collector):
     def __init__(
         self,
         publisher: Publisher,
-        requests: RequestTotals,
+        requests: WorkerTotals,
         applies: ApplyTracker,
         *,
         ingress_class: str = "portico",

@@ -7,6 +7,8 @@ with the changed backends instead of the whole snapshot. A full snapshot is enco
 same bytes go to every worker. Workers ACK or NACK each version; readiness means every live
 worker has ACKed a snapshot and is listening. A worker's READY says what its request path runs
 (compiled or the Python sources, and why): logged once per kind, as a warning when not compiled.
+Its STATS (`proxy.channel.WorkerStats`) go to a `StatsSink` (`controller.metrics.WorkerTotals`),
+which is told when a worker is gone.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from controller.metrics import RequestTotals
 from proxy import native
-from proxy.channel import ChannelClosed, Message, MessageType, Reply, read_message, send_message
+from proxy.channel import (
+    ChannelClosed,
+    Message,
+    MessageType,
+    Reply,
+    WorkerStats,
+    read_message,
+    send_message,
+)
 from proxy.config import (
     EndpointsUpdate,
     Snapshot,
@@ -28,21 +38,6 @@ from proxy.config import (
 )
 
 logger = logging.getLogger("portico.publisher")
-
-# Worker counters that only grow (summed over workers, past ones included); the other STATS
-# fields are current levels (open connections) summed over live workers only.
-CUMULATIVE_STATS = frozenset(
-    {
-        "connections_total",
-        "connections_refused",
-        "requests",
-        "local_replies",
-        "rejected",
-        "upstream_connects",
-        "upstream_connect_failures",
-        "upstream_stale_retries",
-    }
-)
 
 
 @dataclass(eq=False)
@@ -62,11 +57,10 @@ class WorkerLink:
     # snapshot rather than an endpoints update on top of a version it does not have.
     needs_full: bool = False
     last_sent_update: bool = False
-    # The worker's latest counters (STATS) and when anything last came from it (monotonic).
-    stats: dict[str, int] = field(default_factory=dict)
     # What the worker's request path runs, from its READY (proxy.native.report()): "compiled" or
     # "python", the reason and the detail; empty until then.
     build: dict[str, str] = field(default_factory=dict)
+    # When anything last came from the worker (monotonic).
     last_seen: float = field(default_factory=time.monotonic)
     reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -83,17 +77,24 @@ def changed_backends(old: Snapshot, new: Snapshot) -> tuple[tuple[str, ...], tup
     return tuple(changed), tuple(old_map)
 
 
+class StatsSink(Protocol):
+    """Where the workers' STATS go."""
+
+    def update(self, link: WorkerLink, stats: WorkerStats) -> None: ...
+
+    def retire(self, link: WorkerLink) -> None:
+        """The worker is gone (detached): nothing more will come from it."""
+
+
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, stats: StatsSink | None = None) -> None:
         self._links: list[WorkerLink] = []
         self._current: Snapshot | None = None
         # The current snapshot encoded, made only when some worker needs the whole snapshot:
         # at 10,000 Ingresses encoding takes far longer than an endpoints-only update.
         self._encoded: bytes | None = None
         self._version = 0
-        self.retired_stats: dict[str, int] = {}
-        # Per-request series of every worker (controller/metrics.py).
-        self.requests = RequestTotals()
+        self._stats = stats
         self.last_nacked = 0  # newest version some worker refused
         self._builds_logged: set[str] = set()
         self._changed = asyncio.Condition()
@@ -109,16 +110,6 @@ class Publisher:
     @property
     def links(self) -> tuple[WorkerLink, ...]:
         return tuple(self._links)
-
-    def totals(self) -> dict[str, int]:
-        """Worker counters summed: cumulative ones over all workers ever, levels over live ones."""
-        totals = dict(self.retired_stats)
-        for link in self._links:
-            # A dead worker's counters still count until it is detached (and retired).
-            for name, value in link.stats.items():
-                if link.alive or name in CUMULATIVE_STATS:
-                    totals[name] = totals.get(name, 0) + value
-        return totals
 
     def stalled(self, limit: float) -> list[int]:
         """Indexes of listening workers that sent nothing for `limit` seconds."""
@@ -188,12 +179,8 @@ class Publisher:
         link.reader_task = asyncio.create_task(self._read_replies(link))
 
     def detach(self, link: WorkerLink) -> None:
-        # Counters of a worker that is gone keep counting in the totals (they are monotonic).
-        for name, value in link.stats.items():
-            if name in CUMULATIVE_STATS:
-                self.retired_stats[name] = self.retired_stats.get(name, 0) + value
-        link.stats = {}
-        self.requests.retire(link)
+        if self._stats is not None:
+            self._stats.retire(link)
         link.alive = False
         if link in self._links:
             self._links.remove(link)
@@ -250,11 +237,8 @@ class Publisher:
                 message = await read_message(link.reader)
                 link.last_seen = time.monotonic()
                 if message.type is MessageType.STATS:
-                    stats = json.loads(message.payload)
-                    detail = stats.pop("metrics", None)
-                    link.stats = stats
-                    if detail is not None:
-                        self.requests.update(link, detail)
+                    if self._stats is not None:
+                        self._stats.update(link, WorkerStats.decode(message.payload))
                     continue
                 if message.type is MessageType.ACK:
                     link.acked_version = max(

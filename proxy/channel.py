@@ -6,8 +6,8 @@ full encoded snapshot) or `ENDPOINTS` (an encoded endpoints-only update) wheneve
 changes, and `DRAIN` to shut the worker down gracefully. The worker answers every snapshot or
 update with `ACK` or `NACK` (the version, and for a NACK the reason) and sends `READY` once its
 listeners accept connections (with what its request path runs, as JSON: `proxy.native.report()`),
-then `STATS` (its counters, as JSON) every second: the controller aggregates them into metrics
-and treats their absence as a stalled event loop.
+then `STATS` (a `WorkerStats`: its counters and per-request metrics) every second: the
+controller aggregates them into metrics and treats their absence as a stalled event loop.
 
 This module is the only wire contract besides `proxy.config`; the controller imports it, never
 the other way round.
@@ -19,8 +19,9 @@ import asyncio
 import enum
 import json
 import struct
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
 _HEADER: Final = struct.Struct("!IB")
 MAX_FRAME: Final = 1 << 30  # a 10,000-Ingress snapshot is a few MiB; anything near 1 GiB is a bug
@@ -34,7 +35,7 @@ class MessageType(enum.IntEnum):
     NACK = 5
     READY = 6
     DRAIN = 7
-    STATS = 8  # worker -> controller, every second: counters (JSON); doubles as a heartbeat
+    STATS = 8  # worker -> controller, every second: WorkerStats; doubles as a heartbeat
 
 
 class ChannelClosed(ConnectionError):
@@ -61,6 +62,100 @@ class Reply:
     def decode(cls, payload: bytes) -> Reply:
         raw = json.loads(payload)
         return cls(int(raw["version"]), raw.get("reason"))
+
+
+# The labels of one series of per-request cells (proxy/metrics.py): ingress "ns/name", service
+# "ns/name", host, path pattern ("" where there is none), status class 0..9, method.
+SeriesKey = tuple[str, str, str, str, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    """A worker's per-request metrics (`proxy.metrics.RequestMetrics.export`).
+
+    `series`: the cumulative cells (layout in proxy/metrics.py) of only the series that moved
+    since the previous STATS; the controller replaces what it held for those. The rest are the
+    worker's totals since it started.
+    """
+
+    series: Mapping[SeriesKey, tuple[float, ...]] = field(default_factory=dict)
+    sizes: bool = False  # the cells carry the size histograms (--metrics-ingress-nginx-names)
+    local_replies: Mapping[str, int] = field(default_factory=dict)  # by reason
+    retries: int = 0  # attempts on another endpoint after a failed one
+    ejections: int = 0  # endpoints ejected after a connect failure
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: a series is one row `[*key, *cell]`, whole numbers written as integers."""
+        rows = [
+            [*key, *(int(v) if float(v).is_integer() else v for v in cell)]
+            for key, cell in self.series.items()
+        ]
+        return {
+            "series": rows,
+            "sizes": self.sizes,
+            "local_replies": dict(self.local_replies),
+            "retries": self.retries,
+            "ejections": self.ejections,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RequestCounts:
+        """The inverse of `to_json`; raises ValueError (or TypeError, KeyError) when malformed."""
+        series: dict[SeriesKey, tuple[float, ...]] = {}
+        for row in raw["series"]:
+            key = (str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]), str(row[5]))
+            series[key] = tuple(float(v) for v in row[6:])
+        return cls(
+            series=series,
+            sizes=bool(raw["sizes"]),
+            local_replies={str(k): int(v) for k, v in raw["local_replies"].items()},
+            retries=int(raw["retries"]),
+            ejections=int(raw["ejections"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """The payload of STATS: what one worker counted (see `STATS_LEVELS` for which are levels)."""
+
+    # Levels: what is open now (summed over live workers only).
+    connections_open: int = 0
+    tunnels_open: int = 0  # upgraded (WebSocket) connections
+    upstream_connections_open: int = 0
+    upstream_connections_idle: int = 0  # pooled
+    # Counters since the worker started: they only grow (a worker that is gone keeps counting).
+    connections_total: int = 0  # accepted
+    connections_refused: int = 0  # closed at once, max connections reached
+    requests: int = 0
+    local_replies: int = 0  # answered or ended by the worker itself
+    rejected: int = 0  # malformed or hostile requests refused
+    upstream_connects: int = 0
+    upstream_connect_failures: int = 0
+    upstream_stale_retries: int = 0  # retried after a stale pooled connection
+    request_metrics: RequestCounts = field(default_factory=RequestCounts)
+
+    def counters(self) -> dict[str, int]:
+        """The plain counters and levels by name (all fields but `request_metrics`)."""
+        return {name: getattr(self, name) for name in STATS_COUNTERS}
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = self.counters()
+        doc["metrics"] = self.request_metrics.to_json()
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> WorkerStats:
+        """Raises ValueError (or TypeError, KeyError) on a malformed payload."""
+        raw = json.loads(payload)
+        counters = {name: int(raw[name]) for name in STATS_COUNTERS}
+        return cls(**counters, request_metrics=RequestCounts.from_json(raw["metrics"]))
+
+
+# Every plain counter of a STATS, and those of them that are levels rather than monotonic.
+STATS_COUNTERS: Final = tuple(f.name for f in fields(WorkerStats) if f.name != "request_metrics")
+STATS_LEVELS: Final = frozenset(
+    {"connections_open", "tunnels_open", "upstream_connections_open", "upstream_connections_idle"}
+)
 
 
 def frame(message: Message) -> bytes:

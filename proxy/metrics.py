@@ -11,15 +11,18 @@ snapshot: the rule gives namespace, Ingress, Service, host and path pattern (nev
 path), the status is reduced to its class and the method to a fixed set. Requests without a
 rule (404, malformed) share one cell set with empty labels.
 
-Once a second the worker sends `export()` with its STATS message: the cumulative values of only
-the cells that moved since the last export. The controller (`controller/metrics.py`) keeps the
-latest values per worker and sums them over workers for /metrics.
+Once a second the worker sends `export()` (a `proxy.channel.RequestCounts`) in its STATS message:
+the cumulative values of only the cells that moved since the last export. The controller
+(`controller/metrics.py`) keeps the latest values per worker and sums them over workers for
+/metrics.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Final
+from typing import Final
+
+from proxy.channel import RequestCounts, SeriesKey
 
 # Typed explicitly: mypyc inlines a bare Final tuple and then leaves len() of it unset.
 Buckets = tuple[float, ...]
@@ -174,15 +177,13 @@ class RequestMetrics:
 
     # ---- export (once a second) ----------------------------------------------------------------
 
-    def export(self) -> dict[str, Any]:
-        """Cumulative values of the cells that moved since the last export, JSON-ready.
-
-        Folds the recorded requests first.
-        `series`: [ingress, service, host, path, status class, method, *cell]; the controller
-        replaces what it held for that label set with these values.
+    def export(self) -> RequestCounts:
+        """Cumulative values of the cells that moved since the last export, by (ingress,
+        service, host, path, status class, method): the controller replaces what it held for
+        that label set with these values. Folds the recorded requests first.
         """
         self.fold()
-        rows: list[list[Any]] = []
+        moved: dict[SeriesKey, tuple[float, ...]] = {}
         exported = self._exported
         count_end = DURATION + len(TIME_BUCKETS) + 1
         for series in self._by_labels.values():
@@ -195,12 +196,7 @@ class RequestMetrics:
                     if exported.get(id(cell)) == count:
                         continue
                     exported[id(cell)] = count
-                    values = [int(v) if v.is_integer() else v for v in cell]
-                    rows.append([*labels, status_class, method, *values])
-        return {
-            "series": rows,
-            "sizes": self.sizes,
-            "local_replies": dict(self.local_replies),
-            "retries": self.retries,
-            "ejections": self.ejections,
-        }
+                    moved[(*labels, status_class, method)] = tuple(cell)
+        return RequestCounts(
+            moved, self.sizes, dict(self.local_replies), self.retries, self.ejections
+        )

@@ -23,6 +23,7 @@ import socket
 from typing import Any, cast
 
 from proxy.accesslog import AccessLog
+from proxy.channel import WorkerStats
 from proxy.config import EndpointsUpdate, Snapshot
 from proxy.connections import Client, Connections, Pipe, Timed
 from proxy.downstream import DownstreamProtocol
@@ -266,22 +267,25 @@ class ProxyServer:
 
     # ---- introspection -----------------------------------------------------------------------
 
-    def stats_dict(self) -> dict[str, int]:
+    def worker_stats(self) -> WorkerStats:
+        """The STATS message: counters now, and the per-request series that moved since the
+        previous call."""
         s = self.stats
-        return {
-            "connections_open": len(self.connections.clients),
-            "connections_total": s.connections_total,
-            "connections_refused": s.connections_refused,
-            "tunnels_open": len(self.connections.tunnels),
-            "requests": s.requests,
-            "local_replies": s.local_replies,
-            "rejected": s.rejected,
-            "upstream_connections_open": len(self.pool.conns),
-            "upstream_connections_idle": self.pool.idle_count(),
-            "upstream_connects": self.pool.connects,
-            "upstream_connect_failures": s.upstream_connect_failures,
-            "upstream_stale_retries": s.upstream_stale_retries,
-        }
+        return WorkerStats(
+            connections_open=len(self.connections.clients),
+            tunnels_open=len(self.connections.tunnels),
+            upstream_connections_open=len(self.pool.conns),
+            upstream_connections_idle=self.pool.idle_count(),
+            connections_total=s.connections_total,
+            connections_refused=s.connections_refused,
+            requests=s.requests,
+            local_replies=s.local_replies,
+            rejected=s.rejected,
+            upstream_connects=self.pool.connects,
+            upstream_connect_failures=s.upstream_connect_failures,
+            upstream_stale_retries=s.upstream_stale_retries,
+            request_metrics=self.telemetry.metrics.export(),
+        )
 
 
 def _bound_port(server: Any) -> int:

@@ -129,10 +129,7 @@ class Worker:
             await asyncio.sleep(STATS_INTERVAL)
             if not self._listening:
                 continue
-            stats: dict[str, object] = {**self._server.stats_dict()}
-            # Per-request series that moved since the last report (see proxy/metrics.py).
-            stats["metrics"] = self._server.metrics.export()
-            payload = json.dumps(stats, separators=(",", ":")).encode()
+            payload = self._server.worker_stats().encode()
             try:
                 await send_message(self._writer, Message(MessageType.STATS, payload))
             except (ConnectionError, OSError):

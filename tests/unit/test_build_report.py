@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.admin import AdminState
+from controller.metrics import WorkerTotals
 from controller.publisher import Publisher, WorkerLink
 from proxy import native
 from proxy.channel import Message, MessageType, send_message
@@ -101,7 +102,7 @@ async def test_a_workers_build_is_logged_once_exported_and_shown(
     if case.level == logging.WARNING:
         assert said[0].__dict__["fix"] == native.ADVICE[case.report["reason"]]
 
-    state = AdminState(publisher)
+    state = AdminState(publisher, WorkerTotals())
     assert build_info(state) == {(case.report["request_path"], case.report["reason"]): 1}
     summary = state.summary()
     assert [w["build"] for w in summary["workers"]] == [case.report, case.report]
@@ -113,7 +114,7 @@ async def test_workers_in_different_states_each_show() -> None:
     publisher = Publisher()
     compiled = await ready_workers(publisher, json.dumps(CASES["compiled"].report).encode(), 1)
     stale = await ready_workers(publisher, json.dumps(CASES["stale"].report).encode(), 1)
-    state = AdminState(publisher)
+    state = AdminState(publisher, WorkerTotals())
     assert build_info(state) == {("compiled", ""): 1, ("python", native.STALE): 1}
     stop(publisher, stale)  # gone: no longer reported
     assert build_info(state) == {("compiled", ""): 1}
@@ -123,7 +124,7 @@ async def test_workers_in_different_states_each_show() -> None:
 async def test_no_series_before_a_worker_said_what_it_runs() -> None:
     publisher = Publisher()
     workers = await ready_workers(publisher, b"", 1)  # an empty READY says nothing
-    state = AdminState(publisher)
+    state = AdminState(publisher, WorkerTotals())
     assert build_info(state) == {}
     assert state.summary()["workers"][0]["build"] is None
     stop(publisher, workers)

@@ -7,15 +7,22 @@ the controller side goes through a real Publisher and channel with fake workers.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.admin import AdminState
-from controller.metrics import ApplyTracker, RequestTotals
+from controller.metrics import ApplyTracker, WorkerTotals
 from controller.publisher import Publisher
-from proxy.channel import Message, MessageType, send_message
+from proxy.channel import (
+    STATS_COUNTERS,
+    Message,
+    MessageType,
+    RequestCounts,
+    SeriesKey,
+    WorkerStats,
+    send_message,
+)
 from proxy.metrics import BYTES_OUT, DURATION, METHODS, RequestMetrics
 from tests.bench import hotpath
 from tests.unit.test_publisher import connect, make_snapshot, wait_for
@@ -23,8 +30,8 @@ from tests.unit.test_publisher import connect, make_snapshot, wait_for
 _COUNT = slice(DURATION, DURATION + 12)
 
 
-def _rows(export: dict[str, Any]) -> dict[tuple[Any, ...], list[float]]:
-    return {tuple(r[:6]): r[6:] for r in export["series"]}
+def _rows(export: RequestCounts) -> dict[SeriesKey, tuple[float, ...]]:
+    return dict(export.series)
 
 
 async def test_worker_cells_and_export_of_moved_series_only() -> None:
@@ -46,10 +53,10 @@ async def test_worker_cells_and_export_of_moved_series_only() -> None:
     assert get[BYTES_OUT] == 3 * len(hotpath.SMALL_BODY)
     assert sum(first[(*route, 2, "OTHER")][_COUNT]) == 1
     assert sum(first[("", "", "", "", 4, "GET")][_COUNT]) == 1
-    assert metrics.export()["local_replies"] == {"NoRoute": 1}
+    assert metrics.export().local_replies == {"NoRoute": 1}
 
     # Nothing moved: nothing sent. Then only the cell that moved, with cumulative values.
-    assert metrics.export()["series"] == []
+    assert metrics.export().series == {}
     hotpath.run(2, "small", down, up)
     again = _rows(metrics.export())
     assert list(again) == [(*route, 2, "GET")]
@@ -63,7 +70,7 @@ async def test_unknown_methods_cannot_grow_the_label_set() -> None:
         down.data_received(b"M%d /x HTTP/1.1\r\nHost: bench.local\r\n\r\n" % i)
         for p in hotpath.response("small"):
             up.data_received(p)
-    methods = {row[5] for row in down.telemetry.metrics.export()["series"]}
+    methods = {key[5] for key in down.telemetry.metrics.export().series}
     assert methods == {"OTHER"}
     assert set(METHODS) >= methods
 
@@ -71,59 +78,62 @@ async def test_unknown_methods_cannot_grow_the_label_set() -> None:
 def test_refusals_count_without_a_route() -> None:
     metrics = RequestMetrics(sizes=True)
     metrics.record_refusal(400, "MalformedRequest")
-    (row,) = metrics.export()["series"]
-    assert row[:6] == ["", "", "", "", 4, "OTHER"]
+    (key,) = metrics.export().series
+    assert key == ("", "", "", "", 4, "OTHER")
     assert metrics.local_replies == {"MalformedRequest": 1}
 
 
-def _payload(count: int, reason_count: int, ejections: int) -> dict[str, Any]:
-    cell = [0.5 * count, 0.0, 0, 10 * count] + [count] + [0] * 23
-    return {
-        "series": [["default/a", "default/s", "a.test", "/", 2, "GET", *cell]],
-        "sizes": False,
-        "local_replies": {"NoRoute": reason_count},
-        "retries": count,
-        "ejections": ejections,
-    }
+def _payload(count: int, reason_count: int, ejections: int) -> RequestCounts:
+    cell = (0.5 * count, 0.0, 0.0, 10.0 * count, float(count)) + (0.0,) * 23
+    return RequestCounts(
+        series={("default/a", "default/s", "a.test", "/", 2, "GET"): cell},
+        local_replies={"NoRoute": reason_count},
+        retries=count,
+        ejections=ejections,
+    )
 
 
-def _requests(totals: RequestTotals) -> float:
+def _requests(totals: WorkerTotals) -> float:
     return sum(sum(v[_COUNT]) for v in totals.series().values())
 
 
 async def test_totals_stay_monotonic_across_a_worker_restart() -> None:
-    publisher = Publisher()
+    totals = WorkerTotals()
+    publisher = Publisher(totals)
     link, worker = await connect(publisher)
     await publisher.publish(make_snapshot("127.0.0.2"))
     await wait_for(lambda: link.listening)
 
-    async def stats(w: Any, payload: dict[str, Any]) -> None:
-        body = {"requests": 1, "connections_open": 1, "metrics": payload}
-        await send_message(w.writer, Message(MessageType.STATS, json.dumps(body).encode()))
+    async def stats(w: Any, payload: RequestCounts) -> None:
+        body = WorkerStats(requests=1, connections_open=1, request_metrics=payload)
+        await send_message(w.writer, Message(MessageType.STATS, body.encode()))
 
     await stats(worker, _payload(7, 2, 1))
-    await wait_for(lambda: _requests(publisher.requests) == 7)
-    # The nested payload does not leak into the flat counters.
-    assert publisher.totals() == {"requests": 1, "connections_open": 1}
+    await wait_for(lambda: _requests(totals) == 7)
+    counters = totals.counters()
+    assert (counters["requests"], counters["connections_open"], counters["rejected"]) == (1, 1, 0)
 
-    seen = [_requests(publisher.requests)]
-    # The worker dies (channel closed, not yet detached): its counts still count ...
+    seen = [_requests(totals)]
+    # The worker dies (channel closed, not yet detached): its counts still count, its open
+    # connections no longer ...
     link.alive = False
-    seen.append(_requests(publisher.requests))
-    assert publisher.totals()["requests"] == 1
+    seen.append(_requests(totals))
+    assert (totals.counters()["requests"], totals.counters()["connections_open"]) == (1, 0)
     # ... and once detached, as retired totals; its replacement starts from zero.
     publisher.detach(link)
     worker.task.cancel()
-    seen.append(_requests(publisher.requests))
+    seen.append(_requests(totals))
+    assert totals.counters() == dict.fromkeys(STATS_COUNTERS, 0) | {"requests": 1}
     link2, worker2 = await connect(publisher)
     await wait_for(lambda: link2.acked_version == 1)
     await stats(worker2, _payload(3, 1, 0))
-    await wait_for(lambda: _requests(publisher.requests) == 10)
-    seen.append(_requests(publisher.requests))
+    await wait_for(lambda: _requests(totals) == 10)
+    seen.append(_requests(totals))
     assert seen == sorted(seen) and seen[-1] == 10
-    assert publisher.requests.local_replies() == {"NoRoute": 3}
-    assert publisher.requests.count("retries") == 10
-    assert publisher.requests.count("ejections") == 1
+    assert (totals.counters()["requests"], totals.counters()["connections_open"]) == (2, 1)
+    assert totals.local_replies() == {"NoRoute": 3}
+    assert totals.count("retries") == 10
+    assert totals.count("ejections") == 1
     worker2.task.cancel()
 
 
@@ -150,13 +160,14 @@ async def test_apply_outcome_success_then_refusal() -> None:
 
 
 async def test_metrics_text_parses_with_both_name_sets() -> None:
-    publisher = Publisher()
+    totals = WorkerTotals()
+    publisher = Publisher(totals)
     link, worker = await connect(publisher)
     await publisher.publish(make_snapshot("127.0.0.2"))
     await wait_for(lambda: link.listening)
-    publisher.requests.update(link, {**_payload(4, 1, 0), "sizes": False})
+    totals.update(link, WorkerStats(request_metrics=_payload(4, 1, 0)))
     for nginx in (False, True):
-        state = AdminState(publisher, ingress_nginx_names=nginx)
+        state = AdminState(publisher, totals, ingress_nginx_names=nginx)
         text = state.metrics_text().decode()
         families = {f.name: f for f in text_string_to_metric_families(text)}
         duration = families["portico_request_duration_seconds"]
@@ -191,8 +202,8 @@ async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) ->
     assert down.telemetry.access is None
     hotpath.run(2, "small", down, up)
     down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")  # a local reply
-    rows = down.telemetry.metrics.export()["series"]
-    assert sorted(sum(r[6:][_COUNT]) for r in rows) == [1, 2]
+    cells = down.telemetry.metrics.export().series.values()
+    assert sorted(sum(cell[_COUNT]) for cell in cells) == [1, 2]
 
 
 async def test_a_head_on_the_clock_tick_of_the_send_counts_as_an_upstream_time() -> None:

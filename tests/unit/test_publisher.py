@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Callable
 
 from controller.publisher import Publisher, WorkerLink, changed_backends
-from proxy.channel import Message, MessageType, Reply, read_message, send_message
+from proxy.channel import Message, MessageType, Reply, WorkerStats, read_message, send_message
 from proxy.config import (
     Backend,
     Endpoint,
@@ -135,19 +134,33 @@ def test_changed_backends() -> None:
     assert changed_backends(new, old) == ((), ("default/api/80",))
 
 
-async def test_stats_totals_survive_a_dead_worker_and_stalls_are_seen() -> None:
-    publisher = Publisher()
+class StatsRecorder:
+    """A StatsSink that records what the publisher hands it."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[WorkerLink, WorkerStats]] = []
+        self.retired: list[WorkerLink] = []
+
+    def update(self, link: WorkerLink, stats: WorkerStats) -> None:
+        self.updates.append((link, stats))
+
+    def retire(self, link: WorkerLink) -> None:
+        self.retired.append(link)
+
+
+async def test_stats_go_to_the_sink_until_detached_and_stalls_are_seen() -> None:
+    sink = StatsRecorder()
+    publisher = Publisher(sink)
     link, worker = await connect(publisher)
     await publisher.publish(make_snapshot("127.0.0.2"))
     await wait_for(lambda: link.listening)
-    stats = {"requests": 5, "connections_open": 2}
-    await send_message(worker.writer, Message(MessageType.STATS, json.dumps(stats).encode()))
-    await wait_for(lambda: link.stats == stats)
-    assert publisher.totals() == stats
+    stats = WorkerStats(requests=5, connections_open=2)
+    await send_message(worker.writer, Message(MessageType.STATS, stats.encode()))
+    await wait_for(lambda: bool(sink.updates))
+    assert sink.updates == [(link, stats)]
     assert publisher.stalled(10.0) == []
     link.last_seen -= 11.0
     assert publisher.stalled(10.0) == [0]
-    # A worker that is gone: its requests still count, its open connections do not.
     publisher.detach(link)
-    assert publisher.totals() == {"requests": 5}
+    assert sink.retired == [link]
     worker.task.cancel()
