@@ -85,11 +85,13 @@ class RequestCounts:
     ejections: int = 0  # endpoints ejected after a connect failure
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready: a series is one row `[*key, *cell]`, whole numbers written as integers."""
-        rows = [
-            [*key, *(int(v) if float(v).is_integer() else v for v in cell)]
-            for key, cell in self.series.items()
-        ]
+        """JSON-ready: a series is one row `[*key, *cell]`, whole numbers written as integers
+        (most cells are counts: a third fewer bytes)."""
+        rows = []
+        for key, cell in self.series.items():
+            row: list[Any] = list(key)
+            row += [int(v) if v.is_integer() else v for v in cell]
+            rows.append(row)
         return {
             "series": rows,
             "sizes": self.sizes,
