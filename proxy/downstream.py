@@ -1,10 +1,13 @@
-"""Client-facing HTTP/1.1 protocol: parses requests, orders responses, couples flow control.
+"""Client-facing HTTP/1.1 protocol: parses requests, orders and frames responses.
 
-One instance per client connection (plain TCP now, TLS later: only the asyncio transport API
-is used). httptools' parser calls back with the request line and header tuples; when a head is
-complete, `Routing.open_exchange` validates and routes it against the generation current at
-that moment and returns an `Exchange`. Exchanges are answered strictly in order: a pipelined
-request waits (and the connection stops reading) until the one before it is finished.
+One instance per client connection (plain TCP, or TLS through proxy/tlsserver.py: only the
+asyncio transport API is used). httptools' parser calls back with the request line and header
+tuples; when a head is complete, `Routing.open_exchange` validates and routes it against the
+generation current at that moment and returns an `Exchange`. Exchanges are answered strictly in
+order: a pipelined request waits (and the connection stops reading) until the one before it is
+finished. The connection is the `ClientSide` of the exchange it answers: it renders the
+response head for HTTP/1.1, frames the body (Content-Length, chunked, or until close), decides
+keep-alive, and turns into a `Tunnel` after a 101.
 
 Reading stops for several independent reasons (pipelining, request body backpressure,
 an upgrade awaiting its answer), kept as bits so one reason's resume never cancels another's
@@ -16,20 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
+from proxy import flow
+from proxy import headers as hdr
+from proxy.clientside import ClientSide
 from proxy.connections import Connections
-from proxy.headers import REQUEST_NAMES, ClientContext, ClientContexts
-from proxy.replies import local_reply
+from proxy.exchange import Exchange
+from proxy.headers import REQUEST_NAMES, ClientContexts, RequestHead, ResponseHead
+from proxy.replies import CONTINUE, local_reply
 from proxy.routing import Routing
 from proxy.settings import ProxySettings
 from proxy.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from proxy.exchange import Exchange
-    from proxy.tunnel import Tunnel
+from proxy.tunnel import Tunnel
 
 logger = logging.getLogger("portico.proxy")
 
@@ -51,28 +55,29 @@ class _Reject(Exception):
     """Raised from a parser callback to stop parsing a request we refuse."""
 
 
-class DownstreamProtocol(asyncio.Protocol):
+class DownstreamProtocol(ClientSide, asyncio.Protocol):
     __slots__ = (
         "active",
         "closing",
         "connections",
         "contexts",
-        "ctx",
         "current",
         "deadline",
         "eof",
+        "framing",
         "head_limit",
         "head_raw",
         "hsts",
         "in_head",
+        "keep",
         "last",
         "loop",
         "parser",
         "parts",
         "paused",
+        "pending_head",
         "port",
         "queue",
-        "read_at",
         "read_size",
         "rejected",
         "routing",
@@ -82,8 +87,8 @@ class DownstreamProtocol(asyncio.Protocol):
         "starting",
         "telemetry",
         "transport",
+        "tunnel_rest",
         "url",
-        "write_paused",
     )
 
     def __init__(
@@ -111,7 +116,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.hsts = hsts
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.parser = self._new_parser()
-        self.ctx: ClientContext | None = None
+        self.ctx = None
         self.url = b""
         # The head being read: end-to-end fields rendered for the upstream after four slots
         # for the request line, the fields parse_request decides about apart (see headers.py).
@@ -131,6 +136,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self.starting: Exchange | None = None
         self.paused = 0
         self.write_paused = False
+        # The response being sent: how its body is framed, its head while it waits for the
+        # first body piece, and whether the connection may stay open after it.
+        self.framing = hdr.FRAME_NONE
+        self.pending_head: bytes | None = None
+        self.keep = True
+        # Bytes read after an upgrade request: the tunnel's, if the pod agrees to switch.
+        self.tunnel_rest = b""
         self.closing = False
         self.rejected = False
         self.eof = False
@@ -217,10 +229,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = True
         active = self.active
         if active is not None:
-            conn = active.conn
-            if conn is not None and conn.transport is not None:
-                conn.transport.pause_reading()
-                conn.deadline = 0.0
+            flow.client_stalled(active.conn)
         # A client that stops reading is timed like one that stops sending.
         self.deadline = self.loop.time() + self.settings.client_body_timeout
 
@@ -228,10 +237,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = False
         active = self.active
         if active is not None:
-            conn = active.conn
-            if conn is not None and conn.transport is not None:
-                conn.transport.resume_reading()
-                conn.deadline = self.loop.time() + active.read_timeout
+            flow.client_drained(active.conn, self.loop.time())
         if self.current is None and not self.in_head:
             self.deadline = 0.0 if active is not None else self._idle_deadline()
 
@@ -323,13 +329,128 @@ class DownstreamProtocol(asyncio.Protocol):
         elif not self.in_head:
             self.deadline = self._idle_deadline()
 
-    # ---- used by exchanges -------------------------------------------------------------------
+    # ---- the client side of the active exchange (see proxy/clientside.py) -------------------
+
+    def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if not headers and status == 100:
+            self.write(CONTINUE)
+            return
+        parts = [hdr.status_line(status)]
+        for name, value in headers:
+            parts.extend((name, b": ", value, b"\r\n"))
+        parts.append(b"\r\n")
+        self.write(b"".join(parts))
+
+    def send_head(
+        self,
+        status: int,
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes, bytes]],
+        head: RequestHead,
+    ) -> ResponseHead:
+        keep_alive = head.keep_alive and head.upgrade is None and not self.connections.draining
+        response = hdr.render_response(
+            status,
+            parts,
+            special,
+            head.method == b"HEAD",
+            head.version_11,
+            keep_alive,
+            self.hsts,
+        )
+        self.framing = framing = response.framing
+        self.keep = response.keep_alive
+        if framing == hdr.FRAME_NONE:
+            self.pending_head = None
+            self.write(response.data)
+        else:
+            # Sent with the first body piece: one write instead of two for small responses.
+            self.pending_head = response.data
+        return response
+
+    def send_body(self, piece: bytes | memoryview) -> None:
+        if self.closing:
+            return
+        size = len(piece)
+        pending_head = self.pending_head
+        if size <= 16384:
+            # Small: copying is cheaper than a second buffer; one write.
+            if self.framing == hdr.FRAME_CHUNKED:
+                piece = b"%x\r\n%s\r\n" % (size, piece)
+            if pending_head is not None:
+                self.pending_head = None
+                piece = pending_head + piece
+            self.transport.write(piece)
+            return
+        # Large: never copy the piece; head, framing and piece go out in one writev.
+        chunked = self.framing == hdr.FRAME_CHUNKED
+        parts = [b"%x\r\n" % size, piece, b"\r\n"] if chunked else [piece]
+        if pending_head is not None:
+            self.pending_head = None
+            parts.insert(0, pending_head)
+        self.transport.writelines(parts)
+
+    def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
+        close = close or self.connections.draining
+        data = local_reply(status, close=close, head_only=head_only)
+        extra = fields + self.hsts
+        if extra:
+            data = data.replace(b"\r\n", b"\r\n" + extra, 1)
+        self.framing = hdr.FRAME_NONE
+        self.pending_head = None
+        self.keep = not close
+        self.write(data)
+        return not close
+
+    def finish(self, exchange: object, reusable: bool, now: float) -> None:
+        tail = hdr.LAST_CHUNK if self.framing == hdr.FRAME_CHUNKED else b""
+        pending_head = self.pending_head
+        if pending_head is not None:
+            tail = pending_head + tail
+            self.pending_head = None
+        if tail:
+            self.write(tail)
+        self.exchange_done(exchange, reusable and self.keep, now)
+
+    def upgrade(
+        self,
+        exchange: object,
+        headers: list[tuple[bytes, bytes]],
+        rest: bytes,
+        upstream: asyncio.Transport,
+    ) -> None:
+        self.write(hdr.render_switching(headers))
+        if rest:
+            self.write(rest)
+        Tunnel(
+            self.loop,
+            self.settings.tunnel_idle_timeout,
+            self.connections,
+            self.transport,
+            upstream,
+        )
+        # The connection now belongs to the tunnel: this protocol is out of the picture.
+        self.closing = True
+        self.deadline = 0.0
+        self.active = None
+        self.current = None
+        self.connections.release(self)
+        if self.tunnel_rest:
+            upstream.write(self.tunnel_rest)
+
+    def pause_reading(self) -> None:
+        self._pause(_PAUSE_BODY)
+
+    def resume_reading(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    # ---- exchanges in turn -------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if not self.closing:
             self.transport.write(data)
 
-    def exchange_done(self, exchange: Exchange, keep_alive: bool, now: float = 0.0) -> None:
+    def exchange_done(self, exchange: object, keep_alive: bool, now: float = 0.0) -> None:
         if self.active is exchange:
             self.active = None
         self.telemetry.stats.requests += 1
@@ -362,20 +483,6 @@ class DownstreamProtocol(asyncio.Protocol):
         exchange.begin()
         if not self.queue and not self.closing:
             self._resume(_PAUSE_PIPELINE)
-
-    def pause_for_body(self) -> None:
-        self._pause(_PAUSE_BODY)
-
-    def resume_for_body(self) -> None:
-        self._resume(_PAUSE_BODY)
-
-    def tunnel_started(self, exchange: Exchange, tunnel: Tunnel) -> None:
-        """The connection now belongs to a tunnel: this protocol is out of the picture."""
-        self.closing = True
-        self.deadline = 0.0
-        self.active = None
-        self.current = None
-        self.connections.release(self)
 
     def close(self) -> None:
         if not self.closing:
@@ -445,7 +552,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if last is not None and last.head is not None and last.head.upgrade is not None:
             # The bytes after the upgrade request belong to the tunnel, if the upstream agrees;
             # the connection is not read again until then. A refused upgrade closes it.
-            last.tunnel_rest += data[offset:]
+            self.tunnel_rest += data[offset:]
             self.rejected = True
             self._pause(_PAUSE_UPGRADE)
             return
@@ -478,4 +585,4 @@ class DownstreamProtocol(asyncio.Protocol):
             self.telemetry.refused(self.ctx, self.url, status, reason)
         else:
             # Answer after the responses still owed, then close.
-            self.queue.append(self.routing.local_exchange(self, status, reason))
+            self.queue.append(self.routing.local_exchange(self, status, reason, self.url))

@@ -1,8 +1,11 @@
 """One request/response through the proxy: pick an endpoint, forward, relay, retry if safe.
 
-The downstream protocol creates an `Exchange` when a request head is complete, with either a
+`Routing.open_exchange` creates an `Exchange` when a request head is complete, with either a
 local reply decided up front (404, 503, 413, ...) or a `Route` from the generation captured at
-that moment. `begin` runs when the exchange reaches the head of the connection's pipeline:
+that moment. The exchange talks to the client through `ClientSide` (proxy/clientside.py),
+whatever the client speaks, and to the pod through an `UpstreamProtocol` taken from the
+`Pool`; proxy/flow.py couples their reading and writing. `begin` runs when the exchange is the
+client side's turn to answer (the head of an HTTP/1.1 connection's pipeline):
 it picks an endpoint from the route's cluster, takes a pooled connection or dials one, and
 writes the request head. Body pieces flow client -> upstream as they arrive; response pieces
 flow upstream -> client as they arrive. Nothing is awaited on this path: everything is driven
@@ -20,67 +23,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
+from proxy import flow
 from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
+from proxy.clientside import ClientSide
 from proxy.config import Endpoint
-from proxy.connections import Connections
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
 from proxy.pool import Pool
-from proxy.replies import CONTINUE, local_reply
 from proxy.route import Route
 from proxy.settings import ProxySettings
 from proxy.telemetry import Telemetry
-from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamProtocol
-
-if TYPE_CHECKING:
-    from proxy.downstream import DownstreamProtocol
+from proxy.upstream import Receiver, UpstreamProtocol
 
 logger = logging.getLogger("portico.proxy")
 
 # Request body kept for a retry; beyond it the request can no longer be replayed.
 REPLAY_LIMIT = 64 * 1024
-# Body bytes buffered while no upstream connection is ready; beyond it the client is paused.
-BUFFER_LIMIT = 64 * 1024
-
-_LAST_CHUNK = b"0\r\n\r\n"
-# Framings render_response picks for a body without length (or chunked, told apart upstream).
-_CLOSE_DELIMITED = (hdr.FRAME_CHUNKED, hdr.FRAME_CLOSE)
 
 
 class Forwarding:
-    """What the exchanges of one worker share: the loop, the upstream pool, telemetry, the
-    connection registry (for draining and tunnels) and the limits they apply."""
+    """What the exchanges of one worker share: the loop, the upstream pool, telemetry, and
+    the number of endpoints a request may try."""
 
-    __slots__ = ("connections", "loop", "max_attempts", "pool", "telemetry", "tunnel_idle_timeout")
+    __slots__ = ("loop", "max_attempts", "pool", "telemetry")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         pool: Pool,
         telemetry: Telemetry,
-        connections: Connections,
         settings: ProxySettings,
     ) -> None:
         self.loop = loop
         self.pool = pool
         self.telemetry = telemetry
-        self.connections = connections
         self.max_attempts = settings.upstream_max_attempts
-        self.tunnel_idle_timeout = settings.tunnel_idle_timeout
 
 
-class Exchange:
+class Exchange(Receiver):
     __slots__ = (
         "attempts_left",
         "body_received",
+        "client",
         "close_after",
         "conn",
         "connect_task",
-        "down",
         "endpoint",
         "finished",
         "fwd",
@@ -88,29 +77,24 @@ class Exchange:
         "head_at",
         "pending",
         "pending_bytes",
-        "pending_head",
-        "read_timeout",
         "reason",
         "replayable",
         "reply",
         "request_done",
-        "response",
-        "response_bytes",
         "route",
-        "sent",
         "sent_at",
         "started",
         "status",
         "switching",
         "tried",
-        "tunnel_rest",
         "upstream",
+        "url",
     )
 
     def __init__(
         self,
         fwd: Forwarding,
-        down: DownstreamProtocol,
+        client: ClientSide,
         head: RequestHead | None,
         route: Route | None,
         *,
@@ -118,9 +102,10 @@ class Exchange:
         reason: str | None = None,
         close_after: bool = False,
         started: float = 0.0,
+        url: bytes = b"",
     ) -> None:
         self.fwd = fwd
-        self.down = down
+        self.client = client
         self.head = head
         self.route = route
         self.reply = reply  # a local reply status, 0 when forwarding
@@ -128,7 +113,7 @@ class Exchange:
         self.close_after = close_after
         # A head parsed from a read is timed by that read (one clock call less per request).
         self.started = started if started else fwd.loop.time()
-        self.read_timeout = route.read_timeout if route is not None else 60.0
+        self.url = url  # the request target as read, for the log of a request without a head
         self.request_done = head is None or (head.content_length <= 0 and not head.chunked)
         self.body_received = 0
         # Request body pieces (framed for upstream) not yet sent, or kept for a replay.
@@ -141,13 +126,10 @@ class Exchange:
         self.tried: list[Endpoint] = []
         self.attempts_left = fwd.max_attempts
         self.response: ResponseHead | None = None
-        self.response_bytes = False  # any byte from the upstream for this attempt
-        self.pending_head: bytes | None = None
         self.status = 0
         self.sent = 0
         self.finished = False
         self.switching: list[tuple[bytes, bytes]] | None = None
-        self.tunnel_rest = b""
         self.upstream: str | None = None  # authority of the attached connection, for the log
         self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
@@ -162,7 +144,7 @@ class Exchange:
         route = self.route
         assert route is not None and self.head is not None
         if self.head.expect_continue and not self.request_done:
-            self.down.write(CONTINUE)
+            self.client.send_interim(100, [])
         self._attempt()
 
     def _attempt(self) -> None:
@@ -186,18 +168,9 @@ class Exchange:
         self.upstream = None
         self.attempts_left -= 1
         self.endpoint = endpoint
-        # TLS and plain connections to one pod live under different pool keys.
-        tls = route.upstream_tls
-        key = (
-            (endpoint.address, endpoint.port)
-            if tls is None
-            else (endpoint.address, endpoint.port, tls)
-        )
-        # Pool.acquire, inlined for the common case of a warm idle connection.
-        idle = self.fwd.pool.idle.get(key)
-        conn = idle.pop() if idle else None
-        if conn is not None and (conn.closed or conn.transport is None):
-            conn = self.fwd.pool.acquire(key)
+        # A copy of Pool.acquire inlined here measured no faster, compiled (hotpath, 6
+        # interleaved runs: small 6.65 vs 6.67, 64k 8.94 vs 8.95, chunked 10.94 vs 10.95 us).
+        conn = self.fwd.pool.acquire(endpoint, route.upstream_tls)
         if conn is not None:
             self._attach(conn)
         else:
@@ -257,33 +230,22 @@ class Exchange:
         assert head is not None and route is not None and conn.transport is not None
         self.conn = conn
         self.upstream = conn.authority
-        conn.exchange = self
-        conn.requests += 1
-        conn.in_head = True  # the next bytes start a response head
-        conn.remaining = 0
-        conn.parts = [b""]
-        conn.special = []
-        self.response_bytes = False
+        self.sent_at = now = self.fwd.loop.time()
+        conn.start(self, route.read_timeout, route.send_timeout, now)
         transport = conn.transport
         data = head.upstream_head
         if data is None:
             data = head.render(conn.authority.encode())
         pending = self.pending
-        if self.down.paused:
-            self.down.resume_for_body()  # the buffered body goes out now
         if pending:
             transport.writelines([data, *pending])
         else:
             transport.write(data)
         if self.request_done and not self.replayable:
             self.pending = None
-        self.sent_at = now = self.fwd.loop.time()
-        conn.deadline = now + self.read_timeout
         if route.track and route.cluster is not None:
             route.cluster.request_started(conn.endpoint)
-        if self.down.write_paused:
-            transport.pause_reading()
-            conn.deadline = 0.0
+        flow.attached(self.client, conn)
 
     # ---- request body (from the downstream protocol) -----------------------------------------
 
@@ -295,7 +257,7 @@ class Exchange:
         self.body_received = received
         route = self.route
         if route is not None and route.max_body and received > route.max_body:
-            self.fwd.telemetry.reject(self.down.ctx, 413, "BodyTooLarge")
+            self.fwd.telemetry.reject(self.client.ctx, 413, "BodyTooLarge")
             self._fail(413, "BodyTooLarge", close=True)
             return
         if self.head is not None and self.head.chunked:
@@ -309,7 +271,7 @@ class Exchange:
         if self.finished:
             return
         if self.head is not None and self.head.chunked:
-            self._send_body(_LAST_CHUNK)
+            self._send_body(hdr.LAST_CHUNK)
         if not self.replayable:
             self.pending = None
 
@@ -336,21 +298,14 @@ class Exchange:
             pending = self.pending = []
         pending.append(piece)
         self.pending_bytes += len(piece)
-        if self.pending_bytes > BUFFER_LIMIT:
+        if flow.buffered(self.client, self.pending_bytes):
             self.replayable = False
-            self.down.pause_for_body()
 
     def upstream_write_paused(self) -> None:
-        self.down.pause_for_body()
-        conn = self.conn
-        if conn is not None and self.route is not None:
-            conn.deadline = self.fwd.loop.time() + self.route.send_timeout
+        flow.upstream_stalled(self.client)
 
     def upstream_write_resumed(self) -> None:
-        self.down.resume_for_body()
-        conn = self.conn
-        if conn is not None and self.response is None:
-            conn.deadline = self.fwd.loop.time() + self.read_timeout
+        flow.upstream_drained(self.client)
 
     # ---- response (from the upstream protocol) -----------------------------------------------
 
@@ -377,102 +332,38 @@ class Exchange:
                 return
             # 100 was answered by us already (Expect is not forwarded); others are relayed.
             if status != 100 and head.version_11:
-                parts = [hdr.status_line(status)]
-                for name, value in headers:
-                    parts.extend((name, b": ", value, b"\r\n"))
-                parts.append(b"\r\n")
-                self.down.write(b"".join(parts))
+                self.client.send_interim(status, headers)
             return
-        down = self.down
         # The loop time of the read that holds the head (one clock call less per request).
         head_at = conn.read_at
         # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
-        keep_alive = head.keep_alive and head.upgrade is None and not self.fwd.connections.draining
         try:
-            response = hdr.render_response(
-                status,
-                parts,
-                special,
-                head.method == b"HEAD",
-                head.version_11,
-                keep_alive,
-                down.hsts,
-            )
+            response = self.client.send_head(status, parts, special, head)
         except ValueError:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")
             return
         self.response = response
         self.status = status
-        if response.framing == hdr.FRAME_NONE:
-            down.write(response.data)
-            if head.method == b"HEAD" and status >= 200:
-                keep = conn.finish_head_response()
-                self.response_done(conn, keep, conn.read_at)
-        else:
-            # Sent with the first body piece: one write instead of two for small responses.
-            self.pending_head = response.data
+        if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
+            keep = conn.finish_head_response()
+            self.response_done(conn, keep, conn.read_at)
 
     def response_body(self, body: bytes | memoryview) -> None:
-        response = self.response
-        if response is None or self.finished:
+        if self.response is None or self.finished:
             return
-        size = len(body)
-        self.sent += size
-        down = self.down
-        if down.closing:
-            return
-        pending_head = self.pending_head
-        if size <= 16384:
-            # Small: copying is cheaper than a second buffer; one write.
-            if response.framing == hdr.FRAME_CHUNKED:
-                body = b"%x\r\n%s\r\n" % (size, body)
-            if pending_head is not None:
-                self.pending_head = None
-                body = pending_head + body
-            down.transport.write(body)
-            return
-        # Large: never copy the piece; head, framing and piece go out in one writev.
-        if response.framing == hdr.FRAME_CHUNKED:
-            parts = [b"%x\r\n" % size, body, b"\r\n"]
-        else:
-            parts = [body]
-        if pending_head is not None:
-            self.pending_head = None
-            parts.insert(0, pending_head)
-        down.transport.writelines(parts)
+        self.sent += len(body)
+        self.client.send_body(body)
 
     def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool, now: float) -> None:
         """The response is complete; `now` is the loop time of the read that completed it."""
-        response = self.response
-        if self.finished or response is None:
+        if self.finished or self.response is None:
             return
-        tail = _LAST_CHUNK if response.framing == hdr.FRAME_CHUNKED else b""
-        if self.pending_head is not None:
-            tail = self.pending_head + tail
-            self.pending_head = None
-        down = self.down
-        if tail:
-            down.write(tail)
-        # The common ending, inlined (_release + _finish): it runs once per request.
-        self.finished = True
-        self.pending = None
-        self.conn = None
-        if conn.exchange is self:
-            conn.exchange = None
-        endpoint = self.endpoint
-        if endpoint is not None:
-            self.endpoint = None
-            route = self.route
-            if route is not None and route.track and route.cluster is not None:
-                route.cluster.request_finished(endpoint, now - self.started)
+        # Compiled, a copy of _release + _finish inlined here measured no faster (hotpath, 6
+        # interleaved runs: small 6.67 either way, 64k 8.95 vs 8.91, chunked 10.95 vs 10.97 us).
         request_done = self.request_done
-        if upstream_keep_alive and request_done:
-            self.fwd.pool.release(conn, now)
-        else:
-            conn.close()
-        self._ended(self.reason, now)
-        down.exchange_done(self, response.keep_alive and request_done, now)
+        self._release(conn, upstream_keep_alive and request_done, now)
+        self._finish(request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
         """The upstream switched protocols: from now on both connections are one byte pipe."""
@@ -481,26 +372,15 @@ class Exchange:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")
             return
         self.status = 101
-        down = self.down
-        fwd = self.fwd
+        now = self.fwd.loop.time()
+        transport = conn.transport
         self.conn = None
-        conn.exchange = None
-        conn.deadline = 0.0
-        fwd.pool.forget(conn)
+        conn.hand_over()  # the client side's tunnel owns the transport now
         if self.route is not None and self.route.cluster is not None:
-            self.route.cluster.request_finished(conn.endpoint, fwd.loop.time() - self.started)
+            self.route.cluster.request_finished(conn.endpoint, now - self.started)
         self.finished = True
-        down.write(hdr.render_switching(switching))
-        if rest:
-            down.write(rest)
-        tunnel = Tunnel(
-            fwd.loop, fwd.tunnel_idle_timeout, fwd.connections, down.transport, conn.transport
-        )
-        conn.hand_over()  # the tunnel owns the transport now
-        down.tunnel_started(self, tunnel)
-        if self.tunnel_rest:
-            conn.transport.write(self.tunnel_rest)
-        self._ended(None, fwd.loop.time())
+        self.client.upgrade(self, switching, rest, transport)
+        self._ended(None, now)
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -511,14 +391,18 @@ class Exchange:
         self.conn = None
         response = self.response
         if response is not None:
-            if response.framing in _CLOSE_DELIMITED and not response.upstream_chunked:
+            if (
+                response.framing != hdr.FRAME_NONE
+                and response.length < 0
+                and not response.upstream_chunked
+            ):
                 # A body without Content-Length or chunked framing ends with the connection.
                 self.response_done(conn, False, self.fwd.loop.time())
             else:
                 self._abort("UpstreamClosedEarly")
             return
         self._request_finished()
-        if not self.response_bytes and self.replayable:
+        if not conn.answered and self.replayable:
             if conn.requests > 1:
                 # A pooled connection the upstream had closed: the classic keep-alive race.
                 # Nothing of the response came back, so send it again on a fresh connection.
@@ -578,29 +462,29 @@ class Exchange:
         """The client stopped sending its request body."""
         if self.finished:
             return
-        self.fwd.telemetry.reject(self.down.ctx, 408, "BodyTimeout")
+        self.fwd.telemetry.reject(self.client.ctx, 408, "BodyTimeout")
         self._fail(408, "BodyTimeout", close=True)
 
     # ---- endings -----------------------------------------------------------------------------
 
-    def _release(self, conn: UpstreamProtocol, reuse: bool) -> None:
+    def _release(self, conn: UpstreamProtocol, reuse: bool, now: float = 0.0) -> None:
         if self.conn is conn:
             self.conn = None
-        if conn.exchange is self:
-            conn.exchange = None
-        self._request_finished()
+        self._request_finished(now)
         if reuse:
-            self.fwd.pool.release(conn)
+            self.fwd.pool.release(conn, now)
         else:
             conn.close()
 
-    def _request_finished(self) -> None:
+    def _request_finished(self, now: float = 0.0) -> None:
         endpoint = self.endpoint
         route = self.route
         if endpoint is not None and route is not None and route.cluster is not None:
             self.endpoint = None
             if route.track:
-                route.cluster.request_finished(endpoint, self.fwd.loop.time() - self.started)
+                if not now:
+                    now = self.fwd.loop.time()
+                route.cluster.request_finished(endpoint, now - self.started)
 
     def _fail(self, status: int, reason: str, *, close: bool = False) -> None:
         """Answer locally if nothing was sent yet, else cut the client connection."""
@@ -618,20 +502,15 @@ class Exchange:
         if self.finished:
             return
         head = self.head
-        down = self.down
         # A request body still on its way would be read as the next request: close instead.
         close = close or not self.request_done or head is None or not head.keep_alive
-        close = close or self.fwd.connections.draining
         self.reason = reason
         self.status = status
         self.fwd.telemetry.stats.local_replies += 1
-        data = local_reply(
-            status, close=close, head_only=head is not None and head.method == b"HEAD"
+        keep = self.client.send_answer(
+            status, b"", close, head is not None and head.method == b"HEAD"
         )
-        if down.hsts:
-            data = data.replace(b"\r\n", b"\r\n" + down.hsts, 1)
-        down.write(data)
-        self._finish(not close)
+        self._finish(keep)
 
     def _abort(self, reason: str) -> None:
         """The response head is out but its body cannot be completed: cut the connection."""
@@ -643,23 +522,25 @@ class Exchange:
         if conn is not None:
             self._release(conn, False)
         self._ended(reason, self.fwd.loop.time())
-        self.down.abort()
+        self.client.abort()
 
-    def _finish(self, keep_alive: bool) -> None:
+    def _finish(self, keep_alive: bool, now: float = 0.0) -> None:
         self.finished = True
         self.pending = None
         task = self.connect_task
         if task is not None:
             task.cancel()
             self.connect_task = None
-        self._ended(self.reason, self.fwd.loop.time())
-        self.down.exchange_done(self, keep_alive)
+        if not now:
+            now = self.fwd.loop.time()
+        self._ended(self.reason, now)
+        self.client.finish(self, keep_alive, now)
 
     def _ended(self, reason: str | None, now: float) -> None:
         """Every exchange ends here once: its request metrics and access-log entry."""
         route = self.route
         head = self.head
-        down = self.down
+        ctx = self.client.ctx
         telemetry = self.fwd.telemetry
         head_at = self.head_at
         telemetry.metrics.record(
@@ -679,16 +560,17 @@ class Exchange:
         if upstream is None:
             tried = self.tried
             upstream = tried[-1].authority if tried else None
-        # AccessLog.record, inlined: this runs for every request.
+        # AccessLog.record, inlined: one native call fewer and no boxing of a typed tuple per
+        # request (hotpath small, compiled, 6 interleaved runs: 6.67 inlined vs 6.75 us).
         entries = access.entries
         entries.append(
             (
                 time.time(),
                 (
-                    down.ctx.client_ip if down.ctx is not None else b"",
+                    ctx.client_ip if ctx is not None else b"",
                     head.method if head is not None else b"",
                     head.host if head is not None else b"",
-                    head.target if head is not None else down.url,
+                    head.target if head is not None else self.url,
                     self.status,
                     self.sent,
                     now - self.started,

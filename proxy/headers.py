@@ -565,6 +565,9 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
 RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server", b"strict-transport-security"}
 RESPONSE_NAMES: Final = FieldNames(RESPONSE_SPECIAL)
 
+# The end of a chunked body (no trailers).
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
 # Response body framing towards the client.
 FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
 FRAME_LENGTH: Final = 1  # Content-Length, passed through

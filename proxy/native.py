@@ -31,11 +31,13 @@ from typing import Final
 
 COMPILED: Final[tuple[str, ...]] = (
     "proxy.accesslog",
+    "proxy.clientside",
     "proxy.cluster",
     "proxy.config",
     "proxy.connections",
     "proxy.downstream",
     "proxy.exchange",
+    "proxy.flow",
     "proxy.headers",
     "proxy.metrics",
     "proxy.pool",

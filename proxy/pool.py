@@ -1,8 +1,8 @@
 """Per-endpoint keep-alive pool of upstream connections, one per worker.
 
-An exchange asks `acquire(key)` for an idle connection to an (ip, port) and, when there is none,
-dials with `connect`. After a complete response on a reusable connection the exchange hands it
-back with `release`; it then idles (LIFO, so the warmest connection is reused first and the
+An exchange asks `acquire(endpoint, tls)` for an idle connection to an endpoint and, when there
+is none, dials with `connect`. After a complete response on a reusable connection the exchange
+hands it back with `release`; it then idles (LIFO, so the warmest connection is reused first and the
 coldest ones expire) until `upstream_keepalive_timeout`, at most `upstream_keepalive_max` per
 endpoint. A connection older than `upstream_keepalive_time` (default 5 s) is closed instead of
 pooled: measured with proxy-bench --body 64k, connections reused for good ran ever slower (the
@@ -11,7 +11,8 @@ then paced every response: 22k -> 14k responses/s over five 5-second runs); rene
 they stayed at 22k, and 100-byte responses lost nothing (a renewal per connection per 5 s).
 Renewal after a number of requests instead (nginx's keepalive_requests) cost 12 % on those.
 When a snapshot drops an endpoint, `retain` closes its idle connections and makes later
-releases to it close instead.
+releases to it close instead. The pool alone builds connection keys (`key`) and moves
+connections in and out of its idle lists.
 """
 
 from __future__ import annotations
@@ -62,20 +63,32 @@ class Pool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    def acquire(self, key: _PoolKey) -> UpstreamProtocol | None:
-        idle = self.idle.get(key)
+    @staticmethod
+    def key(endpoint: Endpoint, tls: UpstreamTLS | None) -> _PoolKey:
+        """The idle list of connections to `endpoint`: TLS and plain connections to one pod
+        live apart (and TLS ones per identity)."""
+        if tls is None:
+            return (endpoint.address, endpoint.port)
+        return (endpoint.address, endpoint.port, tls)
+
+    def acquire(self, endpoint: Endpoint, tls: UpstreamTLS | None) -> UpstreamProtocol | None:
+        """The warmest idle connection to `endpoint` still open, taken out of the pool.
+
+        A transport closing underneath (its connection_lost not run yet) is not asked about:
+        that costs a call per request, and a request sent on it comes back through the
+        exchange's stale-connection retry, as when a pod closes an idle connection."""
+        idle = self.idle.get(Pool.key(endpoint, tls))
         while idle:
             conn = idle.pop()
-            transport = conn.transport
-            if not conn.closed and transport is not None and not transport.is_closing():
-                conn.deadline = 0.0
+            if not conn.closed and conn.transport is not None:
+                conn.unpark()
                 return conn
         return None
 
     def release(self, conn: UpstreamProtocol, now: float = 0.0) -> None:
         """Pool an idle connection (or close it); `now`: the caller's loop time, if it has it."""
-        conn.exchange = None
         if conn.closed:
+            conn.close()  # lets go of its exchange
             return
         key = conn.pool_key
         retained = self.retained
@@ -91,28 +104,30 @@ class Pool:
         ):
             conn.close()
             return
-        transport = conn.transport
-        if transport is not None:
-            transport.resume_reading()  # may have been paused by a slow client
-        conn.deadline = now + self.keepalive_timeout
+        conn.park(now, self.keepalive_timeout)
         idle.append(conn)
 
     async def connect(
         self, endpoint: Endpoint, connect_timeout: float, tls: UpstreamTLS | None = None
     ) -> UpstreamProtocol:
         self.connects += 1
+        loop = self.loop
+        address = (endpoint.address, endpoint.port)
+        pool_key = Pool.key(endpoint, tls)
         if tls is None:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: UpstreamProtocol(self, endpoint), endpoint.address, endpoint.port
+                loop.create_connection(
+                    lambda: UpstreamProtocol(self, loop, endpoint, address, pool_key),
+                    endpoint.address,
+                    endpoint.port,
                 ),
                 connect_timeout,
             )
         else:
             # The handshake is part of connecting: it counts against the connect timeout.
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: UpstreamProtocol(self, endpoint, tls),
+                loop.create_connection(
+                    lambda: UpstreamProtocol(self, loop, endpoint, address, pool_key),
                     endpoint.address,
                     endpoint.port,
                     ssl=tls.context,

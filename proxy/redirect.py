@@ -10,11 +10,7 @@ the request's own port is the plain-HTTP one.
 
 from __future__ import annotations
 
-from typing import Final
-
 from proxy.exchange import Exchange
-
-_BODY: Final = b"308 Permanent Redirect\n"
 
 
 def _hostname(host: bytes) -> bytes | None:
@@ -39,15 +35,6 @@ def location(host: bytes, target: bytes) -> bytes | None:
     return b"https://" + name + target
 
 
-def render(url: bytes, *, close: bool, head_only: bool) -> bytes:
-    data = (
-        b"HTTP/1.1 308 Permanent Redirect\r\nServer: portico\r\nLocation: %s\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n"
-        % (url, len(_BODY), b"Connection: close\r\n" if close else b"")
-    )
-    return data if head_only else data + _BODY
-
-
 class Redirect(Exchange):
     """A 308 to the HTTPS URL of the request, answered in its turn on the connection."""
 
@@ -55,14 +42,15 @@ class Redirect(Exchange):
 
     def begin(self) -> None:
         head = self.head
-        down = self.down
         url = None if head is None else location(head.host, head.target)
         if head is None or url is None:
             self._local(400, "InvalidHost", close=True)
             return
         # A request body still on its way would be read as the next request: close instead.
-        close = not self.request_done or not head.keep_alive or self.fwd.connections.draining
+        close = not self.request_done or not head.keep_alive
         self.status = 308
         self.fwd.telemetry.stats.local_replies += 1
-        down.write(render(url, close=close, head_only=head.method == b"HEAD"))
-        self._finish(not close)
+        keep = self.client.send_answer(
+            308, b"Location: " + url + b"\r\n", close, head.method == b"HEAD"
+        )
+        self._finish(keep)

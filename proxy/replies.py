@@ -12,6 +12,7 @@ from typing import Final
 
 REASONS: Final[dict[int, bytes]] = {
     100: b"Continue",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",

@@ -15,8 +15,8 @@ local reply that closes the connection), routed, and checked against the route's
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from proxy.clientside import ClientSide
 from proxy.cluster import Cluster
 from proxy.config import (
     Backend,
@@ -35,9 +35,6 @@ from proxy.route import Route
 from proxy.settings import ProxySettings
 from proxy.table import Router
 from proxy.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from proxy.downstream import DownstreamProtocol
 
 
 def build_router(snapshot: Snapshot) -> Router:
@@ -176,7 +173,7 @@ class Routing:
 
     def open_exchange(
         self,
-        down: DownstreamProtocol,
+        client: ClientSide,
         method: bytes,
         url: bytes,
         version: str,
@@ -185,39 +182,56 @@ class Routing:
     ) -> Exchange:
         """Validate and route a complete request head (capturing the current generation)."""
         fwd = self.forwarding
-        assert down.ctx is not None
+        ctx = client.ctx
+        assert ctx is not None
         try:
-            head = parse_request(method, url, version, parts, special, down.ctx)
+            head = parse_request(method, url, version, parts, special, ctx)
         except BadRequest as exc:
-            self.telemetry.reject(down.ctx, exc.status, exc.reason)
+            self.telemetry.reject(ctx, exc.status, exc.reason)
             return Exchange(
-                fwd, down, None, None, reply=exc.status, reason=exc.reason, close_after=True
+                fwd,
+                client,
+                None,
+                None,
+                reply=exc.status,
+                reason=exc.reason,
+                close_after=True,
+                url=url,
             )
         generation = self._generation
         assert generation is not None
         rule = generation.router.route_raw(head.host, head.path)
         if rule is None:
-            return Exchange(fwd, down, head, None, reply=404, reason="NoRoute")
+            return Exchange(fwd, client, head, None, reply=404, reason="NoRoute")
         route = generation.routes.get(id(rule))
         if route is None or route.rule is not rule:
             route = generation.route_for(rule)
-        if route.redirect and down.scheme == "http":
-            return Redirect(fwd, down, head, route, reply=308, reason="SSLRedirect")
+        if route.redirect and ctx.scheme == b"http":
+            return Redirect(fwd, client, head, route, reply=308, reason="SSLRedirect")
         if route.max_body and head.content_length > route.max_body:
-            self.telemetry.reject(down.ctx, 413, "BodyTooLarge")
+            self.telemetry.reject(ctx, 413, "BodyTooLarge")
             return Exchange(
-                fwd, down, head, None, reply=413, reason="BodyTooLarge", close_after=True
+                fwd, client, head, None, reply=413, reason="BodyTooLarge", close_after=True
             )
         if route.cluster is None:
             return Exchange(
-                fwd, down, head, route, reply=503, reason=route.unavailable or "NoEndpoints"
+                fwd, client, head, route, reply=503, reason=route.unavailable or "NoEndpoints"
             )
-        return Exchange(fwd, down, head, route, started=down.read_at)
+        return Exchange(fwd, client, head, route, started=client.read_at)
 
-    def local_exchange(self, down: DownstreamProtocol, status: int, reason: str) -> Exchange:
+    def local_exchange(
+        self, client: ClientSide, status: int, reason: str, url: bytes = b""
+    ) -> Exchange:
         """A local reply owed on a connection that refuses what follows (closes after it)."""
         return Exchange(
-            self.forwarding, down, None, None, reply=status, reason=reason, close_after=True
+            self.forwarding,
+            client,
+            None,
+            None,
+            reply=status,
+            reason=reason,
+            close_after=True,
+            url=url,
         )
 
 

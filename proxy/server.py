@@ -53,9 +53,7 @@ class ProxyServer:
         self.telemetry = Telemetry(settings)
         self.pool = Pool(self.loop, settings)
         self.connections = Connections(settings.max_connections, self.telemetry.stats)
-        self.forwarding = Forwarding(
-            self.loop, self.pool, self.telemetry, self.connections, settings
-        )
+        self.forwarding = Forwarding(self.loop, self.pool, self.telemetry, settings)
         self.routing = Routing(settings, self.pool, self.telemetry, self.forwarding)
         self.contexts = ClientContexts(settings.trusted_networks())
         self._servers: list[asyncio.Server | TLSListener] = []

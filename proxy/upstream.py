@@ -1,10 +1,11 @@
 """Pod-facing HTTP/1.1 protocol: one TCP connection to one endpoint, reused through the pool.
 
-While an `Exchange` is attached, the httptools response parser's callbacks go straight to it
-(status, headers, body pieces, end of message); between exchanges the connection idles in the
-`Pool`. Bytes from an idle connection mean the peer is broken, so it is closed. Flow control is
-coupled both ways: this transport's `pause_writing` pauses reading the client's request body,
-and the client transport's `pause_writing` pauses reading here.
+While an exchange is attached (`start`), the httptools response parser's callbacks go straight
+to it through `Receiver` (status, headers, body pieces, end of message); between exchanges the
+connection idles in the `Pool` (`park`). Bytes from an idle connection mean the peer is broken,
+so it is closed. The connection keeps its own deadline: the read timeout while it waits for the
+pod, the send timeout while the pod does not take the request body, the keep-alive timeout
+while it idles; none while the client is not reading (proxy/flow.py decides when to pause).
 """
 
 from __future__ import annotations
@@ -13,18 +14,13 @@ import asyncio
 import contextlib
 import os
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from proxy.config import Endpoint
-from proxy.headers import RESPONSE_NAMES
-
-if TYPE_CHECKING:
-    from proxy.exchange import Exchange
-    from proxy.pool import Pool
-    from proxy.tls import UpstreamTLS
-
+from proxy.headers import RESPONSE_NAMES, ResponseHead
 
 _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 12)
 # Smallest rest of a Content-Length body worth reading past the parser (a new parser per
@@ -34,8 +30,64 @@ _PAST_PARSER_MIN = 8192
 _SPLIT_MIN = 16384
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Receiver:
+    """What a connection reports to while it carries an exchange (proxy/exchange.py's
+    `Exchange` implements it). A base class, not a typing.Protocol, for the same reason as
+    proxy/clientside.py's `ClientSide`: these calls run several times per request."""
+
+    __slots__ = ("response", "sent")
+
+    # The final response head as relayed to the client, once it arrived (None before).
+    response: ResponseHead | None
+    # Body bytes of the response relayed so far.
+    sent: int
+
+    def response_head(
+        self,
+        conn: UpstreamProtocol,
+        status: int,
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes, bytes]],
+    ) -> None:
+        raise NotImplementedError
+
+    def response_body(self, body: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool, now: float) -> None:
+        raise NotImplementedError
+
+    def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, conn: UpstreamProtocol) -> None:
+        raise NotImplementedError
+
+    def upstream_timeout(self, conn: UpstreamProtocol) -> None:
+        raise NotImplementedError
+
+    def upstream_failed(self, conn: UpstreamProtocol, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def upstream_write_paused(self) -> None:
+        raise NotImplementedError
+
+    def upstream_write_resumed(self) -> None:
+        raise NotImplementedError
+
+
+class Owner(Protocol):
+    """Who keeps track of the open connections (the `Pool`)."""
+
+    def track(self, conn: UpstreamProtocol) -> None: ...
+
+    def forget(self, conn: UpstreamProtocol) -> None: ...
+
+
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
+        "answered",
         "authority",
         "born",
         "closed",
@@ -45,34 +97,48 @@ class UpstreamProtocol(asyncio.Protocol):
         "in_head",
         "key",
         "loop",
+        "owner",
         "parser",
         "parts",
-        "pool",
         "pool_key",
         "read_at",
+        "read_timeout",
         "remaining",
         "requests",
+        "send_timeout",
         "sock",
         "special",
         "transport",
     )
 
-    def __init__(self, pool: Pool, endpoint: Endpoint, tls: UpstreamTLS | None = None) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        owner: Owner,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: Endpoint,
+        key: tuple[str, int],
+        pool_key: tuple[object, ...],
+    ) -> None:
+        self.owner = owner
         self.endpoint = endpoint
-        self.key = (endpoint.address, endpoint.port)
+        # The pool's keys (see Pool.key): the endpoint's (ip, port), and the idle list this
+        # connection returns to (TLS ones apart from plain ones).
+        self.key = key
+        self.pool_key = pool_key
         self.authority = endpoint.authority  # a property: computed once here, not per request
-        # The idle list this connection returns to: TLS ones apart from plain ones.
-        self.pool_key: tuple[object, ...] = (
-            self.key if tls is None else (endpoint.address, endpoint.port, tls)
-        )
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: Receiver | None = None
         self.deadline = 0.0
         self.closed = False
         self.requests = 0  # exchanges served; > 1 means the connection came from the pool
-        self.born = pool.loop.time()  # for upstream_keepalive_time
+        # Any byte from the pod since the current exchange started (a stale pooled connection
+        # closes before any).
+        self.answered = False
+        # The timeouts of the current exchange's route.
+        self.read_timeout = 60.0
+        self.send_timeout = 60.0
+        self.born = loop.time()  # for upstream_keepalive_time
         # Loop time of the latest read: what finishing a response within it uses as "now".
         self.read_at = self.born
         # The head being read, classified as it arrives: end-to-end fields already rendered
@@ -80,7 +146,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parts: list[bytes] = [b""]
         self.special: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, name, value)
         self.in_head = True
-        self.loop = pool.loop
+        self.loop = loop
         self.sock: socket.socket | None = None
         # Body bytes still due from the pod, read past the parser (0: the parser reads).
         self.remaining = 0
@@ -101,7 +167,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 self.sock = socket.socket(
                     sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno())
                 )
-        self.pool.track(self)
+        self.owner.track(self)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -109,9 +175,9 @@ class UpstreamProtocol(asyncio.Protocol):
             # Unsolicited bytes (or an early close notice) on an idle connection: unusable.
             self.close()
             return
-        exchange.response_bytes = True
+        self.answered = True
         self.read_at = now = self.loop.time()
-        self.deadline = now + exchange.read_timeout
+        self.deadline = now + self.read_timeout
         remaining = self.remaining
         if remaining:
             self._body_past_parser(exchange, data, remaining)
@@ -166,7 +232,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self._quickack()
 
     def _body_past_parser(
-        self, exchange: Exchange, data: bytes | memoryview, remaining: int
+        self, exchange: Receiver, data: bytes | memoryview, remaining: int
     ) -> None:
         """Forward the rest of a Content-Length body; a fresh parser reads the next response."""
         size = len(data)
@@ -206,19 +272,25 @@ class UpstreamProtocol(asyncio.Protocol):
         if sock is not None:
             self.sock = None
             sock.close()  # the duplicate descriptor (see connection_made)
-        self.pool.forget(self)
+        self.owner.forget(self)
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
             exchange.upstream_lost(self)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_write_paused()
+        exchange = self.exchange
+        if exchange is not None:
+            # The pod does not take the request body: timed as a send now.
+            self.deadline = self.loop.time() + self.send_timeout
+            exchange.upstream_write_paused()
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_write_resumed()
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.response is None:
+                self.deadline = self.loop.time() + self.read_timeout
+            exchange.upstream_write_resumed()
 
     # ---- parser callbacks --------------------------------------------------------------------
 
@@ -260,7 +332,48 @@ class UpstreamProtocol(asyncio.Protocol):
         if exchange is not None and exchange.response is not None:
             exchange.response_done(self, self.parser.should_keep_alive(), self.read_at)
 
-    # ---- used by the exchange and the pool ---------------------------------------------------
+    # ---- used by the exchange, the pool and proxy/flow.py --------------------------------------
+
+    def start(
+        self, exchange: Receiver, read_timeout: float, send_timeout: float, now: float
+    ) -> None:
+        """Carry `exchange` (its request head is written next): a new response head is due
+        within `read_timeout`."""
+        self.exchange = exchange
+        self.requests += 1
+        self.in_head = True  # the next bytes start a response head
+        self.remaining = 0
+        self.parts = [b""]
+        self.special = []
+        self.answered = False
+        self.read_timeout = read_timeout
+        self.send_timeout = send_timeout
+        self.deadline = now + read_timeout
+
+    def park(self, now: float, keepalive_timeout: float) -> None:
+        """Idle in the pool from `now` (the pool closes it after `keepalive_timeout`)."""
+        self.exchange = None
+        transport = self.transport
+        if transport is not None:
+            transport.resume_reading()  # may have been paused by a slow client
+        self.deadline = now + keepalive_timeout
+
+    def unpark(self) -> None:
+        """Taken from the pool: no deadline until `start`."""
+        self.deadline = 0.0
+
+    def pause_reading(self) -> None:
+        """The client is not reading: leave the response in the socket, untimed."""
+        transport = self.transport
+        if transport is not None:
+            transport.pause_reading()
+            self.deadline = 0.0
+
+    def resume_reading(self, now: float) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.resume_reading()
+            self.deadline = now + self.read_timeout
 
     def finish_head_response(self) -> bool:
         """A response to HEAD ends with its head; httptools cannot be told, so start afresh."""
@@ -272,6 +385,9 @@ class UpstreamProtocol(asyncio.Protocol):
     def hand_over(self) -> None:
         """The transport now belongs to a tunnel (its protocol replaced): let go of it."""
         self.closed = True
+        self.exchange = None
+        self.deadline = 0.0
+        self.owner.forget(self)
         sock = self.sock
         if sock is not None:
             self.sock = None

@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.config import Backend, Endpoint, PathRule, RouteTable, Snapshot, VirtualHost
 from proxy.downstream import DownstreamProtocol
+from proxy.pool import Pool
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamProtocol
@@ -108,7 +109,10 @@ def build(loop: asyncio.AbstractEventLoop) -> tuple[DownstreamProtocol, Upstream
     server.apply(snap)
     if server.access is not None:
         server.access.stream = Sink()  # type: ignore[assignment]
-    up = UpstreamProtocol(server.pool, Endpoint("127.0.0.2", 18081))
+    endpoint = Endpoint("127.0.0.2", 18081)
+    up = UpstreamProtocol(
+        server.pool, loop, endpoint, ("127.0.0.2", 18081), Pool.key(endpoint, None)
+    )
     up.connection_made(FakeTransport(("127.0.0.2", 18081)))  # type: ignore[arg-type]
     server.pool.release(up)
     down = server.client_protocol("http", 28080)
