@@ -312,8 +312,9 @@ async def run(
         publisher,
         totals,
         ingress_nginx_names=settings.metrics_ingress_nginx_names,
-        ingress_class=settings.ingress_class,
-        controller_name=settings.controller_name,
+        # Labels take one value: Portico's own class and controller, the first of each list.
+        ingress_class=settings.ingress_class[0],
+        controller_name=settings.controller_name[0],
     )
     proxy_settings = settings.proxy_settings()
     # One per CPU of the cgroup's quota, capped by what its memory limit holds (a warning then).

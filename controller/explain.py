@@ -137,7 +137,7 @@ def _routes_as_ours(ingresses: Iterable[Ingress]) -> RouteTable:
     events = [
         WatchEvent(
             "ADDED",
-            IngressClass(name=_PROBE_CLASS, controller=settings.controller_name),
+            IngressClass(name=_PROBE_CLASS, controller=settings.controller_names[0]),
         )
     ]
     for ingress in ingresses:

@@ -150,7 +150,13 @@ CLUSTER_FIELDS: Final = (
 )
 
 # Comma-separated lists, in flags and environment variables alike.
-_LISTS: Final = ("trusted_proxies", "watch_namespaces", "publish_status_address")
+_LISTS: Final = (
+    "trusted_proxies",
+    "watch_namespaces",
+    "publish_status_address",
+    "ingress_class",
+    "controller_name",
+)
 
 
 def _pod_namespace() -> str:
@@ -183,15 +189,24 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "to serve instead of a cluster; watched for changes."
         ),
     )
-    ingress_class: str = Field(
-        default="portico",
+    # Lists, so that one controller can serve its own class and take over another's (ingress-
+    # nginx's "nginx" class, controller k8s.io/ingress-nginx); the first of each is Portico's
+    # own, which metrics are labelled with.
+    ingress_class: tuple[str, ...] = Field(
+        default=("portico",),
         min_length=1,
-        description="IngressClass name this controller serves (spec.ingressClassName).",
+        description=(
+            "Comma-separated values of the legacy kubernetes.io/ingress.class annotation this "
+            "controller serves (spec.ingressClassName goes by --controller-name)."
+        ),
     )
-    controller_name: str = Field(
-        default="portico.dev/ingress-controller",
+    controller_name: tuple[str, ...] = Field(
+        default=("portico.dev/ingress-controller",),
         min_length=1,
-        description="spec.controller value of the IngressClasses this controller serves.",
+        description=(
+            "Comma-separated spec.controller values: Ingresses whose IngressClass names one are "
+            "served (add k8s.io/ingress-nginx to take over ingress-nginx's classes)."
+        ),
     )
     watch_ingress_without_class: bool = Field(
         default=False,
@@ -312,6 +327,14 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("ingress_class", "controller_name")
+    @classmethod
+    def _check_class_values(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not item or any(c.isspace() for c in item):
+                raise ValueError(f"{item!r} is not a class or controller value")
         return value
 
     @field_validator("trusted_proxies")
@@ -441,8 +464,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         from controller.compiler import CompileSettings
 
         return CompileSettings(
-            ingress_class=self.ingress_class,
-            controller_name=self.controller_name,
+            ingress_classes=self.ingress_class,
+            controller_names=self.controller_name,
             watch_ingress_without_class=self.watch_ingress_without_class,
             allow_external_name=self.allow_external_name,
             default_certificate=self.default_certificate,
@@ -525,6 +548,8 @@ def env_name(field: str) -> str:
 _METAVARS: Final[Mapping[str, str]] = {
     "trusted_proxies": "CIDR,...",
     "manifests": "DIR",
+    "ingress_class": "CLASS,...",
+    "controller_name": "CONTROLLER,...",
     "default_certificate": "NAMESPACE/NAME",
     "default_certificate_file": "FILE",
     "default_certificate_key_file": "FILE",

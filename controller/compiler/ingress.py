@@ -61,24 +61,32 @@ _BAD_SUFFIXES: Final = ("/..", "/.")
 def classify(
     ingress: Ingress, classes: Mapping[str, IngressClass], settings: CompileSettings
 ) -> str | None:
-    """None if the Ingress is ours, else the reason it is not."""
+    """None if the Ingress is ours, else the reason it is not.
+
+    ingress-nginx's rule (store.GetIngressClass), with lists where it has one value: a
+    `spec.ingressClassName` wins and must name an IngressClass whose `spec.controller` is one
+    of `controller_names`; else the legacy annotation must be one of `ingress_classes`; else
+    the Ingress is ours with `watch_ingress_without_class`. One addition: it is also ours when
+    a default IngressClass (`ingressclass.kubernetes.io/is-default-class`) is, since the API
+    server gives new Ingresses that class and older ones without it are meant for it too.
+    """
     if ingress.ingress_class_name is not None:
         cls = classes.get(ingress.ingress_class_name)
         if cls is None:
             return f"IngressClass {ingress.ingress_class_name!r} not found"
-        if cls.controller != settings.controller_name:
+        if cls.controller not in settings.controller_names:
             return (
                 f"class {ingress.ingress_class_name!r} is not ours (controller {cls.controller!r})"
             )
         return None
     legacy = ingress.annotations.get(LEGACY_CLASS_ANNOTATION)
     if legacy is not None:
-        if legacy == settings.ingress_class:
+        if legacy in settings.ingress_classes:
             return None
         return f"class {legacy!r} is not ours (annotation {LEGACY_CLASS_ANNOTATION})"
     if settings.watch_ingress_without_class:
         return None
-    if any(c.is_default and c.controller == settings.controller_name for c in classes.values()):
+    if any(c.is_default and c.controller in settings.controller_names for c in classes.values()):
         return None
     return "no ingress class, and no default IngressClass of ours"
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CompileSettings:
-    # Legacy `kubernetes.io/ingress.class` annotation value we answer to.
-    ingress_class: str = "portico"
-    # `spec.controller` of the IngressClasses that are ours.
-    controller_name: str = "portico.dev/ingress-controller"
+    # Legacy `kubernetes.io/ingress.class` annotation values we answer to (`--ingress-class`).
+    ingress_classes: tuple[str, ...] = ("portico",)
+    # `spec.controller` values of the IngressClasses that are ours (`--controller-name`);
+    # "k8s.io/ingress-nginx" among them takes over ingress-nginx's classes.
+    controller_names: tuple[str, ...] = ("portico.dev/ingress-controller",)
     # Take Ingresses with neither a class name nor the legacy annotation.
     watch_ingress_without_class: bool = False
     # ExternalName Services let an Ingress send traffic to any DNS name; off unless the operator

@@ -193,7 +193,7 @@ def test_cert_manager_http01_solver_ingress_keeps_working() -> None:
     # whitelist-source-range: 0.0.0.0/0; the ACME server must reach the solver pod.
     store, source = read_manifests(CORPUS)
     assert source.problems == ()
-    result = compile_view(store, CompileSettings(ingress_class="nginx"))
+    result = compile_view(store, CompileSettings(ingress_classes=("nginx",)))
     solver = "shop/cm-acme-http-solver-x7k2p"
     assert solver in result.owned
     assert [p.reason for p in result.problems if p.ref == solver] == ["UnsupportedAnnotation"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from kube_factory import (
+    CONTROLLER,
     Raw,
     backend,
     endpoint_slice,
@@ -84,7 +85,7 @@ CLASS_ROWS: list[tuple[str, list[Raw], dict[str, Any], bool, str]] = [
     (
         "annotation-custom-class-setting",
         [ingress(class_name=None, annotations={LEGACY: "edge"})],
-        {"ingress_class": "edge"},
+        {"ingress_classes": ("edge",)},
         True,
         "",
     ),
@@ -113,9 +114,54 @@ CLASS_ROWS: list[tuple[str, list[Raw], dict[str, Any], bool, str]] = [
     (
         "controller-name-setting",
         [ingress_class("x", "example.com/edge"), ingress(class_name="x")],
-        {"controller_name": "example.com/edge"},
+        {"controller_names": ("example.com/edge",)},
         True,
         "",
+    ),
+    # Class takeover (ingress-nginx's store.GetIngressClass, with lists): Portico claims
+    # ingress-nginx's controller value and legacy class beside its own.
+    (
+        "takeover-class-name",
+        [ingress_class("nginx", OTHER), ingress(class_name="nginx")],
+        {"controller_names": (CONTROLLER, OTHER)},
+        True,
+        "",
+    ),
+    (
+        "takeover-keeps-own-class",
+        [ingress(class_name="portico")],
+        {"controller_names": (CONTROLLER, OTHER)},
+        True,
+        "",
+    ),
+    (
+        "takeover-annotation",
+        [ingress(class_name=None, annotations={LEGACY: "nginx"})],
+        {"ingress_classes": ("portico", "nginx")},
+        True,
+        "",
+    ),
+    (
+        "takeover-annotation-not-listed",
+        [ingress(class_name=None, annotations={LEGACY: "nginx-internal"})],
+        {"ingress_classes": ("portico", "nginx")},
+        False,
+        "class 'nginx-internal' is not ours",
+    ),
+    (
+        "takeover-default-class",
+        [ingress_class("nginx", OTHER, default=True), ingress(class_name=None)],
+        {"controller_names": (CONTROLLER, OTHER)},
+        True,
+        "",
+    ),
+    # The annotation value is compared as written, as ingress-nginx does: "" is no class.
+    (
+        "annotation-empty",
+        [ingress(class_name=None, annotations={LEGACY: ""})],
+        {"watch_ingress_without_class": True},
+        False,
+        "class '' is not ours",
     ),
 ]
 

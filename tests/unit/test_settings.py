@@ -52,8 +52,8 @@ def test_defaults() -> None:
     assert settings.workers is None
     assert settings.log_level == "info"
     compile_settings = settings.compile_settings()
-    assert compile_settings.ingress_class == "portico"
-    assert compile_settings.controller_name == "portico.dev/ingress-controller"
+    assert compile_settings.ingress_classes == ("portico",)
+    assert compile_settings.controller_names == ("portico.dev/ingress-controller",)
     assert compile_settings.watch_ingress_without_class is False
     assert compile_settings.allow_external_name is False
 
@@ -81,6 +81,14 @@ def test_defaults() -> None:
             ("10.0.0.0/8", "192.168.1.1"),
         ),
         ([], {"PORTICO_TRUSTED_PROXIES": ""}, "trusted_proxies", ()),
+        # Class takeover: Portico's own class and ingress-nginx's, side by side.
+        (["--ingress-class", "portico,nginx"], {}, "ingress_class", ("portico", "nginx")),
+        (
+            [],
+            {"PORTICO_CONTROLLER_NAME": "portico.dev/ingress-controller, k8s.io/ingress-nginx"},
+            "controller_name",
+            ("portico.dev/ingress-controller", "k8s.io/ingress-nginx"),
+        ),
     ],
 )
 def test_sources(argv: list[str], environ: dict[str, str], field: str, expected: Any) -> None:
@@ -108,6 +116,7 @@ def test_proxy_settings_carry_the_values() -> None:
         (["--bind-address", "localhost:80"], {}, "--bind-address"),
         ([], {"PORTICO_KEEPALIVE_TIMEOUT": "-5"}, "PORTICO_KEEPALIVE_TIMEOUT"),
         (["--ingress-class", ""], {}, "--ingress-class"),
+        (["--controller-name", "k8s.io/ingress nginx"], {}, "--controller-name"),
         (["--tls-min-version", "1.1"], {}, "--tls-min-version"),
     ],
 )
