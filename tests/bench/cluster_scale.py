@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,14 +34,8 @@ from kube_factory import endpoint_slice, ingress, path, rule, service, service_p
 from test_compile_bench import scale_objects
 
 from controller.echo import start_echo
+from tests.integration.serving import free_port
 from tests.kubesim import KubeSim
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def probe_slice(address: str, port: int) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A `ControllerProcess` owns its ports (HTTP, HTTPS, admin on 127.0.0.1), its log file (JSON
 lines) and its process group, so that workers die with it whatever signal ends it. Waits are
-bounded by `eventually`.
+bounded by `serving.eventually`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,6 @@ import aiohttp
 from tests.integration.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 15.0) -> Any:
-    """Poll until `check()` returns something truthy; return it. Bounded by `limit` seconds."""
-    async with asyncio.timeout(limit):
-        while True:
-            value = await check()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
 
 
 class ControllerProcess:

@@ -1,21 +1,45 @@
-"""Running `portico serve` as a subprocess for end-to-end tests (ports, start, stop, workers)."""
+"""Running `portico serve` as a subprocess for end-to-end tests (ports, start, stop, workers).
+
+Also what every end-to-end test waits with and talks to: `free_port`, `eventually` (a bounded
+poll) and `echo_pods` (`portico echo` backends on loopback addresses, one port for all).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from controller.echo import start_echo
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on at `host` now (the socket that found it is closed): free to
+    listen on, and refused at once when connected to."""
     with socket.socket() as s:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.asynccontextmanager
+async def echo_pods(*pods: tuple[str, str, str]) -> AsyncIterator[int]:
+    """`portico echo` pods, each (address, service, pod name), all on one free port (an
+    EndpointSlice has one port for all its endpoints); yields the port."""
+    port = free_port(pods[0][0])
+    runners = []
+    try:
+        for address, service, pod in pods:
+            runners.append(await start_echo(address, port, service, pod))
+        yield port
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def start_serve(
@@ -61,11 +85,14 @@ async def start_serve(
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]], limit: float = 10.0, interval: float = 0.05
-) -> None:
-    """Poll an async predicate until it holds, at most `limit` seconds."""
+    check: Callable[[], Awaitable[Any]], limit: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll until `check()` returns something truthy and return it; at most `limit` seconds."""
     async with asyncio.timeout(limit):
-        while not await check():
+        while True:
+            value = await check()
+            if value:
+                return value
             await asyncio.sleep(interval)
 
 

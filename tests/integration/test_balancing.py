@@ -8,7 +8,6 @@ a test sees where each request went. A dead pod is an address whose port nobody 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from proxy.config import (
 )
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
+from tests.integration.serving import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -110,10 +110,7 @@ class Pod:
 
 def dead_endpoint(address: str) -> Endpoint:
     """An address:port where nothing listens: connecting is refused at once."""
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-    return Endpoint(address, port, target="ns/dead")
+    return Endpoint(address, free_port(address), target="ns/dead")
 
 
 # ---- proxy ---------------------------------------------------------------------------------------

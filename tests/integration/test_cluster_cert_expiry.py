@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +36,6 @@ def tls_ingress() -> dict[str, Any]:
     obj = e2e.ingress("secure", HOST, "web")
     obj["spec"]["tls"] = [{"hosts": [HOST], "secretName": "secure-tls"}]
     return obj
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    server = KubeSim(bookmark_interval=1.0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def test_expired_certificate_becomes_an_event_and_a_metric(

@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
 from controller.echo import make_app, start_echo  # noqa: E402
 from tests.helm_tools import find_helm, render_chart  # noqa: E402
 from tests.integration import manifests  # noqa: E402
-from tests.integration.cluster import ControllerProcess, eventually  # noqa: E402
-from tests.integration.serving import free_port  # noqa: E402
+from tests.integration.cluster import ControllerProcess  # noqa: E402
+from tests.integration.serving import eventually, free_port  # noqa: E402
 from tests.kubesim import Grant, KubeSim  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -302,22 +302,6 @@ def refused(sim: KubeSim) -> list[str]:
 
 
 # ---- the test -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    server = KubeSim(bookmark_interval=1.0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as client:
-        yield client
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)

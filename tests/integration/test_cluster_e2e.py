@@ -20,15 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.echo import start_echo
-
 ROOT = Path(__file__).resolve().parents[2]
 # tests/integration is not a package: make the repository root importable for tests.kubesim.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.cluster import ControllerProcess, eventually  # noqa: E402
-from tests.integration.serving import free_port  # noqa: E402
+from tests.integration.cluster import ControllerProcess  # noqa: E402
+from tests.integration.serving import echo_pods, eventually  # noqa: E402
 from tests.kubesim import KubeSim  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
@@ -167,35 +165,10 @@ class Controller(ControllerProcess):
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    server = KubeSim(bookmark_interval=1.0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def pods() -> AsyncIterator[dict[str, tuple[str, int]]]:
     """Two echo pods of Service "web" on 127.0.0.2 and 127.0.0.3, same port."""
-    port = free_port("127.0.0.2")
-    runners = [
-        await start_echo("127.0.0.2", port, "web", "pod-a"),
-        await start_echo("127.0.0.3", port, "web", "pod-b"),
-    ]
-    try:
+    async with echo_pods(("127.0.0.2", "web", "pod-a"), ("127.0.0.3", "web", "pod-b")) as port:
         yield {"pod-a": ("127.0.0.2", port), "pod-b": ("127.0.0.3", port)}
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as client:
-        yield client
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ from tests.kubesim import KubeSim  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 MANIFESTS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx" / "nginx"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    server = KubeSim()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def compat_report(*argv: str) -> tuple[int, dict[str, Any], str]:

@@ -17,7 +17,6 @@ import contextlib
 import io
 import ipaddress
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +145,6 @@ class Portico:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    async with KubeSim(bookmark_interval=1.0) as server:
-        yield server
 
 
 async def run_cli(argv: list[str]) -> tuple[int, list[str]]:

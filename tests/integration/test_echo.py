@@ -4,7 +4,6 @@ WebSocket, HTTPS and a per-backend delay, and the `portico echo` command."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,25 +15,15 @@ import pytest
 
 from conformance.certificate import generate_ca, issue
 from controller.echo import parse_listen, server_context, start_echo
+from tests.integration.serving import echo_pods, free_port
 
 HOST = "127.0.0.2"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
-    port = _free_port(HOST)
-    runner = await start_echo(HOST, port, "web", "web-0")
-    try:
+    async with echo_pods((HOST, "web", "web-0")) as port:
         yield f"http://{HOST}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def test_echoes_the_request(echo_url: str) -> None:
@@ -145,7 +134,7 @@ def _verifying(ca: Path) -> ssl.SSLContext:
 
 async def test_https_and_delay(tmp_path: Path) -> None:
     ca, cert, key = _issued(tmp_path, "web.ns.svc")
-    port = _free_port(HOST)
+    port = free_port(HOST)
     runner = await start_echo(
         HOST, port, "web", "web-0", delay_ms=150, ssl_context=server_context(str(cert), str(key))
     )
@@ -167,7 +156,7 @@ async def test_https_and_delay(tmp_path: Path) -> None:
 
 async def test_echo_command_serves_https(tmp_path: Path) -> None:
     ca, cert, key = _issued(tmp_path, "api.ns.svc")
-    port = _free_port(HOST)
+    port = free_port(HOST)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

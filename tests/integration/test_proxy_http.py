@@ -13,18 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
 from backends import Client, Pod, pattern, render_request, snapshot, start_proxy
 
 pytestmark = [
     pytest.mark.timeout(30),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
+    pytest.mark.uvloop,
 ]
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
 
 
 class Stack:
@@ -42,12 +36,10 @@ class Stack:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    pod = await Pod("127.0.0.2").start()
+async def stack(pod: Pod) -> AsyncIterator[Stack]:
     proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}))
     yield Stack(proxy, [pod])
     await proxy.shutdown(0.5)
-    await pod.stop()
 
 
 def headers_of(doc: dict[str, Any]) -> dict[str, list[str]]:

@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvloop
 from backends import Client, Pod, pattern, render_request, snapshot, start_proxy
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
+    pytest.mark.uvloop,
 ]
 
 MiB = 1 << 20
@@ -28,11 +27,6 @@ BIG = 256 * MiB
 # high-water mark per transport. Nothing proportional to the body size.
 BUFFER_BOUND = 2 * MiB
 RSS_BOUND = 64 * MiB
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
 
 
 def rss() -> int:
@@ -81,12 +75,10 @@ class Sampler:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[tuple[Any, Pod]]:
-    pod = await Pod("127.0.0.2").start()
+async def stack(pod: Pod) -> AsyncIterator[tuple[Any, Pod]]:
     proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}))
     yield proxy, pod
     await proxy.shutdown(0.5)
-    await pod.stop()
 
 
 async def test_256_mib_upload_streams_with_bounded_memory(stack: tuple[Any, Pod]) -> None:

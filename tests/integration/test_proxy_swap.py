@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import uvloop
 from backends import Client, Pod, render_request, snapshot, start_proxy
 
 from proxy.config import Backend, Endpoint, EndpointsUpdate, SnapshotError
@@ -15,21 +13,8 @@ from proxy.settings import ProxySettings
 
 pytestmark = [
     pytest.mark.timeout(30),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
+    pytest.mark.uvloop,
 ]
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
-
-
-@pytest.fixture
-async def pods() -> AsyncIterator[list[Pod]]:
-    started = [await Pod(f"127.0.0.{i}").start() for i in (2, 3)]
-    yield started
-    for pod in started:
-        await pod.stop()
 
 
 async def test_start_requires_a_snapshot() -> None:

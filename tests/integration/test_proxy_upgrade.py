@@ -6,18 +6,12 @@ import asyncio
 
 import aiohttp
 import pytest
-import uvloop
 from backends import Client, Pod, WebSocketPod, render_request, snapshot, start_proxy
 
 pytestmark = [
     pytest.mark.timeout(30),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
+    pytest.mark.uvloop,
 ]
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
 
 
 async def test_websocket_echo_through_the_proxy() -> None:

@@ -19,7 +19,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.echo import start_echo
 from tests.integration.manifests import ingress, ingress_class, service_with_pods
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 
@@ -57,21 +56,9 @@ class Portico:
 
 
 @pytest.fixture
-async def pods() -> AsyncIterator[int]:
-    port = free_port("127.0.0.2")
-    runners = [
-        await start_echo("127.0.0.2", port, "web", "web-1"),
-        await start_echo("127.0.0.3", port, "api", "api-1"),
-    ]
-    yield port
-    for runner in runners:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def portico(tmp_path: Path, pods: int) -> AsyncIterator[Portico]:
+async def portico(tmp_path: Path, pods_port: int) -> AsyncIterator[Portico]:
     (tmp_path / "app.yaml").write_text(
-        manifests({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods, {"/": "web"})
+        manifests({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods_port, {"/": "web"})
     )
     http, admin = free_port(), free_port()
     process = await start_serve(tmp_path, http=http, admin=admin, shutdown_delay=1)
@@ -80,7 +67,7 @@ async def portico(tmp_path: Path, pods: int) -> AsyncIterator[Portico]:
     await stop_serve(process, grace=0.1)
 
 
-async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: int) -> None:
+async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods_port: int) -> None:
     async with aiohttp.ClientSession() as session:
         await eventually(lambda: _is(portico.admin_status(session, "/readyz"), 200), 20)
         assert await portico.admin_status(session, "/healthz") == 200
@@ -90,7 +77,9 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
         # A route edit takes effect without a restart.
         (tmp_path / "app.yaml").write_text(
             manifests(
-                {"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods, {"/": "web", "/api": "api"}
+                {"web": ["127.0.0.2"], "api": ["127.0.0.3"]},
+                pods_port,
+                {"/": "web", "/api": "api"},
             )
         )
 
@@ -102,7 +91,9 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
         # An endpoint-only change: web's pod moves to 127.0.0.3 (where the "api" echo answers).
         (tmp_path / "app.yaml").write_text(
             manifests(
-                {"web": ["127.0.0.3"], "api": ["127.0.0.3"]}, pods, {"/": "web", "/api": "api"}
+                {"web": ["127.0.0.3"], "api": ["127.0.0.3"]},
+                pods_port,
+                {"/": "web", "/api": "api"},
             )
         )
 
@@ -116,7 +107,7 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
         assert summary["version"] >= 3
         web = summary["backends"]["default/web/http"]
         assert web["endpoints"] == 1
-        assert [a["address"] for a in web["addresses"]] == [f"127.0.0.3:{pods}"]
+        assert [a["address"] for a in web["addresses"]] == [f"127.0.0.3:{pods_port}"]
         assert web["addresses"][0]["ready"] is True
 
         # Workers report their counters every second; /metrics sums them (Prometheus text).
@@ -144,12 +135,12 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods: i
 
 
 async def test_sigterm_to_the_whole_group_keeps_serving_through_the_delay(
-    tmp_path: Path, pods: int
+    tmp_path: Path, pods_port: int
 ) -> None:
     """What a terminal, `timeout` or a group-signalling init does: every process gets the
     SIGTERM. The workers leave the shutdown to the supervisor: they serve through its delay,
     and none exits early or is started again."""
-    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pods, {"/": "web"}))
+    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pods_port, {"/": "web"}))
     http, admin = free_port(), free_port()
     log_path = tmp_path / "portico.log"
     with log_path.open("w") as log:

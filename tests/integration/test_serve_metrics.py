@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import yaml
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.echo import start_echo
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
 from tests.unit.kube_factory import make_cert
@@ -75,22 +73,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-@pytest.fixture
-async def pods() -> AsyncIterator[int]:
-    port = free_port("127.0.0.2")
-    runners = [
-        await start_echo("127.0.0.2", port, "web", "web-1"),
-        await start_echo("127.0.0.3", port, "api", "api-1"),
-    ]
-    yield port
-    for runner in runners:
-        await runner.cleanup()
-
-
-async def test_every_metric_moves(tmp_path: Path, pods: int) -> None:
+async def test_every_metric_moves(tmp_path: Path, pods_port: int) -> None:
     cert, key = make_cert(HOST, key="ec")
     not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
-    (tmp_path / "app.yaml").write_text(manifests(pods, cert, key))
+    (tmp_path / "app.yaml").write_text(manifests(pods_port, cert, key))
     http, admin = free_port(), free_port()
     process = await start_serve(
         tmp_path,
@@ -247,7 +233,7 @@ async def test_every_metric_moves(tmp_path: Path, pods: int) -> None:
         assert line["forwarded_for"] == "198.51.100.7"
         assert line["status"] == 200 and line["upstream_status"] == 200
         assert line["upstream_ms"] >= 0 and line["ms"] >= line["upstream_ms"]
-        assert line["upstream"] == f"127.0.0.2:{pods}"
+        assert line["upstream"] == f"127.0.0.2:{pods_port}"
         assert (line["ingress"], line["service"]) == ("default/svc", "default/web")
         assert line["request_id"] and line["client"] == "127.0.0.1"
         refused = next(a for a in access if a.get("host") == "unknown.test")

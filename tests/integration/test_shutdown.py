@@ -16,7 +16,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from controller.echo import start_echo
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 from tests.integration.test_serve import manifests
 
@@ -26,14 +25,6 @@ DOWNLOAD = 24 * 1024 * 1024
 UPLOAD = 24 * 1024 * 1024
 PIECE = 256 * 1024
 SHUTDOWN_DELAY = 2.0
-
-
-@pytest.fixture
-async def pod_port() -> AsyncIterator[int]:
-    port = free_port("127.0.0.2")
-    runner = await start_echo("127.0.0.2", port, "web", "web-1")
-    yield port
-    await runner.cleanup()
 
 
 async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int) -> None:

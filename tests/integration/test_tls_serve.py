@@ -23,7 +23,6 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from tls_env import der, peer_der, served_certificate, tls_client
 
-from controller.echo import start_echo
 from controller.reconciler import REFRESH_MARGIN
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
@@ -54,14 +53,6 @@ class Serve:
     def __init__(self, process: asyncio.subprocess.Process, ports: dict[str, int]) -> None:
         self.process = process
         self.http, self.https, self.admin = ports["http"], ports["https"], ports["admin"]
-
-
-@pytest.fixture
-async def pod_port() -> AsyncIterator[int]:
-    port = free_port("127.0.0.2")
-    runner = await start_echo("127.0.0.2", port, "web", "web-1")
-    yield port
-    await runner.cleanup()
 
 
 @pytest.fixture

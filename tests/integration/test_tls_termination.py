@@ -42,13 +42,6 @@ WILD, UNDER = "*.w.example.com", "x.w.example.com"
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def pod() -> Pod:
-    pod = await Pod("127.0.0.2").start()
-    yield pod
-    await pod.stop()
-
-
 def default_subject(der_cert: bytes) -> str:
     from cryptography import x509
 

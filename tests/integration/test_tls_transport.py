@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import uvloop
 from backends import Client, Pod, pattern, render_request, snapshot
 from tls_env import client_context
 
@@ -30,15 +29,10 @@ from proxy.tlsserver import HIGH_WATER, TLSListener, TLSTransport
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
+    pytest.mark.uvloop,
 ]
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
 
 
 class Recorder(asyncio.Protocol):
