@@ -1,7 +1,8 @@
 """Request metrics: worker-side cells and export, controller-side sums, /metrics text.
 
-The worker side runs a real ProxyServer on fake transports (as the hot-path benchmark does);
-the controller side goes through a real Publisher and channel with fake workers.
+The worker side runs a real ProxyServer on fake transports (tests/fakes.py, as the hot-path
+benchmark does); the controller side goes through a real Publisher and channel with fake
+workers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from proxy.channel import (
     send_message,
 )
 from proxy.metrics import BYTES_OUT, DURATION, METHODS, RequestMetrics
-from tests.bench import hotpath
+from tests import fakes
 from tests.unit.test_publisher import connect, make_snapshot, wait_for
 
 _COUNT = slice(DURATION, DURATION + 12)
@@ -36,13 +37,13 @@ def _rows(export: RequestCounts) -> dict[SeriesKey, tuple[float, ...]]:
 
 async def test_worker_cells_and_export_of_moved_series_only() -> None:
     loop = asyncio.get_running_loop()
-    down, up = hotpath.build(loop)
+    down, up = fakes.build(loop)
     metrics = down.telemetry.metrics
-    hotpath.run(3, "small", down, up)
+    fakes.run(3, "small", down, up)
     # A method outside the fixed set is counted as OTHER; a request without a route (unknown
     # host) has empty labels.
     down.data_received(b"PURGE /x HTTP/1.1\r\nHost: bench.local\r\n\r\n")
-    for p in hotpath.response("small"):
+    for p in fakes.response("small"):
         up.data_received(p)
     down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
 
@@ -50,14 +51,14 @@ async def test_worker_cells_and_export_of_moved_series_only() -> None:
     route = ("default/bench", "", "bench.local", "/")  # the rule names no Service
     get = first[(*route, 2, "GET")]
     assert sum(get[_COUNT]) == 3
-    assert get[BYTES_OUT] == 3 * len(hotpath.SMALL_BODY)
+    assert get[BYTES_OUT] == 3 * len(fakes.SMALL_BODY)
     assert sum(first[(*route, 2, "OTHER")][_COUNT]) == 1
     assert sum(first[("", "", "", "", 4, "GET")][_COUNT]) == 1
     assert metrics.export().local_replies == {"NoRoute": 1}
 
     # Nothing moved: nothing sent. Then only the cell that moved, with cumulative values.
     assert metrics.export().series == {}
-    hotpath.run(2, "small", down, up)
+    fakes.run(2, "small", down, up)
     again = _rows(metrics.export())
     assert list(again) == [(*route, 2, "GET")]
     assert sum(again[(*route, 2, "GET")][_COUNT]) == 5
@@ -65,10 +66,10 @@ async def test_worker_cells_and_export_of_moved_series_only() -> None:
 
 async def test_unknown_methods_cannot_grow_the_label_set() -> None:
     loop = asyncio.get_running_loop()
-    down, up = hotpath.build(loop)
+    down, up = fakes.build(loop)
     for i in range(100):
         down.data_received(b"M%d /x HTTP/1.1\r\nHost: bench.local\r\n\r\n" % i)
-        for p in hotpath.response("small"):
+        for p in fakes.response("small"):
             up.data_received(p)
     methods = {key[5] for key in down.telemetry.metrics.export().series}
     assert methods == {"OTHER"}
@@ -196,11 +197,10 @@ def test_access_log_off_spellings() -> None:
     assert access_log() is True
 
 
-async def test_requests_are_counted_with_the_access_log_off(monkeypatch: Any) -> None:
-    monkeypatch.setattr("sys.argv", ["bench", "--no-log"])
-    down, up = hotpath.build(asyncio.get_running_loop())
+async def test_requests_are_counted_with_the_access_log_off() -> None:
+    down, up = fakes.build(asyncio.get_running_loop(), access_log=False)
     assert down.telemetry.access is None
-    hotpath.run(2, "small", down, up)
+    fakes.run(2, "small", down, up)
     down.data_received(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")  # a local reply
     cells = down.telemetry.metrics.export().series.values()
     assert sorted(sum(cell[_COUNT]) for cell in cells) == [1, 2]
@@ -213,13 +213,13 @@ async def test_a_head_on_the_clock_tick_of_the_send_counts_as_an_upstream_time()
     # still count in the upstream histogram (it was once dropped from it as "no response
     # head", which made the metrics test flaky).
     loop = asyncio.get_running_loop()
-    down, up = hotpath.build(loop)
+    down, up = fakes.build(loop)
     metrics = down.telemetry.metrics
-    down.data_received(hotpath.REQUEST)
+    down.data_received(fakes.REQUEST)
     exchange = up.exchange
     assert exchange is not None
     exchange.sent_at = loop.time() + 1.0  # the rounding, exaggerated
-    for p in hotpath.response("small"):
+    for p in fakes.response("small"):
         up.data_received(p)
     (_, _, status, _, upstream, *_) = metrics.pending[-1]
     assert status == 200

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from tests.bench.hotpath import REQUEST, build
-
-
-class Recorder:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def writelines(self, parts: Any) -> None:
-        for p in parts:
-            self.data += p
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+from tests.fakes import CLIENT, REQUEST, RecordingTransport, build
 
 
 async def _relay(head: bytes, body: bytes) -> bytes:
-    down, up = build(asyncio.get_running_loop())
-    rec = Recorder(down.transport)
-    down.transport = rec  # type: ignore[assignment]
+    rec = RecordingTransport(CLIENT)
+    down, up = build(asyncio.get_running_loop(), client=rec)
     down.data_received(REQUEST)
     up.data_received(head + body)
     return bytes(rec.data)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.hotpath import REQUEST, build
+from tests.fakes import CLIENT, REQUEST, RecordingTransport, build
 
 BODY = bytes(range(256)) * 300  # 76800 bytes
 
@@ -19,26 +19,9 @@ def _head(extra: bytes = b"") -> bytes:
     )
 
 
-class Recorder:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def writelines(self, parts: Any) -> None:
-        for p in parts:
-            self.data += p
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def _setup() -> tuple[Any, Any, Recorder]:
-    down, up = build(asyncio.get_running_loop())
-    rec = Recorder(down.transport)
-    down.transport = rec  # type: ignore[assignment]
+def _setup() -> tuple[Any, Any, RecordingTransport]:
+    rec = RecordingTransport(CLIENT)
+    down, up = build(asyncio.get_running_loop(), client=rec)
     return down, up, rec
 
 

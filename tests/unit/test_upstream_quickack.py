@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.hotpath import REQUEST, build, response
+from tests.fakes import REQUEST, build, response
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
