@@ -17,7 +17,7 @@ from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.problems import SERVICE_NOT_FOUND
 from controller.objects import Ingress, IngressClass
 from controller.store import Store, WatchEvent
-from proxy.config import PathRule, RouteTable, Snapshot
+from proxy.config import HTTPSRedirect, PathRule, Refuse, RouteTable, Snapshot
 from proxy.table import Router
 
 SSL_REDIRECT: Final = "SSLRedirect"
@@ -93,8 +93,12 @@ def explain(
         "service": rule.service,
         "port": rule.port,
     }
-    if rule.options.ssl_redirect and scheme == "http":
-        return _answer(308, SSL_REDIRECT, **where)
+    redirect = rule.options.step(HTTPSRedirect)
+    if redirect is not None and scheme == "http":
+        return _answer(redirect.status, SSL_REDIRECT, **where)
+    refusal = rule.options.step(Refuse)
+    if refusal is not None:
+        return _answer(refusal.status, refusal.reason, **where)
     return _backend_answer(result.snapshot, rule, where)
 
 

@@ -48,10 +48,14 @@ class ClientSide:
         parts: list[bytes],
         special: list[tuple[bytes, bytes, bytes]],
         head: RequestHead,
+        added: bytes,
+        replaced: frozenset[bytes],
     ) -> ResponseHead:
         """The final response head from the pod, as the upstream protocol classified its
-        fields (see headers.render_response); raises ValueError when the pod's head cannot be
-        relayed. The head may wait for the first body piece (one write for small responses)."""
+        fields, with the route's response fields `added` (rendered) in place of the pod's
+        `replaced` ones (see headers.render_response); raises ValueError when the pod's head
+        cannot be relayed. The head may wait for the first body piece (one write for small
+        responses)."""
         raise NotImplementedError
 
     def send_body(self, piece: bytes | memoryview) -> None:
@@ -60,7 +64,8 @@ class ClientSide:
 
     def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
         """A whole local answer (see proxy/replies.py) with extra header `fields` (rendered,
-        b"" for none); whether the connection stays open after it."""
+        b"" for none: the answer's own and the route's response fields); whether the
+        connection stays open after it."""
         raise NotImplementedError
 
     def finish(self, exchange: object, reusable: bool, now: float) -> None:

@@ -8,6 +8,10 @@ Routes and endpoints are kept apart on purpose: `Snapshot.routes` (virtual hosts
 changes only when Ingresses change, while `Snapshot.backends` (endpoints per backend) changes
 with every EndpointSlice update. An `EndpointsUpdate` carries only the backends that changed,
 so endpoint churn never re-sends or rebuilds routes.
+
+A route's policy (`RouteOptions.policy`) is an ordered tuple of typed steps that run around
+forwarding (HTTPS redirect, body limit, HSTS, a fixed refusal, ...): what each means is said
+here, how it runs is proxy/policy.py's business.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 MatchKind = Literal["exact", "prefix"]
 BalancerKind = Literal["round_robin", "least_request"]
@@ -69,11 +73,83 @@ class Backend:
         return ready if ready else self.endpoints
 
 
+# ---- route policy steps -----------------------------------------------------------------------
+# Each step is data only, validated when built (a bad one is a SnapshotError on decode). The
+# proxy runs a route's steps in order: request steps once the head is routed (any of them may
+# answer locally instead of forwarding, which ends the exchange), response steps on the response
+# head, a pod's or a local answer's. The worker's settings add proxy-wide steps (--hsts,
+# --max-body-bytes) to every route whose own list has no step of that kind.
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSRedirect:
+    """Requests on the plain-HTTP listener are redirected to `https://host/target` (308 keeps
+    the method and body; ingress-nginx's `ssl-redirect`)."""
+
+    status: int = 308
+
+    def __post_init__(self) -> None:
+        _check(self.status in (301, 302, 303, 307, 308), f"redirect status {self.status}")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """Request bodies above `max_bytes` are refused with 413: before forwarding when
+    Content-Length says so, else once the body read passes it. 0: unlimited (overriding the
+    proxy's --max-body-bytes)."""
+
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        _check(self.max_bytes >= 0, f"body limit {self.max_bytes}")
+
+
+@dataclass(frozen=True, slots=True)
+class HSTS:
+    """Responses on the HTTPS listener carry this Strict-Transport-Security field, replacing
+    the pod's own."""
+
+    max_age: int = 31_536_000
+    include_subdomains: bool = True
+    preload: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.max_age >= 0, f"HSTS max-age {self.max_age}")
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Every request is answered by the proxy with `status` and never reaches a pod;
+    `reason` (CamelCase) is logged with it (e.g. 403 AccessControlNotEnforced)."""
+
+    status: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check(400 <= self.status <= 599, f"refusal status {self.status}")
+        _check(self.reason.isidentifier(), f"refusal reason {self.reason!r}")
+
+
+PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse
+_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse)
+# The name of each step kind in the JSON codec.
+STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
+    "https_redirect": HTTPSRedirect,
+    "body_limit": BodyLimit,
+    "hsts": HSTS,
+    "refuse": Refuse,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class RouteOptions:
     """Per-route settings parsed from validated annotations; the defaults mean 'none given'."""
 
-    ssl_redirect: bool = False  # 308 plain-HTTP requests to https://
     balancer: BalancerKind = "round_robin"
     upstream_protocol: UpstreamProtocol = "HTTP"
     upstream_server_name: str | None = None  # SNI to send when upstream_protocol is HTTPS
@@ -81,7 +157,15 @@ class RouteOptions:
     connect_timeout: float | None = None  # seconds; None: the proxy's flag
     read_timeout: float | None = None
     send_timeout: float | None = None
-    max_body_size: int | None = None  # bytes; None: the proxy's flag; 0: unlimited
+    # The route's policy, in order (see the steps above).
+    policy: tuple[PolicyStep, ...] = ()
+
+    def step(self, kind: type[_Step]) -> _Step | None:
+        """The first step of a kind in the policy, or None."""
+        for step in self.policy:
+            if isinstance(step, kind):
+                return step
+        return None
 
 
 DEFAULT_OPTIONS: Final = RouteOptions()
@@ -200,12 +284,49 @@ def _backend_from_json(raw: Mapping[str, Any]) -> Backend:
 
 
 _OPTION_FIELDS: Final = RouteOptions.__dataclass_fields__.keys()
+_STEP_NAMES: Final = {kind: name for name, kind in STEP_KINDS.items()}
+# The field types steps use, by their annotation: a string when this module runs as Python
+# (`from __future__ import annotations`), the type itself when compiled.
+_JSON_TYPES: Final[dict[str, type]] = {"int": int, "bool": bool, "str": str}
+
+
+def _step_to_json(step: PolicyStep) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": _STEP_NAMES[type(step)]}
+    out.update((k, getattr(step, k)) for k in type(step).__dataclass_fields__)
+    return out
+
+
+def _step_from_json(raw: Mapping[str, Any]) -> PolicyStep:
+    fields = dict(raw)
+    kind = STEP_KINDS.get(fields.pop("step", None))
+    if kind is None:
+        raise SnapshotError(f"unknown policy step {raw!r}")
+    declared = kind.__dataclass_fields__
+    for name, value in fields.items():
+        field_type: object = declared[name].type if name in declared else None
+        if not isinstance(field_type, type):  # a string annotation (when not compiled)
+            field_type = _JSON_TYPES.get(str(field_type))
+        # Exact types: JSON's true is not a number here, nor 1 a flag.
+        if type(value) is not field_type:
+            raise SnapshotError(f"bad {name} in policy step {raw!r}")
+    return kind(**fields)
 
 
 def _options_to_json(o: RouteOptions) -> dict[str, Any]:
-    return {
-        k: getattr(o, k) for k in _OPTION_FIELDS if getattr(o, k) != getattr(DEFAULT_OPTIONS, k)
+    out = {
+        k: getattr(o, k)
+        for k in _OPTION_FIELDS
+        if k != "policy" and getattr(o, k) != getattr(DEFAULT_OPTIONS, k)
     }
+    if o.policy:
+        out["policy"] = [_step_to_json(s) for s in o.policy]
+    return out
+
+
+def _options_from_json(raw: Mapping[str, Any]) -> RouteOptions:
+    fields = dict(raw)
+    policy = tuple(_step_from_json(s) for s in fields.pop("policy", ()))
+    return RouteOptions(**fields, policy=policy)
 
 
 def _rule_to_json(r: PathRule, options_index: dict[RouteOptions, int]) -> list[Any]:
@@ -270,7 +391,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
     try:
         doc = json.loads(data)
         _check_schema(doc)
-        options = [RouteOptions(**o) for o in doc["options"]]
+        options = [_options_from_json(o) for o in doc["options"]]
 
         def rule(raw: Any) -> PathRule | None:
             return None if raw is None else _rule_from_json(raw, options)

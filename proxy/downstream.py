@@ -67,7 +67,6 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         "framing",
         "head_limit",
         "head_raw",
-        "hsts",
         "in_head",
         "keep",
         "last",
@@ -101,7 +100,6 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         contexts: ClientContexts,
         scheme: str,
         port: int,
-        hsts: bytes = b"",
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -112,8 +110,6 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.contexts = contexts
         self.scheme = scheme
         self.port = port
-        # Strict-Transport-Security field for responses on the HTTPS listener (b"": none).
-        self.hsts = hsts
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.parser = self._new_parser()
         self.ctx = None
@@ -292,7 +288,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         exchange = self.routing.open_exchange(
             self, parser.get_method(), self.url, parser.get_http_version(), parts, special
         )
-        if exchange.reply and exchange.close_after:
+        answer = exchange.answer
+        if answer is not None and answer.close:
             # A request we refuse outright: answer in turn, read nothing more.
             self.rejected = True
         self.current = exchange
@@ -347,6 +344,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         parts: list[bytes],
         special: list[tuple[bytes, bytes, bytes]],
         head: RequestHead,
+        added: bytes,
+        replaced: frozenset[bytes],
     ) -> ResponseHead:
         keep_alive = head.keep_alive and head.upgrade is None and not self.connections.draining
         response = hdr.render_response(
@@ -356,7 +355,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
             head.method == b"HEAD",
             head.version_11,
             keep_alive,
-            self.hsts,
+            added,
+            replaced,
         )
         self.framing = framing = response.framing
         self.keep = response.keep_alive
@@ -393,9 +393,8 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
     def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
         close = close or self.connections.draining
         data = local_reply(status, close=close, head_only=head_only)
-        extra = fields + self.hsts
-        if extra:
-            data = data.replace(b"\r\n", b"\r\n" + extra, 1)
+        if fields:
+            data = data.replace(b"\r\n", b"\r\n" + fields, 1)
         self.framing = hdr.FRAME_NONE
         self.pending_head = None
         self.keep = not close

@@ -1,11 +1,12 @@
 """One request/response through the proxy: pick an endpoint, forward, relay, retry if safe.
 
-`Routing.open_exchange` creates an `Exchange` when a request head is complete, with either a
-local reply decided up front (404, 503, 413, ...) or a `Route` from the generation captured at
-that moment. The exchange talks to the client through `ClientSide` (proxy/clientside.py),
-whatever the client speaks, and to the pod through an `UpstreamProtocol` taken from the
-`Pool`; proxy/flow.py couples their reading and writing. `begin` runs when the exchange is the
-client side's turn to answer (the head of an HTTP/1.1 connection's pipeline):
+`Routing.open_exchange` creates an `Exchange` when a request head is complete, with the `Route`
+from the generation captured at that moment (if any) and the route's `Policy` for the listener
+the request came on, and an `Answer` when it is answered locally (404, 503, a policy step's
+redirect or refusal, ...). The exchange talks to the client through `ClientSide`
+(proxy/clientside.py), whatever the client speaks, and to the pod through an
+`UpstreamProtocol` taken from the `Pool`; proxy/flow.py couples their reading and writing.
+`begin` runs when it is the exchange's turn to answer (the head of an HTTP/1.1 pipeline):
 it picks an endpoint from the route's cluster, takes a pooled connection or dials one, and
 writes the request head. Body pieces flow client -> upstream as they arrive; response pieces
 flow upstream -> client as they arrive. Nothing is awaited on this path: everything is driven
@@ -31,7 +32,9 @@ from proxy.clientside import ClientSide
 from proxy.config import Endpoint
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
+from proxy.policy import Policy
 from proxy.pool import Pool
+from proxy.replies import Answer
 from proxy.route import Route
 from proxy.settings import ProxySettings
 from proxy.telemetry import Telemetry
@@ -64,10 +67,10 @@ class Forwarding:
 
 class Exchange(Receiver):
     __slots__ = (
+        "answer",
         "attempts_left",
         "body_received",
         "client",
-        "close_after",
         "conn",
         "connect_task",
         "endpoint",
@@ -77,9 +80,9 @@ class Exchange(Receiver):
         "head_at",
         "pending",
         "pending_bytes",
+        "policy",
         "reason",
         "replayable",
-        "reply",
         "request_done",
         "route",
         "sent_at",
@@ -97,10 +100,8 @@ class Exchange(Receiver):
         client: ClientSide,
         head: RequestHead | None,
         route: Route | None,
-        *,
-        reply: int = 0,
-        reason: str | None = None,
-        close_after: bool = False,
+        policy: Policy,
+        answer: Answer | None = None,
         started: float = 0.0,
         url: bytes = b"",
     ) -> None:
@@ -108,9 +109,9 @@ class Exchange(Receiver):
         self.client = client
         self.head = head
         self.route = route
-        self.reply = reply  # a local reply status, 0 when forwarding
-        self.reason = reason  # why a local reply (for the access log)
-        self.close_after = close_after
+        self.policy = policy
+        self.answer = answer  # the local answer decided up front; None: forward
+        self.reason = answer.reason if answer is not None else None  # why a local reply
         # A head parsed from a read is timed by that read (one clock call less per request).
         self.started = started if started else fwd.loop.time()
         self.url = url  # the request target as read, for the log of a request without a head
@@ -138,8 +139,9 @@ class Exchange(Receiver):
 
     def begin(self) -> None:
         """Run when this exchange is the oldest unanswered one on its connection."""
-        if self.reply:
-            self._local(self.reply, self.reason or "LocalReply", close=self.close_after)
+        answer = self.answer
+        if answer is not None:
+            self._local(answer.status, answer.reason, answer.close, answer.fields)
             return
         route = self.route
         assert route is not None and self.head is not None
@@ -255,8 +257,8 @@ class Exchange(Receiver):
         size = len(body)
         received = self.body_received + size
         self.body_received = received
-        route = self.route
-        if route is not None and route.max_body and received > route.max_body:
+        max_body = self.policy.max_body
+        if max_body and received > max_body:
             self.fwd.telemetry.reject(self.client.ctx, 413, "BodyTooLarge")
             self._fail(413, "BodyTooLarge", close=True)
             return
@@ -338,8 +340,10 @@ class Exchange(Receiver):
         head_at = conn.read_at
         # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
+        policy = self.policy
+        added = policy.added if not policy.response else self._response_fields(status)
         try:
-            response = self.client.send_head(status, parts, special, head)
+            response = self.client.send_head(status, parts, special, head, added, policy.replaced)
         except ValueError:
             self.upstream_failed(conn, 502, "BadUpstreamResponse")
             return
@@ -348,6 +352,14 @@ class Exchange(Receiver):
         if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
             keep = conn.finish_head_response()
             self.response_done(conn, keep, conn.read_at)
+
+    def _response_fields(self, status: int) -> bytes:
+        """The fields the route's response steps add to this response."""
+        policy = self.policy
+        added = policy.added
+        for step in policy.response:
+            added += step.response(self.head, status)
+        return added
 
     def response_body(self, body: bytes | memoryview) -> None:
         if self.response is None or self.finished:
@@ -498,7 +510,9 @@ class Exchange(Receiver):
         else:
             self._abort(reason)
 
-    def _local(self, status: int, reason: str, *, close: bool = False) -> None:
+    def _local(self, status: int, reason: str, close: bool = False, fields: bytes = b"") -> None:
+        """Answer locally; `fields`: the answer's own extra header fields (the route's
+        response steps add theirs)."""
         if self.finished:
             return
         head = self.head
@@ -507,8 +521,10 @@ class Exchange(Receiver):
         self.reason = reason
         self.status = status
         self.fwd.telemetry.stats.local_replies += 1
+        policy = self.policy
+        added = policy.added if not policy.response else self._response_fields(status)
         keep = self.client.send_answer(
-            status, b"", close, head is not None and head.method == b"HEAD"
+            status, fields + added, close, head is not None and head.method == b"HEAD"
         )
         self._finish(keep)
 

@@ -113,13 +113,14 @@ class BadRequest(Exception):
 class ClientContext:
     """What is fixed for one client connection: its address, trust, scheme and listener port."""
 
-    __slots__ = ("client_ip", "fixed_forwarded", "port", "scheme", "trusted")
+    __slots__ = ("client_ip", "fixed_forwarded", "port", "scheme", "secure", "trusted")
 
     def __init__(
         self, client_ip: str, scheme: str, port: int, trusted_networks: tuple[IPNetwork, ...]
     ) -> None:
         self.client_ip = client_ip.encode()
         self.scheme = scheme.encode()
+        self.secure = scheme == "https"  # which of a route's policies applies (plain, secure)
         self.port = str(port).encode()
         self.trusted = False
         if trusted_networks:
@@ -561,7 +562,8 @@ def _drop_named(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return out
 
 
-# Response fields render_response decides about; all others are copied as they came.
+# Response fields render_response decides about; all others are copied as they came. A response
+# step can replace only these (see render_response).
 RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"server", b"strict-transport-security"}
 RESPONSE_NAMES: Final = FieldNames(RESPONSE_SPECIAL)
 
@@ -607,15 +609,17 @@ def render_response(
     head_request: bool,
     version_11: bool,
     keep_alive: bool,
-    hsts: bytes,
+    added: bytes,
+    replaced: frozenset[bytes],
 ) -> ResponseHead:
     """Rewrite an upstream response head for the client; raises ValueError if it is invalid.
 
     The upstream protocol classifies fields as they are parsed: `parts` holds the end-to-end
     ones already rendered as name, ": ", value, CRLF (parts[0] is set here to the status
-    line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `hsts` is
-    the rendered Strict-Transport-Security field of the listener (b"": none); it replaces the
-    pod's own, as ingress-nginx's does, so a client never sees two policies."""
+    line), `special` the RESPONSE_SPECIAL ones as (lower-case name, name, value). `added` are
+    the fields of the route's response steps, rendered (b"": none); `replaced` the lower-case
+    names of the pod's RESPONSE_SPECIAL fields they replace (a Strict-Transport-Security of
+    ours replaces the pod's, as ingress-nginx's does, so a client never sees two policies)."""
     line = _STATUS_LINES.get(status)
     parts[0] = line if line is not None else status_line(status)
     has_server = False
@@ -640,9 +644,9 @@ def render_response(
             if value.strip().lower() != b"chunked" or chunked:
                 raise ValueError("unsupported transfer-encoding from upstream")
             chunked = True
-        elif lname == b"strict-transport-security" and not hsts:
+        elif lname not in HOP_BY_HOP and lname not in replaced:
             parts += (name, b": ", value, b"\r\n")
-        # Any other hop-by-hop field is dropped, and the pod's HSTS when ours replaces it.
+        # Any other hop-by-hop field is dropped, and the pod's fields a step replaces.
     append = parts.append
     if connection is not None:
         # Content-Length stays whatever Connection names: the body is framed by it.
@@ -654,8 +658,8 @@ def render_response(
             append = parts.append
     if not has_server:
         append(b"Server: portico\r\n")
-    if hsts:
-        append(hsts)
+    if added:
+        append(added)
 
     out = ResponseHead()
     out.upstream_chunked = chunked

@@ -1,16 +1,20 @@
-"""HTTP -> HTTPS redirects: the local answer to a plain-HTTP request on an `ssl_redirect` route.
+"""Redirects as policy steps: HTTP -> HTTPS for a route whose host has TLS.
 
-`Routing.open_exchange` creates a `Redirect` instead of an `Exchange` when the matched
-route has `RouteOptions.ssl_redirect` and the request came in on the plain-HTTP listener; in
-its turn on the connection it answers `308 Permanent Redirect` to `https://<host><target>`
-(as ingress-nginx does: 308 keeps the method and body). The port is left out of the Location on
-purpose: behind a load balancer mapping 443 to the listener's port the public port is 443, and
-the request's own port is the plain-HTTP one.
+A route whose policy holds `config.HTTPSRedirect` (the compiler adds it for hosts listed under
+an Ingress's `tls`, unless `ssl-redirect: "false"`) answers a request on the plain-HTTP
+listener with `308 Permanent Redirect` to `https://<host><target>` (as ingress-nginx does: 308
+keeps the method and body). The port is left out of the Location on purpose: behind a load
+balancer mapping 443 to the listener's port the public port is 443, and the request's own port
+is the plain-HTTP one.
 """
 
 from __future__ import annotations
 
-from proxy.exchange import Exchange
+from typing import Final
+
+from proxy.headers import ClientContext, RequestHead
+from proxy.replies import Answer
+from proxy.steps import PLAIN, RequestStep
 
 
 def _hostname(host: bytes) -> bytes | None:
@@ -35,22 +39,20 @@ def location(host: bytes, target: bytes) -> bytes | None:
     return b"https://" + name + target
 
 
-class Redirect(Exchange):
-    """A 308 to the HTTPS URL of the request, answered in its turn on the connection."""
+INVALID_HOST: Final = Answer(400, "InvalidHost", close=True)
 
-    __slots__ = ()
 
-    def begin(self) -> None:
-        head = self.head
-        url = None if head is None else location(head.host, head.target)
-        if head is None or url is None:
-            self._local(400, "InvalidHost", close=True)
-            return
-        # A request body still on its way would be read as the next request: close instead.
-        close = not self.request_done or not head.keep_alive
-        self.status = 308
-        self.fwd.telemetry.stats.local_replies += 1
-        keep = self.client.send_answer(
-            308, b"Location: " + url + b"\r\n", close, head.method == b"HEAD"
-        )
-        self._finish(keep)
+class RedirectToHTTPS(RequestStep):
+    """config.HTTPSRedirect, on the plain-HTTP listener only."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int = 308) -> None:
+        super().__init__(PLAIN)
+        self.status = status
+
+    def request(self, head: RequestHead, client: ClientContext) -> Answer | None:
+        url = location(head.host, head.target)
+        if url is None:
+            return INVALID_HOST
+        return Answer(self.status, "SSLRedirect", b"Location: " + url + b"\r\n")

@@ -3,11 +3,13 @@
 No route (404), no usable backend (503), upstream failures (502/504), limits (408/413/414/431)
 and rejected input (400/405/417/505). Each is a tiny text body with `Server: portico`; the
 internal reason (e.g. `ServiceNotFound`) goes to the access log, never to the client. The bytes
-are rendered once per (status, close) pair.
+are rendered once per (status, close) pair; the client side adds an answer's extra fields
+(a redirect's Location, the route's response fields) after the status line.
 """
 
 from __future__ import annotations
 
+import http
 from typing import Final
 
 REASONS: Final[dict[int, bytes]] = {
@@ -30,7 +32,35 @@ REASONS: Final[dict[int, bytes]] = {
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+
+class Answer:
+    """A local answer decided before forwarding (by routing, or a route's policy step).
+
+    `reason` goes to the access log, metrics and logs; `fields` are extra header fields,
+    rendered (`Location: ...\r\n`); `close`: the request is refused outright, so nothing more
+    is read from the connection and it closes after the answer. Constant answers are built
+    once and shared."""
+
+    __slots__ = ("close", "fields", "reason", "status")
+
+    def __init__(self, status: int, reason: str, fields: bytes = b"", close: bool = False) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.close = close
+
+
+NO_ROUTE: Final = Answer(404, "NoRoute")
+
 _cache: dict[tuple[int, bool, bool], bytes] = {}
+
+
+def _phrase(status: int) -> bytes:
+    """The standard reason phrase of a status a policy step answers with (403, 429, ...)."""
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Error"
 
 
 def local_reply(status: int, *, close: bool, head_only: bool = False) -> bytes:
@@ -38,7 +68,7 @@ def local_reply(status: int, *, close: bool, head_only: bool = False) -> bytes:
     key = (status, close, head_only)
     data = _cache.get(key)
     if data is None:
-        reason = REASONS.get(status, b"Error")
+        reason = REASONS.get(status) or _phrase(status)
         body = b"%d %s\n" % (status, reason)
         extra = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" if status == 405 else b""
         data = (

@@ -1,4 +1,4 @@
-"""One path rule resolved for the data path: its cluster, timeouts, upstream TLS and limits.
+"""One path rule resolved for the data path: its cluster, timeouts, upstream TLS and policy.
 
 A worker builds a `Route` per `PathRule` of a snapshot when it applies it (`proxy/routing.py`)
 and every request matching that rule reads it: everything here is decided once per snapshot so
@@ -11,12 +11,14 @@ from __future__ import annotations
 from proxy.cluster import Cluster
 from proxy.config import BalancerKind, PathRule
 from proxy.metrics import RequestMetrics, Series
+from proxy.policy import Policies, Policy
+from proxy.replies import Answer
 from proxy.settings import ProxySettings
 from proxy.tls import UpstreamTLS, upstream_tls
 
 
 class Route:
-    """A path rule resolved for the data path: its cluster and effective limits."""
+    """A path rule resolved for the data path: its cluster, limits and policy."""
 
     __slots__ = (
         "balancer",
@@ -24,14 +26,15 @@ class Route:
         "connect_timeout",
         "host",
         "key",
-        "max_body",
+        "plain",
         "read_timeout",
-        "redirect",
         "rule",
+        "secure",
         "send_timeout",
         "series",
         "track",
         "unavailable",
+        "unavailable_answer",
         "upstream_tls",
     )
 
@@ -40,6 +43,7 @@ class Route:
         rule: PathRule,
         clusters: dict[str, Cluster],
         settings: ProxySettings,
+        policies: Policies,
         host: str = "",
     ) -> None:
         options = rule.options
@@ -63,12 +67,10 @@ class Route:
         self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
         self.read_timeout = options.read_timeout or settings.upstream_read_timeout
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout
-        self.max_body = (
-            options.max_body_size if options.max_body_size is not None else settings.max_body_bytes
-        )
-        # Plain-HTTP requests on this route get a 308 to https:// (checked per request only as
-        # this flag).
-        self.redirect = options.ssl_redirect
+        # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
+        self.plain: Policy
+        self.secure: Policy
+        self.plain, self.secure = policies.for_steps(options.policy)
         # None: plain HTTP to the pods; else the TLS identity (also part of the pool key).
         self.upstream_tls: UpstreamTLS | None = None
         if options.upstream_protocol == "HTTPS":
@@ -82,6 +84,10 @@ class Route:
                 # The compiler validates CA bundles; a bad one must not go out unverified.
                 self.unavailable = "UpstreamCAInvalid"
                 self.cluster = None
+        # The answer of every request while the backend cannot serve (503 with the reason).
+        self.unavailable_answer = (
+            None if self.unavailable is None else Answer(503, self.unavailable)
+        )
 
     def series_in(self, metrics: RequestMetrics) -> Series:
         """This rule's request metrics (created on the first request of the route)."""

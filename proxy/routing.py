@@ -9,7 +9,9 @@ once idle. An endpoints-only update (`apply_endpoints`) changes clusters in plac
 routes and the route table.
 
 `open_exchange` turns a complete request head into an `Exchange`: validated (a bad head is a
-local reply that closes the connection), routed, and checked against the route's limits.
+local reply that closes the connection), routed, and put through the request steps of the
+route's policy for the listener it came on (proxy/policy.py): the first step that answers ends
+the exchange with that answer, else it is forwarded.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from proxy.config import (
 )
 from proxy.exchange import Exchange, Forwarding
 from proxy.headers import BadRequest, parse_request
+from proxy.policy import Policies
 from proxy.pool import Pool
-from proxy.redirect import Redirect
+from proxy.replies import NO_ROUTE, Answer
 from proxy.route import Route
 from proxy.settings import ProxySettings
 from proxy.table import Router
@@ -50,7 +53,7 @@ def build_router(snapshot: Snapshot) -> Router:
 class Generation:
     """Everything one snapshot needs on the request path; immutable once built."""
 
-    __slots__ = ("clusters", "router", "routes", "settings", "snapshot")
+    __slots__ = ("clusters", "policies", "router", "routes", "settings", "snapshot")
 
     def __init__(
         self,
@@ -58,45 +61,63 @@ class Generation:
         router: Router,
         clusters: dict[str, Cluster],
         settings: ProxySettings,
+        policies: Policies,
         routes: dict[int, Route],
     ) -> None:
         self.snapshot = snapshot
         self.router = router
         self.clusters = clusters
         self.settings = settings
+        self.policies = policies
         self.routes = routes
 
     @staticmethod
     def build_routes(
-        table: RouteTable, clusters: dict[str, Cluster], settings: ProxySettings
+        table: RouteTable,
+        clusters: dict[str, Cluster],
+        settings: ProxySettings,
+        policies: Policies,
     ) -> dict[int, Route]:
         """The Route of every rule, keyed by the identity of the snapshot's rule objects:
         hashing a frozen dataclass hashes all its fields, on every lookup."""
+        policies.start()
         routes: dict[int, Route] = {}
         for vhost in table.virtual_hosts:
+            host = vhost.host
             for rule in vhost.rules:
-                routes[id(rule)] = Route(rule, clusters, settings, vhost.host)
+                routes[id(rule)] = Route(rule, clusters, settings, policies, host)
             if vhost.fallback is not None:
-                routes[id(vhost.fallback)] = Route(vhost.fallback, clusters, settings, vhost.host)
+                fallback = vhost.fallback
+                routes[id(fallback)] = Route(fallback, clusters, settings, policies, host)
         if table.default is not None:
-            routes[id(table.default)] = Route(table.default, clusters, settings)
+            routes[id(table.default)] = Route(table.default, clusters, settings, policies)
         return routes
 
     def route_for(self, rule: PathRule) -> Route:
         route = self.routes.get(id(rule))
         if route is None or route.rule is not rule:
-            route = Route(rule, self.clusters, self.settings)
+            route = Route(rule, self.clusters, self.settings, self.policies)
         return route
 
     def with_snapshot(self, snapshot: Snapshot) -> Generation:
         """This generation for a snapshot with the same routes (an endpoints-only update)."""
-        return Generation(snapshot, self.router, self.clusters, self.settings, self.routes)
+        return Generation(
+            snapshot, self.router, self.clusters, self.settings, self.policies, self.routes
+        )
 
 
 class Routing:
     """The current generation of one worker, its swap, and the dispatch of request heads."""
 
-    __slots__ = ("_clusters", "_generation", "forwarding", "pool", "settings", "telemetry")
+    __slots__ = (
+        "_clusters",
+        "_generation",
+        "forwarding",
+        "policies",
+        "pool",
+        "settings",
+        "telemetry",
+    )
 
     def __init__(
         self,
@@ -109,6 +130,7 @@ class Routing:
         self.pool = pool
         self.telemetry = telemetry
         self.forwarding = forwarding
+        self.policies = Policies(settings)
         self._generation: Generation | None = None
         self._clusters: dict[str, Cluster] = {}
 
@@ -130,8 +152,8 @@ class Routing:
             elif cluster.backend != backend:
                 cluster.update(backend)
             clusters[backend.key] = cluster
-        routes = Generation.build_routes(snapshot.routes, clusters, self.settings)
-        generation = Generation(snapshot, router, clusters, self.settings, routes)
+        routes = Generation.build_routes(snapshot.routes, clusters, self.settings, self.policies)
+        generation = Generation(snapshot, router, clusters, self.settings, self.policies, routes)
         self._clusters = clusters
         self._generation = generation
         self.pool.retain(_endpoint_keys(snapshot.backends))
@@ -184,55 +206,46 @@ class Routing:
         fwd = self.forwarding
         ctx = client.ctx
         assert ctx is not None
+        unrouted = self.policies.unrouted
         try:
             head = parse_request(method, url, version, parts, special, ctx)
         except BadRequest as exc:
             self.telemetry.reject(ctx, exc.status, exc.reason)
-            return Exchange(
-                fwd,
-                client,
-                None,
-                None,
-                reply=exc.status,
-                reason=exc.reason,
-                close_after=True,
-                url=url,
-            )
+            refusal = Answer(exc.status, exc.reason, close=True)
+            policy = unrouted[1] if ctx.secure else unrouted[0]
+            return Exchange(fwd, client, None, None, policy, refusal, client.read_at, url)
         generation = self._generation
         assert generation is not None
         rule = generation.router.route_raw(head.host, head.path)
         if rule is None:
-            return Exchange(fwd, client, head, None, reply=404, reason="NoRoute")
+            policy = unrouted[1] if ctx.secure else unrouted[0]
+            return Exchange(fwd, client, head, None, policy, NO_ROUTE, client.read_at)
         route = generation.routes.get(id(rule))
         if route is None or route.rule is not rule:
             route = generation.route_for(rule)
-        if route.redirect and ctx.scheme == b"http":
-            return Redirect(fwd, client, head, route, reply=308, reason="SSLRedirect")
-        if route.max_body and head.content_length > route.max_body:
-            self.telemetry.reject(ctx, 413, "BodyTooLarge")
-            return Exchange(
-                fwd, client, head, None, reply=413, reason="BodyTooLarge", close_after=True
-            )
+        policy = route.secure if ctx.secure else route.plain
+        steps = policy.request
+        if steps:
+            for step in steps:
+                answer = step.request(head, ctx)
+                if answer is not None:
+                    if answer.close:
+                        self.telemetry.reject(ctx, answer.status, answer.reason)
+                    return Exchange(fwd, client, head, route, policy, answer, client.read_at)
         if route.cluster is None:
-            return Exchange(
-                fwd, client, head, route, reply=503, reason=route.unavailable or "NoEndpoints"
-            )
-        return Exchange(fwd, client, head, route, started=client.read_at)
+            unavailable = route.unavailable_answer
+            return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
+        return Exchange(fwd, client, head, route, policy, None, client.read_at)
 
     def local_exchange(
         self, client: ClientSide, status: int, reason: str, url: bytes = b""
     ) -> Exchange:
         """A local reply owed on a connection that refuses what follows (closes after it)."""
-        return Exchange(
-            self.forwarding,
-            client,
-            None,
-            None,
-            reply=status,
-            reason=reason,
-            close_after=True,
-            url=url,
-        )
+        ctx = client.ctx
+        unrouted = self.policies.unrouted
+        policy = unrouted[1] if ctx is not None and ctx.secure else unrouted[0]
+        answer = Answer(status, reason, close=True)
+        return Exchange(self.forwarding, client, None, None, policy, answer, 0.0, url)
 
 
 def _endpoint_keys(backends: Iterable[Backend]) -> frozenset[tuple[str, int]]:

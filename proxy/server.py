@@ -63,13 +63,6 @@ class ProxyServer:
         self.https_port = 0
         # Certificates for the HTTPS listener, created when it starts (see proxy/tls.py).
         self.tls: TLSTerminator | None = None
-        # The Strict-Transport-Security field added to HTTPS responses (b"": none).
-        self.hsts = b""
-        if settings.hsts:
-            value = b"max-age=%d" % settings.hsts_max_age
-            if settings.hsts_include_subdomains:
-                value += b"; includeSubDomains"
-            self.hsts = b"Strict-Transport-Security: " + value + b"\r\n"
 
     # ---- what the worker and tests read ------------------------------------------------------
 
@@ -186,7 +179,6 @@ class ProxyServer:
             self.contexts,
             scheme,
             port,
-            self.hsts if scheme == "https" else b"",
         )
 
     def _http_factory(self) -> DownstreamProtocol:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.config import DEFAULT_OPTIONS, RouteOptions
+from proxy.config import DEFAULT_OPTIONS, BodyLimit, RouteOptions
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
@@ -41,7 +41,9 @@ class AnnotationError:
 class IngressOptions:
     """What an Ingress's annotations say. `ssl_redirect` None: default (redirect TLS hosts)."""
 
-    route: RouteOptions = DEFAULT_OPTIONS  # ssl_redirect is left False here; set per host
+    # The HTTPS redirect step is not in `route.policy` here: it depends on the host (see
+    # `redirect`); the compiler puts it first in the policy of the hosts it applies to.
+    route: RouteOptions = DEFAULT_OPTIONS
     ssl_redirect: bool | None = None
     force_ssl_redirect: bool = False
     # `proxy-ssl-secret`: "namespace/name" of a Secret whose `ca.crt` verifies the pods'
@@ -140,12 +142,18 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-connect-timeout": (_timeout, "connect_timeout"),
     "proxy-read-timeout": (_timeout, "read_timeout"),
     "proxy-send-timeout": (_timeout, "send_timeout"),
-    "proxy-body-size": (_size, "max_body_size"),
+    "proxy-body-size": (_size, "max_body_size"),  # a BodyLimit step in the route's policy
 }
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
-    {"ssl_redirect", "force_ssl_redirect", "proxy_ssl_secret", "proxy_ssl_verify"}
+    {
+        "ssl_redirect",
+        "force_ssl_redirect",
+        "proxy_ssl_secret",
+        "proxy_ssl_verify",
+        "max_body_size",
+    }
 )
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
@@ -178,7 +186,9 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-    route_values = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
+    route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
+    if "max_body_size" in values:
+        route_values["policy"] = (BodyLimit(values["max_body_size"]),)
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)

@@ -36,7 +36,15 @@ from controller.compiler.screening import screen
 from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
-from proxy.config import MatchKind, PathRule, RouteOptions, RouteTable, TLSCertificate, VirtualHost
+from proxy.config import (
+    HTTPSRedirect,
+    MatchKind,
+    PathRule,
+    RouteOptions,
+    RouteTable,
+    TLSCertificate,
+    VirtualHost,
+)
 
 LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 PATH_TYPES: Final[Mapping[str, MatchKind]] = {
@@ -266,7 +274,8 @@ def compile_ingress(ingress: Ingress, *, serve_without_access_control: bool = Fa
     )
     tls_hosts = tuple(h for t in tls for h in t.hosts)
     plain = opts.route
-    redirected = dataclasses.replace(plain, ssl_redirect=True)
+    # The redirect goes first: a plain-HTTP request is redirected before any other step sees it.
+    redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))

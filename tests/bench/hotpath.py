@@ -3,6 +3,10 @@
 Drives one DownstreamProtocol and one pooled UpstreamProtocol through keep-alive requests: a
 client request read, the upstream head written, the pod's response read, the client response
 written. Run: `.venv/bin/python -m tests.bench.hotpath [small|64k|chunked] [--profile]`.
+
+`--secure`: the client connection is one of the HTTPS listener (TLS itself is not run: the
+transports are fakes), so the proxy-wide HSTS response step applies. `--policy`: the route
+carries a policy step run per request (a body limit the request is within).
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ import sys
 import time
 from typing import Any
 
-from proxy.config import Backend, Endpoint, PathRule, RouteTable, Snapshot, VirtualHost
+from proxy.config import (
+    DEFAULT_OPTIONS,
+    Backend,
+    BodyLimit,
+    Endpoint,
+    PathRule,
+    RouteOptions,
+    RouteTable,
+    Snapshot,
+    VirtualHost,
+)
 from proxy.downstream import DownstreamProtocol
 from proxy.pool import Pool
 from proxy.server import ProxyServer
@@ -97,7 +111,17 @@ def response(kind: str) -> list[bytes]:
 
 
 def build(loop: asyncio.AbstractEventLoop) -> tuple[DownstreamProtocol, UpstreamProtocol]:
-    rule = PathRule("/", "prefix", "default/bench/80", "default/bench", None, 80, "Prefix")
+    options = RouteOptions(policy=(BodyLimit(1 << 20),)) if "--policy" in sys.argv else None
+    rule = PathRule(
+        "/",
+        "prefix",
+        "default/bench/80",
+        "default/bench",
+        None,
+        80,
+        "Prefix",
+        options or DEFAULT_OPTIONS,
+    )
     snap = Snapshot(
         RouteTable((VirtualHost("bench.local", (rule,)),)),
         (Backend("default/bench/80", (Endpoint("127.0.0.2", 18081),)),),
@@ -115,7 +139,8 @@ def build(loop: asyncio.AbstractEventLoop) -> tuple[DownstreamProtocol, Upstream
     )
     up.connection_made(FakeTransport(("127.0.0.2", 18081)))  # type: ignore[arg-type]
     server.pool.release(up)
-    down = server.client_protocol("http", 28080)
+    secure = "--secure" in sys.argv
+    down = server.client_protocol("https" if secure else "http", 28443 if secure else 28080)
     down.connection_made(FakeTransport(("127.0.0.1", 40000)))  # type: ignore[arg-type]
     return down, up
 

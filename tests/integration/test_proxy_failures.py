@@ -17,7 +17,7 @@ import pytest
 import uvloop
 from backends import Client, Pod, render_request, snapshot, start_proxy
 
-from proxy.config import RouteOptions
+from proxy.config import BodyLimit, RouteOptions
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -249,7 +249,7 @@ async def test_body_limits_413(pods: list[Pod]) -> None:
 
 async def test_route_max_body_size_overrides(pods: list[Pod]) -> None:
     pod = pods[0]
-    opts = RouteOptions(max_body_size=10)
+    opts = RouteOptions(policy=(BodyLimit(10),))
     proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}, options=opts))
     try:
         assert_local(await answer(proxy, "POST", "/sink", body=b"x" * 11), 413)

@@ -19,9 +19,12 @@ from proxy.clientside import ClientSide
 from proxy.config import Backend, Endpoint, PathRule, RouteTable, Snapshot, VirtualHost
 from proxy.exchange import Exchange
 from proxy.headers import ClientContext, RequestHead, ResponseHead, render_response
+from proxy.policy import Policy
 from proxy.pool import Pool
+from proxy.replies import Answer
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
+from proxy.steps import ResponseStep
 from proxy.upstream import UpstreamProtocol
 
 HOST = b"stream.test"
@@ -41,15 +44,18 @@ class StreamClient(ClientSide):
     def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.events.append(("interim", status))
 
-    def send_head(
+    def send_head(  # noqa: PLR0917 (the interface's signature)
         self,
         status: int,
         parts: list[bytes],
         special: list[tuple[bytes, bytes, bytes]],
         head: RequestHead,
+        added: bytes,
+        replaced: frozenset[bytes],
     ) -> ResponseHead:
         self.events.append(("head", status))
-        return render_response(status, parts, special, head.method == b"HEAD", True, True, b"")
+        head_only = head.method == b"HEAD"
+        return render_response(status, parts, special, head_only, True, True, added, replaced)
 
     def send_body(self, piece: bytes | memoryview) -> None:
         self.events.append(("body", bytes(piece)))
@@ -229,3 +235,56 @@ async def test_a_body_waiting_for_a_connection_pauses_the_client_past_the_limit(
     exchange.request_body(b"x")
     assert client.reading_paused and not exchange.replayable
     exchange.client_lost()
+
+
+class EchoOrigin(ResponseStep):
+    """A response step whose field depends on the request (as CORS's will)."""
+
+    def __init__(self) -> None:
+        super().__init__(dynamic=True)
+
+    def response(self, head: RequestHead | None, status: int) -> bytes:
+        return b"X-Echo: %s %d\r\n" % (head.target if head is not None else b"-", status)
+
+
+async def test_response_steps_run_for_pod_responses_and_local_answers() -> None:
+    server, conn, _ = _proxy(asyncio.get_running_loop())
+    fixed = ResponseStep(b"X-Fixed: 1\r\n")
+    policy = Policy(response=(fixed, EchoOrigin()))
+    assert policy.added == b"X-Fixed: 1\r\n" and len(policy.response) == 1
+    heads: list[bytes] = []
+    answers: list[bytes] = []
+
+    class Recording(StreamClient):
+        def send_head(  # noqa: PLR0917 (the interface's signature)
+            self,
+            status: int,
+            parts: list[bytes],
+            special: list[tuple[bytes, bytes, bytes]],
+            head: RequestHead,
+            added: bytes,
+            replaced: frozenset[bytes],
+        ) -> ResponseHead:
+            response = super().send_head(status, parts, special, head, added, replaced)
+            heads.append(response.data)
+            return response
+
+        def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
+            answers.append(fields)
+            return super().send_answer(status, fields, close, head_only)
+
+    forwarded = _open(server, Recording())
+    forwarded.policy = policy
+    forwarded.begin()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert b"X-Fixed: 1\r\nX-Echo: /x 200\r\n" in heads[0]
+    answered = _open(server, Recording())
+    answered.policy = policy
+    answered.answer = Answer(403, "Denied", b"X-Own: 1\r\n")
+    answered.begin()
+    assert answers == [b"X-Own: 1\r\nX-Fixed: 1\r\nX-Echo: /x 403\r\n"]
+
+
+def test_a_response_step_replaces_only_fields_it_can() -> None:
+    with pytest.raises(ValueError, match="can only replace"):
+        Policy(response=(ResponseStep(b"Connection: x\r\n", frozenset((b"connection",))),))

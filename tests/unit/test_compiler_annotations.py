@@ -1,15 +1,16 @@
-"""Compiler tables: annotations parsed into RouteOptions; invalid values become problems."""
+"""Compiler tables: annotations parsed into RouteOptions and policy steps; invalid values become
+problems."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from kube_factory import ingress, ingress_class, service, store_of
+from kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
 from controller.compiler import CompileSettings, compile_view
 from controller.compiler.annotations import parse_annotations
-from proxy.config import DEFAULT_OPTIONS
+from proxy.config import DEFAULT_OPTIONS, BodyLimit, HTTPSRedirect
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -25,11 +26,11 @@ VALID_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     (N, "proxy-connect-timeout", "10", {"connect_timeout": 10.0}),
     (P, "proxy-read-timeout", "30s", {"read_timeout": 30.0}),
     (N, "proxy-send-timeout", "5s", {"send_timeout": 5.0}),
-    (N, "proxy-body-size", "0", {"max_body_size": 0}),
-    (N, "proxy-body-size", "512k", {"max_body_size": 512 * 1024}),
-    (N, "proxy-body-size", "1m", {"max_body_size": 1024 * 1024}),
-    (P, "proxy-body-size", "2G", {"max_body_size": 2 * 1024**3}),
-    (N, "proxy-body-size", "100", {"max_body_size": 100}),
+    (N, "proxy-body-size", "0", {"policy": (BodyLimit(0),)}),
+    (N, "proxy-body-size", "512k", {"policy": (BodyLimit(512 * 1024),)}),
+    (N, "proxy-body-size", "1m", {"policy": (BodyLimit(1024 * 1024),)}),
+    (P, "proxy-body-size", "2G", {"policy": (BodyLimit(2 * 1024**3),)}),
+    (N, "proxy-body-size", "100", {"policy": (BodyLimit(100),)}),
 ]
 
 
@@ -89,3 +90,41 @@ def test_options_reach_every_rule_of_the_ingress() -> None:
     result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
     options = result.snapshot.routes.virtual_hosts[0].rules[0].options
     assert options.balancer == "least_request" and options.upstream_protocol == "HTTPS"
+
+
+A = "a.example.com"
+POLICY_ROWS: list[tuple[str, dict[str, str], bool, tuple[object, ...]]] = [
+    # (id, annotations, host in tls?, the policy of the host's rules, in order)
+    ("nothing", {}, False, ()),
+    ("tls-host", {}, True, (HTTPSRedirect(),)),
+    ("body-limit", {N + "proxy-body-size": "1m"}, False, (BodyLimit(1024 * 1024),)),
+    # The redirect goes first: a plain-HTTP request is redirected before its body is limited.
+    (
+        "tls-host-and-body-limit",
+        {N + "proxy-body-size": "1m"},
+        True,
+        (HTTPSRedirect(), BodyLimit(1024 * 1024)),
+    ),
+    ("no-limit", {P + "proxy-body-size": "0"}, True, (HTTPSRedirect(), BodyLimit(0))),
+    (
+        "redirect-off",
+        {N + "ssl-redirect": "false", N + "proxy-body-size": "2k"},
+        True,
+        (BodyLimit(2048),),
+    ),
+    ("forced", {N + "force-ssl-redirect": "true"}, False, (HTTPSRedirect(),)),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "in_tls", "policy"), [pytest.param(*row[1:], id=row[0]) for row in POLICY_ROWS]
+)
+def test_policy_steps_of_a_rule(
+    annotations: dict[str, str], in_tls: bool, policy: tuple[object, ...]
+) -> None:
+    ing = ingress(
+        rules=[rule(A)], annotations=annotations, tls=[tls_entry(None, A)] if in_tls else None
+    )
+    result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
+    (vhost,) = result.snapshot.routes.virtual_hosts
+    assert vhost.rules and all(r.options.policy == policy for r in vhost.rules)

@@ -23,6 +23,7 @@ from kube_factory import (
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.tls import covers
+from proxy.config import HTTPSRedirect
 
 A = "a.example.com"
 
@@ -114,7 +115,7 @@ def test_invalid_secret(objects: list[Raw], message: str) -> None:
     assert result.snapshot.certificates == ()
     # The host is still served (with the proxy's default certificate) and still redirected.
     rules = result.snapshot.routes.virtual_hosts[0].rules
-    assert rules and all(r.options.ssl_redirect for r in rules)
+    assert rules and all(r.options.step(HTTPSRedirect) for r in rules)
 
 
 def test_secret_without_data_keys() -> None:
@@ -210,8 +211,8 @@ def test_ssl_redirect(
     )
     result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
     by_host = {vh.host: vh for vh in result.snapshot.routes.virtual_hosts}
-    assert by_host[A].rules[0].options.ssl_redirect is redirect_a
-    assert by_host[""].rules[0].options.ssl_redirect is redirect_any
+    assert (by_host[A].rules[0].options.step(HTTPSRedirect) is not None) is redirect_a
+    assert (by_host[""].rules[0].options.step(HTTPSRedirect) is not None) is redirect_any
 
 
 def test_tls_entry_without_secret_only_redirects() -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from proxy.config import (
+    HSTS,
+    SCHEMA_VERSION,
     Backend,
+    BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    HTTPSRedirect,
     PathRule,
+    Refuse,
     RouteOptions,
     RouteTable,
     Snapshot,
@@ -24,7 +31,13 @@ from proxy.config import (
 
 
 def full_snapshot() -> Snapshot:
-    options = RouteOptions(ssl_redirect=True, balancer="least_request", read_timeout=5.0)
+    policy = (
+        HTTPSRedirect(),
+        Refuse(403, "AccessControlNotEnforced"),
+        BodyLimit(1024),
+        HSTS(600, include_subdomains=False, preload=True),
+    )
+    options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
@@ -77,12 +90,56 @@ def test_endpoints_update_round_trip_and_apply() -> None:
         b"[]",
         b'{"schema": 99}',
         b'{"schema": 1}',
-        encode_snapshot(Snapshot()).replace(b'"schema":1', b'"schema":2'),
+        encode_snapshot(Snapshot()).replace(
+            b'"schema":%d' % SCHEMA_VERSION, b'"schema":%d' % (SCHEMA_VERSION - 1)
+        ),
     ],
 )
 def test_rejects_malformed(data: bytes) -> None:
     with pytest.raises(SnapshotError):
         decode_snapshot(data)
+
+
+def _with_step(step: dict[str, object]) -> bytes:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1]["policy"] = [step]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        pytest.param({"step": "teleport"}, id="unknown-kind"),
+        pytest.param({"max_bytes": 1}, id="no-kind"),
+        pytest.param({"step": "body_limit"}, id="missing-field"),
+        pytest.param({"step": "body_limit", "max_bytes": -1}, id="negative-limit"),
+        pytest.param({"step": "body_limit", "max_bytes": "1m"}, id="limit-not-a-number"),
+        pytest.param({"step": "body_limit", "max_bytes": True}, id="limit-a-flag"),
+        pytest.param({"step": "hsts", "max_age": 60, "include_subdomains": 1}, id="flag-a-number"),
+        pytest.param({"step": "hsts", "max_age": 60, "extra": True}, id="unknown-field"),
+        pytest.param({"step": "https_redirect", "status": 200}, id="redirect-not-a-redirect"),
+        pytest.param({"step": "refuse", "status": 200, "reason": "Ok"}, id="refusal-not-an-error"),
+        pytest.param(
+            {"step": "refuse", "status": 403, "reason": "no such"}, id="reason-not-a-word"
+        ),
+    ],
+)
+def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
+    assert decode_snapshot(_with_step({"step": "body_limit", "max_bytes": 1}))  # the positive
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_with_step(step))
+
+
+def test_policy_steps_keep_their_order() -> None:
+    (rule, *_) = decode_snapshot(encode_snapshot(full_snapshot())).routes.virtual_hosts[0].rules
+    assert [type(s).__name__ for s in rule.options.policy] == [
+        "HTTPSRedirect",
+        "Refuse",
+        "BodyLimit",
+        "HSTS",
+    ]
+    assert rule.options.step(BodyLimit) == BodyLimit(1024)
+    assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
 
 
 def test_ready_endpoints_fall_back_to_terminating() -> None:

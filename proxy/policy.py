@@ -1,0 +1,118 @@
+"""A route's policy as it runs: its steps in order, per listener, built once per snapshot.
+
+`Policies.for_steps(route_steps)` turns a route's step descriptions (`RouteOptions.policy`,
+proxy/config.py) into two `Policy` objects, one for requests on the plain-HTTP listener and one
+for HTTPS, each holding:
+
+- `request`: the request steps, in order; routing runs them when the head is routed and the
+  first that answers ends the exchange (proxy/routing.py);
+- `added` / `replaced`: the response fields of the steps whose fields are fixed, rendered once,
+  and the pod's fields they replace; `response`: the steps computing theirs per response; the
+  exchange hands these to the client side with every response head (proxy/exchange.py);
+- `max_body`: the body limit the exchange checks as the request body is read.
+
+The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
+to every route whose own list has no step of that kind; requests no route matched get the
+proxy-wide response steps only (a 404 over HTTPS still carries HSTS). Routes with the same
+steps share their Policy objects, so 20,000 routes with one annotation set build two.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse
+from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
+from proxy.redirect import RedirectToHTTPS
+from proxy.settings import ProxySettings
+from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
+
+
+class Policy:
+    """The steps of one route for requests on one listener (see the module docstring)."""
+
+    __slots__ = ("added", "max_body", "replaced", "request", "response")
+
+    def __init__(
+        self,
+        request: tuple[RequestStep, ...] = (),
+        response: tuple[ResponseStep, ...] = (),
+        max_body: int = 0,
+    ) -> None:
+        self.request = request
+        self.response = tuple(s for s in response if s.dynamic)
+        self.added = b"".join(s.fields for s in response if not s.dynamic)
+        replaced: frozenset[bytes] = frozenset()
+        for step in response:
+            if not step.replaces <= _REPLACEABLE:
+                raise ValueError(f"a response step can only replace {sorted(_REPLACEABLE)}")
+            replaced |= step.replaces
+        self.replaced = replaced
+        self.max_body = max_body  # 0: unlimited
+
+
+# The pod's fields a response step may replace: those render_response sees apart.
+_REPLACEABLE: Final = RESPONSE_SPECIAL - HOP_BY_HOP - {b"content-length"}
+
+
+class Policies:
+    """Builds and shares the Policy pairs of one worker's routes (see the module docstring)."""
+
+    __slots__ = ("_built", "defaults", "unrouted")
+
+    def __init__(self, settings: ProxySettings) -> None:
+        defaults: list[PolicyStep] = []
+        if settings.max_body_bytes:
+            defaults.append(BodyLimit(settings.max_body_bytes))
+        if settings.hsts:
+            defaults.append(
+                HSTS(settings.hsts_max_age, settings.hsts_include_subdomains, preload=False)
+            )
+        # The proxy-wide steps: added to every route without a step of the same kind.
+        self.defaults = tuple(defaults)
+        self._built: dict[tuple[PolicyStep, ...], tuple[Policy, Policy]] = {}
+        # Requests no route matched (404, malformed): the proxy-wide response steps only.
+        self.unrouted = self._build(tuple(s for s in self.defaults if isinstance(s, HSTS)))
+
+    def start(self) -> None:
+        """A new snapshot's routes are built next: forget the previous snapshot's sharing
+        (its routes keep their policies)."""
+        self._built = {}
+
+    def for_steps(self, steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
+        """(plain-HTTP policy, HTTPS policy) of a route with these steps."""
+        built = self._built.get(steps)
+        if built is None:
+            kinds = {type(s) for s in steps}
+            merged = steps + tuple(s for s in self.defaults if type(s) not in kinds)
+            built = self._built[steps] = self._build(merged)
+        return built
+
+    @staticmethod
+    def _build(steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
+        request: list[RequestStep] = []
+        response: list[ResponseStep] = []
+        max_body = 0
+        for spec in steps:
+            if isinstance(spec, HTTPSRedirect):
+                request.append(RedirectToHTTPS(spec.status))
+            elif isinstance(spec, BodyLimit):
+                if spec.max_bytes:
+                    request.append(LimitBody(spec.max_bytes))
+                max_body = spec.max_bytes
+            elif isinstance(spec, HSTS):
+                response.append(hsts_step(spec.max_age, spec.include_subdomains, spec.preload))
+            elif isinstance(spec, Refuse):
+                request.append(RefuseAll(spec.status, spec.reason))
+        return (
+            Policy(
+                tuple(s for s in request if s.schemes & PLAIN),
+                tuple(s for s in response if s.schemes & PLAIN),
+                max_body,
+            ),
+            Policy(
+                tuple(s for s in request if s.schemes & SECURE),
+                tuple(s for s in response if s.schemes & SECURE),
+                max_body,
+            ),
+        )
