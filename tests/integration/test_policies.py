@@ -9,11 +9,9 @@ with the Location and Strict-Transport-Security the client sees.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 import pytest
-import uvloop
 from backends import Client, Pod
 from tls_env import running, tls_client
 
@@ -32,10 +30,7 @@ from proxy.config import (
     VirtualHost,
 )
 
-pytestmark = [
-    pytest.mark.timeout(30),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
-]
+pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 
 DENIED = Refuse(403, "AccessControlNotEnforced")
 POLICIES: dict[str, tuple[PolicyStep, ...]] = {
@@ -74,18 +69,6 @@ def _snapshot(pod: Pod) -> Snapshot:
     )
     backend = Backend("ns/web/80", (Endpoint(pod.host, pod.port),))
     return Snapshot(RouteTable(vhosts), (backend,), version=1)
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
-
-
-@pytest.fixture
-async def pod() -> AsyncIterator[Pod]:
-    started = await Pod("127.0.0.2").start()
-    yield started
-    await started.stop()
 
 
 class Case(NamedTuple):

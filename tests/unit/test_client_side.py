@@ -10,7 +10,6 @@ transport.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 from proxy.steps import ResponseStep
 from proxy.upstream import UpstreamProtocol
+from tests.fakes import RecordingTransport
 
 HOST = b"stream.test"
 POD = Endpoint("127.0.0.2", 18081)
@@ -86,41 +86,9 @@ class StreamClient(ClientSide):
         self.reading_paused = False
 
 
-class PodTransport:
-    """The upstream connection's transport: what was written, whether reading is paused."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.reading = True
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.data += part
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.2", 18081) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-
-def _proxy(loop: asyncio.AbstractEventLoop) -> tuple[ProxyServer, UpstreamProtocol, PodTransport]:
+def _proxy(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[ProxyServer, UpstreamProtocol, RecordingTransport]:
     rule = PathRule("/", "prefix", "ns/pod/80", "ns/stream", "ns/pod", 80, "Prefix")
     snapshot = Snapshot(
         RouteTable((VirtualHost(HOST.decode(), (rule,)),)),
@@ -131,7 +99,7 @@ def _proxy(loop: asyncio.AbstractEventLoop) -> tuple[ProxyServer, UpstreamProtoc
     server.use_loop(loop)
     server.apply(snapshot)
     conn = UpstreamProtocol(server.pool, loop, POD, (POD.address, POD.port), Pool.key(POD, None))
-    transport = PodTransport()
+    transport = RecordingTransport((POD.address, POD.port))
     conn.connection_made(transport)  # type: ignore[arg-type]
     server.pool.release(conn)
     return server, conn, transport
