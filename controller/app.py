@@ -15,6 +15,16 @@ it leads or not, and when the API server is unreachable the informers retry whil
 keep the last snapshot. The controller process never serves traffic itself (`WorkerSet` runs the
 workers). On SIGTERM/SIGINT `/readyz` fails at once, the listeners stay open for
 `shutdown_delay`, then the workers drain and the leader releases its Lease.
+
+The ingress-nginx controller ConfigMap (`--nginx-configmap`, `ConfigMapSettings`) is read before
+the workers start, so they start with its values: from the manifest directory by `portico
+serve`, with one list by `portico controller`, which then watches it by name. A change of it
+applies at once where the compiler is concerned (ssl-redirect, global access control: the
+reconciler recompiles with the new compile settings); the workers' settings (limits, timeouts,
+TLS, forwarded headers, logging) are read by each worker when it starts, so a change of those
+is logged as waiting for a restart of the pod (`configmap.restart_required`, naming them), and
+they apply to the pods the next rollout starts. Its problems (keys without effect) are the
+reconciler's source problems, reported like the compiler's.
 """
 
 from __future__ import annotations
@@ -25,16 +35,34 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
+from typing import Final
 
 from controller.admin import AdminState, start_admin
 from controller.capacity import MIB, worker_plan
-from controller.compiler import Compiler, CompileResult, CompileSettings
+from controller.compiler import Compiler, CompileResult, CompileSettings, Problem
+from controller.configmap import Reading, compile_settings, from_directory, overlay, read, split_ref
 from controller.events import EventRecorder
 from controller.files import ManifestSource, load_certificate_files
-from controller.kube.client import SECRETS, SERVICES, ConfigError, KubeApi, Resource, open_api
-from controller.kube.objects import PublishedService, ReferenceIndex
+from controller.kube import ApiError
+from controller.kube.client import (
+    CONFIG_MAPS,
+    SECRETS,
+    SERVICES,
+    ConfigError,
+    KubeApi,
+    Resource,
+    open_api,
+)
+from controller.kube.objects import PublishedService, ReferenceIndex, WatchedConfigMap
 from controller.kube.watching import (
     ChangeSink,
     ClusterSource,
@@ -48,7 +76,7 @@ from controller.leader import LeaderElector
 from controller.metrics import WorkerTotals
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
-from controller.settings import Settings
+from controller.settings import PROXY_FIELDS, Settings
 from controller.status import LbAddress, StatusWriter, lb_status
 from controller.store import Store
 from controller.workers import WorkerSet
@@ -69,6 +97,82 @@ def build_reconciler(settings: CompileSettings) -> tuple[Store, Reconciler]:
     return store, Reconciler(store, Compiler(settings))
 
 
+# Settings the workers read when they start (and how many there are): a ConfigMap change of one
+# of them waits for the next start of the pod.
+RESTART_FIELDS: Final = (*PROXY_FIELDS, "workers")
+CONFIGMAP_PROBLEMS: Final = "configmap"  # the reconciler's origin of the ConfigMap's problems
+
+
+class ConfigMapSettings:
+    """The settings as flags, PORTICO_* variables and the ingress-nginx ConfigMap make them.
+
+    `update(data)` takes each version of the ConfigMap (None: it does not exist): the
+    reconciler gets the new compile settings (it recompiles if they changed) and the
+    ConfigMap's problems; `effective` is the settings now. Once `started` holds the settings
+    the workers run with, a version that changes one of those is logged: it waits for a
+    restart of the pod.
+    """
+
+    def __init__(self, base: Settings, reconciler: Reconciler) -> None:
+        assert base.nginx_configmap is not None
+        self.base = base
+        self.ref = base.nginx_configmap
+        self.reconciler = reconciler
+        self._explicit = frozenset(base.model_fields_set)
+        self.reading = Reading(self.ref, found=False)
+        self.effective = base
+        self.started: Settings | None = None
+        self._pending: tuple[str, ...] = ()
+
+    def update(self, data: Mapping[str, str] | None) -> None:
+        reading = read(data, self.ref, self._explicit)
+        effective = overlay(self.base, reading)
+        self.reconciler.set_compile_settings(compile_settings(effective, reading))
+        self.reconciler.set_source_problems(reading.problems(), origin=CONFIGMAP_PROBLEMS)
+        changed = sorted(
+            name
+            for name in Settings.model_fields
+            if getattr(effective, name) != getattr(self.effective, name)
+        )
+        if changed or reading.rows != self.reading.rows:
+            logger.info(
+                "configmap.read",
+                extra={
+                    "configmap": self.ref,
+                    "found": reading.found,
+                    "keys": len(reading.rows),
+                    "applied": sorted(reading.values),
+                    "changed": changed,
+                },
+            )
+        self.reading, self.effective = reading, effective
+        if self.started is not None:
+            self._report_restart()
+
+    def _report_restart(self) -> None:
+        assert self.started is not None
+        pending = tuple(
+            name
+            for name in RESTART_FIELDS
+            if getattr(self.effective, name) != getattr(self.started, name)
+        )
+        if pending == self._pending:
+            return
+        self._pending = pending
+        if pending:
+            logger.warning(
+                "configmap.restart_required",
+                extra={
+                    "configmap": self.ref,
+                    "settings": list(pending),
+                    "reason": "workers read these settings when they start: they apply once "
+                    "the pods restart (kubectl rollout restart)",
+                },
+            )
+        else:
+            logger.info("configmap.restart_not_required", extra={"configmap": self.ref})
+
+
 # ---- manifest mode -----------------------------------------------------------------------------
 
 
@@ -77,7 +181,25 @@ async def run_manifests(settings: Settings) -> int:
     if settings.manifests is None:
         logger.error("serve.no_source", extra={"reason": "portico serve needs --manifests DIR"})
         return 2
-    results: Results = manifest_results(settings.manifests, settings.compile_settings())
+    directory = settings.manifests
+    problems: tuple[Problem, ...] = ()
+    compiling = settings.compile_settings()
+    # The ingress-nginx ConfigMap is read once, at start: the workers take its values then.
+    settings, reading = await asyncio.to_thread(from_directory, settings, directory)
+    if reading is not None:
+        compiling = compile_settings(settings, reading)
+        problems = reading.problems()
+        logger.info(
+            "configmap.read",
+            extra={
+                "configmap": reading.ref,
+                "found": reading.found,
+                "keys": len(reading.rows),
+                "applied": sorted(reading.values),
+                "reread": "at the next start of portico serve",
+            },
+        )
+    results: Results = manifest_results(directory, compiling, problems)
     if settings.default_certificate_file and settings.default_certificate_key_file:
         loaded = load_certificate_files(
             settings.default_certificate_file, settings.default_certificate_key_file
@@ -90,13 +212,15 @@ async def run_manifests(settings: Settings) -> int:
 
 
 async def manifest_results(
-    directory: Path, settings: CompileSettings
+    directory: Path, settings: CompileSettings, configmap_problems: tuple[Problem, ...] = ()
 ) -> AsyncGenerator[CompileResult, None]:
     """Compile results of a watched manifest directory: the first after the initial read,
-    then one per effective change. File problems are merged into `CompileResult.problems`."""
+    then one per effective change. File problems (and the ingress-nginx ConfigMap's) are
+    merged into `CompileResult.problems`."""
     if not await asyncio.to_thread(directory.is_dir):
         raise NotADirectoryError(f"manifest directory {directory} does not exist")
     _, reconciler = build_reconciler(settings)
+    reconciler.set_source_problems(configmap_problems, origin=CONFIGMAP_PROBLEMS)
     source = ManifestSource(directory)
     watching = asyncio.create_task(source.watch(reconciler), name="manifest-watch")
 
@@ -140,6 +264,8 @@ async def run_cluster(settings: Settings) -> int:
         return 2
     try:
         cluster = ClusterMode(api, settings)
+        # Before the workers start, so that they start with the ConfigMap's values.
+        settings = await cluster.read_configmap()
         cluster_logger.info(
             "controller.started",
             extra={
@@ -221,6 +347,21 @@ class ClusterMode:
                     "Ingress status is not written"
                 },
             )
+        # The ingress-nginx ConfigMap: one object, listed and watched by name (the chart's RBAC
+        # grants exactly that), wherever it lives.
+        self.configmap: ConfigMapSettings | None = None
+        self.configmap_informer: Informer | None = None
+        if settings.nginx_configmap is not None:
+            self.configmap = ConfigMapSettings(settings, self.reconciler)
+            namespace, name = split_ref(settings.nginx_configmap)
+            self.configmap_informer = Informer(
+                api,
+                Watched(CONFIG_MAPS, f"metadata.name={name}"),
+                namespace,
+                WatchedConfigMap(name, self.configmap.update, self.references.observe),
+                watch_timeout=settings.watch_timeout,
+                max_backoff=settings.max_backoff,
+            )
         self.events = EventRecorder(api, self.references.get, instance=settings.pod_name)
         self.elector = LeaderElector(
             api,
@@ -235,11 +376,28 @@ class ClusterMode:
         if settings.events:
             self.elector.on_change(self.events.set_leader)
 
+    async def read_configmap(self) -> Settings:
+        """The settings once the ingress-nginx ConfigMap (if named) has been listed; if that
+        fails, its informer keeps trying and a later version applies as any change does."""
+        if self.configmap is None or self.configmap_informer is None:
+            return self.settings
+        try:
+            await self.configmap_informer.list_once()
+        except ApiError as exc:
+            cluster_logger.warning(
+                "configmap.unread",
+                extra={"configmap": self.configmap.ref, "status": exc.status, "reason": str(exc)},
+            )
+            self.configmap_informer.resource_version = None
+        self.configmap.started = self.configmap.effective
+        return self.configmap.effective
+
     def blocked_reasons(self) -> list[str]:
         """Missing permissions right now (watches and status writes), for operators."""
         reasons = set(self.source.blocked_reasons())
-        if self.publish_informer is not None and self.publish_informer.blocked:
-            reasons.add(self.publish_informer.blocked)
+        for informer in (self.publish_informer, self.configmap_informer):
+            if informer is not None and informer.blocked:
+                reasons.add(informer.blocked)
         if self.status.blocked:
             reasons.add(self.status.blocked)
         return sorted(reasons)
@@ -252,6 +410,10 @@ class ClusterMode:
         if self.publish_informer is not None:
             tasks.append(
                 asyncio.create_task(keep_running(self.publish_informer), name="watch-publish")
+            )
+        if self.configmap_informer is not None:
+            tasks.append(
+                asyncio.create_task(keep_running(self.configmap_informer), name="watch-configmap")
             )
         try:
             async for result in self.reconciler.results():

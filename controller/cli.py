@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from controller.logs import configure_logging
 from controller.settings import (
@@ -29,6 +29,9 @@ from controller.settings import (
     settings_from_args,
 )
 
+if TYPE_CHECKING:
+    from controller.compiler import CompileSettings, Problem
+
 # The settings that change what a compile produces: `check` and `explain` take them too, so
 # they answer for the same configuration `serve` runs with.
 COMPILE_FIELDS: Final = (
@@ -37,6 +40,8 @@ COMPILE_FIELDS: Final = (
     "watch_ingress_without_class",
     "allow_external_name",
     "serve_without_access_control",
+    "ssl_redirect",
+    "nginx_configmap",
 )
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -173,6 +178,19 @@ def _compile_settings(args: argparse.Namespace) -> Settings:
     return settings_from_args(args, environ)
 
 
+def _with_configmap(
+    settings: Settings, directory: Path
+) -> tuple[CompileSettings, tuple[Problem, ...]]:
+    """The compile settings under the ingress-nginx ConfigMap of the directory, if one is
+    named, and the ConfigMap's problems."""
+    from controller.configmap import compile_settings, from_directory
+
+    settings, reading = from_directory(settings, directory)
+    if reading is None:
+        return settings.compile_settings(), ()
+    return compile_settings(settings, reading), reading.problems()
+
+
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from controller.compiler import compile_view
     from controller.files import read_manifests
@@ -182,8 +200,9 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _fail(f"{directory} is not a directory", err)
     settings = _compile_settings(args)
     store, source = read_manifests(directory)
-    result = compile_view(store, settings.compile_settings())
-    problems = (*source.problems, *sorted(result.problems))
+    compiling, configmap_problems = _with_configmap(settings, directory)
+    result = compile_view(store, compiling)
+    problems = (*source.problems, *configmap_problems, *sorted(result.problems))
     for problem in problems:
         print(str(problem), file=out)
     for ref, why in sorted(result.ignored.items()):
@@ -231,7 +250,8 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _fail(str(exc), err)
     settings = _compile_settings(args)
     store, source = read_manifests(directory)
-    result = compile_view(store, settings.compile_settings())
+    compiling, configmap_problems = _with_configmap(settings, directory)
+    result = compile_view(store, compiling)
     try:
         answer = explain(result, store, args.url, headers)
     except RequestError as exc:
@@ -243,7 +263,7 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for line in describe(answer, result.ignored):
         print(line, file=out)
     related = {answer.get("ingress"), answer.get("service")} - {None}
-    for problem in (*source.problems, *result.problems):
+    for problem in (*source.problems, *configmap_problems, *result.problems):
         if problem.ref in related:
             print(f"problem:   {problem}", file=out)
     return EXIT_OK

@@ -6,11 +6,13 @@ ingress -A -o yaml`, read as `controller/files.py` reads a manifest directory) o
 file. Each annotation under `nginx.ingress.kubernetes.io/` or `portico.dev/` is screened exactly
 as the compiler screens it (`controller/compiler/screening.py`), so the report and the served
 configuration cannot disagree; annotations of other tools (cert-manager, kubectl, ...) are not
-reported.
+reported. The ConfigMap's keys are read by `controller/configmap.py`, as
+`--nginx-configmap` reads them in the controller.
 
 Exit status: 0 when every row is supported; 1 when something is different, unsupported or
 unknown; 2 when an Ingress would not be served (a snippet refuses it, or access control Portico
-does not enforce yet fails closed) or the ConfigMap holds access control Portico would not apply.
+does not enforce yet fails closed) or the ConfigMap holds access control Portico does not
+enforce (no Ingress would be served).
 """
 
 from __future__ import annotations
@@ -22,25 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
-
 from controller.compiler.annotations import parse_annotations
-from controller.compiler.catalogue import (
-    CONFIGMAP_KEYS,
-    CONFIGMAP_NOT_READ,
-    CONFIGMAP_UNPROTECTED,
-    DEFAULTS,
-)
+from controller.compiler.catalogue import DEFAULTS
 from controller.compiler.ingress import LEGACY_CLASS_ANNOTATION
-from controller.compiler.screening import REPORT_STATUSES, Finding, ReportStatus, screen
+from controller.compiler.screening import REPORT_STATUSES, Finding, screen
+from controller.configmap import KeyRow, first_in_file, read
 
 EXIT_SUPPORTED: Final = 0
 EXIT_DIFFERENCES: Final = 1
 EXIT_NOT_SERVED: Final = 2
 
 Outcome = Literal["served", "refused", "fails-closed"]
-
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +53,6 @@ class IngressReport:
     findings: tuple[Finding, ...]
     outcome: Outcome
     blockers: tuple[str, ...]  # the annotations that refuse it or keep it out of service
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    """One key of the ingress-nginx ConfigMap."""
-
-    key: str
-    value: str
-    status: ReportStatus
-    detail: str
-    access_control: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,29 +119,18 @@ def ingress_report(subject: Subject) -> IngressReport:
     return IngressReport(subject, screening.findings, outcome, blockers)
 
 
-def configmap_rows(data: Mapping[str, str]) -> tuple[KeyRow, ...]:
-    rows = []
-    for key in sorted(data):
-        entry = CONFIGMAP_KEYS.get(key)
-        if entry is None:
-            rows.append(KeyRow(key, data[key], "unsupported", CONFIGMAP_NOT_READ))
-        else:
-            detail = f"{CONFIGMAP_NOT_READ} {entry.detail}"
-            if entry.access_control:
-                detail += " " + CONFIGMAP_UNPROTECTED
-            rows.append(KeyRow(key, data[key], "unsupported", detail, entry.access_control))
-    return tuple(rows)
-
-
 def build(subjects: Iterable[Subject], configmap: tuple[str, Mapping[str, str]] | None) -> Report:
-    """The report, Ingresses sorted by namespace/name (the first of duplicates kept)."""
+    """The report, Ingresses sorted by namespace/name (the first of duplicates kept). The
+    ConfigMap's rows are what `portico controller --nginx-configmap` does with it (with no
+    setting given explicitly)."""
     seen: dict[tuple[str, str], Subject] = {}
     for subject in subjects:
         seen.setdefault((subject.namespace, subject.name), subject)
     ingresses = tuple(ingress_report(seen[key]) for key in sorted(seen))
     if configmap is None:
         return Report(ingresses)
-    return Report(ingresses, configmap_rows(configmap[1]), configmap[0])
+    ref, data = configmap
+    return Report(ingresses, read(data, ref).rows, ref)
 
 
 def subject_from_raw(raw: Mapping[str, Any]) -> Subject:
@@ -221,22 +193,9 @@ def _subject(ingress: Any) -> Subject:
 def read_configmap(path: Path) -> tuple[str, dict[str, str]]:
     """("namespace/name", data) of the first ConfigMap in a YAML file (a List is unpacked)."""
     try:
-        documents = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=_Loader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
-    queue = [d for d in documents if isinstance(d, Mapping)]
-    while queue:
-        doc = queue.pop(0)
-        if doc.get("kind") == "ConfigMap":
-            meta = doc.get("metadata") or {}
-            ref = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
-            data = doc.get("data") or {}
-            if not isinstance(data, Mapping):
-                raise InputError(f"{path}: ConfigMap {ref}: data is not a mapping")
-            return ref, {str(k): str(v) for k, v in data.items()}
-        if isinstance(doc.get("items"), list):
-            queue[:0] = [i for i in doc["items"] if isinstance(i, Mapping)]
-    raise InputError(f"{path}: no ConfigMap in it")
+        return first_in_file(path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 async def read_cluster(kubeconfig: Path) -> list[Subject]:

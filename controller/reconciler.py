@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from controller.compiler import Compiler, CompileResult, Problem
+from controller.compiler import Compiler, CompileResult, CompileSettings, Problem
 from controller.store import Store, WatchEvent
 from proxy.config import Snapshot
 
@@ -99,7 +99,8 @@ class Reconciler:
         self._clock_check = clock_check
         self._wake = asyncio.Event()
         self._dirty = True  # nothing compiled yet
-        self._source_problems: tuple[Problem, ...] = ()
+        # Problems of the sources, by origin (the objects' source; the ingress-nginx ConfigMap).
+        self._source_problems: dict[str, tuple[Problem, ...]] = {}
         self._compiled: CompileResult | None = None
         self._failure: BaseException | None = None
         self.problem_log = ProblemLog()
@@ -118,9 +119,18 @@ class Reconciler:
         self._store.mark_listed(kind)
         self._wake.set()
 
-    def set_source_problems(self, problems: tuple[Problem, ...]) -> None:
-        if problems != self._source_problems:
-            self._source_problems = problems
+    def set_source_problems(self, problems: tuple[Problem, ...], origin: str = "objects") -> None:
+        """The current problems of one origin (replacing its previous ones)."""
+        if problems != self._source_problems.get(origin, ()):
+            self._source_problems[origin] = problems
+            self._wake.set()
+
+    def set_compile_settings(self, settings: CompileSettings) -> None:
+        """Compile with other settings from now on (the ingress-nginx ConfigMap changed): a
+        full compile with a fresh compiler, whose caches depended on the old settings."""
+        if settings != self._compiler.settings:
+            self._compiler = Compiler(settings)
+            self._dirty = True
             self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
@@ -187,9 +197,10 @@ class Reconciler:
                 )
                 if not edited and compiled is not previous:
                     logger.info("reconcile.revalidated", extra={"reason": "certificate validity"})
-            result = dataclasses.replace(
-                compiled, problems=(*compiled.problems, *self._source_problems)
+            sourced = (
+                p for origin in sorted(self._source_problems) for p in self._source_problems[origin]
             )
+            result = dataclasses.replace(compiled, problems=(*compiled.problems, *sourced))
             self.problem_log.update(result.problems)
             # Problems and ownership matter too (Events, Ingress status) even when the routes
             # they concern did not change; the publisher skips an identical snapshot itself.

@@ -212,6 +212,22 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         default=False,
         description="Also serve Ingresses that name no class (when no class is marked default).",
     )
+    ssl_redirect: bool = Field(
+        default=True,
+        description=(
+            "Redirect plain-HTTP requests for hosts with TLS to HTTPS (308), for every Ingress "
+            "without an ssl-redirect annotation."
+        ),
+    )
+    nginx_configmap: str | None = Field(
+        default=None,
+        description=(
+            "namespace/name of the ingress-nginx controller ConfigMap: its keys (proxy-body-size, "
+            "proxy-read-timeout, hsts, ssl-redirect, ...) are defaults below flags and PORTICO_* "
+            "variables; the others are reported. Watched in cluster mode; read from --manifests "
+            "at start by portico serve."
+        ),
+    )
     allow_external_name: bool = Field(
         default=False,
         description="Allow backends that are ExternalName Services (resolved through DNS).",
@@ -381,6 +397,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         "default_certificate_key_file",
         "kubeconfig",
         "publish_service",
+        "nginx_configmap",
         mode="before",
     )
     @classmethod
@@ -414,6 +431,13 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         for namespace in value:
             if not _DNS_LABEL.match(namespace):
                 raise ValueError(f"watch namespace {namespace!r} is not a valid namespace name")
+        return value
+
+    @field_validator("nginx_configmap")
+    @classmethod
+    def _check_configmap(cls, value: str | None) -> str | None:
+        if value is not None and not _REF.match(value):
+            raise ValueError(f"{value!r} is not a ConfigMap reference of the form namespace/name")
         return value
 
     @field_validator("publish_service")
@@ -470,6 +494,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             allow_external_name=self.allow_external_name,
             default_certificate=self.default_certificate,
             serve_without_access_control=self.serve_without_access_control,
+            ssl_redirect=self.ssl_redirect,
         )
 
     @property
@@ -548,6 +573,7 @@ def env_name(field: str) -> str:
 _METAVARS: Final[Mapping[str, str]] = {
     "trusted_proxies": "CIDR,...",
     "manifests": "DIR",
+    "nginx_configmap": "NAMESPACE/NAME",
     "ingress_class": "CLASS,...",
     "controller_name": "CONTROLLER,...",
     "default_certificate": "NAMESPACE/NAME",

@@ -113,10 +113,34 @@ class Compiler:
         if cached is not None and cached[0] is ingress:
             return cached[1]
         part = compile_ingress(
-            ingress, serve_without_access_control=self.settings.serve_without_access_control
+            ingress,
+            serve_without_access_control=self.settings.serve_without_access_control,
+            ssl_redirect=self.settings.ssl_redirect,
         )
         self._parts[key] = (ingress, part)
         return part
+
+    def _global_access(self, parts: list[IngressPart]) -> list[IngressPart]:
+        """Access control for every Ingress that Portico does not enforce (the ingress-nginx
+        ConfigMap's whitelist-source-range, global-auth-url, ...; its problem is the
+        ConfigMap's): no Ingress contributes routes (fail closed), unless the operator chose
+        to serve without it, which is logged like an Ingress's own unenforced annotations."""
+        keys = list(self.settings.unenforced_global_access)
+        if self.settings.serve_without_access_control:
+            logger.warning(
+                "compiler.access_control_not_enforced",
+                extra={
+                    "configmap_keys": keys,
+                    "ingresses": len(parts),
+                    "served": True,
+                    "setting": "--serve-without-access-control",
+                },
+            )
+            return parts
+        return [
+            replace(p, hosts=(), entries=(), fallbacks=(), default=None, tls=(), ca_secret=None)
+            for p in parts
+        ]
 
     def _certificate(self, store: Store, namespace: str, name: str) -> LoadedCertificate | str:
         obj = store.get("Secret", namespace, name)
@@ -144,6 +168,8 @@ class Compiler:
                 ignored[obj.ref] = why
         ours.sort(key=_precedence)
         parts = [self._part(i) for i in ours]
+        if settings.unenforced_global_access:
+            parts = self._global_access(parts)
         for part in parts:
             if part.unprotected:
                 # Loud on purpose: the operator chose to expose these routes unprotected.

@@ -53,10 +53,11 @@ class IngressOptions:
     # when a secret is given.
     proxy_ssl_verify: bool | None = None
 
-    def redirect(self, host_has_tls: bool) -> bool:
+    def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
+        """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
         if self.force_ssl_redirect:
             return True
-        return host_has_tls and self.ssl_redirect is not False
+        return host_has_tls and (default if self.ssl_redirect is None else self.ssl_redirect)
 
 
 class _Invalid(ValueError):

@@ -14,8 +14,10 @@ differs). A test also keeps the `supported`/`different` rows equal to what
 `annotations.py` parses, and the names equal to the list taken from ingress-nginx in
 `tests/data/ingress-nginx-annotations.txt`.
 
-`Entry` is not specific to annotations: the ingress-nginx ConfigMap keys (`CONFIGMAP_KEYS`) use
-the same rows, for `compat-report --configmap` now and for reading the ConfigMap later.
+`Entry` is not specific to annotations: the keys of the ingress-nginx controller ConfigMap
+(`CONFIGMAP_KEYS`) use the same rows, read by `--nginx-configmap` (controller/configmap.py,
+whose applied keys are exactly the `supported`/`different` rows: a test) and by
+`portico compat-report --configmap`.
 """
 
 from __future__ import annotations
@@ -731,119 +733,310 @@ RETIRED: Final[Mapping[str, str]] = {
     "secure-verify-ca-secret": "removed from ingress-nginx; use proxy-ssl-secret",
 }
 
-# The ingress-nginx ConfigMap keys Portico has a setting for. Portico does not read the ConfigMap
-# yet (issue 16); `compat-report --configmap` names the flag to set instead.
+# ---- the ingress-nginx controller ConfigMap ----------------------------------------------------
+# `--nginx-configmap namespace/name` reads it (controller/configmap.py): the `supported` and
+# `different` rows are the keys it applies as defaults of Portico's settings (`portico` names
+# the flag; a flag or PORTICO_* variable given explicitly wins); the `unsupported` rows have no
+# effect (an `UnsupportedConfigMapKey` problem says what to do instead), unless their value is
+# what Portico does anyway (controller/configmap.py decides that per value). A documented key
+# with no row (`CONFIGMAP_NAMES`) has no effect and no advice; any other key is unknown.
+
+
+def _key(
+    name: str,
+    status: Status,
+    category: str,
+    detail: str,
+    portico: str = "",
+    *,
+    access: bool = False,
+    issue: int | None = None,
+) -> Entry:
+    return Entry(name, status, category, detail, access, portico, issue)
+
+
 CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
     e.name: e
     for e in (
-        _unsupported(
+        _key(
             "proxy-body-size",
+            "supported",
             "buffering-and-limits",
-            "Set --max-body-bytes.",
-            ISSUE_MIGRATION,
-            portico="--max-body-bytes",
-        ),
-        _unsupported(
-            "proxy-connect-timeout",
-            "timeouts",
-            "Set --upstream-connect-timeout.",
-            ISSUE_MIGRATION,
-            portico="--upstream-connect-timeout",
-        ),
-        _unsupported(
-            "proxy-read-timeout",
-            "timeouts",
-            "Set --upstream-read-timeout.",
-            ISSUE_MIGRATION,
-            portico="--upstream-read-timeout",
-        ),
-        _unsupported(
-            "proxy-send-timeout",
-            "timeouts",
-            "Set --upstream-send-timeout.",
-            ISSUE_MIGRATION,
-            portico="--upstream-send-timeout",
-        ),
-        _unsupported("hsts", "tls", "Set --hsts / --no-hsts.", ISSUE_MIGRATION, portico="--hsts"),
-        _unsupported(
-            "hsts-max-age", "tls", "Set --hsts-max-age.", ISSUE_MIGRATION, portico="--hsts-max-age"
-        ),
-        _unsupported(
-            "hsts-include-subdomains",
-            "tls",
-            "Set --hsts-include-subdomains.",
-            ISSUE_MIGRATION,
-            portico="--hsts-include-subdomains",
-        ),
-        _unsupported(
-            "ssl-protocols",
-            "tls",
-            "Set --tls-min-version (1.2 or 1.3).",
-            ISSUE_MIGRATION,
-            portico="--tls-min-version",
-        ),
-        _unsupported(
-            "use-forwarded-headers",
-            "upstream",
-            "Set --trusted-proxies to the networks of the proxies in front of Portico.",
-            ISSUE_MIGRATION,
-            portico="--trusted-proxies",
-        ),
-        _unsupported(
-            "proxy-real-ip-cidr",
-            "upstream",
-            "Set --trusted-proxies.",
-            ISSUE_MIGRATION,
-            portico="--trusted-proxies",
-        ),
-        _unsupported(
-            "enable-access-log-for-default-backend",
-            "observability",
-            "Portico logs every request, with --access-log on.",
-            ISSUE_MIGRATION,
-            portico="--access-log",
-        ),
-        _unsupported(
-            "disable-access-log",
-            "observability",
-            "Set --no-access-log.",
-            ISSUE_MIGRATION,
-            portico="--access-log",
-        ),
-        _unsupported(
-            "keep-alive",
-            "timeouts",
-            "Set --keepalive-timeout.",
-            ISSUE_MIGRATION,
-            portico="--keepalive-timeout",
-        ),
-        _unsupported(
-            "worker-processes",
-            "buffering-and-limits",
-            "Set --workers.",
-            ISSUE_MIGRATION,
-            portico="--workers",
+            "The request body limit of every route without a proxy-body-size annotation; 413 "
+            'beyond it ("0": unlimited).',
+            "--max-body-bytes",
         ),
         *(
-            _unsupported(name, "access-control", text, ISSUE_MIGRATION, access=True)
-            for name, text in (
-                ("global-auth-url", "External authentication for every Ingress."),
-                ("whitelist-source-range", "Client ranges allowed to reach every Ingress."),
-                ("denylist-source-range", "Client ranges refused by every Ingress."),
-                ("block-cidrs", "Client ranges refused everywhere."),
-                ("block-user-agents", "User agents refused everywhere."),
-                ("block-referers", "Referers refused everywhere."),
+            _key(
+                f"proxy-{name}-timeout",
+                "supported",
+                "timeouts",
+                f"Seconds {what}, for every route without a proxy-{name}-timeout annotation "
+                "(a whole number, as ingress-nginx reads it).",
+                f"--upstream-{name}-timeout",
+            )
+            for name, what in (
+                ("connect", "to connect to a pod"),
+                ("read", "to wait for a response head, and between two reads of its body"),
+                ("send", "allowed between two writes of a request body to a pod"),
+            )
+        ),
+        _key(
+            "keep-alive",
+            "supported",
+            "timeouts",
+            'Seconds an idle client connection is kept open ("0": closed after each response).',
+            "--keepalive-timeout",
+        ),
+        _key(
+            "client-header-timeout",
+            "supported",
+            "timeouts",
+            "Seconds from a request's first byte to the end of its head.",
+            "--client-header-timeout",
+        ),
+        _key(
+            "client-body-timeout",
+            "supported",
+            "timeouts",
+            "Seconds allowed between two reads of a request body.",
+            "--client-body-timeout",
+        ),
+        _key(
+            "upstream-keepalive-timeout",
+            "supported",
+            "upstream",
+            "Seconds an idle pooled connection to a pod is kept.",
+            "--upstream-keepalive-timeout",
+        ),
+        _key(
+            "hsts",
+            "different",
+            "tls",
+            "Turns the Strict-Transport-Security header on or off; which responses carry it "
+            "differs (see the HSTS row of the defaults).",
+            "--hsts",
+        ),
+        _key("hsts-max-age", "supported", "tls", "The header's max-age.", "--hsts-max-age"),
+        _key(
+            "hsts-include-subdomains",
+            "supported",
+            "tls",
+            "Adds includeSubDomains to the header.",
+            "--hsts-include-subdomains",
+        ),
+        _key(
+            "hsts-preload",
+            "unsupported",
+            "tls",
+            'Portico\'s Strict-Transport-Security header has no preload attribute ("false" is '
+            "what Portico does).",
+        ),
+        _key(
+            "ssl-protocols",
+            "different",
+            "tls",
+            "The oldest version listed becomes --tls-min-version (TLSv1.2 or TLSv1.3); Portico "
+            "accepts every newer version as well, and never TLSv1 or TLSv1.1.",
+            "--tls-min-version",
+        ),
+        _key(
+            "ssl-redirect",
+            "supported",
+            "redirects",
+            "Whether plain-HTTP requests for hosts with TLS are redirected (308) to HTTPS, for "
+            "every Ingress without an ssl-redirect annotation.",
+            "--ssl-redirect",
+        ),
+        _key(
+            "force-ssl-redirect",
+            "unsupported",
+            "redirects",
+            "Set the force-ssl-redirect annotation on the Ingresses that need it "
+            '("false" is what Portico does).',
+        ),
+        _key(
+            "use-forwarded-headers",
+            "supported",
+            "upstream",
+            "Trust the X-Forwarded-* headers of the clients in proxy-real-ip-cidr (default "
+            "0.0.0.0/0: every IPv4 client, as ingress-nginx): sets --trusted-proxies.",
+            "--trusted-proxies",
+        ),
+        _key(
+            "proxy-real-ip-cidr",
+            "supported",
+            "upstream",
+            "The networks use-forwarded-headers trusts (--trusted-proxies); without it, no "
+            "effect, as in ingress-nginx.",
+            "--trusted-proxies",
+        ),
+        _key(
+            "compute-full-forwarded-for",
+            "unsupported",
+            "upstream",
+            "Portico keeps the X-Forwarded-For of a trusted client and appends the client's "
+            "address (this key true with use-forwarded-headers), and replaces that of any other "
+            'client (false without it); other combinations are not available ("the same as '
+            'use-forwarded-headers" is what Portico does).',
+        ),
+        _key(
+            "forwarded-for-header",
+            "unsupported",
+            "upstream",
+            "Portico reads client addresses from X-Forwarded-For only (that value is what "
+            "Portico does).",
+        ),
+        _key(
+            "use-proxy-protocol",
+            "unsupported",
+            "upstream",
+            "Portico's listeners do not read the PROXY protocol yet: behind a load balancer that "
+            'sends it, every request would fail ("false" is what Portico does).',
+            issue=ISSUE_MIGRATION,
+        ),
+        _key(
+            "disable-access-log",
+            "supported",
+            "observability",
+            "Turns the access log off.",
+            "--access-log",
+        ),
+        _key(
+            "enable-access-log-for-default-backend",
+            "unsupported",
+            "observability",
+            'Portico logs every request, matched or not, with --access-log on ("true" is what '
+            "Portico does).",
+            "--access-log",
+        ),
+        _key(
+            "worker-processes",
+            "different",
+            "buffering-and-limits",
+            'Worker processes ("auto": one per CPU of the pod\'s CPU quota, capped by what its '
+            "memory limit holds).",
+            "--workers",
+        ),
+        _key(
+            "worker-shutdown-timeout",
+            "unsupported",
+            "timeouts",
+            "Set --drain-timeout (chart: controller.drainTimeout).",
+            "--drain-timeout",
+        ),
+        _key(
+            "proxy-next-upstream-tries",
+            "unsupported",
+            "upstream",
+            "Set --upstream-max-attempts; Portico tries another pod only when connecting fails.",
+            "--upstream-max-attempts",
+        ),
+        _key(
+            "custom-http-errors",
+            "unsupported",
+            "error-pages",
+            "Portico has no custom error pages yet (an empty list is what Portico does).",
+            issue=ISSUE_FORWARDING,
+        ),
+        _key(
+            "limit-req-status-code",
+            "unsupported",
+            "rate-limiting",
+            "Portico has no rate limiting yet; the limit-* annotations are reported as "
+            'unsupported ("503" changes nothing).',
+            issue=ISSUE_PROTECTION,
+        ),
+        _key(
+            "allow-snippet-annotations",
+            "unsupported",
+            "snippets",
+            "Portico never runs snippets: an Ingress carrying one is refused whatever this "
+            'key says ("false" is what Portico does).',
+        ),
+        *(
+            _key(name, "unsupported", "access-control", text, access=True, issue=issue)
+            for name, text, issue in (
+                (
+                    "whitelist-source-range",
+                    "Client ranges allowed to reach every Ingress.",
+                    ISSUE_MIGRATION,
+                ),
+                (
+                    "denylist-source-range",
+                    "Client ranges refused by every Ingress.",
+                    ISSUE_MIGRATION,
+                ),
+                ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
+                ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
+                ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
+                ("global-auth-url", "External authentication for every Ingress.", ISSUE_PROTECTION),
             )
         ),
     )
 }
 
-CONFIGMAP_NOT_READ: Final = (
-    "Portico does not read the ingress-nginx ConfigMap yet (planned in Portico issue 16); "
-    "this key has no effect."
+# Every key ingress-nginx documents for its ConfigMap (configmap.md of v1.15.1: its table and its
+# sections; tests/data/ingress-nginx-configmap-keys.txt keeps the list with its source). A key in
+# none of these is unknown: a typo, or not an ingress-nginx key at all.
+_CONFIGMAP_NAMES_TEXT: Final = """
+access-log-params access-log-path add-headers allow-backend-server-header
+allow-cross-namespace-resources allow-snippet-annotations annotation-value-word-blocklist
+annotations-risk-level bind-address block-cidrs block-referers block-user-agents brotli-level
+brotli-min-length brotli-types client-body-buffer-size client-body-timeout
+client-header-buffer-size client-header-timeout compute-full-forwarded-for custom-http-errors
+debug-connections default-type denylist-source-range disable-access-log disable-ipv6
+disable-ipv6-dns enable-access-log-for-default-backend enable-aio-write enable-brotli
+enable-modsecurity enable-multi-accept enable-ocsp enable-opentelemetry
+enable-owasp-modsecurity-crs enable-real-ip enable-serial-reloads enable-syslog
+enable-underscores-in-headers error-log-level error-log-path force-ssl-redirect
+forwarded-for-header forwarded-for-proxy-protocol-header generate-request-id
+geoip2-autoreload-in-minutes global-allowed-response-headers global-auth-always-set-cookie
+global-auth-cache-duration global-auth-cache-key global-auth-method global-auth-request-redirect
+global-auth-response-headers global-auth-signin global-auth-signin-redirect-param
+global-auth-snippet global-auth-url grpc-buffer-size-kb gzip-disable gzip-level gzip-min-length
+gzip-types hide-headers hsts hsts-include-subdomains hsts-max-age hsts-preload
+http-access-log-path http-redirect-code http-snippet http2-max-concurrent-streams
+http2-max-field-size http2-max-header-size http2-max-requests ignore-invalid-headers
+jaeger-baggage-header jaeger-collector-host jaeger-collector-port jaeger-debug-header
+jaeger-endpoint jaeger-propagation-format jaeger-sampler-host jaeger-sampler-param
+jaeger-sampler-port jaeger-sampler-type jaeger-service-name jaeger-trace-baggage-header-prefix
+jaeger-trace-context-header-name jaeger-tracer-baggage-header-prefix keep-alive
+keep-alive-requests large-client-header-buffers limit-conn-status-code limit-conn-zone-variable
+limit-rate limit-rate-after limit-req-status-code load-balance location-snippet
+log-format-escape-json log-format-escape-none log-format-stream log-format-upstream
+lua-shared-dicts main-snippet map-hash-bucket-size max-worker-connections max-worker-open-files
+modsecurity-snippet nginx-status-ipv4-whitelist nginx-status-ipv6-whitelist no-auth-locations
+no-tls-redirect-locations opentelemetry-config opentelemetry-operation-name
+opentelemetry-trust-incoming-span otel-max-export-batch-size otel-max-queuesize otel-sampler
+otel-sampler-parent-based otel-sampler-ratio otel-schedule-delay-millis otel-service-name
+otlp-collector-host otlp-collector-port proxy-add-original-uri-header proxy-body-size
+proxy-buffer-size proxy-buffering proxy-buffers-number proxy-busy-buffers-size
+proxy-connect-timeout proxy-cookie-domain proxy-cookie-path proxy-headers-hash-bucket-size
+proxy-headers-hash-max-size proxy-next-upstream proxy-next-upstream-timeout
+proxy-next-upstream-tries proxy-protocol-header-timeout proxy-read-timeout proxy-real-ip-cidr
+proxy-redirect-from proxy-request-buffering proxy-send-timeout proxy-set-headers
+proxy-ssl-location-only proxy-stream-next-upstream proxy-stream-next-upstream-timeout
+proxy-stream-next-upstream-tries proxy-stream-responses proxy-stream-timeout relative-redirects
+retry-non-idempotent reuse-port server-name-hash-bucket-size server-name-hash-max-size
+server-snippet server-tokens service-upstream skip-access-log-urls ssl-buffer-size ssl-ciphers
+ssl-dh-param ssl-early-data ssl-ecdh-curve ssl-protocols ssl-redirect ssl-reject-handshake
+ssl-session-cache ssl-session-cache-size ssl-session-ticket-key ssl-session-tickets
+ssl-session-timeout stream-access-log-path stream-snippet strict-validate-path-type syslog-host
+syslog-port upstream-keepalive-connections upstream-keepalive-requests upstream-keepalive-time
+upstream-keepalive-timeout use-forwarded-headers use-geoip use-geoip2 use-gzip use-http2
+use-proxy-protocol variables-hash-bucket-size variables-hash-max-size whitelist-source-range
+worker-cpu-affinity worker-processes worker-shutdown-timeout
+"""
+CONFIGMAP_NAMES: Final = frozenset(_CONFIGMAP_NAMES_TEXT.split())
+
+CONFIGMAP_NO_EQUIVALENT: Final = (
+    "Portico has no equivalent of this ingress-nginx setting; the key has no effect."
 )
-CONFIGMAP_UNPROTECTED: Final = (
-    "This is access control for every Ingress: on Portico, all of them would be served without it."
+CONFIGMAP_UNENFORCED: Final = (
+    "This is access control for every Ingress, which Portico does not enforce yet: no Ingress "
+    "is served (fail closed) unless --serve-without-access-control, which serves them all "
+    "without it."
 )
 
 

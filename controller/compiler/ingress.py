@@ -254,8 +254,12 @@ def _rule(
     )
 
 
-def compile_ingress(ingress: Ingress, *, serve_without_access_control: bool = False) -> IngressPart:
+def compile_ingress(
+    ingress: Ingress, *, serve_without_access_control: bool = False, ssl_redirect: bool = True
+) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
+
+    `ssl_redirect`: whether hosts with TLS redirect plain HTTP when no annotation says.
 
     An Ingress carrying a snippet, or access control Portico does not enforce (unless
     `serve_without_access_control`), is still validated in full, for its problems, but
@@ -279,7 +283,7 @@ def compile_ingress(ingress: Ingress, *, serve_without_access_control: bool = Fa
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
-        return redirected if opts.redirect(has_tls) else plain
+        return redirected if opts.redirect(has_tls, ssl_redirect) else plain
 
     hosts: dict[str, RouteOptions] = {}
     entries: list[RuleEntry] = []

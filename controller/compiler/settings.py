@@ -27,3 +27,10 @@ class CompileSettings:
     # Serve Ingresses whose access-control annotations Portico does not enforce yet (auth-*,
     # source ranges, ...) instead of leaving their routes out (fail closed); off by default.
     serve_without_access_control: bool = False
+    # Redirect plain HTTP to HTTPS on hosts with TLS unless an Ingress's ssl-redirect annotation
+    # says otherwise (`--ssl-redirect`, the ingress-nginx ConfigMap's `ssl-redirect`).
+    ssl_redirect: bool = True
+    # Keys of the ingress-nginx ConfigMap holding access control for every Ingress that Portico
+    # does not enforce (whitelist-source-range, global-auth-url, ...): unless
+    # serve_without_access_control, no Ingress is served (fail closed).
+    unenforced_global_access: tuple[str, ...] = ()

@@ -67,6 +67,7 @@ INGRESS_CLASSES: Final = Resource(
 SERVICES: Final = Resource("Service", "", "v1", "services")
 ENDPOINT_SLICES: Final = Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices")
 SECRETS: Final = Resource("Secret", "", "v1", "secrets")
+CONFIG_MAPS: Final = Resource("ConfigMap", "", "v1", "configmaps")
 LEASES: Final = Resource("Lease", "coordination.k8s.io", "v1", "leases")
 EVENTS: Final = Resource("Event", "", "v1", "events")
 

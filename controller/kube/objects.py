@@ -3,7 +3,8 @@
 The store keeps only the fields routing needs. Reporting back needs two more things from the
 raw objects: each object's identity (UID, apiVersion) so Events attach to it the way
 `kubectl describe` looks them up, and the publish Service's `status.loadBalancer`. Both are fed
-by informer changes here, without widening the shared models.
+by informer changes here, without widening the shared models. The ingress-nginx ConfigMap
+(`--nginx-configmap`) is read the same way: its `data`, handed to whoever applies it.
 """
 
 from __future__ import annotations
@@ -76,3 +77,46 @@ class PublishedService:
     def listed(self, informer: Informer) -> None:
         if not informer.cache:
             logger.warning("status.publish_service_missing", extra={"service": self.name})
+
+
+class WatchedConfigMap:
+    """A ChangeSink for the one-ConfigMap informer of `--nginx-configmap`.
+
+    Hands the ConfigMap's `data` (string values; `binaryData` is not read) to `on_data` at every
+    change, and None once it is known to be missing (listed without it, or deleted). `observe`
+    sees the raw object, so that Events about the ConfigMap's problems can name it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        on_data: Callable[[dict[str, str] | None], None],
+        observe: Callable[[str, ObjKey, dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._on_data = on_data
+        self._observe = observe
+        self.informers: list[Informer] = []
+
+    def changes(self, informer: Informer, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.key[1] != self.name:
+                continue
+            raw = None if change.type == "DELETED" else change.raw
+            if self._observe is not None:
+                self._observe("ConfigMap", change.key, raw)
+            if raw is None:
+                logger.warning("configmap.missing", extra={"configmap": "/".join(change.key)})
+                self._on_data(None)
+                continue
+            data = raw.get("data")
+            self._on_data(
+                {str(k): str(v) for k, v in data.items()} if isinstance(data, Mapping) else {}
+            )
+
+    def listed(self, informer: Informer) -> None:
+        if not informer.cache:
+            logger.warning(
+                "configmap.missing", extra={"configmap": f"{informer.namespace}/{self.name}"}
+            )
+            self._on_data(None)

@@ -253,6 +253,19 @@ VALUE_SETS: dict[str, Values] = {
         "image": {"digest": "sha256:" + "a" * 64},
         "podAnnotations": {"example.com/scrape": "true"},
     },
+    # Migrating from ingress-nginx (docs/migrating-from-ingress-nginx.md): its classes taken
+    # over, its ConfigMap read, its load balancer address kept.
+    "migration": {
+        "controller": {
+            "extraControllerNames": ["k8s.io/ingress-nginx"],
+            "extraIngressClasses": ["nginx"],
+            "nginxConfigMap": "ingress-nginx/ingress-nginx-controller",
+        },
+        "service": {
+            "loadBalancerIP": "203.0.113.7",
+            "annotations": {"metallb.universe.tf/loadBalancerIPs": "203.0.113.7"},
+        },
+    },
 }
 
 
@@ -309,6 +322,10 @@ def test_rendering_passes_kubernetes_validate(helm: Helm, name: str, kube: str) 
         ({"controller": {"defaultCertificate": "no-namespace"}}, "defaultCertificate"),
         ({"kind": "StatefulSet"}, "kind"),
         ({"controller": {"config": {"admin_port": 1}}}, "admin_port"),
+        ({"controller": {"extraControllerNames": ["nginx"]}}, "extraControllerNames"),
+        ({"controller": {"extraIngressClasses": ["a,b"]}}, "extraIngressClasses"),
+        ({"controller": {"nginxConfigMap": "no-namespace"}}, "nginxConfigMap"),
+        ({"service": {"loadBalancerIP": "lb.example.com"}}, "loadBalancerIP"),
     ],
     ids=[
         "unknown-key",
@@ -320,6 +337,10 @@ def test_rendering_passes_kubernetes_validate(helm: Helm, name: str, kube: str) 
         "secret-ref",
         "kind",
         "config-shadows-value",
+        "controller-value-without-domain",
+        "class-list-in-one",
+        "configmap-ref",
+        "lb-ip-hostname",
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, values: Values, field: str) -> None:
@@ -537,6 +558,19 @@ def test_service_load_balancer_options(helm: Helm) -> None:
     assert service["metadata"]["annotations"] == {"example.com/lb-scheme": "internet-facing"}
 
 
+def test_service_keeps_a_load_balancer_ip(helm: Helm) -> None:
+    # What an ingress-nginx user sets to keep the address (controller.service.loadBalancerIP
+    # and annotations there); LoadBalancer only.
+    service = one(helm.render(VALUE_SETS["migration"]), "Service", FULLNAME)
+    assert service["spec"]["loadBalancerIP"] == "203.0.113.7"
+    assert service["metadata"]["annotations"] == {
+        "metallb.universe.tf/loadBalancerIPs": "203.0.113.7"
+    }
+    assert "loadBalancerIP" not in one(helm.render(), "Service", FULLNAME)["spec"]
+    values = {"service": {"type": "NodePort", "loadBalancerIP": "203.0.113.7"}}
+    assert "loadBalancerIP" not in one(helm.render(values), "Service", FULLNAME)["spec"]
+
+
 def test_service_cluster_ip_drops_external_fields(helm: Helm) -> None:
     values = {
         "service": {
@@ -604,6 +638,29 @@ def test_ingress_class_follows_controller_values(helm: Helm) -> None:
     assert find(helm.render({"ingressClass": {"create": False}}), "IngressClass") == []
 
 
+def test_class_takeover(helm: Helm) -> None:
+    from controller.settings import Settings
+
+    docs = helm.render(VALUE_SETS["migration"])
+    env = env_of(docs)
+    # Portico's own class first (metrics carry it), then ingress-nginx's.
+    assert env["PORTICO_INGRESS_CLASS"] == "portico,nginx"
+    assert env["PORTICO_CONTROLLER_NAME"] == "portico.dev/ingress-controller,k8s.io/ingress-nginx"
+    assert env["PORTICO_NGINX_CONFIGMAP"] == "ingress-nginx/ingress-nginx-controller"
+    # The chart creates only Portico's own IngressClass: ingress-nginx's stays where it is.
+    (ingress_class,) = find(docs, "IngressClass")
+    assert ingress_class["metadata"]["name"] == "portico"
+    assert ingress_class["spec"]["controller"] == "portico.dev/ingress-controller"
+    environ = {k: v for k, v in env.items() if k.startswith("PORTICO_") and isinstance(v, str)}
+    compile_settings = Settings.from_sources({}, environ).compile_settings()
+    assert compile_settings.ingress_classes == ("portico", "nginx")
+    assert compile_settings.controller_names == (
+        "portico.dev/ingress-controller",
+        "k8s.io/ingress-nginx",
+    )
+    assert "PORTICO_NGINX_CONFIGMAP" not in env_of(helm.render())
+
+
 # --- RBAC ----------------------------------------------------------------------------------
 
 
@@ -633,6 +690,30 @@ def test_rbac_namespaced_scope_exact(helm: Helm) -> None:
     # No cluster-wide Secret read, and the controller is told which namespaces to watch.
     assert not any(g[0] is None and g[2] == "secrets" for g in grants(docs))
     assert env_of(docs)["PORTICO_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+CONFIGMAP_GRANTS = expand("ingress-nginx", "", ["configmaps"], READ, "ingress-nginx-controller")
+
+
+def test_rbac_nginx_configmap_by_name(helm: Helm) -> None:
+    # Cluster scope: the one ConfigMap, by name (Events are granted everywhere already).
+    expected = (
+        namespaced_grants(None)
+        | expand(None, "networking.k8s.io", ["ingressclasses"], READ)
+        | LEASE_GRANTS
+        | CONFIGMAP_GRANTS
+    )
+    assert grants(helm.render(VALUE_SETS["migration"])) == expected
+    # Namespaced: also Events in its namespace (its problems), unless that one is watched.
+    values = {**VALUE_SETS["namespaced"], "controller": VALUE_SETS["migration"]["controller"]}
+    namespaced = grants(helm.render(values))
+    assert namespaced - grants(helm.render(VALUE_SETS["namespaced"])) == CONFIGMAP_GRANTS | expand(
+        "ingress-nginx", "", ["events"], ["create", "get", "patch"]
+    )
+    watched = {**values, "watchNamespaces": ["team-a", "ingress-nginx"]}
+    assert {g for g in grants(helm.render(watched)) if g[0] == "ingress-nginx"} == (
+        namespaced_grants("ingress-nginx") | CONFIGMAP_GRANTS
+    )
 
 
 def test_rbac_namespaced_defaults_to_release_namespace(helm: Helm) -> None:

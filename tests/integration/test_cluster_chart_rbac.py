@@ -11,7 +11,8 @@ for a test, and one process per mode. Each mode checks:
 - an HTTPS backend verified against a CA that an Opaque Secret holds;
 - the default certificate, a Secret in a namespace that is not served, on a TLS handshake;
 - status from the published Service; problems as Events (about Ingresses in the served
-  namespaces, and the default certificate), created and then counted by patch;
+  namespaces, the default certificate, and the ingress-nginx ConfigMap read by name from a
+  namespace that is not served), created and then counted by patch;
 - no request was refused (a missing permission), and every granted permission was used (a
   surplus one), except those listed by `unused()` with the reason.
 """
@@ -35,16 +36,12 @@ import trustme
 from aiohttp import web
 from tls_env import der, served_certificate
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from controller.echo import make_app, start_echo  # noqa: E402
-from tests.helm_tools import find_helm, render_chart  # noqa: E402
-from tests.integration import manifests  # noqa: E402
-from tests.integration.cluster import ControllerProcess  # noqa: E402
-from tests.integration.serving import eventually, free_port  # noqa: E402
-from tests.kubesim import Grant, KubeSim  # noqa: E402
+from controller.echo import make_app, start_echo
+from tests.helm_tools import find_helm, render_chart
+from tests.integration import manifests
+from tests.integration.cluster import ControllerProcess
+from tests.integration.serving import eventually, free_port
+from tests.kubesim import Grant, KubeSim
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,6 +51,8 @@ LB_IP = "203.0.113.20"
 CERTS_NS, CERT_NAME = "certs", "wildcard"  # the default certificate's Secret
 DEFAULT_CERT = f"{CERTS_NS}/{CERT_NAME}"
 HTTPS_NS = "team-a"  # where the HTTPS backend and its Opaque CA Secret live
+CONFIGMAP_NS, CONFIGMAP_NAME = "ingress-nginx", "ingress-nginx-controller"
+CONFIGMAP = f"{CONFIGMAP_NS}/{CONFIGMAP_NAME}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ MODES = [
 
 def unused(mode: Mode) -> dict[Grant, str]:
     """Granted permissions a short test legitimately never uses, with the reason."""
-    scopes = [None] if mode.name == "cluster" else [*mode.served, CERTS_NS]
+    scopes = [None] if mode.name == "cluster" else [*mode.served, CERTS_NS, CONFIGMAP_NS]
     return {
         Grant(ns, "", "events", "get"): "controller/events.py reads an Event only when creating "
         "it answers 409: an Event an earlier leader made, not seen within one process"
@@ -92,7 +91,10 @@ def render(mode: Mode) -> list[dict[str, Any]]:
     helm, why = find_helm()
     if helm is None:
         pytest.skip(why)
-    values = {"replicaCount": 1, "controller": {"defaultCertificate": DEFAULT_CERT}}
+    values = {
+        "replicaCount": 1,
+        "controller": {"defaultCertificate": DEFAULT_CERT, "nginxConfigMap": CONFIGMAP},
+    }
     return render_chart(helm, RELEASE, NAMESPACE, {**values, **mode.values})
 
 
@@ -110,6 +112,7 @@ def controller_env(
     # What the chart decides stays as rendered; only where to listen and how fast to react change.
     assert env["PORTICO_DEFAULT_CERTIFICATE"] == DEFAULT_CERT
     assert env["PORTICO_PUBLISH_SERVICE"] == f"{NAMESPACE}/{RELEASE}"
+    assert env["PORTICO_NGINX_CONFIGMAP"] == CONFIGMAP
     return {
         **os.environ,
         **env,
@@ -229,6 +232,20 @@ def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods, default: DefaultC
     sim.create(opaque_ca_secret("upstream-ca", HTTPS_NS, pods.ca))
     # The default certificate lives in "certs", which the namespaced install does not serve.
     sim.create(default.secret())
+    sim.create(nginx_configmap(typo=False))
+
+
+def nginx_configmap(*, typo: bool) -> dict[str, Any]:
+    """ingress-nginx's ConfigMap, read by name; a misspelt key is an UnknownConfigMapKey."""
+    data = {"proxy-read-timeout": "120"}
+    if typo:
+        data["proxy-read-timout"] = "120"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIGMAP_NAME, "namespace": CONFIGMAP_NS},
+        "data": data,
+    }
 
 
 def set_published_address(sim: KubeSim) -> None:
@@ -282,6 +299,15 @@ def problems(mode: Mode, default: DefaultCertificate) -> list[Problem]:
         )
         for ns in mode.served
     ]
+    out.append(
+        Problem(
+            CONFIGMAP_NS,
+            CONFIGMAP_NAME,
+            "UnknownConfigMapKey",
+            cause=lambda sim: sim.apply(nginx_configmap(typo=True)),
+            fix=lambda sim: sim.apply(nginx_configmap(typo=False)),
+        )
+    )
     out.append(
         Problem(
             CERTS_NS,
@@ -351,7 +377,8 @@ async def check_cluster_mode(
     # Problems in each served namespace, and with the default certificate wherever it is, are
     # reported: Warning, Resolved, then the same Warning again, which patches its count.
     cases = problems(mode, default)
-    cases[-1].cause(sim)  # the Ingress problems are there from the start
+    for case in cases[-2:]:  # the Ingress problems are there from the start
+        case.cause(sim)
     for case in cases:
         await eventually(lambda c=case: asyncio.sleep(0, result=c.warning_counts(sim) == [1]))
         case.fix(sim)

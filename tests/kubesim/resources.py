@@ -123,6 +123,8 @@ SECRET = ResourceType(
     field_labels=_META_FIELDS | {"type"},
 )
 LEASE = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+# DELETE answers with a Status (the registry's default): ConfigMaps do not return the object.
+CONFIG_MAP = ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, False, ("cm",))
 # Stored and served like any object, nothing runs them: a test plays the kubelet (the
 # conformance runner's cluster mode starts echo pods and waits for them to be Ready).
 POD = ResourceType("", "v1", "pods", "pod", "Pod", True, True, ("po",), returns_deleted_object=True)
@@ -155,6 +157,7 @@ ALL_TYPES: tuple[ResourceType, ...] = (
     ENDPOINT_SLICE,
     SECRET,
     LEASE,
+    CONFIG_MAP,
     POD,
     NAMESPACE,
     CORE_EVENT,

@@ -219,9 +219,12 @@ def test_configmap_keys(tmp_path: Path) -> None:
     assert code == 1
     rows = {r["key"]: r for r in report["configMap"]}
     assert set(rows) == {"hsts", "use-gzip"}
-    assert rows["hsts"]["status"] == "unsupported" and "--hsts" in rows["hsts"]["detail"]
-    assert "does not read the ingress-nginx ConfigMap" in rows["use-gzip"]["detail"]
-    # Global access control in the ConfigMap would be lost: as bad as failing closed.
+    # The rows are what --nginx-configmap does (controller/configmap.py): hsts is applied (and
+    # "false" behaves as in ingress-nginx), use-gzip has no Portico equivalent.
+    assert rows["hsts"]["status"] == "supported" and "--hsts" in rows["hsts"]["detail"]
+    assert rows["use-gzip"]["status"] == "unsupported"
+    assert "no equivalent" in rows["use-gzip"]["detail"]
+    # Global access control Portico does not enforce: no Ingress would be served.
     guarded = tmp_path / "guarded.yaml"
     guarded.write_text(
         "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n"
@@ -230,7 +233,7 @@ def test_configmap_keys(tmp_path: Path) -> None:
     )
     code, report = report_json(str(clean), "--configmap", str(guarded))
     assert code == 2
-    assert "served without it" in report["configMap"][0]["detail"]
+    assert "no Ingress is served" in report["configMap"][0]["detail"]
 
 
 @pytest.mark.parametrize(
