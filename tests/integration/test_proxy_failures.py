@@ -9,41 +9,15 @@ connections retried on a fresh one.
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvloop
 from backends import Client, Pod, render_request, snapshot, start_proxy
 
 from proxy.config import BodyLimit, RouteOptions
+from tests.integration.serving import free_port
 
-pytestmark = [
-    pytest.mark.timeout(30),
-    pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy":DeprecationWarning'),
-]
-
-
-@pytest.fixture
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
-
-
-def closed_port(host: str) -> int:
-    """A port on `host` with nobody listening (connections are refused at once)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-async def pods() -> AsyncIterator[list[Pod]]:
-    started = [await Pod(f"127.0.0.{i}").start() for i in (2, 3)]
-    yield started
-    for pod in started:
-        await pod.stop()
+pytestmark = [pytest.mark.timeout(30), pytest.mark.uvloop]
 
 
 async def answer(proxy: Any, method: str, target: str, host: str = "svc.test", **kw: Any) -> Any:
@@ -106,7 +80,7 @@ async def test_no_endpoints_503() -> None:
 
 
 async def test_connect_failures_try_three_distinct_endpoints_then_502() -> None:
-    endpoints = [(f"127.0.0.{i}", closed_port(f"127.0.0.{i}")) for i in (5, 6, 7, 8)]
+    endpoints = [(f"127.0.0.{i}", free_port(f"127.0.0.{i}")) for i in (5, 6, 7, 8)]
     proxy = await start_proxy(snapshot({"ns/svc/80": endpoints}))
     try:
         resp = await answer(proxy, "POST", "/", body=b"data")
@@ -120,7 +94,7 @@ async def test_connect_failures_try_three_distinct_endpoints_then_502() -> None:
 
 
 async def test_connect_failure_retried_on_another_endpoint(pods: list[Pod]) -> None:
-    dead = ("127.0.0.5", closed_port("127.0.0.5"))
+    dead = ("127.0.0.5", free_port("127.0.0.5"))
     snap = snapshot({"ns/svc/80": [dead, (pods[0].host, pods[0].port)]})
     proxy = await start_proxy(snap)
     try:
