@@ -1,8 +1,9 @@
 """Running `portico controller` as a subprocess against KubeSim, for cluster end-to-end tests.
 
 A `ControllerProcess` owns its ports (HTTP, HTTPS, admin on 127.0.0.1), its log file (JSON
-lines) and its process group, so that workers die with it whatever signal ends it. Waits are
-bounded by `serving.eventually`.
+lines) and its process group, so that workers die with it whatever signal ends it; the command
+line and environment are the caller's. A `Controller` is one with test settings given as
+flags. Waits are bounded by `serving.eventually`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 import aiohttp
 
 from tests.integration.serving import free_port
+from tests.kubesim import KubeSim
 
 ROOT = Path(__file__).resolve().parents[2]
+# Lease timings of a test: leader changes happen within seconds.
+LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3}
 
 
 class ControllerProcess:
@@ -105,3 +109,47 @@ class ControllerProcess:
                 return resp.status == 200
         except aiohttp.ClientError:
             return False
+
+
+def flags(settings: Mapping[str, Any]) -> list[str]:
+    """Command-line flags for settings (field name -> value): lists comma-separated, switches
+    on/off."""
+    argv = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, list | tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        argv.append(f"--{name.replace('_', '-')}={text}")
+    return argv
+
+
+class Controller(ControllerProcess):
+    """`portico controller` against a KubeSim (test timings, one worker, no HTTPS); `cluster`
+    adds or overrides settings (field names)."""
+
+    def __init__(self, identity: str, sim: KubeSim, tmp: Path, **cluster: Any) -> None:
+        super().__init__(identity, tmp)
+        kubeconfig = sim.write_kubeconfig(tmp / f"{identity}.kubeconfig")
+        self.settings = {
+            "http_port": self.http,
+            "https_port": 0,
+            "admin_port": self.admin,
+            "bind_address": "127.0.0.1",
+            "workers": 1,
+            "shutdown_delay": 0,
+            "drain_timeout": 1,
+            "access_log": False,
+            "kubeconfig": str(kubeconfig),
+            "pod_name": identity,
+            "election_namespace": "default",
+            "watch_timeout": 30,
+            "max_backoff": 0.5,
+            **LEASE,
+            **cluster,
+        }
+
+    async def start(self) -> None:
+        await self.spawn(["-m", "controller", "controller", *flags(self.settings)], os.environ)

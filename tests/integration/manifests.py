@@ -6,9 +6,12 @@ IngressClass, Service, EndpointSlice, Ingress and TLS Secret shapes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Doc = dict[str, Any]
+# An EndpointSlice endpoint: an address (ready), or (address, ready, terminating).
+SliceEndpoint = str | tuple[str, bool, bool]
 
 
 def ingress_class() -> Doc:
@@ -33,8 +36,10 @@ def service(name: str, target_port: int | None = None, namespace: str = "default
     }
 
 
-def endpoint_slice(service_name: str, ips: list[str], port: int, namespace: str = "default") -> Doc:
-    """The Service's slice `<service>-1`, every address ready on `port`."""
+def endpoint_slice(
+    service_name: str, ips: Sequence[SliceEndpoint], port: int, namespace: str = "default"
+) -> Doc:
+    """The Service's slice `<service>-1`, its endpoints on `port`."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -44,9 +49,17 @@ def endpoint_slice(service_name: str, ips: list[str], port: int, namespace: str 
             "labels": {"kubernetes.io/service-name": service_name},
         },
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+        "endpoints": [_endpoint(ip) for ip in ips],
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
     }
+
+
+def _endpoint(entry: SliceEndpoint) -> Doc:
+    if isinstance(entry, str):
+        return {"addresses": [entry], "conditions": {"ready": True}}
+    address, ready, terminating = entry
+    conditions = {"ready": ready, "serving": True, "terminating": terminating}
+    return {"addresses": [address], "conditions": conditions}
 
 
 def service_with_pods(
@@ -68,13 +81,14 @@ def ingress(
     annotations: dict[str, str] | None = None,
     service_port: dict[str, Any] | None = None,
     namespace: str = "default",
+    class_name: str = "portico",
 ) -> Doc:
-    """An Ingress of class portico: one rule for `host`, Prefix path -> Service."""
+    """An Ingress of class `class_name`: one rule for `host`, Prefix path -> Service."""
     port = service_port if service_port is not None else {"name": "http"}
     metadata: Doc = {"name": name, "namespace": namespace}
     if annotations is not None:
         metadata["annotations"] = annotations
-    spec: Doc = {"ingressClassName": "portico"}
+    spec: Doc = {"ingressClassName": class_name}
     if tls_secret is not None:
         spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
     spec["rules"] = [

@@ -1,6 +1,6 @@
 """Cluster mode: a certificate that expires while nothing changes in the cluster.
 
-The controller runs as a subprocess against the API simulator (the harness of
+The controller runs as a subprocess against the API simulator (`cluster.Controller`, as in
 `test_cluster_e2e`). No object changes after the TLS Secret is created: once its certificate's
 notAfter passes, the snapshot drops it, the leader records a `SecretInvalid` Warning Event on
 the Ingress and `/metrics` counts the problem. Every wait is bounded.
@@ -21,31 +21,28 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.reconciler import REFRESH_MARGIN
-from tests.integration import test_cluster_e2e as e2e
+from tests.integration.cluster import Controller
+from tests.integration.manifests import endpoint_slice, ingress, ingress_class, service
+from tests.integration.serving import eventually
 from tests.kubesim import KubeSim
 from tests.unit.kube_factory import make_cert, tls_secret
 
 pytestmark = pytest.mark.timeout(90)
 
 HOST = "secure.test"
+PUBLISHED = "203.0.113.10"
 LIFETIME = 6.0  # seconds the certificate is valid once created
 SLACK = 5.0  # seconds beyond a due moment, for a loaded 2-core machine
-
-
-def tls_ingress() -> dict[str, Any]:
-    obj = e2e.ingress("secure", HOST, "web")
-    obj["spec"]["tls"] = [{"hosts": [HOST], "secretName": "secure-tls"}]
-    return obj
 
 
 async def test_expired_certificate_becomes_an_event_and_a_metric(
     sim: KubeSim, tmp_path: Path
 ) -> None:
-    sim.create(e2e.ingress_class())
-    sim.create(e2e.service("web"))
-    sim.create(e2e.endpoint_slice("web-1", "web", 8080, [("127.0.0.2", True, False)]))
-    sim.create(tls_ingress())
-    controller = e2e.Controller("solo", sim, tmp_path, publish_status_address=[e2e.PUBLISHED])
+    sim.create(ingress_class())
+    sim.create(service("web", 8080))
+    sim.create(endpoint_slice("web", [("127.0.0.2", True, False)], 8080))
+    sim.create(ingress("secure", HOST, {"/": "web"}, tls_secret="secure-tls"))
+    controller = Controller("solo", sim, tmp_path, publish_status_address=[PUBLISHED])
     await controller.start()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
@@ -58,7 +55,7 @@ async def test_expired_certificate_becomes_an_event_and_a_metric(
                 summary = json.loads(await admin("/debug/snapshot"))
                 return [c["name"] for c in summary.get("certificates", [])]
 
-            await e2e.eventually(lambda: controller.ready(session), 30)
+            await eventually(lambda: controller.ready(session), 30)
             # Created once the controller runs, so that it is seen well before it expires.
             cert, key = make_cert(HOST, lifetime=dt.timedelta(seconds=LIFETIME))
             not_after = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
@@ -67,7 +64,7 @@ async def test_expired_certificate_becomes_an_event_and_a_metric(
             async def served() -> bool:
                 return await certificates() == ["default/secure-tls"]
 
-            await e2e.eventually(served, not_after - time.time())
+            await eventually(served, not_after - time.time())
 
             def expired_events() -> list[dict[str, Any]]:
                 return [
@@ -79,7 +76,7 @@ async def test_expired_certificate_becomes_an_event_and_a_metric(
                 ]
 
             # Nothing changes in the cluster from here on.
-            (event,) = await e2e.eventually(
+            (event,) = await eventually(
                 lambda: asyncio.sleep(0, result=expired_events()),
                 not_after - time.time() + REFRESH_MARGIN + SLACK,
             )

@@ -9,7 +9,6 @@ bounded. Lease timings are short (2 s) so leader changes happen within a test.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -20,93 +19,21 @@ from typing import Any
 import aiohttp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-# tests/integration is not a package: make the repository root importable for tests.kubesim.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.integration.cluster import ControllerProcess  # noqa: E402
-from tests.integration.serving import echo_pods, eventually  # noqa: E402
-from tests.kubesim import KubeSim  # noqa: E402
+from tests.integration.cluster import LEASE, Controller
+from tests.integration.manifests import (
+    endpoint_slice,
+    ingress,
+    ingress_class,
+    service,
+)
+from tests.integration.serving import echo_pods, eventually
+from tests.kubesim import KubeSim
 
 pytestmark = pytest.mark.timeout(90)
 PUBLISHED = "203.0.113.10"
 OUTAGE_SECONDS = 30.0
-LEASE = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.3}
 # "Traffic follows within 1 s" is the goal; the bound leaves room for a loaded 2-core CI box.
 FOLLOW = 3.0
-
-
-# ---- objects ----------------------------------------------------------------------------------
-
-
-def ingress_class() -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IngressClass",
-        "metadata": {"name": "portico"},
-        "spec": {"controller": "portico.dev/ingress-controller"},
-    }
-
-
-def service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }
-
-
-def endpoint_slice(
-    name: str, service_name: str, port: int, endpoints: list[tuple[str, bool, bool]]
-) -> dict[str, Any]:
-    """endpoints: (ip, ready, terminating)."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "endpoints": [
-            {
-                "addresses": [ip],
-                "conditions": {"ready": ready, "serving": True, "terminating": terminating},
-            }
-            for ip, ready, terminating in endpoints
-        ],
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-    }
-
-
-def ingress(name: str, host: str, service_name: str, cls: str = "portico") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "ingressClassName": cls,
-            "rules": [
-                {
-                    "host": host,
-                    "http": {
-                        "paths": [
-                            {
-                                "path": "/",
-                                "pathType": "Prefix",
-                                "backend": {
-                                    "service": {"name": service_name, "port": {"name": "http"}}
-                                },
-                            }
-                        ]
-                    },
-                }
-            ],
-        },
-    }
 
 
 def lb_ips(sim: KubeSim, name: str) -> list[str]:
@@ -115,91 +42,49 @@ def lb_ips(sim: KubeSim, name: str) -> list[str]:
     return [e.get("ip") or e.get("hostname") for e in entries]
 
 
-# ---- the controller process ---------------------------------------------------------------------
-
-
-def flags(settings: dict[str, Any]) -> list[str]:
-    """Command-line flags for settings (field name -> value): lists comma-separated, switches
-    on/off."""
-    argv = []
-    for name, value in settings.items():
-        if isinstance(value, bool):
-            text = "on" if value else "off"
-        elif isinstance(value, list | tuple):
-            text = ",".join(value)
-        else:
-            text = str(value)
-        argv.append(f"--{name.replace('_', '-')}={text}")
-    return argv
-
-
-class Controller(ControllerProcess):
-    """`portico controller` (test timings, one worker, no HTTPS)."""
-
-    def __init__(self, identity: str, sim: KubeSim, tmp: Path, **cluster: Any) -> None:
-        super().__init__(identity, tmp)
-        kubeconfig = sim.write_kubeconfig(tmp / f"{identity}.kubeconfig")
-        self.settings = {
-            "http_port": self.http,
-            "https_port": 0,
-            "admin_port": self.admin,
-            "bind_address": "127.0.0.1",
-            "workers": 1,
-            "shutdown_delay": 0,
-            "drain_timeout": 1,
-            "access_log": False,
-            "kubeconfig": str(kubeconfig),
-            "pod_name": identity,
-            "election_namespace": "default",
-            "watch_timeout": 30,
-            "max_backoff": 0.5,
-            **LEASE,
-            **cluster,
-        }
-
-    async def start(self) -> None:
-        await self.spawn(["-m", "controller", "controller", *flags(self.settings)], os.environ)
-
-
 # ---- fixtures -----------------------------------------------------------------------------------
 
 
+class Cluster:
+    """The simulator with `seed`'s objects (the Ingress `web` routed to echo pod pod-a), and
+    the controllers a test launches against it."""
+
+    def __init__(self, sim: KubeSim, port: int, tmp: Path) -> None:
+        self.sim = sim
+        self.port = port  # of the echo pods
+        self.tmp = tmp
+        self.controllers: list[Controller] = []
+
+    async def launch(self, identity: str, **cluster: Any) -> Controller:
+        controller = Controller(identity, self.sim, self.tmp, **cluster)
+        await controller.start()
+        self.controllers.append(controller)
+        return controller
+
+
 @pytest.fixture
-async def pods() -> AsyncIterator[dict[str, tuple[str, int]]]:
-    """Two echo pods of Service "web" on 127.0.0.2 and 127.0.0.3, same port."""
+async def cluster(sim: KubeSim, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Two echo pods of Service "web" on 127.0.0.2 (pod-a) and 127.0.0.3 (pod-b), same port;
+    the controllers launched are killed at the end, their last log lines shown on a failure."""
     async with echo_pods(("127.0.0.2", "web", "pod-a"), ("127.0.0.3", "web", "pod-b")) as port:
-        yield {"pod-a": ("127.0.0.2", port), "pod-b": ("127.0.0.3", port)}
-
-
-@pytest.fixture
-async def controllers(tmp_path: Path) -> AsyncIterator[list[Controller]]:
-    started: list[Controller] = []
-    try:
-        yield started
-    finally:
-        for controller in started:
-            await controller.stop(signal.SIGKILL)
-        for controller in started:
-            # Captured by pytest and shown only when the test fails.
-            lines = controller.log.read_text(errors="replace").splitlines()
-            sys.stderr.write(f"--- {controller.identity} (last 40 log lines)\n")
-            sys.stderr.write("\n".join(lines[-40:]) + "\n")
-
-
-async def launch(
-    controllers: list[Controller], sim: KubeSim, tmp: Path, identity: str, **cluster: Any
-) -> Controller:
-    controller = Controller(identity, sim, tmp, **cluster)
-    await controller.start()
-    controllers.append(controller)
-    return controller
+        seed(sim, port)
+        harness = Cluster(sim, port, tmp_path)
+        try:
+            yield harness
+        finally:
+            for controller in harness.controllers:
+                await controller.stop(signal.SIGKILL)
+            for controller in harness.controllers:
+                # Captured by pytest and shown only when the test fails.
+                sys.stderr.write(f"--- {controller.identity} (last 40 log lines)\n")
+                sys.stderr.write(controller.tail() + "\n")
 
 
 def seed(sim: KubeSim, port: int) -> None:
     sim.create(ingress_class())
-    sim.create(service("web"))
-    sim.create(endpoint_slice("web-1", "web", port, [("127.0.0.2", True, False)]))
-    sim.create(ingress("web", "web.test", "web"))
+    sim.create(service("web", 8080))
+    sim.create(endpoint_slice("web", [("127.0.0.2", True, False)], port))
+    sim.create(ingress("web", "web.test", {"/": "web"}))
 
 
 def status_writes(sim: KubeSim, user_agent: str | None = None) -> list[str]:
@@ -221,20 +106,13 @@ async def lease_holder(sim: KubeSim) -> str:
 
 
 async def test_routes_status_and_endpoint_changes(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
-    sim.create(service("other"))
-    sim.create(endpoint_slice("other-1", "other", port, [("127.0.0.3", True, False)]))
-    sim.create(ingress("foreign", "foreign.test", "other", cls="nginx"))
-    controller = await launch(
-        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
-    )
+    port = cluster.port
+    sim.create(service("other", 8080))
+    sim.create(endpoint_slice("other", [("127.0.0.3", True, False)], port))
+    sim.create(ingress("foreign", "foreign.test", {"/": "other"}, class_name="nginx"))
+    controller = await cluster.launch("solo", publish_status_address=[PUBLISHED])
 
     # Status appears only once the route answers: whenever we see it, the route must work.
     async def status_then_route() -> bool:
@@ -253,11 +131,7 @@ async def test_routes_status_and_endpoint_changes(
     assert "default/foreign" not in status_writes(sim)
 
     # Scale up: pod-b joins.
-    sim.apply(
-        endpoint_slice(
-            "web-1", "web", port, [("127.0.0.2", True, False), ("127.0.0.3", True, False)]
-        )
-    )
+    sim.apply(endpoint_slice("web", [("127.0.0.2", True, False), ("127.0.0.3", True, False)], port))
 
     async def both_pods() -> bool:
         seen = {(await controller.get(session, "web.test"))[1] for _ in range(6)}
@@ -266,11 +140,7 @@ async def test_routes_status_and_endpoint_changes(
     await eventually(both_pods, FOLLOW)
 
     # pod-a terminating (not ready): traffic only to pod-b.
-    sim.apply(
-        endpoint_slice(
-            "web-1", "web", port, [("127.0.0.2", False, True), ("127.0.0.3", True, False)]
-        )
-    )
+    sim.apply(endpoint_slice("web", [("127.0.0.2", False, True), ("127.0.0.3", True, False)], port))
 
     async def only_b() -> bool:
         seen = {(await controller.get(session, "web.test"))[1] for _ in range(6)}
@@ -290,18 +160,10 @@ async def test_routes_status_and_endpoint_changes(
 
 
 async def test_compaction_and_outage_lose_nothing(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
-    sim.create(ingress("old", "old.test", "web"))
-    controller = await launch(
-        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
-    )
+    sim.create(ingress("old", "old.test", {"/": "web"}))
+    controller = await cluster.launch("solo", publish_status_address=[PUBLISHED])
 
     async def answers(host: str) -> bool:
         return (await controller.get(session, host))[0] == 200
@@ -312,7 +174,7 @@ async def test_compaction_and_outage_lose_nothing(
 
     # The API server goes away; while it is down, objects change and history is compacted.
     sim.set_down(True)
-    sim.create(ingress("new", "new.test", "web"))
+    sim.create(ingress("new", "new.test", {"/": "web"}))
     sim.delete("ingresses", "default", "old")
     sim.compact()
     # Traffic is untouched meanwhile, through 30 s of outage (the issue's figure).
@@ -335,7 +197,7 @@ async def test_compaction_and_outage_lose_nothing(
 
     # Compaction plus dropped watches while up: nothing lost either.
     sim.pause_events()
-    sim.create(ingress("late", "late.test", "web"))
+    sim.create(ingress("late", "late.test", {"/": "web"}))
     sim.compact()
     sim.drop_watches()
     sim.resume_events()
@@ -344,16 +206,10 @@ async def test_compaction_and_outage_lose_nothing(
 
 
 async def test_only_the_leader_writes_and_leadership_moves(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
-    a = await launch(controllers, sim, tmp_path, "replica-a", publish_status_address=[PUBLISHED])
-    b = await launch(controllers, sim, tmp_path, "replica-b", publish_status_address=[PUBLISHED])
+    a = await cluster.launch("replica-a", publish_status_address=[PUBLISHED])
+    b = await cluster.launch("replica-b", publish_status_address=[PUBLISHED])
     by_name = {"replica-a": a, "replica-b": b}
 
     first = await eventually(lambda: lease_holder(sim), 30)
@@ -372,13 +228,13 @@ async def test_only_the_leader_writes_and_leadership_moves(
     assert holder == follower.identity
     assert any(e.get("event") == "leader.released" for e in leader.logs())
     takeover = time.monotonic() - stopped_at
-    sim.create(ingress("second", "second.test", "web"))
+    sim.create(ingress("second", "second.test", {"/": "web"}))
     await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "second") == [PUBLISHED]), 15)
     assert "default/second" in status_writes(sim, follower.user_agent)
     assert "default/second" not in status_writes(sim, leader.user_agent)
 
     # A new replica joins as a follower; SIGKILL the leader: no release, the Lease must expire.
-    c = await launch(controllers, sim, tmp_path, "replica-c", publish_status_address=[PUBLISHED])
+    c = await cluster.launch("replica-c", publish_status_address=[PUBLISHED])
     await eventually(lambda: _answers(c, session, "web.test"), 30)
     assert await lease_holder(sim) == follower.identity
     killed_at = time.monotonic()
@@ -388,7 +244,7 @@ async def test_only_the_leader_writes_and_leadership_moves(
         LEASE["lease_duration"] + LEASE["retry_period"] + 5,
     )
     moved = time.monotonic() - killed_at
-    sim.create(ingress("third", "third.test", "web"))
+    sim.create(ingress("third", "third.test", {"/": "web"}))
     await eventually(lambda: asyncio.sleep(0, result=lb_ips(sim, "third") == [PUBLISHED]), 15)
     assert "default/third" in status_writes(sim, c.user_agent)
     # Informational: how long the hand-overs took (not asserted beyond the bounds above).
@@ -406,18 +262,10 @@ def _other_holder(sim: KubeSim, previous: str) -> str:
 
 
 async def test_missing_permission_is_reported_and_recovers(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
     sim.forbid("list", "secrets")
-    controller = await launch(
-        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
-    )
+    controller = await cluster.launch("solo", publish_status_address=[PUBLISHED])
 
     def forbidden_logged() -> list[dict[str, Any]]:
         return [e for e in controller.logs() if e.get("event") == "watch.forbidden"]
@@ -449,18 +297,10 @@ async def test_missing_permission_is_reported_and_recovers(
 
 
 async def test_problems_become_events(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
-    sim.create(ingress("broken", "broken.test", "missing"))
-    controller = await launch(
-        controllers, sim, tmp_path, "solo", publish_status_address=[PUBLISHED]
-    )
+    sim.create(ingress("broken", "broken.test", {"/": "missing"}))
+    controller = await cluster.launch("solo", publish_status_address=[PUBLISHED])
     await eventually(lambda: _answers(controller, session, "web.test"), 30)
 
     def events(reason: str) -> list[dict[str, Any]]:
@@ -478,29 +318,23 @@ async def test_problems_become_events(
         == sim.get("ingresses", "default", "broken")["metadata"]["uid"]
     )
     # Fixed: one Normal event.
-    sim.create(service("missing"))
+    sim.create(service("missing", 8080))
     resolved = await eventually(lambda: asyncio.sleep(0, result=events("Resolved")))
     assert resolved[0]["type"] == "Normal"
     assert len(events("ServiceNotFound")) == 1
 
 
 async def test_status_follows_the_publish_service_and_is_cleared_when_not_ours(
-    sim: KubeSim,
-    pods: dict[str, tuple[str, int]],
-    session: aiohttp.ClientSession,
-    controllers: list[Controller],
-    tmp_path: Path,
+    sim: KubeSim, session: aiohttp.ClientSession, cluster: Cluster
 ) -> None:
-    port = pods["pod-a"][1]
-    seed(sim, port)
-    front = service("portico")
+    front = service("portico", 8080)
     sim.create(front)
     # The Ingress still carries the address another controller wrote before the move.
     web = sim.get("ingresses", "default", "web")
     assert web is not None
     web["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.99"}]}}
     sim.update_status(web)
-    controller = await launch(controllers, sim, tmp_path, "solo", publish_service="default/portico")
+    controller = await cluster.launch("solo", publish_service="default/portico")
     await eventually(lambda: _answers(controller, session, "web.test"), 30)
 
     def set_lb(address: str) -> None:

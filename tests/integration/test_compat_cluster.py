@@ -12,14 +12,10 @@ from typing import Any
 
 import pytest
 
+from controller.cli import main
+from tests.kubesim import KubeSim
+
 ROOT = Path(__file__).resolve().parents[2]
-# tests/integration is not a package: make the repository root importable for tests.kubesim.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from controller.cli import main  # noqa: E402
-from tests.kubesim import KubeSim  # noqa: E402
-
 pytestmark = pytest.mark.timeout(60)
 MANIFESTS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx" / "nginx"
 
