@@ -107,6 +107,13 @@ class Pod:
             await self.server.wait_closed()
             self.server = None
 
+    async def restart_at(self, endpoint: Endpoint) -> None:
+        """Stop, then listen at the endpoint's address and port, counting from zero again."""
+        await self.stop()
+        self.address, self.port = endpoint.address, endpoint.port
+        await self.start()
+        self.served = 0
+
 
 def dead_endpoint(address: str) -> Endpoint:
     """An address:port where nothing listens: connecting is refused at once."""
@@ -282,10 +289,7 @@ async def test_dead_endpoint_stays_ejected_during_backoff(pods: list[Pod]) -> No
         # Three requests: round robin reaches the dead endpoint once and ejects it.
         assert (await spread(proxy.http_port, 3)).keys() <= {a.name, b.name}
         # The address comes back to life, but its 30 s ejection has not elapsed.
-        await revived.stop()
-        revived.address, revived.port = dead.address, dead.port
-        await revived.start()
-        revived.served = 0
+        await revived.restart_at(dead)
         counts = await spread(proxy.http_port, 12)
     assert counts == {a.name: 6, b.name: 6}
     assert revived.served == 0
@@ -298,10 +302,7 @@ async def test_dead_endpoint_recovers_after_backoff(pods: list[Pod]) -> None:
         snapshot([a.endpoint, dead, b.endpoint]), ejection_base=0.2, ejection_max=0.2
     ) as proxy:
         assert (await spread(proxy.http_port, 3)).keys() <= {a.name, b.name}
-        await revived.stop()
-        revived.address, revived.port = dead.address, dead.port
-        await revived.start()
-        revived.served = 0
+        await revived.restart_at(dead)
         # Once the backoff elapses the endpoint is probed again and, answering, rejoins.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0

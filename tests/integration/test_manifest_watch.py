@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,7 +78,7 @@ def write(path: Path, text: str) -> None:
 class Watch:
     """One running `manifest_results` stream, with bounded waits."""
 
-    def __init__(self, stream: AsyncIterator[CompileResult]) -> None:
+    def __init__(self, stream: AsyncGenerator[CompileResult, None]) -> None:
         self.stream = stream
         self.pending: asyncio.Future[CompileResult] | None = None
         self.last: CompileResult | None = None
@@ -111,21 +111,23 @@ class Watch:
         assert len(result.problems) > len(previous.problems)
         return result
 
+    async def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pending
+        await self.stream.aclose()
+
 
 @pytest.fixture
 async def watch(tmp_path: Path) -> AsyncIterator[Watch]:
     write(tmp_path / "class.yaml", CLASS)
     write(tmp_path / "web.yaml", app("web", "web.local"))
-    stream = manifest_results(tmp_path, CompileSettings())
-    w = Watch(stream)
+    w = Watch(manifest_results(tmp_path, CompileSettings()))
     try:
         yield w
     finally:
-        if w.pending is not None:
-            w.pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await w.pending
-        await stream.aclose()
+        await w.close()
 
 
 class ProblemSeen(logging.Handler):
@@ -285,8 +287,7 @@ async def test_configmap_volume_symlink_swap(tmp_path: Path) -> None:
     os.symlink("..v1", tmp_path / "..data")
     for name in ("class.yaml", "app.yaml"):
         os.symlink(f"..data/{name}", tmp_path / name)
-    stream = manifest_results(tmp_path, CompileSettings())
-    w = Watch(stream)
+    w = Watch(manifest_results(tmp_path, CompileSettings()))
     try:
         first = await w.result()
         assert first.problems == ()  # no DuplicateObject from the hidden copies
@@ -298,11 +299,7 @@ async def test_configmap_volume_symlink_swap(tmp_path: Path) -> None:
         result = await w.result()
         assert target(result, "web.local") == ("ns/web", ["127.0.0.9:8081"])
     finally:
-        if w.pending is not None:
-            w.pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await w.pending
-        await stream.aclose()
+        await w.close()
 
 
 async def test_certificate_expiring_while_served_falls_back_without_any_edit(
