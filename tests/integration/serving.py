@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,14 +29,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.asynccontextmanager
-async def echo_pods(*pods: tuple[str, str, str]) -> AsyncIterator[int]:
+async def echo_pods(
+    *pods: tuple[str, str, str], ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
     """`portico echo` pods, each (address, service, pod name), all on one free port (an
-    EndpointSlice has one port for all its endpoints); yields the port."""
+    EndpointSlice has one port for all its endpoints), HTTPS with `ssl_context`; yields the
+    port."""
     port = free_port(pods[0][0])
     runners = []
     try:
         for address, service, pod in pods:
-            runners.append(await start_echo(address, port, service, pod))
+            runners.append(await start_echo(address, port, service, pod, ssl_context=ssl_context))
         yield port
     finally:
         for runner in runners:

@@ -20,10 +20,8 @@ for a test, and one process per mode. Each mode checks:
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
-import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,15 +31,14 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
-from aiohttp import web
-from tls_env import der, served_certificate
+from tls_env import der, issued_context, served_certificate
 
-from controller.echo import make_app, start_echo
 from tests.helm_tools import find_helm, render_chart
 from tests.integration import manifests
 from tests.integration.cluster import ControllerProcess
-from tests.integration.serving import eventually, free_port
+from tests.integration.serving import echo_pods, eventually
 from tests.kubesim import Grant, KubeSim
+from tests.unit.kube_factory import ca_secret
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,34 +146,12 @@ class Pods:
 @pytest.fixture
 async def pods() -> AsyncIterator[Pods]:
     ca = trustme.CA()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(f"secure.{HTTPS_NS}.svc").configure_cert(context)
-    port = free_port("127.0.0.2")
-    plain = await start_echo("127.0.0.2", port, "web", "plain-pod")
-    secure = web.AppRunner(make_app("secure", "tls-pod"), access_log=None, handle_signals=False)
-    await secure.setup()
-    tls_port = free_port("127.0.0.4")
-    await web.TCPSite(secure, "127.0.0.4", tls_port, ssl_context=context).start()
-    try:
+    context = issued_context(ca, f"secure.{HTTPS_NS}.svc")
+    async with (
+        echo_pods(("127.0.0.2", "web", "plain-pod")) as port,
+        echo_pods(("127.0.0.4", "secure", "tls-pod"), ssl_context=context) as tls_port,
+    ):
         yield Pods(port, tls_port, ca)
-    finally:
-        await secure.cleanup()
-        await plain.cleanup()
-
-
-def opaque_ca_secret(name: str, namespace: str, ca: trustme.CA) -> dict[str, Any]:
-    """An Opaque Secret, as `kubectl create secret generic --from-file=ca.crt` makes it; the
-    other key stands for credentials Portico must never keep."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": "Opaque",
-        "data": {
-            "ca.crt": base64.b64encode(ca.cert_pem.bytes()).decode(),
-            "password": base64.b64encode(b"not for portico").decode(),
-        },
-    }
 
 
 @dataclass(frozen=True)
@@ -229,7 +204,9 @@ def seed(sim: KubeSim, docs: list[dict[str, Any]], pods: Pods, default: DefaultC
             namespace=HTTPS_NS,
         )
     )
-    sim.create(opaque_ca_secret("upstream-ca", HTTPS_NS, pods.ca))
+    # The other key stands for credentials Portico must never keep.
+    ca_pem = pods.ca.cert_pem.bytes()
+    sim.create(ca_secret("upstream-ca", ca_pem, HTTPS_NS, password="not for portico"))
     # The default certificate lives in "certs", which the namespaced install does not serve.
     sim.create(default.secret())
     sim.create(nginx_configmap(typo=False))

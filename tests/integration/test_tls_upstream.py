@@ -7,17 +7,16 @@ the Service's DNS name. The CA reaches the compiler as a Secret's `ca.crt`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 import trustme
 from backends import Client, Pod
-from tls_env import compiled, running
+from tls_env import compiled, issued_context, running
 
 from controller.compiler.problems import SECRET_INVALID
-from tests.unit.kube_factory import Raw, ingress, rule
+from tests.unit.kube_factory import Raw, ca_secret, ingress, rule
 
 A = "a.example.com"
 N = "nginx.ingress.kubernetes.io/"
@@ -53,21 +52,9 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 async def tls_pod(ca: trustme.CA) -> AsyncIterator[TLSPod]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(SERVICE_NAME, "custom.internal").configure_cert(context)
-    pod = await TLSPod("127.0.0.5", context).start()
+    pod = await TLSPod("127.0.0.5", issued_context(ca, SERVICE_NAME, "custom.internal")).start()
     yield pod
     await pod.stop()
-
-
-def ca_secret(name: str, pem: bytes) -> Raw:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": "default"},
-        "type": "Opaque",
-        "data": {"ca.crt": base64.b64encode(pem).decode()},
-    }
 
 
 async def get(port: int) -> int:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import trustme
 from backends import Client
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
@@ -56,6 +57,13 @@ async def running(snap: Snapshot, **settings: Any) -> AsyncIterator[ProxyServer]
         yield proxy
     finally:
         await proxy.shutdown(1.0)
+
+
+def issued_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A server's TLS context with a certificate for `names` that `ca` issued."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
 
 
 def client_context(

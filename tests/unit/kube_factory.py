@@ -302,6 +302,12 @@ def opaque_secret(name: str = "config", namespace: str = "default", **data: str)
     }
 
 
+def ca_secret(name: str, ca_pem: bytes, namespace: str = "default", **extra: str) -> Raw:
+    """An Opaque Secret with a CA bundle under `ca.crt`, as `kubectl create secret generic
+    --from-file=ca.crt` makes it, and any `extra` keys."""
+    return opaque_secret(name, namespace, **{"ca.crt": ca_pem.decode(), **extra})
+
+
 # ---- store ----
 
 
