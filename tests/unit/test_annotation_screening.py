@@ -204,14 +204,13 @@ def test_cert_manager_http01_solver_ingress_keeps_working() -> None:
     assert answer["service"] == "shop/cm-acme-http-solver-4bq9d"
 
 
+@pytest.mark.usefixtures("cli_logging_off")
 def test_check_prints_the_new_problems_and_takes_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import io
 
     from controller.cli import main
-
-    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
 
     def check(*flags: str) -> str:
         out = io.StringIO()

@@ -11,6 +11,8 @@ import pytest
 
 from controller.cli import main
 
+# main() runs in this process: it must leave pytest's logging alone.
+pytestmark = pytest.mark.usefixtures("cli_logging_off")
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
@@ -43,13 +45,6 @@ addressType: IPv4
 ports: [{name: http, port: 8081}]
 endpoints: [{addresses: [127.0.0.2], conditions: {ready: true}}]
 """
-
-
-@pytest.fixture(autouse=True)
-def _keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    # main() installs the JSON handler on the root logger; inside pytest that would outlive the
-    # test (and its captured stderr). The subprocess test below covers the real set-up.
-    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
 
 
 def run(*argv: str) -> tuple[int, str, str]:

@@ -13,6 +13,8 @@ import yaml
 
 from controller.cli import main
 
+# main() runs in this process: it must leave pytest's logging alone.
+pytestmark = pytest.mark.usefixtures("cli_logging_off")
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx"
 MANIFESTS = CORPUS / "nginx"
@@ -20,11 +22,6 @@ LIST = CORPUS / "nginx-ingresses-list.yaml"
 PREFIXES = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 STATUSES = {"supported", "different", "unsupported", "refused", "unknown"}
 N = PREFIXES[0]
-
-
-@pytest.fixture(autouse=True)
-def _keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
 
 
 def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
