@@ -1,4 +1,6 @@
-"""The proxy's protocols without sockets: fake transports and a proxy wired to them.
+"""Fakes of what the code under test meets: a clock, transports, a proxy wired to them.
+
+`FakeClock` is a monotonic clock a test moves instead of sleeping.
 
 `FakeTransport` is just enough of asyncio.Transport for the protocols and counts what is
 written; `RecordingTransport` also keeps the bytes and whether reading is paused. `build` wires
@@ -33,6 +35,16 @@ REQUEST = b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\nAccep
 SMALL_BODY = b"x" * 100
 POD = ("127.0.0.2", 18081)  # the upstream connection's peer
 CLIENT = ("127.0.0.1", 40000)  # the client connection's peer
+
+
+class FakeClock:
+    """An injectable monotonic clock: tests move time instead of sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeTransport:

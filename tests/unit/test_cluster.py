@@ -11,6 +11,7 @@ import pytest
 from proxy.cluster import EWMA_ALPHA, Cluster
 from proxy.config import Backend, BalancerKind, Endpoint
 from proxy.settings import ProxySettings
+from tests.fakes import FakeClock
 
 A = Endpoint("127.0.0.2", 8080)
 B = Endpoint("127.0.0.3", 8080)
@@ -19,16 +20,6 @@ TA = Endpoint("127.0.0.5", 8080, ready=False)
 TB = Endpoint("127.0.0.6", 8080, ready=False)
 
 BALANCERS: tuple[BalancerKind, ...] = ("round_robin", "least_request")
-
-
-class FakeClock:
-    """An injectable monotonic clock: tests move time instead of sleeping."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(

@@ -19,6 +19,7 @@ from controller.events import (
     plan_events,
 )
 from controller.kube import ApiError
+from tests.fakes import FakeClock
 
 P1 = Problem("Ingress", "a/web", "ServiceNotFound", 'service "a/api" not found')
 P2 = Problem("Ingress", "a/web", "PathConflict", "/x is already claimed by a/old")
@@ -30,14 +31,6 @@ REF = {
     "uid": "u1",
 }
 NOW = datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FakeApi:
@@ -67,7 +60,7 @@ class FakeApi:
         return self.events.get((namespace, name))
 
 
-def recorder(api: FakeApi, clock: Clock, **kwargs: Any) -> EventRecorder:
+def recorder(api: FakeApi, clock: FakeClock, **kwargs: Any) -> EventRecorder:
     refs = {("Ingress", "a/web"): REF}
     rec = EventRecorder(
         api,
@@ -118,16 +111,16 @@ def test_event_body_and_name() -> None:
 
 
 def test_token_bucket() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(2, 0.5, clock)
     assert [bucket.take() for _ in range(3)] == [True, True, False]
-    clock.t += 2.0
+    clock.now += 2.0
     assert bucket.take()
     assert not bucket.take()
 
 
 async def test_warning_once_then_count_on_repeat_then_resolved() -> None:
-    api, clock = FakeApi(), Clock()
+    api, clock = FakeApi(), FakeClock(100.0)
     rec = recorder(api, clock, refresh=1000.0)
     rec.observe([P1])
     await rec.step()
@@ -150,17 +143,17 @@ async def test_warning_once_then_count_on_repeat_then_resolved() -> None:
 
 
 async def test_persisting_problem_is_refreshed() -> None:
-    api, clock = FakeApi(), Clock()
+    api, clock = FakeApi(), FakeClock(100.0)
     rec = recorder(api, clock, refresh=60.0)
     rec.observe([P1])
     await rec.step()
-    clock.t += 61
+    clock.now += 61
     await rec.step()
     assert by_reason(api)["ServiceNotFound"]["count"] == 2
 
 
 async def test_new_leader_counts_on_from_the_existing_event() -> None:
-    api, clock = FakeApi(), Clock()
+    api, clock = FakeApi(), FakeClock(100.0)
     first = recorder(api, clock)
     first.observe([P1])
     await first.step()
@@ -172,7 +165,7 @@ async def test_new_leader_counts_on_from_the_existing_event() -> None:
 
 
 async def test_not_leading_sends_nothing_and_unknown_objects_are_skipped() -> None:
-    api, clock = FakeApi(), Clock()
+    api, clock = FakeApi(), FakeClock(100.0)
     rec = recorder(api, clock)
     rec.set_leader(False)
     task = asyncio.create_task(rec.run())
@@ -197,7 +190,7 @@ async def test_not_leading_sends_nothing_and_unknown_objects_are_skipped() -> No
 
 
 async def test_rate_limit_per_object() -> None:
-    api, clock = FakeApi(), Clock()
+    api, clock = FakeApi(), FakeClock(100.0)
     rec = recorder(api, clock, per_object_burst=2, per_object_rate=0.0, retry=5.0)
     problems = [Problem("Ingress", "a/web", "R", f"m{i}") for i in range(5)]
     rec.observe(problems)
