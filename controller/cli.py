@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs = commands.add_parser("docs", help="print generated documentation")
     docs.add_argument(
         "topic",
-        choices=("annotations",),
-        help="annotations: the ingress-nginx annotation catalogue, as docs/annotations.md",
+        choices=("annotations", "configmap"),
+        help="annotations: the ingress-nginx annotation catalogue, as docs/annotations.md; "
+        "configmap: the ingress-nginx ConfigMap keys, as docs/configmap.md",
     )
     _add_log_level(docs, "warning")
 
@@ -368,6 +369,11 @@ def main(
         if args.command == "compat-report":
             return _compat(args, out, err, sys.stdin if stdin is None else stdin)
         if args.command == "docs":
+            if args.topic == "configmap":
+                from controller.configmap import markdown as configmap_markdown
+
+                out.write(configmap_markdown())
+                return EXIT_OK
             from controller.compiler.catalogue import markdown
 
             out.write(markdown())

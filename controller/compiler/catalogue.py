@@ -814,7 +814,7 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "different",
             "tls",
             "Turns the Strict-Transport-Security header on or off; which responses carry it "
-            "differs (see the HSTS row of the defaults).",
+            "differs (see the HSTS row of the defaults in docs/annotations.md).",
             "--hsts",
         ),
         _key("hsts-max-age", "supported", "tls", "The header's max-age.", "--hsts-max-age"),

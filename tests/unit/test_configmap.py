@@ -342,3 +342,20 @@ def test_check_reads_the_configmap_of_the_directory(
     out = io.StringIO()
     assert main(["check", "--nginx-configmap", "ingress-nginx/other", str(tmp_path)], out) == 1
     assert "ConfigMapNotFound" in out.getvalue()
+
+
+def test_docs_are_generated_from_the_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from controller.cli import main
+    from controller.configmap import markdown
+
+    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
+    out = io.StringIO()
+    assert main(["docs", "configmap"], out, io.StringIO()) == 0
+    assert out.getvalue() == markdown()
+    assert (ROOT / "docs" / "configmap.md").read_text() == markdown(), (
+        "docs/configmap.md is stale: run `portico docs configmap > docs/configmap.md`"
+    )
+    for name in CONFIGMAP_KEYS:
+        assert f"| `{name}` |" in markdown(), name
