@@ -1,13 +1,16 @@
 """Kubernetes objects for the manifest directories `portico serve` tests run on.
 
 Plain dicts, dumped to YAML by each test; one builder per kind, so every test writes the same
-IngressClass, Service, EndpointSlice, Ingress and TLS Secret shapes.
+IngressClass, Service, EndpointSlice, Ingress and TLS Secret shapes. `app_yaml` is a whole
+manifest file of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import yaml
 
 Doc = dict[str, Any]
 # An EndpointSlice endpoint: an address (ready), or (address, ready, terminating).
@@ -122,3 +125,13 @@ def tls_secret(name: str, cert: bytes, key: bytes, namespace: str = "default") -
         "type": "kubernetes.io/tls",
         "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
     }
+
+
+def app_yaml(service_ips: dict[str, list[str]], port: int, paths: dict[str, str]) -> str:
+    """An IngressClass, one Service + EndpointSlice per service (pods on `port`), and the
+    Ingress `svc` for host svc.test routing `paths` (path -> Service), as one YAML file."""
+    docs = [ingress_class()]
+    for name, ips in service_ips.items():
+        docs += service_with_pods(name, ips, port)
+    docs.append(ingress("svc", "svc.test", paths))
+    return yaml.safe_dump_all(docs)

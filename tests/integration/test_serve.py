@@ -16,22 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.manifests import ingress, ingress_class, service_with_pods
+from tests.integration.manifests import app_yaml
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def manifests(service_ips: dict[str, list[str]], port: int, paths: dict[str, str]) -> str:
-    """An IngressClass, one Service + EndpointSlice per service, one Ingress for host svc.test."""
-    docs = [ingress_class()]
-    for name, ips in service_ips.items():
-        docs += service_with_pods(name, ips, port)
-    docs.append(ingress("svc", "svc.test", paths))
-    return yaml.safe_dump_all(docs)
 
 
 class Portico:
@@ -58,7 +48,7 @@ class Portico:
 @pytest.fixture
 async def portico(tmp_path: Path, pods_port: int) -> AsyncIterator[Portico]:
     (tmp_path / "app.yaml").write_text(
-        manifests({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods_port, {"/": "web"})
+        app_yaml({"web": ["127.0.0.2"], "api": ["127.0.0.3"]}, pods_port, {"/": "web"})
     )
     http, admin = free_port(), free_port()
     process = await start_serve(tmp_path, http=http, admin=admin, shutdown_delay=1)
@@ -76,7 +66,7 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods_po
 
         # A route edit takes effect without a restart.
         (tmp_path / "app.yaml").write_text(
-            manifests(
+            app_yaml(
                 {"web": ["127.0.0.2"], "api": ["127.0.0.3"]},
                 pods_port,
                 {"/": "web", "/api": "api"},
@@ -90,7 +80,7 @@ async def test_serves_swaps_and_drains(portico: Portico, tmp_path: Path, pods_po
 
         # An endpoint-only change: web's pod moves to 127.0.0.3 (where the "api" echo answers).
         (tmp_path / "app.yaml").write_text(
-            manifests(
+            app_yaml(
                 {"web": ["127.0.0.3"], "api": ["127.0.0.3"]},
                 pods_port,
                 {"/": "web", "/api": "api"},
@@ -140,7 +130,7 @@ async def test_sigterm_to_the_whole_group_keeps_serving_through_the_delay(
     """What a terminal, `timeout` or a group-signalling init does: every process gets the
     SIGTERM. The workers leave the shutdown to the supervisor: they serve through its delay,
     and none exits early or is started again."""
-    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pods_port, {"/": "web"}))
+    (tmp_path / "app.yaml").write_text(app_yaml({"web": ["127.0.0.2"]}, pods_port, {"/": "web"}))
     http, admin = free_port(), free_port()
     log_path = tmp_path / "portico.log"
     with log_path.open("w") as log:

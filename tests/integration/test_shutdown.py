@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.integration.manifests import app_yaml
 from tests.integration.serving import children, eventually, free_port, start_serve, stop_serve
-from tests.integration.test_serve import manifests
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,7 +28,7 @@ SHUTDOWN_DELAY = 2.0
 
 
 async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int) -> None:
-    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
+    (tmp_path / "app.yaml").write_text(app_yaml({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
     http, admin = free_port(), free_port()
     process = await start_serve(
         tmp_path,
@@ -121,7 +121,7 @@ async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int)
 
 
 async def test_a_killed_worker_under_load_is_replaced(tmp_path: Path, pod_port: int) -> None:
-    (tmp_path / "app.yaml").write_text(manifests({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
+    (tmp_path / "app.yaml").write_text(app_yaml({"web": ["127.0.0.2"]}, pod_port, {"/": "web"}))
     http, admin = free_port(), free_port()
     process = await start_serve(
         tmp_path, http=http, admin=admin, workers=2, extra=("--no-access-log",)
