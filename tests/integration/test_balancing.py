@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httptools
 import pytest
+from backends import Client, Response
 
 from proxy.config import (
     Backend,
@@ -167,47 +168,16 @@ async def pods() -> AsyncIterator[list[Pod]]:
 # ---- client --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    status: int = 0
-    body: bytes = b""
-    complete: bool = False
-
-
-class _ResponseParser:
-    def __init__(self, response: Response) -> None:
-        self.response = response
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_headers_complete(self) -> None:
-        self.response.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.response.body += body
-
-    def on_message_complete(self) -> None:
-        self.response.complete = True
-
-
 async def get(port: int, path: str = "/") -> Response:
-    async def exchange() -> Response:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        response = Response()
-        parser = _ResponseParser(response)
+    """One request on a connection of its own, bounded by REQUEST_BOUND."""
+    async with asyncio.timeout(REQUEST_BOUND):
+        client = await Client.connect(port)
         try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n".encode()
+            return await client.request(
+                "GET", path, headers={"Connection": "close"}, host="app.example"
             )
-            while not response.complete:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                parser.parser.feed_data(chunk)
         finally:
-            writer.close()
-        return response
-
-    return await asyncio.wait_for(exchange(), REQUEST_BOUND)
+            await client.close()
 
 
 async def spread(port: int, n: int) -> dict[str, int]:
