@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,16 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.integration import manifests  # noqa: E402
-from tests.integration.cluster import ControllerProcess  # noqa: E402
-from tests.integration.serving import (  # noqa: E402
+from tests.integration import manifests
+from tests.integration.cluster import ControllerProcess
+from tests.integration.serving import (
     echo_pods,
     eventually,
     free_port,
     start_serve,
     stop_serve,
 )
-from tests.kubesim import KubeSim  # noqa: E402
+from tests.kubesim import KubeSim
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,16 +53,6 @@ def tls_ingress() -> dict[str, Any]:
     doc = manifests.ingress("secure", TLS_HOST, {"/": "web"})
     doc["spec"]["tls"] = [{"hosts": [TLS_HOST]}]
     return doc
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[KubeSim]:
-    server = KubeSim(bookmark_interval=1.0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def problems(session: aiohttp.ClientSession, admin: int) -> dict[str, float]:

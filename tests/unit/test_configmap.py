@@ -314,15 +314,11 @@ def test_found_in_a_manifest_directory(tmp_path: Path) -> None:
     assert find_in_directory(tmp_path, "ingress-nginx/missing") is None
 
 
-def test_check_reads_the_configmap_of_the_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("cli_logging_off")
+def test_check_reads_the_configmap_of_the_directory(tmp_path: Path) -> None:
     import io
 
     from controller.cli import main
-
-    # Keep pytest's log capture: main() would install the JSON handler.
-    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
 
     (tmp_path / "app.yaml").write_text(
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: portico}\n"
@@ -344,13 +340,13 @@ def test_check_reads_the_configmap_of_the_directory(
     assert "ConfigMapNotFound" in out.getvalue()
 
 
-def test_docs_are_generated_from_the_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("cli_logging_off")
+def test_docs_are_generated_from_the_tables() -> None:
     import io
 
     from controller.cli import main
     from controller.configmap import markdown
 
-    monkeypatch.setattr("controller.cli.configure_logging", lambda level: None)
     out = io.StringIO()
     assert main(["docs", "configmap"], out, io.StringIO()) == 0
     assert out.getvalue() == markdown()
