@@ -62,7 +62,7 @@ from controller.kube.client import (
     Resource,
     open_api,
 )
-from controller.kube.objects import PublishedService, ReferenceIndex, WatchedConfigMap
+from controller.kube.objects import ReferenceIndex, WatchedConfigMap
 from controller.kube.watching import (
     ChangeSink,
     ClusterSource,
@@ -77,7 +77,7 @@ from controller.metrics import WorkerTotals
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.settings import PROXY_FIELDS, Settings
-from controller.status import LbAddress, StatusWriter, lb_status
+from controller.status import LbAddress, PublishedService, StatusWriter, lb_status
 from controller.store import Store
 from controller.workers import WorkerSet
 from proxy.config import TLSCertificate

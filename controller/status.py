@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.compiler import CompileResult
 from controller.kube import ApiError
+from controller.kube.watching import Change, Informer
 
 logger = logging.getLogger(__name__)
 
@@ -243,3 +244,30 @@ class StatusWriter:
             extra={"ref": ref, "addresses": [a.to_json() for a in status]},
         )
         return True
+
+
+class PublishedService:
+    """A ChangeSink for the one-Service informer of `--publish-service`.
+
+    Hands the Service's `status.loadBalancer.ingress` to `on_status`; None while the Service is
+    missing (unknown: statuses are then left alone, never blanked).
+    """
+
+    def __init__(self, name: str, on_status: Callable[[LbStatus | None], None]) -> None:
+        self.name = name
+        self._on_status = on_status
+        self.informers: list[Informer] = []
+
+    def changes(self, informer: Informer, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.key[1] != self.name:
+                continue
+            if change.type == "DELETED" or change.raw is None:
+                logger.warning("status.publish_service_missing", extra={"service": self.name})
+                self._on_status(None)
+            else:
+                self._on_status(parse_lb_status(change.raw))
+
+    def listed(self, informer: Informer) -> None:
+        if not informer.cache:
+            logger.warning("status.publish_service_missing", extra={"service": self.name})

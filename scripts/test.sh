@@ -13,8 +13,8 @@ bin="$root/.venv/bin"
 echo "== ruff check"; "$bin/ruff" check .
 echo "== ruff format --check"; "$bin/ruff" format --check .
 echo "== mypy --strict"; "$bin/mypy"
-# The layering (pyproject.toml [tool.importlinter]): proxy/ never imports controller/ and
-# has no import cycle, type-only imports included.
+# The layering (pyproject.toml [tool.importlinter], type-only imports included): what each
+# package may import, and no import cycle inside proxy/, controller/ or conformance/.
 echo "== lint-imports"; "$bin/lint-imports" --no-cache
 # The install above compiled the request path (proxy/native.py): the suite runs that build, and
 # a test fails if it is missing. The unit tests run once more on the plain-Python sources.

@@ -1,10 +1,11 @@
 """Raw-object helpers for cluster mode: what the informers see besides the parsed models.
 
-The store keeps only the fields routing needs. Reporting back needs two more things from the
-raw objects: each object's identity (UID, apiVersion) so Events attach to it the way
-`kubectl describe` looks them up, and the publish Service's `status.loadBalancer`. Both are fed
-by informer changes here, without widening the shared models. The ingress-nginx ConfigMap
-(`--nginx-configmap`) is read the same way: its `data`, handed to whoever applies it.
+The store keeps only the fields routing needs. Reporting back needs each object's identity
+(UID, apiVersion) from the raw objects, so Events attach to it the way `kubectl describe` looks
+them up; it is fed by informer changes here, without widening the shared models. The
+ingress-nginx ConfigMap (`--nginx-configmap`) is read the same way: its `data`, handed to
+whoever applies it. (The publish Service's `status.loadBalancer` is read by
+`controller.status.PublishedService`.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from controller.kube.watching import Change, Informer, ObjKey
-from controller.status import LbStatus, parse_lb_status
 
 logger = logging.getLogger(__name__)
 
@@ -50,33 +50,6 @@ class ReferenceIndex:
 
     def __len__(self) -> int:
         return len(self._refs)
-
-
-class PublishedService:
-    """A ChangeSink for the one-Service informer of `--publish-service`.
-
-    Hands the Service's `status.loadBalancer.ingress` to `on_status`; None while the Service is
-    missing (unknown: statuses are then left alone, never blanked).
-    """
-
-    def __init__(self, name: str, on_status: Callable[[LbStatus | None], None]) -> None:
-        self.name = name
-        self._on_status = on_status
-        self.informers: list[Informer] = []
-
-    def changes(self, informer: Informer, changes: Sequence[Change]) -> None:
-        for change in changes:
-            if change.key[1] != self.name:
-                continue
-            if change.type == "DELETED" or change.raw is None:
-                logger.warning("status.publish_service_missing", extra={"service": self.name})
-                self._on_status(None)
-            else:
-                self._on_status(parse_lb_status(change.raw))
-
-    def listed(self, informer: Informer) -> None:
-        if not informer.cache:
-            logger.warning("status.publish_service_missing", extra={"service": self.name})
 
 
 class WatchedConfigMap:
