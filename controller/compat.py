@@ -238,7 +238,7 @@ def _verdict(item: IngressReport) -> str:
         return f"REFUSED, not served (snippet: {', '.join(item.blockers)})"
     if item.outcome == "fails-closed":
         return (
-            "NOT SERVED (fail closed): access control Portico does not enforce yet: "
+            "ANSWERED 403 (fail closed): access control Portico does not enforce yet: "
             + ", ".join(item.blockers)
         )
     idle = sum(1 for f in item.findings if f.status in ("unsupported", "unknown"))
@@ -269,8 +269,8 @@ def render_text(report: Report) -> list[str]:
     outcomes = {o: sum(1 for i in report.ingresses if i.outcome == o) for o in _OUTCOMES}
     lines.append(
         f"Ingresses: {len(report.ingresses)}: {outcomes['served']} served, "
-        f"{outcomes['refused']} refused (snippets), {outcomes['fails-closed']} not served "
-        "(access control not enforced yet)"
+        f"{outcomes['refused']} refused (snippets), {outcomes['fails-closed']} answered "
+        "403 (access control not enforced yet)"
     )
     annotations = dict.fromkeys(REPORT_STATUSES, 0)
     for item in report.ingresses:

@@ -63,9 +63,9 @@ ISSUE_FORWARDING: Final = 17  # paths, redirects, upstream requests, error pages
 ISSUE_PROTECTION: Final = 18  # auth, client certificates, rate limits, CORS, affinity, canary
 
 FAIL_CLOSED_NOTE: Final = (
-    "Until Portico enforces it, an Ingress carrying it is not served (fail closed): a request "
-    "for its routes gets whatever else matches, or 404 (a later change answers 403 instead). "
-    "--serve-without-access-control serves it anyway, unprotected."
+    "Until Portico enforces it, every request for the routes of an Ingress carrying it is "
+    "answered 403 by Portico (fail closed; reason `AccessControlNotEnforced` in the access log) "
+    "and never reaches its pods. --serve-without-access-control serves it anyway, unprotected."
 )
 
 
@@ -1159,10 +1159,10 @@ def markdown() -> str:
         "- **refused**: the Ingress is not served at all (`SnippetRefused` problem).",
         "",
         "**Access control fails closed.** An Ingress carrying an access-control annotation "
-        "that Portico does not enforce yet (*fails closed* below) is not served: its routes are "
-        "left out (`AccessControlNotEnforced` problem), so no request reaches its pods "
-        "unchecked; a request for them gets whatever else matches, or 404 (a later change "
-        "answers 403 instead). `--serve-without-access-control` (env "
+        "that Portico does not enforce yet (*fails closed* below) has its routes answered by "
+        "Portico with 403 (`AccessControlNotEnforced` problem, and the reason "
+        "`AccessControlNotEnforced` in the access log), so no request reaches its pods "
+        "unchecked. `--serve-without-access-control` (env "
         "`PORTICO_SERVE_WITHOUT_ACCESS_CONTROL`) serves such Ingresses anyway and logs a "
         "warning naming each one at every compile. A source-range allow list that allows every "
         "address (`0.0.0.0/0` and/or `::/0`, as on cert-manager's HTTP-01 solver Ingress) "

@@ -21,6 +21,7 @@ from typing import Final
 from controller.compiler.annotations import parse_annotations
 from controller.compiler.backends import BackendUse, backend_key
 from controller.compiler.problems import (
+    ACCESS_CONTROL_NOT_ENFORCED,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
     INVALID_BACKEND,
@@ -40,6 +41,7 @@ from proxy.config import (
     HTTPSRedirect,
     MatchKind,
     PathRule,
+    Refuse,
     RouteOptions,
     RouteTable,
     TLSCertificate,
@@ -61,6 +63,9 @@ _PATH_CHARS: Final = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-
 # Sequences the API server rejects in Exact and Prefix paths.
 _BAD_SEQUENCES: Final = ("//", "/./", "/../", "%2f", "%2F")
 _BAD_SUFFIXES: Final = ("/..", "/.")
+# The first policy step of the routes of an Ingress whose access control Portico does not
+# enforce: answered by the proxy, never forwarded (403, as ingress-nginx refuses access).
+ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
 
 
 # ---- class selection --------------------------------------------------------------------------
@@ -261,9 +266,10 @@ def compile_ingress(
 
     `ssl_redirect`: whether hosts with TLS redirect plain HTTP when no annotation says.
 
-    An Ingress carrying a snippet, or access control Portico does not enforce (unless
-    `serve_without_access_control`), is still validated in full, for its problems, but
-    contributes no routes, hosts or certificates: see `screening.py`.
+    An Ingress carrying a snippet is still validated in full, for its problems, but contributes
+    no routes, hosts or certificates; one carrying access control Portico does not enforce
+    (unless `serve_without_access_control`) contributes routes that answer 403
+    (`ACCESS_DENIED` first in their policy): see `screening.py`.
     """
     ref = ingress.ref
     problems: list[Problem] = []
@@ -278,7 +284,12 @@ def compile_ingress(
     )
     tls_hosts = tuple(h for t in tls for h in t.hosts)
     plain = opts.route
-    # The redirect goes first: a plain-HTTP request is redirected before any other step sees it.
+    if screening.denied(serve_without_access_control):
+        # Fail closed with an answer: every request is refused before any other step of the
+        # route (a body limit, ...) sees it, and never reaches a pod.
+        plain = dataclasses.replace(plain, policy=(ACCESS_DENIED, *plain.policy))
+    # The redirect goes first: a plain-HTTP request is redirected before any other step sees it
+    # (as ingress-nginx redirects in its rewrite phase, before access checks).
     redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
 
     def options_for(host: str) -> RouteOptions:
@@ -358,7 +369,7 @@ def compile_ingress(
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
-    if screening.withheld(serve_without_access_control):
+    if screening.withheld:
         return IngressPart(
             ref=ref,
             namespace=ingress.namespace,
@@ -379,7 +390,7 @@ def compile_ingress(
         tls=tls,
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
-        unprotected=screening.unenforced,
+        unprotected=screening.unenforced if serve_without_access_control else (),
     )
 
 

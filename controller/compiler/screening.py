@@ -7,8 +7,9 @@ says, per annotation, what Portico does with it (a `Finding`, with the statuses 
 - a snippet annotation refuses the whole Ingress (`SnippetRefused`): Portico never runs nginx
   configuration text, and a snippet often holds access rules;
 - an access-control annotation Portico does not enforce yet fails closed
-  (`AccessControlNotEnforced`): its routes are left out, so no request reaches the pods
-  unchecked, unless the operator chose `--serve-without-access-control`. A source-range allow
+  (`AccessControlNotEnforced`): its routes are served with a policy step answering 403, so no
+  request reaches the pods unchecked, unless the operator chose
+  `--serve-without-access-control`. A source-range allow
   list that allows every address restricts nothing and does not count, nor does
   `enable-global-auth: "false"` (Portico has no global authentication to turn off).
 
@@ -64,7 +65,7 @@ class Finding:
     value: str
     status: ReportStatus
     detail: str
-    # This annotation keeps the Ingress's routes out of service (unenforced access control).
+    # This annotation makes the Ingress's routes answer 403 (unenforced access control).
     fails_closed: bool = False
     # The problem reason it raises on its own (UnsupportedAnnotation, UnknownAnnotation), if any.
     reason: str | None = None
@@ -81,12 +82,17 @@ class Screening:
 
     @property
     def unenforced(self) -> tuple[str, ...]:
-        """The access-control annotations that keep the Ingress out of service."""
+        """The access-control annotations that make the Ingress's routes answer 403."""
         return tuple(f.name for f in self.findings if f.fails_closed)
 
-    def withheld(self, serve_without_access_control: bool) -> bool:
-        """True when none of the Ingress's routes may be served."""
-        return bool(self.refused) or (bool(self.unenforced) and not serve_without_access_control)
+    @property
+    def withheld(self) -> bool:
+        """True when none of the Ingress's routes may be served (a snippet)."""
+        return bool(self.refused)
+
+    def denied(self, serve_without_access_control: bool) -> bool:
+        """True when every request for the Ingress's routes is answered 403 by Portico."""
+        return bool(self.unenforced) and not serve_without_access_control
 
     def problems(self, ref: str, serve_without_access_control: bool) -> list[Problem]:
         """The problems of an Ingress (`ref` "ns/name") carrying these annotations."""
@@ -117,10 +123,10 @@ class Screening:
                 )
             else:
                 message = (
-                    f"routes not served (fail closed): Portico does not enforce {names} yet, and "
-                    "serving the routes would let requests reach the pods unchecked; requests "
-                    "for them get whatever else matches, or 404. --serve-without-access-control "
-                    "serves them anyway"
+                    f"routes answered 403 by Portico (fail closed): Portico does not enforce "
+                    f"{names} yet, and forwarding would let requests reach the pods unchecked; "
+                    "the access log gives the reason AccessControlNotEnforced. "
+                    "--serve-without-access-control serves them anyway"
                 )
             out.append(Problem("Ingress", ref, ACCESS_CONTROL_NOT_ENFORCED, message))
         return out

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from kube_factory import ingress, ingress_class, path, rule, service, store_of
+from kube_factory import ingress, ingress_class, path, rule, service, store_of, tls_entry
 
 from controller.compiler import Compiler, CompileResult, CompileSettings, compile_view
 from controller.explain import explain
 from controller.files import read_manifests
+from proxy.config import Refuse
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -133,11 +134,16 @@ def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> 
     )
     closed = next(p for p in result.problems if p.reason == "AccessControlNotEnforced")
     assert all(name in closed.message for name in annotations)
-    assert "fail closed" in closed.message
-    assert hosts(result) == ["other.test"]
+    assert "fail closed" in closed.message and "403" in closed.message
+    # Its routes stay, answered 403 by the proxy before anything else (tests/integration/
+    # test_access_control.py sends the requests).
+    assert hosts(result) == [HOST, "other.test"]
+    app, other = (vh.rules[0].options.policy for vh in result.snapshot.routes.virtual_hosts)
+    assert app[:1] == (Refuse(403, "AccessControlNotEnforced"),) and other == ()
     # The operator's choice serves it, and says so.
     served = run(annotations, CompileSettings(serve_without_access_control=True))
     assert hosts(served) == [HOST, "other.test"]
+    assert served.snapshot.routes.virtual_hosts[0].rules[0].options.step(Refuse) is None
     warned = next(p for p in served.problems if p.reason == "AccessControlNotEnforced")
     assert "WITHOUT" in warned.message
 
@@ -158,17 +164,21 @@ def test_access_control_that_restricts_nothing_is_served(annotations: dict[str, 
     assert hosts(result) == [HOST, "other.test"]
 
 
-def test_a_fail_closed_host_falls_to_what_else_matches() -> None:
+def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() -> None:
     app = ingress(
         "app",
         annotations={N + "auth-url": "http://auth.test/"},
         rules=[rule(HOST, path("/", "web"))],
+        tls=[tls_entry(None, HOST)],
     )
     catch_all = ingress("catch-all", rules=[rule(None, path("/", "fallback"))], created=2)
     store = store_of(ingress_class(), service("web"), service("fallback"), app, catch_all)
     result = compile_view(store, CompileSettings())
-    answer = explain(result, store, f"http://{HOST}/private", {})
-    assert answer["ingress"] == "default/catch-all", answer
+    answer = explain(result, store, f"https://{HOST}/private", {})
+    assert answer["ingress"] == "default/app", answer
+    assert (answer["status"], answer["reason"]) == (403, "AccessControlNotEnforced")
+    # Plain HTTP is redirected first, as ingress-nginx redirects before its access checks.
+    assert explain(result, store, f"http://{HOST}/private", {})["status"] == 308
 
 
 def test_served_without_access_control_logs_a_warning_per_compile(
@@ -218,12 +228,13 @@ def test_check_prints_the_new_problems_and_takes_the_setting(
         return out.getvalue()
 
     out = check()
-    assert "Ingress default/external-auth: AccessControlNotEnforced: routes not served" in out
+    assert "Ingress default/external-auth: AccessControlNotEnforced: routes answered 403" in out
     assert "Ingress notes/custom-404: SnippetRefused: " in out
     assert f"Ingress jumpserver/jms-jumpserver-ingress: UnknownAnnotation: annotation {N}" in out
     assert f"Ingress default/rate-limited-ingress: UnsupportedAnnotation: annotation {N}" in out
-    assert "external-auth-01.sample.com" not in out.splitlines()[-1]  # its host is not served
+    # Its host is routed, to a 403; the setting (flag or variable) lifts the 403.
+    assert "external-auth-01.sample.com" in out.splitlines()[-1]
     served = check("--serve-without-access-control")
-    assert "external-auth-01.sample.com" in served.splitlines()[-1]
+    assert "routes answered 403" not in served and "WITHOUT its access control" in served
     monkeypatch.setenv("PORTICO_SERVE_WITHOUT_ACCESS_CONTROL", "true")
-    assert "external-auth-01.sample.com" in check().splitlines()[-1]
+    assert "routes answered 403" not in check()

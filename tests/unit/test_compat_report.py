@@ -191,10 +191,10 @@ def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     code, out, _ = run(str(path))
     assert code == 2
     lines = out.splitlines()
-    assert lines[0].startswith("Ingress ns/app (class nginx): NOT SERVED (fail closed)")
+    assert lines[0].startswith("Ingress ns/app (class nginx): ANSWERED 403 (fail closed)")
     assert lines[1].split() == ["unsupported", f"{N}auth-url:", '"http://auth/"']
     assert f"supported    {N}proxy-body-size: " in out
-    assert "Ingresses: 1: 0 served, 0 refused (snippets), 1 not served" in out
+    assert "Ingresses: 1: 0 served, 0 refused (snippets), 1 answered 403" in out
     assert "Annotations: 2: 1 supported, 0 different, 1 unsupported, 0 refused, 0 unknown" in out
     assert "Request body size: ingress-nginx: 1m" in out  # the defaults that differ
 

@@ -1,0 +1,144 @@
+"""Access control Portico does not enforce yet fails closed, with an answer: 403, never the pod.
+
+One row per annotation of the catalogue that fails closed (a test keeps the table equal to that
+set): the annotations an Ingress needs for ingress-nginx to refuse the request the row sends
+(its e2e tests, test/e2e/annotations/auth.go, authtls.go, satisfy.go, globalexternalauth.go, are
+the model: no credentials, no client certificate, an auth service that refuses). Each Ingress
+is compiled by the real compiler and served by a proxy on real sockets in front of one counting
+test pod:
+
+- `full.test` carries the row's annotations: answered 403 by Portico, reason
+  `AccessControlNotEnforced` in the access log, and the pod never sees the request;
+- `alone.test` carries the row's annotation only: refused as well (whatever the annotations
+  around it, its presence is enough);
+- `open.test` carries none and reaches the pod (the pod is reachable: the 403 is the policy's);
+- with `--serve-without-access-control` the `full.test` request reaches the pod.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import pytest
+from backends import Client, Pod
+from tls_env import compiled, running, tls_client
+
+from controller.compiler import CompileSettings
+from controller.compiler.catalogue import ANNOTATIONS
+from proxy.server import ProxyServer
+from tests.unit.kube_factory import Raw, ingress, rule
+
+pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
+
+N = "nginx.ingress.kubernetes.io/"
+
+
+class Row(NamedTuple):
+    companions: dict[str, str]  # the other annotations ingress-nginx needs to refuse
+    value: str  # the annotation's own value
+    scheme: str = "http"
+    refused_by_ingress_nginx: int = 401  # what ingress-nginx answers the request (for the record)
+
+
+BASIC = {"auth-type": "basic", "auth-secret": "basic-auth"}
+# An auth service that refuses (ingress-nginx forwards its 401; unreachable would be a 500).
+EXTERNAL = {"auth-url": "http://auth.example.test/deny"}
+CLIENT_CERT = {"auth-tls-secret": "default/ca-secret", "auth-tls-verify-client": "on"}
+
+ROWS: dict[str, Row] = {
+    "auth-type": Row({"auth-secret": "basic-auth"}, "basic"),
+    "auth-secret": Row({"auth-type": "basic"}, "basic-auth"),
+    "auth-secret-type": Row(BASIC, "auth-map"),
+    "auth-realm": Row(BASIC, "Authentication Required"),
+    "auth-url": Row({}, EXTERNAL["auth-url"]),
+    "auth-method": Row(EXTERNAL, "GET"),
+    "auth-signin": Row(EXTERNAL, "https://login.example.test/start", refused_by_ingress_nginx=302),
+    "auth-signin-redirect-param": Row(
+        {**EXTERNAL, "auth-signin": "https://login.example.test/start"},
+        "rd",
+        refused_by_ingress_nginx=302,
+    ),
+    "auth-response-headers": Row(EXTERNAL, "X-Auth-User"),
+    "auth-request-redirect": Row(EXTERNAL, "https://app.example.test/"),
+    "auth-proxy-set-headers": Row(EXTERNAL, "default/auth-headers"),
+    "auth-cache-key": Row(EXTERNAL, "$remote_user$http_authorization"),
+    "auth-cache-duration": Row(EXTERNAL, "200 202 401 5m"),
+    "auth-always-set-cookie": Row(EXTERNAL, "true"),
+    "auth-keepalive": Row(EXTERNAL, "10"),
+    "auth-keepalive-share-vars": Row(EXTERNAL, "true"),
+    "auth-keepalive-requests": Row(EXTERNAL, "100"),
+    "auth-keepalive-timeout": Row(EXTERNAL, "60"),
+    # With the ConfigMap's global-auth-url pointing at a service that refuses.
+    "enable-global-auth": Row({}, "true"),
+    "satisfy": Row(BASIC, "all"),
+    "auth-tls-secret": Row(
+        {"auth-tls-verify-client": "on"}, "default/ca-secret", "https", refused_by_ingress_nginx=400
+    ),
+    "auth-tls-verify-client": Row(
+        {"auth-tls-secret": "default/ca-secret"}, "on", "https", refused_by_ingress_nginx=400
+    ),
+    "auth-tls-verify-depth": Row(CLIENT_CERT, "1", "https", refused_by_ingress_nginx=400),
+    "auth-tls-error-page": Row(
+        CLIENT_CERT, "https://error.example.test/", "https", refused_by_ingress_nginx=302
+    ),
+    "auth-tls-pass-certificate-to-upstream": Row(
+        CLIENT_CERT, "true", "https", refused_by_ingress_nginx=400
+    ),
+    "auth-tls-match-cn": Row(CLIENT_CERT, "CN=client", "https", refused_by_ingress_nginx=400),
+    "allowlist-source-range": Row({}, "10.0.0.0/8", refused_by_ingress_nginx=403),
+    "whitelist-source-range": Row({}, "10.0.0.0/8", refused_by_ingress_nginx=403),
+    "denylist-source-range": Row({}, "127.0.0.0/8", refused_by_ingress_nginx=403),
+}
+
+
+def test_the_table_is_the_catalogue_fail_closed_set() -> None:
+    assert set(ROWS) == {name for name, e in ANNOTATIONS.items() if e.fails_closed}
+
+
+def _ingress(name: str, annotations: dict[str, str]) -> Raw:
+    host = f"{name}.test"
+    return ingress(name, annotations={N + k: v for k, v in annotations.items()}, rules=[rule(host)])
+
+
+async def _get(proxy: ProxyServer, scheme: str, host: str) -> int:
+    if scheme == "https":
+        client = await tls_client(proxy.https_port, host)
+    else:
+        client = await Client.connect(proxy.http_port)
+    try:
+        return int((await client.request("GET", "/private", host=host)).status)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+async def test_refused_with_403_and_never_forwarded(
+    pod: Pod, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    row = ROWS[name]
+    objects = (
+        _ingress("full", {**row.companions, name: row.value}),
+        _ingress("alone", {name: row.value}),
+        _ingress("open", {}),
+    )
+    result = compiled(*objects, pod=(pod.host, pod.port))
+    async with running(result.snapshot, access_log=True) as proxy:
+        assert await _get(proxy, row.scheme, "full.test") == 403
+        assert await _get(proxy, row.scheme, "alone.test") == 403
+        assert pod.requests == 0
+        assert await _get(proxy, row.scheme, "open.test") == 200
+        assert pod.requests == 1
+        assert proxy.access is not None
+        proxy.access.flush()
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"access"' in x]
+        refused = [(x["ingress"], x["status"], x.get("reason")) for x in lines]
+        assert refused[:2] == [
+            ("default/full", 403, "AccessControlNotEnforced"),
+            ("default/alone", 403, "AccessControlNotEnforced"),
+        ]
+        # The operator's choice serves it, unprotected.
+        settings = CompileSettings(serve_without_access_control=True)
+        proxy.apply(compiled(*objects, pod=(pod.host, pod.port), settings=settings).snapshot)
+        assert await _get(proxy, row.scheme, "full.test") == 200
+        assert pod.requests == 2
