@@ -114,8 +114,8 @@ def ingress_report(subject: Subject) -> IngressReport:
     blockers: tuple[str, ...] = ()
     if screening.refused:
         outcome, blockers = "refused", screening.refused
-    elif screening.unenforced:
-        outcome, blockers = "fails-closed", screening.unenforced
+    elif screening.unenforced or screening.unreadable:
+        outcome, blockers = "fails-closed", screening.unenforced + screening.unreadable
     return IngressReport(subject, screening.findings, outcome, blockers)
 
 
@@ -238,8 +238,8 @@ def _verdict(item: IngressReport) -> str:
         return f"REFUSED, not served (snippet: {', '.join(item.blockers)})"
     if item.outcome == "fails-closed":
         return (
-            "ANSWERED 403 (fail closed): access control Portico does not enforce yet: "
-            + ", ".join(item.blockers)
+            "FAILS CLOSED, every request answered by Portico: access control not enforced "
+            "yet or not readable: " + ", ".join(item.blockers)
         )
     idle = sum(1 for f in item.findings if f.status in ("unsupported", "unknown"))
     if idle:

@@ -152,6 +152,8 @@ CLUSTER_FIELDS: Final = (
 # Comma-separated lists, in flags and environment variables alike.
 _LISTS: Final = (
     "trusted_proxies",
+    "allow_source_ranges",
+    "deny_source_ranges",
     "watch_namespaces",
     "publish_status_address",
     "ingress_class",
@@ -165,6 +167,12 @@ def _pod_namespace() -> str:
 
 def _pod_name() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def _canonical_networks(networks: tuple[str, ...]) -> tuple[str, ...]:
+    """CIDR strings as the snapshot's source-range steps hold them (host bits cleared)."""
+    nets = {ipaddress.ip_network(n, strict=False) for n in networks}
+    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n)))
 
 
 def _is_ip(value: str) -> bool:
@@ -236,8 +244,24 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         default=False,
         description=(
             "Serve Ingresses whose access-control annotations (auth-*, auth-tls-*, satisfy, "
-            "source ranges, ...) Portico does not enforce yet, unprotected, instead of leaving "
-            "their routes out (fail closed); each is logged as a warning at every compile."
+            "...) Portico does not enforce yet, unprotected, instead of answering their "
+            "requests with 403 (fail closed); each is logged as a warning at every compile."
+        ),
+    )
+    allow_source_ranges: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Comma-separated client networks (CIDR) or addresses allowed to reach every Ingress "
+            "without an allowlist-source-range (or whitelist-source-range) annotation; others "
+            "get 403. Default: every client (ingress-nginx's whitelist-source-range key)."
+        ),
+    )
+    deny_source_ranges: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Comma-separated client networks (CIDR) or addresses refused (403) by every Ingress "
+            "without a denylist-source-range annotation (ingress-nginx's denylist-source-range "
+            "key)."
         ),
     )
     default_certificate: str | None = Field(
@@ -353,7 +377,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
                 raise ValueError(f"{item!r} is not a class or controller value")
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "allow_source_ranges", "deny_source_ranges")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for network in value:
@@ -495,6 +519,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             default_certificate=self.default_certificate,
             serve_without_access_control=self.serve_without_access_control,
             ssl_redirect=self.ssl_redirect,
+            allow_source_ranges=_canonical_networks(self.allow_source_ranges),
+            deny_source_ranges=_canonical_networks(self.deny_source_ranges),
         )
 
     @property
@@ -572,6 +598,8 @@ def env_name(field: str) -> str:
 
 _METAVARS: Final[Mapping[str, str]] = {
     "trusted_proxies": "CIDR,...",
+    "allow_source_ranges": "CIDR,...",
+    "deny_source_ranges": "CIDR,...",
     "manifests": "DIR",
     "nginx_configmap": "NAMESPACE/NAME",
     "ingress_class": "CLASS,...",

@@ -16,6 +16,7 @@ here, how it runs is proxy/policy.py's business.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,14 +136,33 @@ class Refuse:
         _check(self.reason.isidentifier(), f"refusal reason {self.reason!r}")
 
 
-PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse
-_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse)
+@dataclass(frozen=True, slots=True)
+class SourceRanges:
+    """The real client address (the peer, or what a trusted proxy says it forwards for, see
+    proxy/sourceranges.py) decides: in a `deny` network, 403; else, when `allow` is not empty,
+    outside every `allow` network, 403 (ingress-nginx's denylist-source-range and
+    allowlist-source-range: nginx `deny` rules, then `allow` rules and `deny all`). Networks
+    are CIDR strings, IPv4 or IPv6, in canonical form (host bits cleared)."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.allow or self.deny), "source ranges without any network")
+        for cidr in (*self.allow, *self.deny):
+            _check(type(cidr) is str, f"source range {cidr!r}")
+            _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
+
+
+PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges
+_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges)
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "https_redirect": HTTPSRedirect,
     "body_limit": BodyLimit,
     "hsts": HSTS,
     "refuse": Refuse,
+    "source_ranges": SourceRanges,
 }
 
 
@@ -287,7 +307,12 @@ _OPTION_FIELDS: Final = RouteOptions.__dataclass_fields__.keys()
 _STEP_NAMES: Final = {kind: name for name, kind in STEP_KINDS.items()}
 # The field types steps use, by their annotation: a string when this module runs as Python
 # (`from __future__ import annotations`), the type itself when compiled.
-_JSON_TYPES: Final[dict[str, type]] = {"int": int, "bool": bool, "str": str}
+_JSON_TYPES: Final[dict[str, type]] = {
+    "int": int,
+    "bool": bool,
+    "str": str,
+    "tuple[str, ...]": tuple,
+}
 
 
 def _step_to_json(step: PolicyStep) -> dict[str, Any]:
@@ -302,10 +327,14 @@ def _step_from_json(raw: Mapping[str, Any]) -> PolicyStep:
     if kind is None:
         raise SnapshotError(f"unknown policy step {raw!r}")
     declared = kind.__dataclass_fields__
-    for name, value in fields.items():
+    for name, raw_value in list(fields.items()):
         field_type: object = declared[name].type if name in declared else None
         if not isinstance(field_type, type):  # a string annotation (when not compiled)
             field_type = _JSON_TYPES.get(str(field_type))
+        field_type = getattr(field_type, "__origin__", field_type)  # tuple[str, ...]: tuple
+        value = raw_value
+        if field_type is tuple and type(value) is list:
+            fields[name] = value = tuple(value)  # a list of strings (checked by the step)
         # Exact types: JSON's true is not a number here, nor 1 a flag.
         if type(value) is not field_type:
             raise SnapshotError(f"bad {name} in policy step {raw!r}")

@@ -111,9 +111,22 @@ class BadRequest(Exception):
 
 
 class ClientContext:
-    """What is fixed for one client connection: its address, trust, scheme and listener port."""
+    """What is fixed for one client connection: its address, trust, scheme and listener port.
 
-    __slots__ = ("client_ip", "fixed_forwarded", "port", "scheme", "secure", "trusted")
+    `client_ip` is the peer's address as text, or the PROXY protocol's source address when the
+    listener reads that header; `family` (4, 6; 0: not an IP address) and `address` are the
+    same as an integer, for the source-range checks (an IPv4-mapped IPv6 address as IPv4)."""
+
+    __slots__ = (
+        "address",
+        "client_ip",
+        "family",
+        "fixed_forwarded",
+        "port",
+        "scheme",
+        "secure",
+        "trusted",
+    )
 
     def __init__(
         self, client_ip: str, scheme: str, port: int, trusted_networks: tuple[IPNetwork, ...]
@@ -123,12 +136,18 @@ class ClientContext:
         self.secure = scheme == "https"  # which of a route's policies applies (plain, secure)
         self.port = str(port).encode()
         self.trusted = False
-        if trusted_networks:
-            try:
-                address = ipaddress.ip_address(client_ip)
-                self.trusted = any(address in net for net in trusted_networks)
-            except ValueError:
-                self.trusted = False
+        self.family = 0
+        self.address = 0
+        try:
+            ip = ipaddress.ip_address(client_ip)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            self.family = ip.version
+            self.address = int(ip)
+            self.trusted = any(ip in net for net in trusted_networks)
         # For an untrusted client the forwarded fields do not depend on the request, except
         # X-Forwarded-Host: render them once per connection.
         self.fixed_forwarded = b"".join(

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse
+from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse, SourceRanges
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.redirect import RedirectToHTTPS
 from proxy.settings import ProxySettings
+from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
 
 
@@ -58,9 +59,11 @@ _REPLACEABLE: Final = RESPONSE_SPECIAL - HOP_BY_HOP - {b"content-length"}
 class Policies:
     """Builds and shares the Policy pairs of one worker's routes (see the module docstring)."""
 
-    __slots__ = ("_built", "defaults", "unrouted")
+    __slots__ = ("_built", "defaults", "trusted", "unrouted")
 
     def __init__(self, settings: ProxySettings) -> None:
+        # The trusted proxies, for the source-range steps reading X-Forwarded-For.
+        self.trusted = Ranges(settings.trusted_networks())
         defaults: list[PolicyStep] = []
         if settings.max_body_bytes:
             defaults.append(BodyLimit(settings.max_body_bytes))
@@ -88,8 +91,7 @@ class Policies:
             built = self._built[steps] = self._build(merged)
         return built
 
-    @staticmethod
-    def _build(steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
+    def _build(self, steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
         request: list[RequestStep] = []
         response: list[ResponseStep] = []
         max_body = 0
@@ -104,6 +106,8 @@ class Policies:
                 response.append(hsts_step(spec.max_age, spec.include_subdomains, spec.preload))
             elif isinstance(spec, Refuse):
                 request.append(RefuseAll(spec.status, spec.reason))
+            elif isinstance(spec, SourceRanges):
+                request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),

@@ -116,6 +116,7 @@ class Compiler:
             ingress,
             serve_without_access_control=self.settings.serve_without_access_control,
             ssl_redirect=self.settings.ssl_redirect,
+            source_ranges=(self.settings.allow_source_ranges, self.settings.deny_source_ranges),
         )
         self._parts[key] = (ingress, part)
         return part

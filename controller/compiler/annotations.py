@@ -10,6 +10,7 @@ catalogue (`catalogue.py`, whose supported rows are exactly the names parsed her
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ class IngressOptions:
     # `proxy-ssl-verify`: False turns verification off even with a secret; None/True: verify
     # when a secret is given.
     proxy_ssl_verify: bool | None = None
+    # The source ranges (canonical CIDR strings), None when not annotated: `allowlist-source-
+    # range`, else its older spelling `whitelist-source-range` (ingress-nginx's alias: the new
+    # name wins when both are given), and `denylist-source-range`. The compiler makes the
+    # SourceRanges step (proxy/config.py), with the global lists for the ones not annotated.
+    allow_source_range: tuple[str, ...] | None = None
+    deny_source_range: tuple[str, ...] | None = None
+    # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
+    # denies the location: 503) rather than serve without the restriction.
+    invalid_source_range: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -124,6 +134,27 @@ def _timeout(value: str) -> float:
     return float(m.group(1))
 
 
+def _cidrs(value: str) -> tuple[str, ...]:
+    """A comma-separated list of IPv4/IPv6 networks or addresses (a bare address is a /32 or
+    /128), as ingress-nginx reads it: host bits are cleared (`10.0.0.1/8` is `10.0.0.0/8`).
+    Canonical, sorted and without duplicates (IPv4 first)."""
+    networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            raise _Invalid(
+                "expected comma-separated networks (CIDR) or addresses, found an empty entry"
+            )
+        address, slash, bits = entry.partition("/")
+        try:
+            if "%" in address or (slash and not (bits.isascii() and bits.isdigit())):
+                raise ValueError(entry)
+            networks.add(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise _Invalid(f"{entry!r} is not an IPv4 or IPv6 network (CIDR) or address") from None
+    return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -144,7 +175,15 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-read-timeout": (_timeout, "read_timeout"),
     "proxy-send-timeout": (_timeout, "send_timeout"),
     "proxy-body-size": (_size, "max_body_size"),  # a BodyLimit step in the route's policy
+    # A SourceRanges step, made by the compiler (with --allow-source-ranges and
+    # --deny-source-ranges as the lists of an Ingress without these annotations).
+    "allowlist-source-range": (_cidrs, "allow_source_range"),
+    "whitelist-source-range": (_cidrs, "whitelist_source_range"),
+    "denylist-source-range": (_cidrs, "deny_source_range"),
 }
+_SOURCE_RANGE_FIELDS: Final = frozenset(
+    {"allow_source_range", "whitelist_source_range", "deny_source_range"}
+)
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
@@ -154,8 +193,11 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_secret",
         "proxy_ssl_verify",
         "max_body_size",
+        *_SOURCE_RANGE_FIELDS,
     }
 )
+# The value of a source-range field whose winning annotation is invalid.
+_INVALID: Final = ("invalid",)
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
 _CACHE_MAX: Final = 4096
@@ -187,9 +229,14 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
+                if field in _SOURCE_RANGE_FIELDS:
+                    # Not ignored: an access restriction that cannot be read fails closed.
+                    values[field] = _INVALID
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
+    ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
+    allow, deny, whitelist = ranges
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -199,6 +246,9 @@ def parse_annotations(
             force_ssl_redirect=bool(values.get("force_ssl_redirect", False)),
             proxy_ssl_secret=values.get("proxy_ssl_secret"),
             proxy_ssl_verify=values.get("proxy_ssl_verify"),
+            allow_source_range=allow if allow is not None else whitelist,
+            deny_source_range=deny,
+            invalid_source_range=_INVALID in ranges,
         ),
         tuple(errors),
     )

@@ -147,9 +147,12 @@ _HTTPS_REDIRECT = (
     "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
 )
 
-_ALLOW_ALL = (
-    "A list of only `0.0.0.0/0` and/or `::/0` (as on cert-manager's HTTP-01 solver Ingress) "
-    "restricts nothing and does not stop the Ingress."
+_SOURCE_RANGES = (
+    "The address checked is the client's as nginx's realip module finds it: the peer (or the "
+    "PROXY protocol's source address with --proxy-protocol); for a peer in --trusted-proxies, "
+    "X-Forwarded-For read from the right, past trusted addresses. A value that is not a list of "
+    "networks fails closed: every request is answered 503, as ingress-nginx denies the location. "
+    "--allow-source-ranges and --deny-source-ranges give the lists of Ingresses without them."
 )
 
 _ENTRIES: Final[tuple[Entry, ...]] = (
@@ -193,29 +196,33 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Client certificates: the subject CN must match this pattern. Not in a Portico issue yet.",
         access=True,
     ),
-    _unsupported(
+    Entry(
         "allowlist-source-range",
+        "supported",
         "access-control",
-        "Client address ranges (CIDR list) allowed to reach the Ingress; others get 403. "
-        + _ALLOW_ALL,
-        ISSUE_MIGRATION,
-        access=True,
+        "Client networks (comma-separated CIDRs or addresses, IPv4 and IPv6) allowed to reach "
+        "the Ingress; others get 403. " + _SOURCE_RANGES,
+        access_control=True,
+        portico=PORTICO_PREFIX + "allowlist-source-range",
         documented=False,
     ),
-    _unsupported(
+    Entry(
         "whitelist-source-range",
+        "supported",
         "access-control",
-        "The older spelling of allowlist-source-range, which ingress-nginx still reads. "
-        + _ALLOW_ALL,
-        ISSUE_MIGRATION,
-        access=True,
+        "The older spelling of allowlist-source-range, which ingress-nginx still reads; "
+        "allowlist-source-range wins when both are given. " + _SOURCE_RANGES,
+        access_control=True,
+        portico=PORTICO_PREFIX + "whitelist-source-range",
     ),
-    _unsupported(
+    Entry(
         "denylist-source-range",
+        "supported",
         "access-control",
-        "Client address ranges (CIDR list) refused with 403.",
-        ISSUE_MIGRATION,
-        access=True,
+        "Client networks refused with 403; checked before the allow list, so a denied address "
+        "is refused even when allowed. " + _SOURCE_RANGES,
+        access_control=True,
+        portico=PORTICO_PREFIX + "denylist-source-range",
     ),
     # ---- snippets ---------------------------------------------------------------------------
     _refused("configuration-snippet", "nginx directives added to each location of the Ingress."),
@@ -1164,10 +1171,8 @@ def markdown() -> str:
         "`AccessControlNotEnforced` in the access log), so no request reaches its pods "
         "unchecked. `--serve-without-access-control` (env "
         "`PORTICO_SERVE_WITHOUT_ACCESS_CONTROL`) serves such Ingresses anyway and logs a "
-        "warning naming each one at every compile. A source-range allow list that allows every "
-        "address (`0.0.0.0/0` and/or `::/0`, as on cert-manager's HTTP-01 solver Ingress) "
-        'restricts nothing and does not stop the Ingress; `enable-global-auth: "false"` does '
-        "not either.",
+        'warning naming each one at every compile. `enable-global-auth: "false"` does not '
+        "fail closed (it asks for nothing).",
         "",
         "**Unknown names.** A name under `nginx.ingress.kubernetes.io/` or `portico.dev/` that "
         "is not in this table has no effect: it is an `UnknownAnnotation` problem naming the "

@@ -44,6 +44,7 @@ from proxy.config import (
     Refuse,
     RouteOptions,
     RouteTable,
+    SourceRanges,
     TLSCertificate,
     VirtualHost,
 )
@@ -66,6 +67,20 @@ _BAD_SUFFIXES: Final = ("/..", "/.")
 # The first policy step of the routes of an Ingress whose access control Portico does not
 # enforce: answered by the proxy, never forwarded (403, as ingress-nginx refuses access).
 ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
+# The first policy step of an Ingress whose source-range annotation cannot be read: the
+# restriction is not dropped, the routes fail closed (ingress-nginx denies such a location with
+# 503; InvalidAnnotation problem).
+INVALID_SOURCE_RANGE: Final = Refuse(503, "InvalidSourceRange")
+
+
+def _source_ranges(
+    allow: tuple[str, ...], deny: tuple[str, ...], invalid: bool
+) -> SourceRanges | Refuse | None:
+    if invalid:
+        return INVALID_SOURCE_RANGE
+    if allow or deny:
+        return SourceRanges(allow, deny)
+    return None
 
 
 # ---- class selection --------------------------------------------------------------------------
@@ -260,11 +275,16 @@ def _rule(
 
 
 def compile_ingress(
-    ingress: Ingress, *, serve_without_access_control: bool = False, ssl_redirect: bool = True
+    ingress: Ingress,
+    *,
+    serve_without_access_control: bool = False,
+    ssl_redirect: bool = True,
+    source_ranges: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
-    `ssl_redirect`: whether hosts with TLS redirect plain HTTP when no annotation says.
+    `ssl_redirect`: whether hosts with TLS redirect plain HTTP when no annotation says;
+    `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations.
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -284,6 +304,15 @@ def compile_ingress(
     )
     tls_hosts = tuple(h for t in tls for h in t.hosts)
     plain = opts.route
+    allow = opts.allow_source_range
+    deny = opts.deny_source_range
+    ranges = _source_ranges(
+        source_ranges[0] if allow is None else allow,
+        source_ranges[1] if deny is None else deny,
+        opts.invalid_source_range,
+    )
+    if ranges is not None:
+        plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
     if screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.

@@ -9,9 +9,11 @@ says, per annotation, what Portico does with it (a `Finding`, with the statuses 
 - an access-control annotation Portico does not enforce yet fails closed
   (`AccessControlNotEnforced`): its routes are served with a policy step answering 403, so no
   request reaches the pods unchecked, unless the operator chose
-  `--serve-without-access-control`. A source-range allow
-  list that allows every address restricts nothing and does not count, nor does
-  `enable-global-auth: "false"` (Portico has no global authentication to turn off).
+  `--serve-without-access-control`. `enable-global-auth: "false"` does not count (Portico has
+  no global authentication to turn off);
+- an access-control annotation Portico enforces (source ranges) with a value it cannot read
+  fails closed too (the compiler answers 503, as ingress-nginx denies such a location), and
+  no setting serves it open.
 
 The compiler turns a `Screening` into problems (`problems()`); `controller/compat.py` prints
 the findings. Both therefore agree on every status by construction.
@@ -20,7 +22,6 @@ the findings. Both therefore agree on every status by construction.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -50,9 +51,6 @@ REPORT_STATUSES: Final[tuple[ReportStatus, ...]] = (
     "unknown",
 )
 
-# Allow lists: served when they allow every address.
-_ALLOW_LISTS: Final = frozenset({"allowlist-source-range", "whitelist-source-range"})
-_EVERYTHING: Final = frozenset({ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")})
 # strconv.ParseBool's false spellings, which ingress-nginx reads booleans with.
 _FALSE: Final = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
@@ -69,6 +67,8 @@ class Finding:
     fails_closed: bool = False
     # The problem reason it raises on its own (UnsupportedAnnotation, UnknownAnnotation), if any.
     reason: str | None = None
+    # Enforced access control whose value cannot be read: the routes fail closed (503).
+    unreadable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,11 @@ class Screening:
     def unenforced(self) -> tuple[str, ...]:
         """The access-control annotations that make the Ingress's routes answer 403."""
         return tuple(f.name for f in self.findings if f.fails_closed)
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The enforced access-control annotations whose invalid value fails the routes closed."""
+        return tuple(f.name for f in self.findings if f.unreadable)
 
     @property
     def withheld(self) -> bool:
@@ -142,33 +147,8 @@ def _message(finding: Finding) -> str:
     return f"annotation {finding.name} is not supported: {finding.detail}"
 
 
-def _everything(value: str) -> frozenset[int] | None:
-    """The address families an allow list opens wholly when it is only `0.0.0.0/0` and/or
-    `::/0` (it restricts nothing); None for any other list."""
-    parts = [p.strip() for p in value.split(",")]
-    try:
-        networks = {ipaddress.ip_network(p) for p in parts}
-    except ValueError:  # also an empty entry
-        return None
-    return frozenset(n.version for n in networks) if networks <= _EVERYTHING else None
-
-
 def _access(entry: Entry, value: str) -> tuple[bool, str]:
     """(fails closed, detail) of an unsupported access-control annotation with this value."""
-    if entry.name in _ALLOW_LISTS:
-        families = _everything(value)
-        if families is not None:
-            note = (
-                ""
-                if families == {4, 6}
-                else " (ingress-nginx would refuse clients of the other address family; Portico "
-                "serves them until it enforces source ranges)"
-            )
-            return False, (
-                "not enforced yet, but the list allows every address and restricts nothing, so "
-                f"the Ingress is served{note}."
-            )
-        return True, entry.describe()
     if entry.name == "enable-global-auth" and value in _FALSE:
         return False, (
             'not enforced yet, but "false" only turns off global authentication, which Portico '
@@ -199,6 +179,17 @@ def _finding(
         )
     if entry.status in ("supported", "different"):
         reason = invalid.get(name)
+        if reason is not None and entry.access_control:
+            # The compiler reports it as InvalidAnnotation already.
+            return Finding(
+                name,
+                value,
+                "unsupported",
+                f"this value is not accepted ({reason}), so every request for the Ingress's "
+                "routes is answered 503 (fail closed), as ingress-nginx denies such a location. "
+                + entry.describe(),
+                unreadable=True,
+            )
         if reason is not None:
             # The compiler reports it as InvalidAnnotation already.
             return Finding(

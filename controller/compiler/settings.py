@@ -25,7 +25,7 @@ class CompileSettings:
     # (`--default-certificate`); None: the workers' self-signed certificate.
     default_certificate: str | None = None
     # Serve Ingresses whose access-control annotations Portico does not enforce yet (auth-*,
-    # source ranges, ...) instead of leaving their routes out (fail closed); off by default.
+    # satisfy, ...) instead of answering their requests with 403 (fail closed); off by default.
     serve_without_access_control: bool = False
     # Redirect plain HTTP to HTTPS on hosts with TLS unless an Ingress's ssl-redirect annotation
     # says otherwise (`--ssl-redirect`, the ingress-nginx ConfigMap's `ssl-redirect`).
@@ -34,3 +34,8 @@ class CompileSettings:
     # does not enforce (whitelist-source-range, global-auth-url, ...): unless
     # serve_without_access_control, no Ingress is served (fail closed).
     unenforced_global_access: tuple[str, ...] = ()
+    # The source ranges of every Ingress without its own annotation of that kind (canonical
+    # CIDR strings; `--allow-source-ranges`, `--deny-source-ranges`, the ingress-nginx
+    # ConfigMap's whitelist-source-range and denylist-source-range); empty: none.
+    allow_source_ranges: tuple[str, ...] = ()
+    deny_source_ranges: tuple[str, ...] = ()

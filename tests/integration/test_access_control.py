@@ -86,9 +86,6 @@ ROWS: dict[str, Row] = {
         CLIENT_CERT, "true", "https", refused_by_ingress_nginx=400
     ),
     "auth-tls-match-cn": Row(CLIENT_CERT, "CN=client", "https", refused_by_ingress_nginx=400),
-    "allowlist-source-range": Row({}, "10.0.0.0/8", refused_by_ingress_nginx=403),
-    "whitelist-source-range": Row({}, "10.0.0.0/8", refused_by_ingress_nginx=403),
-    "denylist-source-range": Row({}, "127.0.0.0/8", refused_by_ingress_nginx=403),
 }
 
 

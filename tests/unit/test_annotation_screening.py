@@ -15,7 +15,7 @@ from kube_factory import ingress, ingress_class, path, rule, service, store_of, 
 from controller.compiler import Compiler, CompileResult, CompileSettings, compile_view
 from controller.explain import explain
 from controller.files import read_manifests
-from proxy.config import Refuse
+from proxy.config import Refuse, SourceRanges
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -111,13 +111,7 @@ FAIL_CLOSED_ROWS = [
     {N + "auth-tls-match-cn": "CN=client"},
     {N + "satisfy": "any"},
     {N + "enable-global-auth": "true"},
-    {N + "whitelist-source-range": "10.0.0.0/8"},
-    {N + "allowlist-source-range": "0.0.0.0/0,10.0.0.0/8"},
-    {N + "whitelist-source-range": "0.0.0.0/1,128.0.0.0/1"},  # everything, but not written so
-    {N + "whitelist-source-range": "0.0.0.0/0,"},  # ingress-nginx refuses the empty entry
-    {N + "whitelist-source-range": ""},
-    {N + "denylist-source-range": "0.0.0.0/0"},
-    {N + "denylist-source-range": "192.0.2.1/32"},
+    {N + "satisfy": "any", N + "whitelist-source-range": "10.0.0.0/8"},
     {P + "auth-url": "http://auth.test/check"},  # the Portico prefix means the same
 ]
 
@@ -129,11 +123,12 @@ def _id(annotations: dict[str, str]) -> str:
 @pytest.mark.parametrize("annotations", FAIL_CLOSED_ROWS, ids=_id)
 def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> None:
     result = run(annotations)
+    unenforced = [n for n in annotations if "source-range" not in n]
     assert reasons(result) == sorted(
-        ["AccessControlNotEnforced", *["UnsupportedAnnotation"] * len(annotations)]
+        ["AccessControlNotEnforced", *["UnsupportedAnnotation"] * len(unenforced)]
     )
     closed = next(p for p in result.problems if p.reason == "AccessControlNotEnforced")
-    assert all(name in closed.message for name in annotations)
+    assert all(name in closed.message for name in unenforced)
     assert "fail closed" in closed.message and "403" in closed.message
     # Its routes stay, answered 403 by the proxy before anything else (tests/integration/
     # test_access_control.py sends the requests).
@@ -148,20 +143,85 @@ def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> 
     assert "WITHOUT" in warned.message
 
 
-SERVED_ROWS = [
-    {N + "whitelist-source-range": "0.0.0.0/0"},
-    {N + "whitelist-source-range": "::/0"},
-    {N + "allowlist-source-range": "0.0.0.0/0, ::/0"},
-    {N + "enable-global-auth": "false"},
-]
-
-
-@pytest.mark.parametrize("annotations", SERVED_ROWS, ids=_id)
-def test_access_control_that_restricts_nothing_is_served(annotations: dict[str, str]) -> None:
-    result = run(annotations)
+def test_enable_global_auth_false_is_served() -> None:
+    result = run({N + "enable-global-auth": "false"})
     assert reasons(result) == ["UnsupportedAnnotation"]
     assert "so the Ingress is served" in result.problems[0].message
     assert hosts(result) == [HOST, "other.test"]
+    assert result.snapshot.routes.virtual_hosts[0].rules[0].options.policy == ()
+
+
+# (annotations, the SourceRanges step's allow and deny) with ingress-nginx's rules: the allowlist
+# spelling wins over the whitelist one (parser.checkAnnotation's aliases), a bare address is one
+# host, host bits are cleared (Go's net.ParseCIDR), portico.dev/ wins over nginx.ingress...
+SOURCE_RANGE_ROWS = [
+    ({N + "whitelist-source-range": "10.0.0.0/8"}, ("10.0.0.0/8",), ()),
+    ({N + "allowlist-source-range": " 10.1.2.3/8 , 192.0.2.7"}, ("10.0.0.0/8", "192.0.2.7/32"), ()),
+    (
+        {N + "whitelist-source-range": "2001:db8::1, 10.0.0.0/8"},
+        ("10.0.0.0/8", "2001:db8::1/128"),
+        (),
+    ),
+    ({N + "whitelist-source-range": "0.0.0.0/0"}, ("0.0.0.0/0",), ()),  # cert-manager's solver
+    (
+        {N + "allowlist-source-range": "10.0.0.0/8", N + "whitelist-source-range": "192.0.2.0/24"},
+        ("10.0.0.0/8",),
+        (),
+    ),
+    ({N + "denylist-source-range": "192.0.2.1, ::/0"}, (), ("192.0.2.1/32", "::/0")),
+    (
+        {N + "whitelist-source-range": "10.0.0.0/8", N + "denylist-source-range": "10.1.0.0/16"},
+        ("10.0.0.0/8",),
+        ("10.1.0.0/16",),
+    ),
+    (
+        {N + "whitelist-source-range": "10.0.0.0/8", P + "whitelist-source-range": "127.0.0.1"},
+        ("127.0.0.1/32",),
+        (),
+    ),
+]
+
+
+@pytest.mark.parametrize(("annotations", "allow", "deny"), SOURCE_RANGE_ROWS)
+def test_source_ranges_become_a_step(
+    annotations: dict[str, str], allow: tuple[str, ...], deny: tuple[str, ...]
+) -> None:
+    result = run(annotations)
+    assert result.problems == ()
+    app = result.snapshot.routes.virtual_hosts[0].rules[0].options
+    assert app.policy == (SourceRanges(allow, deny),)
+
+
+INVALID_SOURCE_RANGE_ROWS = [
+    {N + "whitelist-source-range": "10.0.0.0/8,"},  # ingress-nginx refuses the empty entry
+    {N + "whitelist-source-range": ""},
+    {N + "allowlist-source-range": "10.0.0.0/33"},
+    {N + "denylist-source-range": "10.0.0.0/8, example.com"},
+    {N + "denylist-source-range": "10.0.0.0/255.0.0.0"},  # Go's ParseCIDR takes no netmask
+    {N + "allowlist-source-range": "fe80::1%eth0"},
+    # The valid allowlist spelling does not hide an invalid one: it fails closed.
+    {N + "allowlist-source-range": "10.0.0.0/8", N + "whitelist-source-range": "nonsense"},
+]
+
+
+@pytest.mark.parametrize("annotations", INVALID_SOURCE_RANGE_ROWS, ids=_id)
+def test_an_unreadable_source_range_fails_closed_with_503(annotations: dict[str, str]) -> None:
+    for settings in (CompileSettings(), CompileSettings(serve_without_access_control=True)):
+        result = run(annotations, settings)
+        assert reasons(result) == ["InvalidAnnotation"]
+        assert hosts(result) == [HOST, "other.test"]
+        app = result.snapshot.routes.virtual_hosts[0].rules[0].options
+        assert app.policy == (Refuse(503, "InvalidSourceRange"),)
+
+
+def test_global_source_ranges_apply_where_an_ingress_has_none() -> None:
+    settings = CompileSettings(allow_source_ranges=("10.0.0.0/8",), deny_source_ranges=("::/0",))
+    own = run({N + "whitelist-source-range": "192.0.2.0/24"}, settings)
+    policies = [vh.rules[0].options.policy for vh in own.snapshot.routes.virtual_hosts]
+    assert policies == [
+        (SourceRanges(("192.0.2.0/24",), ("::/0",)),),
+        (SourceRanges(("10.0.0.0/8",), ("::/0",)),),
+    ]
 
 
 def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() -> None:
@@ -206,7 +266,7 @@ def test_cert_manager_http01_solver_ingress_keeps_working() -> None:
     result = compile_view(store, CompileSettings(ingress_classes=("nginx",)))
     solver = "shop/cm-acme-http-solver-x7k2p"
     assert solver in result.owned
-    assert [p.reason for p in result.problems if p.ref == solver] == ["UnsupportedAnnotation"]
+    assert [p.reason for p in result.problems if p.ref == solver] == []
     token = "Zb2Kc1pQ9xR0aLw4T7mYv3NfH8sDgJ6eUoB5iWqXrCt"
     url = f"http://shop.example.com/.well-known/acme-challenge/{token}"
     answer = explain(result, store, url, {})

@@ -79,12 +79,17 @@ ACCESS_CONTROL = {
 }
 
 
+SOURCE_RANGES = ("allowlist-source-range", "whitelist-source-range", "denylist-source-range")
+
+
 def test_access_control_rows() -> None:
     expected = {n for n in ANNOTATIONS if n.startswith("auth-")} | ACCESS_CONTROL
     assert {n for n, e in ANNOTATIONS.items() if e.access_control} == expected
-    # Every one of them fails closed today, except the refused auth-snippet.
+    # Every one of them fails closed today, except the refused auth-snippet and the source
+    # ranges, which Portico enforces.
     closed = {n for n, e in ANNOTATIONS.items() if e.fails_closed}
-    assert closed == expected - {"auth-snippet"}
+    assert closed == expected - {"auth-snippet", *SOURCE_RANGES}
+    assert all(ANNOTATIONS[n].status == "supported" for n in SOURCE_RANGES)
 
 
 @pytest.mark.parametrize("name", sorted(ANNOTATIONS))

@@ -96,8 +96,7 @@ def test_exact_rows() -> None:
     assert solver["ingressClass"] == "nginx"  # the legacy annotation
     [row] = solver["annotations"]
     assert row["name"] == N + "whitelist-source-range"
-    assert (row["value"], row["status"]) == ("0.0.0.0/0", "unsupported")
-    assert "the Ingress is served" in row["detail"]
+    assert (row["value"], row["status"]) == ("0.0.0.0/0", "supported")  # enforced
 
     jump = _find(report, "jumpserver/jms-jumpserver-ingress")
     assert [(a["name"], a["status"]) for a in jump["annotations"]] == [
@@ -169,8 +168,9 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
     ({N + "limit-rps": "5"}, 1),  # unsupported
     ({N + "rewite-target": "/"}, 1),  # unknown
     ({N + "backend-protocol": "GRPC"}, 1),  # a value Portico does not accept
-    ({N + "whitelist-source-range": "0.0.0.0/0"}, 1),  # unsupported, but served
-    ({N + "whitelist-source-range": "10.0.0.0/8"}, 2),  # fails closed
+    ({N + "whitelist-source-range": "10.0.0.0/8"}, 0),  # enforced
+    ({N + "denylist-source-range": "10.0.0.0/8,::1"}, 0),
+    ({N + "whitelist-source-range": "10.0.0.0/8,"}, 2),  # not readable: fails closed (503)
     ({N + "auth-url": "http://auth/"}, 2),
     ({N + "configuration-snippet": "deny all;"}, 2),  # refused
 ]
@@ -191,7 +191,9 @@ def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     code, out, _ = run(str(path))
     assert code == 2
     lines = out.splitlines()
-    assert lines[0].startswith("Ingress ns/app (class nginx): ANSWERED 403 (fail closed)")
+    assert lines[0].startswith(
+        "Ingress ns/app (class nginx): FAILS CLOSED, every request answered by Portico"
+    )
     assert lines[1].split() == ["unsupported", f"{N}auth-url:", '"http://auth/"']
     assert f"supported    {N}proxy-body-size: " in out
     assert "Ingresses: 1: 0 served, 0 refused (snippets), 1 answered 403" in out

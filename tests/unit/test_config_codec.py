@@ -20,6 +20,7 @@ from proxy.config import (
     RouteTable,
     Snapshot,
     SnapshotError,
+    SourceRanges,
     TLSCertificate,
     VirtualHost,
     apply_endpoints_update,
@@ -34,6 +35,7 @@ def full_snapshot() -> Snapshot:
     policy = (
         HTTPSRedirect(),
         Refuse(403, "AccessControlNotEnforced"),
+        SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
     )
@@ -122,6 +124,11 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param(
             {"step": "refuse", "status": 403, "reason": "no such"}, id="reason-not-a-word"
         ),
+        pytest.param({"step": "source_ranges", "allow": [], "deny": []}, id="ranges-empty"),
+        pytest.param({"step": "source_ranges", "allow": "10.0.0.0/8"}, id="ranges-not-a-list"),
+        pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
+        pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
+        pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -135,6 +142,7 @@ def test_policy_steps_keep_their_order() -> None:
     assert [type(s).__name__ for s in rule.options.policy] == [
         "HTTPSRedirect",
         "Refuse",
+        "SourceRanges",
         "BodyLimit",
         "HSTS",
     ]
