@@ -70,6 +70,11 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "Comma-separated client networks (CIDR) whose X-Forwarded-* headers are trusted and "
         "extended; from any other client they are overwritten."
     ),
+    "proxy_protocol": (
+        "Every connection on the HTTP and HTTPS listeners begins with a PROXY protocol header "
+        "(v1 or v2, as load balancers send it); its source address is the client's. A "
+        "connection without a valid header is closed (ingress-nginx's use-proxy-protocol)."
+    ),
     "access_log": "Log one line per request (--access-log off, or --no-access-log, to stop).",
     "metrics_ingress_nginx_names": (
         "Also expose /metrics under ingress-nginx's metric names and labels, for existing "

@@ -147,10 +147,13 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
     # ---- transport events --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.accepted(transport, peer[0] if isinstance(peer, tuple) else "127.0.0.1")
+
+    def accepted(self, transport: asyncio.BaseTransport, client_ip: str) -> None:
+        """The connection starts, from `client_ip` (the peer's, or the PROXY protocol's)."""
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.ctx = self.contexts.get(client_ip, self.scheme, self.port)
         if not self.connections.admit(self):
             self.closing = True

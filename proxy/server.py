@@ -31,6 +31,7 @@ from proxy.exchange import Forwarding
 from proxy.headers import ClientContexts
 from proxy.metrics import RequestMetrics
 from proxy.pool import Pool
+from proxy.proxyprotocol import HeaderReader, Source
 from proxy.route import Route
 from proxy.routing import Generation, Routing, build_router
 from proxy.settings import ProxySettings
@@ -181,8 +182,22 @@ class ProxyServer:
             port,
         )
 
-    def _http_factory(self) -> DownstreamProtocol:
+    def _http_factory(self) -> asyncio.Protocol:
+        if self.settings.proxy_protocol:
+            timeout = self.settings.client_header_timeout
+            return HeaderReader(self.loop, timeout, self._proxied_http)
         return self.client_protocol("http", self.http_port)
+
+    def _proxied_http(self, transport: asyncio.Transport, source: Source, rest: bytes) -> None:
+        """A plain-HTTP connection whose PROXY header is read: HTTP from here on."""
+        protocol = self.client_protocol("http", self.http_port)
+        transport.set_protocol(protocol)
+        if source is None:  # LOCAL / UNKNOWN: the connection's own peer
+            protocol.connection_made(transport)
+        else:
+            protocol.accepted(transport, source[0])
+        if rest and not protocol.closing:
+            protocol.data_received(rest)
 
     async def _start_https(
         self,
@@ -202,7 +217,12 @@ class ProxyServer:
         if sock is None:
             sock = socket.create_server((host, port), backlog=4096, reuse_port=False)
         server = TLSListener(
-            loop, sock, context, self._https_factory, self.settings.client_header_timeout
+            loop,
+            sock,
+            context,
+            self._https_factory,
+            self.settings.client_header_timeout,
+            self.settings.proxy_protocol,
         )
         self.https_port = _bound_port(server)
         self._servers.append(server)

@@ -52,6 +52,10 @@ class ProxySettings:
     # X-Forwarded-* headers from these client networks are trusted and extended; from any other
     # client they are overwritten.
     trusted_proxies: tuple[str, ...] = ()
+    # Every connection on the HTTP and HTTPS listeners begins with a PROXY protocol header (v1
+    # or v2, as load balancers send it; proxy/proxyprotocol.py) whose source address stands for
+    # the peer; a connection without a valid one is closed.
+    proxy_protocol: bool = False
 
     access_log: bool = True
     # Also export metrics under ingress-nginx's names and labels (workers then keep the size

@@ -35,6 +35,8 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from proxy.proxyprotocol import MAX_HEADER, ProxyHeaderError, Source, parse, refused
+
 logger = logging.getLogger("portico.tls")
 
 # One TLS record holds at most 16 KiB of plaintext; a read returns one record at most.
@@ -73,6 +75,7 @@ class TLSListener:
         context: ssl.SSLContext,
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
+        proxy_protocol: bool = False,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -80,8 +83,11 @@ class TLSListener:
         self.context = context
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
+        # Each connection begins with a PROXY protocol header, read before the handshake.
+        self.proxy_protocol = proxy_protocol
         self.closed = False
         self.handshaking: set[TLSTransport] = set()
+        self.reading_headers: set[ProxyHeaderRead] = set()
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
 
@@ -104,14 +110,25 @@ class TLSListener:
             try:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                tls = self.context.wrap_socket(
-                    conn, server_side=True, do_handshake_on_connect=False
-                )
-            except OSError as exc:  # the peer already reset, or wrapping failed
+            except OSError as exc:  # the peer already reset
                 logger.debug("tls.accept_error", extra={"error": str(exc)})
                 conn.close()
                 continue
-            TLSTransport(self, tls, self.protocol_factory())
+            if self.proxy_protocol:
+                ProxyHeaderRead(self, conn)
+            else:
+                self.start_tls(conn, None)
+
+    def start_tls(self, conn: socket.socket, source: Source) -> None:
+        """Wrap an accepted connection and start its handshake; `source` (from a PROXY
+        protocol header) stands for the peer address."""
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:  # wrapping failed
+            logger.debug("tls.accept_error", extra={"error": str(exc)})
+            conn.close()
+            return
+        TLSTransport(self, tls, self.protocol_factory(), source)
 
     def _resume_accepting(self) -> None:
         if not self.closed:
@@ -133,11 +150,16 @@ class TLSTransport:
     """One server-side TLS connection, with asyncio's `Transport` API for its protocol."""
 
     def __init__(
-        self, listener: TLSListener, sock: ssl.SSLSocket, protocol: asyncio.Protocol
+        self,
+        listener: TLSListener,
+        sock: ssl.SSLSocket,
+        protocol: asyncio.Protocol,
+        source: Source = None,
     ) -> None:
         self.loop = listener.loop
         self.listener: TLSListener | None = listener
         self.sock = sock
+        self.source = source  # the PROXY protocol's client address, reported as the peer
         # The C-level TLS connection inside the SSLSocket: reads and writes call it directly,
         # skipping the ssl module's Python wrappers (seven calls per response).
         self.tls: Any = getattr(sock, "_sslobj", None) or sock
@@ -182,7 +204,7 @@ class TLSTransport:
         self.handshaking = False
         self._end_handshake_phase()
         try:
-            self.extra["peername"] = self.sock.getpeername()
+            self.extra["peername"] = self.source or self.sock.getpeername()
         except OSError:
             self.extra["peername"] = None
         try:
@@ -567,6 +589,88 @@ class TLSTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         # Fixed limits (HIGH_WATER, LOW_WATER); the proxy does not change them.
         return None
+
+
+class ProxyHeaderRead:
+    """Reads the PROXY protocol header of an accepted HTTPS connection, then starts TLS.
+
+    The header's bytes only are consumed: the client may send its ClientHello in the same
+    segment, and OpenSSL must find it in the socket. So each read peeks (MSG_PEEK) and takes
+    from the socket what `parse` says is header: all of what was peeked while the header is
+    incomplete (it is all header then), exactly the rest once it is complete."""
+
+    def __init__(self, listener: TLSListener, conn: socket.socket) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.buffer = b""
+        self.done = False
+        listener.reading_headers.add(self)
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(
+            listener.handshake_timeout, self._timed_out
+        )
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        try:
+            data = conn.recv(MAX_HEADER - len(self.buffer), socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._refuse(str(exc))
+            return
+        if not data:
+            self._refuse("connection closed before a complete PROXY protocol header")
+            return
+        candidate = self.buffer + data
+        try:
+            found = parse(candidate)
+        except ProxyHeaderError as exc:
+            self._refuse(str(exc))
+            return
+        try:
+            if found is None:
+                _consume(conn, len(data))
+                self.buffer = candidate
+                return
+            length, source = found
+            _consume(conn, length - len(self.buffer))
+        except OSError as exc:
+            self._refuse(str(exc))
+            return
+        self._finish()
+        self.listener.start_tls(conn, source)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if not self.done:
+            self._refuse("no complete PROXY protocol header in time")
+
+    def _refuse(self, reason: str) -> None:
+        refused(reason)
+        self._finish()
+        self.conn.close()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.loop.remove_reader(self.fd)
+        self.listener.reading_headers.discard(self)
+
+
+def _consume(conn: socket.socket, n: int) -> None:
+    """Take `n` bytes already peeked from the socket (they are there: no wait)."""
+    while n > 0:
+        taken = conn.recv(n)
+        if not taken:
+            raise ConnectionResetError("connection closed while reading the PROXY header")
+        n -= len(taken)
 
 
 def _describe(exc: BaseException) -> str:

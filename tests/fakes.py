@@ -8,11 +8,15 @@ a real ProxyServer to one pooled upstream connection and one client connection o
 transports, with one route (Host bench.local) to one endpoint: `REQUEST` fed to the client side
 and `response(kind)` to the upstream side make one keep-alive request, with no socket and no
 event-loop turn. Unit tests and the hot-path benchmark (tests/bench/hotpath.py) share them.
+
+`proxy_v2` builds the PROXY protocol v2 header a load balancer sends (`AWS_TLV`: one of its
+TLVs), for the unit and integration tests of proxy/proxyprotocol.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
 from proxy.config import (
@@ -27,6 +31,7 @@ from proxy.config import (
 )
 from proxy.downstream import DownstreamProtocol
 from proxy.pool import Pool
+from proxy.proxyprotocol import V2_SIGNATURE
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 from proxy.upstream import UpstreamProtocol
@@ -185,3 +190,35 @@ def run(n: int, kind: str, down: DownstreamProtocol, up: UpstreamProtocol) -> No
         down.data_received(REQUEST)
         for p in pieces:
             up.data_received(p)
+
+
+# ---- PROXY protocol headers -------------------------------------------------------------------
+
+AWS_TLV = b"\xea\x00\x17\x01vpce-08d2bf15fac5001c9"  # an NLB's VPC endpoint id
+
+
+def proxy_v2(
+    *,
+    command: int = 1,
+    family: int = 0x11,
+    source: str = "192.0.2.1",
+    destination: str = "198.51.100.1",
+    ports: tuple[int, int] = (51234, 443),
+    tlvs: bytes = b"",
+    length: int | None = None,
+    version: int = 2,
+) -> bytes:
+    """A v2 header (family 0x11: TCP over IPv4, 0x21: TCP over IPv6)."""
+    addresses = b""
+    if family >> 4 in (1, 2):
+        addresses = (
+            ipaddress.ip_address(source).packed
+            + ipaddress.ip_address(destination).packed
+            + ports[0].to_bytes(2, "big")
+            + ports[1].to_bytes(2, "big")
+        )
+    elif family >> 4 == 3:
+        addresses = b"\0" * 216
+    body = addresses + tlvs
+    size = len(body) if length is None else length
+    return V2_SIGNATURE + bytes([version << 4 | command, family]) + size.to_bytes(2, "big") + body
