@@ -51,7 +51,10 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
     "https_port": "Public HTTPS port; 0 disables the listener.",
     "max_header_bytes": "Largest request line + headers in bytes; 414/431 beyond.",
     "max_headers": "Most request header fields; 431 beyond.",
-    "max_body_bytes": "Largest request body in bytes; 413 beyond; 0 = unlimited.",
+    "max_body_bytes": (
+        "Largest request body in bytes, for routes without a proxy-body-size annotation; 413 "
+        "beyond; 0 = unlimited (default 1 MiB, as ingress-nginx's proxy-body-size)."
+    ),
     "max_connections": "Most open client connections per worker.",
     "client_header_timeout": "Seconds from a request's first byte to the end of its head.",
     "client_body_timeout": "Seconds allowed between two reads of a request body.",

@@ -5,7 +5,9 @@ an Ingress's `tls`, unless `ssl-redirect: "false"`) answers a request on the pla
 listener with `308 Permanent Redirect` to `https://<host><target>` (as ingress-nginx does: 308
 keeps the method and body). The port is left out of the Location on purpose: behind a load
 balancer mapping 443 to the listener's port the public port is 443, and the request's own port
-is the plain-HTTP one.
+is the plain-HTTP one. As in ingress-nginx (rootfs/etc/nginx/lua/lua_ingress.lua, without
+`preserve-trailing-slash`), a target ending in "/" loses that one "/": `/` goes to
+`https://host`, `/a/` to `https://host/a`, `/a/?q` keeps its query and its "/".
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def location(host: bytes, target: bytes) -> bytes | None:
         return None
     if target[:1] != b"/":
         target = b"/"
+    if target[-1:] == b"/":
+        target = target[:-1]
     return b"https://" + name + target
 
 

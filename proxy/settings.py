@@ -26,7 +26,10 @@ class ProxySettings:
     # Request limits.
     max_header_bytes: int = 32 * 1024  # request line + headers; 414 / 431 beyond
     max_headers: int = 100  # header fields; 431 beyond
-    max_body_bytes: int = 0  # request body; 413 beyond; 0 = unlimited
+    # Request body; 413 beyond; 0 = unlimited. 1 MiB is ingress-nginx's default (its ConfigMap's
+    # proxy-body-size "1m", nginx's client_max_body_size): an Ingress migrated without a
+    # proxy-body-size annotation keeps the limit it had.
+    max_body_bytes: int = 1024 * 1024
     max_connections: int = 10_000  # open client connections per worker
 
     # Client-side timeouts (seconds).

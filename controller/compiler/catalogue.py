@@ -1058,11 +1058,13 @@ class DefaultBehaviour:
 
 
 DEFAULTS: Final[tuple[DefaultBehaviour, ...]] = (
+    # Each row's ingress-nginx side is taken from its documentation or e2e tests (cited by
+    # tests/integration/test_defaults.py, which checks the Portico side of every row).
     DefaultBehaviour(
         "Request body size",
-        "different",
+        "supported",
         "1m (proxy-body-size), 413 beyond",
-        "unlimited unless --max-body-bytes (or proxy-body-size) sets a limit; 413 beyond it",
+        "the same: 1 MiB (--max-body-bytes, or proxy-body-size), 413 beyond",
     ),
     DefaultBehaviour(
         "Upstream timeouts",
@@ -1078,21 +1080,31 @@ DEFAULTS: Final[tuple[DefaultBehaviour, ...]] = (
     ),
     DefaultBehaviour(
         "Trailing slash in HTTPS redirects",
-        "different",
+        "supported",
         "a trailing `/` is dropped (`/` goes to `https://host`, `/a/` to `https://host/a`)",
-        "the path is kept as requested (`https://host/`, `https://host/a/`)",
+        "the same",
     ),
     DefaultBehaviour(
         "ACME HTTP-01 challenges on TLS hosts",
+        "supported",
+        "Ingress paths under `/.well-known/acme-challenge` are never redirected to HTTPS "
+        "(no-tls-redirect-locations)",
+        "the same",
+    ),
+    DefaultBehaviour(
+        "Authentication of ACME challenge paths",
         "different",
-        "`/.well-known/acme-challenge/` is never redirected to HTTPS nor authenticated",
-        "redirected like any other path (Let's Encrypt follows such redirects)",
+        "Ingress paths under `/.well-known/acme-challenge` are not authenticated "
+        "(no-auth-locations)",
+        "an Ingress whose authentication Portico does not enforce yet answers 403 there too "
+        "(fail closed); the Ingress cert-manager creates carries none and is served",
     ),
     DefaultBehaviour(
         "HSTS",
         "different",
         "max-age=31536000; includeSubDomains, only for hosts with their own certificate",
-        "the same header on every HTTPS response, default certificate included (--hsts)",
+        "the same header on every HTTPS response, default certificate included (--hsts): a "
+        "browser ignores it over a certificate it does not trust, so it adds nothing there",
     ),
     DefaultBehaviour(
         "Forwarded headers from clients",
@@ -1104,7 +1116,8 @@ DEFAULTS: Final[tuple[DefaultBehaviour, ...]] = (
         "Request bodies",
         "different",
         "buffered whole (to disk beyond 8-16k) before the pod sees them",
-        "streamed to the pod as they arrive",
+        "streamed to the pod as they arrive, with backpressure: memory stays bounded per "
+        "connection and nothing is written to disk",
     ),
 )
 

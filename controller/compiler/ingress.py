@@ -64,6 +64,10 @@ _PATH_CHARS: Final = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-
 # Sequences the API server rejects in Exact and Prefix paths.
 _BAD_SEQUENCES: Final = ("//", "/./", "/../", "%2f", "%2F")
 _BAD_SUFFIXES: Final = ("/..", "/.")
+# Paths never redirected to HTTPS, so that an ACME server (cert-manager's HTTP-01 solver, even
+# inside an Ingress with TLS) reaches them over plain HTTP: ingress-nginx's
+# no-tls-redirect-locations default, matched as it does, as a prefix of the Ingress path.
+NO_TLS_REDIRECT_PREFIX: Final = "/.well-known/acme-challenge"
 # The first policy step of the routes of an Ingress whose access control Portico does not
 # enforce: answered by the proxy, never forwarded (403, as ingress-nginx refuses access).
 ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
@@ -378,7 +382,7 @@ def compile_ingress(
             rule_obj = _rule(
                 ingress,
                 backend,
-                host_opts,
+                plain if path.startswith(NO_TLS_REDIRECT_PREFIX) else host_opts,
                 path=normalize_path(path, match),
                 match=match,
                 path_type=p.path_type,

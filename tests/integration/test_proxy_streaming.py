@@ -76,7 +76,8 @@ class Sampler:
 
 @pytest.fixture
 async def stack(pod: Pod) -> AsyncIterator[tuple[Any, Pod]]:
-    proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}))
+    # Bodies far beyond the default 1 MiB limit: lifted, as a proxy-body-size "0" does.
+    proxy = await start_proxy(snapshot({"ns/svc/80": [(pod.host, pod.port)]}), max_body_bytes=0)
     yield proxy, pod
     await proxy.shutdown(0.5)
 

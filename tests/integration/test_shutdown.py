@@ -37,7 +37,7 @@ async def test_sigterm_lets_long_transfers_finish(tmp_path: Path, pod_port: int)
         workers=2,
         shutdown_delay=SHUTDOWN_DELAY,
         drain_timeout=30,
-        extra=("--no-access-log",),
+        extra=("--no-access-log", "--max-body-bytes", "0"),  # a 24 MiB upload
     )
     base = f"http://127.0.0.1:{http}"
     headers = {"Host": "svc.test"}

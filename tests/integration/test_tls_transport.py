@@ -452,7 +452,7 @@ async def test_closing_the_listener_keeps_open_connections() -> None:
 @pytest.fixture
 async def https_stack() -> AsyncIterator[tuple[ProxyServer, Pod]]:
     pod = await Pod("127.0.0.2").start()
-    proxy = ProxyServer(ProxySettings(access_log=False))
+    proxy = ProxyServer(ProxySettings(access_log=False, max_body_bytes=0))  # 32 MiB uploads
     proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}))
     await proxy.start(host="127.0.0.1", http=False, https_port=0)
     yield proxy, pod

@@ -198,7 +198,8 @@ def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     assert f"supported    {N}proxy-body-size: " in out
     assert "Ingresses: 1: 0 served, 0 refused (snippets), 1 answered 403" in out
     assert "Annotations: 2: 1 supported, 0 different, 1 unsupported, 0 refused, 0 unknown" in out
-    assert "Request body size: ingress-nginx: 1m" in out  # the defaults that differ
+    assert "Request bodies: ingress-nginx: buffered whole" in out  # the defaults that differ
+    assert "Request body size" not in out  # the same as ingress-nginx
 
 
 def write_configmap_file(directory: Path) -> Path:
