@@ -12,7 +12,7 @@ reported. The ConfigMap's keys are read by `controller/configmap.py`, as
 Exit status: 0 when every row is supported; 1 when something is different, unsupported or
 unknown; 2 when an Ingress would not be served (a snippet refuses it, or access control Portico
 does not enforce yet fails closed) or the ConfigMap holds access control Portico does not
-enforce (no Ingress would be served).
+enforce or cannot read (every Ingress, or every one without its own list, would fail closed).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Report:
 
     def exit_code(self) -> int:
         if any(i.outcome != "served" for i in self.ingresses) or any(
-            r.access_control for r in self.configmap
+            r.access_control or r.unreadable for r in self.configmap
         ):
             return EXIT_NOT_SERVED
         summary = self.summary()

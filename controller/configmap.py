@@ -4,8 +4,10 @@
 configuration from. What each key does in Portico is a row of the catalogue
 (`controller/compiler/catalogue.py`, `CONFIGMAP_KEYS`); how the keys Portico applies are read is
 here: `APPLIED` gives each one's grammar (ingress-nginx's: `strconv.ParseBool` booleans, whole
-numbers of seconds, nginx sizes) and the setting it becomes, and `_FORWARDED` the two keys that
-become one setting (`use-forwarded-headers` with `proxy-real-ip-cidr`: `--trusted-proxies`).
+numbers of seconds, nginx sizes, comma-separated networks) and the setting it becomes, and
+`_FORWARDED` the two keys that become one setting (`use-forwarded-headers` with
+`proxy-real-ip-cidr`: `--trusted-proxies`, nginx's realip module trusting X-Forwarded-For from
+those networks).
 
 `read()` turns the ConfigMap's data into a `Reading`: setting values, one `KeyRow` per key (what
 `portico compat-report` prints: one source for the report and the controller) and the problems
@@ -15,9 +17,12 @@ of the keys that have no effect, as annotations have theirs:
   catalogue row says what to do instead), unless its value is what Portico does anyway (`_SAME`);
 - `UnknownConfigMapKey`: not an ingress-nginx key ("did you mean ...?");
 - `InvalidConfigMapValue`: a value that does not parse; the setting keeps its default, as
-  ingress-nginx keeps its own;
+  ingress-nginx keeps its own, except access control (`whitelist-source-range`,
+  `denylist-source-range`), which fails closed: the Ingresses that would take the list answer
+  503 `InvalidSourceRange`, as one whose own annotation does not read
+  (`CompileSettings.invalid_*_source_ranges`);
 - `AccessControlNotEnforced`: access control for every Ingress that Portico does not enforce
-  (`whitelist-source-range`, `global-auth-url`, ...): no Ingress is served (fail closed) unless
+  (`global-auth-url`, `block-cidrs`, ...): every route answers 403 (fail closed) unless
   `--serve-without-access-control` (`CompileSettings.unenforced_global_access`).
 
 Precedence (`overlay`): a flag or `PORTICO_*` variable given explicitly wins over the ConfigMap,
@@ -136,9 +141,14 @@ def _workers(value: str) -> int | None:
 
 
 def _networks(value: str) -> tuple[str, ...]:
+    # []string keys: ingress-nginx splits on commas and drops empty fields (splitAndTrimSpace);
+    # nginx takes an address or address/prefix-length, no netmask and no zone.
     items = tuple(part.strip() for part in value.split(",") if part.strip())
     for item in items:
+        address, slash, bits = item.partition("/")
         try:
+            if "%" in address or (slash and not (bits.isascii() and bits.isdigit())):
+                raise ValueError(item)
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise _Invalid(f"{item!r} is not an IP address or CIDR range") from None
@@ -178,6 +188,9 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "ssl-redirect": Applied("ssl_redirect", _bool),  # bool, "true"
     "disable-access-log": Applied("access_log", _not_bool),  # bool, "false"
     "worker-processes": Applied("workers", _workers),  # string, "auto"
+    "use-proxy-protocol": Applied("proxy_protocol", _bool),  # bool, "false"
+    "whitelist-source-range": Applied("allow_source_ranges", _networks),  # []string, empty
+    "denylist-source-range": Applied("deny_source_ranges", _networks),  # []string, empty
 }
 
 # use-forwarded-headers (bool, "false") trusts the X-Forwarded-* headers of the clients in
@@ -209,7 +222,6 @@ _SAME: Final[Mapping[str, Callable[[str, Mapping[str, str]], bool]]] = {
     "hsts": lambda v, _: v.strip() in _FALSE,  # no header at all, as in ingress-nginx
     "hsts-preload": lambda v, _: v.strip() in _FALSE,
     "force-ssl-redirect": lambda v, _: v.strip() in _FALSE,
-    "use-proxy-protocol": lambda v, _: v.strip() in _FALSE,
     "allow-snippet-annotations": lambda v, _: v.strip() in _FALSE,
     "enable-access-log-for-default-backend": lambda v, _: v.strip() in _TRUE,
     "compute-full-forwarded-for": _same_full_forwarded_for,
@@ -237,9 +249,12 @@ class KeyRow:
     value: str
     status: ReportStatus
     detail: str
-    # Access control for every Ingress that Portico does not enforce: nothing is served.
+    # Access control for every Ingress that Portico does not enforce: every route answers 403.
     access_control: bool = False
     reason: str | None = None  # the problem it raises, if any
+    # The setting of an access-control key whose value does not read (and is not given
+    # explicitly): the Ingresses that would take it fail closed (503) instead.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +270,11 @@ class Reading:
     def unenforced(self) -> tuple[str, ...]:
         """The keys holding access control for every Ingress that Portico does not enforce."""
         return tuple(r.key for r in self.rows if r.access_control)
+
+    @property
+    def unreadable(self) -> frozenset[str]:
+        """The settings of access-control keys whose value does not read: fail closed."""
+        return frozenset(r.unreadable for r in self.rows if r.unreadable is not None)
 
     def problems(self) -> tuple[Problem, ...]:
         out = [
@@ -304,11 +324,28 @@ def read(
             try:
                 parsed = applied.parse(value)
             except _Invalid as exc:
-                detail = (
-                    f"invalid value {value!r}: {exc}; {_flag(applied.setting)} keeps its "
-                    "value, as ingress-nginx keeps its default."
+                closed = entry.access_control and applied.setting not in explicit
+                if closed:
+                    # Dropping a restriction that does not read would open what it guards.
+                    consequence = (
+                        "access control fails closed: every Ingress without its own "
+                        "annotation answers 503 (InvalidSourceRange) until it is fixed."
+                    )
+                else:
+                    consequence = (
+                        f"{_flag(applied.setting)} keeps its value, as ingress-nginx keeps its "
+                        "default."
+                    )
+                rows.append(
+                    KeyRow(
+                        key,
+                        value,
+                        "unsupported",
+                        f"invalid value {value!r}: {exc}; {consequence}",
+                        reason=INVALID_VALUE,
+                        unreadable=applied.setting if closed else None,
+                    )
                 )
-                rows.append(KeyRow(key, value, "unsupported", detail, reason=INVALID_VALUE))
                 continue
             if key in _FORWARDED:
                 forwarded[key] = parsed
@@ -373,10 +410,13 @@ def overlay(settings: Settings, reading: Reading) -> Settings:
 
 def compile_settings(settings: Settings, reading: Reading) -> CompileSettings:
     """The compile settings of `overlay(settings, reading)`-style settings, with the global
-    access control the ConfigMap holds and Portico does not enforce (the compiler fails closed
-    on it)."""
+    access control the ConfigMap holds and Portico does not enforce or cannot read (the
+    compiler fails closed on both)."""
     return dataclasses.replace(
-        settings.compile_settings(), unenforced_global_access=reading.unenforced
+        settings.compile_settings(),
+        unenforced_global_access=reading.unenforced,
+        invalid_allow_source_ranges="allow_source_ranges" in reading.unreadable,
+        invalid_deny_source_ranges="deny_source_ranges" in reading.unreadable,
     )
 
 
@@ -511,9 +551,12 @@ def markdown() -> str:
         f"says) and for the {others} other keys ingress-nginx documents, which have no Portico "
         "equivalent; `UnknownConfigMapKey` for a key ingress-nginx does not know, naming the "
         'closest one ("did you mean ...?"); `ConfigMapNotFound` when the ConfigMap does not '
-        "exist. **Access control for every Ingress** (`whitelist-source-range`, "
-        "`global-auth-url`, ...) that Portico does not enforce fails closed: no Ingress is "
-        "served (`AccessControlNotEnforced`) unless `--serve-without-access-control`.",
+        "exist. **Access control for every Ingress** fails closed: a key Portico does not "
+        "enforce (`global-auth-url`, `block-cidrs`, ...) has every request answered 403 "
+        "(`AccessControlNotEnforced`, no request reaches a pod) unless "
+        "`--serve-without-access-control`; a `whitelist-source-range` or "
+        "`denylist-source-range` that does not read has the Ingresses that would take it "
+        "answer 503 (`InvalidSourceRange`) rather than lose the restriction.",
         "",
         "`portico compat-report --configmap FILE` prints the same rows for a ConfigMap file.",
         "",

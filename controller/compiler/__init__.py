@@ -112,36 +112,38 @@ class Compiler:
         cached = self._parts.get(key)
         if cached is not None and cached[0] is ingress:
             return cached[1]
+        settings = self.settings
         part = compile_ingress(
             ingress,
-            serve_without_access_control=self.settings.serve_without_access_control,
-            ssl_redirect=self.settings.ssl_redirect,
-            source_ranges=(self.settings.allow_source_ranges, self.settings.deny_source_ranges),
+            serve_without_access_control=settings.serve_without_access_control,
+            ssl_redirect=settings.ssl_redirect,
+            source_ranges=(
+                None if settings.invalid_allow_source_ranges else settings.allow_source_ranges,
+                None if settings.invalid_deny_source_ranges else settings.deny_source_ranges,
+            ),
+            global_access_denied=bool(settings.unenforced_global_access)
+            and not settings.serve_without_access_control,
         )
         self._parts[key] = (ingress, part)
         return part
 
-    def _global_access(self, parts: list[IngressPart]) -> list[IngressPart]:
+    def _global_access(self, parts: list[IngressPart]) -> None:
         """Access control for every Ingress that Portico does not enforce (the ingress-nginx
-        ConfigMap's whitelist-source-range, global-auth-url, ...; its problem is the
-        ConfigMap's): no Ingress contributes routes (fail closed), unless the operator chose
-        to serve without it, which is logged like an Ingress's own unenforced annotations."""
-        keys = list(self.settings.unenforced_global_access)
+        ConfigMap's global-auth-url, block-cidrs, ...; its problem is the ConfigMap's): each
+        part's routes already answer 403 (`compile_ingress`'s `global_access_denied`: fail
+        closed with an answer, so no request falls through to another route), unless the
+        operator chose to serve without it, which is logged like an Ingress's own unenforced
+        annotations."""
         if self.settings.serve_without_access_control:
             logger.warning(
                 "compiler.access_control_not_enforced",
                 extra={
-                    "configmap_keys": keys,
+                    "configmap_keys": list(self.settings.unenforced_global_access),
                     "ingresses": len(parts),
                     "served": True,
                     "setting": "--serve-without-access-control",
                 },
             )
-            return parts
-        return [
-            replace(p, hosts=(), entries=(), fallbacks=(), default=None, tls=(), ca_secret=None)
-            for p in parts
-        ]
 
     def _certificate(self, store: Store, namespace: str, name: str) -> LoadedCertificate | str:
         obj = store.get("Secret", namespace, name)
@@ -170,7 +172,7 @@ class Compiler:
         ours.sort(key=_precedence)
         parts = [self._part(i) for i in ours]
         if settings.unenforced_global_access:
-            parts = self._global_access(parts)
+            self._global_access(parts)
         for part in parts:
             if part.unprotected:
                 # Loud on purpose: the operator chose to expose these routes unprotected.

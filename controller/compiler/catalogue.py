@@ -749,6 +749,13 @@ RETIRED: Final[Mapping[str, str]] = {
 # with no row (`CONFIGMAP_NAMES`) has no effect and no advice; any other key is unknown.
 
 
+_GLOBAL_SOURCE_RANGES = (
+    "Checked against the client address as the annotations are. A value that is not a list of "
+    "networks fails closed: those Ingresses answer every request 503 (InvalidSourceRange), as "
+    "one whose own annotation cannot be read."
+)
+
+
 def _key(
     name: str,
     status: Status,
@@ -896,11 +903,13 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
         ),
         _key(
             "use-proxy-protocol",
-            "unsupported",
+            "supported",
             "upstream",
-            "Portico's listeners do not read the PROXY protocol yet: behind a load balancer that "
-            'sends it, every request would fail ("false" is what Portico does).',
-            issue=ISSUE_MIGRATION,
+            "The HTTP and HTTPS listeners read a PROXY protocol header (v1 or v2) first, and its "
+            "source address is the client's; a connection without one is closed. Like "
+            "ingress-nginx, that address is the peer use-forwarded-headers and "
+            "proxy-real-ip-cidr then judge.",
+            "--proxy-protocol",
         ),
         _key(
             "disable-access-log",
@@ -961,19 +970,28 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "Portico never runs snippets: an Ingress carrying one is refused whatever this "
             'key says ("false" is what Portico does).',
         ),
+        _key(
+            "whitelist-source-range",
+            "supported",
+            "access-control",
+            "Client networks (comma-separated CIDRs or addresses) allowed to reach every Ingress "
+            "without its own allowlist-source-range or whitelist-source-range annotation; others "
+            "get 403. " + _GLOBAL_SOURCE_RANGES,
+            "--allow-source-ranges",
+            access=True,
+        ),
+        _key(
+            "denylist-source-range",
+            "supported",
+            "access-control",
+            "Client networks refused (403) by every Ingress without its own "
+            "denylist-source-range annotation. " + _GLOBAL_SOURCE_RANGES,
+            "--deny-source-ranges",
+            access=True,
+        ),
         *(
             _key(name, "unsupported", "access-control", text, access=True, issue=issue)
             for name, text, issue in (
-                (
-                    "whitelist-source-range",
-                    "Client ranges allowed to reach every Ingress.",
-                    ISSUE_MIGRATION,
-                ),
-                (
-                    "denylist-source-range",
-                    "Client ranges refused by every Ingress.",
-                    ISSUE_MIGRATION,
-                ),
                 ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
                 ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
                 ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
@@ -1041,8 +1059,9 @@ CONFIGMAP_NO_EQUIVALENT: Final = (
     "Portico has no equivalent of this ingress-nginx setting; the key has no effect."
 )
 CONFIGMAP_UNENFORCED: Final = (
-    "This is access control for every Ingress, which Portico does not enforce yet: no Ingress "
-    "is served (fail closed) unless --serve-without-access-control, which serves them all "
+    "This is access control for every Ingress, which Portico does not enforce yet: every "
+    "request for every Ingress is answered 403 by Portico (fail closed; reason "
+    "`AccessControlNotEnforced`) unless --serve-without-access-control, which serves them all "
     "without it."
 )
 

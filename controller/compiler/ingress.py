@@ -283,12 +283,16 @@ def compile_ingress(
     *,
     serve_without_access_control: bool = False,
     ssl_redirect: bool = True,
-    source_ranges: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
+    global_access_denied: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
     `ssl_redirect`: whether hosts with TLS redirect plain HTTP when no annotation says;
-    `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations.
+    `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations
+    (None: the list given for them did not read, and such an Ingress fails closed with 503);
+    `global_access_denied`: access control for every Ingress is not enforced, so its routes
+    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's).
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -310,14 +314,14 @@ def compile_ingress(
     plain = opts.route
     allow = opts.allow_source_range
     deny = opts.deny_source_range
+    allow = source_ranges[0] if allow is None else allow
+    deny = source_ranges[1] if deny is None else deny
     ranges = _source_ranges(
-        source_ranges[0] if allow is None else allow,
-        source_ranges[1] if deny is None else deny,
-        opts.invalid_source_range,
+        allow or (), deny or (), opts.invalid_source_range or allow is None or deny is None
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
-    if screening.denied(serve_without_access_control):
+    if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
         plain = dataclasses.replace(plain, policy=(ACCESS_DENIED, *plain.policy))

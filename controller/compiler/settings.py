@@ -31,11 +31,16 @@ class CompileSettings:
     # says otherwise (`--ssl-redirect`, the ingress-nginx ConfigMap's `ssl-redirect`).
     ssl_redirect: bool = True
     # Keys of the ingress-nginx ConfigMap holding access control for every Ingress that Portico
-    # does not enforce (whitelist-source-range, global-auth-url, ...): unless
-    # serve_without_access_control, no Ingress is served (fail closed).
+    # does not enforce (global-auth-url, block-cidrs, ...): unless
+    # serve_without_access_control, every route answers 403 (fail closed).
     unenforced_global_access: tuple[str, ...] = ()
     # The source ranges of every Ingress without its own annotation of that kind (canonical
     # CIDR strings; `--allow-source-ranges`, `--deny-source-ranges`, the ingress-nginx
     # ConfigMap's whitelist-source-range and denylist-source-range); empty: none.
     allow_source_ranges: tuple[str, ...] = ()
     deny_source_ranges: tuple[str, ...] = ()
+    # The ConfigMap's whitelist-source-range / denylist-source-range did not read: an Ingress
+    # that would take that list answers 503 InvalidSourceRange (fail closed, as one whose own
+    # annotation does not read) rather than being served without the restriction.
+    invalid_allow_source_ranges: bool = False
+    invalid_deny_source_ranges: bool = False

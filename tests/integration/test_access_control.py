@@ -26,6 +26,8 @@ from tls_env import compiled, running, tls_client
 
 from controller.compiler import CompileSettings
 from controller.compiler.catalogue import ANNOTATIONS
+from controller.configmap import compile_settings, overlay, read
+from controller.settings import Settings
 from proxy.server import ProxyServer
 from tests.unit.kube_factory import Raw, ingress, rule
 
@@ -139,3 +141,25 @@ async def test_refused_with_403_and_never_forwarded(
         proxy.apply(compiled(*objects, pod=(pod.host, pod.port), settings=settings).snapshot)
         assert await _get(proxy, row.scheme, "full.test") == 200
         assert pod.requests == 2
+
+
+async def test_configmap_global_auth_answers_403_and_never_forwards(pod: Pod) -> None:
+    # The ingress-nginx ConfigMap's global-auth-url (test/e2e/settings/global_external_auth.go:
+    # an auth service that refuses) applies to every Ingress; Portico does not enforce it yet.
+    data = {"global-auth-url": "http://auth.example.test/deny"}
+    reading = read(data, "ingress-nginx/ingress-nginx-controller")
+    settings = compile_settings(overlay(Settings(), reading), reading)
+    objects = (_ingress("open", {}), _ingress("other", {}))
+    result = compiled(*objects, pod=(pod.host, pod.port), settings=settings)
+    async with running(result.snapshot) as proxy:
+        assert await _get(proxy, "http", "open.test") == 403
+        assert await _get(proxy, "http", "other.test") == 403
+        assert await _get(proxy, "https", "open.test") == 403
+        assert pod.requests == 0
+        # --serve-without-access-control serves them, unprotected.
+        served = compile_settings(
+            overlay(Settings(serve_without_access_control=True), reading), reading
+        )
+        proxy.apply(compiled(*objects, pod=(pod.host, pod.port), settings=served).snapshot)
+        assert await _get(proxy, "http", "open.test") == 200
+        assert pod.requests == 1

@@ -151,8 +151,18 @@ async def check(
     )
 
     # A new version: ssl-redirect off (a compile setting: served at once), another body limit
-    # (a worker setting: waits for a restart), use-gzip gone, a misspelt key.
-    sim.apply(configmap({"proxy-body-size": "1m", "ssl-redirect": "false", "proxy-bodysize": "2"}))
+    # (a worker setting: waits for a restart, as does use-proxy-protocol), use-gzip gone, a
+    # misspelt key.
+    sim.apply(
+        configmap(
+            {
+                "proxy-body-size": "1m",
+                "ssl-redirect": "false",
+                "proxy-bodysize": "2",
+                "use-proxy-protocol": "true",
+            }
+        )
+    )
 
     async def not_redirected() -> bool:
         return await get(session, controller.http, TLS_HOST) == (200, "pod-a")
@@ -164,8 +174,9 @@ async def check(
 
     await eventually(problems_now, 10)
     (restart,) = logged(controller, "configmap.restart_required")
-    assert restart["settings"] == ["max_body_bytes"]
-    assert await post(session, controller.http, 17) == 413  # still the limit the workers took
+    assert sorted(restart["settings"]) == ["max_body_bytes", "proxy_protocol"]
+    # Still the limit the workers took, and still no PROXY header expected.
+    assert await post(session, controller.http, 17) == 413
     # The leader turns the ConfigMap's problems into Events on it, and resolves the old one.
     await eventually(lambda: asyncio.sleep(0, result=configmap_events(sim, "Resolved")), 20)
     (unknown,) = await eventually(

@@ -20,7 +20,9 @@ from backends import Client, Pod
 from tls_env import compiled, running
 
 from controller.compiler import CompileSettings, compile_view
+from controller.configmap import compile_settings, overlay, read
 from controller.files import read_manifests
+from controller.settings import Settings
 from proxy.server import ProxyServer
 from tests.unit.kube_factory import ingress, rule
 
@@ -138,3 +140,29 @@ async def test_cert_manager_http01_solver_is_served() -> None:
         assert solver.requests == 2
     finally:
         await solver.stop()
+
+
+async def test_global_ranges_from_the_ingress_nginx_configmap(pod: Pod) -> None:
+    # The ConfigMap's whitelist-source-range and denylist-source-range (configmap.md: "the
+    # default ... for each server block", overwritten by an Ingress's annotation) compiled as
+    # `portico controller --nginx-configmap` compiles them.
+    data = {"whitelist-source-range": "127.0.0.0/29", "denylist-source-range": "127.0.0.5"}
+    reading = read(data, "ingress-nginx/ingress-nginx-controller")
+    settings = compile_settings(overlay(Settings(), reading), reading)
+    own = {N + "whitelist-source-range": "127.0.0.6"}
+    result = compiled(
+        ingress("global", rules=[rule("global.test")]),
+        ingress("own", annotations=own, rules=[rule("own.test")]),
+        pod=(pod.host, pod.port),
+        settings=settings,
+    )
+    async with running(result.snapshot) as proxy:
+        for host, peer, status in (
+            ("global", "127.0.0.2", 200),  # inside the global allow list
+            ("global", "127.0.0.9", 403),  # outside it
+            ("global", "127.0.0.5", 403),  # inside, but denied
+            ("own", "127.0.0.6", 200),  # its own list replaces the global allow list
+            ("own", "127.0.0.2", 403),
+        ):
+            assert await _status(proxy, Case(host, peer, None, status)) == status, (host, peer)
+    assert pod.requests == 2

@@ -224,16 +224,22 @@ def test_configmap_keys(tmp_path: Path) -> None:
     assert rows["hsts"]["status"] == "supported" and "--hsts" in rows["hsts"]["detail"]
     assert rows["use-gzip"]["status"] == "unsupported"
     assert "no equivalent" in rows["use-gzip"]["detail"]
-    # Global access control Portico does not enforce: no Ingress would be served.
-    guarded = tmp_path / "guarded.yaml"
-    guarded.write_text(
-        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n"
-        "  metadata: {name: c, namespace: n}\n"
-        "  data: {whitelist-source-range: 10.0.0.0/8}\n"
-    )
-    code, report = report_json(str(clean), "--configmap", str(guarded))
-    assert code == 2
-    assert "no Ingress is served" in report["configMap"][0]["detail"]
+    # Global access control: enforced (0), not enforced (2: every request answered 403), or not
+    # readable (2: those Ingresses answer 503).
+    for data, expected, says in (
+        ("{whitelist-source-range: 10.0.0.0/8}", 0, "--allow-source-ranges"),
+        ("{global-auth-url: 'http://auth/'}", 2, "answered 403"),
+        ("{denylist-source-range: 'example.com'}", 2, "503"),
+    ):
+        guarded = tmp_path / "guarded.yaml"
+        guarded.write_text(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n"
+            "  metadata: {name: c, namespace: n}\n"
+            f"  data: {data}\n"
+        )
+        code, report = report_json(str(clean), "--configmap", str(guarded))
+        assert code == expected, data
+        assert says in report["configMap"][0]["detail"], data
 
 
 @pytest.mark.parametrize(

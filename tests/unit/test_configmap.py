@@ -16,6 +16,7 @@ from kube_factory import ingress, ingress_class, rule, service, store_of, tls_en
 
 from controller.compiler import compile_view
 from controller.compiler.catalogue import CONFIGMAP_KEYS, CONFIGMAP_NAMES
+from controller.compiler.problems import ACCESS_CONTROL_NOT_ENFORCED
 from controller.configmap import (
     _FORWARDED,
     APPLIED,
@@ -30,10 +31,12 @@ from controller.configmap import (
 )
 from controller.explain import explain
 from controller.settings import Settings
+from proxy.config import SourceRanges
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = "ingress-nginx/ingress-nginx-controller"
 MIB = 1024 * 1024
+N = "nginx.ingress.kubernetes.io/"
 
 # (key, value written, Settings field, value it becomes, ingress-nginx's default: CM#<key>)
 APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
@@ -59,6 +62,20 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     ("disable-access-log", "true", "access_log", False, "false"),  # CM#disable-access-log
     ("worker-processes", "auto", "workers", None, "auto"),  # CM#worker-processes
     ("worker-processes", "3", "workers", 3, "auto"),
+    ("use-proxy-protocol", "true", "proxy_protocol", True, "false"),  # CM#use-proxy-protocol
+    ("use-proxy-protocol", "false", "proxy_protocol", False, "false"),
+    # CM#whitelist-source-range, CM#denylist-source-range: []string, comma-separated, default
+    # empty (splitAndTrimSpace drops empty fields).
+    ("whitelist-source-range", "10.0.0.0/8", "allow_source_ranges", ("10.0.0.0/8",), ""),
+    (
+        "whitelist-source-range",
+        "192.0.2.1, 2001:db8::/32,",
+        "allow_source_ranges",
+        ("192.0.2.1", "2001:db8::/32"),
+        "",
+    ),
+    ("denylist-source-range", "10.1.0.0/16,::1", "deny_source_ranges", ("10.1.0.0/16", "::1"), ""),
+    ("denylist-source-range", "", "deny_source_ranges", (), ""),
 ]
 
 
@@ -170,18 +187,21 @@ PROBLEM_ROWS: list[tuple[str, str, str, str | None, str]] = [
     ("ssl-protocols", "TLSv1 TLSv1.1", "unsupported", INVALID_VALUE, "TLSv1.2 and TLSv1.3"),
     ("proxy-real-ip-cidr", "10.0.0.0/33", "unsupported", INVALID_VALUE, "not an IP address"),
     ("worker-processes", "0", "unsupported", INVALID_VALUE, '"auto"'),
+    ("use-proxy-protocol", "on", "unsupported", INVALID_VALUE, '"true" or "false"'),
+    # Access control that does not read fails closed (see test_invalid_source_range_...).
+    ("whitelist-source-range", "10.0.0.0/8, example.com", "unsupported", INVALID_VALUE, "503"),
+    ("denylist-source-range", "10.0.0.0/255.0.0.0", "unsupported", INVALID_VALUE, "503"),
     # Documented keys Portico does not apply: the catalogue row, or "no equivalent".
-    ("use-proxy-protocol", "true", "unsupported", UNSUPPORTED_KEY, "PROXY protocol"),
+    ("block-cidrs", "192.0.2.0/24", "unsupported", ACCESS_CONTROL_NOT_ENFORCED, "403"),
     ("custom-http-errors", "404,503", "unsupported", UNSUPPORTED_KEY, "error pages"),
     ("use-gzip", "true", "unsupported", UNSUPPORTED_KEY, "no equivalent"),
     ("hsts-preload", "true", "unsupported", UNSUPPORTED_KEY, "preload"),
     # ... unless the value is what Portico does anyway (the catalogue's "is what Portico does").
-    ("use-proxy-protocol", "false", "supported", None, "PROXY protocol"),
     ("hsts-preload", "false", "supported", None, "preload"),
     ("forwarded-for-header", "X-Forwarded-For", "supported", None, "X-Forwarded-For only"),
     ("limit-req-status-code", "503", "supported", None, "rate limiting"),
     ("custom-http-errors", "", "supported", None, "error pages"),
-    ("whitelist-source-range", " ", "supported", None, "every Ingress"),
+    ("global-auth-url", " ", "supported", None, "every Ingress"),
     # Not an ingress-nginx key: the nearest one is suggested.
     ("proxy-bodysize", "1m", "unknown", UNKNOWN_KEY, 'did you mean "proxy-body-size"'),
     ("enable-brottli", "true", "unknown", UNKNOWN_KEY, 'did you mean "enable-brotli"'),
@@ -243,16 +263,22 @@ def test_missing_configmap_is_a_problem_and_changes_nothing() -> None:
 HOST = "app.example.com"
 
 
-def _compiled(data: dict[str, str], **flags: Any) -> Any:
+def _compiled(data: dict[str, str], annotations: dict[str, str] | None = None, **flags: Any) -> Any:
     base = Settings.from_sources(flags, {})
     reading = read(data, REF, frozenset(base.model_fields_set))
     settings = compile_settings(overlay(base, reading), reading)
     store = store_of(
         ingress_class(),
         service("web"),
-        ingress(rules=[rule(HOST)], tls=[tls_entry(None, HOST)]),
+        ingress(rules=[rule(HOST)], tls=[tls_entry(None, HOST)], annotations=annotations),
     )
     return store, compile_view(store, settings)
+
+
+def _https(data: dict[str, str], annotations: dict[str, str] | None = None, **flags: Any) -> Any:
+    store, result = _compiled(data, annotations, **flags)
+    answer = explain(result, store, f"https://{HOST}/", {})
+    return answer["status"], answer["reason"]
 
 
 @pytest.mark.parametrize(
@@ -280,15 +306,60 @@ def test_ssl_redirect_annotation_beats_the_configmap() -> None:
     assert explain(compile_view(store, settings), store, f"http://{HOST}/", {})["status"] == 308
 
 
-def test_global_access_control_fails_closed() -> None:
-    data = {"whitelist-source-range": "10.0.0.0/8"}
-    _, result = _compiled(data)
-    assert result.snapshot.routes.virtual_hosts == ()
-    assert result.owned == ("default/web",)  # still ours, with nothing served
-    assert read(data, REF).unenforced == ("whitelist-source-range",)
-    # The operator may choose to serve without it.
-    _, served = _compiled(data, serve_without_access_control=True)
-    assert [vh.host for vh in served.snapshot.routes.virtual_hosts] == [HOST]
+@pytest.mark.parametrize(
+    "data",
+    [{"global-auth-url": "http://auth.example.com/verify"}, {"block-cidrs": "192.0.2.0/24"}],
+)
+def test_unenforced_global_access_control_answers_403(data: dict[str, str]) -> None:
+    # Like an Ingress's own unenforced annotation: its routes answer, nothing falls through.
+    assert _https(data) == (403, ACCESS_CONTROL_NOT_ENFORCED)
+    assert read(data, REF).unenforced == tuple(data)
+    # The operator may choose to serve without it (503: the Service has no endpoints here).
+    assert _https(data, serve_without_access_control=True) == (503, "NoEndpoints")
+
+
+def _ranges(data: dict[str, str], annotations: dict[str, str] | None = None) -> Any:
+    _, result = _compiled(data, annotations)
+    (vhost,) = result.snapshot.routes.virtual_hosts
+    return vhost.rules[0].options.step(SourceRanges)
+
+
+# (ConfigMap data, the Ingress's annotations, (allow, deny) of its source-range step):
+# CM#whitelist-source-range and CM#denylist-source-range are each Ingress's default, "overwritten
+# by an annotation on an Ingress rule".
+GLOBAL_RANGE_ROWS: list[tuple[dict[str, str], dict[str, str], tuple[Any, ...] | None]] = [
+    ({"whitelist-source-range": "10.0.0.1/8"}, {}, (("10.0.0.0/8",), ())),
+    ({"denylist-source-range": "192.0.2.7, ::1"}, {}, ((), ("192.0.2.7/32", "::1/128"))),
+    (
+        {"whitelist-source-range": "10.0.0.0/8", "denylist-source-range": "10.1.0.0/16"},
+        {N + "whitelist-source-range": "192.0.2.0/24"},
+        (("192.0.2.0/24",), ("10.1.0.0/16",)),
+    ),
+    ({"whitelist-source-range": ""}, {}, None),
+]
+
+
+@pytest.mark.parametrize(("data", "annotations", "ranges"), GLOBAL_RANGE_ROWS)
+def test_global_source_ranges_apply_to_ingresses_without_their_own(
+    data: dict[str, str], annotations: dict[str, str], ranges: tuple[Any, ...] | None
+) -> None:
+    step = _ranges(data, annotations)
+    assert (None if step is None else (step.allow, step.deny)) == ranges
+    assert read(data, REF).problems() == ()
+
+
+@pytest.mark.parametrize("key", ["whitelist-source-range", "denylist-source-range"])
+def test_invalid_global_source_range_fails_closed(key: str) -> None:
+    # Consistent with an annotation that does not read: 503, never served unrestricted.
+    data = {key: "10.0.0.0/8, example.com"}
+    assert _https(data) == (503, "InvalidSourceRange")
+    assert read(data, REF).unenforced == ()
+    # An Ingress with its own list of that kind does not take the ConfigMap's.
+    own = {N + key: "192.0.2.0/24"}
+    assert _https(data, own) == (503, "NoEndpoints")
+    # A flag given explicitly wins over the ConfigMap: its value applies, nothing fails.
+    flag = "allow_source_ranges" if key.startswith("white") else "deny_source_ranges"
+    assert _https(data, **{flag: "192.0.2.0/24"}) == (503, "NoEndpoints")
 
 
 # ---- where the ConfigMap comes from --------------------------------------------------------------
