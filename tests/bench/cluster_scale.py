@@ -26,15 +26,13 @@ from typing import Any
 
 import aiohttp
 
+# Run as a script: the repository root makes `controller`, `proxy` and `tests` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kube_factory import endpoint_slice, ingress, path, rule, service, service_port
-from test_compile_bench import scale_objects
 
 from controller.echo import start_echo
+from tests.bench.test_compile_bench import scale_objects
 from tests.integration.serving import free_port
+from tests.kube_factory import endpoint_slice, ingress, path, rule, service, service_port
 from tests.kubesim import KubeSim
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-
-from kube_factory import (
+from controller.compiler import Compiler, CompileSettings, compile_view
+from controller.compiler.ingress import host_error, path_error
+from controller.objects import READ_KINDS, parse_object
+from controller.store import Store, WatchEvent
+from proxy.table import Router
+from tests.kube_factory import (
     endpoint_slice,
     ingress,
     ingress_class,
@@ -27,12 +28,6 @@ from kube_factory import (
     service,
     service_port,
 )
-
-from controller.compiler import Compiler, CompileSettings, compile_view
-from controller.compiler.ingress import host_error, path_error
-from controller.objects import READ_KINDS, parse_object
-from controller.store import Store, WatchEvent
-from proxy.table import Router
 
 INGRESSES = 10_000
 SERVICES = 5_000

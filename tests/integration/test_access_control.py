@@ -29,7 +29,7 @@ from controller.compiler.catalogue import ANNOTATIONS
 from controller.configmap import compile_settings, overlay, read
 from controller.settings import Settings
 from proxy.server import ProxyServer
-from tests.unit.kube_factory import Raw, ingress, rule
+from tests.kube_factory import Raw, ingress, rule
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 

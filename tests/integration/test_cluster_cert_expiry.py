@@ -24,8 +24,8 @@ from controller.reconciler import REFRESH_MARGIN
 from tests.integration.cluster import Controller
 from tests.integration.manifests import endpoint_slice, ingress, ingress_class, service
 from tests.integration.serving import eventually
+from tests.kube_factory import make_cert, tls_secret
 from tests.kubesim import KubeSim
-from tests.unit.kube_factory import make_cert, tls_secret
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -37,8 +37,8 @@ from tests.helm_tools import find_helm, render_chart
 from tests.integration import manifests
 from tests.integration.cluster import ControllerProcess
 from tests.integration.serving import echo_pods, eventually
+from tests.kube_factory import ca_secret
 from tests.kubesim import Grant, KubeSim
-from tests.unit.kube_factory import ca_secret
 
 pytestmark = pytest.mark.timeout(120)
 

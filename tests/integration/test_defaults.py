@@ -20,7 +20,7 @@ from tls_env import compiled, running, tls_client
 
 from controller.compiler.catalogue import DEFAULTS
 from proxy.settings import ProxySettings
-from tests.unit.kube_factory import ingress, path, rule, tls_entry
+from tests.kube_factory import ingress, path, rule, tls_entry
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 

@@ -310,7 +310,7 @@ async def test_certificate_expiring_while_served_falls_back_without_any_edit(
     import base64
     import datetime as dt
 
-    from tests.unit.kube_factory import make_cert
+    from tests.kube_factory import make_cert
 
     cert, key = make_cert("tls.local", lifetime=dt.timedelta(seconds=3))
     write(tmp_path / "class.yaml", CLASS)

@@ -23,7 +23,7 @@ from tls_env import client_context, compiled, running
 from proxy.server import ProxyServer
 from tests.fakes import AWS_TLV
 from tests.fakes import proxy_v2 as v2
-from tests.unit.kube_factory import ingress, rule
+from tests.kube_factory import ingress, rule
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 

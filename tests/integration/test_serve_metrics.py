@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
-from tests.unit.kube_factory import make_cert
+from tests.kube_factory import make_cert
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,7 +24,7 @@ from controller.configmap import compile_settings, overlay, read
 from controller.files import read_manifests
 from controller.settings import Settings
 from proxy.server import ProxyServer
-from tests.unit.kube_factory import ingress, rule
+from tests.kube_factory import ingress, rule
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 

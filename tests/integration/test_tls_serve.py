@@ -26,7 +26,7 @@ from tls_env import der, peer_der, served_certificate, tls_client
 from controller.reconciler import REFRESH_MARGIN
 from tests.integration.manifests import ingress, ingress_class, service_with_pods, tls_secret
 from tests.integration.serving import eventually, free_port, start_serve, stop_serve
-from tests.unit.kube_factory import make_cert
+from tests.kube_factory import make_cert
 
 pytestmark = pytest.mark.timeout(60)
 

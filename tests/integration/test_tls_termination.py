@@ -25,7 +25,7 @@ from tls_env import (
 from controller.compiler import CompileSettings
 from proxy.config import Snapshot
 from proxy.tls import TICKET_KEY_LIFETIME, TLSTerminator, ticket_keys
-from tests.unit.kube_factory import (
+from tests.kube_factory import (
     KeyKind,
     Raw,
     ingress,

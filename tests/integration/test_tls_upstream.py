@@ -16,7 +16,7 @@ from backends import Client, Pod
 from tls_env import compiled, issued_context, running
 
 from controller.compiler.problems import SECRET_INVALID
-from tests.unit.kube_factory import Raw, ca_secret, ingress, rule
+from tests.kube_factory import Raw, ca_secret, ingress, rule
 
 A = "a.example.com"
 N = "nginx.ingress.kubernetes.io/"

@@ -22,7 +22,7 @@ from controller.compiler import CompileResult, CompileSettings, compile_view
 from proxy.config import Snapshot
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
-from tests.unit.kube_factory import (
+from tests.kube_factory import (
     Raw,
     endpoint,
     endpoint_slice,

@@ -14,7 +14,7 @@ from proxy.config import (
     decode_endpoints_update,
     decode_snapshot,
 )
-from tests.unit.publishing import connect, make_snapshot, wait_for
+from tests.unit.controller.publishing import connect, make_snapshot, wait_for
 
 
 async def test_versions_full_then_endpoints_update_then_skip() -> None:

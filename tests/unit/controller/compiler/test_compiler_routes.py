@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kube_factory import (
+
+from controller.compiler import CompileResult, CompileSettings, compile_view
+from proxy.table import Router
+from tests.kube_factory import (
     CONTROLLER,
     Raw,
     backend,
@@ -21,9 +24,6 @@ from kube_factory import (
     service,
     store_of,
 )
-
-from controller.compiler import CompileResult, CompileSettings, compile_view
-from proxy.table import Router
 
 BASE = [ingress_class(), service("web"), service("api"), service("other"), endpoint_slice()]
 

@@ -22,7 +22,7 @@ from controller.compiler.catalogue import (
     supported_names,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 NAMES_FILE = ROOT / "tests" / "data" / "ingress-nginx-annotations.txt"
 DOCS = ROOT / "docs" / "annotations.md"
 

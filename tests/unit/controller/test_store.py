@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from kube_factory import (
+
+from controller.objects import READ_KINDS, parse_object
+from controller.store import Store, WatchEvent
+from tests.kube_factory import (
     Raw,
     endpoint_slice,
     ingress,
@@ -15,9 +18,6 @@ from kube_factory import (
     tls_entry,
     tls_secret,
 )
-
-from controller.objects import READ_KINDS, parse_object
-from controller.store import Store, WatchEvent
 
 
 def ev(type_: str, raw: Raw) -> WatchEvent:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
 from controller.compiler import CompileSettings, compile_view
 from controller.compiler.annotations import parse_annotations
 from proxy.config import DEFAULT_OPTIONS, BodyLimit, HTTPSRedirect
+from tests.kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"

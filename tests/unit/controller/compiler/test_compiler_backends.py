@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from kube_factory import (
+
+from controller.compiler import CompileResult, CompileSettings, compile_view
+from proxy.config import Backend, Endpoint
+from proxy.table import Router
+from tests.kube_factory import (
     Raw,
     endpoint,
     endpoint_slice,
@@ -15,10 +19,6 @@ from kube_factory import (
     service_port,
     store_of,
 )
-
-from controller.compiler import CompileResult, CompileSettings, compile_view
-from proxy.config import Backend, Endpoint
-from proxy.table import Router
 
 
 def run(*raws: Raw, port: int | str = 80, allow_external_name: bool = False) -> CompileResult:

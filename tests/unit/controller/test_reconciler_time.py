@@ -15,7 +15,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from cryptography import x509
-from kube_factory import (
+
+from controller.compiler import Compiler, CompileResult, CompileSettings
+from controller.reconciler import REFRESH_MARGIN, Reconciler
+from controller.store import Store
+from tests.kube_factory import (
     endpoint_slice,
     ingress,
     ingress_class,
@@ -27,10 +31,6 @@ from kube_factory import (
     tls_entry,
     tls_secret,
 )
-
-from controller.compiler import Compiler, CompileResult, CompileSettings
-from controller.reconciler import REFRESH_MARGIN, Reconciler
-from controller.store import Store
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kube_factory import make_cert
 
 from controller.app import with_default_certificate
 from controller.compiler import CompileResult
 from controller.files import DEFAULT_CERTIFICATE_FILE_NAME, load_certificate_files
 from controller.settings import Settings, SettingsError
 from proxy.config import Snapshot, TLSCertificate
+from tests.kube_factory import make_cert
 
 
 def write_pair(tmp_path: Path, cert: bytes, key: bytes) -> tuple[Path, Path]:

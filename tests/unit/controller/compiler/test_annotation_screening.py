@@ -10,17 +10,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from kube_factory import ingress, ingress_class, path, rule, service, store_of, tls_entry
 
 from controller.compiler import Compiler, CompileResult, CompileSettings, compile_view
 from controller.explain import explain
 from controller.files import read_manifests
 from proxy.config import Refuse, SourceRanges
+from tests.kube_factory import ingress, ingress_class, path, rule, service, store_of, tls_entry
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
 HOST = "app.test"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 CORPUS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx" / "nginx"
 
 

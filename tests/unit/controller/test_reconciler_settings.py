@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kube_factory import ingress, ingress_class, rule, service, store_of
 
 from controller.compiler import Compiler, CompileSettings, Problem
 from controller.reconciler import Reconciler
+from tests.kube_factory import ingress, ingress_class, rule, service, store_of
 
 pytestmark = pytest.mark.timeout(30)
 

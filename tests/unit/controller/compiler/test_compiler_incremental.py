@@ -9,7 +9,11 @@ from typing import Literal
 
 import pytest
 from cryptography import x509
-from kube_factory import (
+
+from controller.compiler import Compiler, CompileSettings, compile_view
+from controller.objects import parse_object
+from controller.store import Store, WatchEvent
+from tests.kube_factory import (
     Raw,
     endpoint_slice,
     ingress,
@@ -22,10 +26,6 @@ from kube_factory import (
     tls_entry,
     tls_secret,
 )
-
-from controller.compiler import Compiler, CompileSettings, compile_view
-from controller.objects import parse_object
-from controller.store import Store, WatchEvent
 
 SETTINGS = CompileSettings()
 

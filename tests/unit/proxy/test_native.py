@@ -163,7 +163,7 @@ def test_what_runs_and_why(package_copy: Path, case: Case) -> None:
 
 def dockerfile_check() -> list[str]:
     """The Dockerfile's command that fails the image build unless the request path is compiled."""
-    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    text = (Path(__file__).resolve().parents[3] / "Dockerfile").read_text()
     match = re.search(r"(/opt/portico/bin/python [^\n]*require_compiled\(\)\)\")", text)
     assert match is not None, "the Dockerfile no longer checks the build"
     command = shlex.split(match.group(1))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
 from controller.compiler import compile_view
 from controller.compiler.catalogue import CONFIGMAP_KEYS, CONFIGMAP_NAMES
@@ -32,8 +31,9 @@ from controller.configmap import (
 from controller.explain import explain
 from controller.settings import Settings
 from proxy.config import SourceRanges
+from tests.kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 REF = "ingress-nginx/ingress-nginx-controller"
 MIB = 1024 * 1024
 N = "nginx.ingress.kubernetes.io/"

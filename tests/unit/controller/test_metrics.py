@@ -26,7 +26,7 @@ from proxy.channel import (
 )
 from proxy.metrics import BYTES_OUT, DURATION, METHODS, RequestMetrics
 from tests import fakes
-from tests.unit.publishing import connect, make_snapshot, wait_for
+from tests.unit.controller.publishing import connect, make_snapshot, wait_for
 
 _COUNT = slice(DURATION, DURATION + 12)
 

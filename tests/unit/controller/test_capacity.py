@@ -143,7 +143,7 @@ def test_no_cgroup_files_means_no_limits(tmp_path: Path) -> None:
 def test_chart_defaults_hold_the_workers_they_start() -> None:
     # The chart's defaults: no CPU limit, workers 0 (auto), a memory limit. On a 32-CPU node
     # that must not mean 32 workers; values.yaml states the count the limit allows.
-    values_file = Path(__file__).resolve().parents[2] / "charts" / "portico" / "values.yaml"
+    values_file = Path(__file__).resolve().parents[3] / "charts" / "portico" / "values.yaml"
     values = yaml.safe_load(values_file.read_text())
     assert values["controller"]["workers"] == 0
     assert "cpu" not in values["resources"]["limits"]

@@ -22,7 +22,7 @@ from controller.metrics import WorkerTotals
 from controller.publisher import Publisher, WorkerLink
 from proxy import native
 from proxy.channel import Message, MessageType, send_message
-from tests.unit.publishing import wait_for
+from tests.unit.controller.publishing import wait_for
 
 
 class Case(NamedTuple):

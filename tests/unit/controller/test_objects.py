@@ -7,7 +7,18 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_factory import (
+
+from controller.objects import (
+    READ_KINDS,
+    EndpointSlice,
+    Ingress,
+    IngressClass,
+    ObjectParseError,
+    Secret,
+    Service,
+    parse_object,
+)
+from tests.kube_factory import (
     backend,
     endpoint,
     endpoint_slice,
@@ -20,17 +31,6 @@ from kube_factory import (
     service,
     service_port,
     tls_entry,
-)
-
-from controller.objects import (
-    READ_KINDS,
-    EndpointSlice,
-    Ingress,
-    IngressClass,
-    ObjectParseError,
-    Secret,
-    Service,
-    parse_object,
 )
 
 

@@ -13,7 +13,7 @@ from controller.cli import main
 
 # main() runs in this process: it must leave pytest's logging alone.
 pytestmark = pytest.mark.usefixtures("cli_logging_off")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
 
 GOOD = """\

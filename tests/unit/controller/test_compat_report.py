@@ -15,7 +15,7 @@ from controller.cli import main
 
 # main() runs in this process: it must leave pytest's logging alone.
 pytestmark = pytest.mark.usefixtures("cli_logging_off")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CORPUS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx"
 MANIFESTS = CORPUS / "nginx"
 LIST = CORPUS / "nginx-ingresses-list.yaml"

@@ -6,7 +6,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kube_factory import (
+
+from controller.compiler import Compiler, CompileSettings, compile_view
+from controller.objects import ObjectParseError, parse_object
+from controller.store import Store, WatchEvent
+from proxy.config import decode_snapshot, encode_snapshot
+from proxy.table import Router
+from tests.kube_factory import (
     Raw,
     backend,
     endpoint,
@@ -20,12 +26,6 @@ from kube_factory import (
     tls_entry,
     tls_secret,
 )
-
-from controller.compiler import Compiler, CompileSettings, compile_view
-from controller.objects import ObjectParseError, parse_object
-from controller.store import Store, WatchEvent
-from proxy.config import decode_snapshot, encode_snapshot
-from proxy.table import Router
 
 NAMES = st.sampled_from(["web", "api", "db"])
 NAMESPACES = st.sampled_from(["default", "team"])

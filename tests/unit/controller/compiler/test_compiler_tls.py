@@ -6,7 +6,11 @@ import base64
 import datetime as dt
 
 import pytest
-from kube_factory import (
+
+from controller.compiler import CompileResult, CompileSettings, compile_view
+from controller.compiler.tls import covers
+from proxy.config import HTTPSRedirect
+from tests.kube_factory import (
     KeyKind,
     Raw,
     endpoint_slice,
@@ -20,10 +24,6 @@ from kube_factory import (
     tls_entry,
     tls_secret,
 )
-
-from controller.compiler import CompileResult, CompileSettings, compile_view
-from controller.compiler.tls import covers
-from proxy.config import HTTPSRedirect
 
 A = "a.example.com"
 

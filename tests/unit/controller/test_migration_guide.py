@@ -35,7 +35,7 @@ import pytest
 from controller.cli import build_parser
 from tests.helm_tools import CHART, find_helm
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GUIDE = ROOT / "docs" / "migrating-from-ingress-nginx.md"
 CORPUS = ROOT / "tests" / "data" / "corpus" / "ingress-nginx"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())

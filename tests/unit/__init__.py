@@ -1,0 +1,1 @@
+"""Unit tests, one package per product package: proxy/, controller/ (its compiler/, kube/)."""
