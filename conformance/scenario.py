@@ -53,9 +53,6 @@ REQUIREMENTS: Final[dict[str, str]] = {
     ONE_WORKER: "Portico running one worker in one replica (answers counted per pod)",
 }
 CA_KEY: Final = "ca.crt"  # the key of a CA bundle in a Secret, as ingress-nginx reads it
-# The CAs a `ca_secrets` entry may hold: the one that signed the HTTPS echo pods' certificates,
-# or one that signed nothing here.
-CA_NAMES: Final = ("pods", "unrelated")
 
 # (kind, name, namespace); namespace None for cluster-scoped kinds.
 ObjectKey: TypeAlias = tuple[str, str, str | None]
@@ -443,7 +440,7 @@ class Environment:
     pod_addresses: Mapping[str, str]  # pod placeholder -> IP
     echo_port: int
     certificates: Mapping[str, Certificate]  # certificate (Secret) name -> generated PEMs
-    ca_bundles: Mapping[str, bytes] = field(default_factory=dict)  # CA_NAMES -> PEM
+    ca_bundles: Mapping[str, bytes] = field(default_factory=dict)  # CASecretSpec.ca -> PEM
     unwatched_namespace: str | None = None
 
 

@@ -58,7 +58,6 @@ CATEGORIES: Final = (
 )
 
 # The Portico issues that add what is not supported yet.
-ISSUE_MIGRATION: Final = 16  # source ranges, the controller ConfigMap, drop-in class
 ISSUE_FORWARDING: Final = 17  # paths, redirects, upstream requests, error pages, passthrough
 ISSUE_PROTECTION: Final = 18  # auth, client certificates, rate limits, CORS, affinity, canary
 
