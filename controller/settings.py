@@ -87,6 +87,15 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
     "hsts": "Send Strict-Transport-Security on HTTPS responses.",
     "hsts_max_age": "max-age, in seconds, of the Strict-Transport-Security header.",
     "hsts_include_subdomains": "Add includeSubDomains to the Strict-Transport-Security header.",
+    "http2": "Offer HTTP/2 (ALPN h2) on the HTTPS listener (--no-http2: HTTP/1.1 only).",
+    "h2c": (
+        "Also accept cleartext HTTP/2 with prior knowledge on the HTTP listener, told from "
+        "HTTP/1.1 by the connection preface."
+    ),
+    "http2_max_requests": (
+        "Streams served on one HTTP/2 connection before a graceful GOAWAY (ingress-nginx's "
+        "http2-max-requests)."
+    ),
     "shutdown_delay": (
         "Seconds listeners stay open after SIGTERM (readiness already failing) so load "
         "balancers notice."
@@ -100,6 +109,7 @@ _PROXY_MINIMUM: Final[Mapping[str, int]] = {
     "max_headers": 1,
     "max_connections": 1,
     "upstream_max_attempts": 1,
+    "http2_max_requests": 1,
 }
 
 

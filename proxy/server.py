@@ -28,6 +28,7 @@ from proxy.config import EndpointsUpdate, Snapshot
 from proxy.connections import Client, Connections, Pipe, Timed
 from proxy.downstream import DownstreamProtocol
 from proxy.exchange import Forwarding
+from proxy.h2server import AlpnSwitch, H2Connection, PrefaceSniffer
 from proxy.headers import ClientContexts
 from proxy.metrics import RequestMetrics
 from proxy.pool import Pool
@@ -182,14 +183,44 @@ class ProxyServer:
             port,
         )
 
+    def client_h2_protocol(self, scheme: str, port: int) -> H2Connection:
+        """The protocol of one client connection speaking HTTP/2 (proxy/h2server.py)."""
+        return H2Connection(
+            self.loop,
+            self.settings,
+            self.routing,
+            self.connections,
+            self.telemetry,
+            self.contexts,
+            scheme,
+            port,
+        )
+
+    def _plain_protocol(self, http2: bool) -> asyncio.Protocol:
+        if http2:
+            return self.client_h2_protocol("http", self.http_port)
+        return self.client_protocol("http", self.http_port)
+
     def _http_factory(self) -> asyncio.Protocol:
         if self.settings.proxy_protocol:
             timeout = self.settings.client_header_timeout
             return HeaderReader(self.loop, timeout, self._proxied_http)
+        if self.settings.h2c:
+            timeout = self.settings.client_header_timeout
+            return PrefaceSniffer(self.loop, timeout, self._plain_protocol)
         return self.client_protocol("http", self.http_port)
 
     def _proxied_http(self, transport: asyncio.Transport, source: Source, rest: bytes) -> None:
         """A plain-HTTP connection whose PROXY header is read: HTTP from here on."""
+        if self.settings.h2c:
+            timeout = self.settings.client_header_timeout
+            client_ip = source[0] if source is not None else None
+            sniffer = PrefaceSniffer(self.loop, timeout, self._plain_protocol, client_ip)
+            transport.set_protocol(sniffer)
+            sniffer.connection_made(transport)
+            if rest:
+                sniffer.data_received(rest)
+            return
         protocol = self.client_protocol("http", self.http_port)
         transport.set_protocol(protocol)
         if source is None:  # LOCAL / UNKNOWN: the connection's own peer
@@ -210,7 +241,8 @@ class ProxyServer:
         assert generation is not None
         tls = self.tls
         if tls is None:
-            tls = TLSTerminator(self.settings.tls_min_version)
+            alpn = ("h2", "http/1.1") if self.settings.http2 else ("http/1.1",)
+            tls = TLSTerminator(self.settings.tls_min_version, alpn=alpn)
             tls.update(generation.snapshot)
             self.tls = tls
         context = tls.listener_context()
@@ -228,7 +260,15 @@ class ProxyServer:
         self._servers.append(server)
         logger.info("proxy.listening", extra={"port": self.https_port, "scheme": "https"})
 
-    def _https_factory(self) -> DownstreamProtocol:
+    def _https_factory(self) -> asyncio.Protocol:
+        if self.settings.http2:
+            return AlpnSwitch(self._tls_protocol)
+        return self.client_protocol("https", self.https_port)
+
+    def _tls_protocol(self, http2: bool) -> asyncio.Protocol:
+        """The protocol ALPN chose for an HTTPS connection."""
+        if http2:
+            return self.client_h2_protocol("https", self.https_port)
         return self.client_protocol("https", self.https_port)
 
     async def shutdown(self, drain_timeout: float) -> None:

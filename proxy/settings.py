@@ -71,6 +71,13 @@ class ProxySettings:
     hsts_max_age: int = 31_536_000
     hsts_include_subdomains: bool = True
 
+    # HTTP/2 (proxy/h2server.py): ALPN h2 on the HTTPS listener; with h2c, cleartext HTTP/2 with
+    # prior knowledge on the HTTP listener too; a graceful GOAWAY after so many streams on one
+    # connection (ingress-nginx's http2-max-requests, 1000).
+    http2: bool = True
+    h2c: bool = False
+    http2_max_requests: int = 1000
+
     # Graceful shutdown (SIGTERM/SIGINT): /readyz fails at once, listeners stay open this long so
     # load balancers notice, then in-flight requests get up to drain_timeout to finish.
     shutdown_delay: float = 5.0

@@ -85,8 +85,13 @@ def _memory_file(data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
-def server_context(certificate: TLSCertificate, min_version: str = "1.2") -> ssl.SSLContext:
-    """A server SSLContext holding one certificate chain and key, with Portico's defaults."""
+def server_context(
+    certificate: TLSCertificate,
+    min_version: str = "1.2",
+    alpn: tuple[str, ...] = ("http/1.1",),
+) -> ssl.SSLContext:
+    """A server SSLContext holding one certificate chain and key, with Portico's defaults;
+    `alpn`: the protocols offered, preferred first."""
     if min_version not in _TLS_VERSIONS:
         raise ValueError(f"unsupported minimum TLS version {min_version!r}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -94,7 +99,7 @@ def server_context(certificate: TLSCertificate, min_version: str = "1.2") -> ssl
     context.set_ciphers(INTERMEDIATE_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     with (
         _memory_file(certificate.cert_pem.encode()) as cert_path,
         _memory_file(certificate.key_pem.encode()) as key_path,
@@ -183,6 +188,7 @@ def build_certificate_set(
     default: TLSCertificate,
     min_version: str = "1.2",
     cache: dict[bytes, ssl.SSLContext] | None = None,
+    alpn: tuple[str, ...] = ("http/1.1",),
 ) -> CertificateSet:
     """Contexts for every host an Ingress lists under `tls` with a certificate that covers it.
 
@@ -198,7 +204,7 @@ def build_certificate_set(
         key = _content_key(certificate, min_version)
         found = used.get(key) or old.get(key)
         if found is None:
-            found = server_context(certificate, min_version)
+            found = server_context(certificate, min_version, alpn)
         used[key] = found
         return found
 
@@ -245,10 +251,18 @@ class TLSTerminator:
     per worker.
     """
 
-    def __init__(self, min_version: str = "1.2", fallback: TLSCertificate | None = None) -> None:
+    def __init__(
+        self,
+        min_version: str = "1.2",
+        fallback: TLSCertificate | None = None,
+        alpn: tuple[str, ...] = ("http/1.1",),
+    ) -> None:
         if min_version not in _TLS_VERSIONS:
             raise ValueError(f"unsupported minimum TLS version {min_version!r}")
         self.min_version = min_version
+        # The protocols every context offers (ALPN), set in each: OpenSSL answers ALPN with the
+        # context the SNI callback switched to.
+        self.alpn = alpn
         self.fallback = fallback if fallback is not None else self_signed_certificate()
         self.current: CertificateSet | None = None
         self.rebuilds = 0
@@ -268,7 +282,7 @@ class TLSTerminator:
             return False
         try:
             certificates = build_certificate_set(
-                snapshot, self.fallback, self.min_version, self._cache
+                snapshot, self.fallback, self.min_version, self._cache, self.alpn
             )
         except ssl.SSLError as exc:
             raise ValueError(f"cannot load a TLS certificate: {exc.reason or exc}") from None
@@ -293,7 +307,7 @@ class TLSTerminator:
         client sent no SNI, so the current set decides every handshake.
         """
         if self._listener is None:
-            context = server_context(self.fallback, self.min_version)
+            context = server_context(self.fallback, self.min_version, self.alpn)
 
             def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
                 certificates = self.current

@@ -1,0 +1,598 @@
+"""Client-facing HTTP/2: one connection, many streams, each stream one exchange.
+
+An `H2Connection` is the protocol of a client connection that speaks HTTP/2: ALPN `h2` on the
+HTTPS listener (`AlpnSwitch` picks it after the handshake), or the connection preface on the
+plain listener with `--h2c` (`PrefaceSniffer` tells it from HTTP/1.1 by the first bytes). The
+codec (proxy/h2codec.py, libnghttp2) reads the frames and checks the protocol's rules; each
+request it reports becomes an `H2Stream`, which is the `ClientSide` (proxy/clientside.py) of an
+`Exchange` opened by `Routing.open_exchange`, exactly as an HTTP/1.1 request head is: same
+validation, routing, policy steps, balancing, pool, retries, metrics and access log. The
+request's HTTP/2 fields are rendered into the HTTP/1.1 head the pod gets (`:authority` as Host,
+cookies joined, a body without `content-length` sent chunked).
+
+Exchanges begin once the read that opened them is processed, so a stream opened and reset (or
+found malformed) in the same read never reaches a pod. Output is taken from the codec once per
+loop iteration (`_flush`, scheduled by whatever queued a frame) and only while the transport
+takes writes: a client that does not read leaves its acknowledgements queued in the codec,
+where libnghttp2's flood limit sees them.
+
+Flow control end to end (issue 19 item 2): a stream's request DATA is acknowledged to the
+client (`consume`) when the exchange has taken it, unless the exchange paused reading
+(proxy/flow.py: the pod does not take the body, or no connection is attached and 64 KiB are
+buffered); the acknowledgement then waits for `resume_reading`. Response data beyond what the
+client's windows admit queues in the codec, up to STREAM_HIGH per stream; past it the pod's
+connection stops being read until the client opens its window again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from proxy import flow, h2codec
+from proxy import headers as hdr
+from proxy.clientside import ClientSide
+from proxy.connections import Connections
+from proxy.exchange import Exchange
+from proxy.h2codec import CodecError, Handler, Headers, ServerCodec
+from proxy.headers import REQUEST_NAMES, ClientContexts, RequestHead, ResponseHead
+from proxy.replies import local_reply
+from proxy.routing import Routing
+from proxy.settings import ProxySettings
+from proxy.telemetry import Telemetry
+
+logger = logging.getLogger("portico.proxy")
+
+# Response bytes queued in the codec for one stream (the client's window is shut) beyond which
+# the pod's connection is no longer read; it is read again below STREAM_LOW.
+STREAM_HIGH = 64 * 1024
+STREAM_LOW = 16 * 1024
+
+# Fields HTTP/2 forbids (RFC 9113 §8.2.2); render_response may add the framing ones.
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def _h2_fields(status: int, rendered: bytes) -> list[tuple[bytes, bytes]]:
+    """A response head rendered for HTTP/1.1 (status line, then "Name: value" lines) as
+    HTTP/2 fields: `:status` first, names in lower case, connection-specific fields left out."""
+    fields = [(b":status", b"%d" % status)]
+    for line in rendered.split(b"\r\n")[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        lname = name.lower()
+        if lname not in _CONNECTION_SPECIFIC:
+            fields.append((lname, value.strip(b" \t")))
+    return fields
+
+
+class H2Stream(ClientSide):
+    """One request/response of an HTTP/2 connection, the `ClientSide` of its exchange."""
+
+    __slots__ = (
+        "conn",
+        "discarding",
+        "ended",
+        "exchange",
+        "paused",
+        "stream_id",
+        "unacked",
+    )
+
+    def __init__(self, conn: H2Connection, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.ctx = conn.ctx
+        self.read_at = conn.read_at
+        self.write_paused = False
+        self.exchange: Exchange | None = None
+        self.ended = False  # the response's end (or a reset) is submitted
+        self.paused = False  # the exchange does not take more body now
+        self.unacked = 0  # body bytes taken while paused, acknowledged on resume
+        # The exchange is over but the client still sends its body: read and dropped.
+        self.discarding = False
+
+    # ---- the client side of the exchange (see proxy/clientside.py) -------------------------
+
+    def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.ended:
+            return
+        fields = [(b":status", b"%d" % status)]
+        fields += [(n.lower(), v) for n, v in headers if n.lower() not in _CONNECTION_SPECIFIC]
+        self.conn.codec.send_informational(self.stream_id, fields)
+        self.conn.schedule_flush()
+
+    def send_head(
+        self,
+        status: int,
+        parts: list[bytes],
+        special: list[tuple[bytes, bytes, bytes]],
+        head: RequestHead,
+        added: bytes,
+        replaced: frozenset[bytes],
+    ) -> ResponseHead:
+        response = hdr.render_response(
+            status, parts, special, head.method == b"HEAD", True, True, added, replaced
+        )
+        if not self.ended:
+            end = response.framing == hdr.FRAME_NONE
+            self.conn.codec.send_headers(self.stream_id, _h2_fields(status, response.data), end)
+            self.ended = end
+            self.conn.schedule_flush()
+        return response
+
+    def send_body(self, piece: bytes | memoryview) -> None:
+        if self.ended or not piece:
+            return
+        conn = self.conn
+        codec = conn.codec
+        codec.send_data(self.stream_id, piece, False)
+        conn.schedule_flush()
+        if not self.write_paused and codec.queued(self.stream_id) > STREAM_HIGH:
+            self.write_paused = True
+            conn.stalled.append(self)
+            exchange = self.exchange
+            if exchange is not None:
+                flow.client_stalled(exchange.conn)
+
+    def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
+        if self.ended:
+            return False
+        data = local_reply(status, close=False, head_only=head_only)
+        head, _, body = data.partition(b"\r\n\r\n")
+        response = _h2_fields(status, head + b"\r\n" + fields)
+        codec = self.conn.codec
+        codec.send_headers(self.stream_id, response, not body)
+        if body:
+            codec.send_data(self.stream_id, body, True)
+        self.ended = True
+        self.conn.schedule_flush()
+        return True
+
+    def finish(self, exchange: object, reusable: bool, now: float) -> None:
+        conn = self.conn
+        if not self.ended:
+            self.ended = True
+            conn.codec.end_stream(self.stream_id)
+            conn.schedule_flush()
+        self.exchange = None
+        if not reusable:
+            # The client may still be sending the body: read it and drop it (its window
+            # keeps opening, so the client is not left waiting).
+            self.discarding = True
+            self.paused = False
+            if self.unacked:
+                conn.codec.consume(self.stream_id, self.unacked)
+                self.unacked = 0
+        conn.exchange_done(now)
+
+    def upgrade(
+        self,
+        exchange: object,
+        headers: list[tuple[bytes, bytes]],
+        rest: bytes,
+        upstream: asyncio.Transport,
+    ) -> None:
+        # HTTP/2 has no Upgrade (the codec refuses the field): a pod's 101 cannot be relayed.
+        upstream.abort()
+        self.abort()
+
+    def abort(self) -> None:
+        self.exchange = None
+        if not self.ended:
+            self.ended = True
+            self.conn.codec.reset_stream(self.stream_id, h2codec.INTERNAL_ERROR)
+            self.conn.schedule_flush()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.unacked:
+                self.conn.codec.consume(self.stream_id, self.unacked)
+                self.unacked = 0
+                self.conn.schedule_flush()
+
+    # ---- from the connection ----------------------------------------------------------------
+
+    def drained(self, now: float) -> bool:
+        """Whether the response data queued for the client fell below STREAM_LOW (then the
+        pod's connection is read again)."""
+        if self.ended or self.conn.codec.queued(self.stream_id) < STREAM_LOW:
+            self.write_paused = False
+            exchange = self.exchange
+            if exchange is not None and not self.conn.write_paused:
+                flow.client_drained(exchange.conn, now)
+            return True
+        return False
+
+    def lost(self) -> None:
+        """The stream is gone (reset by the client, or the connection closed)."""
+        exchange = self.exchange
+        self.exchange = None
+        self.ended = True
+        if exchange is not None:
+            exchange.client_lost()
+
+
+class H2Connection(asyncio.Protocol, Handler):
+    """The protocol of one client connection speaking HTTP/2."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: ProxySettings,
+        routing: Routing,
+        connections: Connections,
+        telemetry: Telemetry,
+        contexts: ClientContexts,
+        scheme: str,
+        port: int,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.routing = routing
+        self.connections = connections
+        self.telemetry = telemetry
+        self.contexts = contexts
+        self.scheme = scheme
+        self.port = port
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
+        self.ctx: hdr.ClientContext | None = None
+        self.codec = ServerCodec(self)
+        self.streams: dict[int, H2Stream] = {}
+        self.starting: list[Exchange] = []
+        # Streams whose pod connection is paused because the client's window is shut.
+        self.stalled: list[H2Stream] = []
+        self.read_at = 0.0
+        self.deadline = 0.0
+        self.closing = False
+        self.write_paused = False
+        self.flush_scheduled = False
+        self.requests = 0  # streams opened, for --http2-max-requests
+        self.going_away = False  # our GOAWAY is out: no new stream
+
+    # ---- transport events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.accepted(transport, peer[0] if isinstance(peer, tuple) else "127.0.0.1")
+
+    def accepted(self, transport: asyncio.BaseTransport, client_ip: str) -> None:
+        """The connection starts, from `client_ip` (the peer's, or the PROXY protocol's)."""
+        self.transport = cast(asyncio.Transport, transport)
+        self.ctx = self.contexts.get(client_ip, self.scheme, self.port)
+        if not self.connections.admit(self):
+            self.closing = True
+            self.transport.abort()
+            return
+        self.read_at = now = self.loop.time()
+        self.deadline = now + self.settings.client_header_timeout
+        self._flush()  # our SETTINGS
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.read_at = self.loop.time()
+        # Whatever the events below queue is written once, at the end of this read.
+        self.flush_scheduled = True
+        try:
+            self.codec.feed(data)
+        except CodecError as exc:
+            self.telemetry.reject(self.ctx, 0, "HTTP2" + exc.reason, str(exc))
+            self._fail(exc.goaway)
+            return
+        starting = self.starting
+        if starting:
+            self.starting = []
+            for exchange in starting:
+                if not exchange.finished:
+                    exchange.begin()
+        self._flush()
+        self._set_deadline()
+
+    def eof_received(self) -> bool | None:
+        return False  # a half-closed HTTP/2 connection cannot go on: close it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.deadline = 0.0
+        self.connections.release(self)
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.starting = []
+        for stream in streams:
+            stream.lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for stream in self.streams.values():
+            exchange = stream.exchange
+            if exchange is not None:
+                flow.client_stalled(exchange.conn)
+        self.deadline = self.loop.time() + self.settings.client_body_timeout
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        now = self.loop.time()
+        self._flush()
+        for stream in self.streams.values():
+            exchange = stream.exchange
+            if exchange is not None and not stream.write_paused:
+                flow.client_drained(exchange.conn, now)
+        self._set_deadline()
+
+    # ---- codec events (proxy/h2codec.py Handler) ----------------------------------------------
+
+    def request(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        if self.going_away:
+            self.codec.reset_stream(stream_id, h2codec.REFUSED_STREAM)
+            return
+        self.requests += 1
+        stream = H2Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        method = path = authority = None
+        parts = [b"", b" ", b"", b""]
+        special: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] | None = None
+        has_length = False
+        host: bytes | None = None
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue  # :scheme is the listener's (X-Forwarded-Proto says it)
+            if name == b"cookie":
+                # RFC 9113 §8.2.3: cookie crumbs are one field again for HTTP/1.1.
+                cookies = [value] if cookies is None else [*cookies, value]
+                continue
+            lname = REQUEST_NAMES.special_name(name)
+            if lname:
+                if lname == b"host":
+                    host = value
+                    continue
+                if lname == b"content-length":
+                    has_length = True
+                special.append((lname, value))
+            else:
+                parts += (name, b": ", value, b"\r\n")
+        if authority is not None:
+            if host is not None and host != authority:
+                # RFC 9113 §8.3.1: Host naming another entity than :authority is malformed.
+                self._refuse(stream, "HostMismatch")
+                return
+            host = authority
+        if host is not None:
+            special.insert(0, (b"host", host))
+        if cookies is not None:
+            parts += (b"cookie: ", b"; ".join(cookies), b"\r\n")
+        if not end_stream and not has_length:
+            # A body of unknown length: chunked to the pod (HTTP/1.1's framing for it).
+            special.append((b"transfer-encoding", b"chunked"))
+        assert method is not None  # the codec checked the pseudo-header fields
+        url = path if path is not None else (authority or b"")
+        exchange = self.routing.open_exchange(stream, method, url, "1.1", parts, special)
+        stream.exchange = exchange
+        self.starting.append(exchange)
+
+    def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        exchange = stream.exchange if stream is not None else None
+        if stream is None or exchange is None or stream.discarding:
+            self.codec.consume(stream_id, size)
+            return
+        if size:
+            exchange.request_body(data)
+            if stream.paused:
+                stream.unacked += size
+            else:
+                self.codec.consume(stream_id, size)
+        if end_stream:
+            exchange.request_end()
+
+    def trailers(self, stream_id: int, headers: Headers) -> None:
+        # Request trailers are not forwarded to an HTTP/1.1 pod (nginx drops them too); they
+        # end the request.
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.exchange is not None:
+            stream.exchange.request_end()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.lost()
+
+    def closed(self, stream_id: int, code: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and (code != h2codec.NO_ERROR or not stream.ended):
+            # Closed before our response ended (a stream error the codec found): cut the
+            # exchange. A stream whose response ended may still have its exchange finishing.
+            stream.lost()
+        if not self.streams:
+            self._set_deadline()
+            if self.going_away:
+                self.schedule_flush()  # (called from within _flush: never flush here)
+
+    def window_opened(self, stream_id: int) -> None:
+        # Queued data may leave now; stalled streams are checked once it has (_flush).
+        self.schedule_flush()
+
+    def goaway(self, last_stream_id: int, code: int) -> None:
+        self.going_away = True
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled and not self.closing:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closing or self.write_paused:
+            return
+        codec = self.codec
+        data = codec.output()
+        if data:
+            self.transport.write(data)
+            if self.stalled:
+                now = self.loop.time()
+                self.stalled = [s for s in self.stalled if not s.drained(now)]
+        if not codec.open or (self.going_away and not self.streams and not codec.wants_write):
+            self.close()
+
+    def exchange_done(self, now: float) -> None:
+        self.telemetry.stats.requests += 1
+        if self.connections.draining or self.requests >= self.settings.http2_max_requests:
+            self._go_away()
+
+    # ---- ends --------------------------------------------------------------------------------
+
+    def _go_away(self) -> None:
+        """Graceful GOAWAY: the streams open finish, then the connection closes."""
+        if not self.going_away:
+            self.going_away = True
+            self.codec.goaway(h2codec.NO_ERROR)
+            self.schedule_flush()
+
+    def _refuse(self, stream: H2Stream, reason: str) -> None:
+        self.telemetry.reject(self.ctx, 0, reason)
+        self.streams.pop(stream.stream_id, None)
+        self.codec.reset_stream(stream.stream_id, h2codec.PROTOCOL_ERROR)
+
+    def _fail(self, goaway: bytes) -> None:
+        if not self.closing:
+            self.transport.write(goaway)
+            self.close()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.deadline = 0.0
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.deadline = 0.0
+            self.transport.abort()
+
+    def _set_deadline(self) -> None:
+        if self.closing:
+            return
+        if self.write_paused:
+            return  # set by pause_writing: a client not reading is timed
+        if self.streams:
+            self.deadline = 0.0  # each exchange's own timers run
+        else:
+            self.deadline = self.read_at + self.settings.keepalive_timeout
+
+    def timeout(self) -> None:
+        """Called by the server's sweep when `deadline` passed."""
+        self.deadline = 0.0
+        if self.closing:
+            return
+        if self.write_paused:
+            self.telemetry.reject(self.ctx, 0, "ClientNotReading")
+            self.abort()
+            return
+        if not self.streams:
+            self._go_away()
+            self._flush()
+            self.close()
+
+    def drain(self) -> None:
+        """Shutdown: GOAWAY; close once the streams open are answered."""
+        self._go_away()
+        if not self.streams:
+            self._flush()
+            self.close()
+
+
+class PrefaceSniffer(asyncio.Protocol):
+    """The first bytes of a plain-HTTP connection with `--h2c`: the HTTP/2 connection preface
+    (prior knowledge, RFC 9113 §3.3) hands it to HTTP/2, anything else to HTTP/1.1. Until it
+    can tell (24 bytes at most), it is timed by the header timeout."""
+
+    __slots__ = ("buffer", "choose", "client_ip", "timer", "transport")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        choose: Callable[[bool], asyncio.Protocol],
+        client_ip: str | None = None,
+    ) -> None:
+        self.choose = choose
+        self.client_ip = client_ip
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._timed_out)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        preface = h2codec.PREFACE
+        if len(buffer) < len(preface) and preface.startswith(buffer):
+            self.buffer = buffer
+            return
+        self._hand_over(buffer[: len(preface)] == preface, buffer)
+
+    def _hand_over(self, http2: bool, data: bytes) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport = self.transport
+        assert transport is not None
+        protocol = self.choose(http2)
+        transport.set_protocol(protocol)
+        accepted = getattr(protocol, "accepted", None)
+        if self.client_ip is not None and accepted is not None:
+            accepted(transport, self.client_ip)
+        else:
+            protocol.connection_made(transport)
+        if data and not transport.is_closing():
+            protocol.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AlpnSwitch(asyncio.Protocol):
+    """The HTTPS connection's protocol until its handshake is done: then the one ALPN chose
+    (`h2`, else HTTP/1.1), which takes the transport over."""
+
+    __slots__ = ("choose",)
+
+    def __init__(self, choose: Callable[[bool], asyncio.Protocol]) -> None:
+        self.choose = choose
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        chosen = tls.selected_alpn_protocol() if tls is not None else None
+        protocol = self.choose(chosen == "h2")
+        cast(asyncio.Transport, transport).set_protocol(protocol)
+        protocol.connection_made(transport)
