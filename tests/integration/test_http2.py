@@ -1,0 +1,439 @@
+"""HTTP/2 to clients (issue 19 items 1-3), through real sockets to test pods.
+
+`curl --http2` (ALPN h2 on the HTTPS listener) and `curl --http2-prior-knowledge` (`--h2c` on
+the plain one) as real clients; hyper-h2 over a socket as a raw client where the test must send
+what curl would not (malformed requests, several streams at once, floods). Each stream is an
+HTTP/1.1 exchange to the pod: what the pod saw is asserted as well as what the client got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import pytest
+from backends import Pod, snapshot
+
+from proxy.server import ProxyServer
+from proxy.settings import ProxySettings
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "h2.test"
+
+
+async def start(pod: Pod, **settings: Any) -> ProxyServer:
+    """A proxy with an HTTP and an HTTPS listener (the fallback certificate) to `pod`."""
+    settings.setdefault("access_log", False)
+    proxy = ProxyServer(ProxySettings(**settings))
+    proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}))
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
+    return proxy
+
+
+async def curl(*args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of curl with `args`."""
+    process = await asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def seen(doc: dict[str, Any]) -> dict[str, str]:
+    """The pod's echo document's header fields, by lower-case name."""
+    return {name.lower(): value for name, value in doc["headers"]}
+
+
+class RawClient:
+    """hyper-h2 over a TCP connection: sends what it is told, collects events by stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        self.events: list[h2.events.Event] = []
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        client.h2.initiate_connection()
+        client.flush()
+        return client
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.writer.write(data)
+
+    async def read(self) -> bool:
+        """One read; False at the end of the connection (closed or reset)."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        for event in self.h2.receive_data(data):
+            self.events.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.flush()
+        return True
+
+    def request(
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        authority: str = HOST,
+        end: bool = True,
+    ) -> int:
+        stream_id: int = self.h2.get_next_available_stream_id()
+        headers = [
+            (b":method", method.encode()),
+            (b":scheme", b"http"),
+            (b":authority", authority.encode()),
+            (b":path", path.encode()),
+            *(extra or []),
+        ]
+        self.h2.send_headers(stream_id, headers, end_stream=body is None and end)
+        if body is not None and end:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        self.flush()
+        return stream_id
+
+    async def send_body(self, stream_id: int, body: bytes) -> None:
+        """A request body as the windows admit it (read while they are shut)."""
+        view = memoryview(body)
+        while view:
+            window = min(self.h2.local_flow_control_window(stream_id), 16_384)
+            if window <= 0:
+                assert await self.read(), "connection closed during the upload"
+                continue
+            self.h2.send_data(stream_id, bytes(view[:window]), end_stream=len(view) <= window)
+            view = view[window:]
+            self.flush()
+
+    async def response(self, stream_id: int) -> tuple[dict[bytes, bytes], bytes, int | None]:
+        """(fields, body, reset code or None) of a stream, once it ended."""
+        while not self._done(stream_id):
+            if not await self.read():
+                break
+        fields: dict[bytes, bytes] = {}
+        body = b""
+        reset = None
+        for event in self.events:
+            if getattr(event, "stream_id", None) != stream_id:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                fields = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+            elif isinstance(event, h2.events.StreamReset):
+                reset = event.error_code
+        return fields, body, reset
+
+    def _done(self, stream_id: int) -> bool:
+        return any(
+            isinstance(e, h2.events.StreamEnded | h2.events.StreamReset)
+            and e.stream_id == stream_id
+            for e in self.events
+        )
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        for event in self.events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return event
+        return None
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+async def h2c(pod: Pod) -> AsyncIterator[ProxyServer]:
+    proxy = await start(pod, h2c=True, http2_max_requests=1000, max_body_bytes=0)
+    yield proxy
+    await proxy.shutdown(1.0)
+
+
+# ---- real clients -------------------------------------------------------------------------
+
+
+async def test_curl_http2_over_tls_alpn(pod: Pod) -> None:
+    """Issue 19 item 1: ALPN h2 on the HTTPS listener, on by default; the pod gets HTTP/1.1
+    with the forwarded fields of an HTTPS request."""
+    proxy = await start(pod)
+    try:
+        url = f"https://{HOST}:{proxy.https_port}/echo?via=h2"
+        resolve = f"{HOST}:{proxy.https_port}:127.0.0.1"
+        code, out, err = await curl(
+            "-k", "--http2", "--resolve", resolve, "-w", "\n%{http_version}", url
+        )
+        assert code == 0, err
+        body, version = out.rsplit("\n", 1)
+        assert version == "2"
+        doc = json.loads(body)
+        assert doc["version"] == "1.1" and doc["target"] == "/echo?via=h2"
+        fields = seen(doc)
+        assert fields["host"] == f"{HOST}:{proxy.https_port}"
+        assert fields["x-forwarded-proto"] == "https"
+    finally:
+        await proxy.shutdown(1.0)
+
+
+async def test_no_http2_offers_only_http11(pod: Pod) -> None:
+    """`--no-http2`: ALPN offers http/1.1 alone; curl --http2 falls back to it."""
+    proxy = await start(pod, http2=False)
+    try:
+        url = f"https://127.0.0.1:{proxy.https_port}/echo"
+        code, out, err = await curl(
+            "-k", "--http2", "-o", "/dev/null", "-w", "%{http_version}", url
+        )
+        assert (code, out) == (0, "1.1"), err
+    finally:
+        await proxy.shutdown(1.0)
+
+
+async def test_curl_prior_knowledge_h2c(pod: Pod, h2c: ProxyServer) -> None:
+    """Issue 19 item 1: `--h2c` takes HTTP/2 with prior knowledge on the plain listener, and
+    HTTP/1.1 on the same port still works (told apart by the preface)."""
+    url = f"http://127.0.0.1:{h2c.http_port}/echo"
+    code, out, err = await curl("--http2-prior-knowledge", "-w", "\n%{http_version}", url)
+    assert code == 0, err
+    body, version = out.rsplit("\n", 1)
+    assert version == "2"
+    assert seen(json.loads(body))["x-forwarded-proto"] == "http"
+    code, out, err = await curl("-o", "/dev/null", "-w", "%{http_version}", url)
+    assert (code, out) == (0, "1.1"), err
+
+
+async def test_h2c_off_by_default(pod: Pod) -> None:
+    """Without `--h2c` the plain listener is HTTP/1.1 only: the preface is refused."""
+    proxy = await start(pod)
+    try:
+        url = f"http://127.0.0.1:{proxy.http_port}/echo"
+        code, _, _ = await curl("--http2-prior-knowledge", url)
+        assert code != 0
+        assert pod.requests == 0
+    finally:
+        await proxy.shutdown(1.0)
+
+
+@pytest.mark.parametrize("size", [0, 1000, 70_000, 1_000_000])
+async def test_response_bodies_through_the_windows(pod: Pod, h2c: ProxyServer, size: int) -> None:
+    """Response bodies larger than the client's windows arrive whole (issue 19 item 2)."""
+    url = f"http://127.0.0.1:{h2c.http_port}/stream?n={size}"
+    code, out, err = await curl(
+        "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url
+    )
+    assert (code, out) == (0, f"200 {size}"), err
+
+
+# ---- what the pod is sent -----------------------------------------------------------------
+
+
+async def test_body_without_length_is_chunked_to_the_pod(pod: Pod, h2c: ProxyServer) -> None:
+    """A request body of unknown length (no content-length, as gRPC sends) reaches the HTTP/1.1
+    pod whole, chunked; uploads past the stream window flow as the pod takes them."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        body = bytes(range(256)) * 4096  # 1 MiB, 16 times the initial window
+        stream = client.request("/sink", "POST", b"", end=False)
+        await client.send_body(stream, body)
+        fields, answer, reset = await client.response(stream)
+        assert reset is None and fields[b":status"] == b"200"
+        doc = json.loads(answer)
+        assert doc == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    finally:
+        await client.close()
+
+
+async def test_request_fields_for_http11(pod: Pod, h2c: ProxyServer) -> None:
+    """RFC 9113 §8.2.3 cookie crumbs become one field; :authority is the Host."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        stream = client.request(
+            "/echo",
+            extra=[(b"cookie", b"a=1"), (b"x-app", b"yes"), (b"cookie", b"b=2")],
+        )
+        fields, body, _ = await client.response(stream)
+        assert fields[b":status"] == b"200"
+        doc = json.loads(body)
+        headers = seen(doc)
+        assert headers["cookie"] == "a=1; b=2"
+        assert headers["host"] == HOST
+        assert headers["x-app"] == "yes"
+    finally:
+        await client.close()
+
+
+# Malformed requests (issue 19 item 3): a stream error, never forwarded; RFC 9113 sections.
+MALFORMED = [
+    ("connection field (§8.2.2)", [(b"connection", b"close")]),
+    ("transfer-encoding (§8.2.2)", [(b"transfer-encoding", b"chunked")]),
+    ("te other than trailers (§8.2.2)", [(b"te", b"gzip")]),
+    ("CR in a value (§8.2.1)", [(b"x-a", b"a\rb")]),
+    ("LF in a value (§8.2.1)", [(b"x-a", b"a\nb")]),
+    ("NUL in a value (§8.2.1)", [(b"x-a", b"a\x00b")]),
+    ("Host other than :authority (§8.3.1)", [(b"host", b"other.test")]),
+]
+
+
+@pytest.mark.parametrize(("case", "extra"), MALFORMED, ids=[c for c, _ in MALFORMED])
+async def test_malformed_requests_never_reach_the_pod(
+    pod: Pod, h2c: ProxyServer, case: str, extra: list[tuple[bytes, bytes]]
+) -> None:
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        stream = client.request("/echo", extra=extra)
+        _, _, reset = await client.response(stream)
+        assert reset == 1, case  # PROTOCOL_ERROR
+        # The connection goes on, and the next request is served.
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+        assert pod.requests == 1
+    finally:
+        await client.close()
+
+
+async def test_content_length_mismatch_is_not_forwarded_whole(pod: Pod, h2c: ProxyServer) -> None:
+    """More DATA than content-length: the stream is reset; the pod never gets a complete
+    request (its connection is closed, not reused)."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        stream = client.request("/sink", "POST", b"x" * 20, [(b"content-length", b"10")])
+        _, _, reset = await client.response(stream)
+        assert reset == 1
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await client.close()
+
+
+# ---- streams and the connection -----------------------------------------------------------
+
+
+async def test_concurrent_streams_on_one_connection(pod: Pod, h2c: ProxyServer) -> None:
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        streams = [client.request(f"/slow?delay=0.2&i={i}") for i in range(20)]
+        ids = set()
+        for stream in streams:
+            fields, body, reset = await client.response(stream)
+            assert reset is None and fields[b":status"] == b"200"
+            ids.add(seen(json.loads(body))["x-request-id"])
+        assert len(ids) == 20
+    finally:
+        await client.close()
+
+
+async def test_local_answers_in_http2(pod: Pod, h2c: ProxyServer) -> None:
+    """Portico's own answers (here a 405 for CONNECT) are HTTP/2 responses on their stream."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        stream = client.request("/", method="OPTIONS", extra=[])
+        fields, _, _ = await client.response(stream)
+        assert fields[b":status"] == b"200"
+        client.h2.send_headers(
+            3, [(b":method", b"CONNECT"), (b":authority", b"x.test:443")], end_stream=True
+        )
+        client.flush()
+        fields, body, reset = await client.response(3)
+        assert reset is None
+        assert fields[b":status"] == b"405" and body.startswith(b"405")
+        assert fields[b"server"] == b"portico"
+    finally:
+        await client.close()
+
+
+async def test_graceful_goaway_after_max_requests(pod: Pod) -> None:
+    """`--http2-max-requests N`: after N streams a graceful GOAWAY; curl finishes what it
+    sent and opens a new connection for the rest (ingress-nginx's http2-max-requests). Over
+    TLS: Debian's curl 7.88.1 cannot reuse an h2c prior-knowledge connection (curl#10634)."""
+    proxy = await start(pod, http2_max_requests=3)
+    try:
+        url = f"https://127.0.0.1:{proxy.https_port}/echo"
+        code, out, err = await curl(
+            "-k",
+            "--http2",
+            "-w",
+            "%{http_version} %{http_code} %{num_connects}\n",
+            *["-o", "/dev/null", url] * 5,
+        )
+        assert code == 0, err
+        assert out.split("\n")[:5] == ["2 200 1", "2 200 0", "2 200 0", "2 200 1", "2 200 0"]
+    finally:
+        await proxy.shutdown(1.0)
+
+
+async def test_rapid_reset_ends_the_connection(pod: Pod, h2c: ProxyServer) -> None:
+    """CVE-2023-44487 through a socket: streams opened and reset at once end the connection
+    (GOAWAY, then close); the proxy serves the next client."""
+    client = await RawClient.connect(h2c.http_port)
+    reading = asyncio.create_task(_read_to_end(client))
+    sent = 0
+    try:
+        for i in range(5000):
+            if reading.done():
+                break
+            stream = client.request(f"/echo?i={i}")
+            client.h2.reset_stream(stream)
+            client.flush()
+            sent += 1
+            if i % 50 == 0:
+                await client.writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        await asyncio.wait_for(reading, 10)
+        await client.close()
+    # libnghttp2's limit: a burst of 1000 resets, then 33 a second; its GOAWAY says
+    # INTERNAL_ERROR. A stream opened and reset in one read never reaches the pod.
+    goaway = client.goaway()
+    assert client.closed
+    assert goaway is not None and goaway.error_code == 2
+    assert goaway.last_stream_id < 2 * 1100
+    assert pod.requests <= 10
+    again = await RawClient.connect(h2c.http_port)
+    try:
+        fields, _, _ = await again.response(again.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await again.close()
+
+
+async def _read_to_end(client: RawClient) -> None:
+    try:
+        while await client.read():
+            pass
+    except h2.exceptions.ProtocolError:
+        client.closed = True
