@@ -9,6 +9,7 @@ HTTP/1.1 exchange to the pod: what the pod saw is asserted as well as what the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -107,6 +108,7 @@ class RawClient:
         self,
         path: str,
         method: str = "GET",
+        *,
         body: bytes | None = None,
         extra: list[tuple[bytes, bytes]] | None = None,
         authority: str = HOST,
@@ -172,10 +174,8 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:
-            pass
 
 
 @pytest.fixture
@@ -267,7 +267,7 @@ async def test_body_without_length_is_chunked_to_the_pod(pod: Pod, h2c: ProxySer
     client = await RawClient.connect(h2c.http_port)
     try:
         body = bytes(range(256)) * 4096  # 1 MiB, 16 times the initial window
-        stream = client.request("/sink", "POST", b"", end=False)
+        stream = client.request("/sink", "POST", body=b"", end=False)
         await client.send_body(stream, body)
         fields, answer, reset = await client.response(stream)
         assert reset is None and fields[b":status"] == b"200"
@@ -330,7 +330,7 @@ async def test_content_length_mismatch_is_not_forwarded_whole(pod: Pod, h2c: Pro
     request (its connection is closed, not reused)."""
     client = await RawClient.connect(h2c.http_port)
     try:
-        stream = client.request("/sink", "POST", b"x" * 20, [(b"content-length", b"10")])
+        stream = client.request("/sink", "POST", body=b"x" * 20, extra=[(b"content-length", b"10")])
         _, _, reset = await client.response(stream)
         assert reset == 1
         fields, _, _ = await client.response(client.request("/echo"))
