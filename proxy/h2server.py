@@ -74,6 +74,7 @@ class H2Stream(ClientSide):
     """One request/response of an HTTP/2 connection, the `ClientSide` of its exchange."""
 
     __slots__ = (
+        "body_deadline",
         "conn",
         "discarding",
         "ended",
@@ -95,6 +96,8 @@ class H2Stream(ClientSide):
         self.unacked = 0  # body bytes taken while paused, acknowledged on resume
         # The exchange is over but the client still sends its body: read and dropped.
         self.discarding = False
+        # Loop time by which the client must send more of the request body (0.0: none due).
+        self.body_deadline = 0.0
 
     # ---- the client side of the exchange (see proxy/clientside.py) -------------------------
 
@@ -383,6 +386,8 @@ class H2Connection(asyncio.Protocol, Handler):
         url = path if path is not None else (authority or b"")
         exchange = self.routing.open_exchange(stream, method, url, "1.1", parts, special)
         stream.exchange = exchange
+        if not end_stream:
+            stream.body_deadline = self.read_at + self.settings.client_body_timeout
         self.starting.append(exchange)
 
     def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
@@ -399,14 +404,19 @@ class H2Connection(asyncio.Protocol, Handler):
             else:
                 self.codec.consume(stream_id, size)
         if end_stream:
+            stream.body_deadline = 0.0
             exchange.request_end()
+        else:
+            stream.body_deadline = self.read_at + self.settings.client_body_timeout
 
     def trailers(self, stream_id: int, headers: Headers) -> None:
         # Request trailers are not forwarded to an HTTP/1.1 pod (nginx drops them too); they
         # end the request.
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.exchange is not None:
-            stream.exchange.request_end()
+        if stream is not None:
+            stream.body_deadline = 0.0
+            if stream.exchange is not None:
+                stream.exchange.request_end()
 
     def reset(self, stream_id: int, code: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -494,7 +504,10 @@ class H2Connection(asyncio.Protocol, Handler):
         if self.write_paused:
             return  # set by pause_writing: a client not reading is timed
         if self.streams:
-            self.deadline = 0.0  # each exchange's own timers run
+            # Each exchange's upstream timers run; the client is timed only while it owes a
+            # request body (the earliest of those deadlines).
+            due = [s.body_deadline for s in self.streams.values() if s.body_deadline]
+            self.deadline = min(due) if due else 0.0
         else:
             self.deadline = self.read_at + self.settings.keepalive_timeout
 
@@ -511,6 +524,23 @@ class H2Connection(asyncio.Protocol, Handler):
             self._go_away()
             self._flush()
             self.close()
+            return
+        now = self.loop.time()
+        for stream in list(self.streams.values()):
+            if 0.0 < stream.body_deadline <= now:
+                exchange = stream.exchange
+                if exchange is None:
+                    # Answered already; the rest of its body is not worth waiting for.
+                    stream.body_deadline = 0.0
+                    self.codec.reset_stream(stream.stream_id, h2codec.CANCEL)
+                elif stream.paused:
+                    # The pod is not taking the body: its send timeout runs, not ours.
+                    stream.body_deadline = now + self.settings.client_body_timeout
+                else:
+                    stream.body_deadline = 0.0
+                    exchange.client_timeout()  # 408 on this stream alone
+        self._flush()
+        self._set_deadline()
 
     def drain(self) -> None:
         """Shutdown: GOAWAY; close once the streams open are answered."""

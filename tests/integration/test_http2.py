@@ -21,7 +21,9 @@ import h2.events
 import h2.exceptions
 import pytest
 from backends import Pod, snapshot
+from serving import eventually
 
+from proxy.h2server import STREAM_HIGH, H2Connection
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 
@@ -74,6 +76,7 @@ class RawClient:
         )
         self.events: list[h2.events.Event] = []
         self.closed = False
+        self.ack = True  # acknowledge response data as it is read (opening the windows)
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
@@ -99,7 +102,7 @@ class RawClient:
             return False
         for event in self.h2.receive_data(data):
             self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
+            if isinstance(event, h2.events.DataReceived) and self.ack:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         self.flush()
         return True
@@ -435,5 +438,124 @@ async def _read_to_end(client: RawClient) -> None:
     try:
         while await client.read():
             pass
-    except h2.exceptions.ProtocolError:
+    except (h2.exceptions.ProtocolError, TimeoutError):
         client.closed = True
+
+
+# ---- flow control end to end, timeouts, drain (issue 19 items 2, 3, 6) ---------------------
+
+
+def only_stream(proxy: ProxyServer) -> tuple[H2Connection, Any] | None:
+    """The proxy's one HTTP/2 client connection and its one open stream, if there is one."""
+    for conn in proxy.connections.clients:
+        if isinstance(conn, H2Connection) and len(conn.streams) == 1:
+            return conn, next(iter(conn.streams.values()))
+    return None
+
+
+async def test_client_not_reading_pauses_the_pod(pod: Pod, h2c: ProxyServer) -> None:
+    """A client whose windows stay shut: Portico queues at most STREAM_HIGH plus one read of
+    the response and stops reading the pod; the rest flows once the client reads."""
+    client = await RawClient.connect(h2c.http_port)
+    client.ack = False
+    try:
+        size = 8 * 1024 * 1024
+        stream = client.request(f"/stream?n={size}")
+
+        async def paused() -> H2Connection | None:
+            await asyncio.sleep(0)
+            found = only_stream(h2c)
+            exchange = found[1].exchange if found is not None else None
+            upstream = exchange.conn if exchange is not None else None
+            if upstream is None or upstream.transport is None:
+                return None
+            return None if upstream.transport.is_reading() else found[0]
+
+        reading = asyncio.create_task(_read_to_end(client))
+        conn = await eventually(paused, limit=10)
+        assert conn.codec.queued(stream) <= STREAM_HIGH + 256 * 1024
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        client.ack = True
+        client.h2.acknowledge_received_data(
+            sum(
+                e.flow_controlled_length
+                for e in client.events
+                if isinstance(e, h2.events.DataReceived)
+            ),
+            stream,
+        )
+        client.flush()
+        _, body, reset = await client.response(stream)
+        assert reset is None and len(body) == size
+    finally:
+        await client.close()
+
+
+async def test_pod_not_reading_shuts_the_clients_window(pod: Pod, h2c: ProxyServer) -> None:
+    """A pod that takes the body slowly: the client's window is reopened only as the pod takes
+    the body, so what Portico holds for the pod stays bounded (a window and a transport
+    buffer, not the upload); the whole body still arrives."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        body = bytes(range(256)) * (64 * 1024)  # 16 MiB
+        stream = client.request("/slow-read?delay=0.02", "POST", body=b"", end=False)
+        held = 0
+        view = memoryview(body)
+        while view:
+            window = min(client.h2.local_flow_control_window(stream), 16_384)
+            if window <= 0:
+                assert await client.read()
+                found = only_stream(h2c)
+                exchange = found[1].exchange if found is not None else None
+                if exchange is not None and exchange.conn is not None:
+                    held = max(held, exchange.conn.transport.get_write_buffer_size())
+                continue
+            client.h2.send_data(stream, bytes(view[:window]), end_stream=len(view) <= window)
+            view = view[window:]
+            client.flush()
+            await client.writer.drain()
+        fields, answer, _ = await client.response(stream)
+        assert fields[b":status"] == b"200"
+        assert json.loads(answer)["sha256"] == hashlib.sha256(body).hexdigest()
+        assert held <= 512 * 1024
+    finally:
+        await client.close()
+
+
+async def test_client_body_timeout_answers_408_on_the_stream(pod: Pod) -> None:
+    """A client that stops sending a request body gets 408 on that stream; the connection and
+    its other streams go on (nginx's client_body_timeout)."""
+    proxy = await start(pod, h2c=True, client_body_timeout=0.3)
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        stream = client.request("/sink", "POST", body=b"", end=False)
+        client.h2.send_data(stream, b"partial")
+        client.flush()
+        fields, _, reset = await client.response(stream)
+        assert reset in (None, 0) and fields[b":status"] == b"408"
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
+
+
+async def test_drain_finishes_streams_in_flight(pod: Pod) -> None:
+    """Shutdown: GOAWAY at once, the stream in flight answered, then the connection closes
+    (issue 19 item 6)."""
+    proxy = await start(pod)
+    url = f"https://127.0.0.1:{proxy.https_port}/slow?delay=0.5"
+    request = asyncio.create_task(
+        curl("-k", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url)
+    )
+    await eventually(lambda: _has_stream(proxy), limit=10)
+    await proxy.shutdown(5.0)
+    code, out, err = await request
+    assert (code, out) == (0, "2 200"), err
+    assert not proxy.connections.clients
+
+
+async def _has_stream(proxy: ProxyServer) -> bool:
+    return any(isinstance(c, H2Connection) and c.streams for c in proxy.connections.clients)
