@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +22,10 @@ import h2.events
 import h2.exceptions
 import pytest
 from backends import Pod, snapshot
+from hyperframe.frame import PingFrame, SettingsFrame
 from serving import eventually
 
+from proxy import h2codec
 from proxy.h2server import STREAM_HIGH, H2Connection
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
@@ -559,3 +562,48 @@ async def test_drain_finishes_streams_in_flight(pod: Pod) -> None:
 
 async def _has_stream(proxy: ProxyServer) -> bool:
     return any(isinstance(c, H2Connection) and c.streams for c in proxy.connections.clients)
+
+
+# ---- floods through real sockets (issue 19 item 3): each ends the connection --------------
+
+
+def _ping() -> bytes:
+    return PingFrame(0, opaque_data=b"12345678").serialize()
+
+
+def _settings() -> bytes:
+    return SettingsFrame(0, settings={4: 65_535}).serialize()
+
+
+@pytest.mark.parametrize(("case", "frame"), [("PING", _ping), ("SETTINGS", _settings)])
+async def test_ack_flood_ends_the_connection(
+    pod: Pod, h2c: ProxyServer, case: str, frame: Any
+) -> None:
+    """A PING or SETTINGS flood from a client that never reads ends the connection (more
+    than 1000 acknowledgements queued in the codec: libnghttp2's limit), with what Portico
+    holds for the client bounded all along (its transport buffer; the codec's output is not
+    taken while that buffer is full)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", h2c.http_port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    sent = 0
+    try:
+        writer.write(h2codec.PREFACE + SettingsFrame(0).serialize())
+        batch = frame() * 1000
+        async with asyncio.timeout(20):
+            while not [c for c in h2c.connections.clients if isinstance(c, H2Connection)]:
+                await asyncio.sleep(0.01)
+            (conn,) = [c for c in h2c.connections.clients if isinstance(c, H2Connection)]
+            while not conn.closing and sent < 2_000_000:
+                writer.write(batch)
+                sent += 1000
+                await writer.drain()
+                assert conn.transport.get_write_buffer_size() <= 256 * 1024, case
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    assert conn.closing, f"{case}: {sent} frames and the connection is still open"
+    assert pod.requests == 0
