@@ -19,7 +19,8 @@ from proxy.config import PathRule
 # client, method, host, target, status, bytes, seconds, upstream, request id, reason,
 # X-Forwarded-For as received, upstream status (0: none, and then upstream seconds mean nothing),
 # upstream seconds (head arrival - request sent), the path rule (it names Ingress and Service;
-# looked up here rather than on the request path).
+# looked up here rather than on the request path), the client's protocol ("HTTP/1.1",
+# "HTTP/2.0": nginx's $server_protocol).
 Entry = tuple[
     bytes,
     bytes,
@@ -35,6 +36,7 @@ Entry = tuple[
     int,
     float,
     PathRule | None,
+    bytes,
 ]
 
 BATCH = 128
@@ -114,6 +116,7 @@ class AccessLog:
                 upstream_status,
                 upstream_seconds,
                 rule,
+                protocol,
             ) = e
             if unsafe(host + target + rid) is not None:
                 host, target, rid = _json_bytes(host), _json_bytes(target), _json_bytes(rid)
@@ -132,6 +135,8 @@ class AccessLog:
                     forwarded,
                     b',"method":"',
                     method,
+                    b'","protocol":"',
+                    protocol,
                     b'","host":"',
                     host,
                     b'","target":"',

@@ -88,6 +88,10 @@ class ClientSide:
         """Cut the client off: the response cannot be completed."""
         raise NotImplementedError
 
+    def protocol(self, head: RequestHead | None) -> bytes:
+        """The client's protocol for the access log (nginx's $server_protocol)."""
+        return b"HTTP/1.1" if head is None or head.version_11 else b"HTTP/1.0"
+
     def pause_reading(self) -> None:
         """Stop reading the request body (backpressure, see proxy/flow.py)."""
         raise NotImplementedError

@@ -599,6 +599,7 @@ class Exchange(Receiver):
                     self.status if self.response is not None else 0,
                     head_at - self.sent_at,
                     route.rule if route is not None else None,
+                    self.client.protocol(head),
                 ),
             )
         )

@@ -191,6 +191,9 @@ class H2Stream(ClientSide):
             self.conn.codec.reset_stream(self.stream_id, h2codec.INTERNAL_ERROR)
             self.conn.schedule_flush()
 
+    def protocol(self, head: RequestHead | None) -> bytes:
+        return b"HTTP/2.0"
+
     def pause_reading(self) -> None:
         self.paused = True
 

@@ -86,5 +86,6 @@ class Telemetry:
                     0,
                     0.0,
                     None,
+                    b"HTTP/1.1",  # refused by the HTTP/1.1 parser
                 )
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -607,3 +608,24 @@ async def test_ack_flood_ends_the_connection(
         writer.close()
     assert conn.closing, f"{case}: {sent} frames and the connection is still open"
     assert pod.requests == 0
+
+
+async def test_access_log_names_the_protocol(pod: Pod) -> None:
+    """Issue 19 items 1 and 7: the access log says which protocol the client spoke."""
+    proxy = await start(pod, h2c=True, access_log=True)
+    access = proxy.access
+    assert access is not None
+    access.stream = io.BytesIO()
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        fields, _, _ = await client.response(client.request("/echo?h2"))
+        assert fields[b":status"] == b"200"
+        code, _, err = await curl("-o", "/dev/null", f"http://127.0.0.1:{proxy.http_port}/echo?h1")
+        assert code == 0, err
+        access.flush()
+        lines = [json.loads(line) for line in access.stream.getvalue().splitlines()]
+        by_target = {line["target"]: line["protocol"] for line in lines}
+        assert by_target == {"/echo?h2": "HTTP/2.0", "/echo?h1": "HTTP/1.1"}
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)

@@ -8,7 +8,7 @@ import json
 from proxy.accesslog import BATCH, XFF_LIMIT, AccessLog, Entry
 from proxy.config import PathRule
 
-_NO_UPSTREAM = (None, 0, 0.0, None)  # xff, upstream status and time, rule
+_NO_UPSTREAM = (None, 0, 0.0, None, b"HTTP/1.1")  # xff, upstream status and time, rule, protocol
 
 
 def _route(service: str | None) -> PathRule:
@@ -42,12 +42,14 @@ def test_fields_of_a_forwarded_request() -> None:
                 200,
                 0.0105,
                 _route("default/web-svc"),
+                b"HTTP/2.0",
             )
         ]
     )
     assert line["event"] == "access"
     assert line["client"] == "10.0.0.1"
     assert line["method"] == "GET"
+    assert line["protocol"] == "HTTP/2.0"
     assert line["host"] == "a.example"
     assert line["target"] == "/x?y=1"
     assert line["status"] == 200
@@ -96,6 +98,7 @@ def test_client_controlled_values_are_escaped() -> None:
         0,
         0.0,
         _route(None),
+        b"HTTP/1.1",
     )
     (line,) = _lines([entry])
     assert line["forwarded_for"] == xff[:XFF_LIMIT].decode("latin-1")
