@@ -9,6 +9,8 @@ protections, on: each malformed request is a stream error before it is reported 
 
 from __future__ import annotations
 
+import struct
+
 import h2.config
 import h2.connection
 import h2.events
@@ -355,3 +357,79 @@ def test_graceful_goaway_lets_open_streams_finish() -> None:
         ("HeadersFrame", 1, True)
     ]
     assert not codec.open
+
+
+def _raw(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """A frame as bytes, whatever it says (hyperframe refuses to build invalid ones)."""
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream_id)
+        + payload
+    )
+
+
+def _headers(stream_id: int) -> bytes:
+    block = hpack.Encoder().encode(BASE)
+    return HeadersFrame(stream_id, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+
+
+# h2spec's connection-level cases (its section numbers, RFC 9113's): each is a GOAWAY with the
+# error code the RFC names, and the connection is over.
+CONNECTION_ERRORS = [
+    ("6.1 DATA on stream 0", _raw(0x0, 0, 0, b"x"), h2codec.PROTOCOL_ERROR),
+    ("5.1.1 even stream id from a client", _headers(2), h2codec.PROTOCOL_ERROR),
+    ("6.9 WINDOW_UPDATE of 0", _raw(0x8, 0, 0, struct.pack(">I", 0)), h2codec.PROTOCOL_ERROR),
+    ("4.3 invalid HPACK block", _raw(0x1, 0x5, 1, b"\xff" * 5), 0x9),  # COMPRESSION_ERROR
+    (
+        "6.5.2 SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+        _raw(0x4, 0, 0, struct.pack(">HI", 4, 2**31)),
+        h2codec.FLOW_CONTROL_ERROR,
+    ),
+    ("4.2 frame above SETTINGS_MAX_FRAME_SIZE", _raw(0x0, 0, 1, b"x" * 20_000), 0x6),
+    ("6.5 SETTINGS length not a multiple of 6", _raw(0x4, 0, 0, b"\x00\x04\x00"), 0x6),
+    ("6.7 PING length not 8", _raw(0x6, 0, 0, b"1234567"), 0x6),
+    (
+        "6.9.1 connection window above 2^31-1",
+        _raw(0x8, 0, 0, struct.pack(">I", 2**31 - 1)),
+        h2codec.FLOW_CONTROL_ERROR,
+    ),
+    ("6.10 CONTINUATION without HEADERS", _raw(0x9, 0x4, 1, b""), h2codec.PROTOCOL_ERROR),
+    ("5.1 DATA on an idle stream", DataFrame(1, data=b"x").serialize(), h2codec.PROTOCOL_ERROR),
+    ("5.1 RST_STREAM on an idle stream", _raw(0x3, 0, 1, struct.pack(">I", 8)), 0x1),
+    (
+        "5.3.1 a stream depending on itself",
+        _raw(0x1, 0x25, 1, struct.pack(">IB", 1, 16) + hpack.Encoder().encode(BASE)),
+        h2codec.PROTOCOL_ERROR,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "code"), CONNECTION_ERRORS, ids=[c for c, _, _ in CONNECTION_ERRORS]
+)
+def test_connection_errors(case: str, data: bytes, code: int) -> None:
+    _, codec, rec = connected()
+    try:
+        codec.feed(data)
+        written = codec.output()
+    except CodecError as exc:
+        written = exc.goaway
+    assert goaway_code(written) == code, case
+    assert not codec.open
+    assert "request" not in rec.kinds()
+
+
+def test_bad_preface_ends_the_connection() -> None:
+    """h2spec 3.5: a connection that does not begin with the preface."""
+    codec = ServerCodec(Recorder())
+    with pytest.raises(CodecError) as caught:
+        codec.feed(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert goaway_code(caught.value.goaway) == h2codec.PROTOCOL_ERROR
+
+
+def test_unknown_frame_types_are_ignored() -> None:
+    """h2spec 5.5: extension frames of unknown type are ignored."""
+    _, codec, _ = connected()
+    codec.feed(_raw(0x42, 0, 0, b"abc"))
+    assert codec.open and goaway_code(codec.output()) is None
