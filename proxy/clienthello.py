@@ -79,17 +79,20 @@ def _handshake_message(data: bytes) -> bytes:
         end = offset + RECORD_HEADER + length
         if end > MAX_HELLO:
             raise HelloError(f"ClientHello longer than {MAX_HELLO} bytes")
+        if needed_body < 0:
+            # The handshake header, checked as soon as it is there (before its record is whole).
+            start = payload + data[offset + RECORD_HEADER : min(end, offset + RECORD_HEADER + 4)]
+            if len(start) >= 4:
+                if start[0] != _CLIENT_HELLO:
+                    raise HelloError("first handshake message is not a ClientHello")
+                needed_body = int.from_bytes(start[1:4], "big")
+                # Every record adds a header: the body cannot fit if even its bytes do not.
+                if RECORD_HEADER + 4 + needed_body > MAX_HELLO:
+                    raise HelloError(f"ClientHello longer than {MAX_HELLO} bytes")
         if len(data) < end:
             raise Incomplete(end)
         payload += data[offset + RECORD_HEADER : end]
         offset = end
-        if needed_body < 0 and len(payload) >= 4:
-            if payload[0] != _CLIENT_HELLO:
-                raise HelloError("first handshake message is not a ClientHello")
-            needed_body = int.from_bytes(payload[1:4], "big")
-            # Every record adds a header: the body cannot fit if even its bytes do not.
-            if RECORD_HEADER + 4 + needed_body > MAX_HELLO:
-                raise HelloError(f"ClientHello longer than {MAX_HELLO} bytes")
         if needed_body >= 0 and len(payload) >= 4 + needed_body:
             # Bytes after the hello in the same record (another handshake message) are left
             # alone: a client sends nothing else before the server answers.

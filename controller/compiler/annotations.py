@@ -62,6 +62,9 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `ssl-passthrough`: the hosts of this Ingress take HTTPS connections unterminated (with
+    # --enable-ssl-passthrough; the compiler makes Snapshot.passthrough).
+    ssl_passthrough: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -180,6 +183,7 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    "ssl-passthrough": (_bool, "ssl_passthrough"),  # Snapshot.passthrough, by the compiler
 }
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -193,6 +197,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_secret",
         "proxy_ssl_verify",
         "max_body_size",
+        "ssl_passthrough",
         *_SOURCE_RANGE_FIELDS,
     }
 )
@@ -249,6 +254,7 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            ssl_passthrough=bool(values.get("ssl_passthrough", False)),
         ),
         tuple(errors),
     )

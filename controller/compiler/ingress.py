@@ -28,6 +28,7 @@ from controller.compiler.problems import (
     INVALID_HOST,
     INVALID_PATH,
     INVALID_PATH_TYPE,
+    PASSTHROUGH_NOT_APPLIED,
     PATH_CONFLICT,
     SECRET_INVALID,
     UNSUPPORTED_BACKEND,
@@ -40,6 +41,7 @@ from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     HTTPSRedirect,
     MatchKind,
+    PassthroughHost,
     PathRule,
     Refuse,
     RouteOptions,
@@ -210,6 +212,9 @@ class IngressPart:
     # Access-control annotations not enforced, served anyway (--serve-without-access-control):
     # the compiler logs a warning naming them.
     unprotected: tuple[str, ...] = ()
+    # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
+    # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
+    passthrough: bool = False
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -285,6 +290,7 @@ def compile_ingress(
     ssl_redirect: bool = True,
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
+    ssl_passthrough: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -292,7 +298,9 @@ def compile_ingress(
     `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
-    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's).
+    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
+    `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
+    its hosts are terminated, as ingress-nginx ignores it without the flag).
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -305,6 +313,16 @@ def compile_ingress(
     problems.extend(Problem("Ingress", ref, INVALID_ANNOTATION, e.message()) for e in errors)
     screening = screen(ingress.annotations, {e.annotation: e.reason for e in errors})
     problems.extend(screening.problems(ref, serve_without_access_control))
+    if opts.ssl_passthrough and not ssl_passthrough:
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                PASSTHROUGH_NOT_APPLIED,
+                "ssl-passthrough needs --enable-ssl-passthrough: Portico terminates TLS for "
+                "its hosts, like for any other host",
+            )
+        )
 
     tls = tuple(
         TLSEntry(t.secret_name or "", tuple(h.strip().lower() for h in t.hosts))
@@ -428,6 +446,7 @@ def compile_ingress(
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
         unprotected=screening.unenforced if serve_without_access_control else (),
+        passthrough=opts.ssl_passthrough and ssl_passthrough,
     )
 
 
@@ -444,6 +463,7 @@ class Assembly:
     written_paths: Mapping[tuple[str, str, MatchKind], str] = dataclasses.field(
         default_factory=dict
     )
+    passthrough: tuple[PassthroughHost, ...] = ()  # sorted by host
 
 
 def _rule_order(rule: PathRule) -> tuple[int, int, str]:
@@ -623,10 +643,68 @@ def assemble(
         )
         for host in sorted(by_host)
     )
+    passthrough = _passthrough_hosts(parts, by_host, fallback, problems)
     return Assembly(
         routes=RouteTable(virtual_hosts=vhosts, default=default),
         certificates=tuple(certificates[k] for k in sorted(certificates)),
         problems=tuple(problems),
         uses=uses,
         written_paths=written,
+        passthrough=passthrough,
     )
+
+
+def _passthrough_hosts(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    fallback: Mapping[str, PathRule],
+    problems: list[Problem],
+) -> tuple[PassthroughHost, ...]:
+    """The passthrough hosts, as ingress-nginx makes them: a host is passthrough when any
+    Ingress with a rule for it has the annotation; its connections go to the backend of the
+    host's "/" path (Prefix or ImplementationSpecific, whichever Ingress owns it), else of the
+    defaultBackend it falls back to; the access rules are that rule's."""
+    hosts: dict[str, PassthroughHost] = {}
+    for part in parts:
+        if not part.passthrough:
+            continue
+        for host in part.hosts:
+            if host in hosts:
+                continue
+            if not host or host.startswith("*."):
+                what = "rules without a host" if not host else f"wildcard host {host}"
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f"ssl-passthrough does not apply to {what}: a server name is matched "
+                        "exactly, as ingress-nginx does; Portico terminates TLS for it",
+                    )
+                )
+                continue
+            rule = by_host.get(host, {}).get(("/", "prefix")) or fallback.get(host)
+            if rule is None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f'ssl-passthrough host {host} has no "/" path or defaultBackend to send '
+                        "its connections to: they are closed",
+                    )
+                )
+                hosts[host] = PassthroughHost(host, "", part.ref)
+                continue
+            refuse = ""
+            allow: tuple[str, ...] = ()
+            deny: tuple[str, ...] = ()
+            for step in rule.options.policy:
+                if isinstance(step, Refuse) and not refuse:
+                    refuse = step.reason
+                elif isinstance(step, SourceRanges):
+                    allow, deny = step.allow, step.deny
+            hosts[host] = PassthroughHost(
+                host, rule.backend, rule.ingress, rule.service, refuse, allow, deny
+            )
+    return tuple(hosts[h] for h in sorted(hosts))

@@ -28,6 +28,9 @@ SERVICE_NOT_FOUND: Final = "ServiceNotFound"
 SERVICE_PORT_NOT_FOUND: Final = "ServicePortNotFound"
 EXTERNAL_NAME_NOT_ALLOWED: Final = "ExternalNameNotAllowed"
 SECRET_INVALID: Final = "SecretInvalid"
+# ssl-passthrough that cannot take effect (no --enable-ssl-passthrough, a wildcard or host-less
+# rule, no "/" backend): the message says what happens to the host's HTTPS connections instead.
+PASSTHROUGH_NOT_APPLIED: Final = "PassthroughNotApplied"
 
 
 @dataclass(frozen=True, slots=True, order=True)
