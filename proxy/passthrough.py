@@ -219,7 +219,7 @@ class Link:
             pod = _Side()
             try:
                 transport, _ = await asyncio.wait_for(
-                    pt.loop.create_connection(lambda: pod, endpoint.address, endpoint.port),
+                    pt.loop.create_connection(pod.itself, endpoint.address, endpoint.port),
                     settings.upstream_connect_timeout,
                 )
             except (OSError, TimeoutError) as exc:
@@ -299,7 +299,8 @@ def _log_line(link: Link, reason: str | None, sent: int, received: int) -> None:
     target = link.target
     now = time.time()
     entry = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now * 1000) % 1000:03d}Z",
         "event": "passthrough",
         "client": link.client,
         "host": target.host,
@@ -323,7 +324,7 @@ def _log_line(link: Link, reason: str | None, sent: int, received: int) -> None:
 class _Side(asyncio.Protocol):
     """One socket of a splice: what it reads is written to the other side."""
 
-    __slots__ = ("count", "eof", "peer", "splice", "transport")
+    __slots__ = ("count", "early", "eof", "peer", "splice", "transport")
 
     def __init__(self) -> None:
         self.splice: Splice | None = None
@@ -331,6 +332,14 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.eof = False
         self.count = 0  # bytes read from this socket
+        # Read before the other side was there (the client's socket already holds its
+        # ClientHello, and uvloop starts reading even when connection_made pauses): kept for
+        # the Splice to pass on, with reading paused meanwhile.
+        self.early: list[bytes] = []
+
+    def itself(self) -> _Side:
+        """The protocol factory of a transport made for this side."""
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
@@ -338,6 +347,11 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.count += len(data)
+        if self.splice is None:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.write(data)
@@ -399,9 +413,17 @@ class Splice:
         client.peer, pod.peer = pod, client
         client.splice = pod.splice = self
         self.touch()
-        pod.transport.resume_reading()
         if client_transport.is_closing() or pod_transport.is_closing():
             self.close()
+            return
+        for side in (client, pod):
+            if side.early:
+                pod_or_client = side.peer
+                assert pod_or_client is not None and pod_or_client.transport is not None
+                pod_or_client.transport.writelines(side.early)
+                side.early = []
+        client.transport.resume_reading()
+        pod.transport.resume_reading()
 
     def touch(self) -> None:
         self.deadline = self.loop.time() + self.idle_timeout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import multiprocessing
 import os
@@ -40,10 +41,8 @@ class _Direction:
     ) -> None:
         self.loop, self.src, self.dst, self.done = loop, src, dst, done
         self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK)
-        try:
+        with contextlib.suppress(OSError):
             fcntl.fcntl(self.write_end, _F_SETPIPE_SZ, CHUNK)
-        except OSError:
-            pass
         self.buffered = 0
         loop.add_reader(src, self.readable)
 
@@ -84,7 +83,10 @@ class _Direction:
 
 
 def _splice_pump(
-    loop: asyncio.AbstractEventLoop, client: socket.socket, pod: socket.socket, ended: Callable[[], None]
+    loop: asyncio.AbstractEventLoop,
+    client: socket.socket,
+    pod: socket.socket,
+    ended: Callable[[], None],
 ) -> None:
     def done() -> None:  # the bench only sends pod -> client
         client.shutdown(socket.SHUT_WR)

@@ -72,7 +72,7 @@ def hello(*names: bytes, **kwargs: object) -> bytes:
 
 class Row(NamedTuple):
     data: bytes
-    expected: str | None | type[Exception]  # the name, None (no SNI), or the exception
+    expected: str | type[Exception] | None  # the name, None (no SNI), or the exception
     needed: int = 0  # for Incomplete: the bytes asked for
 
 
@@ -122,9 +122,7 @@ ROWS: dict[str, Row] = {
         records(handshake(hello_body(sni_ext(b"a.test") + sni_ext(b"b.test")))), HelloError
     ),
     # RFC 6066 3 / OpenSSL: exactly one name, of type host_name, a visible ASCII DNS name.
-    "two-names": Row(
-        records(handshake(hello_body(sni_ext(b"a.test", b"b.test")))), HelloError
-    ),
+    "two-names": Row(records(handshake(hello_body(sni_ext(b"a.test", b"b.test")))), HelloError),
     "name-type-not-host": Row(
         records(handshake(hello_body(sni_ext(b"a.test", name_type=1)))), HelloError
     ),

@@ -140,7 +140,11 @@ ROWS: dict[str, Row] = {
         {("default/pass", NA)},
     ),
     "exact-root-is-not-the-root-location": Row(
-        [ingress("pass", rules=[rule("pass.test", path("/", "web", 80, "Exact"))], annotations=PASS)],
+        [
+            ingress(
+                "pass", rules=[rule("pass.test", path("/", "web", 80, "Exact"))], annotations=PASS
+            )
+        ],
         ON,
         (PassthroughHost("pass.test", "", "default/pass"),),
         {("default/pass", NA)},
