@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -154,8 +155,102 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
-PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges
-_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges)
+# RFC 9110 §5.1 field names (tokens); §5.5 field values, as ASCII: visible characters, spaces
+# and tabs, never CR, LF or NUL (which could end the field or the head) nor obs-text.
+_FIELD_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE: Final = re.compile(r"^[\t\x20-\x7e]*\Z")
+# host[:port] sent as Host: a DNS name or IPv4 address, or a bracketed IPv6 address.
+_HOST_PORT: Final = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::[0-9]{1,5})?\Z"
+)
+# Fields no step may set: framing (the proxy frames the body), hop-by-hop ones (RFC 9110
+# §7.6.1; Connection is ShapeRequest.connection's), Host (ShapeRequest.host's).
+_REQUEST_RESERVED: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+# The response fields the proxy decides itself (framing, hop-by-hop, Server, HSTS).
+_RESPONSE_RESERVED: Final = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "server",
+        "strict-transport-security",
+    }
+)
+
+
+def _check_fields(
+    names: tuple[str, ...], values: tuple[str, ...], reserved: frozenset[str]
+) -> None:
+    _check(len(names) == len(values), "header names and values differ in number")
+    _check(len({n.lower() for n in names}) == len(names), f"header names repeat: {names!r}")
+    for name, value in zip(names, values, strict=True):
+        _check(type(name) is str and bool(_FIELD_NAME.match(name)), f"header name {name!r}")
+        _check(name.lower() not in reserved, f"header {name!r} cannot be set")
+        _check(type(value) is str and bool(_FIELD_VALUE.match(value)), f"header value {value!r}")
+        _check(value == value.strip(" \t"), f"header value {value!r} has outer whitespace")
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    """What the pod is sent differs from what the client sent: `host` is the Host sent
+    (ingress-nginx's upstream-vhost; "": the client's); `names`/`values` are fields set,
+    replacing the client's fields of the same name, an empty value removing it (nginx's
+    `proxy_set_header`: the ConfigMap's proxy-set-headers); `connection` ("close" or
+    "keep-alive"; "": none) is sent as Connection (connection-proxy-header), except on upgrade
+    requests, which keep `Connection: upgrade`; after "close" the connection is not reused."""
+
+    host: str = ""
+    names: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    connection: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host or self.names or self.connection), "request shaping without change")
+        _check(type(self.host) is str, f"upstream host {self.host!r}")
+        _check(not self.host or bool(_HOST_PORT.match(self.host)), f"upstream host {self.host!r}")
+        _check(self.connection in ("", "close", "keep-alive"), f"connection {self.connection!r}")
+        _check_fields(self.names, self.values, _REQUEST_RESERVED)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeaders:
+    """Every response of the route carries these fields, replacing the pod's of the same name
+    (ingress-nginx's custom-headers: `more_set_headers`); values are sent as written."""
+
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(bool(self.names), "response headers without any field")
+        _check_fields(self.names, self.values, _RESPONSE_RESERVED)
+        _check(all(self.values), "empty response header value")
+
+
+PolicyStep = (
+    HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges | ShapeRequest | ResponseHeaders
+)
+_Step = TypeVar(
+    "_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges, ShapeRequest, ResponseHeaders
+)
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "https_redirect": HTTPSRedirect,
@@ -163,6 +258,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "hsts": HSTS,
     "refuse": Refuse,
     "source_ranges": SourceRanges,
+    "shape_request": ShapeRequest,
+    "response_headers": ResponseHeaders,
 }
 
 

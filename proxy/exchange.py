@@ -343,6 +343,9 @@ class Exchange(Receiver):
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
         policy = self.policy
         added = policy.added if not policy.response else self._response_fields(status)
+        if policy.dropped:
+            # The pod's fields a step replaces (custom-headers); ordinary ones, so removed here.
+            parts = hdr.drop_response_fields(parts, policy.dropped)
         try:
             response = self.client.send_head(status, parts, special, head, added, policy.replaced)
         except ValueError:
@@ -376,7 +379,9 @@ class Exchange(Receiver):
         # interleaved runs, inlined / as here: small 6.67 / 6.67, 64k 8.95 / 8.91, chunked
         # 10.95 / 10.97 us).
         request_done = self.request_done
-        self._release(conn, upstream_keep_alive and request_done, now)
+        # A request that said `Connection: close` (connection-proxy-header) ends its connection.
+        reuse = upstream_keep_alive and request_done and not self.policy.upstream_close
+        self._release(conn, reuse, now)
         self._finish(request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:

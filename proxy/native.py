@@ -47,6 +47,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.route",
     "proxy.routing",
     "proxy.server",
+    "proxy.shaping",
     "proxy.sourceranges",
     "proxy.steps",
     "proxy.table",

@@ -62,6 +62,21 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `upstream-vhost`: the Host the pods are sent (host[:port]); None: the client's.
+    upstream_vhost: str | None = None
+    # `connection-proxy-header`: "close" or "keep-alive", sent as Connection; None: none.
+    connection_header: str | None = None
+    # `server-alias`: more host names served with this Ingress's hosts (lower-case, sorted,
+    # without duplicates; a name may be a one-label wildcard); the compiler resolves conflicts.
+    server_alias: tuple[str, ...] = ()
+    # `service-upstream`: the Service's cluster IP and port as the one endpoint; None: not
+    # annotated (the default, pod endpoints).
+    service_upstream: bool | None = None
+    # `custom-headers`: "namespace/name" of a ConfigMap of response fields (resolved by the
+    # compiler); `invalid_custom_headers`: the annotation does not read, and the routes fail
+    # closed (503) as ingress-nginx denies a location whose headers it cannot read.
+    custom_headers: str | None = None
+    invalid_custom_headers: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -155,6 +170,73 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+# host[:port] as a Host value: a DNS name (or IPv4 address) or a bracketed IPv6 address.
+_HOST_PORT: Final = re.compile(
+    r"^(?:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"|\[[0-9a-f:.]{2,45}\])(?::([0-9]{1,5}))?$"
+)
+
+
+def _host_port(value: str) -> str:
+    host = value.strip()
+    if "$" in host:
+        raise _Invalid("nginx variables are not expanded by Portico; expected host[:port]")
+    m = _HOST_PORT.match(host.lower())
+    if m is None or len(host) > 253 or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
+        raise _Invalid("expected a host name or address with an optional port, host[:port]")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1 : host.index("]")])
+        except ValueError:
+            raise _Invalid("expected a host[:port] with a valid IPv6 address") from None
+    return host
+
+
+def _aliases(value: str) -> tuple[str, ...]:
+    """Comma-separated host names, as ingress-nginx reads server-alias (spaces trimmed, empty
+    entries skipped, duplicates dropped, sorted). Portico routes exact names and one-label
+    wildcards (`*.example.com`): nginx's regular-expression server names are refused."""
+    aliases: set[str] = set()
+    for raw in value.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        plain = name[2:] if name.startswith("*.") else name
+        if not _DNS_NAME.match(plain) or _is_address(plain):
+            raise _Invalid(
+                f"{raw.strip()!r} is not a host name (a DNS name, or *.domain for one label); "
+                "regular-expression server names are not supported"
+            )
+        aliases.add(name)
+    return tuple(sorted(aliases))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _connection(value: str) -> str:
+    # ingress-nginx's grammar: exactly one of these (spaces removed), case as written.
+    option = value.replace(" ", "")
+    if option not in ("close", "keep-alive"):
+        raise _Invalid('expected "close" or "keep-alive"')
+    return option
+
+
+_CONFIGMAP_REF: Final = _SECRET_REF
+
+
+def _configmap_ref(value: str) -> str:
+    ref = value.strip()
+    if not _CONFIGMAP_REF.match(ref):
+        raise _Invalid('expected a ConfigMap reference "namespace/name"')
+    return ref
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -180,6 +262,13 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    # A ShapeRequest step (with the ingress-nginx ConfigMap's proxy-set-headers).
+    "upstream-vhost": (_host_port, "upstream_vhost"),
+    "connection-proxy-header": (_connection, "connection_header"),
+    # Resolved by the compiler across Ingresses (aliases), Services and ConfigMaps.
+    "server-alias": (_aliases, "server_alias"),
+    "service-upstream": (_bool, "service_upstream"),
+    "custom-headers": (_configmap_ref, "custom_headers"),
 }
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -194,6 +283,11 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_verify",
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
+        "upstream_vhost",
+        "connection_header",
+        "server_alias",
+        "service_upstream",
+        "custom_headers",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -229,14 +323,16 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-                if field in _SOURCE_RANGE_FIELDS:
-                    # Not ignored: an access restriction that cannot be read fails closed.
+                if field in _SOURCE_RANGE_FIELDS or field == "custom_headers":
+                    # Not ignored: an access restriction that cannot be read fails closed, and
+                    # so do response fields (often security headers) that cannot be read.
                     values[field] = _INVALID
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
+    custom = values.get("custom_headers")
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -249,6 +345,12 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            upstream_vhost=values.get("upstream_vhost"),
+            connection_header=values.get("connection_header"),
+            server_alias=values.get("server_alias", ()),
+            service_upstream=values.get("service_upstream"),
+            custom_headers=None if custom is _INVALID else custom,
+            invalid_custom_headers=custom is _INVALID,
         ),
         tuple(errors),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from controller.compiler.problems import (
     EXTERNAL_NAME_NOT_ALLOWED,
     INVALID_BACKEND,
+    NO_CLUSTER_IP,
     SERVICE_NOT_FOUND,
     SERVICE_PORT_NOT_FOUND,
     Problem,
@@ -36,10 +37,18 @@ class BackendUse:
     service: str
     port: int | str
     users: list[tuple[str, str]] = field(default_factory=list)  # (Ingress ref, rule text)
+    # `service-upstream`: the Service's cluster IP and port are the one endpoint.
+    cluster_ip: bool = False
 
 
-def backend_key(namespace: str, service: str, port: int | str) -> str:
-    return f"{namespace}/{service}/{port}"
+# The suffix of the key of a backend reached through its Service's cluster IP: Ingresses with
+# and without service-upstream naming the same Service port each get what they asked for.
+CLUSTER_IP_SUFFIX = "@cluster-ip"
+
+
+def backend_key(namespace: str, service: str, port: int | str, cluster_ip: bool = False) -> str:
+    key = f"{namespace}/{service}/{port}"
+    return key + CLUSTER_IP_SUFFIX if cluster_ip else key
 
 
 def _find_port(service: Service, port: int | str) -> ServicePort | None:
@@ -124,5 +133,22 @@ def resolve_backend(
     if sp is None:
         what = f"port {use.port}" if isinstance(use.port, int) else f'port named "{use.port}"'
         return fail(SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no {what}')
+    problems: list[Problem] = []
+    if use.cluster_ip:
+        address = service.cluster_ip
+        if address and address != "None":
+            # kube-proxy balances the Service port over the pods: one endpoint, always ready.
+            return Backend(key=use.key, endpoints=(Endpoint(address, sp.port),)), []
+        # Headless: ingress-nginx logs it and uses the endpoints; so does Portico, visibly.
+        problems = [
+            Problem(
+                "Ingress",
+                ref,
+                NO_CLUSTER_IP,
+                f'service "{svc_ref}" has no cluster IP (headless): service-upstream uses its '
+                f"endpoints instead {rule}",
+            )
+            for ref, rule in use.users
+        ]
     endpoints = endpoints_of(store.slices_for(use.namespace, use.service), sp.name)
-    return Backend(key=use.key, endpoints=endpoints), []
+    return Backend(key=use.key, endpoints=endpoints), problems

@@ -248,11 +248,17 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _unsupported(
         "x-forwarded-prefix", "routing", "Sends X-Forwarded-Prefix to the pod.", ISSUE_FORWARDING
     ),
-    _unsupported(
+    _different(
         "server-alias",
         "routing",
-        "More host names for the Ingress's rules; list them as rules instead.",
-        ISSUE_FORWARDING,
+        "Comma-separated host names served exactly as the Ingress's rule hosts: every rule of "
+        "each such host (from any Ingress), as ingress-nginx adds them to that host's "
+        "`server_name`. As there, the first Ingress (oldest) with aliases for a host gives them, "
+        "and an alias that is a rule host or another host's alias is ignored (Portico reports an "
+        "`AliasConflict` problem); an alias is served with the host's certificate when it covers "
+        "the alias, else with none (and then not redirected to HTTPS). Difference: names are DNS "
+        "names or one-label wildcards (`*.example.com`); nginx's regular-expression server names "
+        "(`~^...`) are an InvalidAnnotation problem.",
     ),
     _unsupported(
         "default-backend",
@@ -343,26 +349,38 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "supported: Portico speaks HTTP/1.1 to pods, so such a value is an InvalidAnnotation "
         "problem and the pods are reached over plain HTTP.",
     ),
-    _unsupported(
-        "upstream-vhost", "upstream", "The Host header sent to the pod.", ISSUE_FORWARDING
+    _different(
+        "upstream-vhost",
+        "upstream",
+        "The Host header sent to the pod (`host[:port]`); X-Forwarded-Host keeps the client's, "
+        "as in ingress-nginx. Difference: nginx variables (`$host`, ...) are not expanded: such "
+        "a value is an InvalidAnnotation problem and the pod gets the client's Host.",
     ),
-    _unsupported(
+    _supported(
         "service-upstream",
         "upstream",
-        "Sends to the Service's cluster IP instead of its pods. Portico sends to the pods.",
-        ISSUE_FORWARDING,
+        '"true": the Service\'s cluster IP and port are the one endpoint (kube-proxy balances '
+        "over the pods), so, as in ingress-nginx, Portico neither balances nor retries across "
+        "pods. A headless Service falls back to its endpoints (a NoClusterIP problem: "
+        "ingress-nginx logs an error) and an ExternalName Service to its name. The default is "
+        "the ConfigMap's service-upstream (--service-upstream).",
     ),
-    _unsupported(
+    _different(
         "connection-proxy-header",
         "upstream",
-        "The Connection header sent to the pod.",
-        ISSUE_FORWARDING,
+        '"close" or "keep-alive": the Connection header sent to the pod; after "close" Portico '
+        "does not reuse the connection. Difference: an upgrade request (WebSocket) keeps its "
+        "`Connection: upgrade`, which ingress-nginx replaces, breaking the upgrade.",
     ),
-    _unsupported(
+    _supported(
         "custom-headers",
         "upstream",
-        "Response headers from a ConfigMap.",
-        ISSUE_FORWARDING,
+        '"namespace/name" of a ConfigMap whose entries are response headers set on every '
+        "response of the Ingress (replacing the pod's), each name listed in the ConfigMap's "
+        "global-allowed-response-headers (--allowed-response-headers). As in ingress-nginx, a "
+        "missing ConfigMap, an invalid name or value, or a name not allowed answers every "
+        "request 503 (CustomHeadersInvalid problem); Portico also refuses the fields it sets "
+        "itself (Server, Strict-Transport-Security, framing and hop-by-hop ones).",
     ),
     _unsupported(
         "proxy-redirect-from", "upstream", "Rewrites Location headers of the pod.", ISSUE_FORWARDING
@@ -909,6 +927,33 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "ingress-nginx, that address is the peer use-forwarded-headers and "
             "proxy-real-ip-cidr then judge.",
             "--proxy-protocol",
+        ),
+        _key(
+            "service-upstream",
+            "supported",
+            "upstream",
+            "The default of the service-upstream annotation: each Service's cluster IP and port "
+            "instead of its endpoints.",
+            "--service-upstream",
+        ),
+        _key(
+            "proxy-set-headers",
+            "different",
+            "upstream",
+            '"namespace/name" of a ConfigMap whose entries are request headers sent to every '
+            "pod, replacing the client's field of that name (an empty value removes it), as "
+            "nginx's proxy_set_header. Difference: values are sent as written; an entry naming "
+            "an nginx variable (`$remote_addr`, ...), or setting Host, a framing or hop-by-hop "
+            "field, is not sent (InvalidHeader problem on that ConfigMap).",
+            "--proxy-set-headers",
+        ),
+        _key(
+            "global-allowed-response-headers",
+            "supported",
+            "upstream",
+            "The response headers a custom-headers ConfigMap may set (names as written); any "
+            "other makes that Ingress answer 503.",
+            "--allowed-response-headers",
         ),
         _key(
             "disable-access-log",

@@ -22,6 +22,8 @@ from controller.compiler.annotations import parse_annotations
 from controller.compiler.backends import BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
+    ALIAS_CONFLICT,
+    CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
     INVALID_BACKEND,
@@ -41,9 +43,12 @@ from proxy.config import (
     HTTPSRedirect,
     MatchKind,
     PathRule,
+    PolicyStep,
     Refuse,
+    ResponseHeaders,
     RouteOptions,
     RouteTable,
+    ShapeRequest,
     SourceRanges,
     TLSCertificate,
     VirtualHost,
@@ -75,6 +80,10 @@ ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
 # restriction is not dropped, the routes fail closed (ingress-nginx denies such a location with
 # 503; InvalidAnnotation problem).
 INVALID_SOURCE_RANGE: Final = Refuse(503, "InvalidSourceRange")
+# The first policy step of an Ingress whose custom-headers cannot be served (the annotation or
+# its ConfigMap does not read, a name is not allowed): ingress-nginx denies the location (503)
+# rather than answer without them (they are often security headers).
+INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
 
 
 def _source_ranges(
@@ -174,6 +183,7 @@ class BackendRef:
     namespace: str
     service: str
     port: int | str
+    cluster_ip: bool = False  # service-upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,9 @@ class RuleEntry:
     # The path as written in the Ingress ("" when an ImplementationSpecific path is omitted);
     # `rule.path` is normalized for matching. None for defaultBackend entries.
     written_path: str | None = None
+    # The rule without the HTTPS redirect its host's TLS gives it (None: it has none, or it is
+    # forced): what a server-alias the certificate does not cover serves (see `assemble`).
+    unredirected: PathRule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +223,10 @@ class IngressPart:
     # Access-control annotations not enforced, served anyway (--serve-without-access-control):
     # the compiler logs a warning naming them.
     unprotected: tuple[str, ...] = ()
+    # `server-alias` names, resolved across Ingresses by `assemble`.
+    aliases: tuple[str, ...] = ()
+    # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
+    custom_headers: str | None = None
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -218,7 +235,11 @@ def _rule_text(host: str, path: str | None) -> str:
 
 
 def _backend(
-    ingress: Ingress, backend: IngressBackend, text: str, problems: list[Problem]
+    ingress: Ingress,
+    backend: IngressBackend,
+    text: str,
+    problems: list[Problem],
+    cluster_ip: bool = False,
 ) -> BackendRef | None:
     ref = ingress.ref
     if backend.service is None:
@@ -253,7 +274,11 @@ def _backend(
         )
         return None
     return BackendRef(
-        backend_key(ingress.namespace, svc.name, port), ingress.namespace, svc.name, port
+        backend_key(ingress.namespace, svc.name, port, cluster_ip),
+        ingress.namespace,
+        svc.name,
+        port,
+        cluster_ip,
     )
 
 
@@ -285,6 +310,7 @@ def compile_ingress(
     ssl_redirect: bool = True,
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
+    service_upstream: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -292,7 +318,8 @@ def compile_ingress(
     `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
-    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's).
+    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
+    `service_upstream`: the default of the service-upstream annotation.
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -321,6 +348,14 @@ def compile_ingress(
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    if opts.upstream_vhost is not None or opts.connection_header is not None:
+        shaping = ShapeRequest(
+            host=opts.upstream_vhost or "", connection=opts.connection_header or ""
+        )
+        plain = dataclasses.replace(plain, policy=(*plain.policy, shaping))
+    if opts.invalid_custom_headers:
+        plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
+    cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
@@ -332,6 +367,12 @@ def compile_ingress(
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
         return redirected if opts.redirect(has_tls, ssl_redirect) else plain
+
+    def unredirected(rule: PathRule) -> PathRule | None:
+        # A redirect that the host's TLS gives (not force-ssl-redirect) can be taken back.
+        if rule.options is not redirected or opts.force_ssl_redirect:
+            return None
+        return dataclasses.replace(rule, options=plain)
 
     hosts: dict[str, RouteOptions] = {}
     entries: list[RuleEntry] = []
@@ -380,7 +421,7 @@ def compile_ingress(
             if err is not None:
                 problems.append(Problem("Ingress", ref, INVALID_PATH, f"path {err} {text}"))
                 continue
-            backend = _backend(ingress, p.backend, text, problems)
+            backend = _backend(ingress, p.backend, text, problems, cluster_ip)
             if backend is None:
                 continue
             rule_obj = _rule(
@@ -391,18 +432,22 @@ def compile_ingress(
                 match=match,
                 path_type=p.path_type,
             )
-            entries.append(RuleEntry(host, rule_obj, backend, text, p.path or ""))
+            entries.append(
+                RuleEntry(host, rule_obj, backend, text, p.path or "", unredirected(rule_obj))
+            )
 
     fallbacks: list[RuleEntry] = []
     default: RuleEntry | None = None
     if ingress.default_backend is not None:
         text = "(defaultBackend)"
-        backend = _backend(ingress, ingress.default_backend, text, problems)
+        backend = _backend(ingress, ingress.default_backend, text, problems, cluster_ip)
         if backend is not None:
             if ingress.rules:
                 for host, host_opts in hosts.items():
                     rule_obj = _rule(ingress, backend, host_opts)
-                    fallbacks.append(RuleEntry(host, rule_obj, backend, text))
+                    fallbacks.append(
+                        RuleEntry(host, rule_obj, backend, text, None, unredirected(rule_obj))
+                    )
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
@@ -428,6 +473,8 @@ def compile_ingress(
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
         unprotected=screening.unenforced if serve_without_access_control else (),
+        aliases=opts.server_alias,
+        custom_headers=opts.custom_headers,
     )
 
 
@@ -455,16 +502,30 @@ def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
     b = entry.backend
     use = uses.get(b.key)
     if use is None:
-        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+        use = uses[b.key] = BackendUse(
+            b.key, b.namespace, b.service, b.port, cluster_ip=b.cluster_ip
+        )
     use.users.append((ref, entry.text))
 
 
-def _with_ca(part: IngressPart, pem: str) -> IngressPart:
-    """The part with `upstream_ca_pem` set on every rule ("" when the CA is unusable)."""
+def _map_options(part: IngressPart, change: Callable[[RouteOptions], RouteOptions]) -> IngressPart:
+    """The part with `change` applied to the options of every rule (once per distinct options:
+    the rules of one Ingress share a few)."""
+    done: dict[int, tuple[RouteOptions, RouteOptions]] = {}
+
+    def options(old: RouteOptions) -> RouteOptions:
+        found = done.get(id(old))
+        if found is None:
+            found = done[id(old)] = (old, change(old))  # the old one kept: ids stay unique
+        return found[1]
+
+    def rule(r: PathRule | None) -> PathRule | None:
+        return None if r is None else dataclasses.replace(r, options=options(r.options))
 
     def entry(e: RuleEntry) -> RuleEntry:
-        options = dataclasses.replace(e.rule.options, upstream_ca_pem=pem)
-        return dataclasses.replace(e, rule=dataclasses.replace(e.rule, options=options))
+        new = rule(e.rule)
+        assert new is not None
+        return dataclasses.replace(e, rule=new, unredirected=rule(e.unredirected))
 
     return dataclasses.replace(
         part,
@@ -474,17 +535,62 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
     )
 
 
+def _with_ca(part: IngressPart, pem: str) -> IngressPart:
+    """The part with `upstream_ca_pem` set on every rule ("" when the CA is unusable)."""
+    return _map_options(part, lambda o: dataclasses.replace(o, upstream_ca_pem=pem))
+
+
+def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> RouteOptions:
+    """`step` added last, or `first`: first after an HTTPS redirect (which answers before any
+    other step, as ingress-nginx redirects before it denies)."""
+    policy = options.policy
+    if not first:
+        return dataclasses.replace(options, policy=(*policy, step))
+    at = 1 if policy and isinstance(policy[0], HTTPSRedirect) else 0
+    return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
+
+
+def _with_request_headers(
+    names: tuple[str, ...], values: tuple[str, ...]
+) -> Callable[[RouteOptions], RouteOptions]:
+    """The proxy-set-headers fields merged into a route's ShapeRequest (or one added)."""
+
+    def change(options: RouteOptions) -> RouteOptions:
+        own = options.step(ShapeRequest)
+        if own is None:
+            return _with_step(options, ShapeRequest(names=names, values=values), first=False)
+        merged = dataclasses.replace(own, names=names, values=values)
+        return dataclasses.replace(
+            options, policy=tuple(merged if s is own else s for s in options.policy)
+        )
+
+    return change
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
     now: datetime,
     ca_bundle: Callable[[str], tuple[str | None, str | None]] | None = None,
+    *,
+    response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
+    request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
 
     `ca_bundle(ref)` gives (PEM, None) or (None, reason) for a `proxy-ssl-secret`; a part whose
     CA cannot be loaded gets an empty CA, which the proxy refuses (503, fail closed) rather
-    than talk to its pods unverified.
+    than talk to its pods unverified. `response_headers(ref)` gives the step of a
+    `custom-headers` ConfigMap, or why it cannot be served (its routes then answer 503, as
+    ingress-nginx denies them); `request_headers` are the (names, values) every route sends its
+    pods (the ingress-nginx ConfigMap's proxy-set-headers).
+
+    `server-alias`, as ingress-nginx: the first Ingress (in precedence order) with aliases for
+    a host gives that host its aliases; an alias that is a rule host, or already another
+    host's alias, is ignored (an `AliasConflict` problem). An alias serves every rule of its
+    host, whichever Ingress it comes from, with the host's certificate when that certificate
+    covers the alias, and otherwise without one (and so without the TLS hosts' HTTPS redirect:
+    ingress-nginx redirects only hosts with a certificate).
     """
     problems: list[Problem] = []
     uses: dict[str, BackendUse] = {}
@@ -510,7 +616,32 @@ def assemble(
                 )
             )
         parts[i] = _with_ca(part, pem or "")
+    for i, part in enumerate(parts):
+        if part.custom_headers is None or response_headers is None:
+            continue
+        step = response_headers(part.custom_headers)
+        if step is None:
+            continue  # an empty ConfigMap: nothing to add
+        if isinstance(step, str):
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    CUSTOM_HEADERS_INVALID,
+                    f'custom-headers "{part.custom_headers}": {step}; its routes answer 503',
+                )
+            )
+            parts[i] = _map_options(
+                part, functools.partial(_with_step, step=INVALID_CUSTOM_HEADERS, first=True)
+            )
+        else:
+            parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
+    if request_headers[0]:
+        change = _with_request_headers(*request_headers)
+        parts = [_map_options(part, change) for part in parts]
 
+    unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
+    fallback_unredirected: dict[str, PathRule] = {}
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
@@ -526,6 +657,8 @@ def assemble(
                 slot[key] = rule
                 if entry.written_path is not None:
                     written[(entry.host, rule.path, rule.match)] = entry.written_path
+                if entry.unredirected is not None:
+                    unredirected[(entry.host, rule.path, rule.match)] = entry.unredirected
                 _use(uses, entry, ref)
                 continue
             owner = (
@@ -546,6 +679,8 @@ def assemble(
             prev = fallback.get(entry.host)
             if prev is None:
                 fallback[entry.host] = entry.rule
+                if entry.unredirected is not None:
+                    fallback_unredirected[entry.host] = entry.unredirected
                 _use(uses, entry, ref)
             elif prev.backend != entry.rule.backend:
                 problems.append(
@@ -614,7 +749,7 @@ def assemble(
             if used:
                 certificates[cert.name] = cert
 
-    vhosts = tuple(
+    vhosts = [
         VirtualHost(
             host=host,
             rules=tuple(sorted(by_host[host].values(), key=_rule_order)),
@@ -622,11 +757,84 @@ def assemble(
             tls_certificate=host_cert.get(host) or wild_cert.get(host),
         )
         for host in sorted(by_host)
-    )
+    ]
+    aliases = _aliases(parts, by_host, problems)
+    for alias, host in aliases.items():
+        name = host_cert.get(host) or wild_cert.get(host)
+        served = certificates.get(name) if name is not None else None
+        covered = served is not None and covers(served.hosts, alias)
+        rules = [
+            rule if covered else unredirected.get((host, rule.path, rule.match), rule)
+            for rule in by_host[host].values()
+        ]
+        host_fallback = fallback.get(host)
+        if host_fallback is not None and not covered:
+            host_fallback = fallback_unredirected.get(host, host_fallback)
+        vhosts.append(
+            VirtualHost(
+                host=alias,
+                rules=tuple(sorted(rules, key=_rule_order)),
+                fallback=host_fallback,
+                tls_certificate=name if covered else None,
+            )
+        )
+        for rule in rules:
+            path = written.get((host, rule.path, rule.match))
+            if path is not None:
+                written[(alias, rule.path, rule.match)] = path
+    vhosts.sort(key=lambda v: v.host)
     return Assembly(
-        routes=RouteTable(virtual_hosts=vhosts, default=default),
+        routes=RouteTable(virtual_hosts=tuple(vhosts), default=default),
         certificates=tuple(certificates[k] for k in sorted(certificates)),
         problems=tuple(problems),
         uses=uses,
         written_paths=written,
     )
+
+
+def _aliases(
+    parts: list[IngressPart],
+    by_host: Mapping[str, object],
+    problems: list[Problem],
+) -> dict[str, str]:
+    """alias -> the rule host it serves (see `assemble`)."""
+    owners: dict[str, str] = {}  # host -> the Ingress that gave it its aliases
+    alias_of: dict[str, str] = {}
+    for part in parts:
+        if not part.aliases:
+            continue
+        for host in part.hosts:
+            if not host:
+                continue  # host-less rules already answer every name
+            owner = owners.get(host)
+            if owner is not None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        ALIAS_CONFLICT,
+                        f"host {host} already has the server-alias names of Ingress {owner}; "
+                        "this Ingress's are ignored for it",
+                    )
+                )
+                continue
+            owners[host] = part.ref
+            for alias in part.aliases:
+                if alias == host:
+                    continue
+                if alias in by_host:
+                    taken = "a host of an Ingress rule"
+                elif alias in alias_of:
+                    taken = f"already an alias of host {alias_of[alias]}"
+                else:
+                    alias_of[alias] = host
+                    continue
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        ALIAS_CONFLICT,
+                        f"server-alias {alias} of host {host} is {taken}; ignored",
+                    )
+                )
+    return alias_of
