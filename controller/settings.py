@@ -202,7 +202,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     manifests: Path | None = Field(
         default=None,
         description=(
-            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret) "
+            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret, "
+            "ConfigMap) "
             "to serve instead of a cluster; watched for changes."
         ),
     )

@@ -16,8 +16,10 @@ from proxy.config import (
     HTTPSRedirect,
     PathRule,
     Refuse,
+    ResponseHeaders,
     RouteOptions,
     RouteTable,
+    ShapeRequest,
     Snapshot,
     SnapshotError,
     SourceRanges,
@@ -38,6 +40,8 @@ def full_snapshot() -> Snapshot:
         SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
+        ShapeRequest("b.internal:8080", ("X-Set", "X-Removed"), ("1", ""), "close"),
+        ResponseHeaders(("X-Frame-Options",), ("DENY",)),
     )
     options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
@@ -129,6 +133,33 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param({"step": "shape_request"}, id="shaping-nothing"),
+        pytest.param({"step": "shape_request", "host": "a b"}, id="vhost-not-a-host"),
+        pytest.param({"step": "shape_request", "connection": "upgrade"}, id="connection-other"),
+        pytest.param(
+            {"step": "shape_request", "names": ["X-A"], "values": []}, id="names-without-values"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["X-A"], "values": ["a\r\nb"]}, id="value-crlf"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["Host"], "values": ["x"]}, id="set-host-field"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["X A"], "values": ["x"]}, id="name-not-a-token"
+        ),
+        pytest.param({"step": "response_headers", "names": [], "values": []}, id="no-fields"),
+        pytest.param(
+            {"step": "response_headers", "names": ["Transfer-Encoding"], "values": ["x"]},
+            id="framing-field",
+        ),
+        pytest.param(
+            {"step": "response_headers", "names": ["X-A"], "values": [""]}, id="empty-value"
+        ),
+        pytest.param(
+            {"step": "response_headers", "names": ["X-A", "x-a"], "values": ["1", "2"]},
+            id="repeated-name",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -145,6 +176,8 @@ def test_policy_steps_keep_their_order() -> None:
         "SourceRanges",
         "BodyLimit",
         "HSTS",
+        "ShapeRequest",
+        "ResponseHeaders",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
