@@ -21,9 +21,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse, SourceRanges
+from proxy.config import (
+    HSTS,
+    BodyLimit,
+    HostRedirect,
+    HTTPSRedirect,
+    PolicyStep,
+    Redirect,
+    Refuse,
+    SourceRanges,
+)
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
-from proxy.redirect import RedirectToHTTPS
+from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
@@ -108,6 +117,12 @@ class Policies:
                 request.append(RefuseAll(spec.status, spec.reason))
             elif isinstance(spec, SourceRanges):
                 request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, Redirect):
+                request.append(RedirectAll(spec.url, spec.status))
+            elif isinstance(spec, HostRedirect):
+                # One per listener, each with its scheme: nothing tests the scheme per request.
+                request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
+                request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),

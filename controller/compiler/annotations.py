@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.config import DEFAULT_OPTIONS, BodyLimit, RouteOptions
+from proxy.config import DEFAULT_OPTIONS, BodyLimit, Redirect, RouteOptions
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
@@ -62,6 +62,14 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # permanent-redirect / temporal-redirect: the Redirect step answering every request (the
+    # compiler puts it first in the policy), None when not annotated; `invalid_redirect`: the
+    # URL of the one that applies cannot be read, and the routes fail closed (503).
+    url_redirect: Redirect | None = None
+    invalid_redirect: bool = False
+    # from-to-www-redirect: the other name of each rule host (www.<host> or <host> without
+    # "www.") redirects to it; the compiler adds those hosts (assemble).
+    from_to_www_redirect: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -155,6 +163,39 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+# ingress-nginx's URL grammar for these annotations (parser.URLIsValidRegex: letters, digits and
+# `-._~/:,?&=`), then an http or https scheme (redirect.isValidURL); Portico also wants a host.
+_REDIRECT_URL: Final = re.compile(
+    r"^[hH][tT][tT][pP][sS]?://[-._~a-zA-Z0-9:,=&]+([/?][-._~a-zA-Z0-9/:,?&=]*)?$"
+)
+
+
+def _redirect_url(value: str) -> str:
+    """An absolute http:// or https:// URL, kept as written; "" (ingress-nginx: no redirect)."""
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL with a host, of letters, digits and "
+            '"-._~/:,?&=" (ingress-nginx\'s characters for it)'
+        )
+    return url
+
+
+def _redirect_code(allowed: tuple[int, ...], default: int) -> Callable[[str], int]:
+    """A status among `allowed`: those of ingress-nginx's range (300 to 307 or 308) with which
+    nginx's `return` answers a redirect (with 300, 304, 305 and 306 it sends the URL as a body
+    and no Location)."""
+    listed = ", ".join(str(code) for code in allowed[:-1]) + f" or {allowed[-1]}"
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) not in allowed:
+            raise _Invalid(f"expected {listed}; the redirect uses {default}")
+        return int(text)
+
+    return parse
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -180,7 +221,26 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    # A Redirect step (temporal-redirect wins), or the other host names (from-to-www-redirect),
+    # made by the compiler.
+    "permanent-redirect": (_redirect_url, "permanent_redirect"),
+    "permanent-redirect-code": (
+        _redirect_code((301, 302, 303, 307, 308), 301),
+        "permanent_redirect_code",
+    ),
+    "temporal-redirect": (_redirect_url, "temporal_redirect"),
+    "temporal-redirect-code": (_redirect_code((301, 302, 303, 307), 302), "temporal_redirect_code"),
+    "from-to-www-redirect": (_bool, "from_to_www_redirect"),
 }
+_REDIRECT_FIELDS: Final = frozenset(
+    {
+        "permanent_redirect",
+        "permanent_redirect_code",
+        "temporal_redirect",
+        "temporal_redirect_code",
+        "from_to_www_redirect",
+    }
+)
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
 )
@@ -194,10 +254,28 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_verify",
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
+        *_REDIRECT_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
 _INVALID: Final = ("invalid",)
+
+
+def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
+    """(the Redirect step, whether its URL is invalid), as ingress-nginx chooses: a
+    temporal-redirect wins over a permanent-redirect, each with its own code (302, 301 when
+    not given or invalid); an empty URL is no redirect."""
+    for url_field, code_field, default in (
+        ("temporal_redirect", "temporal_redirect_code", 302),
+        ("permanent_redirect", "permanent_redirect_code", 301),
+    ):
+        url = values.get(url_field)
+        if url == _INVALID:
+            return None, True
+        if url:
+            return Redirect(url, values.get(code_field, default)), False
+    return None, False
+
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
 _CACHE_MAX: Final = 4096
@@ -232,11 +310,15 @@ def parse_annotations(
                 if field in _SOURCE_RANGE_FIELDS:
                     # Not ignored: an access restriction that cannot be read fails closed.
                     values[field] = _INVALID
+                elif field in ("permanent_redirect", "temporal_redirect"):
+                    # Neither: forwarding what was meant to be redirected could expose the pod.
+                    values[field] = _INVALID
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
+    url_redirect, invalid_redirect = _url_redirect(values)
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -249,6 +331,9 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            url_redirect=url_redirect,
+            invalid_redirect=invalid_redirect,
+            from_to_www_redirect=bool(values.get("from_to_www_redirect", False)),
         ),
         tuple(errors),
     )

@@ -13,8 +13,10 @@ from proxy.config import (
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    HostRedirect,
     HTTPSRedirect,
     PathRule,
+    Redirect,
     Refuse,
     RouteOptions,
     RouteTable,
@@ -38,6 +40,8 @@ def full_snapshot() -> Snapshot:
         SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
+        Redirect("https://example.com/moved?from=a&b=c", 307),
+        HostRedirect("www.a.example", 301),
     )
     options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
@@ -129,6 +133,25 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param({"step": "redirect", "url": "https://x.example"}, id="redirect-no-status"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x.example", "status": 300}, id="redirect-300"
+        ),
+        pytest.param({"step": "redirect", "url": "ftp://x", "status": 301}, id="redirect-ftp"),
+        pytest.param({"step": "redirect", "url": "/moved", "status": 301}, id="redirect-relative"),
+        pytest.param({"step": "redirect", "url": "https://", "status": 301}, id="redirect-no-host"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x\r\nSet-Cookie: a=b", "status": 301},
+            id="redirect-header-injection",
+        ),
+        pytest.param(
+            {"step": "redirect", "url": "https://x/a b", "status": 301}, id="redirect-space"
+        ),
+        pytest.param({"step": "host_redirect", "host": "A.example"}, id="host-redirect-case"),
+        pytest.param({"step": "host_redirect", "host": "a.example/x"}, id="host-redirect-path"),
+        pytest.param(
+            {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -145,6 +168,8 @@ def test_policy_steps_keep_their_order() -> None:
         "SourceRanges",
         "BodyLimit",
         "HSTS",
+        "Redirect",
+        "HostRedirect",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
