@@ -17,6 +17,7 @@ import pytest
 from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.annotations import parse_annotations
 from controller.compiler.ingress import INVALID_REDIRECT
+from controller.explain import explain
 from proxy.config import (
     BodyLimit,
     HostRedirect,
@@ -388,3 +389,45 @@ def test_www_redirect_certificate(cert_hosts: tuple[str, ...], served: str | Non
     assert vhosts["example.com"].tls_certificate == "default/site-tls"
     assert vhosts["www.example.com"].tls_certificate == served
     assert _redirects_to(vhosts["www.example.com"]) == "example.com"
+
+
+# ---- portico explain ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "reason", "ingress_ref"),
+    [
+        pytest.param("http://r.example/x", 301, "Redirect", "default/moved", id="url-redirect"),
+        # before the HTTPS redirect of its TLS host, as the worker runs the steps
+        pytest.param("http://t.example/x", 301, "Redirect", "default/tls-moved", id="before-ssl"),
+        pytest.param("http://bad.example/", 503, "InvalidRedirect", "default/bad", id="invalid"),
+        pytest.param(
+            "https://www.r.example/a", 308, "FromToWWWRedirect", "default/moved", id="www"
+        ),
+        pytest.param("http://www.t.example/", None, None, None, id="no-www-without-annotation"),
+    ],
+)
+def test_explain_says_who_redirects(
+    url: str, status: int | None, reason: str | None, ingress_ref: str | None
+) -> None:
+    store = store_of(
+        ingress_class(),
+        service("web"),
+        ingress(
+            "moved", annotations={N + "permanent-redirect": URL, **WWW}, rules=[rule("r.example")]
+        ),
+        ingress(
+            "tls-moved",
+            annotations={N + "permanent-redirect": URL},
+            rules=[rule("t.example")],
+            tls=[tls_entry(None, "t.example")],
+        ),
+        ingress(
+            "bad", annotations={N + "permanent-redirect": "ok.com"}, rules=[rule("bad.example")]
+        ),
+    )
+    answer = explain(compile_view(store, CompileSettings()), store, url, {})
+    if status is None:
+        assert answer["status"] == 404
+        return
+    assert (answer["status"], answer["reason"], answer["ingress"]) == (status, reason, ingress_ref)
