@@ -294,8 +294,7 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "permanent-redirect-code) with this URL as Location, exactly as written: the request's "
         "path and query are not appended. It is answered before the HTTPS redirect and before "
         "access checks (source ranges, unenforced authentication), as nginx's `return` runs "
-        "first; app-root's redirect of `/` comes before it. temporal-redirect wins when both "
-        "are set. " + _URL_REDIRECT,
+        "first. temporal-redirect wins when both are set. " + _URL_REDIRECT,
     ),
     _different(
         "permanent-redirect-code",
