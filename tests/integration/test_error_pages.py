@@ -189,12 +189,12 @@ def _compiled(app: Pod, errors: Pod, *, catch_all: bool = True) -> CompileResult
         service("refused", ports=[service_port(80, "http", refused)]),
         endpoint_slice("refused", "refused", endpoints=[app.host], ports=[("http", refused)]),
     ]
-    for host, annotations in HOSTS.items():
+    for host, notes in HOSTS.items():
         paths = RULES.get(host)
         objects.append(
             ingress(
                 host,
-                annotations=annotations,
+                annotations=notes,
                 rules=[rule(f"{host}.test", *paths) if paths else rule(f"{host}.test")],
             )
         )

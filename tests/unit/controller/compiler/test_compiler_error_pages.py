@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controller.compiler import CompileResult, CompileSettings, Compiler, compile_view
+from controller.compiler import Compiler, CompileResult, CompileSettings, compile_view
 from controller.compiler.annotations import parse_annotations
 from controller.objects import KubeObject, parse_object
 from controller.store import WatchEvent
