@@ -13,6 +13,7 @@ from proxy.config import (
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    ErrorPages,
     HostRedirect,
     HTTPSRedirect,
     PathRule,
@@ -42,6 +43,7 @@ def full_snapshot() -> Snapshot:
         HSTS(600, include_subdomains=False, preload=True),
         Redirect("https://example.com/moved?from=a&b=c", 307),
         HostRedirect("www.a.example", 301),
+        ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
     )
     options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
@@ -152,6 +154,30 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param(
             {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
         ),
+        pytest.param(
+            {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
+            id="error-pages-no-backend",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e"},
+            id="error-pages-nothing-to-do",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [302]},
+            id="error-page-not-an-error",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": ["404"]},
+            id="error-page-code-a-string",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [True]},
+            id="error-page-code-a-flag",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": 404},
+            id="error-page-codes-not-a-list",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -170,6 +196,7 @@ def test_policy_steps_keep_their_order() -> None:
         "HSTS",
         "Redirect",
         "HostRedirect",
+        "ErrorPages",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
