@@ -147,8 +147,8 @@ _HTTPS_REDIRECT = (
 )
 
 _ZERO_TIMEOUT = (
-    "Different: `0` is an invalid value (nginx would time out at once) and the default "
-    "applies, as for any invalid value."
+    "`0` is an invalid value, reported, and the default applies (nginx would time out at "
+    "once: no working Ingress uses it)."
 )
 
 _SOURCE_RANGES = (
@@ -447,19 +447,19 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "proxy-ssl-protocols", "backend-tls", "Portico speaks TLS 1.2 or 1.3 to HTTPS pods."
     ),
     # ---- timeouts ---------------------------------------------------------------------------
-    _different(
+    _supported(
         "proxy-connect-timeout",
         "timeouts",
         "Whole seconds to connect to a pod (`10s` is invalid, as ingress-nginx ignores it); "
         "default --upstream-connect-timeout, 5 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
-    _different(
+    _supported(
         "proxy-read-timeout",
         "timeouts",
         "Whole seconds to wait for the response head and between two reads of its body; "
         "default --upstream-read-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
-    _different(
+    _supported(
         "proxy-send-timeout",
         "timeouts",
         "Whole seconds allowed between two writes of the request body; default "
