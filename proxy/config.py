@@ -245,11 +245,153 @@ class ResponseHeaders:
         _check(all(self.values), "empty response header value")
 
 
+# The statuses nginx's `return` answers with a Location (the others take the text as a body).
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+
+
+def _header_safe(text: str) -> bool:
+    """Visible ASCII only: nothing that could end or split a header field."""
+    return bool(text) and all(0x21 <= ord(c) <= 0x7E for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Every request is answered `status` with `Location: url`, on both listeners, and never
+    reaches a pod; the request's path and query are not appended (ingress-nginx's
+    permanent-redirect and temporal-redirect: nginx `return <status> <url>`). `url` is an
+    absolute http:// or https:// URL."""
+
+    url: str
+    status: int
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(type(self.url) is str and _header_safe(self.url), f"redirect URL {self.url!r}")
+        scheme, sep, rest = self.url.partition("://")
+        _check(
+            scheme.lower() in ("http", "https") and bool(sep and rest),
+            f"redirect URL {self.url!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostRedirect:
+    """Every request is answered `status` with `Location: <scheme>://<host><target>`, the
+    scheme of the listener it came on and the request's target without one trailing "/", and
+    never reaches a pod (ingress-nginx's from-to-www-redirect: the compiler gives the other
+    name of a host a route with this step). `host` is a lower-case DNS name."""
+
+    host: str
+    status: int = 308
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(
+            type(self.host) is str
+            and _header_safe(self.host)
+            and self.host == self.host.lower()
+            and all(c.isalnum() or c in "-." for c in self.host),
+            f"redirect host {self.host!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPages:
+    """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
+    built by proxy/route.py, run by proxy/errorpages.py): a pod response whose status is in
+    `codes` is not relayed; the client gets the answer of `backend` to `GET /` (HEAD for
+    HEAD) with X-Code and the other ingress-nginx error headers instead. With `fallback`, a
+    request the route cannot serve for lack of endpoints goes to `backend` as it is, with
+    X-Code: 503. `backend` is a key into Snapshot.backends, `service` its "ns/name" (logs)."""
+
+    backend: str
+    service: str
+    codes: tuple[int, ...] = ()
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "error pages without a backend")
+        _check(bool(self.codes) or self.fallback, "error pages without codes or fallback")
+        for code in self.codes:
+            _check(type(code) is int and 400 <= code <= 599, f"error page status {code!r}")
+
+
+def _visible(text: str) -> bool:
+    """Printable ASCII without spaces: safe in a response field, nothing to unquote."""
+    return all("!" <= c <= "~" for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteRedirects:
+    """nginx's `proxy_redirect prefix replacement` (ingress-nginx's proxy-redirect-from / -to):
+    a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
+    (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
+    with "/" is made absolute as nginx does (listener scheme, the request's host without its
+    port: ingress-nginx's port_in_redirect off). See proxy/rewriting.py."""
+
+    prefix: str
+    replacement: str
+
+    def __post_init__(self) -> None:
+        _check(bool(self.prefix) and _visible(self.prefix), f"redirect prefix {self.prefix!r}")
+        _check(
+            bool(self.replacement) and _visible(self.replacement),
+            f"redirect replacement {self.replacement!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteCookies:
+    """nginx's `proxy_cookie_domain` / `proxy_cookie_path` on the pod's Set-Cookie fields:
+    a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
+    kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
+    has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
+    attribute. Domains are given without a leading ".". See proxy/rewriting.py."""
+
+    domain: str = ""
+    domain_replacement: str = ""
+    path: str = ""
+    path_replacement: str = ""
+
+    def __post_init__(self) -> None:
+        pairs = ((self.domain, self.domain_replacement), (self.path, self.path_replacement))
+        _check(any(a for a, _ in pairs), "cookie rewrite without any rule")
+        for pattern, replacement in pairs:
+            _check(bool(pattern) == bool(replacement), f"cookie rewrite {pattern!r}")
+            for text in (pattern, replacement):
+                _check(_visible(text) and ";" not in text, f"cookie rewrite text {text!r}")
+        _check(not self.domain.startswith("."), f"cookie domain {self.domain!r}")
+        _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
+
+
 PolicyStep = (
-    HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges | ShapeRequest | ResponseHeaders
+    HTTPSRedirect
+    | BodyLimit
+    | HSTS
+    | Refuse
+    | SourceRanges
+    | ErrorPages
+    | RewriteRedirects
+    | RewriteCookies
+    | Redirect
+    | HostRedirect
+    | ShapeRequest
+    | ResponseHeaders
 )
 _Step = TypeVar(
-    "_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges, ShapeRequest, ResponseHeaders
+    "_Step",
+    HTTPSRedirect,
+    BodyLimit,
+    HSTS,
+    Refuse,
+    SourceRanges,
+    ErrorPages,
+    Redirect,
+    HostRedirect,
+    RewriteRedirects,
+    RewriteCookies,
+    ShapeRequest,
+    ResponseHeaders,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -258,6 +400,11 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "hsts": HSTS,
     "refuse": Refuse,
     "source_ranges": SourceRanges,
+    "redirect": Redirect,
+    "host_redirect": HostRedirect,
+    "error_pages": ErrorPages,
+    "rewrite_redirects": RewriteRedirects,
+    "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
 }
@@ -276,6 +423,9 @@ class RouteOptions:
     send_timeout: float | None = None
     # The route's policy, in order (see the steps above).
     policy: tuple[PolicyStep, ...] = ()
+    # False: no access-log entry for the route's requests (ingress-nginx's enable-access-log
+    # "false"); True cannot turn on a log the proxy has off.
+    access_log: bool = True
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""
@@ -409,6 +559,7 @@ _JSON_TYPES: Final[dict[str, type]] = {
     "bool": bool,
     "str": str,
     "tuple[str, ...]": tuple,
+    "tuple[int, ...]": tuple,
 }
 
 

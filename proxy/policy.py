@@ -13,6 +13,8 @@ for HTTPS, each holding:
 - `dropped`: the pod's ordinary response fields a step replaces (custom-headers), removed from
   its head before the client side renders it; `upstream_close`: the request told the pod
   `Connection: close`, so its connection is not reused (connection-proxy-header).
+- `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
+  (proxy/rewriting.py), None for a route without them.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -27,15 +29,20 @@ from typing import Final
 from proxy.config import (
     HSTS,
     BodyLimit,
+    HostRedirect,
     HTTPSRedirect,
     PolicyStep,
+    Redirect,
     Refuse,
     ResponseHeaders,
+    RewriteCookies,
+    RewriteRedirects,
     ShapeRequest,
     SourceRanges,
 )
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
-from proxy.redirect import RedirectToHTTPS
+from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
+from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.shaping import ShapeRequestStep, response_headers_step
 from proxy.sourceranges import Ranges, source_ranges_step
@@ -52,6 +59,7 @@ class Policy:
         "replaced",
         "request",
         "response",
+        "rewrite",
         "upstream_close",
     )
 
@@ -60,6 +68,7 @@ class Policy:
         request: tuple[RequestStep, ...] = (),
         response: tuple[ResponseStep, ...] = (),
         max_body: int = 0,
+        rewrite: FieldRewrites | None = None,
         upstream_close: bool = False,
     ) -> None:
         self.request = request
@@ -78,6 +87,7 @@ class Policy:
         self.dropped = dropped  # ordinary fields: removed by the exchange (see render_response)
         self.max_body = max_body  # 0: unlimited
         self.upstream_close = upstream_close
+        self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
 
 
 # The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
@@ -125,6 +135,8 @@ class Policies:
         response: list[ResponseStep] = []
         max_body = 0
         upstream_close = False
+        redirects: RewriteRedirects | None = None
+        cookies: RewriteCookies | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
                 request.append(RedirectToHTTPS(spec.status))
@@ -145,17 +157,30 @@ class Policies:
                 upstream_close = upstream_close or spec.connection == "close"
             elif isinstance(spec, ResponseHeaders):
                 response.append(response_headers_step(spec.names, spec.values))
+            elif isinstance(spec, Redirect):
+                request.append(RedirectAll(spec.url, spec.status))
+            elif isinstance(spec, HostRedirect):
+                # One per listener, each with its scheme: nothing tests the scheme per request.
+                request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
+                request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
+            elif isinstance(spec, RewriteRedirects):
+                redirects = spec
+            elif isinstance(spec, RewriteCookies):
+                cookies = spec
+        rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),
                 tuple(s for s in response if s.schemes & PLAIN),
                 max_body,
+                rewrite,
                 upstream_close,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
                 tuple(s for s in response if s.schemes & SECURE),
                 max_body,
+                rewrite,
                 upstream_close,
             ),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from controller.compiler.problems import (
     EXTERNAL_NAME_NOT_ALLOWED,
@@ -41,9 +42,13 @@ class BackendUse:
     cluster_ip: bool = False
 
 
+# The port of a backend that takes its Service's first port (the `default-backend` annotation
+# names a Service only; ingress-nginx uses its first port). 0 is no port an Ingress can name, so
+# its key ("ns/service/0") is never a rule's.
+FIRST_PORT: Final = 0
 # The suffix of the key of a backend reached through its Service's cluster IP: Ingresses with
 # and without service-upstream naming the same Service port each get what they asked for.
-CLUSTER_IP_SUFFIX = "@cluster-ip"
+CLUSTER_IP_SUFFIX: Final = "@cluster-ip"
 
 
 def backend_key(namespace: str, service: str, port: int | str, cluster_ip: bool = False) -> str:
@@ -52,6 +57,8 @@ def backend_key(namespace: str, service: str, port: int | str, cluster_ip: bool 
 
 
 def _find_port(service: Service, port: int | str) -> ServicePort | None:
+    if port == FIRST_PORT:
+        return service.ports[0] if service.ports else None
     for sp in service.ports:
         if (sp.port == port) if isinstance(port, int) else (sp.name == port):
             return sp
@@ -119,19 +126,20 @@ def resolve_backend(
         name = (service.external_name or "").strip().rstrip(".").lower()
         if not name:
             return fail(INVALID_BACKEND, f'ExternalName service "{svc_ref}" has no externalName')
-        if isinstance(use.port, int):
+        if isinstance(use.port, int) and use.port != FIRST_PORT:
             number = use.port
         else:
             sp = _find_port(service, use.port)
             if sp is None:
-                return fail(
-                    SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no port named "{use.port}"'
-                )
+                what = "port" if use.port == FIRST_PORT else f'port named "{use.port}"'
+                return fail(SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no {what}')
             number = sp.port
         return Backend(key=use.key, endpoints=(Endpoint(name, number),), external_name=True), []
     sp = _find_port(service, use.port)
     if sp is None:
         what = f"port {use.port}" if isinstance(use.port, int) else f'port named "{use.port}"'
+        if use.port == FIRST_PORT:
+            what = "port"
         return fail(SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no {what}')
     problems: list[Problem] = []
     if use.cluster_ip:

@@ -146,6 +146,19 @@ _HTTPS_REDIRECT = (
     "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
 )
 
+_URL_REDIRECT = (
+    "The URL must be http:// or https:// with a host, of the characters ingress-nginx accepts "
+    "there (letters, digits, `-._~/:,?&=`); an empty value is no redirect. Another value is an "
+    "InvalidAnnotation problem and the routes answer 503 (`InvalidRedirect`) rather than "
+    "forward to the pods (ingress-nginx refuses the whole Ingress for other characters and "
+    "forwards when the scheme is not http(s))."
+)
+
+_ZERO_TIMEOUT = (
+    "`0` is an invalid value, reported, and the default applies (nginx would time out at "
+    "once: no working Ingress uses it)."
+)
+
 _SOURCE_RANGES = (
     "The address checked is the client's as nginx's realip module finds it: the peer (or the "
     "PROXY protocol's source address with --proxy-protocol); for a peer in --trusted-proxies, "
@@ -260,12 +273,14 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "names or one-label wildcards (`*.example.com`); nginx's regular-expression server names "
         "(`~^...`) are an InvalidAnnotation problem.",
     ),
-    _unsupported(
+    _supported(
         "default-backend",
         "error-pages",
-        "A Service answering when the rule's Service has no endpoints; spec.defaultBackend "
-        "of the Ingress covers unmatched paths.",
-        ISSUE_FORWARDING,
+        "A Service of the Ingress's namespace (its first port, as ingress-nginx) answers the "
+        "requests of rules whose Service has no endpoints (or is missing), with X-Code: 503 "
+        "and the X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port, X-Request-ID "
+        "fields, and serves the Ingress's custom-http-errors. A missing Service is a problem "
+        "on the Ingress. spec.defaultBackend of the Ingress still covers unmatched paths.",
     ),
     # ---- redirects --------------------------------------------------------------------------
     _different(
@@ -285,29 +300,49 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
         ISSUE_FORWARDING,
     ),
-    _unsupported(
+    _different(
         "permanent-redirect",
         "redirects",
-        "Answers every request with a redirect (301).",
-        ISSUE_FORWARDING,
+        "Every request of the Ingress's routes, on HTTP and HTTPS, is answered 301 (or "
+        "permanent-redirect-code) with this URL as Location, exactly as written: the request's "
+        "path and query are not appended. It is answered before the HTTPS redirect and before "
+        "access checks (source ranges, unenforced authentication), as nginx's `return` runs "
+        "first. temporal-redirect wins when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "permanent-redirect-code", "redirects", "Status of permanent-redirect.", ISSUE_FORWARDING
+    _different(
+        "permanent-redirect-code",
+        "redirects",
+        "Status of permanent-redirect: 301, 302, 303, 307 or 308. Any other value is an "
+        "InvalidAnnotation problem and 301 is used (ingress-nginx uses 301 silently outside "
+        "300-308 and refuses the Ingress for a value that is not a number; 300, 304, 305 and 306 "
+        "make nginx answer without a Location, the URL as body).",
     ),
-    _unsupported(
+    _different(
         "temporal-redirect",
         "redirects",
-        "Answers every request with a redirect (302).",
-        ISSUE_FORWARDING,
+        "As permanent-redirect, with 302 (or temporal-redirect-code); it wins over "
+        "permanent-redirect when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "temporal-redirect-code", "redirects", "Status of temporal-redirect.", ISSUE_FORWARDING
+    _different(
+        "temporal-redirect-code",
+        "redirects",
+        "Status of temporal-redirect: 301, 302, 303 or 307 (ingress-nginx's range stops at "
+        "307: 308 gives 302). Any other value is an InvalidAnnotation problem and 302 is used "
+        "(ingress-nginx: silently outside 300-307, the Ingress refused for a value that is not "
+        "a number).",
     ),
-    _unsupported(
+    _different(
         "from-to-www-redirect",
         "redirects",
-        "Redirects between `www.` and the bare host name.",
-        ISSUE_FORWARDING,
+        '"true": `www.<host>` answers every request with a 308 to `<host>`, or `<host>` to '
+        "`www.<host>` for a host written with `www.`, for each named rule host of the Ingress "
+        "(not wildcards): the same scheme, the request's path and query kept, one trailing `/` "
+        "dropped (`/` gives `http://host`). Nothing is added when the other name is a rule "
+        "host of any Ingress. Over HTTPS the other name gets the host's certificate when it "
+        "covers that name, else the default certificate (as ingress-nginx). The Location has "
+        "no port where ingress-nginx writes its listener's (`http://host:80/a`; Portico's "
+        "listener is 8080 behind the Service), and X-Forwarded-Proto/-Port of trusted proxies "
+        "are not used for it.",
     ),
     _unsupported(
         "use-port-in-redirects",
@@ -382,20 +417,39 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "request 503 (CustomHeadersInvalid problem); Portico also refuses the fields it sets "
         "itself (Server, Strict-Transport-Security, framing and hop-by-hop ones).",
     ),
-    _unsupported(
-        "proxy-redirect-from", "upstream", "Rewrites Location headers of the pod.", ISSUE_FORWARDING
+    _different(
+        "proxy-redirect-from",
+        "upstream",
+        "nginx's proxy_redirect, with proxy-redirect-to: a pod's `Location` starting with this "
+        "text (case-sensitive) has it replaced, and so has the URL after `url=` in its "
+        "`Refresh`; a rewritten Location starting with `/` is made absolute with the "
+        "request's scheme and host, without port (ingress-nginx's port_in_redirect off). "
+        "`off` and `default` (the default) rewrite nothing, as on ingress-nginx, where "
+        "`default` only matches its internal upstream name; one half without the other is "
+        "reported, as it rewrites nothing there either. Different: a regular expression (a "
+        "leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-redirect-to", "upstream", "The replacement of proxy-redirect-from.", ISSUE_FORWARDING
+    _supported(
+        "proxy-redirect-to",
+        "upstream",
+        "The replacement text of proxy-redirect-from (one word, no spaces); `off` rewrites "
+        "nothing.",
     ),
-    _unsupported(
+    _different(
         "proxy-cookie-domain",
         "upstream",
-        "Rewrites the Domain of the pod's cookies.",
-        ISSUE_FORWARDING,
+        "nginx's proxy_cookie_domain: `\"from to\"` replaces a `Domain` attribute of the pod's "
+        "`Set-Cookie` fields equal to `from` (case-insensitive; a leading `.` is ignored on "
+        "both and kept in the cookie); `off` (the default) rewrites nothing. Different: a "
+        "regular expression (a leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-cookie-path", "upstream", "Rewrites the Path of the pod's cookies.", ISSUE_FORWARDING
+    _different(
+        "proxy-cookie-path",
+        "upstream",
+        'nginx\'s proxy_cookie_path: `"from to"` replaces the `from` a `Path` attribute of the '
+        "pod's `Set-Cookie` fields starts with (case-sensitive) by `to`; `off` (the default) "
+        "rewrites nothing. Different: a regular expression (a leading `~`) is an invalid "
+        "value, not a pattern.",
     ),
     _unsupported(
         "proxy-http-version",
@@ -444,19 +498,20 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _supported(
         "proxy-connect-timeout",
         "timeouts",
-        "Seconds to connect to a pod (a number, or with an `s`); default --upstream-connect-"
-        "timeout.",
+        "Whole seconds to connect to a pod (`10s` is invalid, as ingress-nginx ignores it); "
+        "default --upstream-connect-timeout, 5 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-read-timeout",
         "timeouts",
-        "Seconds to wait for the response head and between two reads of its body; default "
-        "--upstream-read-timeout.",
+        "Whole seconds to wait for the response head and between two reads of its body; "
+        "default --upstream-read-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-send-timeout",
         "timeouts",
-        "Seconds allowed between two writes of the request body; default --upstream-send-timeout.",
+        "Whole seconds allowed between two writes of the request body; default "
+        "--upstream-send-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _unsupported(
         "proxy-next-upstream",
@@ -474,8 +529,9 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _supported(
         "proxy-body-size",
         "buffering-and-limits",
-        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes); 413 beyond. Without it "
-        "Portico's --max-body-bytes applies (unlimited by default, where ingress-nginx's is 1m).",
+        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes of 1024); 413 beyond. "
+        "Without it, or with an invalid value, --max-body-bytes applies: 1m by default, as "
+        "ingress-nginx's proxy-body-size.",
     ),
     _unsupported(
         "proxy-request-buffering",
@@ -673,26 +729,37 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
     ),
     # ---- error pages --------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "custom-http-errors",
         "error-pages",
-        "Pod answers with these statuses are replaced by the default backend's.",
-        ISSUE_FORWARDING,
+        "Pod answers (and Portico's own 502, 503, 504, refusals) with these statuses "
+        '(comma-separated, 400 to 599) are replaced by the default backend\'s answer to "/", '
+        "status included, with X-Code, X-Format, X-Original-URI, X-Namespace, X-Ingress-Name, "
+        "X-Service-Name, X-Service-Port, X-Request-ID; the pod's connection is closed, its "
+        "body unread. The default backend is the default-backend annotation's, else the "
+        "Ingress with only a defaultBackend (Portico has no --default-backend-service). "
+        "Differences: the error page is asked with GET (HEAD for HEAD) and without the "
+        "request body, where nginx keeps the method and sends the body again; without any "
+        "default backend, or when it has no endpoint, or while the request body is still "
+        "being read, the original answer is relayed unchanged (ingress-nginx answers 404 "
+        "from its internal server).",
     ),
-    _unsupported(
+    Entry(
         "disable-proxy-intercept-errors",
+        "supported",
         "error-pages",
-        "Turns off custom-http-errors for the Ingress.",
-        ISSUE_FORWARDING,
+        '"true": the pods\' answers are relayed even with custom-http-errors; the '
+        "default-backend annotation still answers for Services without endpoints.",
+        portico=PORTICO_PREFIX + "disable-proxy-intercept-errors",
         documented=False,
     ),
     # ---- observability ------------------------------------------------------------------------
-    _unsupported(
+    _supported(
         "enable-access-log",
         "observability",
-        "Per-Ingress access log switch; Portico's access log is on or off for every request.",
-        ISSUE_FORWARDING,
-        portico="--access-log",
+        '`"false"` leaves the Ingress\'s requests out of the access log (their metrics stay); '
+        '`"true"`, the default, cannot turn on a log that --access-log (or the ConfigMap\'s '
+        "disable-access-log) turned off.",
     ),
     _unsupported("enable-rewrite-log", "observability", "nginx's rewrite log: no equivalent."),
     _unsupported("enable-opentelemetry", "observability", "OpenTelemetry tracing: not in Portico."),

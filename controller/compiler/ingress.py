@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import parse_annotations
-from controller.compiler.backends import BackendUse, backend_key
+from controller.compiler.annotations import IngressOptions, parse_annotations
+from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
@@ -40,10 +40,13 @@ from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
+    ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
     MatchKind,
     PathRule,
     PolicyStep,
+    Redirect,
     Refuse,
     ResponseHeaders,
     RouteOptions,
@@ -84,6 +87,10 @@ INVALID_SOURCE_RANGE: Final = Refuse(503, "InvalidSourceRange")
 # its ConfigMap does not read, a name is not allowed): ingress-nginx denies the location (503)
 # rather than answer without them (they are often security headers).
 INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
+# The first policy step of an Ingress whose permanent-redirect or temporal-redirect URL cannot
+# be read: its routes fail closed rather than forward what was meant to be redirected
+# (InvalidAnnotation problem).
+INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
 
 
 def _source_ranges(
@@ -227,6 +234,15 @@ class IngressPart:
     aliases: tuple[str, ...] = ()
     # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
     custom_headers: str | None = None
+    # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
+    # to them (`assemble` adds those names).
+    www_redirect_hosts: tuple[str, ...] = ()
+    # The `default-backend` annotation's Service (its first port), already in the rules'
+    # ErrorPages step; `assemble` has it resolved with the other backends.
+    error_backend: BackendRef | None = None
+    # `custom-http-errors` without `default-backend`: the statuses the global default backend
+    # answers (the Ingress with only a defaultBackend, known once all parts are merged).
+    global_error_codes: tuple[int, ...] = ()
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -356,6 +372,9 @@ def compile_ingress(
     if opts.invalid_custom_headers:
         plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
     cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
+    error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
+    if error_pages is not None:
+        plain = dataclasses.replace(plain, policy=(*plain.policy, error_pages))
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
@@ -363,6 +382,13 @@ def compile_ingress(
     # The redirect goes first: a plain-HTTP request is redirected before any other step sees it
     # (as ingress-nginx redirects in its rewrite phase, before access checks).
     redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
+    # permanent-redirect / temporal-redirect go before even that: nginx runs their `return` in
+    # the rewrite phase ahead of the HTTPS redirect (Lua, at the end of that phase) and of every
+    # access check; only a location denied for an unreadable source range answers 503 instead.
+    url_redirect = INVALID_REDIRECT if opts.invalid_redirect else opts.url_redirect
+    if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
+        plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
@@ -475,7 +501,36 @@ def compile_ingress(
         unprotected=screening.unenforced if serve_without_access_control else (),
         aliases=opts.server_alias,
         custom_headers=opts.custom_headers,
+        www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
+        error_backend=error_backend,
+        global_error_codes=global_error_codes,
     )
+
+
+def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
+    """The hosts a from-to-www redirect applies to: those with a path (ingress-nginx marks a
+    server when it adds a location), named (no other name for host-less rules) and not
+    wildcards (nginx has no `www.*.example.com`)."""
+    hosts = dict.fromkeys(e.host for e in entries)
+    return tuple(h for h in hosts if h and not h.startswith("*."))
+
+
+def _error_pages(
+    ingress: Ingress, opts: IngressOptions
+) -> tuple[BackendRef | None, tuple[int, ...], ErrorPages | None]:
+    """(the default-backend annotation's backend, the codes left for the global default
+    backend, the ErrorPages step of the Ingress's routes) from its annotations.
+
+    ingress-nginx: `default-backend` answers for Services without endpoints and serves the
+    `custom-http-errors` codes; without it the codes go to the global default backend;
+    `disable-proxy-intercept-errors` keeps the pods' answers (the fallback stays)."""
+    codes = () if opts.disable_proxy_intercept_errors else opts.custom_http_errors or ()
+    name = opts.default_backend
+    if name is None:
+        return None, codes, None
+    namespace = ingress.namespace
+    ref = BackendRef(backend_key(namespace, name, FIRST_PORT), namespace, name, FIRST_PORT)
+    return ref, (), ErrorPages(ref.key, f"{namespace}/{name}", codes, fallback=True)
 
 
 # ---- all Ingresses ------------------------------------------------------------------------------
@@ -506,6 +561,22 @@ def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
             b.key, b.namespace, b.service, b.port, cluster_ip=b.cluster_ip
         )
     use.users.append((ref, entry.text))
+
+
+def _use_backend(uses: dict[str, BackendUse], b: BackendRef, ref: str, text: str) -> None:
+    use = uses.get(b.key)
+    if use is None:
+        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+    use.users.append((ref, text))
+
+
+def _with_global_errors(part: IngressPart, catch_all: PathRule) -> IngressPart:
+    """The part with an ErrorPages step for its custom-http-errors, served by the global
+    default backend (`catch_all`, already among the backends: its own rule uses it)."""
+    assert catch_all.service is not None
+    step = ErrorPages(catch_all.backend, catch_all.service, part.global_error_codes)
+
+    return _map_options(part, lambda o: dataclasses.replace(o, policy=(*o.policy, step)))
 
 
 def _map_options(part: IngressPart, change: Callable[[RouteOptions], RouteOptions]) -> IngressPart:
@@ -541,12 +612,14 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
 
 
 def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> RouteOptions:
-    """`step` added last, or `first`: first after an HTTPS redirect (which answers before any
+    """`step` added last, or `first`: first after the redirects (which answer before any
     other step, as ingress-nginx redirects before it denies)."""
     policy = options.policy
     if not first:
         return dataclasses.replace(options, policy=(*policy, step))
-    at = 1 if policy and isinstance(policy[0], HTTPSRedirect) else 0
+    at = 0
+    while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
+        at += 1
     return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
 
 
@@ -565,6 +638,46 @@ def _with_request_headers(
         )
 
     return change
+
+
+def _www_redirects(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    *,
+    fallback: Mapping[str, PathRule],
+    host_cert: Mapping[str, str],
+    wild_cert: Mapping[str, str],
+    certificates: Mapping[str, TLSCertificate],
+) -> list[VirtualHost]:
+    """The virtual hosts of from-to-www-redirect, as ingress-nginx's BuildRedirects makes its
+    redirect servers: for each host an Ingress asks it for, its other name (`www.` added, or
+    removed) answers every request with a redirect to the host (HostRedirect: 308, scheme and
+    target kept), unless that name is a rule host itself (of any Ingress: it is served as
+    such). Over HTTPS it presents the host's certificate when that covers the other name, else
+    the default certificate, as ingress-nginx does. Its one rule names a backend of the host
+    only because a rule needs one: the step answers before any pod is chosen."""
+    aliases: dict[str, VirtualHost] = {}
+    for part in parts:
+        for host in part.www_redirect_hosts:
+            other = host.removeprefix("www.") if host.startswith("www.") else "www." + host
+            if other in by_host or other in aliases or host_error(other) is not None:
+                continue
+            rules = sorted(by_host.get(host, {}).values(), key=_rule_order)
+            model = rules[0] if rules else fallback.get(host)
+            if model is None:
+                continue
+            name = host_cert.get(host) or wild_cert.get(host)
+            covered = name is not None and covers(certificates[name].hosts, other)
+            rule = dataclasses.replace(
+                model,
+                path="/",
+                match="prefix",
+                ingress=part.ref,
+                path_type=None,
+                options=RouteOptions(policy=(HostRedirect(host),)),
+            )
+            aliases[other] = VirtualHost(other, (rule,), None, name if covered else None)
+    return list(aliases.values())
 
 
 def assemble(
@@ -602,6 +715,14 @@ def assemble(
     certificates: dict[str, TLSCertificate] = {}
     default: PathRule | None = None
     parts = list(parts)
+    # The global default backend (the first Ingress with only a defaultBackend) serves the
+    # custom-http-errors of the Ingresses without a default-backend annotation; without one,
+    # their pods' answers are relayed (ingress-nginx would answer 404 from its own server).
+    catch_all = next((p.default for p in parts if p.default is not None), None)
+    if catch_all is not None:
+        for i, part in enumerate(parts):
+            if part.global_error_codes:
+                parts[i] = _with_global_errors(part, catch_all.rule)
     for i, part in enumerate(parts):
         if part.ca_secret is None or ca_bundle is None:
             continue
@@ -645,6 +766,9 @@ def assemble(
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        error_backend = part.error_backend
+        if error_backend is not None and (part.entries or part.fallbacks or part.default):
+            _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
         for host in part.hosts:
             if host not in by_host:
                 by_host[host] = {}
@@ -782,6 +906,16 @@ def assemble(
             path = written.get((host, rule.path, rule.match))
             if path is not None:
                 written[(alias, rule.path, rule.match)] = path
+    # from-to-www-redirect names that are no rule host nor alias (an alias is served).
+    redirects = _www_redirects(
+        parts,
+        by_host,
+        fallback=fallback,
+        host_cert=host_cert,
+        wild_cert=wild_cert,
+        certificates=certificates,
+    )
+    vhosts.extend(r for r in redirects if r.host not in aliases)
     vhosts.sort(key=lambda v: v.host)
     return Assembly(
         routes=RouteTable(virtual_hosts=tuple(vhosts), default=default),

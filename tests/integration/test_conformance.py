@@ -106,6 +106,9 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "forwarding",
         "status",
         "namespaces",
+        "redirects",
+        "error-pages",
+        "response-rewriting",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

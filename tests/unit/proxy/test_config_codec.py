@@ -13,10 +13,15 @@ from proxy.config import (
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
     PathRule,
+    Redirect,
     Refuse,
     ResponseHeaders,
+    RewriteCookies,
+    RewriteRedirects,
     RouteOptions,
     RouteTable,
     ShapeRequest,
@@ -42,8 +47,15 @@ def full_snapshot() -> Snapshot:
         HSTS(600, include_subdomains=False, preload=True),
         ShapeRequest("b.internal:8080", ("X-Set", "X-Removed"), ("1", ""), "close"),
         ResponseHeaders(("X-Frame-Options",), ("DENY",)),
+        Redirect("https://example.com/moved?from=a&b=c", 307),
+        HostRedirect("www.a.example", 301),
+        ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
+        RewriteRedirects("http://pod:8080/", "/app/"),
+        RewriteCookies("pod.local", "example.org", "/", "/app/"),
     )
-    options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
+    options = RouteOptions(
+        balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
+    )
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
@@ -160,6 +172,66 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "response_headers", "names": ["X-A", "x-a"], "values": ["1", "2"]},
             id="repeated-name",
         ),
+        pytest.param({"step": "redirect", "url": "https://x.example"}, id="redirect-no-status"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x.example", "status": 300}, id="redirect-300"
+        ),
+        pytest.param({"step": "redirect", "url": "ftp://x", "status": 301}, id="redirect-ftp"),
+        pytest.param({"step": "redirect", "url": "/moved", "status": 301}, id="redirect-relative"),
+        pytest.param({"step": "redirect", "url": "https://", "status": 301}, id="redirect-no-host"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x\r\nSet-Cookie: a=b", "status": 301},
+            id="redirect-header-injection",
+        ),
+        pytest.param(
+            {"step": "redirect", "url": "https://x/a b", "status": 301}, id="redirect-space"
+        ),
+        pytest.param({"step": "host_redirect", "host": "A.example"}, id="host-redirect-case"),
+        pytest.param({"step": "host_redirect", "host": "a.example/x"}, id="host-redirect-path"),
+        pytest.param(
+            {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
+            id="error-pages-no-backend",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e"},
+            id="error-pages-nothing-to-do",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [302]},
+            id="error-page-not-an-error",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": ["404"]},
+            id="error-page-code-a-string",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [True]},
+            id="error-page-code-a-flag",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": 404},
+            id="error-page-codes-not-a-list",
+        ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "", "replacement": "/"}, id="no-prefix"
+        ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
+            id="redirect-splits-the-head",
+        ),
+        pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
+        pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": "a", "domain_replacement": "b;c"},
+            id="cookie-attribute-injected",
+        ),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
+            id="cookie-domain-dot",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -178,6 +250,11 @@ def test_policy_steps_keep_their_order() -> None:
         "HSTS",
         "ShapeRequest",
         "ResponseHeaders",
+        "Redirect",
+        "HostRedirect",
+        "ErrorPages",
+        "RewriteRedirects",
+        "RewriteCookies",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
