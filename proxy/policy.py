@@ -21,9 +21,19 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse, SourceRanges
+from proxy.config import (
+    HSTS,
+    AppRoot,
+    BodyLimit,
+    HTTPSRedirect,
+    PolicyStep,
+    Refuse,
+    Rewrite,
+    SourceRanges,
+)
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.redirect import RedirectToHTTPS
+from proxy.rewrite import RedirectAppRoot, RewritePath
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
@@ -97,7 +107,7 @@ class Policies:
         max_body = 0
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
-                request.append(RedirectToHTTPS(spec.status))
+                request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
                 if spec.max_bytes:
                     request.append(LimitBody(spec.max_bytes))
@@ -108,6 +118,10 @@ class Policies:
                 request.append(RefuseAll(spec.status, spec.reason))
             elif isinstance(spec, SourceRanges):
                 request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, Rewrite):
+                request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
+            elif isinstance(spec, AppRoot):
+                request.append(RedirectAppRoot(spec.path))
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),

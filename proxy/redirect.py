@@ -7,7 +7,8 @@ keeps the method and body). The port is left out of the Location on purpose: beh
 balancer mapping 443 to the listener's port the public port is 443, and the request's own port
 is the plain-HTTP one. As in ingress-nginx (rootfs/etc/nginx/lua/lua_ingress.lua, without
 `preserve-trailing-slash`), a target ending in "/" loses that one "/": `/` goes to
-`https://host`, `/a/` to `https://host/a`, `/a/?q` keeps its query and its "/".
+`https://host`, `/a/` to `https://host/a`, `/a/?q` keeps its query and its "/". With
+`preserve-trailing-slash` (`HTTPSRedirect.preserve_trailing_slash`) the target is kept whole.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ def _hostname(host: bytes) -> bytes | None:
     return name
 
 
-def location(host: bytes, target: bytes) -> bytes | None:
+def location(host: bytes, target: bytes, keep_trailing_slash: bool = False) -> bytes | None:
     """`https://host/target` for a request, None when the host cannot be used."""
     name = _hostname(host)
     if name is None:
         return None
     if target[:1] != b"/":
         target = b"/"
-    if target[-1:] == b"/":
+    if target[-1:] == b"/" and not keep_trailing_slash:
         target = target[:-1]
     return b"https://" + name + target
 
@@ -49,14 +50,15 @@ INVALID_HOST: Final = Answer(400, "InvalidHost", close=True)
 class RedirectToHTTPS(RequestStep):
     """config.HTTPSRedirect, on the plain-HTTP listener only."""
 
-    __slots__ = ("status",)
+    __slots__ = ("keep_trailing_slash", "status")
 
-    def __init__(self, status: int = 308) -> None:
+    def __init__(self, status: int = 308, keep_trailing_slash: bool = False) -> None:
         super().__init__(PLAIN)
         self.status = status
+        self.keep_trailing_slash = keep_trailing_slash
 
     def request(self, head: RequestHead, client: ClientContext) -> Answer | None:
-        url = location(head.host, head.target)
+        url = location(head.host, head.target, self.keep_trailing_slash)
         if url is None:
             return INVALID_HOST
         return Answer(self.status, "SSLRedirect", b"Location: " + url + b"\r\n")

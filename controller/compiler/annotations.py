@@ -62,6 +62,15 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # Regex paths and rewrites (ingress-nginx's rewrite annotations; the compiler applies them
+    # host-wide where ingress-nginx does, see ingress.py): `use-regex`; `rewrite-target` (a
+    # template with "$N" captures, None: not annotated); `x-forwarded-prefix` (sent only with a
+    # rewrite, "" none); `app-root` (None: none); `preserve-trailing-slash` (HTTPS redirects).
+    use_regex: bool = False
+    rewrite_target: str | None = None
+    x_forwarded_prefix: str = ""
+    app_root: str | None = None
+    preserve_trailing_slash: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -155,6 +164,40 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+# ingress-nginx's RegexPathWithCapture characters (letters, digits, "-._~/:" and "$"), with "$"
+# only as a capture "$0" .. "$9": nginx would read "$host" or "$request_uri" as its variables.
+_TEMPLATE_CHARS: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+_TEMPLATE_HINT: Final = (
+    'letters, digits, "-._~/:" and captures "$1" .. "$9" (nginx variables are not supported)'
+)
+
+
+def _template(value: str) -> str:
+    if not _TEMPLATE_CHARS.match(value):
+        raise _Invalid(f"expected {_TEMPLATE_HINT}")
+    return value
+
+
+def _rewrite_target(value: str) -> str:
+    """The new path of a rewrite: it must start with "/" or a capture (nginx would make a
+    target starting with "http://" or "https://" a redirect: refused here)."""
+    target = _template(value.strip())
+    if not (target.startswith("/") or target.startswith("$")):
+        raise _Invalid('expected a path starting with "/" or a capture ("$1")')
+    return target
+
+
+def _app_root(value: str) -> str:
+    path = value.strip()
+    if not path.startswith("/") or "$" in path or not _TEMPLATE_CHARS.match(path):
+        raise _Invalid('expected a path starting with "/" of letters, digits and "-._~/:"')
+    return path
+
+
+def _forwarded_prefix(value: str) -> str:
+    return _template(value.strip())
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -180,6 +223,12 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    # Regex paths and rewrites: made into regex rules and policy steps by the compiler.
+    "use-regex": (_bool, "use_regex"),
+    "rewrite-target": (_rewrite_target, "rewrite_target"),
+    "x-forwarded-prefix": (_forwarded_prefix, "x_forwarded_prefix"),
+    "app-root": (_app_root, "app_root"),
+    "preserve-trailing-slash": (_bool, "preserve_trailing_slash"),
 }
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -194,6 +243,11 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_verify",
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
+        "use_regex",
+        "rewrite_target",
+        "x_forwarded_prefix",
+        "app_root",
+        "preserve_trailing_slash",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -249,6 +303,11 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            use_regex=bool(values.get("use_regex", False)),
+            rewrite_target=values.get("rewrite_target"),
+            x_forwarded_prefix=values.get("x_forwarded_prefix", ""),
+            app_root=values.get("app_root"),
+            preserve_trailing_slash=bool(values.get("preserve_trailing_slash", False)),
         ),
         tuple(errors),
     )

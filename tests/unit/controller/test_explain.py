@@ -115,8 +115,10 @@ def routed(
     rule: tuple[str | None, str | None, str | None],
     backend: tuple[str, int | str],
     endpoints: list[str],
+    match: str | None = None,
 ) -> dict[str, Any]:
-    """The answer for a request routed by `rule` (host, path, pathType) to `backend`."""
+    """The answer for a request routed by `rule` (host, path, pathType) to `backend`; `match`
+    defaults to the pathType's."""
     host, path, path_type = rule
     service, port = backend
     return {
@@ -125,11 +127,15 @@ def routed(
         "host": host,
         "path": path,
         "pathType": path_type,
+        "match": match if match is not None else _MATCHES.get(path_type),
         "service": service,
         "port": port,
         "endpoints": endpoints,
         "reason": None,
     }
+
+
+_MATCHES = {"Exact": "exact", "Prefix": "prefix", "ImplementationSpecific": "prefix"}
 
 
 def miss(
@@ -141,6 +147,7 @@ def miss(
         "host": host,
         "path": None,
         "pathType": None,
+        "match": None,
         "service": None,
         "port": None,
         "endpoints": [],
