@@ -8,6 +8,7 @@ import pytest
 
 from proxy.config import (
     HSTS,
+    AppRoot,
     SCHEMA_VERSION,
     Backend,
     BodyLimit,
@@ -16,6 +17,7 @@ from proxy.config import (
     HTTPSRedirect,
     PathRule,
     Refuse,
+    Rewrite,
     RouteOptions,
     RouteTable,
     Snapshot,
@@ -43,9 +45,28 @@ def full_snapshot() -> Snapshot:
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
+    # A use-regex host: regex rules, with the rewrite and app-root steps.
+    rewriting = RouteOptions(
+        policy=(
+            AppRoot("/app"),
+            HTTPSRedirect(preserve_trailing_slash=True),
+            Rewrite("/api(/|$)(.*)", "/$2", "/api"),
+        )
+    )
+    regex = PathRule(
+        "/api(/|$)(.*)",
+        "regex",
+        "ns/web/80",
+        "ns/re",
+        "ns/web",
+        80,
+        "ImplementationSpecific",
+        rewriting,
+    )
     routes = RouteTable(
         (
             VirtualHost("a.example", (exact, prefix), fallback, "ns/cert"),
+            VirtualHost("re.example", (regex,)),
             VirtualHost("*.example", (prefix,)),
             VirtualHost("", (prefix,)),
         ),
@@ -129,12 +150,43 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param(
+            {"step": "https_redirect", "status": 308, "preserve_trailing_slash": "yes"},
+            id="preserve-slash-not-a-flag",
+        ),
+        pytest.param({"step": "rewrite", "pattern": "/a", "target": ""}, id="rewrite-no-target"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/(a)\\1", "target": "/"}, id="rewrite-backreference"
+        ),
+        pytest.param({"step": "rewrite", "pattern": "a", "target": "/"}, id="rewrite-no-slash"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/$host"}, id="rewrite-variable"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/x\r\nX: y"}, id="rewrite-crlf"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/", "forwarded_prefix": "/a b"},
+            id="rewrite-prefix-space",
+        ),
+        pytest.param({"step": "app_root", "path": "app"}, id="app-root-relative"),
+        pytest.param({"step": "app_root", "path": "/$1"}, id="app-root-capture"),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
     assert decode_snapshot(_with_step({"step": "body_limit", "max_bytes": 1}))  # the positive
     with pytest.raises(SnapshotError):
         decode_snapshot(_with_step(step))
+
+
+@pytest.mark.parametrize(
+    "pattern", ["/(a)\\1", "/(?=x)", "/a(b", "/" + "x" * 1024], ids=str.__len__
+)
+def test_rejects_a_regex_rule_the_engine_cannot_take(pattern: str) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["virtual_hosts"][1]["rules"][0][0] = pattern
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
 
 
 def test_policy_steps_keep_their_order() -> None:
