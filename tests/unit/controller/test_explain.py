@@ -450,7 +450,9 @@ spec:
   - host: re.local
     http:
       paths:
-      - {path: '/api/(v[0-9])', pathType: ImplementationSpecific, backend: {service: {name: api, port: {number: 80}}}}
+      - path: '/api/(v[0-9])'
+        pathType: ImplementationSpecific
+        backend: {service: {name: api, port: {number: 80}}}
 """
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from proxy.config import (
     HSTS,
-    AppRoot,
     SCHEMA_VERSION,
+    AppRoot,
     Backend,
     BodyLimit,
     Endpoint,

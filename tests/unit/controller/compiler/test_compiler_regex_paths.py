@@ -319,4 +319,3 @@ def test_preserve_trailing_slash_is_on_the_https_redirect() -> None:
     assert vhosts[H].rules[0].options.step(HTTPSRedirect) == HTTPSRedirect(
         preserve_trailing_slash=True
     )
-
