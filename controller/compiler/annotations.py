@@ -71,6 +71,13 @@ class IngressOptions:
     x_forwarded_prefix: str = ""
     app_root: str | None = None
     preserve_trailing_slash: bool = False
+    # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
+    # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
+    # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
+    # True keeps the pods' answers (the compiler makes the ErrorPages step, proxy/config.py).
+    default_backend: str | None = None
+    custom_http_errors: tuple[int, ...] | None = None
+    disable_proxy_intercept_errors: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -198,6 +205,34 @@ def _forwarded_prefix(value: str) -> str:
     return _template(value.strip())
 
 
+_SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _service_name(value: str) -> str:
+    """A Service name (a DNS-1035 label, as ingress-nginx validates it): no namespace, the
+    Service is the Ingress's namespace's."""
+    name = value.strip()
+    if not _SERVICE_NAME.match(name):
+        raise _Invalid("expected the name of a Service in the Ingress's namespace")
+    return name
+
+
+def _status_codes(value: str) -> tuple[int, ...]:
+    """Comma-separated HTTP statuses from 400 to 599 ("404,503", spaces ignored, as
+    ingress-nginx reads them); sorted, without duplicates."""
+    codes: set[int] = set()
+    entries = value.replace(" ", "").split(",")
+    if entries[-1] == "" and len(entries) > 1:
+        entries.pop()  # a trailing comma, which ingress-nginx's grammar allows
+    for entry in entries:
+        if not (len(entry) == 3 and entry.isascii() and entry.isdigit() and entry[0] in "45"):
+            raise _Invalid(
+                f"{entry!r} is not a status from 400 to 599; expected comma-separated statuses"
+            )
+        codes.add(int(entry))
+    return tuple(sorted(codes))
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -229,6 +264,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "x-forwarded-prefix": (_forwarded_prefix, "x_forwarded_prefix"),
     "app-root": (_app_root, "app_root"),
     "preserve-trailing-slash": (_bool, "preserve_trailing_slash"),
+    # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
+    "default-backend": (_service_name, "default_backend"),
+    "custom-http-errors": (_status_codes, "custom_http_errors"),
+    "disable-proxy-intercept-errors": (_bool, "disable_proxy_intercept_errors"),
 }
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -248,6 +287,9 @@ _INGRESS_FIELDS: Final = frozenset(
         "x_forwarded_prefix",
         "app_root",
         "preserve_trailing_slash",
+        "default_backend",
+        "custom_http_errors",
+        "disable_proxy_intercept_errors",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -308,6 +350,9 @@ def parse_annotations(
             x_forwarded_prefix=values.get("x_forwarded_prefix", ""),
             app_root=values.get("app_root"),
             preserve_trailing_slash=bool(values.get("preserve_trailing_slash", False)),
+            default_backend=values.get("default_backend"),
+            custom_http_errors=values.get("custom_http_errors"),
+            disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
         ),
         tuple(errors),
     )
