@@ -29,6 +29,7 @@ class Route:
     """A path rule resolved for the data path: its cluster, limits and policy."""
 
     __slots__ = (
+        "access_log",
         "balancer",
         "cluster",
         "connect_timeout",
@@ -77,6 +78,8 @@ class Route:
         self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
         self.read_timeout = options.read_timeout or settings.upstream_read_timeout
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout
+        # False: the route's requests leave no access-log entry (enable-access-log "false").
+        self.access_log = options.access_log
         # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
         self.plain: Policy
         self.secure: Policy
