@@ -45,6 +45,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.pool",
     "proxy.redirect",
     "proxy.replies",
+    "proxy.rewrite",
     "proxy.rewriting",
     "proxy.route",
     "proxy.routing",

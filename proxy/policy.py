@@ -25,18 +25,21 @@ from typing import Final
 
 from proxy.config import (
     HSTS,
+    AppRoot,
     BodyLimit,
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
     Redirect,
     Refuse,
+    Rewrite,
     RewriteCookies,
     RewriteRedirects,
     SourceRanges,
 )
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
+from proxy.rewrite import RedirectAppRoot, RewritePath
 from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
@@ -115,7 +118,7 @@ class Policies:
         cookies: RewriteCookies | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
-                request.append(RedirectToHTTPS(spec.status))
+                request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
                 if spec.max_bytes:
                     request.append(LimitBody(spec.max_bytes))
@@ -132,6 +135,10 @@ class Policies:
                 # One per listener, each with its scheme: nothing tests the scheme per request.
                 request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
                 request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
+            elif isinstance(spec, Rewrite):
+                request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
+            elif isinstance(spec, AppRoot):
+                request.append(RedirectAppRoot(spec.path))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
