@@ -287,7 +287,7 @@ class RewriteRedirects:
     a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
     (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
     with "/" is made absolute as nginx does (listener scheme, the request's host without its
-    port: ingress-nginx's port_in_redirect off). See proxy/rewriting.py."""
+    port: ingress-nginx's port_in_redirect off). See proxy/fieldrewrite.py."""
 
     prefix: str
     replacement: str
@@ -306,7 +306,7 @@ class RewriteCookies:
     a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
     kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
     has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
-    attribute. Domains are given without a leading ".". See proxy/rewriting.py."""
+    attribute. Domains are given without a leading ".". See proxy/fieldrewrite.py."""
 
     domain: str = ""
     domain_replacement: str = ""

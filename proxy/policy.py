@@ -11,7 +11,7 @@ for HTTPS, each holding:
   exchange hands these to the client side with every response head (proxy/exchange.py);
 - `max_body`: the body limit the exchange checks as the request body is read;
 - `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
-  (proxy/rewriting.py), None for a route without them.
+  (proxy/fieldrewrite.py), None for a route without them.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -37,10 +37,10 @@ from proxy.config import (
     RewriteRedirects,
     SourceRanges,
 )
+from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
+from proxy.pathrewrite import RedirectAppRoot, RewritePath
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
-from proxy.rewrite import RedirectAppRoot, RewritePath
-from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step

@@ -1,5 +1,5 @@
 """Regex paths on the proxy side: the RE2 wrapper (proxy/regex.py), regex rules in the route
-table (proxy/table.py) and the rewrite and app-root steps (proxy/rewrite.py), with heads parsed
+table (proxy/table.py) and the rewrite and app-root steps (proxy/pathrewrite.py), with heads parsed
 as the worker parses them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from proxy.config import PathRule, RouteTable, VirtualHost
 from proxy.headers import ClientContext, RequestHead, parse_request
+from proxy.pathrewrite import RedirectAppRoot, RewritePath
 from proxy.regex import MAX_PATTERN_LENGTH, PatternError, compile_path
-from proxy.rewrite import RedirectAppRoot, RewritePath
 from proxy.table import Router
 
 # ---- the wrapper ----------------------------------------------------------------------------
