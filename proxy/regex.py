@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-from re2 import _re2  # type: ignore[import-untyped]
+from re2 import _re2  # type: ignore[import-untyped,unused-ignore]
 
 # A path pattern longer than this is refused (ingress-nginx paths are short; a long one is
 # either a mistake or an attempt at a large program).
