@@ -44,6 +44,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.pool",
     "proxy.redirect",
     "proxy.replies",
+    "proxy.retry",
     "proxy.route",
     "proxy.routing",
     "proxy.server",
