@@ -305,7 +305,8 @@ class Exchange(Receiver):
             self.holding = False
             self._attempt()  # the whole body is here (and stays for a resend)
             return
-        if not self.replayable:
+        if not self.replayable and self.conn is not None:
+            # Sent already (without a connection, what is pending still has to go out).
             self.pending = None
 
     def _send_body(self, piece: bytes) -> None:
