@@ -86,7 +86,7 @@ class Exchange(Receiver):
         "fwd",
         "head",
         "head_at",
-        "holding",
+        "hold",
         "pending",
         "pending_bytes",
         "policy",
@@ -135,7 +135,11 @@ class Exchange(Receiver):
         self.endpoint: Endpoint | None = None
         self.tried: list[Endpoint] = []
         self.attempts_left = route.max_attempts if route is not None else fwd.max_attempts
-        self.holding = False  # reading the whole body before choosing a pod
+        # proxy-request-buffering: the body is read whole before a pod is chosen. 0: no (or no
+        # longer); 1: holding it, `begin` not run yet; 2: `begin` ran, request_end goes on.
+        self.hold = 0
+        if not self.request_done and route is not None and route.request_buffering:
+            self.hold = 1
         self.response: ResponseHead | None = None
         self.status = 0
         self.sent = 0
@@ -158,9 +162,11 @@ class Exchange(Receiver):
         if not self.request_done:
             if self.head.expect_continue:
                 self.client.send_interim(100, [])
-            if route.request_buffering and route.cluster is not None:
-                self.holding = True  # request_end (or a body past the limit) goes on
-                return
+            if self.hold:
+                if route.cluster is not None:
+                    self.hold = 2  # request_end (or a body past the limit) goes on
+                    return
+                self.hold = 0
         self._attempt()
 
     def _attempt(self, chosen: Endpoint | None = None) -> None:
@@ -301,10 +307,12 @@ class Exchange(Receiver):
             return
         if self.head is not None and self.head.chunked:
             self._send_body(hdr.LAST_CHUNK)
-        if self.holding:
-            self.holding = False
-            self._attempt()  # the whole body is here (and stays for a resend)
-            return
+        if self.hold:
+            began = self.hold == 2
+            self.hold = 0
+            if began:
+                self._attempt()  # the whole body is here (and stays for a resend)
+                return
         if not self.replayable and self.conn is not None:
             # Sent already (without a connection, what is pending still has to go out).
             self.pending = None
@@ -332,13 +340,15 @@ class Exchange(Receiver):
             pending = self.pending = []
         pending.append(piece)
         self.pending_bytes += len(piece)
-        if self.holding:
+        if self.hold:
             if self.body_received > (self.policy.max_body or HELD_BODY_LIMIT):
                 # No body limit to bound it: stream the rest, this request cannot be resent.
-                self.holding = False
+                began = self.hold == 2
+                self.hold = 0
                 self.replayable = False
                 flow.buffered(self.client, self.pending_bytes)
-                self._attempt()
+                if began:
+                    self._attempt()
             return
         if flow.buffered(self.client, self.pending_bytes) and not self._held_whole():
             self.replayable = False

@@ -571,3 +571,31 @@ async def test_body_past_64k_read_before_the_connection_is_ready_reaches_the_pod
     finally:
         await proxy.shutdown(0.5)
         await _stop(pods)
+
+
+@pytest.mark.parametrize(
+    ("size", "policy"),
+    [
+        # Read by the proxy in several pieces, some before the exchange begins.
+        (256 * 1024, ()),
+        # No body limit on the route: past 1 MiB held, the rest is streamed (and still whole).
+        (3 * 1024 * 1024 // 2, (BodyLimit(0),)),
+    ],
+    ids=["256k", "1.5m-unlimited-route"],
+)
+async def test_buffered_bodies_arrive_whole(size: int, policy: Any) -> None:
+    """proxy-request-buffering "on" (ingress-nginx's default): whatever the size and however
+    the body arrives, the pod gets all of it."""
+    pods = await _pods(["ok"])
+    body = bytes(range(256)) * (size // 256)
+    options = RouteOptions(request_buffering=True, policy=policy)
+    proxy = await start_proxy(snapshot({"ns/svc/80": _endpoints(pods)}, options=options))
+    try:
+        client = await Client.connect(proxy.http_port)
+        resp = await client.request("POST", "/", body=body)
+        await client.close()
+        assert resp.status == 200
+        assert resp.body == hashlib.sha256(body).hexdigest().encode()
+    finally:
+        await proxy.shutdown(0.5)
+        await _stop(pods)
