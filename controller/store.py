@@ -44,12 +44,21 @@ def _backend_services(backend: IngressBackend | None, namespace: str) -> Iterabl
         yield (namespace, backend.service.name)
 
 
+_DEFAULT_BACKEND = ("nginx.ingress.kubernetes.io/default-backend", "portico.dev/default-backend")
+
+
 def ingress_services(ingress: Ingress) -> set[ServiceKey]:
-    """Every Service an Ingress names (rules and defaultBackend), in its own namespace."""
+    """Every Service an Ingress names (rules, defaultBackend and the default-backend
+    annotation), in its own namespace."""
     out = set(_backend_services(ingress.default_backend, ingress.namespace))
     for rule in ingress.rules:
         for path in rule.paths:
             out.update(_backend_services(path.backend, ingress.namespace))
+    # A malformed name is reported by the compiler; indexing it anyway is harmless.
+    for annotation in _DEFAULT_BACKEND:
+        name = ingress.annotations.get(annotation)
+        if name and name.strip():
+            out.add((ingress.namespace, name.strip()))
     return out
 
 

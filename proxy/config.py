@@ -154,8 +154,29 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
-PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges
-_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges)
+@dataclass(frozen=True, slots=True)
+class ErrorPages:
+    """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
+    built by proxy/route.py, run by proxy/errorpages.py): a pod response whose status is in
+    `codes` is not relayed; the client gets the answer of `backend` to `GET /` (HEAD for
+    HEAD) with X-Code and the other ingress-nginx error headers instead. With `fallback`, a
+    request the route cannot serve for lack of endpoints goes to `backend` as it is, with
+    X-Code: 503. `backend` is a key into Snapshot.backends, `service` its "ns/name" (logs)."""
+
+    backend: str
+    service: str
+    codes: tuple[int, ...] = ()
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "error pages without a backend")
+        _check(bool(self.codes) or self.fallback, "error pages without codes or fallback")
+        for code in self.codes:
+            _check(type(code) is int and 400 <= code <= 599, f"error page status {code!r}")
+
+
+PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges | ErrorPages
+_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges, ErrorPages)
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "https_redirect": HTTPSRedirect,
@@ -163,6 +184,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "hsts": HSTS,
     "refuse": Refuse,
     "source_ranges": SourceRanges,
+    "error_pages": ErrorPages,
 }
 
 
@@ -360,6 +382,7 @@ _JSON_TYPES: Final[dict[str, type]] = {
     "bool": bool,
     "str": str,
     "tuple[str, ...]": tuple,
+    "tuple[int, ...]": tuple,
 }
 
 

@@ -34,6 +34,7 @@ from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
 from proxy.clientside import ClientSide
 from proxy.config import Endpoint
+from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
 from proxy.policy import Policy
@@ -175,6 +176,9 @@ class Exchange(Receiver):
         assert route is not None
         cluster = route.cluster
         if cluster is None:
+            if route.errors is not None and route.errors.fallback:
+                self._fall_back(route)
+                return
             self._local(503, route.unavailable or "NoEndpoints")
             return
         tried = self.tried
@@ -187,6 +191,8 @@ class Exchange(Receiver):
         if endpoint is None:
             if tried:
                 self._local(502, "UpstreamConnectFailed")
+            elif route.errors is not None and route.errors.fallback:
+                self._fall_back(route)
             else:
                 self._local(503, "NoEndpoints")
             return
@@ -399,11 +405,16 @@ class Exchange(Receiver):
         route = self.route
         assert route is not None
         next_upstream = route.next_upstream
+        # As nginx: a status retried elsewhere first (proxy_next_upstream), then the last
+        # attempt's answer may be replaced by an error page (proxy_intercept_errors).
         if (
             next_upstream is not None
             and status in next_upstream.statuses
             and self._resend_status(next_upstream, conn, status)
         ):
+            return
+        errors = route.errors
+        if errors is not None and status in errors.codes and self._error_page(conn, status):
             return
         # The loop time of the read that holds the head (one clock call less per request).
         head_at = conn.read_at
@@ -421,6 +432,41 @@ class Exchange(Receiver):
         if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
             keep = conn.finish_head_response()
             self.response_done(conn, keep, conn.read_at)
+
+    # ---- error pages (proxy/errorpages.py) ---------------------------------------------------
+
+    def _error_page(self, conn: UpstreamProtocol | None, status: int) -> bool:
+        """The pod answered (`conn`), or the proxy would answer (None: 502, 503, 504, a
+        refusal, as nginx's error_page takes its own errors too), a status the route's default
+        backend answers instead: drop that answer and ask the default backend. False: answer
+        as planned (no default backend endpoint, or the request body is still on its way,
+        which the default backend's answer would leave unread)."""
+        route = self.route
+        head = self.head
+        assert route is not None and route.errors is not None and head is not None
+        error_route = route.error_route
+        if error_route is None or not self.request_done or not serves(error_route.cluster):
+            return False
+        if conn is not None:
+            self._release(conn, False)  # the pod's body is not read: its connection goes
+        self.pending = None  # the body kept for a replay: the error page is fetched without
+        self.pending_bytes = 0
+        self._divert(error_route, route.errors.error_request(head, status))
+        return True
+
+    def _fall_back(self, route: Route) -> None:
+        """The route has no endpoint: its default backend gets the request (with X-Code)."""
+        assert route.errors is not None and route.error_route is not None
+        assert self.head is not None
+        self._divert(route.error_route, route.errors.fallback_request(self.head))
+
+    def _divert(self, route: Route, head: RequestHead) -> None:
+        """Forward this exchange's request to another route's backend from the start."""
+        self.route = route
+        self.head = head
+        self.tried = []
+        self.attempts_left = self.fwd.max_attempts
+        self._attempt()
 
     def _response_fields(self, status: int) -> bytes:
         """The fields the route's response steps add to this response."""
@@ -637,6 +683,16 @@ class Exchange(Receiver):
         """Answer locally; `fields`: the answer's own extra header fields (the route's
         response steps add theirs)."""
         if self.finished:
+            return
+        route = self.route
+        if (
+            route is not None
+            and route.errors is not None
+            and status in route.errors.codes
+            and not close
+            and self._error_page(None, status)
+        ):
+            self.reason = reason  # what happened, though the default backend answers
             return
         head = self.head
         # A request body still on its way would be read as the next request: close instead.

@@ -36,6 +36,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.config",
     "proxy.connections",
     "proxy.downstream",
+    "proxy.errorpages",
     "proxy.exchange",
     "proxy.flow",
     "proxy.headers",

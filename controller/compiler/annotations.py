@@ -68,6 +68,13 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
+    # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
+    # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
+    # True keeps the pods' answers (the compiler makes the ErrorPages step, proxy/config.py).
+    default_backend: str | None = None
+    custom_http_errors: tuple[int, ...] | None = None
+    disable_proxy_intercept_errors: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -161,6 +168,34 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+_SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _service_name(value: str) -> str:
+    """A Service name (a DNS-1035 label, as ingress-nginx validates it): no namespace, the
+    Service is the Ingress's namespace's."""
+    name = value.strip()
+    if not _SERVICE_NAME.match(name):
+        raise _Invalid("expected the name of a Service in the Ingress's namespace")
+    return name
+
+
+def _status_codes(value: str) -> tuple[int, ...]:
+    """Comma-separated HTTP statuses from 400 to 599 ("404,503", spaces ignored, as
+    ingress-nginx reads them); sorted, without duplicates."""
+    codes: set[int] = set()
+    entries = value.replace(" ", "").split(",")
+    if entries[-1] == "" and len(entries) > 1:
+        entries.pop()  # a trailing comma, which ingress-nginx's grammar allows
+    for entry in entries:
+        if not (len(entry) == 3 and entry.isascii() and entry.isdigit() and entry[0] in "45"):
+            raise _Invalid(
+                f"{entry!r} is not a status from 400 to 599; expected comma-separated statuses"
+            )
+        codes.add(int(entry))
+    return tuple(sorted(codes))
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
@@ -247,6 +282,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-buffering": (_on_off_exact, "proxy_buffering"),
     "client-body-buffer-size": (_nginx_size, "client_body_buffer_size"),
     "proxy-max-temp-file-size": (_nginx_offset, "proxy_max_temp_file_size"),
+    # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
+    "default-backend": (_service_name, "default_backend"),
+    "custom-http-errors": (_status_codes, "custom_http_errors"),
+    "disable-proxy-intercept-errors": (_bool, "disable_proxy_intercept_errors"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -266,6 +305,9 @@ _INGRESS_FIELDS: Final = frozenset(
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
         *_ACCEPTED,
+        "default_backend",
+        "custom_http_errors",
+        "disable_proxy_intercept_errors",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -325,6 +367,9 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            default_backend=values.get("default_backend"),
+            custom_http_errors=values.get("custom_http_errors"),
+            disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
         ),
         tuple(errors),
     )

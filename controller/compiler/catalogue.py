@@ -254,12 +254,14 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "More host names for the Ingress's rules; list them as rules instead.",
         ISSUE_FORWARDING,
     ),
-    _unsupported(
+    _supported(
         "default-backend",
         "error-pages",
-        "A Service answering when the rule's Service has no endpoints; spec.defaultBackend "
-        "of the Ingress covers unmatched paths.",
-        ISSUE_FORWARDING,
+        "A Service of the Ingress's namespace (its first port, as ingress-nginx) answers the "
+        "requests of rules whose Service has no endpoints (or is missing), with X-Code: 503 "
+        "and the X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port, X-Request-ID "
+        "fields, and serves the Ingress's custom-http-errors. A missing Service is a problem "
+        "on the Ingress. spec.defaultBackend of the Ingress still covers unmatched paths.",
     ),
     # ---- redirects --------------------------------------------------------------------------
     _different(
@@ -694,17 +696,28 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
     ),
     # ---- error pages --------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "custom-http-errors",
         "error-pages",
-        "Pod answers with these statuses are replaced by the default backend's.",
-        ISSUE_FORWARDING,
+        "Pod answers (and Portico's own 502, 503, 504, refusals) with these statuses "
+        '(comma-separated, 400 to 599) are replaced by the default backend\'s answer to "/", '
+        "status included, with X-Code, X-Format, X-Original-URI, X-Namespace, X-Ingress-Name, "
+        "X-Service-Name, X-Service-Port, X-Request-ID; the pod's connection is closed, its "
+        "body unread. The default backend is the default-backend annotation's, else the "
+        "Ingress with only a defaultBackend (Portico has no --default-backend-service). "
+        "Differences: the error page is asked with GET (HEAD for HEAD) and without the "
+        "request body, where nginx keeps the method and sends the body again; without any "
+        "default backend, or when it has no endpoint, or while the request body is still "
+        "being read, the original answer is relayed unchanged (ingress-nginx answers 404 "
+        "from its internal server).",
     ),
-    _unsupported(
+    Entry(
         "disable-proxy-intercept-errors",
+        "supported",
         "error-pages",
-        "Turns off custom-http-errors for the Ingress.",
-        ISSUE_FORWARDING,
+        '"true": the pods\' answers are relayed even with custom-http-errors; the '
+        "default-backend annotation still answers for Services without endpoints.",
+        portico=PORTICO_PREFIX + "disable-proxy-intercept-errors",
         documented=False,
     ),
     # ---- observability ------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import parse_annotations
-from controller.compiler.backends import BackendUse, backend_key
+from controller.compiler.annotations import IngressOptions, parse_annotations
+from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     DEFAULT_BACKEND_CONFLICT,
@@ -38,6 +38,7 @@ from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
+    ErrorPages,
     HTTPSRedirect,
     MatchKind,
     PathRule,
@@ -210,6 +211,12 @@ class IngressPart:
     # Access-control annotations not enforced, served anyway (--serve-without-access-control):
     # the compiler logs a warning naming them.
     unprotected: tuple[str, ...] = ()
+    # The `default-backend` annotation's Service (its first port), already in the rules'
+    # ErrorPages step; `assemble` has it resolved with the other backends.
+    error_backend: BackendRef | None = None
+    # `custom-http-errors` without `default-backend`: the statuses the global default backend
+    # answers (the Ingress with only a defaultBackend, known once all parts are merged).
+    global_error_codes: tuple[int, ...] = ()
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -321,6 +328,9 @@ def compile_ingress(
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
+    if error_pages is not None:
+        plain = dataclasses.replace(plain, policy=(*plain.policy, error_pages))
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
@@ -428,7 +438,27 @@ def compile_ingress(
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
         unprotected=screening.unenforced if serve_without_access_control else (),
+        error_backend=error_backend,
+        global_error_codes=global_error_codes,
     )
+
+
+def _error_pages(
+    ingress: Ingress, opts: IngressOptions
+) -> tuple[BackendRef | None, tuple[int, ...], ErrorPages | None]:
+    """(the default-backend annotation's backend, the codes left for the global default
+    backend, the ErrorPages step of the Ingress's routes) from its annotations.
+
+    ingress-nginx: `default-backend` answers for Services without endpoints and serves the
+    `custom-http-errors` codes; without it the codes go to the global default backend;
+    `disable-proxy-intercept-errors` keeps the pods' answers (the fallback stays)."""
+    codes = () if opts.disable_proxy_intercept_errors else opts.custom_http_errors or ()
+    name = opts.default_backend
+    if name is None:
+        return None, codes, None
+    namespace = ingress.namespace
+    ref = BackendRef(backend_key(namespace, name, FIRST_PORT), namespace, name, FIRST_PORT)
+    return ref, (), ErrorPages(ref.key, f"{namespace}/{name}", codes, fallback=True)
 
 
 # ---- all Ingresses ------------------------------------------------------------------------------
@@ -457,6 +487,32 @@ def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
     if use is None:
         use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
     use.users.append((ref, entry.text))
+
+
+def _use_backend(uses: dict[str, BackendUse], b: BackendRef, ref: str, text: str) -> None:
+    use = uses.get(b.key)
+    if use is None:
+        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+    use.users.append((ref, text))
+
+
+def _with_global_errors(part: IngressPart, catch_all: PathRule) -> IngressPart:
+    """The part with an ErrorPages step for its custom-http-errors, served by the global
+    default backend (`catch_all`, already among the backends: its own rule uses it)."""
+    assert catch_all.service is not None
+    step = ErrorPages(catch_all.backend, catch_all.service, part.global_error_codes)
+
+    def entry(e: RuleEntry) -> RuleEntry:
+        options = e.rule.options
+        options = dataclasses.replace(options, policy=(*options.policy, step))
+        return dataclasses.replace(e, rule=dataclasses.replace(e.rule, options=options))
+
+    return dataclasses.replace(
+        part,
+        entries=tuple(entry(e) for e in part.entries),
+        fallbacks=tuple(entry(e) for e in part.fallbacks),
+        default=None if part.default is None else entry(part.default),
+    )
 
 
 def _with_ca(part: IngressPart, pem: str) -> IngressPart:
@@ -496,6 +552,14 @@ def assemble(
     certificates: dict[str, TLSCertificate] = {}
     default: PathRule | None = None
     parts = list(parts)
+    # The global default backend (the first Ingress with only a defaultBackend) serves the
+    # custom-http-errors of the Ingresses without a default-backend annotation; without one,
+    # their pods' answers are relayed (ingress-nginx would answer 404 from its own server).
+    catch_all = next((p.default for p in parts if p.default is not None), None)
+    if catch_all is not None:
+        for i, part in enumerate(parts):
+            if part.global_error_codes:
+                parts[i] = _with_global_errors(part, catch_all.rule)
     for i, part in enumerate(parts):
         if part.ca_secret is None or ca_bundle is None:
             continue
@@ -514,6 +578,9 @@ def assemble(
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        error_backend = part.error_backend
+        if error_backend is not None and (part.entries or part.fallbacks or part.default):
+            _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
         for host in part.hosts:
             if host not in by_host:
                 by_host[host] = {}

@@ -106,6 +106,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "forwarding",
         "status",
         "namespaces",
+        "error-pages",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

@@ -13,6 +13,7 @@ from proxy.config import (
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    ErrorPages,
     HTTPSRedirect,
     PathRule,
     Refuse,
@@ -38,6 +39,7 @@ def full_snapshot() -> Snapshot:
         SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
+        ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
     )
     options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
@@ -129,6 +131,30 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param(
+            {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
+            id="error-pages-no-backend",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e"},
+            id="error-pages-nothing-to-do",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [302]},
+            id="error-page-not-an-error",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": ["404"]},
+            id="error-page-code-a-string",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [True]},
+            id="error-page-code-a-flag",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": 404},
+            id="error-page-codes-not-a-list",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -145,6 +171,7 @@ def test_policy_steps_keep_their_order() -> None:
         "SourceRanges",
         "BodyLimit",
         "HSTS",
+        "ErrorPages",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
