@@ -175,8 +175,75 @@ class ErrorPages:
             _check(type(code) is int and 400 <= code <= 599, f"error page status {code!r}")
 
 
-PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges | ErrorPages
-_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges, ErrorPages)
+def _visible(text: str) -> bool:
+    """Printable ASCII without spaces: safe in a response field, nothing to unquote."""
+    return all("!" <= c <= "~" for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteRedirects:
+    """nginx's `proxy_redirect prefix replacement` (ingress-nginx's proxy-redirect-from / -to):
+    a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
+    (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
+    with "/" is made absolute as nginx does (listener scheme, the request's host without its
+    port: ingress-nginx's port_in_redirect off). See proxy/rewriting.py."""
+
+    prefix: str
+    replacement: str
+
+    def __post_init__(self) -> None:
+        _check(bool(self.prefix) and _visible(self.prefix), f"redirect prefix {self.prefix!r}")
+        _check(
+            bool(self.replacement) and _visible(self.replacement),
+            f"redirect replacement {self.replacement!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteCookies:
+    """nginx's `proxy_cookie_domain` / `proxy_cookie_path` on the pod's Set-Cookie fields:
+    a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
+    kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
+    has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
+    attribute. Domains are given without a leading ".". See proxy/rewriting.py."""
+
+    domain: str = ""
+    domain_replacement: str = ""
+    path: str = ""
+    path_replacement: str = ""
+
+    def __post_init__(self) -> None:
+        pairs = ((self.domain, self.domain_replacement), (self.path, self.path_replacement))
+        _check(any(a for a, _ in pairs), "cookie rewrite without any rule")
+        for pattern, replacement in pairs:
+            _check(bool(pattern) == bool(replacement), f"cookie rewrite {pattern!r}")
+            for text in (pattern, replacement):
+                _check(_visible(text) and ";" not in text, f"cookie rewrite text {text!r}")
+        _check(not self.domain.startswith("."), f"cookie domain {self.domain!r}")
+        _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
+
+
+PolicyStep = (
+    HTTPSRedirect
+    | BodyLimit
+    | HSTS
+    | Refuse
+    | SourceRanges
+    | ErrorPages
+    | RewriteRedirects
+    | RewriteCookies
+)
+_Step = TypeVar(
+    "_Step",
+    HTTPSRedirect,
+    BodyLimit,
+    HSTS,
+    Refuse,
+    SourceRanges,
+    ErrorPages,
+    RewriteRedirects,
+    RewriteCookies,
+)
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "https_redirect": HTTPSRedirect,
@@ -185,6 +252,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "refuse": Refuse,
     "source_ranges": SourceRanges,
     "error_pages": ErrorPages,
+    "rewrite_redirects": RewriteRedirects,
+    "rewrite_cookies": RewriteCookies,
 }
 
 
@@ -223,6 +292,9 @@ class RouteOptions:
     send_timeout: float | None = None
     # The route's policy, in order (see the steps above).
     policy: tuple[PolicyStep, ...] = ()
+    # False: no access-log entry for the route's requests (ingress-nginx's enable-access-log
+    # "false"); True cannot turn on a log the proxy has off.
+    access_log: bool = True
     # Retries (ingress-nginx's proxy-next-upstream, -tries, -timeout; run by proxy/retry.py):
     # the conditions that send a request to another pod, nginx's names (NEXT_UPSTREAM_NAMES
     # but "off"); () never retries, not even a failed connect; None: Portico's own retries

@@ -421,6 +421,9 @@ class Exchange(Receiver):
         # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
         policy = self.policy
+        rewrite = policy.rewrite
+        if rewrite is not None:
+            rewrite.rewrite(parts, head, self.client.ctx)
         added = policy.added if not policy.response else self._response_fields(status)
         try:
             response = self.client.send_head(status, parts, special, head, added, policy.replaced)
@@ -749,7 +752,7 @@ class Exchange(Receiver):
             reason,
         )
         access = telemetry.access
-        if access is None:
+        if access is None or (route is not None and not route.access_log):
             return
         upstream = self.upstream
         if upstream is None:

@@ -46,6 +46,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.redirect",
     "proxy.replies",
     "proxy.retry",
+    "proxy.rewriting",
     "proxy.route",
     "proxy.routing",
     "proxy.server",

@@ -9,7 +9,9 @@ for HTTPS, each holding:
 - `added` / `replaced`: the response fields of the steps whose fields are fixed, rendered once,
   and the pod's fields they replace; `response`: the steps computing theirs per response; the
   exchange hands these to the client side with every response head (proxy/exchange.py);
-- `max_body`: the body limit the exchange checks as the request body is read.
+- `max_body`: the body limit the exchange checks as the request body is read;
+- `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
+  (proxy/rewriting.py), None for a route without them.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -21,9 +23,19 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse, SourceRanges
+from proxy.config import (
+    HSTS,
+    BodyLimit,
+    HTTPSRedirect,
+    PolicyStep,
+    Refuse,
+    RewriteCookies,
+    RewriteRedirects,
+    SourceRanges,
+)
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.redirect import RedirectToHTTPS
+from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
@@ -32,13 +44,14 @@ from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, Respon
 class Policy:
     """The steps of one route for requests on one listener (see the module docstring)."""
 
-    __slots__ = ("added", "max_body", "replaced", "request", "response")
+    __slots__ = ("added", "max_body", "replaced", "request", "response", "rewrite")
 
     def __init__(
         self,
         request: tuple[RequestStep, ...] = (),
         response: tuple[ResponseStep, ...] = (),
         max_body: int = 0,
+        rewrite: FieldRewrites | None = None,
     ) -> None:
         self.request = request
         self.response = tuple(s for s in response if s.dynamic)
@@ -50,6 +63,7 @@ class Policy:
             replaced |= step.replaces
         self.replaced = replaced
         self.max_body = max_body  # 0: unlimited
+        self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
 
 
 # The pod's fields a response step may replace: those render_response sees apart.
@@ -95,6 +109,8 @@ class Policies:
         request: list[RequestStep] = []
         response: list[ResponseStep] = []
         max_body = 0
+        redirects: RewriteRedirects | None = None
+        cookies: RewriteCookies | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
                 request.append(RedirectToHTTPS(spec.status))
@@ -108,15 +124,22 @@ class Policies:
                 request.append(RefuseAll(spec.status, spec.reason))
             elif isinstance(spec, SourceRanges):
                 request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, RewriteRedirects):
+                redirects = spec
+            elif isinstance(spec, RewriteCookies):
+                cookies = spec
+        rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),
                 tuple(s for s in response if s.schemes & PLAIN),
                 max_body,
+                rewrite,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
                 tuple(s for s in response if s.schemes & SECURE),
                 max_body,
+                rewrite,
             ),
         )

@@ -30,6 +30,7 @@ class Route:
     """A path rule resolved for the data path: its cluster, limits and policy."""
 
     __slots__ = (
+        "access_log",
         "balancer",
         "cluster",
         "connect_timeout",
@@ -82,6 +83,8 @@ class Route:
         self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
         self.read_timeout = options.read_timeout or settings.upstream_read_timeout
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout
+        # False: the route's requests leave no access-log entry (enable-access-log "false").
+        self.access_log = options.access_log
         # Retries (proxy/retry.py): None keeps the exchange's own rules (connect failures, and
         # idempotent requests whose connection closed before any answer).
         self.next_upstream: NextUpstream | None = None

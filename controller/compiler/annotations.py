@@ -16,14 +16,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.config import DEFAULT_OPTIONS, NEXT_UPSTREAM_NAMES, BodyLimit, RouteOptions
+from proxy.config import (
+    DEFAULT_OPTIONS,
+    NEXT_UPSTREAM_NAMES,
+    BodyLimit,
+    PolicyStep,
+    RewriteCookies,
+    RewriteRedirects,
+    RouteOptions,
+)
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
 _DNS_NAME: Final = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-_TIMEOUT: Final = re.compile(r"^([0-9]{1,9})s?$")
+# Whole seconds, as ingress-nginx reads them (strconv.Atoi: a sign is allowed, a unit is not;
+# "10s" is not a number there and the ConfigMap's default applied).
+_TIMEOUT: Final = re.compile(r"^\+?([0-9]{1,9})$")
 _SIZE: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
 _SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # nginx's grammar of a size (proxy_buffer_size, client_body_buffer_size: no `g`) and of an
@@ -142,9 +152,85 @@ def _on_off(value: str) -> bool:
 
 def _timeout(value: str) -> float:
     m = _TIMEOUT.match(value.strip())
-    if m is None or int(m.group(1)) == 0:
-        raise _Invalid('expected a positive number of seconds, like "10" or "10s"')
+    if m is None:
+        raise _Invalid(
+            'expected a whole number of seconds, like "10" (ingress-nginx ignores "10s" too)'
+        )
+    if int(m.group(1)) == 0:
+        raise _Invalid("0 seconds would time out at once (nginx does): give at least 1")
     return float(m.group(1))
+
+
+# strconv.ParseBool, as ingress-nginx reads its boolean annotations.
+_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _go_bool(value: str) -> bool:
+    if value.strip() in _GO_TRUE:
+        return True
+    if value.strip() in _GO_FALSE:
+        return False
+    raise _Invalid('expected "true" or "false"')
+
+
+# The texts of proxy-redirect-from/-to and proxy-cookie-path: ingress-nginx's URL characters
+# (parser.URLIsValidRegex); proxy-cookie-domain's: its cookieDomainRegex characters. Each is one
+# nginx argument, so no spaces inside.
+_URL_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:,?&=]+$")
+_DOMAIN_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:]+$")
+_ARGUMENTS: Final = re.compile(r"[ \t\f]+")
+_NO_REGEX: Final = (
+    "regular expressions (a leading ~) are not supported: give the literal text to replace"
+)
+
+
+def _url_text(text: str) -> str:
+    if not _URL_TEXT.match(text):
+        raise _Invalid("expected one word of letters, digits and - . _ ~ / : , ? & = (no spaces)")
+    return text
+
+
+def _redirect_from(value: str) -> str:
+    """`off`, `default` (both: no rewrite) or the text a Location starts with."""
+    text = value.strip()
+    if text in ("off", "default"):
+        return text
+    if text.startswith("~"):
+        raise _Invalid(_NO_REGEX)
+    return _url_text(text)
+
+
+def _redirect_to(value: str) -> str:
+    """`off` or the replacement text (a leading ~ is literal here, as in nginx)."""
+    text = value.strip()
+    return text if text == "off" else _url_text(text)
+
+
+def _rewrite_pair(value: str, text: re.Pattern[str]) -> tuple[str, ...]:
+    """`off` -> (); else exactly two words, what to replace and its replacement."""
+    stripped = value.strip()
+    if stripped == "off":
+        return ()
+    words = _ARGUMENTS.split(stripped)
+    if len(words) != 2 or not all(text.match(w) for w in words):
+        raise _Invalid('expected "off" or two words: the text to replace and its replacement')
+    if words[0].startswith("~"):
+        raise _Invalid(_NO_REGEX)
+    return (words[0], words[1])
+
+
+def _cookie_domain(value: str) -> tuple[str, ...]:
+    pair = _rewrite_pair(value, _DOMAIN_TEXT)
+    # nginx ignores one leading "." of both (a cookie's own leading "." is kept).
+    pair = tuple(w[1:] if w.startswith(".") else w for w in pair)
+    if not all(pair):
+        raise _Invalid("a domain cannot be only a dot")
+    return pair
+
+
+def _cookie_path(value: str) -> tuple[str, ...]:
+    return _rewrite_pair(value, _URL_TEXT)
 
 
 def _cidrs(value: str) -> tuple[str, ...]:
@@ -286,10 +372,19 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "default-backend": (_service_name, "default_backend"),
     "custom-http-errors": (_status_codes, "custom_http_errors"),
     "disable-proxy-intercept-errors": (_bool, "disable_proxy_intercept_errors"),
+    "enable-access-log": (_go_bool, "access_log"),
+    # RewriteRedirects / RewriteCookies steps in the route's policy (see _rewrite_steps).
+    "proxy-redirect-from": (_redirect_from, "proxy_redirect_from"),
+    "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
+    "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
+    "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
     {"proxy_buffering", "client_body_buffer_size", "proxy_max_temp_file_size"}
+)
+_REWRITE_FIELDS: Final = frozenset(
+    {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
 )
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -308,6 +403,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "default_backend",
         "custom_http_errors",
         "disable_proxy_intercept_errors",
+        *_REWRITE_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -330,6 +426,8 @@ def parse_annotations(
         return cached
     values: dict[str, Any] = {}
     errors: list[AnnotationError] = []
+    # field -> (annotation as written, value) of the annotation that sets it, valid or not
+    given: dict[str, tuple[str, str]] = {}
     # nginx prefix first so the portico prefix overrides it.
     for prefix in PREFIXES:
         for name, value in relevant:
@@ -339,6 +437,7 @@ def parse_annotations(
             if entry is None:
                 continue
             parser, field = entry
+            given[field] = (name, value)
             try:
                 values[field] = parser(value)
             except _Invalid as exc:
@@ -349,6 +448,9 @@ def parse_annotations(
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
+    rewrites = _rewrite_steps(values, given, errors)
+    if rewrites:
+        route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
     if "next_upstream" not in values and (
         "next_upstream_tries" in values or "next_upstream_timeout" in values
     ):
@@ -377,3 +479,33 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _rewrite_steps(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> tuple[PolicyStep, ...]:
+    """The RewriteRedirects / RewriteCookies steps of proxy-redirect-from/-to and
+    proxy-cookie-domain/-path, as ingress-nginx's template writes proxy_redirect: "off" or
+    "default" in proxy-redirect-from means no rewrite (nginx's `default` replaces the
+    `http://upstream_balancer/` of ingress-nginx's proxy_pass, which no pod sends), and the
+    pair needs both halves. A half whose other half is missing altogether rewrites nothing
+    there either; it is reported, since it is surely a mistake."""
+    steps: list[PolicyStep] = []
+    source = values.get("proxy_redirect_from", "off")
+    target = values.get("proxy_redirect_to", "off")
+    if source not in ("off", "default") and target != "off":
+        steps.append(RewriteRedirects(source, target))
+    for half, other, other_name in (
+        ("proxy_redirect_from", "proxy_redirect_to", "proxy-redirect-to"),
+        ("proxy_redirect_to", "proxy_redirect_from", "proxy-redirect-from"),
+    ):
+        if values.get(half, "off") not in ("off", "default") and other not in given:
+            name, value = given[half]
+            errors.append(AnnotationError(name, value, f"has no effect without {other_name}"))
+    domain = values.get("proxy_cookie_domain", ())
+    path = values.get("proxy_cookie_path", ())
+    if domain or path:
+        steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
+    return tuple(steps)

@@ -146,6 +146,11 @@ _HTTPS_REDIRECT = (
     "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
 )
 
+_ZERO_TIMEOUT = (
+    "`0` is an invalid value, reported, and the default applies (nginx would time out at "
+    "once: no working Ingress uses it)."
+)
+
 _SOURCE_RANGES = (
     "The address checked is the client's as nginx's realip module finds it: the peer (or the "
     "PROXY protocol's source address with --proxy-protocol); for a peer in --trusted-proxies, "
@@ -366,20 +371,39 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Response headers from a ConfigMap.",
         ISSUE_FORWARDING,
     ),
-    _unsupported(
-        "proxy-redirect-from", "upstream", "Rewrites Location headers of the pod.", ISSUE_FORWARDING
+    _different(
+        "proxy-redirect-from",
+        "upstream",
+        "nginx's proxy_redirect, with proxy-redirect-to: a pod's `Location` starting with this "
+        "text (case-sensitive) has it replaced, and so has the URL after `url=` in its "
+        "`Refresh`; a rewritten Location starting with `/` is made absolute with the "
+        "request's scheme and host, without port (ingress-nginx's port_in_redirect off). "
+        "`off` and `default` (the default) rewrite nothing, as on ingress-nginx, where "
+        "`default` only matches its internal upstream name; one half without the other is "
+        "reported, as it rewrites nothing there either. Different: a regular expression (a "
+        "leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-redirect-to", "upstream", "The replacement of proxy-redirect-from.", ISSUE_FORWARDING
+    _supported(
+        "proxy-redirect-to",
+        "upstream",
+        "The replacement text of proxy-redirect-from (one word, no spaces); `off` rewrites "
+        "nothing.",
     ),
-    _unsupported(
+    _different(
         "proxy-cookie-domain",
         "upstream",
-        "Rewrites the Domain of the pod's cookies.",
-        ISSUE_FORWARDING,
+        "nginx's proxy_cookie_domain: `\"from to\"` replaces a `Domain` attribute of the pod's "
+        "`Set-Cookie` fields equal to `from` (case-insensitive; a leading `.` is ignored on "
+        "both and kept in the cookie); `off` (the default) rewrites nothing. Different: a "
+        "regular expression (a leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-cookie-path", "upstream", "Rewrites the Path of the pod's cookies.", ISSUE_FORWARDING
+    _different(
+        "proxy-cookie-path",
+        "upstream",
+        'nginx\'s proxy_cookie_path: `"from to"` replaces the `from` a `Path` attribute of the '
+        "pod's `Set-Cookie` fields starts with (case-sensitive) by `to`; `off` (the default) "
+        "rewrites nothing. Different: a regular expression (a leading `~`) is an invalid "
+        "value, not a pattern.",
     ),
     _unsupported(
         "proxy-http-version",
@@ -428,19 +452,20 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _supported(
         "proxy-connect-timeout",
         "timeouts",
-        "Seconds to connect to a pod (a number, or with an `s`); default --upstream-connect-"
-        "timeout.",
+        "Whole seconds to connect to a pod (`10s` is invalid, as ingress-nginx ignores it); "
+        "default --upstream-connect-timeout, 5 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-read-timeout",
         "timeouts",
-        "Seconds to wait for the response head and between two reads of its body; default "
-        "--upstream-read-timeout.",
+        "Whole seconds to wait for the response head and between two reads of its body; "
+        "default --upstream-read-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-send-timeout",
         "timeouts",
-        "Seconds allowed between two writes of the request body; default --upstream-send-timeout.",
+        "Whole seconds allowed between two writes of the request body; default "
+        "--upstream-send-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _different(
         "proxy-next-upstream",
@@ -484,8 +509,9 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _supported(
         "proxy-body-size",
         "buffering-and-limits",
-        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes); 413 beyond. Without it "
-        "Portico's --max-body-bytes applies (unlimited by default, where ingress-nginx's is 1m).",
+        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes of 1024); 413 beyond. "
+        "Without it, or with an invalid value, --max-body-bytes applies: 1m by default, as "
+        "ingress-nginx's proxy-body-size.",
     ),
     _different(
         "proxy-request-buffering",
@@ -721,12 +747,12 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         documented=False,
     ),
     # ---- observability ------------------------------------------------------------------------
-    _unsupported(
+    _supported(
         "enable-access-log",
         "observability",
-        "Per-Ingress access log switch; Portico's access log is on or off for every request.",
-        ISSUE_FORWARDING,
-        portico="--access-log",
+        '`"false"` leaves the Ingress\'s requests out of the access log (their metrics stay); '
+        '`"true"`, the default, cannot turn on a log that --access-log (or the ConfigMap\'s '
+        "disable-access-log) turned off.",
     ),
     _unsupported("enable-rewrite-log", "observability", "nginx's rewrite log: no equivalent."),
     _unsupported("enable-opentelemetry", "observability", "OpenTelemetry tracing: not in Portico."),

@@ -107,6 +107,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "status",
         "namespaces",
         "error-pages",
+        "response-rewriting",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

@@ -17,6 +17,8 @@ from proxy.config import (
     HTTPSRedirect,
     PathRule,
     Refuse,
+    RewriteCookies,
+    RewriteRedirects,
     RouteOptions,
     RouteTable,
     Snapshot,
@@ -40,8 +42,12 @@ def full_snapshot() -> Snapshot:
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
+        RewriteRedirects("http://pod:8080/", "/app/"),
+        RewriteCookies("pod.local", "example.org", "/", "/app/"),
     )
-    options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
+    options = RouteOptions(
+        balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
+    )
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
@@ -155,6 +161,23 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": 404},
             id="error-page-codes-not-a-list",
         ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "", "replacement": "/"}, id="no-prefix"
+        ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
+            id="redirect-splits-the-head",
+        ),
+        pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
+        pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": "a", "domain_replacement": "b;c"},
+            id="cookie-attribute-injected",
+        ),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
+            id="cookie-domain-dot",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -172,6 +195,8 @@ def test_policy_steps_keep_their_order() -> None:
         "BodyLimit",
         "HSTS",
         "ErrorPages",
+        "RewriteRedirects",
+        "RewriteCookies",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
