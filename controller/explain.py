@@ -17,10 +17,20 @@ from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.problems import SERVICE_NOT_FOUND
 from controller.objects import Ingress, IngressClass
 from controller.store import Store, WatchEvent
-from proxy.config import HTTPSRedirect, PathRule, Refuse, RouteTable, Snapshot
+from proxy.config import (
+    HostRedirect,
+    HTTPSRedirect,
+    PathRule,
+    Redirect,
+    Refuse,
+    RouteTable,
+    Snapshot,
+)
 from proxy.table import Router
 
 SSL_REDIRECT: Final = "SSLRedirect"
+URL_REDIRECT: Final = "Redirect"  # permanent-redirect, temporal-redirect
+WWW_REDIRECT: Final = "FromToWWWRedirect"  # the other name of a host
 NO_HOST_MATCH: Final = "NoHostMatch"
 NO_PATH_MATCH: Final = "NoPathMatch"
 NO_ENDPOINTS: Final = "NoEndpoints"
@@ -83,7 +93,8 @@ def explain(
     written = (
         None
         if is_default or vhost is None
-        else result.written_paths[(vhost.host, rule.path, rule.match)]
+        # (none for the rule of a from-to-www name, which no Ingress wrote)
+        else result.written_paths.get((vhost.host, rule.path, rule.match))
     )
     where: dict[str, Any] = {
         "ingress": rule.ingress,
@@ -93,12 +104,17 @@ def explain(
         "service": rule.service,
         "port": rule.port,
     }
-    redirect = rule.options.step(HTTPSRedirect)
-    if redirect is not None and scheme == "http":
-        return _answer(redirect.status, SSL_REDIRECT, **where)
-    refusal = rule.options.step(Refuse)
-    if refusal is not None:
-        return _answer(refusal.status, refusal.reason, **where)
+    # The first step that answers whatever the client, in the policy's order (as a worker runs
+    # them); source ranges depend on the client and are not judged here.
+    for step in rule.options.policy:
+        if isinstance(step, Redirect):
+            return _answer(step.status, URL_REDIRECT, **where)
+        if isinstance(step, HostRedirect):
+            return _answer(step.status, WWW_REDIRECT, **where)
+        if isinstance(step, HTTPSRedirect) and scheme == "http":
+            return _answer(step.status, SSL_REDIRECT, **where)
+        if isinstance(step, Refuse):
+            return _answer(step.status, step.reason, **where)
     return _backend_answer(result.snapshot, rule, where)
 
 

@@ -154,6 +154,56 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
+# The statuses nginx's `return` answers with a Location (the others take the text as a body).
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+
+
+def _header_safe(text: str) -> bool:
+    """Visible ASCII only: nothing that could end or split a header field."""
+    return bool(text) and all(0x21 <= ord(c) <= 0x7E for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Every request is answered `status` with `Location: url`, on both listeners, and never
+    reaches a pod; the request's path and query are not appended (ingress-nginx's
+    permanent-redirect and temporal-redirect: nginx `return <status> <url>`). `url` is an
+    absolute http:// or https:// URL."""
+
+    url: str
+    status: int
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(type(self.url) is str and _header_safe(self.url), f"redirect URL {self.url!r}")
+        scheme, sep, rest = self.url.partition("://")
+        _check(
+            scheme.lower() in ("http", "https") and bool(sep and rest),
+            f"redirect URL {self.url!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostRedirect:
+    """Every request is answered `status` with `Location: <scheme>://<host><target>`, the
+    scheme of the listener it came on and the request's target without one trailing "/", and
+    never reaches a pod (ingress-nginx's from-to-www-redirect: the compiler gives the other
+    name of a host a route with this step). `host` is a lower-case DNS name."""
+
+    host: str
+    status: int = 308
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(
+            type(self.host) is str
+            and _header_safe(self.host)
+            and self.host == self.host.lower()
+            and all(c.isalnum() or c in "-." for c in self.host),
+            f"redirect host {self.host!r}",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorPages:
     """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
@@ -232,6 +282,8 @@ PolicyStep = (
     | ErrorPages
     | RewriteRedirects
     | RewriteCookies
+    | Redirect
+    | HostRedirect
 )
 _Step = TypeVar(
     "_Step",
@@ -241,6 +293,8 @@ _Step = TypeVar(
     Refuse,
     SourceRanges,
     ErrorPages,
+    Redirect,
+    HostRedirect,
     RewriteRedirects,
     RewriteCookies,
 )
@@ -251,6 +305,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "hsts": HSTS,
     "refuse": Refuse,
     "source_ranges": SourceRanges,
+    "redirect": Redirect,
+    "host_redirect": HostRedirect,
     "error_pages": ErrorPages,
     "rewrite_redirects": RewriteRedirects,
     "rewrite_cookies": RewriteCookies,

@@ -26,15 +26,17 @@ from typing import Final
 from proxy.config import (
     HSTS,
     BodyLimit,
+    HostRedirect,
     HTTPSRedirect,
     PolicyStep,
+    Redirect,
     Refuse,
     RewriteCookies,
     RewriteRedirects,
     SourceRanges,
 )
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
-from proxy.redirect import RedirectToHTTPS
+from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.sourceranges import Ranges, source_ranges_step
@@ -124,6 +126,12 @@ class Policies:
                 request.append(RefuseAll(spec.status, spec.reason))
             elif isinstance(spec, SourceRanges):
                 request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, Redirect):
+                request.append(RedirectAll(spec.url, spec.status))
+            elif isinstance(spec, HostRedirect):
+                # One per listener, each with its scheme: nothing tests the scheme per request.
+                request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
+                request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):

@@ -21,6 +21,7 @@ from proxy.config import (
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
     PolicyStep,
+    Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
@@ -78,6 +79,14 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # permanent-redirect / temporal-redirect: the Redirect step answering every request (the
+    # compiler puts it first in the policy), None when not annotated; `invalid_redirect`: the
+    # URL of the one that applies cannot be read, and the routes fail closed (503).
+    url_redirect: Redirect | None = None
+    invalid_redirect: bool = False
+    # from-to-www-redirect: the other name of each rule host (www.<host> or <host> without
+    # "www.") redirects to it; the compiler adds those hosts (assemble).
+    from_to_www_redirect: bool = False
     # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
     # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
     # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
@@ -254,6 +263,39 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+# ingress-nginx's URL grammar for these annotations (parser.URLIsValidRegex: letters, digits and
+# `-._~/:,?&=`), then an http or https scheme (redirect.isValidURL); Portico also wants a host.
+_REDIRECT_URL: Final = re.compile(
+    r"^[hH][tT][tT][pP][sS]?://[-._~a-zA-Z0-9:,=&]+([/?][-._~a-zA-Z0-9/:,?&=]*)?$"
+)
+
+
+def _redirect_url(value: str) -> str:
+    """An absolute http:// or https:// URL, kept as written; "" (ingress-nginx: no redirect)."""
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL with a host, of letters, digits and "
+            '"-._~/:,?&=" (ingress-nginx\'s characters for it)'
+        )
+    return url
+
+
+def _redirect_code(allowed: tuple[int, ...], default: int) -> Callable[[str], int]:
+    """A status among `allowed`: those of ingress-nginx's range (300 to 307 or 308) with which
+    nginx's `return` answers a redirect (with 300, 304, 305 and 306 it sends the URL as a body
+    and no Location)."""
+    listed = ", ".join(str(code) for code in allowed[:-1]) + f" or {allowed[-1]}"
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) not in allowed:
+            raise _Invalid(f"expected {listed}; the redirect uses {default}")
+        return int(text)
+
+    return parse
+
+
 _SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -368,6 +410,16 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-buffering": (_on_off_exact, "proxy_buffering"),
     "client-body-buffer-size": (_nginx_size, "client_body_buffer_size"),
     "proxy-max-temp-file-size": (_nginx_offset, "proxy_max_temp_file_size"),
+    # A Redirect step (temporal-redirect wins), or the other host names (from-to-www-redirect),
+    # made by the compiler.
+    "permanent-redirect": (_redirect_url, "permanent_redirect"),
+    "permanent-redirect-code": (
+        _redirect_code((301, 302, 303, 307, 308), 301),
+        "permanent_redirect_code",
+    ),
+    "temporal-redirect": (_redirect_url, "temporal_redirect"),
+    "temporal-redirect-code": (_redirect_code((301, 302, 303, 307), 302), "temporal_redirect_code"),
+    "from-to-www-redirect": (_bool, "from_to_www_redirect"),
     # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
     "default-backend": (_service_name, "default_backend"),
     "custom-http-errors": (_status_codes, "custom_http_errors"),
@@ -382,6 +434,15 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
     {"proxy_buffering", "client_body_buffer_size", "proxy_max_temp_file_size"}
+)
+_REDIRECT_FIELDS: Final = frozenset(
+    {
+        "permanent_redirect",
+        "permanent_redirect_code",
+        "temporal_redirect",
+        "temporal_redirect_code",
+        "from_to_www_redirect",
+    }
 )
 _REWRITE_FIELDS: Final = frozenset(
     {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
@@ -400,6 +461,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
         *_ACCEPTED,
+        *_REDIRECT_FIELDS,
         "default_backend",
         "custom_http_errors",
         "disable_proxy_intercept_errors",
@@ -408,6 +470,23 @@ _INGRESS_FIELDS: Final = frozenset(
 )
 # The value of a source-range field whose winning annotation is invalid.
 _INVALID: Final = ("invalid",)
+
+
+def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
+    """(the Redirect step, whether its URL is invalid), as ingress-nginx chooses: a
+    temporal-redirect wins over a permanent-redirect, each with its own code (302, 301 when
+    not given or invalid); an empty URL is no redirect."""
+    for url_field, code_field, default in (
+        ("temporal_redirect", "temporal_redirect_code", 302),
+        ("permanent_redirect", "permanent_redirect_code", 301),
+    ):
+        url = values.get(url_field)
+        if url == _INVALID:
+            return None, True
+        if url:
+            return Redirect(url, values.get(code_field, default)), False
+    return None, False
+
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
 _CACHE_MAX: Final = 4096
@@ -445,6 +524,9 @@ def parse_annotations(
                 if field in _SOURCE_RANGE_FIELDS:
                     # Not ignored: an access restriction that cannot be read fails closed.
                     values[field] = _INVALID
+                elif field in ("permanent_redirect", "temporal_redirect"):
+                    # Neither: forwarding what was meant to be redirected could expose the pod.
+                    values[field] = _INVALID
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
@@ -457,6 +539,7 @@ def parse_annotations(
         route_values["next_upstream"] = _NEXT_UPSTREAM_DEFAULT
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
+    url_redirect, invalid_redirect = _url_redirect(values)
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -469,6 +552,9 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            url_redirect=url_redirect,
+            invalid_redirect=invalid_redirect,
+            from_to_www_redirect=bool(values.get("from_to_www_redirect", False)),
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),

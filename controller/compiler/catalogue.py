@@ -146,6 +146,14 @@ _HTTPS_REDIRECT = (
     "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
 )
 
+_URL_REDIRECT = (
+    "The URL must be http:// or https:// with a host, of the characters ingress-nginx accepts "
+    "there (letters, digits, `-._~/:,?&=`); an empty value is no redirect. Another value is an "
+    "InvalidAnnotation problem and the routes answer 503 (`InvalidRedirect`) rather than "
+    "forward to the pods (ingress-nginx refuses the whole Ingress for other characters and "
+    "forwards when the scheme is not http(s))."
+)
+
 _ZERO_TIMEOUT = (
     "`0` is an invalid value, reported, and the default applies (nginx would time out at "
     "once: no working Ingress uses it)."
@@ -286,29 +294,49 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
         ISSUE_FORWARDING,
     ),
-    _unsupported(
+    _different(
         "permanent-redirect",
         "redirects",
-        "Answers every request with a redirect (301).",
-        ISSUE_FORWARDING,
+        "Every request of the Ingress's routes, on HTTP and HTTPS, is answered 301 (or "
+        "permanent-redirect-code) with this URL as Location, exactly as written: the request's "
+        "path and query are not appended. It is answered before the HTTPS redirect and before "
+        "access checks (source ranges, unenforced authentication), as nginx's `return` runs "
+        "first. temporal-redirect wins when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "permanent-redirect-code", "redirects", "Status of permanent-redirect.", ISSUE_FORWARDING
+    _different(
+        "permanent-redirect-code",
+        "redirects",
+        "Status of permanent-redirect: 301, 302, 303, 307 or 308. Any other value is an "
+        "InvalidAnnotation problem and 301 is used (ingress-nginx uses 301 silently outside "
+        "300-308 and refuses the Ingress for a value that is not a number; 300, 304, 305 and 306 "
+        "make nginx answer without a Location, the URL as body).",
     ),
-    _unsupported(
+    _different(
         "temporal-redirect",
         "redirects",
-        "Answers every request with a redirect (302).",
-        ISSUE_FORWARDING,
+        "As permanent-redirect, with 302 (or temporal-redirect-code); it wins over "
+        "permanent-redirect when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "temporal-redirect-code", "redirects", "Status of temporal-redirect.", ISSUE_FORWARDING
+    _different(
+        "temporal-redirect-code",
+        "redirects",
+        "Status of temporal-redirect: 301, 302, 303 or 307 (ingress-nginx's range stops at "
+        "307: 308 gives 302). Any other value is an InvalidAnnotation problem and 302 is used "
+        "(ingress-nginx: silently outside 300-307, the Ingress refused for a value that is not "
+        "a number).",
     ),
-    _unsupported(
+    _different(
         "from-to-www-redirect",
         "redirects",
-        "Redirects between `www.` and the bare host name.",
-        ISSUE_FORWARDING,
+        '"true": `www.<host>` answers every request with a 308 to `<host>`, or `<host>` to '
+        "`www.<host>` for a host written with `www.`, for each named rule host of the Ingress "
+        "(not wildcards): the same scheme, the request's path and query kept, one trailing `/` "
+        "dropped (`/` gives `http://host`). Nothing is added when the other name is a rule "
+        "host of any Ingress. Over HTTPS the other name gets the host's certificate when it "
+        "covers that name, else the default certificate (as ingress-nginx). The Location has "
+        "no port where ingress-nginx writes its listener's (`http://host:80/a`; Portico's "
+        "listener is 8080 behind the Service), and X-Forwarded-Proto/-Port of trusted proxies "
+        "are not used for it.",
     ),
     _unsupported(
         "use-port-in-redirects",

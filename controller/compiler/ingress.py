@@ -39,6 +39,7 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
     MatchKind,
     PathRule,
@@ -76,6 +77,10 @@ ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
 # restriction is not dropped, the routes fail closed (ingress-nginx denies such a location with
 # 503; InvalidAnnotation problem).
 INVALID_SOURCE_RANGE: Final = Refuse(503, "InvalidSourceRange")
+# The first policy step of an Ingress whose permanent-redirect or temporal-redirect URL cannot
+# be read: its routes fail closed rather than forward what was meant to be redirected
+# (InvalidAnnotation problem).
+INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
 
 
 def _source_ranges(
@@ -211,6 +216,9 @@ class IngressPart:
     # Access-control annotations not enforced, served anyway (--serve-without-access-control):
     # the compiler logs a warning naming them.
     unprotected: tuple[str, ...] = ()
+    # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
+    # to them (`assemble` adds those names).
+    www_redirect_hosts: tuple[str, ...] = ()
     # The `default-backend` annotation's Service (its first port), already in the rules'
     # ErrorPages step; `assemble` has it resolved with the other backends.
     error_backend: BackendRef | None = None
@@ -338,6 +346,13 @@ def compile_ingress(
     # The redirect goes first: a plain-HTTP request is redirected before any other step sees it
     # (as ingress-nginx redirects in its rewrite phase, before access checks).
     redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
+    # permanent-redirect / temporal-redirect go before even that: nginx runs their `return` in
+    # the rewrite phase ahead of the HTTPS redirect (Lua, at the end of that phase) and of every
+    # access check; only a location denied for an unreadable source range answers 503 instead.
+    url_redirect = INVALID_REDIRECT if opts.invalid_redirect else opts.url_redirect
+    if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
+        plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
@@ -438,9 +453,18 @@ def compile_ingress(
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
         unprotected=screening.unenforced if serve_without_access_control else (),
+        www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
         error_backend=error_backend,
         global_error_codes=global_error_codes,
     )
+
+
+def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
+    """The hosts a from-to-www redirect applies to: those with a path (ingress-nginx marks a
+    server when it adds a location), named (no other name for host-less rules) and not
+    wildcards (nginx has no `www.*.example.com`)."""
+    hosts = dict.fromkeys(e.host for e in entries)
+    return tuple(h for h in hosts if h and not h.startswith("*."))
 
 
 def _error_pages(
@@ -528,6 +552,46 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
         fallbacks=tuple(entry(e) for e in part.fallbacks),
         default=None if part.default is None else entry(part.default),
     )
+
+
+def _www_redirects(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    *,
+    fallback: Mapping[str, PathRule],
+    host_cert: Mapping[str, str],
+    wild_cert: Mapping[str, str],
+    certificates: Mapping[str, TLSCertificate],
+) -> list[VirtualHost]:
+    """The virtual hosts of from-to-www-redirect, as ingress-nginx's BuildRedirects makes its
+    redirect servers: for each host an Ingress asks it for, its other name (`www.` added, or
+    removed) answers every request with a redirect to the host (HostRedirect: 308, scheme and
+    target kept), unless that name is a rule host itself (of any Ingress: it is served as
+    such). Over HTTPS it presents the host's certificate when that covers the other name, else
+    the default certificate, as ingress-nginx does. Its one rule names a backend of the host
+    only because a rule needs one: the step answers before any pod is chosen."""
+    aliases: dict[str, VirtualHost] = {}
+    for part in parts:
+        for host in part.www_redirect_hosts:
+            other = host.removeprefix("www.") if host.startswith("www.") else "www." + host
+            if other in by_host or other in aliases or host_error(other) is not None:
+                continue
+            rules = sorted(by_host.get(host, {}).values(), key=_rule_order)
+            model = rules[0] if rules else fallback.get(host)
+            if model is None:
+                continue
+            name = host_cert.get(host) or wild_cert.get(host)
+            covered = name is not None and covers(certificates[name].hosts, other)
+            rule = dataclasses.replace(
+                model,
+                path="/",
+                match="prefix",
+                ingress=part.ref,
+                path_type=None,
+                options=RouteOptions(policy=(HostRedirect(host),)),
+            )
+            aliases[other] = VirtualHost(other, (rule,), None, name if covered else None)
+    return list(aliases.values())
 
 
 def assemble(
@@ -690,6 +754,16 @@ def assemble(
         )
         for host in sorted(by_host)
     )
+    aliases = _www_redirects(
+        parts,
+        by_host,
+        fallback=fallback,
+        host_cert=host_cert,
+        wild_cert=wild_cert,
+        certificates=certificates,
+    )
+    if aliases:
+        vhosts = tuple(sorted((*vhosts, *aliases), key=lambda vh: vh.host))
     return Assembly(
         routes=RouteTable(virtual_hosts=vhosts, default=default),
         certificates=tuple(certificates[k] for k in sorted(certificates)),

@@ -106,6 +106,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "forwarding",
         "status",
         "namespaces",
+        "redirects",
         "error-pages",
         "response-rewriting",
     }

@@ -14,8 +14,10 @@ from proxy.config import (
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
     PathRule,
+    Redirect,
     Refuse,
     RewriteCookies,
     RewriteRedirects,
@@ -41,6 +43,8 @@ def full_snapshot() -> Snapshot:
         SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
+        Redirect("https://example.com/moved?from=a&b=c", 307),
+        HostRedirect("www.a.example", 301),
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
@@ -137,6 +141,25 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param({"step": "redirect", "url": "https://x.example"}, id="redirect-no-status"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x.example", "status": 300}, id="redirect-300"
+        ),
+        pytest.param({"step": "redirect", "url": "ftp://x", "status": 301}, id="redirect-ftp"),
+        pytest.param({"step": "redirect", "url": "/moved", "status": 301}, id="redirect-relative"),
+        pytest.param({"step": "redirect", "url": "https://", "status": 301}, id="redirect-no-host"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x\r\nSet-Cookie: a=b", "status": 301},
+            id="redirect-header-injection",
+        ),
+        pytest.param(
+            {"step": "redirect", "url": "https://x/a b", "status": 301}, id="redirect-space"
+        ),
+        pytest.param({"step": "host_redirect", "host": "A.example"}, id="host-redirect-case"),
+        pytest.param({"step": "host_redirect", "host": "a.example/x"}, id="host-redirect-path"),
+        pytest.param(
+            {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
+        ),
         pytest.param(
             {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
             id="error-pages-no-backend",
@@ -194,6 +217,8 @@ def test_policy_steps_keep_their_order() -> None:
         "SourceRanges",
         "BodyLimit",
         "HSTS",
+        "Redirect",
+        "HostRedirect",
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
