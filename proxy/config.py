@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
+from proxy.regex import compile_path
+
 SCHEMA_VERSION: Final = 2
 
-MatchKind = Literal["exact", "prefix"]
+# "regex": the path is a case-insensitive regular expression matched at the start of the request
+# path (ingress-nginx's `use-regex`, `~* "^<path>"`), tried in the virtual host's rule order.
+MatchKind = Literal["exact", "prefix", "regex"]
 BalancerKind = Literal["round_robin", "least_request"]
 UpstreamProtocol = Literal["HTTP", "HTTPS"]
 
@@ -93,6 +98,9 @@ class HTTPSRedirect:
     the method and body; ingress-nginx's `ssl-redirect`)."""
 
     status: int = 308
+    # ingress-nginx's `preserve-trailing-slash`: keep a target's trailing "/" in the Location
+    # (without it, as ingress-nginx, the "/" is dropped: see proxy/redirect.py).
+    preserve_trailing_slash: bool = False
 
     def __post_init__(self) -> None:
         _check(self.status in (301, 302, 303, 307, 308), f"redirect status {self.status}")
@@ -204,6 +212,49 @@ class HostRedirect:
         )
 
 
+# A rewrite template: path characters (ingress-nginx's RegexPathWithCapture: letters, digits,
+# "-._~/:") and captures "$0" .. "$9" of the route's path expression.
+_TEMPLATE: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """The pod is sent another path (ingress-nginx's `rewrite-target`, nginx `rewrite
+    "(?i)<pattern>" <target> break;`): `pattern` (a path expression, proxy/regex.py) is matched
+    at the start of the request path and `target` is the new path, its "$N" replaced by the
+    N-th capture ("" when it took no part); the request's query, if any, follows. The client's
+    request stays as sent for logs and redirects. When the result does not start with "/" the
+    request is answered 500 (InvalidRewrite), never forwarded. `forwarded_prefix` (with
+    captures too): the `X-Forwarded-Prefix` field sent to the pod, replacing the client's
+    (`x-forwarded-prefix`); "" sends none."""
+
+    pattern: str
+    target: str
+    forwarded_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        _check(type(self.pattern) is str and self.pattern.startswith("/"), "rewrite pattern")
+        compile_path(self.pattern)  # PatternError (a ValueError) when RE2 cannot take it
+        for template in (self.target, self.forwarded_prefix):
+            _check(bool(_TEMPLATE.match(template)), f"rewrite template {template!r}")
+        _check(self.target != "", "empty rewrite target")
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoot:
+    """A request for exactly "/" is answered `302 Found` with `Location:
+    <scheme>://<Host as sent><path>` (ingress-nginx's `app-root`, nginx's server-level `if ($uri
+    = /) { return 302 $scheme://$http_host<path>; }`: the query is not kept)."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        _check(
+            self.path.startswith("/") and bool(_TEMPLATE.match(self.path)) and "$" not in self.path,
+            f"app root {self.path!r}",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorPages:
     """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
@@ -236,7 +287,7 @@ class RewriteRedirects:
     a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
     (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
     with "/" is made absolute as nginx does (listener scheme, the request's host without its
-    port: ingress-nginx's port_in_redirect off). See proxy/rewriting.py."""
+    port: ingress-nginx's port_in_redirect off). See proxy/fieldrewrite.py."""
 
     prefix: str
     replacement: str
@@ -255,7 +306,7 @@ class RewriteCookies:
     a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
     kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
     has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
-    attribute. Domains are given without a leading ".". See proxy/rewriting.py."""
+    attribute. Domains are given without a leading ".". See proxy/fieldrewrite.py."""
 
     domain: str = ""
     domain_replacement: str = ""
@@ -279,6 +330,8 @@ PolicyStep = (
     | HSTS
     | Refuse
     | SourceRanges
+    | Rewrite
+    | AppRoot
     | ErrorPages
     | RewriteRedirects
     | RewriteCookies
@@ -292,6 +345,8 @@ _Step = TypeVar(
     HSTS,
     Refuse,
     SourceRanges,
+    Rewrite,
+    AppRoot,
     ErrorPages,
     Redirect,
     HostRedirect,
@@ -307,6 +362,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "source_ranges": SourceRanges,
     "redirect": Redirect,
     "host_redirect": HostRedirect,
+    "rewrite": Rewrite,
+    "app_root": AppRoot,
     "error_pages": ErrorPages,
     "rewrite_redirects": RewriteRedirects,
     "rewrite_cookies": RewriteCookies,
@@ -393,7 +450,9 @@ DEFAULT_OPTIONS: Final = RouteOptions()
 class PathRule:
     """One path of one Ingress rule, resolved to a backend key."""
 
-    path: str  # as matched: "/" for a catch-all; Prefix paths without their trailing "/"
+    # as matched: "/" for a catch-all; Prefix paths without their trailing "/"; "regex": the
+    # expression as written in the Ingress (without the "^" it is matched with)
+    path: str
     match: MatchKind
     backend: str  # key into Snapshot.backends
     ingress: str  # ObjectRef "ns/name" of the Ingress the rule came from
@@ -567,8 +626,14 @@ def _rule_to_json(r: PathRule, options_index: dict[RouteOptions, int]) -> list[A
 
 def _rule_from_json(raw: Any, options: list[RouteOptions]) -> PathRule:
     path, match, backend, ingress, service, port, path_type, opt = raw
-    if match not in ("exact", "prefix") or not isinstance(path, str) or not path.startswith("/"):
+    if (
+        match not in ("exact", "prefix", "regex")
+        or not isinstance(path, str)
+        or not path.startswith("/")
+    ):
         raise SnapshotError(f"bad path rule {raw!r}")
+    if match == "regex":
+        compile_path(path)  # a PatternError (ValueError) refuses the snapshot
     return PathRule(path, match, backend, ingress, service, port, path_type, options[opt])
 
 

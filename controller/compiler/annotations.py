@@ -87,6 +87,15 @@ class IngressOptions:
     # from-to-www-redirect: the other name of each rule host (www.<host> or <host> without
     # "www.") redirects to it; the compiler adds those hosts (assemble).
     from_to_www_redirect: bool = False
+    # Regex paths and rewrites (ingress-nginx's rewrite annotations; the compiler applies them
+    # host-wide where ingress-nginx does, see ingress.py): `use-regex`; `rewrite-target` (a
+    # template with "$N" captures, None: not annotated); `x-forwarded-prefix` (sent only with a
+    # rewrite, "" none); `app-root` (None: none); `preserve-trailing-slash` (HTTPS redirects).
+    use_regex: bool = False
+    rewrite_target: str | None = None
+    x_forwarded_prefix: str = ""
+    app_root: str | None = None
+    preserve_trailing_slash: bool = False
     # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
     # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
     # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
@@ -296,6 +305,40 @@ def _redirect_code(allowed: tuple[int, ...], default: int) -> Callable[[str], in
     return parse
 
 
+# ingress-nginx's RegexPathWithCapture characters (letters, digits, "-._~/:" and "$"), with "$"
+# only as a capture "$0" .. "$9": nginx would read "$host" or "$request_uri" as its variables.
+_TEMPLATE_CHARS: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+_TEMPLATE_HINT: Final = (
+    'letters, digits, "-._~/:" and captures "$1" .. "$9" (nginx variables are not supported)'
+)
+
+
+def _template(value: str) -> str:
+    if not _TEMPLATE_CHARS.match(value):
+        raise _Invalid(f"expected {_TEMPLATE_HINT}")
+    return value
+
+
+def _rewrite_target(value: str) -> str:
+    """The new path of a rewrite: it must start with "/" or a capture (nginx would make a
+    target starting with "http://" or "https://" a redirect: refused here)."""
+    target = _template(value.strip())
+    if not (target.startswith("/") or target.startswith("$")):
+        raise _Invalid('expected a path starting with "/" or a capture ("$1")')
+    return target
+
+
+def _app_root(value: str) -> str:
+    path = value.strip()
+    if not path.startswith("/") or "$" in path or not _TEMPLATE_CHARS.match(path):
+        raise _Invalid('expected a path starting with "/" of letters, digits and "-._~/:"')
+    return path
+
+
+def _forwarded_prefix(value: str) -> str:
+    return _template(value.strip())
+
+
 _SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -420,6 +463,12 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "temporal-redirect": (_redirect_url, "temporal_redirect"),
     "temporal-redirect-code": (_redirect_code((301, 302, 303, 307), 302), "temporal_redirect_code"),
     "from-to-www-redirect": (_bool, "from_to_www_redirect"),
+    # Regex paths and rewrites: made into regex rules and policy steps by the compiler.
+    "use-regex": (_bool, "use_regex"),
+    "rewrite-target": (_rewrite_target, "rewrite_target"),
+    "x-forwarded-prefix": (_forwarded_prefix, "x_forwarded_prefix"),
+    "app-root": (_app_root, "app_root"),
+    "preserve-trailing-slash": (_bool, "preserve_trailing_slash"),
     # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
     "default-backend": (_service_name, "default_backend"),
     "custom-http-errors": (_status_codes, "custom_http_errors"),
@@ -462,6 +511,11 @@ _INGRESS_FIELDS: Final = frozenset(
         *_SOURCE_RANGE_FIELDS,
         *_ACCEPTED,
         *_REDIRECT_FIELDS,
+        "use_regex",
+        "rewrite_target",
+        "x_forwarded_prefix",
+        "app_root",
+        "preserve_trailing_slash",
         "default_backend",
         "custom_http_errors",
         "disable_proxy_intercept_errors",
@@ -555,6 +609,11 @@ def parse_annotations(
             url_redirect=url_redirect,
             invalid_redirect=invalid_redirect,
             from_to_www_redirect=bool(values.get("from_to_www_redirect", False)),
+            use_regex=bool(values.get("use_regex", False)),
+            rewrite_target=values.get("rewrite_target"),
+            x_forwarded_prefix=values.get("x_forwarded_prefix", ""),
+            app_root=values.get("app_root"),
+            preserve_trailing_slash=bool(values.get("preserve_trailing_slash", False)),
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),

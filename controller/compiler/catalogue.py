@@ -243,23 +243,40 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _refused("auth-snippet", "nginx directives added to the auth-url location."),
     _refused("modsecurity-snippet", "ModSecurity rules added to the location."),
     # ---- routing ----------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "use-regex",
         "routing",
-        "Paths of the host are case-insensitive regular expressions. Without it a regex path "
-        "is an InvalidPath problem or matches literally.",
-        ISSUE_FORWARDING,
+        '"true": every path of the host, from every Ingress, is a case-insensitive regular '
+        'expression matched at the start of the path (ingress-nginx\'s `~* "^path"`: an Exact '
+        "path then matches as a prefix, a Prefix `/foo` matches `/foobar`), tried longest first "
+        "(then in reverse order of the path text), the first match wins. Regex paths are "
+        "ImplementationSpecific. Different: the engine is RE2 (linear time, whatever the "
+        "pattern), so backreferences and lookaround are an InvalidPath problem, as is a pattern "
+        "over 1024 characters or 256 KiB of compiled program; paths are matched undecoded "
+        "(nginx matches the decoded, normalized path).",
     ),
-    _unsupported(
+    _different(
         "rewrite-target",
         "routing",
-        "Rewrites the path sent to the pod ($1-style captures). Without it the pod sees the "
-        "path as requested.",
-        ISSUE_FORWARDING,
+        "The path the pod is sent: `$1`..`$9` are the captures of the path's expression "
+        "(`$0` the whole match), the query follows; implies use-regex for the host. The client's "
+        "path stays in the access log. Different: only captures, no nginx variables (`$host`: "
+        "InvalidAnnotation); a target must start with `/` or a capture (nginx makes one "
+        "starting with `http://` a redirect); a result not starting with `/` is answered 500.",
     ),
-    _unsupported("app-root", "routing", "Redirects `/` to this path.", ISSUE_FORWARDING),
-    _unsupported(
-        "x-forwarded-prefix", "routing", "Sends X-Forwarded-Prefix to the pod.", ISSUE_FORWARDING
+    _different(
+        "app-root",
+        "routing",
+        "A request for `/` on the Ingress's hosts, whichever rule takes it, is redirected (302) "
+        "to this path on the same scheme and Host, without the query. Different: a `$` (nginx "
+        "variable) is InvalidAnnotation; a `/` that no rule, default backend or global default "
+        "takes is not redirected (404).",
+    ),
+    _supported(
+        "x-forwarded-prefix",
+        "routing",
+        "With rewrite-target (and only then, as ingress-nginx), X-Forwarded-Prefix with this "
+        "value (captures allowed) replaces the client's; empty sends none.",
     ),
     _unsupported(
         "server-alias",
@@ -288,11 +305,11 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         '"true" redirects plain-HTTP requests to HTTPS even for hosts without TLS. '
         + _HTTPS_REDIRECT,
     ),
-    _unsupported(
+    _supported(
         "preserve-trailing-slash",
         "redirects",
-        "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
-        ISSUE_FORWARDING,
+        '"true": HTTPS redirects keep the target\'s trailing `/` (by default it is dropped, as '
+        "ingress-nginx does).",
     ),
     _different(
         "permanent-redirect",

@@ -9,6 +9,7 @@ import pytest
 from proxy.config import (
     HSTS,
     SCHEMA_VERSION,
+    AppRoot,
     Backend,
     BodyLimit,
     Endpoint,
@@ -19,6 +20,7 @@ from proxy.config import (
     PathRule,
     Redirect,
     Refuse,
+    Rewrite,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
@@ -55,9 +57,28 @@ def full_snapshot() -> Snapshot:
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
+    # A use-regex host: regex rules, with the rewrite and app-root steps.
+    rewriting = RouteOptions(
+        policy=(
+            AppRoot("/app"),
+            HTTPSRedirect(preserve_trailing_slash=True),
+            Rewrite("/api(/|$)(.*)", "/$2", "/api"),
+        )
+    )
+    regex = PathRule(
+        "/api(/|$)(.*)",
+        "regex",
+        "ns/web/80",
+        "ns/re",
+        "ns/web",
+        80,
+        "ImplementationSpecific",
+        rewriting,
+    )
     routes = RouteTable(
         (
             VirtualHost("a.example", (exact, prefix), fallback, "ns/cert"),
+            VirtualHost("re.example", (regex,)),
             VirtualHost("*.example", (prefix,)),
             VirtualHost("", (prefix,)),
         ),
@@ -161,6 +182,27 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
         ),
         pytest.param(
+            {"step": "https_redirect", "status": 308, "preserve_trailing_slash": "yes"},
+            id="preserve-slash-not-a-flag",
+        ),
+        pytest.param({"step": "rewrite", "pattern": "/a", "target": ""}, id="rewrite-no-target"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/(a)\\1", "target": "/"}, id="rewrite-backreference"
+        ),
+        pytest.param({"step": "rewrite", "pattern": "a", "target": "/"}, id="rewrite-no-slash"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/$host"}, id="rewrite-variable"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/x\r\nX: y"}, id="rewrite-crlf"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/", "forwarded_prefix": "/a b"},
+            id="rewrite-prefix-space",
+        ),
+        pytest.param({"step": "app_root", "path": "app"}, id="app-root-relative"),
+        pytest.param({"step": "app_root", "path": "/$1"}, id="app-root-capture"),
+        pytest.param(
             {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
             id="error-pages-no-backend",
         ),
@@ -207,6 +249,16 @@ def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
     assert decode_snapshot(_with_step({"step": "body_limit", "max_bytes": 1}))  # the positive
     with pytest.raises(SnapshotError):
         decode_snapshot(_with_step(step))
+
+
+@pytest.mark.parametrize(
+    "pattern", ["/(a)\\1", "/(?=x)", "/a(b", "/" + "x" * 1024], ids=str.__len__
+)
+def test_rejects_a_regex_rule_the_engine_cannot_take(pattern: str) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["virtual_hosts"][1]["rules"][0][0] = pattern
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
 
 
 def test_policy_steps_keep_their_order() -> None:
