@@ -370,6 +370,28 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
 }
 
 
+# proxy-next-upstream's conditions (nginx's proxy_next_upstream, as ingress-nginx accepts
+# them; "off" is an empty RouteOptions.next_upstream): "error" a failed connect or a connection
+# lost before the response head, "timeout" the connect, send or response-head deadline passed,
+# "invalid_header" a response head that does not parse or is too large, "http_N" a response
+# with status N; "non_idempotent" also retries POST, LOCK and PATCH once they were sent.
+NEXT_UPSTREAM_NAMES: Final = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RouteOptions:
     """Per-route settings parsed from validated annotations; the defaults mean 'none given'."""
@@ -386,6 +408,32 @@ class RouteOptions:
     # False: no access-log entry for the route's requests (ingress-nginx's enable-access-log
     # "false"); True cannot turn on a log the proxy has off.
     access_log: bool = True
+    # Retries (ingress-nginx's proxy-next-upstream, -tries, -timeout; run by proxy/retry.py):
+    # the conditions that send a request to another pod, nginx's names (NEXT_UPSTREAM_NAMES
+    # but "off"); () never retries, not even a failed connect; None: Portico's own retries
+    # (a failed connect; a connection closed before any answer, for idempotent methods).
+    next_upstream: tuple[str, ...] | None = None
+    next_upstream_tries: int | None = None  # attempts in all; 0: no limit; None: the flag's
+    next_upstream_timeout: float | None = None  # seconds for all attempts; None: no limit
+    # proxy-request-buffering "on": the whole body is read before a pod is chosen.
+    request_buffering: bool = False
+    # proxy-buffer-size: largest response head (status line and fields) taken from a pod,
+    # larger is a 502; None: Portico's bound (proxy/upstream.py HEAD_BOUND).
+    response_head_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        # Only the fields above get a check: the older ones are typed by the codec's callers.
+        next_upstream = self.next_upstream
+        if next_upstream is not None:
+            _check(type(next_upstream) is tuple, f"next_upstream {next_upstream!r}")
+            for name in next_upstream:
+                _check(name in NEXT_UPSTREAM_NAMES, f"next_upstream condition {name!r}")
+        tries = self.next_upstream_tries
+        _check(tries is None or (type(tries) is int and tries >= 0), f"tries {tries!r}")
+        timeout = self.next_upstream_timeout
+        _check(timeout is None or timeout > 0, f"next_upstream_timeout {timeout!r}")
+        limit = self.response_head_limit
+        _check(limit is None or (type(limit) is int and limit > 0), f"head limit {limit!r}")
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""
@@ -565,6 +613,9 @@ def _options_to_json(o: RouteOptions) -> dict[str, Any]:
 def _options_from_json(raw: Mapping[str, Any]) -> RouteOptions:
     fields = dict(raw)
     policy = tuple(_step_from_json(s) for s in fields.pop("policy", ()))
+    next_upstream = fields.get("next_upstream")
+    if type(next_upstream) is list:
+        fields["next_upstream"] = tuple(next_upstream)  # names, checked by RouteOptions
     return RouteOptions(**fields, policy=policy)
 
 

@@ -45,6 +45,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.pool",
     "proxy.redirect",
     "proxy.replies",
+    "proxy.retry",
     "proxy.pathrewrite",
     "proxy.fieldrewrite",
     "proxy.route",

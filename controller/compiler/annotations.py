@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from proxy.config import (
     DEFAULT_OPTIONS,
+    NEXT_UPSTREAM_NAMES,
     BodyLimit,
     PolicyStep,
     Redirect,
@@ -36,6 +37,12 @@ _DNS_NAME: Final = re.compile(
 _TIMEOUT: Final = re.compile(r"^\+?([0-9]{1,9})$")
 _SIZE: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
 _SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# nginx's grammar of a size (proxy_buffer_size, client_body_buffer_size: no `g`) and of an
+# offset (proxy_max_temp_file_size), as ingress-nginx's template checks them before use.
+_NGINX_SIZE: Final = re.compile(r"^([0-9]{1,12})([kKmM]?)$")
+_NGINX_OFFSET: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
+# Without proxy-next-upstream, -tries or -timeout take ingress-nginx's default conditions.
+_NEXT_UPSTREAM_DEFAULT: Final = ("error", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +374,57 @@ def _size(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+def _next_upstream(value: str) -> tuple[str, ...]:
+    """nginx's proxy_next_upstream list: conditions separated by spaces; `off` (anywhere, as
+    nginx reads it) turns retries off: ()."""
+    names = value.split()
+    if not names:
+        raise _Invalid('expected conditions like "error timeout http_502", or "off"')
+    for name in names:
+        if name != "off" and name not in NEXT_UPSTREAM_NAMES:
+            raise _Invalid(
+                f"{name!r} is not one of {', '.join(sorted(NEXT_UPSTREAM_NAMES | {'off'}))}"
+            )
+    if "off" in names:
+        return ()
+    return tuple(dict.fromkeys(names))
+
+
+def _tries(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
+    return int(value)
+
+
+def _next_upstream_timeout(value: str) -> float | None:
+    m = _TIMEOUT.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a number of seconds, like "10" ("0": no limit)')
+    return float(m.group(1)) or None
+
+
+def _on_off_exact(value: str) -> bool:
+    """ingress-nginx's on/off options: lower case only (its validator is case-sensitive)."""
+    lowered = value.strip()
+    if lowered in ("on", "off"):
+        return lowered == "on"
+    raise _Invalid('expected "on" or "off"')
+
+
+def _nginx_size(value: str) -> int:
+    m = _NGINX_SIZE.match(value.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise _Invalid('expected a size nginx reads, like "4096", "8k" or "1m"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _nginx_offset(value: str) -> int:
+    m = _NGINX_OFFSET.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a size like "0", "1024m" or "1g"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -385,6 +443,16 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    # Retries and buffering (proxy/retry.py, proxy/exchange.py, proxy/upstream.py).
+    "proxy-next-upstream": (_next_upstream, "next_upstream"),
+    "proxy-next-upstream-tries": (_tries, "next_upstream_tries"),
+    "proxy-next-upstream-timeout": (_next_upstream_timeout, "next_upstream_timeout"),
+    "proxy-request-buffering": (_on_off_exact, "request_buffering"),
+    "proxy-buffer-size": (_nginx_size, "response_head_limit"),
+    # Validated, with nothing to change in Portico (catalogue.py says why): in _ACCEPTED.
+    "proxy-buffering": (_on_off_exact, "proxy_buffering"),
+    "client-body-buffer-size": (_nginx_size, "client_body_buffer_size"),
+    "proxy-max-temp-file-size": (_nginx_offset, "proxy_max_temp_file_size"),
     # A Redirect step (temporal-redirect wins), or the other host names (from-to-www-redirect),
     # made by the compiler.
     "permanent-redirect": (_redirect_url, "permanent_redirect"),
@@ -412,6 +480,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
 }
+# Fields of annotations accepted and validated that set nothing (see their catalogue rows).
+_ACCEPTED: Final = frozenset(
+    {"proxy_buffering", "client_body_buffer_size", "proxy_max_temp_file_size"}
+)
 _REDIRECT_FIELDS: Final = frozenset(
     {
         "permanent_redirect",
@@ -437,6 +509,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_verify",
         "max_body_size",
         *_SOURCE_RANGE_FIELDS,
+        *_ACCEPTED,
         *_REDIRECT_FIELDS,
         "use_regex",
         "rewrite_target",
@@ -514,6 +587,10 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    if "next_upstream" not in values and (
+        "next_upstream_tries" in values or "next_upstream_timeout" in values
+    ):
+        route_values["next_upstream"] = _NEXT_UPSTREAM_DEFAULT
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
     url_redirect, invalid_redirect = _url_redirect(values)

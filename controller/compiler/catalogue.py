@@ -512,17 +512,43 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Whole seconds allowed between two writes of the request body; default "
         "--upstream-send-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
-    _unsupported(
+    _different(
         "proxy-next-upstream",
         "timeouts",
-        "When to retry another pod. Portico retries another pod only when connecting fails "
-        "(--upstream-max-attempts).",
-        ISSUE_FORWARDING,
-        portico="--upstream-max-attempts",
+        "When a request goes to another pod, nginx's conditions separated by spaces: `error` "
+        "(connecting failed, or the connection was lost before the response head), `timeout` "
+        "(the connect, send or response-head timeout passed), `invalid_header` (a response head "
+        "that does not parse, or larger than proxy-buffer-size), `http_500`, `http_502`, "
+        "`http_503`, `http_504`, `http_403`, `http_404`, `http_429` (that response is dropped "
+        "for another attempt; the last attempt's reaches the client as it is), "
+        "`non_idempotent` (POST, LOCK and PATCH are resent too once sent; without it they go "
+        "elsewhere only when connecting failed), `off` (never, not even when connecting "
+        "failed). A request is resent only while Portico holds all of it (a body up to 64 KiB, "
+        "or whole with proxy-request-buffering) and never once any of its response reached the "
+        "client; out of attempts, a timeout is answered 504 and other failures 502. Differences: "
+        "every attempt goes to a pod not tried yet for the request (ingress-nginx's balancer "
+        "may pick the same pod again), so a backend with fewer pods than tries gets fewer "
+        "attempts; a pooled connection the pod had closed before answering is resent on a "
+        "fresh one whatever the conditions (not a failure of the pod). Without the annotation "
+        "(and without -tries and -timeout) Portico retries another pod when connecting fails "
+        "(--upstream-max-attempts) and, for idempotent methods, when the connection closed "
+        "before any answer; it answers a response-head timeout 504 where ingress-nginx's "
+        "default `error timeout` tries another pod.",
     ),
-    _unsupported("proxy-next-upstream-tries", "timeouts", "Most pods tried.", ISSUE_FORWARDING),
-    _unsupported(
-        "proxy-next-upstream-timeout", "timeouts", "Time limit of the retries.", ISSUE_FORWARDING
+    _supported(
+        "proxy-next-upstream-tries",
+        "timeouts",
+        "Attempts in all, the first included (`0`: no limit but the number of pods); default "
+        "--upstream-max-attempts (3, as ingress-nginx). Given without proxy-next-upstream, the "
+        "conditions are ingress-nginx's default, `error timeout`.",
+    ),
+    _different(
+        "proxy-next-upstream-timeout",
+        "timeouts",
+        "Seconds past which no new attempt starts (`0`, the default: no limit). Given without "
+        "proxy-next-upstream, the conditions are ingress-nginx's default, `error timeout`. "
+        "Difference: counted from the request's arrival, where nginx counts from its first "
+        "attempt (the same unless proxy-request-buffering holds a slow upload first).",
     ),
     # ---- buffering and limits -----------------------------------------------------------------
     _supported(
@@ -532,24 +558,34 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Without it, or with an invalid value, --max-body-bytes applies: 1m by default, as "
         "ingress-nginx's proxy-body-size.",
     ),
-    _unsupported(
+    _different(
         "proxy-request-buffering",
         "buffering-and-limits",
-        "Portico streams request bodies to the pod as they arrive (ingress-nginx buffers them "
-        'by default; "off" streams).',
-        ISSUE_FORWARDING,
+        "`on` reads the whole request body before a pod is chosen and keeps it, in memory, for "
+        "a resend (proxy-next-upstream can then retry a request whose body was sent), up to "
+        "the route's body limit (proxy-body-size, --max-body-bytes; 413 beyond); on a route "
+        "without a body limit, past 1 MiB the rest is streamed and the request can no longer "
+        "be resent. `off` streams. Difference: Portico's default is `off` (ingress-nginx's is "
+        "`on`): a body streamed is never held whole in the proxy's memory, and the pod starts "
+        "on it at once instead of after the upload.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffering",
         "buffering-and-limits",
-        "Portico streams responses to the client (ingress-nginx's default, off).",
-        ISSUE_FORWARDING,
+        "Accepted (`on` or `off`) with no effect: Portico streams the pod's response to the "
+        "client and reads the pod only as fast as the client takes it, which is ingress-nginx's "
+        "default (`off`). With `on`, nginx reads the whole response into its buffers (and a "
+        "temporary file) first and frees the pod from a slow client; Portico keeps the pod's "
+        "connection until the client has taken the response.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffer-size",
         "buffering-and-limits",
-        "Size of the buffer for the pod's response head.",
-        ISSUE_FORWARDING,
+        "Largest response head (status line and header fields) Portico takes from a pod, an "
+        "nginx size (`8k`, `1m`); a larger one is answered 502 (or goes to another pod with "
+        "`invalid_header` in proxy-next-upstream), as nginx's 'upstream sent too big header'. "
+        "Difference: without it Portico takes heads up to 64 KiB, where ingress-nginx's "
+        "default is 4k; it sizes no response body buffer (responses are streamed).",
     ),
     _unsupported(
         "proxy-buffers-number", "buffering-and-limits", "nginx response buffers: no equivalent."
@@ -557,17 +593,20 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _unsupported(
         "proxy-busy-buffers-size", "buffering-and-limits", "nginx response buffers: no equivalent."
     ),
-    _unsupported(
+    _different(
         "proxy-max-temp-file-size",
         "buffering-and-limits",
-        "nginx's temporary files of buffered responses; Portico writes none.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `0`, `1024m`, `1g`) with no effect: it bounds the temporary "
+        "file nginx writes a buffered response to; Portico writes none (responses are "
+        "streamed, see proxy-buffering).",
     ),
-    _unsupported(
+    _different(
         "client-body-buffer-size",
         "buffering-and-limits",
-        "nginx's request body buffer; Portico streams bodies.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `1000`, `1k`, `1m`) with no effect: nginx keeps that much of "
+        "a request body in memory and writes the rest to a temporary file; Portico writes no "
+        "files: it streams bodies, or holds them whole in memory with proxy-request-buffering "
+        "(bounded by the body limit).",
     ),
     # ---- load balancing -----------------------------------------------------------------------
     _different(

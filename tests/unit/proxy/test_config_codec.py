@@ -285,3 +285,41 @@ def test_ready_endpoints_fall_back_to_terminating() -> None:
     assert Backend("k", (terminating, ready)).ready_endpoints == (ready,)
     assert Backend("k", (terminating,)).ready_endpoints == (terminating,)
     assert Endpoint("fd00::1", 80).authority == "[fd00::1]:80"
+
+
+# ---- retries and buffering options (proxy-next-upstream, request buffering, head limit) ------
+
+RETRY_OPTIONS = RouteOptions(
+    next_upstream=("error", "timeout", "http_503", "non_idempotent"),
+    next_upstream_tries=0,
+    next_upstream_timeout=10.0,
+    request_buffering=True,
+    response_head_limit=8192,
+)
+
+
+def test_retry_options_round_trip() -> None:
+    for options in (RETRY_OPTIONS, RouteOptions(next_upstream=())):  # () is "off"
+        rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+        snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+        assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"next_upstream": ["error", "sometimes"]}, id="unknown-condition"),
+        pytest.param({"next_upstream": ["off"]}, id="off-is-an-empty-list"),
+        pytest.param({"next_upstream": "error"}, id="conditions-not-a-list"),
+        pytest.param({"next_upstream_tries": -1}, id="negative-tries"),
+        pytest.param({"next_upstream_tries": 1.5}, id="tries-not-an-int"),
+        pytest.param({"next_upstream_timeout": 0}, id="zero-timeout-is-none"),
+        pytest.param({"next_upstream_timeout": "10"}, id="timeout-not-a-number"),
+        pytest.param({"response_head_limit": 0}, id="zero-head-limit"),
+    ],
+)
+def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
