@@ -37,7 +37,19 @@ NO_ENDPOINTS: Final = "NoEndpoints"
 CLASS_NOT_OURS: Final = "IngressClassNotOurs"
 
 # Keys of the JSON answer, in output order.
-KEYS: Final = ("status", "ingress", "host", "path", "pathType", "service", "port", "endpoints")
+# "match": how the rule's path matched ("exact", "prefix", or "regex": a use-regex host), None
+# for a default backend.
+KEYS: Final = (
+    "status",
+    "ingress",
+    "host",
+    "path",
+    "pathType",
+    "match",
+    "service",
+    "port",
+    "endpoints",
+)
 
 _LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 _PROBE_CLASS: Final = "portico-explain-probe"
@@ -101,6 +113,7 @@ def explain(
         "host": (vhost.host or None) if on_host and vhost is not None else None,
         "path": written,
         "pathType": None if is_default else rule.path_type,
+        "match": None if is_default else rule.match,
         "service": rule.service,
         "port": rule.port,
     }
@@ -188,6 +201,8 @@ def describe(answer: Mapping[str, Any], why_ignored: Mapping[str, str]) -> list[
         # An ImplementationSpecific rule may omit its path: shown as "" rather than nothing.
         path = '""' if answer.get("path") == "" else answer.get("path") or ""
         rule = f"{host} {path} {answer.get('pathType') or ''}".rstrip()
+        if answer.get("match") == "regex":
+            rule += ", matched as a regular expression (~* ^path)"
         lines.append(f"rule:      {rule}")
     elif answer.get("service") and answer.get("ingress"):
         lines.append("rule:      default backend")

@@ -23,9 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
+from proxy.regex import compile_path
+
 SCHEMA_VERSION: Final = 2
 
-MatchKind = Literal["exact", "prefix"]
+# "regex": the path is a case-insensitive regular expression matched at the start of the request
+# path (ingress-nginx's `use-regex`, `~* "^<path>"`), tried in the virtual host's rule order.
+MatchKind = Literal["exact", "prefix", "regex"]
 BalancerKind = Literal["round_robin", "least_request"]
 UpstreamProtocol = Literal["HTTP", "HTTPS"]
 
@@ -94,6 +98,9 @@ class HTTPSRedirect:
     the method and body; ingress-nginx's `ssl-redirect`)."""
 
     status: int = 308
+    # ingress-nginx's `preserve-trailing-slash`: keep a target's trailing "/" in the Location
+    # (without it, as ingress-nginx, the "/" is dropped: see proxy/redirect.py).
+    preserve_trailing_slash: bool = False
 
     def __post_init__(self) -> None:
         _check(self.status in (301, 302, 303, 307, 308), f"redirect status {self.status}")
@@ -295,6 +302,49 @@ class HostRedirect:
         )
 
 
+# A rewrite template: path characters (ingress-nginx's RegexPathWithCapture: letters, digits,
+# "-._~/:") and captures "$0" .. "$9" of the route's path expression.
+_TEMPLATE: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """The pod is sent another path (ingress-nginx's `rewrite-target`, nginx `rewrite
+    "(?i)<pattern>" <target> break;`): `pattern` (a path expression, proxy/regex.py) is matched
+    at the start of the request path and `target` is the new path, its "$N" replaced by the
+    N-th capture ("" when it took no part); the request's query, if any, follows. The client's
+    request stays as sent for logs and redirects. When the result does not start with "/" the
+    request is answered 500 (InvalidRewrite), never forwarded. `forwarded_prefix` (with
+    captures too): the `X-Forwarded-Prefix` field sent to the pod, replacing the client's
+    (`x-forwarded-prefix`); "" sends none."""
+
+    pattern: str
+    target: str
+    forwarded_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        _check(type(self.pattern) is str and self.pattern.startswith("/"), "rewrite pattern")
+        compile_path(self.pattern)  # PatternError (a ValueError) when RE2 cannot take it
+        for template in (self.target, self.forwarded_prefix):
+            _check(bool(_TEMPLATE.match(template)), f"rewrite template {template!r}")
+        _check(self.target != "", "empty rewrite target")
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoot:
+    """A request for exactly "/" is answered `302 Found` with `Location:
+    <scheme>://<Host as sent><path>` (ingress-nginx's `app-root`, nginx's server-level `if ($uri
+    = /) { return 302 $scheme://$http_host<path>; }`: the query is not kept)."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        _check(
+            self.path.startswith("/") and bool(_TEMPLATE.match(self.path)) and "$" not in self.path,
+            f"app root {self.path!r}",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorPages:
     """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
@@ -327,7 +377,7 @@ class RewriteRedirects:
     a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
     (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
     with "/" is made absolute as nginx does (listener scheme, the request's host without its
-    port: ingress-nginx's port_in_redirect off). See proxy/rewriting.py."""
+    port: ingress-nginx's port_in_redirect off). See proxy/fieldrewrite.py."""
 
     prefix: str
     replacement: str
@@ -346,7 +396,7 @@ class RewriteCookies:
     a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
     kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
     has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
-    attribute. Domains are given without a leading ".". See proxy/rewriting.py."""
+    attribute. Domains are given without a leading ".". See proxy/fieldrewrite.py."""
 
     domain: str = ""
     domain_replacement: str = ""
@@ -370,6 +420,8 @@ PolicyStep = (
     | HSTS
     | Refuse
     | SourceRanges
+    | Rewrite
+    | AppRoot
     | ErrorPages
     | RewriteRedirects
     | RewriteCookies
@@ -385,6 +437,8 @@ _Step = TypeVar(
     HSTS,
     Refuse,
     SourceRanges,
+    Rewrite,
+    AppRoot,
     ErrorPages,
     Redirect,
     HostRedirect,
@@ -402,12 +456,36 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "source_ranges": SourceRanges,
     "redirect": Redirect,
     "host_redirect": HostRedirect,
+    "rewrite": Rewrite,
+    "app_root": AppRoot,
     "error_pages": ErrorPages,
     "rewrite_redirects": RewriteRedirects,
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
 }
+
+
+# proxy-next-upstream's conditions (nginx's proxy_next_upstream, as ingress-nginx accepts
+# them; "off" is an empty RouteOptions.next_upstream): "error" a failed connect or a connection
+# lost before the response head, "timeout" the connect, send or response-head deadline passed,
+# "invalid_header" a response head that does not parse or is too large, "http_N" a response
+# with status N; "non_idempotent" also retries POST, LOCK and PATCH once they were sent.
+NEXT_UPSTREAM_NAMES: Final = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +504,32 @@ class RouteOptions:
     # False: no access-log entry for the route's requests (ingress-nginx's enable-access-log
     # "false"); True cannot turn on a log the proxy has off.
     access_log: bool = True
+    # Retries (ingress-nginx's proxy-next-upstream, -tries, -timeout; run by proxy/retry.py):
+    # the conditions that send a request to another pod, nginx's names (NEXT_UPSTREAM_NAMES
+    # but "off"); () never retries, not even a failed connect; None: Portico's own retries
+    # (a failed connect; a connection closed before any answer, for idempotent methods).
+    next_upstream: tuple[str, ...] | None = None
+    next_upstream_tries: int | None = None  # attempts in all; 0: no limit; None: the flag's
+    next_upstream_timeout: float | None = None  # seconds for all attempts; None: no limit
+    # proxy-request-buffering "on": the whole body is read before a pod is chosen.
+    request_buffering: bool = False
+    # proxy-buffer-size: largest response head (status line and fields) taken from a pod,
+    # larger is a 502; None: Portico's bound (proxy/upstream.py HEAD_BOUND).
+    response_head_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        # Only the fields above get a check: the older ones are typed by the codec's callers.
+        next_upstream = self.next_upstream
+        if next_upstream is not None:
+            _check(type(next_upstream) is tuple, f"next_upstream {next_upstream!r}")
+            for name in next_upstream:
+                _check(name in NEXT_UPSTREAM_NAMES, f"next_upstream condition {name!r}")
+        tries = self.next_upstream_tries
+        _check(tries is None or (type(tries) is int and tries >= 0), f"tries {tries!r}")
+        timeout = self.next_upstream_timeout
+        _check(timeout is None or timeout > 0, f"next_upstream_timeout {timeout!r}")
+        limit = self.response_head_limit
+        _check(limit is None or (type(limit) is int and limit > 0), f"head limit {limit!r}")
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""
@@ -442,7 +546,9 @@ DEFAULT_OPTIONS: Final = RouteOptions()
 class PathRule:
     """One path of one Ingress rule, resolved to a backend key."""
 
-    path: str  # as matched: "/" for a catch-all; Prefix paths without their trailing "/"
+    # as matched: "/" for a catch-all; Prefix paths without their trailing "/"; "regex": the
+    # expression as written in the Ingress (without the "^" it is matched with)
+    path: str
     match: MatchKind
     backend: str  # key into Snapshot.backends
     ingress: str  # ObjectRef "ns/name" of the Ingress the rule came from
@@ -603,6 +709,9 @@ def _options_to_json(o: RouteOptions) -> dict[str, Any]:
 def _options_from_json(raw: Mapping[str, Any]) -> RouteOptions:
     fields = dict(raw)
     policy = tuple(_step_from_json(s) for s in fields.pop("policy", ()))
+    next_upstream = fields.get("next_upstream")
+    if type(next_upstream) is list:
+        fields["next_upstream"] = tuple(next_upstream)  # names, checked by RouteOptions
     return RouteOptions(**fields, policy=policy)
 
 
@@ -613,8 +722,14 @@ def _rule_to_json(r: PathRule, options_index: dict[RouteOptions, int]) -> list[A
 
 def _rule_from_json(raw: Any, options: list[RouteOptions]) -> PathRule:
     path, match, backend, ingress, service, port, path_type, opt = raw
-    if match not in ("exact", "prefix") or not isinstance(path, str) or not path.startswith("/"):
+    if (
+        match not in ("exact", "prefix", "regex")
+        or not isinstance(path, str)
+        or not path.startswith("/")
+    ):
         raise SnapshotError(f"bad path rule {raw!r}")
+    if match == "regex":
+        compile_path(path)  # a PatternError (ValueError) refuses the snapshot
     return PathRule(path, match, backend, ingress, service, port, path_type, options[opt])
 
 

@@ -14,7 +14,7 @@ for HTTPS, each holding:
   its head before the client side renders it; `upstream_close`: the request told the pod
   `Connection: close`, so its connection is not reused (connection-proxy-header).
 - `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
-  (proxy/rewriting.py), None for a route without them.
+  (proxy/fieldrewrite.py), None for a route without them.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -28,6 +28,7 @@ from typing import Final
 
 from proxy.config import (
     HSTS,
+    AppRoot,
     BodyLimit,
     HostRedirect,
     HTTPSRedirect,
@@ -35,14 +36,16 @@ from proxy.config import (
     Redirect,
     Refuse,
     ResponseHeaders,
+    Rewrite,
     RewriteCookies,
     RewriteRedirects,
     ShapeRequest,
     SourceRanges,
 )
+from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
+from proxy.pathrewrite import RedirectAppRoot, RewritePath
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
-from proxy.rewriting import FieldRewrites, field_rewrites
 from proxy.settings import ProxySettings
 from proxy.shaping import ShapeRequestStep, response_headers_step
 from proxy.sourceranges import Ranges, source_ranges_step
@@ -139,7 +142,7 @@ class Policies:
         cookies: RewriteCookies | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
-                request.append(RedirectToHTTPS(spec.status))
+                request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
                 if spec.max_bytes:
                     request.append(LimitBody(spec.max_bytes))
@@ -163,6 +166,10 @@ class Policies:
                 # One per listener, each with its scheme: nothing tests the scheme per request.
                 request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
                 request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
+            elif isinstance(spec, Rewrite):
+                request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
+            elif isinstance(spec, AppRoot):
+                request.append(RedirectAppRoot(spec.path))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):

@@ -20,6 +20,8 @@ ngx_srv_redirect.lua). One step per listener, each with its scheme and host rend
 request only joins two byte strings. Unlike ingress-nginx the Location has no port, as the HTTPS
 redirect: nginx writes the port it listens on, which is `:80`/`:443` in ingress-nginx's own
 deployment but would be Portico's container port (8080) behind a Service.
+`https://host`, `/a/` to `https://host/a`, `/a/?q` keeps its query and its "/". With
+`preserve-trailing-slash` (`HTTPSRedirect.preserve_trailing_slash`) the target is kept whole.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def _trimmed(target: bytes) -> bytes:
     return target
 
 
-def location(host: bytes, target: bytes) -> bytes | None:
+def location(host: bytes, target: bytes, keep_trailing_slash: bool = False) -> bytes | None:
     """`https://host/target` for a request, None when the host cannot be used."""
     name = _hostname(host)
     if name is None:
         return None
+    if keep_trailing_slash and target[:1] == b"/":
+        return b"https://" + name + target
     return b"https://" + name + _trimmed(target)
 
 
@@ -67,14 +71,15 @@ INVALID_HOST: Final = Answer(400, "InvalidHost", close=True)
 class RedirectToHTTPS(RequestStep):
     """config.HTTPSRedirect, on the plain-HTTP listener only."""
 
-    __slots__ = ("status",)
+    __slots__ = ("keep_trailing_slash", "status")
 
-    def __init__(self, status: int = 308) -> None:
+    def __init__(self, status: int = 308, keep_trailing_slash: bool = False) -> None:
         super().__init__(PLAIN)
         self.status = status
+        self.keep_trailing_slash = keep_trailing_slash
 
     def request(self, head: RequestHead, client: ClientContext) -> Answer | None:
-        url = location(head.host, head.target)
+        url = location(head.host, head.target, self.keep_trailing_slash)
         if url is None:
             return INVALID_HOST
         return Answer(self.status, "SSLRedirect", b"Location: " + url + b"\r\n")

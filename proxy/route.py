@@ -16,6 +16,7 @@ from proxy.errorpages import ErrorBackend
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
 from proxy.replies import Answer
+from proxy.retry import UNLIMITED_TRIES, NextUpstream
 from proxy.settings import ProxySettings
 from proxy.tls import UpstreamTLS, upstream_tls
 
@@ -35,10 +36,14 @@ class Route:
         "connect_timeout",
         "error_route",
         "errors",
+        "head_limit",
         "host",
         "key",
+        "max_attempts",
+        "next_upstream",
         "plain",
         "read_timeout",
+        "request_buffering",
         "rule",
         "secure",
         "send_timeout",
@@ -80,6 +85,20 @@ class Route:
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout
         # False: the route's requests leave no access-log entry (enable-access-log "false").
         self.access_log = options.access_log
+        # Retries (proxy/retry.py): None keeps the exchange's own rules (connect failures, and
+        # idempotent requests whose connection closed before any answer).
+        self.next_upstream: NextUpstream | None = None
+        if options.next_upstream is not None:
+            self.next_upstream = NextUpstream(options.next_upstream, options.next_upstream_timeout)
+        tries = options.next_upstream_tries
+        # Attempts in all, each on a pod not tried yet for the request.
+        self.max_attempts = (
+            settings.upstream_max_attempts if tries is None else tries or UNLIMITED_TRIES
+        )
+        # Read the whole request body before choosing a pod (proxy-request-buffering "on").
+        self.request_buffering = options.request_buffering
+        # The largest response head taken from a pod (proxy-buffer-size); 0: Portico's bound.
+        self.head_limit = options.response_head_limit or 0
         # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
         self.plain: Policy
         self.secure: Policy

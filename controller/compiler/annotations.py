@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from proxy.config import (
     DEFAULT_OPTIONS,
+    NEXT_UPSTREAM_NAMES,
     BodyLimit,
     PolicyStep,
     Redirect,
@@ -36,6 +37,12 @@ _DNS_NAME: Final = re.compile(
 _TIMEOUT: Final = re.compile(r"^\+?([0-9]{1,9})$")
 _SIZE: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
 _SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# nginx's grammar of a size (proxy_buffer_size, client_body_buffer_size: no `g`) and of an
+# offset (proxy_max_temp_file_size), as ingress-nginx's template checks them before use.
+_NGINX_SIZE: Final = re.compile(r"^([0-9]{1,12})([kKmM]?)$")
+_NGINX_OFFSET: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
+# Without proxy-next-upstream, -tries or -timeout take ingress-nginx's default conditions.
+_NEXT_UPSTREAM_DEFAULT: Final = ("error", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,15 @@ class IngressOptions:
     # from-to-www-redirect: the other name of each rule host (www.<host> or <host> without
     # "www.") redirects to it; the compiler adds those hosts (assemble).
     from_to_www_redirect: bool = False
+    # Regex paths and rewrites (ingress-nginx's rewrite annotations; the compiler applies them
+    # host-wide where ingress-nginx does, see ingress.py): `use-regex`; `rewrite-target` (a
+    # template with "$N" captures, None: not annotated); `x-forwarded-prefix` (sent only with a
+    # rewrite, "" none); `app-root` (None: none); `preserve-trailing-slash` (HTTPS redirects).
+    use_regex: bool = False
+    rewrite_target: str | None = None
+    x_forwarded_prefix: str = ""
+    app_root: str | None = None
+    preserve_trailing_slash: bool = False
     # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
     # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
     # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
@@ -371,6 +387,40 @@ def _redirect_code(allowed: tuple[int, ...], default: int) -> Callable[[str], in
     return parse
 
 
+# ingress-nginx's RegexPathWithCapture characters (letters, digits, "-._~/:" and "$"), with "$"
+# only as a capture "$0" .. "$9": nginx would read "$host" or "$request_uri" as its variables.
+_TEMPLATE_CHARS: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+_TEMPLATE_HINT: Final = (
+    'letters, digits, "-._~/:" and captures "$1" .. "$9" (nginx variables are not supported)'
+)
+
+
+def _template(value: str) -> str:
+    if not _TEMPLATE_CHARS.match(value):
+        raise _Invalid(f"expected {_TEMPLATE_HINT}")
+    return value
+
+
+def _rewrite_target(value: str) -> str:
+    """The new path of a rewrite: it must start with "/" or a capture (nginx would make a
+    target starting with "http://" or "https://" a redirect: refused here)."""
+    target = _template(value.strip())
+    if not (target.startswith("/") or target.startswith("$")):
+        raise _Invalid('expected a path starting with "/" or a capture ("$1")')
+    return target
+
+
+def _app_root(value: str) -> str:
+    path = value.strip()
+    if not path.startswith("/") or "$" in path or not _TEMPLATE_CHARS.match(path):
+        raise _Invalid('expected a path starting with "/" of letters, digits and "-._~/:"')
+    return path
+
+
+def _forwarded_prefix(value: str) -> str:
+    return _template(value.strip())
+
+
 _SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -406,6 +456,57 @@ def _size(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+def _next_upstream(value: str) -> tuple[str, ...]:
+    """nginx's proxy_next_upstream list: conditions separated by spaces; `off` (anywhere, as
+    nginx reads it) turns retries off: ()."""
+    names = value.split()
+    if not names:
+        raise _Invalid('expected conditions like "error timeout http_502", or "off"')
+    for name in names:
+        if name != "off" and name not in NEXT_UPSTREAM_NAMES:
+            raise _Invalid(
+                f"{name!r} is not one of {', '.join(sorted(NEXT_UPSTREAM_NAMES | {'off'}))}"
+            )
+    if "off" in names:
+        return ()
+    return tuple(dict.fromkeys(names))
+
+
+def _tries(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
+    return int(value)
+
+
+def _next_upstream_timeout(value: str) -> float | None:
+    m = _TIMEOUT.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a number of seconds, like "10" ("0": no limit)')
+    return float(m.group(1)) or None
+
+
+def _on_off_exact(value: str) -> bool:
+    """ingress-nginx's on/off options: lower case only (its validator is case-sensitive)."""
+    lowered = value.strip()
+    if lowered in ("on", "off"):
+        return lowered == "on"
+    raise _Invalid('expected "on" or "off"')
+
+
+def _nginx_size(value: str) -> int:
+    m = _NGINX_SIZE.match(value.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise _Invalid('expected a size nginx reads, like "4096", "8k" or "1m"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _nginx_offset(value: str) -> int:
+    m = _NGINX_OFFSET.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a size like "0", "1024m" or "1g"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -431,6 +532,16 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "server-alias": (_aliases, "server_alias"),
     "service-upstream": (_bool, "service_upstream"),
     "custom-headers": (_configmap_ref, "custom_headers"),
+    # Retries and buffering (proxy/retry.py, proxy/exchange.py, proxy/upstream.py).
+    "proxy-next-upstream": (_next_upstream, "next_upstream"),
+    "proxy-next-upstream-tries": (_tries, "next_upstream_tries"),
+    "proxy-next-upstream-timeout": (_next_upstream_timeout, "next_upstream_timeout"),
+    "proxy-request-buffering": (_on_off_exact, "request_buffering"),
+    "proxy-buffer-size": (_nginx_size, "response_head_limit"),
+    # Validated, with nothing to change in Portico (catalogue.py says why): in _ACCEPTED.
+    "proxy-buffering": (_on_off_exact, "proxy_buffering"),
+    "client-body-buffer-size": (_nginx_size, "client_body_buffer_size"),
+    "proxy-max-temp-file-size": (_nginx_offset, "proxy_max_temp_file_size"),
     # A Redirect step (temporal-redirect wins), or the other host names (from-to-www-redirect),
     # made by the compiler.
     "permanent-redirect": (_redirect_url, "permanent_redirect"),
@@ -441,6 +552,12 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "temporal-redirect": (_redirect_url, "temporal_redirect"),
     "temporal-redirect-code": (_redirect_code((301, 302, 303, 307), 302), "temporal_redirect_code"),
     "from-to-www-redirect": (_bool, "from_to_www_redirect"),
+    # Regex paths and rewrites: made into regex rules and policy steps by the compiler.
+    "use-regex": (_bool, "use_regex"),
+    "rewrite-target": (_rewrite_target, "rewrite_target"),
+    "x-forwarded-prefix": (_forwarded_prefix, "x_forwarded_prefix"),
+    "app-root": (_app_root, "app_root"),
+    "preserve-trailing-slash": (_bool, "preserve_trailing_slash"),
     # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
     "default-backend": (_service_name, "default_backend"),
     "custom-http-errors": (_status_codes, "custom_http_errors"),
@@ -452,6 +569,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
 }
+# Fields of annotations accepted and validated that set nothing (see their catalogue rows).
+_ACCEPTED: Final = frozenset(
+    {"proxy_buffering", "client_body_buffer_size", "proxy_max_temp_file_size"}
+)
 _REDIRECT_FIELDS: Final = frozenset(
     {
         "permanent_redirect",
@@ -482,7 +603,13 @@ _INGRESS_FIELDS: Final = frozenset(
         "server_alias",
         "service_upstream",
         "custom_headers",
+        *_ACCEPTED,
         *_REDIRECT_FIELDS,
+        "use_regex",
+        "rewrite_target",
+        "x_forwarded_prefix",
+        "app_root",
+        "preserve_trailing_slash",
         "default_backend",
         "custom_http_errors",
         "disable_proxy_intercept_errors",
@@ -555,6 +682,10 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    if "next_upstream" not in values and (
+        "next_upstream_tries" in values or "next_upstream_timeout" in values
+    ):
+        route_values["next_upstream"] = _NEXT_UPSTREAM_DEFAULT
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
     custom = values.get("custom_headers")
@@ -580,6 +711,11 @@ def parse_annotations(
             url_redirect=url_redirect,
             invalid_redirect=invalid_redirect,
             from_to_www_redirect=bool(values.get("from_to_www_redirect", False)),
+            use_regex=bool(values.get("use_regex", False)),
+            rewrite_target=values.get("rewrite_target"),
+            x_forwarded_prefix=values.get("x_forwarded_prefix", ""),
+            app_root=values.get("app_root"),
+            preserve_trailing_slash=bool(values.get("preserve_trailing_slash", False)),
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),

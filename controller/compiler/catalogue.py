@@ -243,23 +243,40 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _refused("auth-snippet", "nginx directives added to the auth-url location."),
     _refused("modsecurity-snippet", "ModSecurity rules added to the location."),
     # ---- routing ----------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "use-regex",
         "routing",
-        "Paths of the host are case-insensitive regular expressions. Without it a regex path "
-        "is an InvalidPath problem or matches literally.",
-        ISSUE_FORWARDING,
+        '"true": every path of the host, from every Ingress, is a case-insensitive regular '
+        'expression matched at the start of the path (ingress-nginx\'s `~* "^path"`: an Exact '
+        "path then matches as a prefix, a Prefix `/foo` matches `/foobar`), tried longest first "
+        "(then in reverse order of the path text), the first match wins. Regex paths are "
+        "ImplementationSpecific. Different: the engine is RE2 (linear time, whatever the "
+        "pattern), so backreferences and lookaround are an InvalidPath problem, as is a pattern "
+        "over 1024 characters or 256 KiB of compiled program; paths are matched undecoded "
+        "(nginx matches the decoded, normalized path).",
     ),
-    _unsupported(
+    _different(
         "rewrite-target",
         "routing",
-        "Rewrites the path sent to the pod ($1-style captures). Without it the pod sees the "
-        "path as requested.",
-        ISSUE_FORWARDING,
+        "The path the pod is sent: `$1`..`$9` are the captures of the path's expression "
+        "(`$0` the whole match), the query follows; implies use-regex for the host. The client's "
+        "path stays in the access log. Different: only captures, no nginx variables (`$host`: "
+        "InvalidAnnotation); a target must start with `/` or a capture (nginx makes one "
+        "starting with `http://` a redirect); a result not starting with `/` is answered 500.",
     ),
-    _unsupported("app-root", "routing", "Redirects `/` to this path.", ISSUE_FORWARDING),
-    _unsupported(
-        "x-forwarded-prefix", "routing", "Sends X-Forwarded-Prefix to the pod.", ISSUE_FORWARDING
+    _different(
+        "app-root",
+        "routing",
+        "A request for `/` on the Ingress's hosts, whichever rule takes it, is redirected (302) "
+        "to this path on the same scheme and Host, without the query. Different: a `$` (nginx "
+        "variable) is InvalidAnnotation; a `/` that no rule, default backend or global default "
+        "takes is not redirected (404).",
+    ),
+    _supported(
+        "x-forwarded-prefix",
+        "routing",
+        "With rewrite-target (and only then, as ingress-nginx), X-Forwarded-Prefix with this "
+        "value (captures allowed) replaces the client's; empty sends none.",
     ),
     _different(
         "server-alias",
@@ -294,11 +311,11 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         '"true" redirects plain-HTTP requests to HTTPS even for hosts without TLS. '
         + _HTTPS_REDIRECT,
     ),
-    _unsupported(
+    _supported(
         "preserve-trailing-slash",
         "redirects",
-        "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
-        ISSUE_FORWARDING,
+        '"true": HTTPS redirects keep the target\'s trailing `/` (by default it is dropped, as '
+        "ingress-nginx does).",
     ),
     _different(
         "permanent-redirect",
@@ -513,17 +530,43 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Whole seconds allowed between two writes of the request body; default "
         "--upstream-send-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
-    _unsupported(
+    _different(
         "proxy-next-upstream",
         "timeouts",
-        "When to retry another pod. Portico retries another pod only when connecting fails "
-        "(--upstream-max-attempts).",
-        ISSUE_FORWARDING,
-        portico="--upstream-max-attempts",
+        "When a request goes to another pod, nginx's conditions separated by spaces: `error` "
+        "(connecting failed, or the connection was lost before the response head), `timeout` "
+        "(the connect, send or response-head timeout passed), `invalid_header` (a response head "
+        "that does not parse, or larger than proxy-buffer-size), `http_500`, `http_502`, "
+        "`http_503`, `http_504`, `http_403`, `http_404`, `http_429` (that response is dropped "
+        "for another attempt; the last attempt's reaches the client as it is), "
+        "`non_idempotent` (POST, LOCK and PATCH are resent too once sent; without it they go "
+        "elsewhere only when connecting failed), `off` (never, not even when connecting "
+        "failed). A request is resent only while Portico holds all of it (a body up to 64 KiB, "
+        "or whole with proxy-request-buffering) and never once any of its response reached the "
+        "client; out of attempts, a timeout is answered 504 and other failures 502. Differences: "
+        "every attempt goes to a pod not tried yet for the request (ingress-nginx's balancer "
+        "may pick the same pod again), so a backend with fewer pods than tries gets fewer "
+        "attempts; a pooled connection the pod had closed before answering is resent on a "
+        "fresh one whatever the conditions (not a failure of the pod). Without the annotation "
+        "(and without -tries and -timeout) Portico retries another pod when connecting fails "
+        "(--upstream-max-attempts) and, for idempotent methods, when the connection closed "
+        "before any answer; it answers a response-head timeout 504 where ingress-nginx's "
+        "default `error timeout` tries another pod.",
     ),
-    _unsupported("proxy-next-upstream-tries", "timeouts", "Most pods tried.", ISSUE_FORWARDING),
-    _unsupported(
-        "proxy-next-upstream-timeout", "timeouts", "Time limit of the retries.", ISSUE_FORWARDING
+    _supported(
+        "proxy-next-upstream-tries",
+        "timeouts",
+        "Attempts in all, the first included (`0`: no limit but the number of pods); default "
+        "--upstream-max-attempts (3, as ingress-nginx). Given without proxy-next-upstream, the "
+        "conditions are ingress-nginx's default, `error timeout`.",
+    ),
+    _different(
+        "proxy-next-upstream-timeout",
+        "timeouts",
+        "Seconds past which no new attempt starts (`0`, the default: no limit). Given without "
+        "proxy-next-upstream, the conditions are ingress-nginx's default, `error timeout`. "
+        "Difference: counted from the request's arrival, where nginx counts from its first "
+        "attempt (the same unless proxy-request-buffering holds a slow upload first).",
     ),
     # ---- buffering and limits -----------------------------------------------------------------
     _supported(
@@ -533,24 +576,34 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Without it, or with an invalid value, --max-body-bytes applies: 1m by default, as "
         "ingress-nginx's proxy-body-size.",
     ),
-    _unsupported(
+    _different(
         "proxy-request-buffering",
         "buffering-and-limits",
-        "Portico streams request bodies to the pod as they arrive (ingress-nginx buffers them "
-        'by default; "off" streams).',
-        ISSUE_FORWARDING,
+        "`on` reads the whole request body before a pod is chosen and keeps it, in memory, for "
+        "a resend (proxy-next-upstream can then retry a request whose body was sent), up to "
+        "the route's body limit (proxy-body-size, --max-body-bytes; 413 beyond); on a route "
+        "without a body limit, past 1 MiB the rest is streamed and the request can no longer "
+        "be resent. `off` streams. Difference: Portico's default is `off` (ingress-nginx's is "
+        "`on`): a body streamed is never held whole in the proxy's memory, and the pod starts "
+        "on it at once instead of after the upload.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffering",
         "buffering-and-limits",
-        "Portico streams responses to the client (ingress-nginx's default, off).",
-        ISSUE_FORWARDING,
+        "Accepted (`on` or `off`) with no effect: Portico streams the pod's response to the "
+        "client and reads the pod only as fast as the client takes it, which is ingress-nginx's "
+        "default (`off`). With `on`, nginx reads the whole response into its buffers (and a "
+        "temporary file) first and frees the pod from a slow client; Portico keeps the pod's "
+        "connection until the client has taken the response.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffer-size",
         "buffering-and-limits",
-        "Size of the buffer for the pod's response head.",
-        ISSUE_FORWARDING,
+        "Largest response head (status line and header fields) Portico takes from a pod, an "
+        "nginx size (`8k`, `1m`); a larger one is answered 502 (or goes to another pod with "
+        "`invalid_header` in proxy-next-upstream), as nginx's 'upstream sent too big header'. "
+        "Difference: without it Portico takes heads up to 64 KiB, where ingress-nginx's "
+        "default is 4k; it sizes no response body buffer (responses are streamed).",
     ),
     _unsupported(
         "proxy-buffers-number", "buffering-and-limits", "nginx response buffers: no equivalent."
@@ -558,17 +611,20 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _unsupported(
         "proxy-busy-buffers-size", "buffering-and-limits", "nginx response buffers: no equivalent."
     ),
-    _unsupported(
+    _different(
         "proxy-max-temp-file-size",
         "buffering-and-limits",
-        "nginx's temporary files of buffered responses; Portico writes none.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `0`, `1024m`, `1g`) with no effect: it bounds the temporary "
+        "file nginx writes a buffered response to; Portico writes none (responses are "
+        "streamed, see proxy-buffering).",
     ),
-    _unsupported(
+    _different(
         "client-body-buffer-size",
         "buffering-and-limits",
-        "nginx's request body buffer; Portico streams bodies.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `1000`, `1k`, `1m`) with no effect: nginx keeps that much of "
+        "a request body in memory and writes the rest to a temporary file; Portico writes no "
+        "files: it streams bodies, or holds them whole in memory with proxy-request-buffering "
+        "(bounded by the body limit).",
     ),
     # ---- load balancing -----------------------------------------------------------------------
     _different(

@@ -40,6 +40,7 @@ from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
+    AppRoot,
     ErrorPages,
     HostRedirect,
     HTTPSRedirect,
@@ -49,6 +50,7 @@ from proxy.config import (
     Redirect,
     Refuse,
     ResponseHeaders,
+    Rewrite,
     RouteOptions,
     RouteTable,
     ShapeRequest,
@@ -56,6 +58,7 @@ from proxy.config import (
     TLSCertificate,
     VirtualHost,
 )
+from proxy.regex import PatternError, compile_path
 
 LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 PATH_TYPES: Final[Mapping[str, MatchKind]] = {
@@ -176,6 +179,18 @@ def path_error(path: str, path_type: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
+def regex_path_error(path: str) -> str | None:
+    """Why a path cannot be matched as a regular expression (proxy/regex.py, RE2), or None."""
+    if not path.startswith("/"):
+        return 'must start with "/"'
+    try:
+        compile_path(path)
+    except PatternError as exc:
+        return f"is not a regular expression Portico can match: {exc}"
+    return None
+
+
 def normalize_path(path: str, match: MatchKind) -> str:
     """Prefix paths lose their trailing "/" (element-wise matching), "/" stays "/"."""
     if match == "prefix" and len(path) > 1 and path.endswith("/"):
@@ -202,6 +217,9 @@ class RuleEntry:
     # The path as written in the Ingress ("" when an ImplementationSpecific path is omitted);
     # `rule.path` is normalized for matching. None for defaultBackend entries.
     written_path: str | None = None
+    # This path has `use-regex` or a `rewrite-target` (other than itself): every path of its
+    # host is matched as a regular expression (ingress-nginx's enforceRegexModifier).
+    regex: bool = False
     # The rule without the HTTPS redirect its host's TLS gives it (None: it has none, or it is
     # forced): what a server-alias the certificate does not cover serves (see `assemble`).
     unredirected: PathRule | None = None
@@ -237,6 +255,8 @@ class IngressPart:
     # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
     # to them (`assemble` adds those names).
     www_redirect_hosts: tuple[str, ...] = ()
+    # `app-root`: "/" on the hosts of this Ingress is redirected there (see `assemble`).
+    app_root: str | None = None
     # The `default-backend` annotation's Service (its first port), already in the rules'
     # ErrorPages step; `assemble` has it resolved with the other backends.
     error_backend: BackendRef | None = None
@@ -381,7 +401,8 @@ def compile_ingress(
         plain = dataclasses.replace(plain, policy=(ACCESS_DENIED, *plain.policy))
     # The redirect goes first: a plain-HTTP request is redirected before any other step sees it
     # (as ingress-nginx redirects in its rewrite phase, before access checks).
-    redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
+    https_redirect = HTTPSRedirect(preserve_trailing_slash=opts.preserve_trailing_slash)
+    redirected = dataclasses.replace(plain, policy=(https_redirect, *plain.policy))
     # permanent-redirect / temporal-redirect go before even that: nginx runs their `return` in
     # the rewrite phase ahead of the HTTPS redirect (Lua, at the end of that phase) and of every
     # access check; only a location denied for an unreadable source range answers 503 instead.
@@ -443,23 +464,45 @@ def compile_ingress(
                     )
                     continue
                 path = "/"
-            err = path_error(path, p.path_type)
+            # ingress-nginx's needsRewrite: a target equal to the path is no rewrite.
+            rewrite = opts.rewrite_target is not None and opts.rewrite_target != path
+            regex = opts.use_regex or rewrite
+            if regex and p.path_type == "ImplementationSpecific":
+                # A regular expression (ingress-nginx documents regex paths with this type).
+                err = regex_path_error(path)
+            else:
+                err = path_error(path, p.path_type)
+                if err is None and regex:
+                    err = regex_path_error(path)
             if err is not None:
                 problems.append(Problem("Ingress", ref, INVALID_PATH, f"path {err} {text}"))
                 continue
             backend = _backend(ingress, p.backend, text, problems, cluster_ip)
             if backend is None:
                 continue
+            rule_opts = plain if path.startswith(NO_TLS_REDIRECT_PREFIX) else host_opts
+            if rewrite and opts.rewrite_target is not None:
+                # Last: the access checks and redirects before it see the client's request.
+                step = Rewrite(path, opts.rewrite_target, opts.x_forwarded_prefix)
+                rule_opts = dataclasses.replace(rule_opts, policy=(*rule_opts.policy, step))
             rule_obj = _rule(
                 ingress,
                 backend,
-                plain if path.startswith(NO_TLS_REDIRECT_PREFIX) else host_opts,
+                rule_opts,
                 path=normalize_path(path, match),
                 match=match,
                 path_type=p.path_type,
             )
             entries.append(
-                RuleEntry(host, rule_obj, backend, text, p.path or "", unredirected(rule_obj))
+                RuleEntry(
+                    host,
+                    rule_obj,
+                    backend,
+                    text,
+                    p.path or "",
+                    regex,
+                    unredirected=unredirected(rule_obj),
+                )
             )
 
     fallbacks: list[RuleEntry] = []
@@ -472,7 +515,9 @@ def compile_ingress(
                 for host, host_opts in hosts.items():
                     rule_obj = _rule(ingress, backend, host_opts)
                     fallbacks.append(
-                        RuleEntry(host, rule_obj, backend, text, None, unredirected(rule_obj))
+                        RuleEntry(
+                            host, rule_obj, backend, text, unredirected=unredirected(rule_obj)
+                        )
                     )
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
@@ -502,6 +547,7 @@ def compile_ingress(
         aliases=opts.server_alias,
         custom_headers=opts.custom_headers,
         www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
+        app_root=opts.app_root,
         error_backend=error_backend,
         global_error_codes=global_error_codes,
     )
@@ -551,6 +597,67 @@ class Assembly:
 def _rule_order(rule: PathRule) -> tuple[int, int, str]:
     # Longest path first; Exact before Prefix at equal length; then by path for determinism.
     return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
+
+
+def _regex_rules(
+    host: str,
+    slot: dict[tuple[str, MatchKind], PathRule],
+    written: dict[tuple[str, str, MatchKind], str],
+    regex_rules: set[tuple[str, str, MatchKind]],
+    problems: list[Problem],
+) -> tuple[PathRule, ...]:
+    """The rules of a host where some path has use-regex or rewrite-target, as ingress-nginx
+    makes them: every path, whatever its Ingress or pathType, becomes `~* "^<path as written>"`
+    (so an Exact path matches as a prefix, and a Prefix path "/foo" matches "/foobar" too), tried
+    in its order: longest path first, then by path in reverse byte order, then by precedence
+    (its two stable sorts of the server's locations). A path of another Ingress that RE2 cannot
+    take is an InvalidPath problem on that Ingress and its rule is dropped."""
+    rules: list[PathRule] = []
+    for (path, match), rule in slot.items():
+        pattern = written.get((host, path, match)) or "/"
+        if (host, path, match) not in regex_rules:
+            err = regex_path_error(pattern)
+            if err is not None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        rule.ingress,
+                        INVALID_PATH,
+                        f"path {pattern} on host {host or '<any>'} is matched as a regular "
+                        "expression (a path of this host has use-regex or rewrite-target) but "
+                        f"{err}; rule dropped",
+                    )
+                )
+                continue
+        written[(host, pattern, "regex")] = written.get((host, path, match), pattern)
+        rules.append(dataclasses.replace(rule, path=pattern, match="regex"))
+    rules.sort(key=lambda r: r.path, reverse=True)
+    rules.sort(key=lambda r: len(r.path), reverse=True)
+    return tuple(rules)
+
+
+def _apply_app_roots(
+    ordered: dict[str, tuple[PathRule, ...]],
+    fallback: dict[str, PathRule],
+    app_roots: dict[str, str],
+) -> None:
+    """ingress-nginx writes `app-root` as a server-level `if ($uri = /) { return 302 ...; }`
+    before the locations: it applies to the whole host, whichever rule "/" reaches. So every
+    rule of a host where an Ingress with app-root has a rule gets the AppRoot step first (the
+    first such Ingress in the host's rule order wins, as the first `if` does)."""
+
+    def with_step(rule: PathRule, step: AppRoot) -> PathRule:
+        options = dataclasses.replace(rule.options, policy=(step, *rule.options.policy))
+        return dataclasses.replace(rule, options=options)
+
+    for host, rules in ordered.items():
+        root = next((app_roots[r.ingress] for r in rules if r.ingress in app_roots), None)
+        if root is None:
+            continue
+        step = AppRoot(root)
+        ordered[host] = tuple(with_step(r, step) for r in rules)
+        if host in fallback:
+            fallback[host] = with_step(fallback[host], step)
 
 
 def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
@@ -714,6 +821,10 @@ def assemble(
     wild_cert: dict[str, str] = {}
     certificates: dict[str, TLSCertificate] = {}
     default: PathRule | None = None
+    regex_hosts: set[str] = set()
+    # (host, path, match) of each routed rule -> whether its own Ingress made it a regex.
+    regex_rules: set[tuple[str, str, MatchKind]] = set()
+    app_roots: dict[str, str] = {}  # Ingress ref -> its app-root
     parts = list(parts)
     # The global default backend (the first Ingress with only a defaultBackend) serves the
     # custom-http-errors of the Ingresses without a default-backend annotation; without one,
@@ -783,6 +894,9 @@ def assemble(
                     written[(entry.host, rule.path, rule.match)] = entry.written_path
                 if entry.unredirected is not None:
                     unredirected[(entry.host, rule.path, rule.match)] = entry.unredirected
+                if entry.regex:
+                    regex_hosts.add(entry.host)
+                    regex_rules.add((entry.host, rule.path, rule.match))
                 _use(uses, entry, ref)
                 continue
             owner = (
@@ -799,6 +913,8 @@ def assemble(
                     f"claimed by {owner} {entry.text}",
                 )
             )
+        if part.app_root is not None:
+            app_roots[ref] = part.app_root
         for entry in part.fallbacks:
             prev = fallback.get(entry.host)
             if prev is None:
@@ -873,10 +989,18 @@ def assemble(
             if used:
                 certificates[cert.name] = cert
 
+    ordered: dict[str, tuple[PathRule, ...]] = {}
+    for host, slot in by_host.items():
+        if host in regex_hosts:
+            ordered[host] = _regex_rules(host, slot, written, regex_rules, problems)
+        else:
+            ordered[host] = tuple(sorted(slot.values(), key=_rule_order))
+    if app_roots:
+        _apply_app_roots(ordered, fallback, app_roots)
     vhosts = [
         VirtualHost(
             host=host,
-            rules=tuple(sorted(by_host[host].values(), key=_rule_order)),
+            rules=ordered[host],
             fallback=fallback.get(host),
             tls_certificate=host_cert.get(host) or wild_cert.get(host),
         )
@@ -889,7 +1013,7 @@ def assemble(
         covered = served is not None and covers(served.hosts, alias)
         rules = [
             rule if covered else unredirected.get((host, rule.path, rule.match), rule)
-            for rule in by_host[host].values()
+            for rule in ordered[host]
         ]
         host_fallback = fallback.get(host)
         if host_fallback is not None and not covered:
@@ -897,7 +1021,7 @@ def assemble(
         vhosts.append(
             VirtualHost(
                 host=alias,
-                rules=tuple(sorted(rules, key=_rule_order)),
+                rules=tuple(rules),  # the host's order (regular expressions: as written)
                 fallback=host_fallback,
                 tls_certificate=name if covered else None,
             )

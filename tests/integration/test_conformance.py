@@ -107,6 +107,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "status",
         "namespaces",
         "redirects",
+        "rewrite",
         "error-pages",
         "response-rewriting",
     }

@@ -4,7 +4,7 @@ Each host below is an Ingress compiled by the real compiler from ingress-nginx's
 (proxy-redirect-from/-to, proxy-cookie-domain/-path: nginx's proxy_redirect,
 proxy_cookie_domain and proxy_cookie_path; enable-access-log) in front of one test pod, which
 answers `/fields` with the response fields the row chooses, byte for byte. Each row says what
-the client then sees. The rules in detail: tests/unit/proxy/test_rewriting.py.
+the client then sees. The rules in detail: tests/unit/proxy/test_fieldrewrite.py.
 """
 
 from __future__ import annotations

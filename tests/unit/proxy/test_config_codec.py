@@ -9,6 +9,7 @@ import pytest
 from proxy.config import (
     HSTS,
     SCHEMA_VERSION,
+    AppRoot,
     Backend,
     BodyLimit,
     Endpoint,
@@ -20,6 +21,7 @@ from proxy.config import (
     Redirect,
     Refuse,
     ResponseHeaders,
+    Rewrite,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
@@ -59,9 +61,28 @@ def full_snapshot() -> Snapshot:
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
+    # A use-regex host: regex rules, with the rewrite and app-root steps.
+    rewriting = RouteOptions(
+        policy=(
+            AppRoot("/app"),
+            HTTPSRedirect(preserve_trailing_slash=True),
+            Rewrite("/api(/|$)(.*)", "/$2", "/api"),
+        )
+    )
+    regex = PathRule(
+        "/api(/|$)(.*)",
+        "regex",
+        "ns/web/80",
+        "ns/re",
+        "ns/web",
+        80,
+        "ImplementationSpecific",
+        rewriting,
+    )
     routes = RouteTable(
         (
             VirtualHost("a.example", (exact, prefix), fallback, "ns/cert"),
+            VirtualHost("re.example", (regex,)),
             VirtualHost("*.example", (prefix,)),
             VirtualHost("", (prefix,)),
         ),
@@ -192,6 +213,27 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
         ),
         pytest.param(
+            {"step": "https_redirect", "status": 308, "preserve_trailing_slash": "yes"},
+            id="preserve-slash-not-a-flag",
+        ),
+        pytest.param({"step": "rewrite", "pattern": "/a", "target": ""}, id="rewrite-no-target"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/(a)\\1", "target": "/"}, id="rewrite-backreference"
+        ),
+        pytest.param({"step": "rewrite", "pattern": "a", "target": "/"}, id="rewrite-no-slash"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/$host"}, id="rewrite-variable"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/x\r\nX: y"}, id="rewrite-crlf"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/", "forwarded_prefix": "/a b"},
+            id="rewrite-prefix-space",
+        ),
+        pytest.param({"step": "app_root", "path": "app"}, id="app-root-relative"),
+        pytest.param({"step": "app_root", "path": "/$1"}, id="app-root-capture"),
+        pytest.param(
             {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
             id="error-pages-no-backend",
         ),
@@ -240,6 +282,16 @@ def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
         decode_snapshot(_with_step(step))
 
 
+@pytest.mark.parametrize(
+    "pattern", ["/(a)\\1", "/(?=x)", "/a(b", "/" + "x" * 1024], ids=str.__len__
+)
+def test_rejects_a_regex_rule_the_engine_cannot_take(pattern: str) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["virtual_hosts"][1]["rules"][0][0] = pattern
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
 def test_policy_steps_keep_their_order() -> None:
     (rule, *_) = decode_snapshot(encode_snapshot(full_snapshot())).routes.virtual_hosts[0].rules
     assert [type(s).__name__ for s in rule.options.policy] == [
@@ -266,3 +318,41 @@ def test_ready_endpoints_fall_back_to_terminating() -> None:
     assert Backend("k", (terminating, ready)).ready_endpoints == (ready,)
     assert Backend("k", (terminating,)).ready_endpoints == (terminating,)
     assert Endpoint("fd00::1", 80).authority == "[fd00::1]:80"
+
+
+# ---- retries and buffering options (proxy-next-upstream, request buffering, head limit) ------
+
+RETRY_OPTIONS = RouteOptions(
+    next_upstream=("error", "timeout", "http_503", "non_idempotent"),
+    next_upstream_tries=0,
+    next_upstream_timeout=10.0,
+    request_buffering=True,
+    response_head_limit=8192,
+)
+
+
+def test_retry_options_round_trip() -> None:
+    for options in (RETRY_OPTIONS, RouteOptions(next_upstream=())):  # () is "off"
+        rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+        snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+        assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"next_upstream": ["error", "sometimes"]}, id="unknown-condition"),
+        pytest.param({"next_upstream": ["off"]}, id="off-is-an-empty-list"),
+        pytest.param({"next_upstream": "error"}, id="conditions-not-a-list"),
+        pytest.param({"next_upstream_tries": -1}, id="negative-tries"),
+        pytest.param({"next_upstream_tries": 1.5}, id="tries-not-an-int"),
+        pytest.param({"next_upstream_timeout": 0}, id="zero-timeout-is-none"),
+        pytest.param({"next_upstream_timeout": "10"}, id="timeout-not-a-number"),
+        pytest.param({"response_head_limit": 0}, id="zero-head-limit"),
+    ],
+)
+def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())

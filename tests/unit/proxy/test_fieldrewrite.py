@@ -1,4 +1,4 @@
-"""proxy/rewriting.py: nginx's proxy_redirect, proxy_cookie_domain and proxy_cookie_path rules.
+"""proxy/fieldrewrite.py: nginx's proxy_redirect, proxy_cookie_domain and proxy_cookie_path rules.
 
 Rows cite nginx's documentation of the directives (ngx_http_proxy_module) or its code
 (ngx_http_proxy_module.c, ngx_http_upstream.c, ngx_http_header_filter_module.c) where the
@@ -12,8 +12,8 @@ from typing import NamedTuple
 import pytest
 
 from proxy.config import RewriteCookies, RewriteRedirects
+from proxy.fieldrewrite import FieldRewrites, field_rewrites, server_name
 from proxy.headers import ClientContext, RequestHead
-from proxy.rewriting import FieldRewrites, field_rewrites, server_name
 
 HTTP = ClientContext("192.0.2.1", "http", 8080, ())
 HTTPS = ClientContext("192.0.2.1", "https", 8443, ())
