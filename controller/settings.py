@@ -168,6 +168,7 @@ _LISTS: Final = (
     "trusted_proxies",
     "allow_source_ranges",
     "deny_source_ranges",
+    "allowed_response_headers",
     "watch_namespaces",
     "publish_status_address",
     "ingress_class",
@@ -207,7 +208,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     manifests: Path | None = Field(
         default=None,
         description=(
-            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret) "
+            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret, "
+            "ConfigMap) "
             "to serve instead of a cluster; watched for changes."
         ),
     )
@@ -276,6 +278,28 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "Comma-separated client networks (CIDR) or addresses refused (403) by every Ingress "
             "without a denylist-source-range annotation (ingress-nginx's denylist-source-range "
             "key)."
+        ),
+    )
+    service_upstream: bool = Field(
+        default=False,
+        description=(
+            "Send to each Service's cluster IP and port instead of its endpoints, for every "
+            "Ingress without a service-upstream annotation (ingress-nginx's service-upstream key)."
+        ),
+    )
+    proxy_set_headers: str | None = Field(
+        default=None,
+        description=(
+            "namespace/name of a ConfigMap whose entries are request header fields sent to every "
+            "pod, replacing the client's (ingress-nginx's proxy-set-headers key)."
+        ),
+    )
+    allowed_response_headers: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Comma-separated response header names a custom-headers ConfigMap may set; an "
+            "Ingress whose ConfigMap sets another answers 503 (ingress-nginx's "
+            "global-allowed-response-headers key)."
         ),
     )
     default_certificate: str | None = Field(
@@ -436,6 +460,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         "kubeconfig",
         "publish_service",
         "nginx_configmap",
+        "proxy_set_headers",
         mode="before",
     )
     @classmethod
@@ -471,7 +496,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
                 raise ValueError(f"watch namespace {namespace!r} is not a valid namespace name")
         return value
 
-    @field_validator("nginx_configmap")
+    @field_validator("nginx_configmap", "proxy_set_headers")
     @classmethod
     def _check_configmap(cls, value: str | None) -> str | None:
         if value is not None and not _REF.match(value):
@@ -536,6 +561,9 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             ssl_passthrough=self.enable_ssl_passthrough,
             allow_source_ranges=_canonical_networks(self.allow_source_ranges),
             deny_source_ranges=_canonical_networks(self.deny_source_ranges),
+            service_upstream=self.service_upstream,
+            proxy_set_headers=self.proxy_set_headers,
+            allowed_response_headers=self.allowed_response_headers,
         )
 
     @property

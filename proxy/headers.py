@@ -205,6 +205,7 @@ class RequestHead:
         "upgrade",
         "upstream_head",
         "upstream_rest",
+        "upstream_target",
         "version_11",
     )
 
@@ -222,14 +223,76 @@ class RequestHead:
     forwarded_for: bytes | None  # X-Forwarded-For as received (trusted or not), for the log
     upstream_head: bytes | None  # full upstream head; None when Host must be added at send time
     upstream_rest: bytes  # head after the request line, without Host (when Host is missing)
+    upstream_target: bytes  # the target sent to the pod: `target` unless a step rewrote it
 
     def render(self, authority: bytes) -> bytes:
         """The upstream head; a request without Host (HTTP/1.0) gets the endpoint's authority."""
         if self.upstream_head is not None:
             return self.upstream_head
         return (
-            b"".join((self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"))
+            b"".join(
+                (
+                    self.method,
+                    b" ",
+                    self.upstream_target,
+                    b" HTTP/1.1\r\nHost: ",
+                    authority,
+                    b"\r\n",
+                )
+            )
             + self.upstream_rest
+        )
+
+    def reshape(
+        self,
+        target: bytes | None = None,
+        host: bytes | None = None,
+        fields: bytes = b"",
+        drop: frozenset[bytes] = frozenset(),
+    ) -> None:
+        """Change what the pod is sent, for the policy steps that do (a rewritten path, another
+        Host, fields set or removed); the request as the client sent it (`target`, `host`) stays
+        for routing, redirects and the access log.
+
+        `target`: the new request target (origin-form, validated by the caller); `host`: the new
+        Host value; `fields`: rendered fields ("Name: value\r\n"...) added last; `drop`:
+        lower-case names of fields removed first (Host and the framing fields are not theirs to
+        drop). The head after the request line is "Host: ...\r\n" then the other fields (see
+        parse_request), which is what makes this a slice, not a parse."""
+        if target is not None:
+            self.upstream_target = target
+        data = self.upstream_head
+        if data is None:
+            rest = self.upstream_rest
+            current = host
+        else:
+            line_end = data.index(b"\r\n") + 2
+            host_end = data.index(b"\r\n", line_end) + 2
+            rest = data[host_end:]
+            current = data[line_end + 6 : host_end - 2] if host is None else host
+        if drop:
+            kept = [
+                line
+                for line in rest[:-2].split(b"\r\n")[:-1]
+                if line.partition(b":")[0].lower() not in drop
+            ]
+            rest = b"".join(line + b"\r\n" for line in kept) + b"\r\n"
+        if fields:
+            rest = rest[:-2] + fields + b"\r\n"
+        if current is None:
+            self.upstream_rest = rest
+            return
+        self.upstream_rest = b""
+        self.upstream_head = b"".join(
+            (
+                self.method,
+                b" ",
+                self.upstream_target,
+                b" HTTP/1.1\r\nHost: ",
+                current,
+                b"\r\n",
+                rest,
+            )
         )
 
 
@@ -348,6 +411,7 @@ def parse_request(
     head = RequestHead()
     head.method = method
     head.target = target
+    head.upstream_target = target
     query = target.find(b"?")
     head.path = (target if query < 0 else target[:query]).decode("latin-1")
     head.version_11 = version_11
@@ -713,6 +777,12 @@ def _drop_named_response(parts: list[bytes], names: frozenset[bytes]) -> list[by
         if parts[i].lower() not in names:
             out.extend(parts[i : i + 4])
     return out
+
+
+def drop_response_fields(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    """The pod's ordinary response fields (as the upstream protocol collects them for
+    render_response) without those named (lower-case): the ones a route's step replaces."""
+    return _drop_named_response(parts, names)
 
 
 def render_switching(headers: list[tuple[bytes, bytes]]) -> bytes:

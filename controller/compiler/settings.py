@@ -47,3 +47,19 @@ class CompileSettings:
     # annotation does not read) rather than being served without the restriction.
     invalid_allow_source_ranges: bool = False
     invalid_deny_source_ranges: bool = False
+    # The default of the service-upstream annotation (`--service-upstream`, the ingress-nginx
+    # ConfigMap's `service-upstream`): the Service's cluster IP instead of its endpoints.
+    service_upstream: bool = False
+    # "namespace/name" of a ConfigMap of request fields sent to every pod
+    # (`--proxy-set-headers`, the ingress-nginx ConfigMap's `proxy-set-headers`); None: none.
+    proxy_set_headers: str | None = None
+    # The response fields a custom-headers ConfigMap may set (`--allowed-response-headers`, the
+    # ingress-nginx ConfigMap's `global-allowed-response-headers`); empty: none.
+    allowed_response_headers: tuple[str, ...] = ()
+
+    def configmaps(self) -> tuple[tuple[str, str], ...]:
+        """(namespace, name) of the ConfigMaps these settings name."""
+        if self.proxy_set_headers is None:
+            return ()
+        namespace, _, name = self.proxy_set_headers.partition("/")
+        return ((namespace, name),)
