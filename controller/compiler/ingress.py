@@ -619,12 +619,21 @@ def _rule_order(rule: PathRule) -> tuple[int, int, str]:
     return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
 
 
+def _without_https_redirect(rule: PathRule) -> PathRule:
+    """The rule without its HTTPS redirect step (for a server-alias its host's certificate does
+    not cover: ingress-nginx serves such a name without TLS, so without the redirect)."""
+    policy = tuple(s for s in rule.options.policy if not isinstance(s, HTTPSRedirect))
+    return dataclasses.replace(rule, options=dataclasses.replace(rule.options, policy=policy))
+
+
 def _regex_rules(
     host: str,
     slot: dict[tuple[str, MatchKind], PathRule],
     written: dict[tuple[str, str, MatchKind], str],
     regex_rules: set[tuple[str, str, MatchKind]],
     problems: list[Problem],
+    *,
+    origin: dict[tuple[str, str], tuple[str, str, MatchKind]],
 ) -> tuple[PathRule, ...]:
     """The rules of a host where some path has use-regex or rewrite-target, as ingress-nginx
     makes them: every path, whatever its Ingress or pathType, becomes `~* "^<path as written>"`
@@ -650,6 +659,7 @@ def _regex_rules(
                 )
                 continue
         written[(host, pattern, "regex")] = written.get((host, path, match), pattern)
+        origin.setdefault((host, pattern), (host, path, match))
         rules.append(dataclasses.replace(rule, path=pattern, match="regex"))
     rules.sort(key=lambda r: r.path, reverse=True)
     rules.sort(key=lambda r: len(r.path), reverse=True)
@@ -1010,9 +1020,13 @@ def assemble(
                 certificates[cert.name] = cert
 
     ordered: dict[str, tuple[PathRule, ...]] = {}
+    # (host, regex path) -> the (host, path, match) key of the rule it was made from.
+    regex_origin: dict[tuple[str, str], tuple[str, str, MatchKind]] = {}
     for host, slot in by_host.items():
         if host in regex_hosts:
-            ordered[host] = _regex_rules(host, slot, written, regex_rules, problems)
+            ordered[host] = _regex_rules(
+                host, slot, written, regex_rules, problems, origin=regex_origin
+            )
         else:
             ordered[host] = tuple(sorted(slot.values(), key=_rule_order))
     if app_roots:
@@ -1031,13 +1045,20 @@ def assemble(
         name = host_cert.get(host) or wild_cert.get(host)
         served = certificates.get(name) if name is not None else None
         covered = served is not None and covers(served.hosts, alias)
+        # Not covered: the rules lose the HTTPS redirect their host's TLS gave them (not a
+        # forced one: `unredirected` has those rules whose redirect can be taken back), and keep
+        # everything else they became since (a regular expression, the app-root step).
         rules = [
-            rule if covered else unredirected.get((host, rule.path, rule.match), rule)
+            rule
+            if covered
+            or unredirected.get(regex_origin.get((host, rule.path), (host, rule.path, rule.match)))
+            is None
+            else _without_https_redirect(rule)
             for rule in ordered[host]
         ]
         host_fallback = fallback.get(host)
-        if host_fallback is not None and not covered:
-            host_fallback = fallback_unredirected.get(host, host_fallback)
+        if host_fallback is not None and not covered and host in fallback_unredirected:
+            host_fallback = _without_https_redirect(host_fallback)
         vhosts.append(
             VirtualHost(
                 host=alias,
