@@ -41,6 +41,7 @@ _APIS: Final = {
     "IngressClass": (k8s.NetworkingV1Api, "ingress_class"),
     "Service": (k8s.CoreV1Api, "service"),
     "Secret": (k8s.CoreV1Api, "secret"),
+    "ConfigMap": (k8s.CoreV1Api, "config_map"),
     "EndpointSlice": (k8s.DiscoveryV1Api, "endpoint_slice"),
 }
 

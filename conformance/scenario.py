@@ -29,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Kinds a scenario may create, in the order they are applied: an Ingress comes after everything
 # it references, so the first snapshot that carries it (and so its status) is the complete one.
-KIND_ORDER: Final = ("IngressClass", "Secret", "Service", "EndpointSlice", "Ingress")
+KIND_ORDER: Final = ("IngressClass", "Secret", "ConfigMap", "Service", "EndpointSlice", "Ingress")
 API_VERSIONS: Final = {
     "IngressClass": "networking.k8s.io/v1",
     "Ingress": "networking.k8s.io/v1",
     "Service": "v1",
     "Secret": "v1",
+    "ConfigMap": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
 }
 CLUSTER_SCOPED: Final = frozenset({"IngressClass"})
@@ -340,11 +341,20 @@ def _check_object(obj: Any) -> None:
     for key, value in (metadata.get("annotations") or {}).items():
         if isinstance(value, str):
             continue
-        if not (isinstance(value, dict) and set(value) == {"secret"} and _is_name(value["secret"])):
+        if not (
+            isinstance(value, dict)
+            and len(value) == 1
+            and set(value) <= _REFERENCES
+            and _is_name(next(iter(value.values())))
+        ):
             raise ValueError(
-                f"{kind} {metadata['name']}: annotation {key} must be a string or "
-                "{secret: NAME} (rendered as namespace/NAME)"
+                f"{kind} {metadata['name']}: annotation {key} must be a string, "
+                "{secret: NAME} or {configmap: NAME} (rendered as namespace/NAME)"
             )
+
+
+# Annotation values naming an object of the scenario's namespace: {secret: NAME}, {configmap: NAME}.
+_REFERENCES: Final = frozenset({"secret", "configmap"})
 
 
 def _is_name(value: Any) -> bool:
@@ -534,8 +544,8 @@ def _raw_object(
         out["metadata"]["namespace"] = namespace
     annotations = out["metadata"].get("annotations") or {}
     for key, value in annotations.items():
-        if isinstance(value, dict):  # {secret: NAME}, checked when loading
-            annotations[key] = f"{namespace}/{value['secret']}"
+        if isinstance(value, dict):  # {secret: NAME} or {configmap: NAME}, checked when loading
+            annotations[key] = f"{namespace}/{next(iter(value.values()))}"
     if out["kind"] == "EndpointSlice":
         labels = out["metadata"].setdefault("labels", {})
         labels.setdefault(MANAGED_BY_LABEL, MANAGED_BY)

@@ -155,6 +155,31 @@ def _networks(value: str) -> tuple[str, ...]:
     return items
 
 
+def _configmap_ref(value: str) -> str | None:
+    # ingress-nginx reads "namespace/name" and warns when it finds no such ConfigMap.
+    ref = value.strip()
+    if not ref:
+        return None
+    namespace, slash, name = ref.partition("/")
+    if not (slash and _DNS_LABEL.match(namespace) and _DNS_SUBDOMAIN.match(name)):
+        raise _Invalid('expected a ConfigMap reference "namespace/name"')
+    return ref
+
+
+def _header_names(value: str) -> tuple[str, ...]:
+    # []string: split on commas, spaces trimmed, empty fields dropped (splitAndTrimSpace).
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    for name in names:
+        if not _HEADER_NAME.match(name):
+            raise _Invalid(f"{name!r} is not a header name")
+    return names
+
+
+_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
 def _empty_list(value: str) -> bool:
     return not [part for part in value.split(",") if part.strip()]
 
@@ -191,6 +216,10 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "use-proxy-protocol": Applied("proxy_protocol", _bool),  # bool, "false"
     "whitelist-source-range": Applied("allow_source_ranges", _networks),  # []string, empty
     "denylist-source-range": Applied("deny_source_ranges", _networks),  # []string, empty
+    "service-upstream": Applied("service_upstream", _bool),  # bool, "false"
+    "proxy-set-headers": Applied("proxy_set_headers", _configmap_ref),  # string, ""
+    # []string, empty
+    "global-allowed-response-headers": Applied("allowed_response_headers", _header_names),
 }
 
 # use-forwarded-headers (bool, "false") trusts the X-Forwarded-* headers of the clients in

@@ -4,7 +4,9 @@ runner (which import it from here: the product never imports the conformance pac
 It answers any method and path with a JSON description of the request it received, as the proxy
 forwarded it, so a test can check routing (`service`, `pod`) and forwarding (`host`, `path`,
 `headers`, `body_bytes`) in one look. `?status=N` answers with status N, `?bytes=N` with N bytes
-of payload, `?sleep_ms=N` answers N milliseconds late (upstream timeouts), and `GET /ws`
+of payload, `?sleep_ms=N` answers N milliseconds late (upstream timeouts), each
+`?response_header=Name: value` adds that response field (a Location, a Set-Cookie to rewrite),
+and `GET /ws`
 upgrades to a WebSocket that echoes every message. A backend can also be slow on every request
 (`delay_ms`: a pod the least-request balancer should avoid) and serve HTTPS (an `ssl.SSLContext`:
 HTTPS backends). Not on the hot path, so aiohttp.web is fine here.
@@ -46,6 +48,23 @@ def _identity(request: web.Request) -> dict[str, str]:
     return {"X-Echo-Service": request.app[SERVICE_KEY], "X-Echo-Pod": request.app[POD_KEY]}
 
 
+_TOKEN: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _response_fields(request: web.Request) -> list[tuple[str, str]]:
+    """The identity fields plus each `?response_header=Name: value`, in order."""
+    fields = list(_identity(request).items())
+    for raw in request.query.getall("response_header", []):
+        name, colon, value = raw.partition(":")
+        value = value.strip(" \t")
+        if not colon or not name or not set(name) <= _TOKEN or not value.isprintable():
+            raise web.HTTPBadRequest(text='response_header must be "Name: value"\n')
+        fields.append((name, value))
+    return fields
+
+
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     ws.headers.update(_identity(request))
@@ -81,7 +100,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
 
-    headers = _identity(request)
+    headers = _response_fields(request)
     if size is not None and status not in _NO_BODY:
         response = web.StreamResponse(status=status, headers=headers)
         response.content_type = "application/octet-stream"

@@ -17,17 +17,39 @@ from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.problems import SERVICE_NOT_FOUND
 from controller.objects import Ingress, IngressClass
 from controller.store import Store, WatchEvent
-from proxy.config import HTTPSRedirect, PathRule, Refuse, RouteTable, Snapshot
+from proxy.config import (
+    HostRedirect,
+    HTTPSRedirect,
+    PathRule,
+    Redirect,
+    Refuse,
+    RouteTable,
+    Snapshot,
+)
 from proxy.table import Router
 
 SSL_REDIRECT: Final = "SSLRedirect"
+URL_REDIRECT: Final = "Redirect"  # permanent-redirect, temporal-redirect
+WWW_REDIRECT: Final = "FromToWWWRedirect"  # the other name of a host
 NO_HOST_MATCH: Final = "NoHostMatch"
 NO_PATH_MATCH: Final = "NoPathMatch"
 NO_ENDPOINTS: Final = "NoEndpoints"
 CLASS_NOT_OURS: Final = "IngressClassNotOurs"
 
 # Keys of the JSON answer, in output order.
-KEYS: Final = ("status", "ingress", "host", "path", "pathType", "service", "port", "endpoints")
+# "match": how the rule's path matched ("exact", "prefix", or "regex": a use-regex host), None
+# for a default backend.
+KEYS: Final = (
+    "status",
+    "ingress",
+    "host",
+    "path",
+    "pathType",
+    "match",
+    "service",
+    "port",
+    "endpoints",
+)
 
 _LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 _PROBE_CLASS: Final = "portico-explain-probe"
@@ -83,22 +105,29 @@ def explain(
     written = (
         None
         if is_default or vhost is None
-        else result.written_paths[(vhost.host, rule.path, rule.match)]
+        # (none for the rule of a from-to-www name, which no Ingress wrote)
+        else result.written_paths.get((vhost.host, rule.path, rule.match))
     )
     where: dict[str, Any] = {
         "ingress": rule.ingress,
         "host": (vhost.host or None) if on_host and vhost is not None else None,
         "path": written,
         "pathType": None if is_default else rule.path_type,
+        "match": None if is_default else rule.match,
         "service": rule.service,
         "port": rule.port,
     }
-    redirect = rule.options.step(HTTPSRedirect)
-    if redirect is not None and scheme == "http":
-        return _answer(redirect.status, SSL_REDIRECT, **where)
-    refusal = rule.options.step(Refuse)
-    if refusal is not None:
-        return _answer(refusal.status, refusal.reason, **where)
+    # The first step that answers whatever the client, in the policy's order (as a worker runs
+    # them); source ranges depend on the client and are not judged here.
+    for step in rule.options.policy:
+        if isinstance(step, Redirect):
+            return _answer(step.status, URL_REDIRECT, **where)
+        if isinstance(step, HostRedirect):
+            return _answer(step.status, WWW_REDIRECT, **where)
+        if isinstance(step, HTTPSRedirect) and scheme == "http":
+            return _answer(step.status, SSL_REDIRECT, **where)
+        if isinstance(step, Refuse):
+            return _answer(step.status, step.reason, **where)
     return _backend_answer(result.snapshot, rule, where)
 
 
@@ -172,6 +201,8 @@ def describe(answer: Mapping[str, Any], why_ignored: Mapping[str, str]) -> list[
         # An ImplementationSpecific rule may omit its path: shown as "" rather than nothing.
         path = '""' if answer.get("path") == "" else answer.get("path") or ""
         rule = f"{host} {path} {answer.get('pathType') or ''}".rstrip()
+        if answer.get("match") == "regex":
+            rule += ", matched as a regular expression (~* ^path)"
         lines.append(f"rule:      {rule}")
     elif answer.get("service") and answer.get("ingress"):
         lines.append("rule:      default backend")

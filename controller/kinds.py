@@ -29,6 +29,7 @@ API_VERSIONS: Final[Mapping[str, str]] = {
     "Service": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
     "Secret": "v1",
+    "ConfigMap": "v1",
 }
 
 # Problem reasons (CamelCase, like the compiler's).

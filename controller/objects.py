@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict
 
 READ_KINDS: Final[frozenset[str]] = frozenset(
-    {"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret"}
+    {"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret", "ConfigMap"}
 )
 
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
@@ -146,6 +146,9 @@ class Service(_Object):
     type: str = "ClusterIP"
     external_name: str | None = None
     ports: tuple[ServicePort, ...] = ()
+    # spec.clusterIP: the virtual address kube-proxy balances (`service-upstream` sends there);
+    # "None" for a headless Service, None when absent (ExternalName, a manifest without it).
+    cluster_ip: str | None = None
 
 
 class SliceEndpoint(_Model):
@@ -184,7 +187,18 @@ class Secret(_Object):
     data: dict[str, bytes] = {}
 
 
-KubeObject = Ingress | IngressClass | Service | EndpointSlice | Secret
+# ---- ConfigMap ---------------------------------------------------------------------------------
+
+
+class ConfigMap(_Object):
+    """A ConfigMap's string `data` (`binaryData` is not read): the header lists Ingresses name
+    (`custom-headers`) and the ingress-nginx ConfigMap's `proxy-set-headers` names."""
+
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    data: dict[str, str] = {}
+
+
+KubeObject = Ingress | IngressClass | Service | EndpointSlice | Secret | ConfigMap
 
 
 # ---- parsing -----------------------------------------------------------------------------------
@@ -389,6 +403,7 @@ def _service(r: _Reader, raw: Mapping[str, Any], ns: str) -> Service:
         type=r.str_(spec, "type", "spec", "ClusterIP"),
         external_name=r.opt_str(spec, "externalName", "spec"),
         ports=tuple(ports),
+        cluster_ip=r.opt_str(spec, "clusterIP", "spec"),
     )
 
 
@@ -510,4 +525,6 @@ def parse_object(raw: Mapping[str, Any]) -> KubeObject | None:
         return _service(r, raw, ns)
     if kind == "EndpointSlice":
         return _endpoint_slice(r, raw, meta, ns)
+    if kind == "ConfigMap":
+        return ConfigMap(namespace=ns, name=name, data=r.str_map(raw.get("data"), "data"))
     return _secret(r, raw, ns)

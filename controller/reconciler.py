@@ -93,6 +93,8 @@ class Reconciler:
         """`clock` is the wall clock (Unix time) certificates are checked against."""
         self._store = store
         self._compiler = compiler
+        # Changes of the ConfigMaps the settings name (proxy-set-headers) must recompile.
+        store.pin_configmaps(compiler.settings.configmaps())
         self._quiet = quiet
         self._max_delay = max_delay
         self._clock = clock
@@ -130,6 +132,7 @@ class Reconciler:
         full compile with a fresh compiler, whose caches depended on the old settings."""
         if settings != self._compiler.settings:
             self._compiler = Compiler(settings)
+            self._store.pin_configmaps(settings.configmaps())
             self._dirty = True
             self._wake.set()
 

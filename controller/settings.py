@@ -78,6 +78,12 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "(v1 or v2, as load balancers send it); its source address is the client's. A "
         "connection without a valid header is closed (ingress-nginx's use-proxy-protocol)."
     ),
+    "enable_ssl_passthrough": (
+        "Let Ingresses with the ssl-passthrough annotation take their hosts' HTTPS connections "
+        "unterminated: the HTTPS listener reads the server name (SNI) of each new connection "
+        "and splices those of passthrough hosts to a pod (ingress-nginx's "
+        "--enable-ssl-passthrough). Off: the annotation is reported and ignored."
+    ),
     "access_log": "Log one line per request (--access-log off, or --no-access-log, to stop).",
     "metrics_ingress_nginx_names": (
         "Also expose /metrics under ingress-nginx's metric names and labels, for existing "
@@ -172,6 +178,7 @@ _LISTS: Final = (
     "trusted_proxies",
     "allow_source_ranges",
     "deny_source_ranges",
+    "allowed_response_headers",
     "watch_namespaces",
     "publish_status_address",
     "ingress_class",
@@ -211,7 +218,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
     manifests: Path | None = Field(
         default=None,
         description=(
-            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret) "
+            "Directory of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret, "
+            "ConfigMap) "
             "to serve instead of a cluster; watched for changes."
         ),
     )
@@ -280,6 +288,28 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "Comma-separated client networks (CIDR) or addresses refused (403) by every Ingress "
             "without a denylist-source-range annotation (ingress-nginx's denylist-source-range "
             "key)."
+        ),
+    )
+    service_upstream: bool = Field(
+        default=False,
+        description=(
+            "Send to each Service's cluster IP and port instead of its endpoints, for every "
+            "Ingress without a service-upstream annotation (ingress-nginx's service-upstream key)."
+        ),
+    )
+    proxy_set_headers: str | None = Field(
+        default=None,
+        description=(
+            "namespace/name of a ConfigMap whose entries are request header fields sent to every "
+            "pod, replacing the client's (ingress-nginx's proxy-set-headers key)."
+        ),
+    )
+    allowed_response_headers: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Comma-separated response header names a custom-headers ConfigMap may set; an "
+            "Ingress whose ConfigMap sets another answers 503 (ingress-nginx's "
+            "global-allowed-response-headers key)."
         ),
     )
     default_certificate: str | None = Field(
@@ -440,6 +470,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
         "kubeconfig",
         "publish_service",
         "nginx_configmap",
+        "proxy_set_headers",
         mode="before",
     )
     @classmethod
@@ -475,7 +506,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
                 raise ValueError(f"watch namespace {namespace!r} is not a valid namespace name")
         return value
 
-    @field_validator("nginx_configmap")
+    @field_validator("nginx_configmap", "proxy_set_headers")
     @classmethod
     def _check_configmap(cls, value: str | None) -> str | None:
         if value is not None and not _REF.match(value):
@@ -537,8 +568,12 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             default_certificate=self.default_certificate,
             serve_without_access_control=self.serve_without_access_control,
             ssl_redirect=self.ssl_redirect,
+            ssl_passthrough=self.enable_ssl_passthrough,
             allow_source_ranges=_canonical_networks(self.allow_source_ranges),
             deny_source_ranges=_canonical_networks(self.deny_source_ranges),
+            service_upstream=self.service_upstream,
+            proxy_set_headers=self.proxy_set_headers,
+            allowed_response_headers=self.allowed_response_headers,
         )
 
     @property

@@ -18,6 +18,7 @@ from typing import Final, Literal
 from controller.objects import (
     READ_KINDS,
     TLS_SECRET_TYPE,
+    ConfigMap,
     EndpointSlice,
     Ingress,
     IngressBackend,
@@ -44,12 +45,21 @@ def _backend_services(backend: IngressBackend | None, namespace: str) -> Iterabl
         yield (namespace, backend.service.name)
 
 
+_DEFAULT_BACKEND = ("nginx.ingress.kubernetes.io/default-backend", "portico.dev/default-backend")
+
+
 def ingress_services(ingress: Ingress) -> set[ServiceKey]:
-    """Every Service an Ingress names (rules and defaultBackend), in its own namespace."""
+    """Every Service an Ingress names (rules, defaultBackend and the default-backend
+    annotation), in its own namespace."""
     out = set(_backend_services(ingress.default_backend, ingress.namespace))
     for rule in ingress.rules:
         for path in rule.paths:
             out.update(_backend_services(path.backend, ingress.namespace))
+    # A malformed name is reported by the compiler; indexing it anyway is harmless.
+    for annotation in _DEFAULT_BACKEND:
+        name = ingress.annotations.get(annotation)
+        if name and name.strip():
+            out.add((ingress.namespace, name.strip()))
     return out
 
 
@@ -61,6 +71,21 @@ def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
     # The CA bundle of upstream TLS ("namespace/name"); a malformed value is reported by the
     # compiler, and indexing it anyway is harmless.
     for annotation in _PROXY_SSL_SECRET:
+        ref = ingress.annotations.get(annotation)
+        if ref and "/" in ref:
+            namespace, _, name = ref.strip().partition("/")
+            out.add((namespace, name))
+    return out
+
+
+_CUSTOM_HEADERS = ("nginx.ingress.kubernetes.io/custom-headers", "portico.dev/custom-headers")
+
+
+def ingress_configmaps(ingress: Ingress) -> set[_ObjKey]:
+    """The ConfigMaps an Ingress names ("namespace/name" of `custom-headers`); a malformed value
+    is reported by the compiler, and indexing it anyway is harmless."""
+    out: set[_ObjKey] = set()
+    for annotation in _CUSTOM_HEADERS:
         ref = ingress.annotations.get(annotation)
         if ref and "/" in ref:
             namespace, _, name = ref.strip().partition("/")
@@ -83,6 +108,9 @@ class Store:
         self._slices: dict[ServiceKey, dict[str, EndpointSlice]] = {}
         self._service_refs: Counter[ServiceKey] = Counter()
         self._secret_refs: Counter[_ObjKey] = Counter()
+        self._configmap_refs: Counter[_ObjKey] = Counter()
+        # ConfigMaps the compile settings name (the ingress-nginx ConfigMap's proxy-set-headers).
+        self._pinned_configmaps: frozenset[_ObjKey] = frozenset()
         self._listed: set[str] = set()
         self.revision = 0
         self.routes_revision = 0
@@ -111,6 +139,11 @@ class Store:
 
     def mark_listed(self, kind: str) -> None:
         self._listed.add(kind)
+
+    def pin_configmaps(self, refs: Iterable[_ObjKey]) -> None:
+        """ConfigMaps whose changes matter although no Ingress names them (the compile settings
+        name them); set before the compile that reads them."""
+        self._pinned_configmaps = frozenset(refs)
 
     @property
     def synced(self) -> bool:
@@ -153,9 +186,11 @@ class Store:
         if isinstance(old, Ingress):
             self._service_refs.subtract(ingress_services(old))
             self._secret_refs.subtract(ingress_secrets(old))
+            self._configmap_refs.subtract(ingress_configmaps(old))
         if isinstance(new, Ingress):
             self._service_refs.update(ingress_services(new))
             self._secret_refs.update(ingress_secrets(new))
+            self._configmap_refs.update(ingress_configmaps(new))
         if isinstance(old, EndpointSlice) and old.service_name is not None:
             skey = (old.namespace, old.service_name)
             group = self._slices.get(skey)
@@ -181,6 +216,10 @@ class Store:
             return self._secret_refs[(obj.namespace, obj.name)] > 0 or any(
                 isinstance(s, Secret) and s.type == TLS_SECRET_TYPE for s in (old, new)
             )
+        if isinstance(obj, ConfigMap):
+            # Most ConfigMaps are other applications' configuration: only named ones matter.
+            key = (obj.namespace, obj.name)
+            return self._configmap_refs[key] > 0 or key in self._pinned_configmaps
         if obj is not None and obj.kind == "Service":
             return self.is_referenced_service(obj.namespace, obj.name)
         return True

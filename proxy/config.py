@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
+from proxy.regex import compile_path
+
 SCHEMA_VERSION: Final = 2
 
-MatchKind = Literal["exact", "prefix"]
+# "regex": the path is a case-insensitive regular expression matched at the start of the request
+# path (ingress-nginx's `use-regex`, `~* "^<path>"`), tried in the virtual host's rule order.
+MatchKind = Literal["exact", "prefix", "regex"]
 BalancerKind = Literal["round_robin", "least_request"]
 UpstreamProtocol = Literal["HTTP", "HTTPS"]
 
@@ -93,6 +98,9 @@ class HTTPSRedirect:
     the method and body; ingress-nginx's `ssl-redirect`)."""
 
     status: int = 308
+    # ingress-nginx's `preserve-trailing-slash`: keep a target's trailing "/" in the Location
+    # (without it, as ingress-nginx, the "/" is dropped: see proxy/redirect.py).
+    preserve_trailing_slash: bool = False
 
     def __post_init__(self) -> None:
         _check(self.status in (301, 302, 303, 307, 308), f"redirect status {self.status}")
@@ -154,8 +162,291 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
-PolicyStep = HTTPSRedirect | BodyLimit | HSTS | Refuse | SourceRanges
-_Step = TypeVar("_Step", HTTPSRedirect, BodyLimit, HSTS, Refuse, SourceRanges)
+# RFC 9110 §5.1 field names (tokens); §5.5 field values, as ASCII: visible characters, spaces
+# and tabs, never CR, LF or NUL (which could end the field or the head) nor obs-text.
+_FIELD_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE: Final = re.compile(r"^[\t\x20-\x7e]*\Z")
+# host[:port] sent as Host: a DNS name or IPv4 address, or a bracketed IPv6 address.
+_HOST_PORT: Final = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::[0-9]{1,5})?\Z"
+)
+# Fields no step may set: framing (the proxy frames the body), hop-by-hop ones (RFC 9110
+# §7.6.1; Connection is ShapeRequest.connection's), Host (ShapeRequest.host's).
+_REQUEST_RESERVED: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+# The response fields the proxy decides itself (framing, hop-by-hop, Server, HSTS).
+_RESPONSE_RESERVED: Final = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "server",
+        "strict-transport-security",
+    }
+)
+
+
+def _check_fields(
+    names: tuple[str, ...], values: tuple[str, ...], reserved: frozenset[str]
+) -> None:
+    _check(len(names) == len(values), "header names and values differ in number")
+    _check(len({n.lower() for n in names}) == len(names), f"header names repeat: {names!r}")
+    for name, value in zip(names, values, strict=True):
+        _check(type(name) is str and bool(_FIELD_NAME.match(name)), f"header name {name!r}")
+        _check(name.lower() not in reserved, f"header {name!r} cannot be set")
+        _check(type(value) is str and bool(_FIELD_VALUE.match(value)), f"header value {value!r}")
+        _check(value == value.strip(" \t"), f"header value {value!r} has outer whitespace")
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    """What the pod is sent differs from what the client sent: `host` is the Host sent
+    (ingress-nginx's upstream-vhost; "": the client's); `names`/`values` are fields set,
+    replacing the client's fields of the same name, an empty value removing it (nginx's
+    `proxy_set_header`: the ConfigMap's proxy-set-headers); `connection` ("close" or
+    "keep-alive"; "": none) is sent as Connection (connection-proxy-header), except on upgrade
+    requests, which keep `Connection: upgrade`; after "close" the connection is not reused."""
+
+    host: str = ""
+    names: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    connection: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host or self.names or self.connection), "request shaping without change")
+        _check(type(self.host) is str, f"upstream host {self.host!r}")
+        _check(not self.host or bool(_HOST_PORT.match(self.host)), f"upstream host {self.host!r}")
+        _check(self.connection in ("", "close", "keep-alive"), f"connection {self.connection!r}")
+        _check_fields(self.names, self.values, _REQUEST_RESERVED)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeaders:
+    """Every response of the route carries these fields, replacing the pod's of the same name
+    (ingress-nginx's custom-headers: `more_set_headers`); values are sent as written."""
+
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(bool(self.names), "response headers without any field")
+        _check_fields(self.names, self.values, _RESPONSE_RESERVED)
+        _check(all(self.values), "empty response header value")
+
+
+# The statuses nginx's `return` answers with a Location (the others take the text as a body).
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+
+
+def _header_safe(text: str) -> bool:
+    """Visible ASCII only: nothing that could end or split a header field."""
+    return bool(text) and all(0x21 <= ord(c) <= 0x7E for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Every request is answered `status` with `Location: url`, on both listeners, and never
+    reaches a pod; the request's path and query are not appended (ingress-nginx's
+    permanent-redirect and temporal-redirect: nginx `return <status> <url>`). `url` is an
+    absolute http:// or https:// URL."""
+
+    url: str
+    status: int
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(type(self.url) is str and _header_safe(self.url), f"redirect URL {self.url!r}")
+        scheme, sep, rest = self.url.partition("://")
+        _check(
+            scheme.lower() in ("http", "https") and bool(sep and rest),
+            f"redirect URL {self.url!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostRedirect:
+    """Every request is answered `status` with `Location: <scheme>://<host><target>`, the
+    scheme of the listener it came on and the request's target without one trailing "/", and
+    never reaches a pod (ingress-nginx's from-to-www-redirect: the compiler gives the other
+    name of a host a route with this step). `host` is a lower-case DNS name."""
+
+    host: str
+    status: int = 308
+
+    def __post_init__(self) -> None:
+        _check(self.status in REDIRECT_STATUSES, f"redirect status {self.status}")
+        _check(
+            type(self.host) is str
+            and _header_safe(self.host)
+            and self.host == self.host.lower()
+            and all(c.isalnum() or c in "-." for c in self.host),
+            f"redirect host {self.host!r}",
+        )
+
+
+# A rewrite template: path characters (ingress-nginx's RegexPathWithCapture: letters, digits,
+# "-._~/:") and captures "$0" .. "$9" of the route's path expression.
+_TEMPLATE: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """The pod is sent another path (ingress-nginx's `rewrite-target`, nginx `rewrite
+    "(?i)<pattern>" <target> break;`): `pattern` (a path expression, proxy/regex.py) is matched
+    at the start of the request path and `target` is the new path, its "$N" replaced by the
+    N-th capture ("" when it took no part); the request's query, if any, follows. The client's
+    request stays as sent for logs and redirects. When the result does not start with "/" the
+    request is answered 500 (InvalidRewrite), never forwarded. `forwarded_prefix` (with
+    captures too): the `X-Forwarded-Prefix` field sent to the pod, replacing the client's
+    (`x-forwarded-prefix`); "" sends none."""
+
+    pattern: str
+    target: str
+    forwarded_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        _check(type(self.pattern) is str and self.pattern.startswith("/"), "rewrite pattern")
+        compile_path(self.pattern)  # PatternError (a ValueError) when RE2 cannot take it
+        for template in (self.target, self.forwarded_prefix):
+            _check(bool(_TEMPLATE.match(template)), f"rewrite template {template!r}")
+        _check(self.target != "", "empty rewrite target")
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoot:
+    """A request for exactly "/" is answered `302 Found` with `Location:
+    <scheme>://<Host as sent><path>` (ingress-nginx's `app-root`, nginx's server-level `if ($uri
+    = /) { return 302 $scheme://$http_host<path>; }`: the query is not kept)."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        _check(
+            self.path.startswith("/") and bool(_TEMPLATE.match(self.path)) and "$" not in self.path,
+            f"app root {self.path!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPages:
+    """The route's default backend (ingress-nginx's `default-backend` and `custom-http-errors`;
+    built by proxy/route.py, run by proxy/errorpages.py): a pod response whose status is in
+    `codes` is not relayed; the client gets the answer of `backend` to `GET /` (HEAD for
+    HEAD) with X-Code and the other ingress-nginx error headers instead. With `fallback`, a
+    request the route cannot serve for lack of endpoints goes to `backend` as it is, with
+    X-Code: 503. `backend` is a key into Snapshot.backends, `service` its "ns/name" (logs)."""
+
+    backend: str
+    service: str
+    codes: tuple[int, ...] = ()
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "error pages without a backend")
+        _check(bool(self.codes) or self.fallback, "error pages without codes or fallback")
+        for code in self.codes:
+            _check(type(code) is int and 400 <= code <= 599, f"error page status {code!r}")
+
+
+def _visible(text: str) -> bool:
+    """Printable ASCII without spaces: safe in a response field, nothing to unquote."""
+    return all("!" <= c <= "~" for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteRedirects:
+    """nginx's `proxy_redirect prefix replacement` (ingress-nginx's proxy-redirect-from / -to):
+    a pod's Location, and the URL after `url=` in its Refresh, that starts with `prefix`
+    (case-sensitive) has it replaced by `replacement`. A rewritten Location that then starts
+    with "/" is made absolute as nginx does (listener scheme, the request's host without its
+    port: ingress-nginx's port_in_redirect off). See proxy/fieldrewrite.py."""
+
+    prefix: str
+    replacement: str
+
+    def __post_init__(self) -> None:
+        _check(bool(self.prefix) and _visible(self.prefix), f"redirect prefix {self.prefix!r}")
+        _check(
+            bool(self.replacement) and _visible(self.replacement),
+            f"redirect replacement {self.replacement!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteCookies:
+    """nginx's `proxy_cookie_domain` / `proxy_cookie_path` on the pod's Set-Cookie fields:
+    a Domain attribute equal to `domain` (case-insensitive, a leading "." of either ignored and
+    kept) becomes `domain_replacement`; a Path attribute starting with `path` (case-sensitive)
+    has it replaced by `path_replacement`. "" on both sides of a pair: no rewrite of that
+    attribute. Domains are given without a leading ".". See proxy/fieldrewrite.py."""
+
+    domain: str = ""
+    domain_replacement: str = ""
+    path: str = ""
+    path_replacement: str = ""
+
+    def __post_init__(self) -> None:
+        pairs = ((self.domain, self.domain_replacement), (self.path, self.path_replacement))
+        _check(any(a for a, _ in pairs), "cookie rewrite without any rule")
+        for pattern, replacement in pairs:
+            _check(bool(pattern) == bool(replacement), f"cookie rewrite {pattern!r}")
+            for text in (pattern, replacement):
+                _check(_visible(text) and ";" not in text, f"cookie rewrite text {text!r}")
+        _check(not self.domain.startswith("."), f"cookie domain {self.domain!r}")
+        _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
+
+
+PolicyStep = (
+    HTTPSRedirect
+    | BodyLimit
+    | HSTS
+    | Refuse
+    | SourceRanges
+    | Rewrite
+    | AppRoot
+    | ErrorPages
+    | RewriteRedirects
+    | RewriteCookies
+    | Redirect
+    | HostRedirect
+    | ShapeRequest
+    | ResponseHeaders
+)
+_Step = TypeVar(
+    "_Step",
+    HTTPSRedirect,
+    BodyLimit,
+    HSTS,
+    Refuse,
+    SourceRanges,
+    Rewrite,
+    AppRoot,
+    ErrorPages,
+    Redirect,
+    HostRedirect,
+    RewriteRedirects,
+    RewriteCookies,
+    ShapeRequest,
+    ResponseHeaders,
+)
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "https_redirect": HTTPSRedirect,
@@ -163,7 +454,38 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "hsts": HSTS,
     "refuse": Refuse,
     "source_ranges": SourceRanges,
+    "redirect": Redirect,
+    "host_redirect": HostRedirect,
+    "rewrite": Rewrite,
+    "app_root": AppRoot,
+    "error_pages": ErrorPages,
+    "rewrite_redirects": RewriteRedirects,
+    "rewrite_cookies": RewriteCookies,
+    "shape_request": ShapeRequest,
+    "response_headers": ResponseHeaders,
 }
+
+
+# proxy-next-upstream's conditions (nginx's proxy_next_upstream, as ingress-nginx accepts
+# them; "off" is an empty RouteOptions.next_upstream): "error" a failed connect or a connection
+# lost before the response head, "timeout" the connect, send or response-head deadline passed,
+# "invalid_header" a response head that does not parse or is too large, "http_N" a response
+# with status N; "non_idempotent" also retries POST, LOCK and PATCH once they were sent.
+NEXT_UPSTREAM_NAMES: Final = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +501,35 @@ class RouteOptions:
     send_timeout: float | None = None
     # The route's policy, in order (see the steps above).
     policy: tuple[PolicyStep, ...] = ()
+    # False: no access-log entry for the route's requests (ingress-nginx's enable-access-log
+    # "false"); True cannot turn on a log the proxy has off.
+    access_log: bool = True
+    # Retries (ingress-nginx's proxy-next-upstream, -tries, -timeout; run by proxy/retry.py):
+    # the conditions that send a request to another pod, nginx's names (NEXT_UPSTREAM_NAMES
+    # but "off"); () never retries, not even a failed connect; None: Portico's own retries
+    # (a failed connect; a connection closed before any answer, for idempotent methods).
+    next_upstream: tuple[str, ...] | None = None
+    next_upstream_tries: int | None = None  # attempts in all; 0: no limit; None: the flag's
+    next_upstream_timeout: float | None = None  # seconds for all attempts; None: no limit
+    # proxy-request-buffering "on": the whole body is read before a pod is chosen.
+    request_buffering: bool = False
+    # proxy-buffer-size: largest response head (status line and fields) taken from a pod,
+    # larger is a 502; None: Portico's bound (proxy/upstream.py HEAD_BOUND).
+    response_head_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        # Only the fields above get a check: the older ones are typed by the codec's callers.
+        next_upstream = self.next_upstream
+        if next_upstream is not None:
+            _check(type(next_upstream) is tuple, f"next_upstream {next_upstream!r}")
+            for name in next_upstream:
+                _check(name in NEXT_UPSTREAM_NAMES, f"next_upstream condition {name!r}")
+        tries = self.next_upstream_tries
+        _check(tries is None or (type(tries) is int and tries >= 0), f"tries {tries!r}")
+        timeout = self.next_upstream_timeout
+        _check(timeout is None or timeout > 0, f"next_upstream_timeout {timeout!r}")
+        limit = self.response_head_limit
+        _check(limit is None or (type(limit) is int and limit > 0), f"head limit {limit!r}")
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""
@@ -195,7 +546,9 @@ DEFAULT_OPTIONS: Final = RouteOptions()
 class PathRule:
     """One path of one Ingress rule, resolved to a backend key."""
 
-    path: str  # as matched: "/" for a catch-all; Prefix paths without their trailing "/"
+    # as matched: "/" for a catch-all; Prefix paths without their trailing "/"; "regex": the
+    # expression as written in the Ingress (without the "^" it is matched with)
+    path: str
     match: MatchKind
     backend: str  # key into Snapshot.backends
     ingress: str  # ObjectRef "ns/name" of the Ingress the rule came from
@@ -234,6 +587,32 @@ class TLSCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class PassthroughHost:
+    """HTTPS connections whose ClientHello names `host` (exactly: no wildcard, as ingress-nginx
+    compares names) are spliced unterminated to an endpoint of `backend` (ingress-nginx's
+    `ssl-passthrough`, with --enable-ssl-passthrough; see proxy/passthrough.py). `backend` is
+    the key of the host's "/" rule (or its Ingress's defaultBackend); "" when it has none, and
+    its connections are closed. `refuse` (a CamelCase reason): every connection is closed
+    (access control not enforced, unreadable source ranges); `allow` / `deny`: source ranges
+    checked on the client address (the peer, or the PROXY protocol's), as `SourceRanges`."""
+
+    host: str
+    backend: str
+    ingress: str  # "ns/name" of the Ingress whose rule gives the backend, for the log
+    service: str | None = None  # "ns/name" of the Service, for the log
+    refuse: str = ""
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host) and not self.host.startswith("*."), f"host {self.host!r}")
+        _check(not self.refuse or self.refuse.isidentifier(), f"refusal {self.refuse!r}")
+        for cidr in (*self.allow, *self.deny):
+            _check(type(cidr) is str, f"source range {cidr!r}")
+            _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class RouteTable:
     """The route part of a snapshot: virtual hosts plus the global default backend."""
 
@@ -254,6 +633,8 @@ class Snapshot:
     # The certificate (a name in `certificates`) for handshakes no host certificate covers, from
     # `--default-certificate`; None: each worker uses a self-signed one.
     default_certificate: str | None = None
+    # Hosts whose HTTPS connections go to a pod unterminated (sorted by host).
+    passthrough: tuple[PassthroughHost, ...] = ()
 
     def backend_map(self) -> dict[str, Backend]:
         return {b.key: b for b in self.backends}
@@ -312,6 +693,7 @@ _JSON_TYPES: Final[dict[str, type]] = {
     "bool": bool,
     "str": str,
     "tuple[str, ...]": tuple,
+    "tuple[int, ...]": tuple,
 }
 
 
@@ -355,6 +737,9 @@ def _options_to_json(o: RouteOptions) -> dict[str, Any]:
 def _options_from_json(raw: Mapping[str, Any]) -> RouteOptions:
     fields = dict(raw)
     policy = tuple(_step_from_json(s) for s in fields.pop("policy", ()))
+    next_upstream = fields.get("next_upstream")
+    if type(next_upstream) is list:
+        fields["next_upstream"] = tuple(next_upstream)  # names, checked by RouteOptions
     return RouteOptions(**fields, policy=policy)
 
 
@@ -365,9 +750,27 @@ def _rule_to_json(r: PathRule, options_index: dict[RouteOptions, int]) -> list[A
 
 def _rule_from_json(raw: Any, options: list[RouteOptions]) -> PathRule:
     path, match, backend, ingress, service, port, path_type, opt = raw
-    if match not in ("exact", "prefix") or not isinstance(path, str) or not path.startswith("/"):
+    if (
+        match not in ("exact", "prefix", "regex")
+        or not isinstance(path, str)
+        or not path.startswith("/")
+    ):
         raise SnapshotError(f"bad path rule {raw!r}")
+    if match == "regex":
+        compile_path(path)  # a PatternError (ValueError) refuses the snapshot
     return PathRule(path, match, backend, ingress, service, port, path_type, options[opt])
+
+
+def _passthrough_to_json(p: PassthroughHost) -> list[Any]:
+    return [p.host, p.backend, p.ingress, p.service, p.refuse, list(p.allow), list(p.deny)]
+
+
+def _passthrough_from_json(raw: Any) -> PassthroughHost:
+    host, backend, ingress, service, refuse, allow, deny = raw
+    texts = (host, backend, ingress, refuse, *allow, *deny)
+    if not all(type(t) is str for t in texts) or not (service is None or type(service) is str):
+        raise SnapshotError(f"bad passthrough host {raw!r}")
+    return PassthroughHost(host, backend, ingress, service, refuse, tuple(allow), tuple(deny))
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
@@ -403,6 +806,8 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         ],
         "default_certificate": snapshot.default_certificate,
     }
+    if snapshot.passthrough:
+        doc["passthrough"] = [_passthrough_to_json(p) for p in snapshot.passthrough]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -449,6 +854,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
             ),
             version=int(doc["version"]),
             default_certificate=doc.get("default_certificate"),
+            passthrough=tuple(_passthrough_from_json(p) for p in doc.get("passthrough", ())),
         )
     except SnapshotError:
         raise
@@ -500,4 +906,5 @@ def apply_endpoints_update(snapshot: Snapshot, update: EndpointsUpdate) -> Snaps
         certificates=snapshot.certificates,
         version=update.version,
         default_certificate=snapshot.default_certificate,
+        passthrough=snapshot.passthrough,
     )

@@ -17,6 +17,10 @@ Retries: a connect failure ejects the endpoint and moves on to another one (up t
 out stale (closed before any response byte) is replaced by a fresh one once. A fresh connection
 that fails before any response byte is retried elsewhere only for idempotent methods. Either
 needs the whole request still at hand: body bytes are kept for replay up to REPLAY_LIMIT.
+A route with proxy-next-upstream replaces the last two rules by its own (proxy/retry.py: which
+failures and statuses go to another pod, how many attempts, for how long); a route with
+proxy-request-buffering reads the whole body (up to its body limit) before choosing a pod, and
+keeps it for a resend.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
 from proxy.clientside import ClientSide
 from proxy.config import Endpoint
+from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
 from proxy.policy import Policy
 from proxy.pool import Pool
 from proxy.replies import Answer
+from proxy.retry import ERROR, INVALID_HEADER, TIMEOUT, NextUpstream
 from proxy.route import Route
 from proxy.settings import ProxySettings
 from proxy.telemetry import Telemetry
@@ -44,6 +50,9 @@ logger = logging.getLogger("portico.proxy")
 
 # Request body kept for a retry; beyond it the request can no longer be replayed.
 REPLAY_LIMIT = 64 * 1024
+# A body held whole (proxy-request-buffering) on a route without a body limit: past this much
+# it is streamed from there on, and the request can no longer be resent.
+HELD_BODY_LIMIT = 1024 * 1024
 
 
 class Forwarding:
@@ -78,6 +87,7 @@ class Exchange(Receiver):
         "fwd",
         "head",
         "head_at",
+        "hold",
         "pending",
         "pending_bytes",
         "policy",
@@ -125,7 +135,12 @@ class Exchange(Receiver):
         self.connect_task: asyncio.Task[UpstreamProtocol] | None = None
         self.endpoint: Endpoint | None = None
         self.tried: list[Endpoint] = []
-        self.attempts_left = fwd.max_attempts
+        self.attempts_left = route.max_attempts if route is not None else fwd.max_attempts
+        # proxy-request-buffering: the body is read whole before a pod is chosen. 0: no (or no
+        # longer); 1: holding it, `begin` not run yet; 2: `begin` ran, request_end goes on.
+        self.hold = 0
+        if not self.request_done and route is not None and route.request_buffering:
+            self.hold = 1
         self.response: ResponseHead | None = None
         self.status = 0
         self.sent = 0
@@ -145,22 +160,39 @@ class Exchange(Receiver):
             return
         route = self.route
         assert route is not None and self.head is not None
-        if self.head.expect_continue and not self.request_done:
-            self.client.send_interim(100, [])
+        if not self.request_done:
+            if self.head.expect_continue:
+                self.client.send_interim(100, [])
+            if self.hold:
+                if route.cluster is not None:
+                    self.hold = 2  # request_end (or a body past the limit) goes on
+                    return
+                self.hold = 0
         self._attempt()
 
-    def _attempt(self) -> None:
+    def _attempt(self, chosen: Endpoint | None = None) -> None:
+        """Forward to `chosen`, or to the pod the balancer picks among those not tried."""
         route = self.route
         assert route is not None
         cluster = route.cluster
         if cluster is None:
+            if route.errors is not None and route.errors.fallback:
+                self._fall_back(route)
+                return
             self._local(503, route.unavailable or "NoEndpoints")
             return
         tried = self.tried
-        endpoint = cluster.pick(route.balancer, tried) if tried else cluster.pick(route.balancer)
+        if chosen is not None:
+            endpoint: Endpoint | None = chosen
+        elif tried:
+            endpoint = cluster.pick(route.balancer, tried)
+        else:
+            endpoint = cluster.pick(route.balancer)
         if endpoint is None:
             if tried:
                 self._local(502, "UpstreamConnectFailed")
+            elif route.errors is not None and route.errors.fallback:
+                self._fall_back(route)
             else:
                 self._local(503, "NoEndpoints")
             return
@@ -222,7 +254,13 @@ class Exchange(Receiver):
                 "error": type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc),
             },
         )
-        if self.attempts_left > 0:
+        next_upstream = route.next_upstream
+        if next_upstream is not None:
+            if isinstance(exc, TimeoutError):
+                self._next(next_upstream, TIMEOUT, False, 504, "UpstreamConnectTimeout")
+            else:
+                self._next(next_upstream, ERROR, False, 502, "UpstreamConnectFailed")
+        elif self.attempts_left > 0:
             self._attempt()
         else:
             self._local(502, "UpstreamConnectFailed")
@@ -234,7 +272,7 @@ class Exchange(Receiver):
         self.conn = conn
         self.upstream = conn.authority
         self.sent_at = now = self.fwd.loop.time()
-        conn.start(self, route.read_timeout, route.send_timeout, now)
+        conn.start(self, route.read_timeout, route.send_timeout, now, route.head_limit)
         transport = conn.transport
         data = head.upstream_head
         if data is None:
@@ -275,7 +313,14 @@ class Exchange(Receiver):
             return
         if self.head is not None and self.head.chunked:
             self._send_body(hdr.LAST_CHUNK)
-        if not self.replayable:
+        if self.hold:
+            began = self.hold == 2
+            self.hold = 0
+            if began:
+                self._attempt()  # the whole body is here (and stays for a resend)
+                return
+        if not self.replayable and self.conn is not None:
+            # Sent already (without a connection, what is pending still has to go out).
             self.pending = None
 
     def _send_body(self, piece: bytes) -> None:
@@ -285,7 +330,7 @@ class Exchange(Receiver):
             conn.transport.write(piece)
             if self.replayable:
                 self.pending_bytes += len(piece)
-                if self.pending_bytes > REPLAY_LIMIT:
+                if self.pending_bytes > REPLAY_LIMIT and not self._held_whole():
                     self.pending = None
                     self.replayable = False
                 elif pending is None:
@@ -301,8 +346,28 @@ class Exchange(Receiver):
             pending = self.pending = []
         pending.append(piece)
         self.pending_bytes += len(piece)
-        if flow.buffered(self.client, self.pending_bytes):
+        if self.hold:
+            if self.body_received > (self.policy.max_body or HELD_BODY_LIMIT):
+                # No body limit to bound it: stream the rest, this request cannot be resent.
+                began = self.hold == 2
+                self.hold = 0
+                self.replayable = False
+                flow.buffered(self.client, self.pending_bytes)
+                if began:
+                    self._attempt()
+            return
+        if flow.buffered(self.client, self.pending_bytes) and not self._held_whole():
             self.replayable = False
+
+    def _held_whole(self) -> bool:
+        """Whether this body is kept whole for a resend past REPLAY_LIMIT: a route with
+        proxy-request-buffering, within its body limit (a larger body was refused already)."""
+        route = self.route
+        return (
+            route is not None
+            and route.request_buffering
+            and self.body_received <= (self.policy.max_body or HELD_BODY_LIMIT)
+        )
 
     def upstream_write_paused(self) -> None:
         flow.upstream_stalled(self.client)
@@ -337,12 +402,32 @@ class Exchange(Receiver):
             if status != 100 and head.version_11:
                 self.client.send_interim(status, headers)
             return
+        route = self.route
+        assert route is not None
+        next_upstream = route.next_upstream
+        # As nginx: a status retried elsewhere first (proxy_next_upstream), then the last
+        # attempt's answer may be replaced by an error page (proxy_intercept_errors).
+        if (
+            next_upstream is not None
+            and status in next_upstream.statuses
+            and self._resend_status(next_upstream, conn, status)
+        ):
+            return
+        errors = route.errors
+        if errors is not None and status in errors.codes and self._error_page(conn, status):
+            return
         # The loop time of the read that holds the head (one clock call less per request).
         head_at = conn.read_at
         # Never before the request went out, whatever the clock's rounding.
         self.head_at = head_at if head_at > self.sent_at else self.sent_at
         policy = self.policy
+        rewrite = policy.rewrite
+        if rewrite is not None:
+            rewrite.rewrite(parts, head, self.client.ctx)
         added = policy.added if not policy.response else self._response_fields(status)
+        if policy.dropped:
+            # The pod's fields a step replaces (custom-headers); ordinary ones, so removed here.
+            parts = hdr.drop_response_fields(parts, policy.dropped)
         try:
             response = self.client.send_head(status, parts, special, head, added, policy.replaced)
         except ValueError:
@@ -353,6 +438,41 @@ class Exchange(Receiver):
         if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
             keep = conn.finish_head_response()
             self.response_done(conn, keep, conn.read_at)
+
+    # ---- error pages (proxy/errorpages.py) ---------------------------------------------------
+
+    def _error_page(self, conn: UpstreamProtocol | None, status: int) -> bool:
+        """The pod answered (`conn`), or the proxy would answer (None: 502, 503, 504, a
+        refusal, as nginx's error_page takes its own errors too), a status the route's default
+        backend answers instead: drop that answer and ask the default backend. False: answer
+        as planned (no default backend endpoint, or the request body is still on its way,
+        which the default backend's answer would leave unread)."""
+        route = self.route
+        head = self.head
+        assert route is not None and route.errors is not None and head is not None
+        error_route = route.error_route
+        if error_route is None or not self.request_done or not serves(error_route.cluster):
+            return False
+        if conn is not None:
+            self._release(conn, False)  # the pod's body is not read: its connection goes
+        self.pending = None  # the body kept for a replay: the error page is fetched without
+        self.pending_bytes = 0
+        self._divert(error_route, route.errors.error_request(head, status))
+        return True
+
+    def _fall_back(self, route: Route) -> None:
+        """The route has no endpoint: its default backend gets the request (with X-Code)."""
+        assert route.errors is not None and route.error_route is not None
+        assert self.head is not None
+        self._divert(route.error_route, route.errors.fallback_request(self.head))
+
+    def _divert(self, route: Route, head: RequestHead) -> None:
+        """Forward this exchange's request to another route's backend from the start."""
+        self.route = route
+        self.head = head
+        self.tried = []
+        self.attempts_left = self.fwd.max_attempts
+        self._attempt()
 
     def _response_fields(self, status: int) -> bytes:
         """The fields the route's response steps add to this response."""
@@ -376,7 +496,9 @@ class Exchange(Receiver):
         # interleaved runs, inlined / as here: small 6.67 / 6.67, 64k 8.95 / 8.91, chunked
         # 10.95 / 10.97 us).
         request_done = self.request_done
-        self._release(conn, upstream_keep_alive and request_done, now)
+        # A request that said `Connection: close` (connection-proxy-header) ends its connection.
+        reuse = upstream_keep_alive and request_done and not self.policy.upstream_close
+        self._release(conn, reuse, now)
         self._finish(request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
@@ -416,14 +538,18 @@ class Exchange(Receiver):
                 self._abort("UpstreamClosedEarly")
             return
         self._request_finished()
+        if conn.requests > 1 and not conn.answered and self.replayable:
+            # A pooled connection the upstream had closed: the classic keep-alive race.
+            # Nothing of the response came back, so send it again on a fresh connection.
+            self.fwd.telemetry.stats.upstream_stale_retries += 1
+            self.endpoint = conn.endpoint
+            self._dial(conn.endpoint)
+            return
+        route = self.route
+        if route is not None and route.next_upstream is not None:
+            self._next(route.next_upstream, ERROR, True, 502, "UpstreamClosed")
+            return
         if not conn.answered and self.replayable:
-            if conn.requests > 1:
-                # A pooled connection the upstream had closed: the classic keep-alive race.
-                # Nothing of the response came back, so send it again on a fresh connection.
-                self.fwd.telemetry.stats.upstream_stale_retries += 1
-                self.endpoint = conn.endpoint
-                self._dial(conn.endpoint)
-                return
             head = self.head
             if (
                 head is not None
@@ -440,7 +566,11 @@ class Exchange(Receiver):
             return
         self._release(conn, False)
         if self.response is None:
-            self._fail(504, "UpstreamTimeout")
+            route = self.route
+            if route is not None and route.next_upstream is not None:
+                self._next(route.next_upstream, TIMEOUT, True, 504, "UpstreamTimeout")
+            else:
+                self._fail(504, "UpstreamTimeout")
         else:
             self._abort("UpstreamTimeout")
 
@@ -449,7 +579,52 @@ class Exchange(Receiver):
             conn.close()
             return
         self._release(conn, False)
+        route = self.route
+        if self.response is None and route is not None and route.next_upstream is not None:
+            self._next(route.next_upstream, INVALID_HEADER, True, status, reason)
+        else:
+            self._fail(status, reason)
+
+    # ---- proxy-next-upstream (proxy/retry.py) ------------------------------------------------
+
+    def _next(
+        self, rules: NextUpstream, condition: int, sent: bool, status: int, reason: str
+    ) -> None:
+        """An attempt failed before its response reached the client: another pod if the
+        route's rules allow and one is left, else answer the failure (`status`)."""
+        if self.finished:
+            return
+        head = self.head
+        assert head is not None
+        if rules.allows(condition, head.method, sent, self.fwd.loop.time() - self.started):
+            endpoint = self._another()
+            if endpoint is not None:
+                self._attempt(endpoint)
+                return
         self._fail(status, reason)
+
+    def _another(self) -> Endpoint | None:
+        """A pod for one more attempt of this request, if it may have one: attempts left, the
+        whole request still held, a pod of the backend not tried yet."""
+        route = self.route
+        if self.attempts_left <= 0 or not self.replayable or route is None:
+            return None
+        cluster = route.cluster
+        return None if cluster is None else cluster.pick(route.balancer, self.tried)
+
+    def _resend_status(self, rules: NextUpstream, conn: UpstreamProtocol, status: int) -> bool:
+        """A response whose status the route retries (http_N): drop it for another pod when
+        one more attempt is possible (it is then on its way); else the client gets it."""
+        head = self.head
+        assert head is not None
+        if not rules.retries_status(status, head.method, self.fwd.loop.time() - self.started):
+            return False
+        endpoint = self._another()
+        if endpoint is None:
+            return False
+        self._release(conn, False)  # its body is not wanted: the connection goes
+        self._attempt(endpoint)
+        return True
 
     def client_lost(self) -> None:
         """The client went away: drop everything without an answer."""
@@ -517,6 +692,16 @@ class Exchange(Receiver):
         response steps add theirs)."""
         if self.finished:
             return
+        route = self.route
+        if (
+            route is not None
+            and route.errors is not None
+            and status in route.errors.codes
+            and not close
+            and self._error_page(None, status)
+        ):
+            self.reason = reason  # what happened, though the default backend answers
+            return
         head = self.head
         # A request body still on its way would be read as the next request: close instead.
         close = close or not self.request_done or head is None or not head.keep_alive
@@ -572,7 +757,7 @@ class Exchange(Receiver):
             reason,
         )
         access = telemetry.access
-        if access is None:
+        if access is None or (route is not None and not route.access_log):
             return
         upstream = self.upstream
         if upstream is None:

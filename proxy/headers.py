@@ -779,6 +779,12 @@ def _drop_named_response(parts: list[bytes], names: frozenset[bytes]) -> list[by
     return out
 
 
+def drop_response_fields(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    """The pod's ordinary response fields (as the upstream protocol collects them for
+    render_response) without those named (lower-case): the ones a route's step replaces."""
+    return _drop_named_response(parts, names)
+
+
 def render_switching(headers: list[tuple[bytes, bytes]]) -> bytes:
     """The 101 head for the client: end-to-end fields plus Connection/Upgrade kept as sent."""
     parts: list[bytes] = [status_line(101)]

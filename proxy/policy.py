@@ -9,7 +9,12 @@ for HTTPS, each holding:
 - `added` / `replaced`: the response fields of the steps whose fields are fixed, rendered once,
   and the pod's fields they replace; `response`: the steps computing theirs per response; the
   exchange hands these to the client side with every response head (proxy/exchange.py);
-- `max_body`: the body limit the exchange checks as the request body is read.
+- `max_body`: the body limit the exchange checks as the request body is read;
+- `dropped`: the pod's ordinary response fields a step replaces (custom-headers), removed from
+  its head before the client side renders it; `upstream_close`: the request told the pod
+  `Connection: close`, so its connection is not reused (connection-proxy-header).
+- `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
+  (proxy/fieldrewrite.py), None for a route without them.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -21,10 +26,28 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy.config import HSTS, BodyLimit, HTTPSRedirect, PolicyStep, Refuse, SourceRanges
+from proxy.config import (
+    HSTS,
+    AppRoot,
+    BodyLimit,
+    HostRedirect,
+    HTTPSRedirect,
+    PolicyStep,
+    Redirect,
+    Refuse,
+    ResponseHeaders,
+    Rewrite,
+    RewriteCookies,
+    RewriteRedirects,
+    ShapeRequest,
+    SourceRanges,
+)
+from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
-from proxy.redirect import RedirectToHTTPS
+from proxy.pathrewrite import RedirectAppRoot, RewritePath
+from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.settings import ProxySettings
+from proxy.shaping import ShapeRequestStep, response_headers_step
 from proxy.sourceranges import Ranges, source_ranges_step
 from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, ResponseStep, hsts_step
 
@@ -32,28 +55,47 @@ from proxy.steps import PLAIN, SECURE, LimitBody, RefuseAll, RequestStep, Respon
 class Policy:
     """The steps of one route for requests on one listener (see the module docstring)."""
 
-    __slots__ = ("added", "max_body", "replaced", "request", "response")
+    __slots__ = (
+        "added",
+        "dropped",
+        "max_body",
+        "replaced",
+        "request",
+        "response",
+        "rewrite",
+        "upstream_close",
+    )
 
     def __init__(
         self,
         request: tuple[RequestStep, ...] = (),
         response: tuple[ResponseStep, ...] = (),
         max_body: int = 0,
+        rewrite: FieldRewrites | None = None,
+        upstream_close: bool = False,
     ) -> None:
         self.request = request
         self.response = tuple(s for s in response if s.dynamic)
         self.added = b"".join(s.fields for s in response if not s.dynamic)
         replaced: frozenset[bytes] = frozenset()
+        dropped: frozenset[bytes] = frozenset()
         for step in response:
-            if not step.replaces <= _REPLACEABLE:
-                raise ValueError(f"a response step can only replace {sorted(_REPLACEABLE)}")
-            replaced |= step.replaces
+            if step.replaces & _NEVER_REPLACED:
+                raise ValueError(
+                    f"a response step can only replace fields but {sorted(_NEVER_REPLACED)}"
+                )
+            replaced |= step.replaces & RESPONSE_SPECIAL
+            dropped |= step.replaces - RESPONSE_SPECIAL
         self.replaced = replaced
+        self.dropped = dropped  # ordinary fields: removed by the exchange (see render_response)
         self.max_body = max_body  # 0: unlimited
+        self.upstream_close = upstream_close
+        self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
 
 
-# The pod's fields a response step may replace: those render_response sees apart.
-_REPLACEABLE: Final = RESPONSE_SPECIAL - HOP_BY_HOP - {b"content-length"}
+# The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
+# render_response sees apart are `replaced` there; ordinary ones are `dropped` before it.
+_NEVER_REPLACED: Final = HOP_BY_HOP | {b"content-length"}
 
 
 class Policies:
@@ -95,9 +137,12 @@ class Policies:
         request: list[RequestStep] = []
         response: list[ResponseStep] = []
         max_body = 0
+        upstream_close = False
+        redirects: RewriteRedirects | None = None
+        cookies: RewriteCookies | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
-                request.append(RedirectToHTTPS(spec.status))
+                request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
                 if spec.max_bytes:
                     request.append(LimitBody(spec.max_bytes))
@@ -108,15 +153,41 @@ class Policies:
                 request.append(RefuseAll(spec.status, spec.reason))
             elif isinstance(spec, SourceRanges):
                 request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, ShapeRequest):
+                request.append(
+                    ShapeRequestStep(spec.host, spec.names, spec.values, spec.connection)
+                )
+                upstream_close = upstream_close or spec.connection == "close"
+            elif isinstance(spec, ResponseHeaders):
+                response.append(response_headers_step(spec.names, spec.values))
+            elif isinstance(spec, Redirect):
+                request.append(RedirectAll(spec.url, spec.status))
+            elif isinstance(spec, HostRedirect):
+                # One per listener, each with its scheme: nothing tests the scheme per request.
+                request.append(RedirectToHost("http", spec.host, spec.status, PLAIN))
+                request.append(RedirectToHost("https", spec.host, spec.status, SECURE))
+            elif isinstance(spec, Rewrite):
+                request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
+            elif isinstance(spec, AppRoot):
+                request.append(RedirectAppRoot(spec.path))
+            elif isinstance(spec, RewriteRedirects):
+                redirects = spec
+            elif isinstance(spec, RewriteCookies):
+                cookies = spec
+        rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(
                 tuple(s for s in request if s.schemes & PLAIN),
                 tuple(s for s in response if s.schemes & PLAIN),
                 max_body,
+                rewrite,
+                upstream_close,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
                 tuple(s for s in response if s.schemes & SECURE),
                 max_body,
+                rewrite,
+                upstream_close,
             ),
         )

@@ -8,26 +8,42 @@ the request path only reads attributes. Routes of an endpoints-only update are k
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.cluster import Cluster
-from proxy.config import BalancerKind, PathRule
+from proxy.config import BalancerKind, ErrorPages, PathRule, RouteOptions
+from proxy.errorpages import ErrorBackend
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
 from proxy.replies import Answer
+from proxy.retry import UNLIMITED_TRIES, NextUpstream
 from proxy.settings import ProxySettings
 from proxy.tls import UpstreamTLS, upstream_tls
+
+# Why a route cannot serve that its default backend answers for (ingress-nginx's "no active
+# endpoints": a missing Service or port leaves its upstream without endpoints too). Not a CA
+# bundle that does not load, nor a disabled ExternalName: those stay 503.
+FALLBACK_REASONS: Final = frozenset({"ServiceNotFound", "ServicePortNotFound", "BackendNotFound"})
 
 
 class Route:
     """A path rule resolved for the data path: its cluster, limits and policy."""
 
     __slots__ = (
+        "access_log",
         "balancer",
         "cluster",
         "connect_timeout",
+        "error_route",
+        "errors",
+        "head_limit",
         "host",
         "key",
+        "max_attempts",
+        "next_upstream",
         "plain",
         "read_timeout",
+        "request_buffering",
         "rule",
         "secure",
         "send_timeout",
@@ -67,6 +83,22 @@ class Route:
         self.connect_timeout = options.connect_timeout or settings.upstream_connect_timeout
         self.read_timeout = options.read_timeout or settings.upstream_read_timeout
         self.send_timeout = options.send_timeout or settings.upstream_send_timeout
+        # False: the route's requests leave no access-log entry (enable-access-log "false").
+        self.access_log = options.access_log
+        # Retries (proxy/retry.py): None keeps the exchange's own rules (connect failures, and
+        # idempotent requests whose connection closed before any answer).
+        self.next_upstream: NextUpstream | None = None
+        if options.next_upstream is not None:
+            self.next_upstream = NextUpstream(options.next_upstream, options.next_upstream_timeout)
+        tries = options.next_upstream_tries
+        # Attempts in all, each on a pod not tried yet for the request.
+        self.max_attempts = (
+            settings.upstream_max_attempts if tries is None else tries or UNLIMITED_TRIES
+        )
+        # Read the whole request body before choosing a pod (proxy-request-buffering "on").
+        self.request_buffering = options.request_buffering
+        # The largest response head taken from a pod (proxy-buffer-size); 0: Portico's bound.
+        self.head_limit = options.response_head_limit or 0
         # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
         self.plain: Policy
         self.secure: Policy
@@ -88,6 +120,45 @@ class Route:
         self.unavailable_answer = (
             None if self.unavailable is None else Answer(503, self.unavailable)
         )
+        # The route's default backend (proxy/errorpages.py): None for nearly every route, and
+        # then the exchange pays one attribute test per response.
+        self.errors: ErrorBackend | None = None
+        self.error_route: Route | None = None
+        spec = options.step(ErrorPages) if options.policy else None
+        if spec is not None:
+            self._error_pages(spec, clusters, settings, policies, host)
+
+    def _error_pages(
+        self,
+        spec: ErrorPages,
+        clusters: dict[str, Cluster],
+        settings: ProxySettings,
+        policies: Policies,
+        host: str,
+    ) -> None:
+        rule = self.rule
+        options = rule.options
+        # The default backend is reached over plain HTTP with the route's timeouts (nginx's
+        # error locations proxy_pass http://upstream_balancer in the same server block).
+        error_rule = PathRule(
+            rule.path,
+            rule.match,
+            spec.backend,
+            rule.ingress,
+            spec.service,
+            None,
+            rule.path_type,
+            RouteOptions(
+                connect_timeout=options.connect_timeout,
+                read_timeout=options.read_timeout,
+                send_timeout=options.send_timeout,
+            ),
+        )
+        self.error_route = Route(error_rule, clusters, settings, policies, host)
+        self.errors = ErrorBackend(spec, rule)
+        if spec.fallback and self.unavailable in FALLBACK_REASONS:
+            # No local 503: the exchange finds no cluster and sends the request there.
+            self.unavailable_answer = None
 
     def series_in(self, metrics: RequestMetrics) -> Series:
         """This rule's request metrics (created on the first request of the route)."""

@@ -5,6 +5,10 @@ A worker builds a `Router` from `Snapshot.routes` when it applies a snapshot; ev
 dict probes only: exact hosts, one-label wildcards keyed by their parent domain, then the
 host-less rules; per host an exact-path dict, then a prefix dict probed at each segment boundary
 of the request path from longest to shortest. Paths are matched raw (no percent-decoding).
+A host with regex rules (ingress-nginx's `use-regex`, `rewrite-target`) also keeps them as an
+ordered tuple of compiled expressions (proxy/regex.py), tried after the exact paths and before
+the prefixes, first match wins (nginx's order: `=` locations, then regex locations in
+configuration order); a host without any pays one empty-tuple test.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.config import PathRule, RouteTable, VirtualHost
+from proxy.regex import PathPattern, compile_path
 
 NO_HOST_MATCH = "NoHostMatch"
 NO_PATH_MATCH = "NoPathMatch"
@@ -38,16 +43,22 @@ class RouteMatch:
 class _Host:
     """Lookup structures for one virtual host."""
 
-    __slots__ = ("exact", "fallback", "prefix", "root", "vhost")
+    __slots__ = ("exact", "fallback", "prefix", "regex", "root", "vhost")
 
     def __init__(self, vhost: VirtualHost) -> None:
         self.vhost = vhost
         self.exact: dict[str, PathRule] = {}
         self.prefix: dict[str, PathRule] = {}
-        # Rules arrive longest first, Exact first; keep the first one for each key.
+        regex: list[tuple[PathPattern, PathRule]] = []
+        # Rules arrive longest first, Exact first; keep the first one for each key. Regex rules
+        # arrive in the order they are tried (the compiler's, ingress-nginx's).
         for rule in vhost.rules:
+            if rule.match == "regex":
+                regex.append((compile_path(rule.path), rule))
+                continue
             target = self.exact if rule.match == "exact" else self.prefix
             target.setdefault(rule.path, rule)
+        self.regex = tuple(regex)
         # Prefix "/" is probed last, after every segment boundary; held apart so the loop below
         # never has to produce the "/" string.
         self.root = self.prefix.pop("/", None)
@@ -57,6 +68,12 @@ class _Host:
         rule = self.exact.get(path)
         if rule is not None:
             return rule
+        regex = self.regex
+        if regex:
+            raw = path.encode("latin-1", "replace")
+            for pattern, regex_rule in regex:
+                if pattern.matches(raw):
+                    return regex_rule
         prefix = self.prefix
         if prefix:
             end = len(path)

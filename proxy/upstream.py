@@ -28,6 +28,11 @@ _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 12)
 _PAST_PARSER_MIN = 8192
 # Smallest read worth splitting at the end of a response head (see data_received).
 _SPLIT_MIN = 16384
+# Portico's bound on a response head without proxy-buffer-size: a head still unfinished past
+# it is a 502 (httptools itself keeps any length). Checked only when a head spans reads, so a
+# head that comes whole in one read costs nothing to check.
+HEAD_BOUND = 64 * 1024
+_HEAD_END = b"\r\n\r\n"
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -94,6 +99,9 @@ class UpstreamProtocol(asyncio.Protocol):
         "deadline",
         "endpoint",
         "exchange",
+        "head_limit",
+        "head_read",
+        "head_tail",
         "in_head",
         "key",
         "loop",
@@ -150,6 +158,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.sock: socket.socket | None = None
         # Body bytes still due from the pod, read past the parser (0: the parser reads).
         self.remaining = 0
+        # The route's limit on the response head (proxy-buffer-size; 0: HEAD_BOUND), the bytes
+        # of an unfinished head read so far and the last 3 of them (its end may straddle reads).
+        self.head_limit = 0
+        self.head_read = 0
+        self.head_tail = b""
 
     # ---- transport events --------------------------------------------------------------------
 
@@ -183,6 +196,9 @@ class UpstreamProtocol(asyncio.Protocol):
             self._body_past_parser(exchange, data, remaining)
             return
         had_head = exchange.response is not None
+        if not had_head and self.head_limit and self._head_too_large(data):
+            exchange.upstream_failed(self, 502, "UpstreamHeadTooLarge")
+            return
         rest: memoryview | None = None
         if not had_head and len(data) > _SPLIT_MIN:
             # A whole head and a large piece of body in one read (a pod on the same node sends
@@ -211,6 +227,8 @@ class UpstreamProtocol(asyncio.Protocol):
             if response is None:
                 if rest is not None:
                     self.data_received(bytes(rest))  # a 1xx head, then the next one
+                elif self._head_unfinished(data):
+                    exchange.upstream_failed(self, 502, "UpstreamHeadTooLarge")
                 return  # the head is not complete yet
             # This read completed the head; the body follows in `rest` or in later reads.
             head_completed = True
@@ -230,6 +248,23 @@ class UpstreamProtocol(asyncio.Protocol):
         # response's time).
         if head_completed and self.exchange is exchange:
             self._quickack()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """With a route's head limit, before the parser sees `data`: whether the head being
+        read (ending in `data`, or not yet) is larger than the limit, as nginx's
+        proxy_buffer_size refuses a head that does not fit ("upstream sent too big header")."""
+        seen = self.head_read
+        tail = self.head_tail if seen else b""
+        end = (tail + data).find(_HEAD_END) if tail else data.find(_HEAD_END)
+        size = seen + len(data) if end < 0 else seen + end + 4 - len(tail)
+        return size > self.head_limit
+
+    def _head_unfinished(self, data: bytes) -> bool:
+        """`data` ended inside a response head: count it; whether the head passed its bound."""
+        read = self.head_read + len(data)
+        self.head_read = read
+        self.head_tail = (self.head_tail + data)[-3:]
+        return read > (self.head_limit or HEAD_BOUND)
 
     def _body_past_parser(
         self, exchange: Receiver, data: bytes | memoryview, remaining: int
@@ -335,11 +370,18 @@ class UpstreamProtocol(asyncio.Protocol):
     # ---- used by the exchange, the pool and proxy/flow.py --------------------------------------
 
     def start(
-        self, exchange: Receiver, read_timeout: float, send_timeout: float, now: float
+        self,
+        exchange: Receiver,
+        read_timeout: float,
+        send_timeout: float,
+        now: float,
+        head_limit: int = 0,
     ) -> None:
         """Carry `exchange` (its request head is written next): a new response head is due
-        within `read_timeout`."""
+        within `read_timeout`, at most `head_limit` bytes long (0: HEAD_BOUND)."""
         self.exchange = exchange
+        self.head_limit = head_limit
+        self.head_read = 0
         self.requests += 1
         self.in_head = True  # the next bytes start a response head
         self.remaining = 0

@@ -158,11 +158,15 @@ def build(
     secure: bool = False,
     access_log: bool = True,
     client: FakeTransport | None = None,
+    regex_path: str | None = None,
 ) -> tuple[DownstreamProtocol, UpstreamProtocol]:
     """A proxy with one idle pooled connection to the pod and one client connection, of the
     HTTPS listener when `secure` (TLS itself is not run); the route carries `options`. The
-    access log, when on, is written to a Sink; `client` is the client side's transport."""
+    access log, when on, is written to a Sink; `client` is the client side's transport.
+    `regex_path`: the route is that regex rule (use-regex) instead of Prefix "/"."""
     rule = PathRule("/", "prefix", "default/bench/80", "default/bench", None, 80, "Prefix", options)
+    if regex_path is not None:
+        rule = PathRule(regex_path, "regex", rule.backend, rule.ingress, None, 80, None, options)
     snap = Snapshot(
         RouteTable((VirtualHost("bench.local", (rule,)),)),
         (Backend("default/bench/80", (Endpoint(*POD),)),),

@@ -150,11 +150,14 @@ def service(
     ports: Sequence[Raw] | None = None,
     type: str = "ClusterIP",
     external_name: str | None = None,
+    cluster_ip: str | None = None,
 ) -> Raw:
     """A Service; default one unnamed port 80 -> 8080."""
     spec: Raw = {"type": type, "ports": list(ports) if ports is not None else [service_port()]}
     if external_name is not None:
         spec["externalName"] = external_name
+    if cluster_ip is not None:
+        spec["clusterIP"] = cluster_ip
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, namespace), "spec": spec}
 
 
@@ -306,6 +309,19 @@ def ca_secret(name: str, ca_pem: bytes, namespace: str = "default", **extra: str
     """An Opaque Secret with a CA bundle under `ca.crt`, as `kubectl create secret generic
     --from-file=ca.crt` makes it, and any `extra` keys."""
     return opaque_secret(name, namespace, **{"ca.crt": ca_pem.decode(), **extra})
+
+
+# ---- ConfigMaps ----
+
+
+def configmap(name: str, data: dict[str, str], namespace: str = "default") -> Raw:
+    """A ConfigMap with string data (header names as keys: `X-Frame-Options`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(name, namespace),
+        "data": data,
+    }
 
 
 # ---- store ----

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.compiler.backends import BackendUse, resolve_backend
+from controller.compiler.headers import request_headers, response_headers
 from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
 from controller.compiler.problems import SECRET_INVALID, Problem
 from controller.compiler.settings import CompileSettings
@@ -29,9 +30,9 @@ from controller.compiler.tls import (
     load_certificate,
     validity_window,
 )
-from controller.objects import Ingress, IngressClass, Secret
+from controller.objects import ConfigMap, Ingress, IngressClass, Secret
 from controller.store import Store
-from proxy.config import Backend, MatchKind, Snapshot
+from proxy.config import Backend, MatchKind, ResponseHeaders, Snapshot
 
 __all__ = [
     "CompileResult",
@@ -123,6 +124,8 @@ class Compiler:
             ),
             global_access_denied=bool(settings.unenforced_global_access)
             and not settings.serve_without_access_control,
+            ssl_passthrough=settings.ssl_passthrough,
+            service_upstream=settings.service_upstream,
         )
         self._parts[key] = (ingress, part)
         return part
@@ -210,8 +213,30 @@ class Compiler:
             obj = store.get("Secret", namespace, name)
             return load_ca_bundle(obj if isinstance(obj, Secret) else None, ref)
 
-        assembly = assemble(parts, certificate, now, ca_bundle)
-        problems = list(assembly.problems)
+        def configmap(ref: str) -> dict[str, str] | None:
+            namespace, _, name = ref.partition("/")
+            obj = store.get("ConfigMap", namespace, name)
+            return obj.data if isinstance(obj, ConfigMap) else None
+
+        def custom_headers(ref: str) -> ResponseHeaders | str | None:
+            return response_headers(configmap(ref), settings.allowed_response_headers)
+
+        names: tuple[str, ...] = ()
+        values: tuple[str, ...] = ()
+        header_problems: tuple[Problem, ...] = ()
+        if settings.proxy_set_headers is not None:
+            names, values, header_problems = request_headers(
+                configmap(settings.proxy_set_headers), settings.proxy_set_headers
+            )
+        assembly = assemble(
+            parts,
+            certificate,
+            now,
+            ca_bundle,
+            response_headers=custom_headers,
+            request_headers=(names, values),
+        )
+        problems = [*assembly.problems, *header_problems]
         certificates = assembly.certificates
         default_certificate: str | None = None
         if settings.default_certificate:
@@ -245,6 +270,7 @@ class Compiler:
             backends=tuple(backends.values()),  # keys were visited sorted
             certificates=certificates,
             default_certificate=default_certificate,
+            passthrough=assembly.passthrough,
         )
         result = CompileResult(
             snapshot=snapshot,
@@ -292,6 +318,7 @@ class Compiler:
             backends=tuple(self._backends.values()),
             certificates=last.snapshot.certificates,
             default_certificate=last.snapshot.default_certificate,
+            passthrough=last.snapshot.passthrough,
         )
         result = replace(last, snapshot=snapshot)
         self._last = result

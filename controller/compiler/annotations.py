@@ -16,16 +16,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.config import DEFAULT_OPTIONS, BodyLimit, RouteOptions
+from proxy.config import (
+    DEFAULT_OPTIONS,
+    NEXT_UPSTREAM_NAMES,
+    BodyLimit,
+    PolicyStep,
+    Redirect,
+    RewriteCookies,
+    RewriteRedirects,
+    RouteOptions,
+)
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
 _DNS_NAME: Final = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-_TIMEOUT: Final = re.compile(r"^([0-9]{1,9})s?$")
+# Whole seconds, as ingress-nginx reads them (strconv.Atoi: a sign is allowed, a unit is not;
+# "10s" is not a number there and the ConfigMap's default applied).
+_TIMEOUT: Final = re.compile(r"^\+?([0-9]{1,9})$")
 _SIZE: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
 _SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# nginx's grammar of a size (proxy_buffer_size, client_body_buffer_size: no `g`) and of an
+# offset (proxy_max_temp_file_size), as ingress-nginx's template checks them before use.
+_NGINX_SIZE: Final = re.compile(r"^([0-9]{1,12})([kKmM]?)$")
+_NGINX_OFFSET: Final = re.compile(r"^([0-9]{1,15})([kKmMgG]?)$")
+# Without proxy-next-upstream, -tries or -timeout take ingress-nginx's default conditions.
+_NEXT_UPSTREAM_DEFAULT: Final = ("error", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,48 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `ssl-passthrough`: the hosts of this Ingress take HTTPS connections unterminated (with
+    # --enable-ssl-passthrough; the compiler makes Snapshot.passthrough).
+    ssl_passthrough: bool = False
+    # `upstream-vhost`: the Host the pods are sent (host[:port]); None: the client's.
+    upstream_vhost: str | None = None
+    # `connection-proxy-header`: "close" or "keep-alive", sent as Connection; None: none.
+    connection_header: str | None = None
+    # `server-alias`: more host names served with this Ingress's hosts (lower-case, sorted,
+    # without duplicates; a name may be a one-label wildcard); the compiler resolves conflicts.
+    server_alias: tuple[str, ...] = ()
+    # `service-upstream`: the Service's cluster IP and port as the one endpoint; None: not
+    # annotated (the default, pod endpoints).
+    service_upstream: bool | None = None
+    # `custom-headers`: "namespace/name" of a ConfigMap of response fields (resolved by the
+    # compiler); `invalid_custom_headers`: the annotation does not read, and the routes fail
+    # closed (503) as ingress-nginx denies a location whose headers it cannot read.
+    custom_headers: str | None = None
+    invalid_custom_headers: bool = False
+    # permanent-redirect / temporal-redirect: the Redirect step answering every request (the
+    # compiler puts it first in the policy), None when not annotated; `invalid_redirect`: the
+    # URL of the one that applies cannot be read, and the routes fail closed (503).
+    url_redirect: Redirect | None = None
+    invalid_redirect: bool = False
+    # from-to-www-redirect: the other name of each rule host (www.<host> or <host> without
+    # "www.") redirects to it; the compiler adds those hosts (assemble).
+    from_to_www_redirect: bool = False
+    # Regex paths and rewrites (ingress-nginx's rewrite annotations; the compiler applies them
+    # host-wide where ingress-nginx does, see ingress.py): `use-regex`; `rewrite-target` (a
+    # template with "$N" captures, None: not annotated); `x-forwarded-prefix` (sent only with a
+    # rewrite, "" none); `app-root` (None: none); `preserve-trailing-slash` (HTTPS redirects).
+    use_regex: bool = False
+    rewrite_target: str | None = None
+    x_forwarded_prefix: str = ""
+    app_root: str | None = None
+    preserve_trailing_slash: bool = False
+    # `default-backend`: the name of a Service in the Ingress's namespace that answers for the
+    # rules' Services without endpoints and serves the error pages; `custom-http-errors`: the
+    # pod statuses it answers instead (sorted, no duplicates); `disable-proxy-intercept-errors`:
+    # True keeps the pods' answers (the compiler makes the ErrorPages step, proxy/config.py).
+    default_backend: str | None = None
+    custom_http_errors: tuple[int, ...] | None = None
+    disable_proxy_intercept_errors: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -129,9 +188,85 @@ def _on_off(value: str) -> bool:
 
 def _timeout(value: str) -> float:
     m = _TIMEOUT.match(value.strip())
-    if m is None or int(m.group(1)) == 0:
-        raise _Invalid('expected a positive number of seconds, like "10" or "10s"')
+    if m is None:
+        raise _Invalid(
+            'expected a whole number of seconds, like "10" (ingress-nginx ignores "10s" too)'
+        )
+    if int(m.group(1)) == 0:
+        raise _Invalid("0 seconds would time out at once (nginx does): give at least 1")
     return float(m.group(1))
+
+
+# strconv.ParseBool, as ingress-nginx reads its boolean annotations.
+_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _go_bool(value: str) -> bool:
+    if value.strip() in _GO_TRUE:
+        return True
+    if value.strip() in _GO_FALSE:
+        return False
+    raise _Invalid('expected "true" or "false"')
+
+
+# The texts of proxy-redirect-from/-to and proxy-cookie-path: ingress-nginx's URL characters
+# (parser.URLIsValidRegex); proxy-cookie-domain's: its cookieDomainRegex characters. Each is one
+# nginx argument, so no spaces inside.
+_URL_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:,?&=]+$")
+_DOMAIN_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:]+$")
+_ARGUMENTS: Final = re.compile(r"[ \t\f]+")
+_NO_REGEX: Final = (
+    "regular expressions (a leading ~) are not supported: give the literal text to replace"
+)
+
+
+def _url_text(text: str) -> str:
+    if not _URL_TEXT.match(text):
+        raise _Invalid("expected one word of letters, digits and - . _ ~ / : , ? & = (no spaces)")
+    return text
+
+
+def _redirect_from(value: str) -> str:
+    """`off`, `default` (both: no rewrite) or the text a Location starts with."""
+    text = value.strip()
+    if text in ("off", "default"):
+        return text
+    if text.startswith("~"):
+        raise _Invalid(_NO_REGEX)
+    return _url_text(text)
+
+
+def _redirect_to(value: str) -> str:
+    """`off` or the replacement text (a leading ~ is literal here, as in nginx)."""
+    text = value.strip()
+    return text if text == "off" else _url_text(text)
+
+
+def _rewrite_pair(value: str, text: re.Pattern[str]) -> tuple[str, ...]:
+    """`off` -> (); else exactly two words, what to replace and its replacement."""
+    stripped = value.strip()
+    if stripped == "off":
+        return ()
+    words = _ARGUMENTS.split(stripped)
+    if len(words) != 2 or not all(text.match(w) for w in words):
+        raise _Invalid('expected "off" or two words: the text to replace and its replacement')
+    if words[0].startswith("~"):
+        raise _Invalid(_NO_REGEX)
+    return (words[0], words[1])
+
+
+def _cookie_domain(value: str) -> tuple[str, ...]:
+    pair = _rewrite_pair(value, _DOMAIN_TEXT)
+    # nginx ignores one leading "." of both (a cookie's own leading "." is kept).
+    pair = tuple(w[1:] if w.startswith(".") else w for w in pair)
+    if not all(pair):
+        raise _Invalid("a domain cannot be only a dot")
+    return pair
+
+
+def _cookie_path(value: str) -> tuple[str, ...]:
+    return _rewrite_pair(value, _URL_TEXT)
 
 
 def _cidrs(value: str) -> tuple[str, ...]:
@@ -155,10 +290,223 @@ def _cidrs(value: str) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))
 
 
+# host[:port] as a Host value: a DNS name (or IPv4 address) or a bracketed IPv6 address.
+_HOST_PORT: Final = re.compile(
+    r"^(?:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"|\[[0-9a-f:.]{2,45}\])(?::([0-9]{1,5}))?$"
+)
+
+
+def _host_port(value: str) -> str:
+    host = value.strip()
+    if "$" in host:
+        raise _Invalid("nginx variables are not expanded by Portico; expected host[:port]")
+    m = _HOST_PORT.match(host.lower())
+    if m is None or len(host) > 253 or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
+        raise _Invalid("expected a host name or address with an optional port, host[:port]")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1 : host.index("]")])
+        except ValueError:
+            raise _Invalid("expected a host[:port] with a valid IPv6 address") from None
+    return host
+
+
+def _aliases(value: str) -> tuple[str, ...]:
+    """Comma-separated host names, as ingress-nginx reads server-alias (spaces trimmed, empty
+    entries skipped, duplicates dropped, sorted). Portico routes exact names and one-label
+    wildcards (`*.example.com`): nginx's regular-expression server names are refused."""
+    aliases: set[str] = set()
+    for raw in value.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        plain = name[2:] if name.startswith("*.") else name
+        if not _DNS_NAME.match(plain) or _is_address(plain):
+            raise _Invalid(
+                f"{raw.strip()!r} is not a host name (a DNS name, or *.domain for one label); "
+                "regular-expression server names are not supported"
+            )
+        aliases.add(name)
+    return tuple(sorted(aliases))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _connection(value: str) -> str:
+    # ingress-nginx's grammar: exactly one of these (spaces removed), case as written.
+    option = value.replace(" ", "")
+    if option not in ("close", "keep-alive"):
+        raise _Invalid('expected "close" or "keep-alive"')
+    return option
+
+
+_CONFIGMAP_REF: Final = _SECRET_REF
+
+
+def _configmap_ref(value: str) -> str:
+    ref = value.strip()
+    if not _CONFIGMAP_REF.match(ref):
+        raise _Invalid('expected a ConfigMap reference "namespace/name"')
+    return ref
+
+
+# ingress-nginx's URL grammar for these annotations (parser.URLIsValidRegex: letters, digits and
+# `-._~/:,?&=`), then an http or https scheme (redirect.isValidURL); Portico also wants a host.
+_REDIRECT_URL: Final = re.compile(
+    r"^[hH][tT][tT][pP][sS]?://[-._~a-zA-Z0-9:,=&]+([/?][-._~a-zA-Z0-9/:,?&=]*)?$"
+)
+
+
+def _redirect_url(value: str) -> str:
+    """An absolute http:// or https:// URL, kept as written; "" (ingress-nginx: no redirect)."""
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL with a host, of letters, digits and "
+            '"-._~/:,?&=" (ingress-nginx\'s characters for it)'
+        )
+    return url
+
+
+def _redirect_code(allowed: tuple[int, ...], default: int) -> Callable[[str], int]:
+    """A status among `allowed`: those of ingress-nginx's range (300 to 307 or 308) with which
+    nginx's `return` answers a redirect (with 300, 304, 305 and 306 it sends the URL as a body
+    and no Location)."""
+    listed = ", ".join(str(code) for code in allowed[:-1]) + f" or {allowed[-1]}"
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) not in allowed:
+            raise _Invalid(f"expected {listed}; the redirect uses {default}")
+        return int(text)
+
+    return parse
+
+
+# ingress-nginx's RegexPathWithCapture characters (letters, digits, "-._~/:" and "$"), with "$"
+# only as a capture "$0" .. "$9": nginx would read "$host" or "$request_uri" as its variables.
+_TEMPLATE_CHARS: Final = re.compile(r"^(?:[-._~/:A-Za-z0-9]|\$[0-9])*$")
+_TEMPLATE_HINT: Final = (
+    'letters, digits, "-._~/:" and captures "$1" .. "$9" (nginx variables are not supported)'
+)
+
+
+def _template(value: str) -> str:
+    if not _TEMPLATE_CHARS.match(value):
+        raise _Invalid(f"expected {_TEMPLATE_HINT}")
+    return value
+
+
+def _rewrite_target(value: str) -> str:
+    """The new path of a rewrite: it must start with "/" or a capture (nginx would make a
+    target starting with "http://" or "https://" a redirect: refused here)."""
+    target = _template(value.strip())
+    if not (target.startswith("/") or target.startswith("$")):
+        raise _Invalid('expected a path starting with "/" or a capture ("$1")')
+    return target
+
+
+def _app_root(value: str) -> str:
+    path = value.strip()
+    if not path.startswith("/") or "$" in path or not _TEMPLATE_CHARS.match(path):
+        raise _Invalid('expected a path starting with "/" of letters, digits and "-._~/:"')
+    return path
+
+
+def _forwarded_prefix(value: str) -> str:
+    return _template(value.strip())
+
+
+_SERVICE_NAME: Final = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _service_name(value: str) -> str:
+    """A Service name (a DNS-1035 label, as ingress-nginx validates it): no namespace, the
+    Service is the Ingress's namespace's."""
+    name = value.strip()
+    if not _SERVICE_NAME.match(name):
+        raise _Invalid("expected the name of a Service in the Ingress's namespace")
+    return name
+
+
+def _status_codes(value: str) -> tuple[int, ...]:
+    """Comma-separated HTTP statuses from 400 to 599 ("404,503", spaces ignored, as
+    ingress-nginx reads them); sorted, without duplicates."""
+    codes: set[int] = set()
+    entries = value.replace(" ", "").split(",")
+    if entries[-1] == "" and len(entries) > 1:
+        entries.pop()  # a trailing comma, which ingress-nginx's grammar allows
+    for entry in entries:
+        if not (len(entry) == 3 and entry.isascii() and entry.isdigit() and entry[0] in "45"):
+            raise _Invalid(
+                f"{entry!r} is not a status from 400 to 599; expected comma-separated statuses"
+            )
+        codes.add(int(entry))
+    return tuple(sorted(codes))
+
+
 def _size(value: str) -> int:
     m = _SIZE.match(value.strip())
     if m is None:
         raise _Invalid('expected a size like "0" (unlimited), "512k", "1m" or "1g"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _next_upstream(value: str) -> tuple[str, ...]:
+    """nginx's proxy_next_upstream list: conditions separated by spaces; `off` (anywhere, as
+    nginx reads it) turns retries off: ()."""
+    names = value.split()
+    if not names:
+        raise _Invalid('expected conditions like "error timeout http_502", or "off"')
+    for name in names:
+        if name != "off" and name not in NEXT_UPSTREAM_NAMES:
+            raise _Invalid(
+                f"{name!r} is not one of {', '.join(sorted(NEXT_UPSTREAM_NAMES | {'off'}))}"
+            )
+    if "off" in names:
+        return ()
+    return tuple(dict.fromkeys(names))
+
+
+def _tries(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
+    return int(value)
+
+
+def _next_upstream_timeout(value: str) -> float | None:
+    m = _TIMEOUT.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a number of seconds, like "10" ("0": no limit)')
+    return float(m.group(1)) or None
+
+
+def _on_off_exact(value: str) -> bool:
+    """ingress-nginx's on/off options: lower case only (its validator is case-sensitive)."""
+    lowered = value.strip()
+    if lowered in ("on", "off"):
+        return lowered == "on"
+    raise _Invalid('expected "on" or "off"')
+
+
+def _nginx_size(value: str) -> int:
+    m = _NGINX_SIZE.match(value.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise _Invalid('expected a size nginx reads, like "4096", "8k" or "1m"')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _nginx_offset(value: str) -> int:
+    m = _NGINX_OFFSET.match(value.strip())
+    if m is None:
+        raise _Invalid('expected a size like "0", "1024m" or "1g"')
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
@@ -180,7 +528,67 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    "ssl-passthrough": (_bool, "ssl_passthrough"),  # Snapshot.passthrough, by the compiler
+    # A ShapeRequest step (with the ingress-nginx ConfigMap's proxy-set-headers).
+    "upstream-vhost": (_host_port, "upstream_vhost"),
+    "connection-proxy-header": (_connection, "connection_header"),
+    # Resolved by the compiler across Ingresses (aliases), Services and ConfigMaps.
+    "server-alias": (_aliases, "server_alias"),
+    "service-upstream": (_bool, "service_upstream"),
+    "custom-headers": (_configmap_ref, "custom_headers"),
+    # Retries and buffering (proxy/retry.py, proxy/exchange.py, proxy/upstream.py).
+    "proxy-next-upstream": (_next_upstream, "next_upstream"),
+    "proxy-next-upstream-tries": (_tries, "next_upstream_tries"),
+    "proxy-next-upstream-timeout": (_next_upstream_timeout, "next_upstream_timeout"),
+    "proxy-request-buffering": (_on_off_exact, "request_buffering"),
+    "proxy-buffer-size": (_nginx_size, "response_head_limit"),
+    # Validated, with nothing to change in Portico (catalogue.py says why): in _ACCEPTED.
+    "proxy-buffering": (_on_off_exact, "proxy_buffering"),
+    "client-body-buffer-size": (_nginx_size, "client_body_buffer_size"),
+    "proxy-max-temp-file-size": (_nginx_offset, "proxy_max_temp_file_size"),
+    # A Redirect step (temporal-redirect wins), or the other host names (from-to-www-redirect),
+    # made by the compiler.
+    "permanent-redirect": (_redirect_url, "permanent_redirect"),
+    "permanent-redirect-code": (
+        _redirect_code((301, 302, 303, 307, 308), 301),
+        "permanent_redirect_code",
+    ),
+    "temporal-redirect": (_redirect_url, "temporal_redirect"),
+    "temporal-redirect-code": (_redirect_code((301, 302, 303, 307), 302), "temporal_redirect_code"),
+    "from-to-www-redirect": (_bool, "from_to_www_redirect"),
+    # Regex paths and rewrites: made into regex rules and policy steps by the compiler.
+    "use-regex": (_bool, "use_regex"),
+    "rewrite-target": (_rewrite_target, "rewrite_target"),
+    "x-forwarded-prefix": (_forwarded_prefix, "x_forwarded_prefix"),
+    "app-root": (_app_root, "app_root"),
+    "preserve-trailing-slash": (_bool, "preserve_trailing_slash"),
+    # The ErrorPages step, made by the compiler (the default backend resolved to a Backend).
+    "default-backend": (_service_name, "default_backend"),
+    "custom-http-errors": (_status_codes, "custom_http_errors"),
+    "disable-proxy-intercept-errors": (_bool, "disable_proxy_intercept_errors"),
+    "enable-access-log": (_go_bool, "access_log"),
+    # RewriteRedirects / RewriteCookies steps in the route's policy (see _rewrite_steps).
+    "proxy-redirect-from": (_redirect_from, "proxy_redirect_from"),
+    "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
+    "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
+    "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
 }
+# Fields of annotations accepted and validated that set nothing (see their catalogue rows).
+_ACCEPTED: Final = frozenset(
+    {"proxy_buffering", "client_body_buffer_size", "proxy_max_temp_file_size"}
+)
+_REDIRECT_FIELDS: Final = frozenset(
+    {
+        "permanent_redirect",
+        "permanent_redirect_code",
+        "temporal_redirect",
+        "temporal_redirect_code",
+        "from_to_www_redirect",
+    }
+)
+_REWRITE_FIELDS: Final = frozenset(
+    {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
+)
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
 )
@@ -193,11 +601,45 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_secret",
         "proxy_ssl_verify",
         "max_body_size",
+        "ssl_passthrough",
         *_SOURCE_RANGE_FIELDS,
+        "upstream_vhost",
+        "connection_header",
+        "server_alias",
+        "service_upstream",
+        "custom_headers",
+        *_ACCEPTED,
+        *_REDIRECT_FIELDS,
+        "use_regex",
+        "rewrite_target",
+        "x_forwarded_prefix",
+        "app_root",
+        "preserve_trailing_slash",
+        "default_backend",
+        "custom_http_errors",
+        "disable_proxy_intercept_errors",
+        *_REWRITE_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
 _INVALID: Final = ("invalid",)
+
+
+def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
+    """(the Redirect step, whether its URL is invalid), as ingress-nginx chooses: a
+    temporal-redirect wins over a permanent-redirect, each with its own code (302, 301 when
+    not given or invalid); an empty URL is no redirect."""
+    for url_field, code_field, default in (
+        ("temporal_redirect", "temporal_redirect_code", 302),
+        ("permanent_redirect", "permanent_redirect_code", 301),
+    ):
+        url = values.get(url_field)
+        if url == _INVALID:
+            return None, True
+        if url:
+            return Redirect(url, values.get(code_field, default)), False
+    return None, False
+
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
 _CACHE_MAX: Final = 4096
@@ -216,6 +658,8 @@ def parse_annotations(
         return cached
     values: dict[str, Any] = {}
     errors: list[AnnotationError] = []
+    # field -> (annotation as written, value) of the annotation that sets it, valid or not
+    given: dict[str, tuple[str, str]] = {}
     # nginx prefix first so the portico prefix overrides it.
     for prefix in PREFIXES:
         for name, value in relevant:
@@ -225,18 +669,32 @@ def parse_annotations(
             if entry is None:
                 continue
             parser, field = entry
+            given[field] = (name, value)
             try:
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-                if field in _SOURCE_RANGE_FIELDS:
-                    # Not ignored: an access restriction that cannot be read fails closed.
+                if field in _SOURCE_RANGE_FIELDS or field == "custom_headers":
+                    # Not ignored: an access restriction that cannot be read fails closed, and
+                    # so do response fields (often security headers) that cannot be read.
+                    values[field] = _INVALID
+                elif field in ("permanent_redirect", "temporal_redirect"):
+                    # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
+    rewrites = _rewrite_steps(values, given, errors)
+    if rewrites:
+        route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    if "next_upstream" not in values and (
+        "next_upstream_tries" in values or "next_upstream_timeout" in values
+    ):
+        route_values["next_upstream"] = _NEXT_UPSTREAM_DEFAULT
     ranges = [values.get(f) for f in sorted(_SOURCE_RANGE_FIELDS)]  # allow, deny, whitelist
     allow, deny, whitelist = ranges
+    custom = values.get("custom_headers")
+    url_redirect, invalid_redirect = _url_redirect(values)
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -249,6 +707,24 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            ssl_passthrough=bool(values.get("ssl_passthrough", False)),
+            upstream_vhost=values.get("upstream_vhost"),
+            connection_header=values.get("connection_header"),
+            server_alias=values.get("server_alias", ()),
+            service_upstream=values.get("service_upstream"),
+            custom_headers=None if custom is _INVALID else custom,
+            invalid_custom_headers=custom is _INVALID,
+            url_redirect=url_redirect,
+            invalid_redirect=invalid_redirect,
+            from_to_www_redirect=bool(values.get("from_to_www_redirect", False)),
+            use_regex=bool(values.get("use_regex", False)),
+            rewrite_target=values.get("rewrite_target"),
+            x_forwarded_prefix=values.get("x_forwarded_prefix", ""),
+            app_root=values.get("app_root"),
+            preserve_trailing_slash=bool(values.get("preserve_trailing_slash", False)),
+            default_backend=values.get("default_backend"),
+            custom_http_errors=values.get("custom_http_errors"),
+            disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
         ),
         tuple(errors),
     )
@@ -256,3 +732,33 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _rewrite_steps(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> tuple[PolicyStep, ...]:
+    """The RewriteRedirects / RewriteCookies steps of proxy-redirect-from/-to and
+    proxy-cookie-domain/-path, as ingress-nginx's template writes proxy_redirect: "off" or
+    "default" in proxy-redirect-from means no rewrite (nginx's `default` replaces the
+    `http://upstream_balancer/` of ingress-nginx's proxy_pass, which no pod sends), and the
+    pair needs both halves. A half whose other half is missing altogether rewrites nothing
+    there either; it is reported, since it is surely a mistake."""
+    steps: list[PolicyStep] = []
+    source = values.get("proxy_redirect_from", "off")
+    target = values.get("proxy_redirect_to", "off")
+    if source not in ("off", "default") and target != "off":
+        steps.append(RewriteRedirects(source, target))
+    for half, other, other_name in (
+        ("proxy_redirect_from", "proxy_redirect_to", "proxy-redirect-to"),
+        ("proxy_redirect_to", "proxy_redirect_from", "proxy-redirect-from"),
+    ):
+        if values.get(half, "off") not in ("off", "default") and other not in given:
+            name, value = given[half]
+            errors.append(AnnotationError(name, value, f"has no effect without {other_name}"))
+    domain = values.get("proxy_cookie_domain", ())
+    path = values.get("proxy_cookie_path", ())
+    if domain or path:
+        steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
+    return tuple(steps)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from controller.compiler.problems import (
     EXTERNAL_NAME_NOT_ALLOWED,
     INVALID_BACKEND,
+    NO_CLUSTER_IP,
     SERVICE_NOT_FOUND,
     SERVICE_PORT_NOT_FOUND,
     Problem,
@@ -36,13 +38,27 @@ class BackendUse:
     service: str
     port: int | str
     users: list[tuple[str, str]] = field(default_factory=list)  # (Ingress ref, rule text)
+    # `service-upstream`: the Service's cluster IP and port are the one endpoint.
+    cluster_ip: bool = False
 
 
-def backend_key(namespace: str, service: str, port: int | str) -> str:
-    return f"{namespace}/{service}/{port}"
+# The port of a backend that takes its Service's first port (the `default-backend` annotation
+# names a Service only; ingress-nginx uses its first port). 0 is no port an Ingress can name, so
+# its key ("ns/service/0") is never a rule's.
+FIRST_PORT: Final = 0
+# The suffix of the key of a backend reached through its Service's cluster IP: Ingresses with
+# and without service-upstream naming the same Service port each get what they asked for.
+CLUSTER_IP_SUFFIX: Final = "@cluster-ip"
+
+
+def backend_key(namespace: str, service: str, port: int | str, cluster_ip: bool = False) -> str:
+    key = f"{namespace}/{service}/{port}"
+    return key + CLUSTER_IP_SUFFIX if cluster_ip else key
 
 
 def _find_port(service: Service, port: int | str) -> ServicePort | None:
+    if port == FIRST_PORT:
+        return service.ports[0] if service.ports else None
     for sp in service.ports:
         if (sp.port == port) if isinstance(port, int) else (sp.name == port):
             return sp
@@ -110,19 +126,37 @@ def resolve_backend(
         name = (service.external_name or "").strip().rstrip(".").lower()
         if not name:
             return fail(INVALID_BACKEND, f'ExternalName service "{svc_ref}" has no externalName')
-        if isinstance(use.port, int):
+        if isinstance(use.port, int) and use.port != FIRST_PORT:
             number = use.port
         else:
             sp = _find_port(service, use.port)
             if sp is None:
-                return fail(
-                    SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no port named "{use.port}"'
-                )
+                what = "port" if use.port == FIRST_PORT else f'port named "{use.port}"'
+                return fail(SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no {what}')
             number = sp.port
         return Backend(key=use.key, endpoints=(Endpoint(name, number),), external_name=True), []
     sp = _find_port(service, use.port)
     if sp is None:
         what = f"port {use.port}" if isinstance(use.port, int) else f'port named "{use.port}"'
+        if use.port == FIRST_PORT:
+            what = "port"
         return fail(SERVICE_PORT_NOT_FOUND, f'service "{svc_ref}" has no {what}')
+    problems: list[Problem] = []
+    if use.cluster_ip:
+        address = service.cluster_ip
+        if address and address != "None":
+            # kube-proxy balances the Service port over the pods: one endpoint, always ready.
+            return Backend(key=use.key, endpoints=(Endpoint(address, sp.port),)), []
+        # Headless: ingress-nginx logs it and uses the endpoints; so does Portico, visibly.
+        problems = [
+            Problem(
+                "Ingress",
+                ref,
+                NO_CLUSTER_IP,
+                f'service "{svc_ref}" has no cluster IP (headless): service-upstream uses its '
+                f"endpoints instead {rule}",
+            )
+            for ref, rule in use.users
+        ]
     endpoints = endpoints_of(store.slices_for(use.namespace, use.service), sp.name)
-    return Backend(key=use.key, endpoints=endpoints), []
+    return Backend(key=use.key, endpoints=endpoints), problems

@@ -146,6 +146,19 @@ _HTTPS_REDIRECT = (
     "never redirects `/.well-known/acme-challenge/` (both listed with the defaults)."
 )
 
+_URL_REDIRECT = (
+    "The URL must be http:// or https:// with a host, of the characters ingress-nginx accepts "
+    "there (letters, digits, `-._~/:,?&=`); an empty value is no redirect. Another value is an "
+    "InvalidAnnotation problem and the routes answer 503 (`InvalidRedirect`) rather than "
+    "forward to the pods (ingress-nginx refuses the whole Ingress for other characters and "
+    "forwards when the scheme is not http(s))."
+)
+
+_ZERO_TIMEOUT = (
+    "`0` is an invalid value, reported, and the default applies (nginx would time out at "
+    "once: no working Ingress uses it)."
+)
+
 _SOURCE_RANGES = (
     "The address checked is the client's as nginx's realip module finds it: the peer (or the "
     "PROXY protocol's source address with --proxy-protocol); for a peer in --trusted-proxies, "
@@ -230,36 +243,61 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _refused("auth-snippet", "nginx directives added to the auth-url location."),
     _refused("modsecurity-snippet", "ModSecurity rules added to the location."),
     # ---- routing ----------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "use-regex",
         "routing",
-        "Paths of the host are case-insensitive regular expressions. Without it a regex path "
-        "is an InvalidPath problem or matches literally.",
-        ISSUE_FORWARDING,
+        '"true": every path of the host, from every Ingress, is a case-insensitive regular '
+        'expression matched at the start of the path (ingress-nginx\'s `~* "^path"`: an Exact '
+        "path then matches as a prefix, a Prefix `/foo` matches `/foobar`), tried longest first "
+        "(then in reverse order of the path text), the first match wins. Regex paths are "
+        "ImplementationSpecific. Different: the engine is RE2 (linear time, whatever the "
+        "pattern), so backreferences and lookaround are an InvalidPath problem, as is a pattern "
+        "over 1024 characters or 256 KiB of compiled program; paths are matched undecoded "
+        "(nginx matches the decoded, normalized path).",
     ),
-    _unsupported(
+    _different(
         "rewrite-target",
         "routing",
-        "Rewrites the path sent to the pod ($1-style captures). Without it the pod sees the "
-        "path as requested.",
-        ISSUE_FORWARDING,
+        "The path the pod is sent: `$1`..`$9` are the captures of the path's expression "
+        "(`$0` the whole match), the query follows; implies use-regex for the host. The client's "
+        "path stays in the access log. Different: only captures, no nginx variables (`$host`: "
+        "InvalidAnnotation); a target must start with `/` or a capture (nginx makes one "
+        "starting with `http://` a redirect); a result not starting with `/` is answered 500.",
     ),
-    _unsupported("app-root", "routing", "Redirects `/` to this path.", ISSUE_FORWARDING),
-    _unsupported(
-        "x-forwarded-prefix", "routing", "Sends X-Forwarded-Prefix to the pod.", ISSUE_FORWARDING
+    _different(
+        "app-root",
+        "routing",
+        "A request for `/` on the Ingress's hosts, whichever rule takes it, is redirected (302) "
+        "to this path on the same scheme and Host, without the query. Different: a `$` (nginx "
+        "variable) is InvalidAnnotation; a `/` that no rule, default backend or global default "
+        "takes is not redirected (404).",
     ),
-    _unsupported(
+    _supported(
+        "x-forwarded-prefix",
+        "routing",
+        "With rewrite-target (and only then, as ingress-nginx), X-Forwarded-Prefix with this "
+        "value (captures allowed) replaces the client's; empty sends none.",
+    ),
+    _different(
         "server-alias",
         "routing",
-        "More host names for the Ingress's rules; list them as rules instead.",
-        ISSUE_FORWARDING,
+        "Comma-separated host names served exactly as the Ingress's rule hosts: every rule of "
+        "each such host (from any Ingress), as ingress-nginx adds them to that host's "
+        "`server_name`. As there, the first Ingress (oldest) with aliases for a host gives them, "
+        "and an alias that is a rule host or another host's alias is ignored (Portico reports an "
+        "`AliasConflict` problem); an alias is served with the host's certificate when it covers "
+        "the alias, else with none (and then not redirected to HTTPS). Difference: names are DNS "
+        "names or one-label wildcards (`*.example.com`); nginx's regular-expression server names "
+        "(`~^...`) are an InvalidAnnotation problem.",
     ),
-    _unsupported(
+    _supported(
         "default-backend",
         "error-pages",
-        "A Service answering when the rule's Service has no endpoints; spec.defaultBackend "
-        "of the Ingress covers unmatched paths.",
-        ISSUE_FORWARDING,
+        "A Service of the Ingress's namespace (its first port, as ingress-nginx) answers the "
+        "requests of rules whose Service has no endpoints (or is missing), with X-Code: 503 "
+        "and the X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port, X-Request-ID "
+        "fields, and serves the Ingress's custom-http-errors. A missing Service is a problem "
+        "on the Ingress. spec.defaultBackend of the Ingress still covers unmatched paths.",
     ),
     # ---- redirects --------------------------------------------------------------------------
     _different(
@@ -273,35 +311,55 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         '"true" redirects plain-HTTP requests to HTTPS even for hosts without TLS. '
         + _HTTPS_REDIRECT,
     ),
-    _unsupported(
+    _supported(
         "preserve-trailing-slash",
         "redirects",
-        "Keeps the trailing `/` in HTTPS redirects, which Portico always does.",
-        ISSUE_FORWARDING,
+        '"true": HTTPS redirects keep the target\'s trailing `/` (by default it is dropped, as '
+        "ingress-nginx does).",
     ),
-    _unsupported(
+    _different(
         "permanent-redirect",
         "redirects",
-        "Answers every request with a redirect (301).",
-        ISSUE_FORWARDING,
+        "Every request of the Ingress's routes, on HTTP and HTTPS, is answered 301 (or "
+        "permanent-redirect-code) with this URL as Location, exactly as written: the request's "
+        "path and query are not appended. It is answered before the HTTPS redirect and before "
+        "access checks (source ranges, unenforced authentication), as nginx's `return` runs "
+        "first. temporal-redirect wins when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "permanent-redirect-code", "redirects", "Status of permanent-redirect.", ISSUE_FORWARDING
+    _different(
+        "permanent-redirect-code",
+        "redirects",
+        "Status of permanent-redirect: 301, 302, 303, 307 or 308. Any other value is an "
+        "InvalidAnnotation problem and 301 is used (ingress-nginx uses 301 silently outside "
+        "300-308 and refuses the Ingress for a value that is not a number; 300, 304, 305 and 306 "
+        "make nginx answer without a Location, the URL as body).",
     ),
-    _unsupported(
+    _different(
         "temporal-redirect",
         "redirects",
-        "Answers every request with a redirect (302).",
-        ISSUE_FORWARDING,
+        "As permanent-redirect, with 302 (or temporal-redirect-code); it wins over "
+        "permanent-redirect when both are set. " + _URL_REDIRECT,
     ),
-    _unsupported(
-        "temporal-redirect-code", "redirects", "Status of temporal-redirect.", ISSUE_FORWARDING
+    _different(
+        "temporal-redirect-code",
+        "redirects",
+        "Status of temporal-redirect: 301, 302, 303 or 307 (ingress-nginx's range stops at "
+        "307: 308 gives 302). Any other value is an InvalidAnnotation problem and 302 is used "
+        "(ingress-nginx: silently outside 300-307, the Ingress refused for a value that is not "
+        "a number).",
     ),
-    _unsupported(
+    _different(
         "from-to-www-redirect",
         "redirects",
-        "Redirects between `www.` and the bare host name.",
-        ISSUE_FORWARDING,
+        '"true": `www.<host>` answers every request with a 308 to `<host>`, or `<host>` to '
+        "`www.<host>` for a host written with `www.`, for each named rule host of the Ingress "
+        "(not wildcards): the same scheme, the request's path and query kept, one trailing `/` "
+        "dropped (`/` gives `http://host`). Nothing is added when the other name is a rule "
+        "host of any Ingress. Over HTTPS the other name gets the host's certificate when it "
+        "covers that name, else the default certificate (as ingress-nginx). The Location has "
+        "no port where ingress-nginx writes its listener's (`http://host:80/a`; Portico's "
+        "listener is 8080 behind the Service), and X-Forwarded-Proto/-Port of trusted proxies "
+        "are not used for it.",
     ),
     _unsupported(
         "use-port-in-redirects",
@@ -317,12 +375,24 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         documented=False,
     ),
     # ---- TLS --------------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "ssl-passthrough",
         "tls",
-        "Hands the TLS connection to the pod unterminated. Without it Portico terminates TLS "
-        "for the host with the Ingress's certificate (or its default one).",
-        ISSUE_FORWARDING,
+        "With `--enable-ssl-passthrough` (off by default, as in ingress-nginx; without it the "
+        "annotation is a `PassthroughNotApplied` problem and the host is terminated like any "
+        "other), HTTPS connections whose ClientHello names one of the Ingress's hosts go to a "
+        "pod of the host's `/` path (else its defaultBackend) unterminated: the pod's "
+        "certificate is the one the client sees, and no HTTP annotation (headers, body size, "
+        "timeouts, ...) applies to them. The "
+        "server name is matched exactly (wildcard and host-less rules are not passed through, "
+        "as in ingress-nginx); connections without SNI, or for other hosts, are terminated by "
+        "Portico; plain HTTP for the host is served by its rules as usual. Differences: "
+        "Portico dials the ready pod endpoints (round robin, as for HTTP) where ingress-nginx "
+        "dials the Service's cluster IP; the host's source ranges are checked on the client "
+        "address and access control Portico does not enforce closes the connections (fail "
+        "closed), where ingress-nginx lets every annotation go; a ClientHello is awaited up "
+        "to the client header timeout and one that cannot be read (or larger than 16 KiB) is "
+        "closed, where ingress-nginx reads once and gives what it cannot parse to nginx.",
     ),
     _unsupported(
         "ssl-ciphers",
@@ -343,41 +413,72 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "supported: Portico speaks HTTP/1.1 to pods, so such a value is an InvalidAnnotation "
         "problem and the pods are reached over plain HTTP.",
     ),
-    _unsupported(
-        "upstream-vhost", "upstream", "The Host header sent to the pod.", ISSUE_FORWARDING
+    _different(
+        "upstream-vhost",
+        "upstream",
+        "The Host header sent to the pod (`host[:port]`); X-Forwarded-Host keeps the client's, "
+        "as in ingress-nginx. Difference: nginx variables (`$host`, ...) are not expanded: such "
+        "a value is an InvalidAnnotation problem and the pod gets the client's Host.",
     ),
-    _unsupported(
+    _supported(
         "service-upstream",
         "upstream",
-        "Sends to the Service's cluster IP instead of its pods. Portico sends to the pods.",
-        ISSUE_FORWARDING,
+        '"true": the Service\'s cluster IP and port are the one endpoint (kube-proxy balances '
+        "over the pods), so, as in ingress-nginx, Portico neither balances nor retries across "
+        "pods. A headless Service falls back to its endpoints (a NoClusterIP problem: "
+        "ingress-nginx logs an error) and an ExternalName Service to its name. The default is "
+        "the ConfigMap's service-upstream (--service-upstream).",
     ),
-    _unsupported(
+    _different(
         "connection-proxy-header",
         "upstream",
-        "The Connection header sent to the pod.",
-        ISSUE_FORWARDING,
+        '"close" or "keep-alive": the Connection header sent to the pod; after "close" Portico '
+        "does not reuse the connection. Difference: an upgrade request (WebSocket) keeps its "
+        "`Connection: upgrade`, which ingress-nginx replaces, breaking the upgrade.",
     ),
-    _unsupported(
+    _supported(
         "custom-headers",
         "upstream",
-        "Response headers from a ConfigMap.",
-        ISSUE_FORWARDING,
+        '"namespace/name" of a ConfigMap whose entries are response headers set on every '
+        "response of the Ingress (replacing the pod's), each name listed in the ConfigMap's "
+        "global-allowed-response-headers (--allowed-response-headers). As in ingress-nginx, a "
+        "missing ConfigMap, an invalid name or value, or a name not allowed answers every "
+        "request 503 (CustomHeadersInvalid problem); Portico also refuses the fields it sets "
+        "itself (Server, Strict-Transport-Security, framing and hop-by-hop ones).",
     ),
-    _unsupported(
-        "proxy-redirect-from", "upstream", "Rewrites Location headers of the pod.", ISSUE_FORWARDING
+    _different(
+        "proxy-redirect-from",
+        "upstream",
+        "nginx's proxy_redirect, with proxy-redirect-to: a pod's `Location` starting with this "
+        "text (case-sensitive) has it replaced, and so has the URL after `url=` in its "
+        "`Refresh`; a rewritten Location starting with `/` is made absolute with the "
+        "request's scheme and host, without port (ingress-nginx's port_in_redirect off). "
+        "`off` and `default` (the default) rewrite nothing, as on ingress-nginx, where "
+        "`default` only matches its internal upstream name; one half without the other is "
+        "reported, as it rewrites nothing there either. Different: a regular expression (a "
+        "leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-redirect-to", "upstream", "The replacement of proxy-redirect-from.", ISSUE_FORWARDING
+    _supported(
+        "proxy-redirect-to",
+        "upstream",
+        "The replacement text of proxy-redirect-from (one word, no spaces); `off` rewrites "
+        "nothing.",
     ),
-    _unsupported(
+    _different(
         "proxy-cookie-domain",
         "upstream",
-        "Rewrites the Domain of the pod's cookies.",
-        ISSUE_FORWARDING,
+        "nginx's proxy_cookie_domain: `\"from to\"` replaces a `Domain` attribute of the pod's "
+        "`Set-Cookie` fields equal to `from` (case-insensitive; a leading `.` is ignored on "
+        "both and kept in the cookie); `off` (the default) rewrites nothing. Different: a "
+        "regular expression (a leading `~`) is an invalid value, not a pattern.",
     ),
-    _unsupported(
-        "proxy-cookie-path", "upstream", "Rewrites the Path of the pod's cookies.", ISSUE_FORWARDING
+    _different(
+        "proxy-cookie-path",
+        "upstream",
+        'nginx\'s proxy_cookie_path: `"from to"` replaces the `from` a `Path` attribute of the '
+        "pod's `Set-Cookie` fields starts with (case-sensitive) by `to`; `off` (the default) "
+        "rewrites nothing. Different: a regular expression (a leading `~`) is an invalid "
+        "value, not a pattern.",
     ),
     _unsupported(
         "proxy-http-version",
@@ -426,57 +527,95 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _supported(
         "proxy-connect-timeout",
         "timeouts",
-        "Seconds to connect to a pod (a number, or with an `s`); default --upstream-connect-"
-        "timeout.",
+        "Whole seconds to connect to a pod (`10s` is invalid, as ingress-nginx ignores it); "
+        "default --upstream-connect-timeout, 5 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-read-timeout",
         "timeouts",
-        "Seconds to wait for the response head and between two reads of its body; default "
-        "--upstream-read-timeout.",
+        "Whole seconds to wait for the response head and between two reads of its body; "
+        "default --upstream-read-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
     _supported(
         "proxy-send-timeout",
         "timeouts",
-        "Seconds allowed between two writes of the request body; default --upstream-send-timeout.",
+        "Whole seconds allowed between two writes of the request body; default "
+        "--upstream-send-timeout, 60 as ingress-nginx's. " + _ZERO_TIMEOUT,
     ),
-    _unsupported(
+    _different(
         "proxy-next-upstream",
         "timeouts",
-        "When to retry another pod. Portico retries another pod only when connecting fails "
-        "(--upstream-max-attempts).",
-        ISSUE_FORWARDING,
-        portico="--upstream-max-attempts",
+        "When a request goes to another pod, nginx's conditions separated by spaces: `error` "
+        "(connecting failed, or the connection was lost before the response head), `timeout` "
+        "(the connect, send or response-head timeout passed), `invalid_header` (a response head "
+        "that does not parse, or larger than proxy-buffer-size), `http_500`, `http_502`, "
+        "`http_503`, `http_504`, `http_403`, `http_404`, `http_429` (that response is dropped "
+        "for another attempt; the last attempt's reaches the client as it is), "
+        "`non_idempotent` (POST, LOCK and PATCH are resent too once sent; without it they go "
+        "elsewhere only when connecting failed), `off` (never, not even when connecting "
+        "failed). A request is resent only while Portico holds all of it (a body up to 64 KiB, "
+        "or whole with proxy-request-buffering) and never once any of its response reached the "
+        "client; out of attempts, a timeout is answered 504 and other failures 502. Differences: "
+        "every attempt goes to a pod not tried yet for the request (ingress-nginx's balancer "
+        "may pick the same pod again), so a backend with fewer pods than tries gets fewer "
+        "attempts; a pooled connection the pod had closed before answering is resent on a "
+        "fresh one whatever the conditions (not a failure of the pod). Without the annotation "
+        "(and without -tries and -timeout) Portico retries another pod when connecting fails "
+        "(--upstream-max-attempts) and, for idempotent methods, when the connection closed "
+        "before any answer; it answers a response-head timeout 504 where ingress-nginx's "
+        "default `error timeout` tries another pod.",
     ),
-    _unsupported("proxy-next-upstream-tries", "timeouts", "Most pods tried.", ISSUE_FORWARDING),
-    _unsupported(
-        "proxy-next-upstream-timeout", "timeouts", "Time limit of the retries.", ISSUE_FORWARDING
+    _supported(
+        "proxy-next-upstream-tries",
+        "timeouts",
+        "Attempts in all, the first included (`0`: no limit but the number of pods); default "
+        "--upstream-max-attempts (3, as ingress-nginx). Given without proxy-next-upstream, the "
+        "conditions are ingress-nginx's default, `error timeout`.",
+    ),
+    _different(
+        "proxy-next-upstream-timeout",
+        "timeouts",
+        "Seconds past which no new attempt starts (`0`, the default: no limit). Given without "
+        "proxy-next-upstream, the conditions are ingress-nginx's default, `error timeout`. "
+        "Difference: counted from the request's arrival, where nginx counts from its first "
+        "attempt (the same unless proxy-request-buffering holds a slow upload first).",
     ),
     # ---- buffering and limits -----------------------------------------------------------------
     _supported(
         "proxy-body-size",
         "buffering-and-limits",
-        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes); 413 beyond. Without it "
-        "Portico's --max-body-bytes applies (unlimited by default, where ingress-nginx's is 1m).",
+        "Largest request body (`0` unlimited, `k`/`m`/`g` suffixes of 1024); 413 beyond. "
+        "Without it, or with an invalid value, --max-body-bytes applies: 1m by default, as "
+        "ingress-nginx's proxy-body-size.",
     ),
-    _unsupported(
+    _different(
         "proxy-request-buffering",
         "buffering-and-limits",
-        "Portico streams request bodies to the pod as they arrive (ingress-nginx buffers them "
-        'by default; "off" streams).',
-        ISSUE_FORWARDING,
+        "`on` reads the whole request body before a pod is chosen and keeps it, in memory, for "
+        "a resend (proxy-next-upstream can then retry a request whose body was sent), up to "
+        "the route's body limit (proxy-body-size, --max-body-bytes; 413 beyond); on a route "
+        "without a body limit, past 1 MiB the rest is streamed and the request can no longer "
+        "be resent. `off` streams. Difference: Portico's default is `off` (ingress-nginx's is "
+        "`on`): a body streamed is never held whole in the proxy's memory, and the pod starts "
+        "on it at once instead of after the upload.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffering",
         "buffering-and-limits",
-        "Portico streams responses to the client (ingress-nginx's default, off).",
-        ISSUE_FORWARDING,
+        "Accepted (`on` or `off`) with no effect: Portico streams the pod's response to the "
+        "client and reads the pod only as fast as the client takes it, which is ingress-nginx's "
+        "default (`off`). With `on`, nginx reads the whole response into its buffers (and a "
+        "temporary file) first and frees the pod from a slow client; Portico keeps the pod's "
+        "connection until the client has taken the response.",
     ),
-    _unsupported(
+    _different(
         "proxy-buffer-size",
         "buffering-and-limits",
-        "Size of the buffer for the pod's response head.",
-        ISSUE_FORWARDING,
+        "Largest response head (status line and header fields) Portico takes from a pod, an "
+        "nginx size (`8k`, `1m`); a larger one is answered 502 (or goes to another pod with "
+        "`invalid_header` in proxy-next-upstream), as nginx's 'upstream sent too big header'. "
+        "Difference: without it Portico takes heads up to 64 KiB, where ingress-nginx's "
+        "default is 4k; it sizes no response body buffer (responses are streamed).",
     ),
     _unsupported(
         "proxy-buffers-number", "buffering-and-limits", "nginx response buffers: no equivalent."
@@ -484,17 +623,20 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     _unsupported(
         "proxy-busy-buffers-size", "buffering-and-limits", "nginx response buffers: no equivalent."
     ),
-    _unsupported(
+    _different(
         "proxy-max-temp-file-size",
         "buffering-and-limits",
-        "nginx's temporary files of buffered responses; Portico writes none.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `0`, `1024m`, `1g`) with no effect: it bounds the temporary "
+        "file nginx writes a buffered response to; Portico writes none (responses are "
+        "streamed, see proxy-buffering).",
     ),
-    _unsupported(
+    _different(
         "client-body-buffer-size",
         "buffering-and-limits",
-        "nginx's request body buffer; Portico streams bodies.",
-        ISSUE_FORWARDING,
+        "Accepted (an nginx size: `1000`, `1k`, `1m`) with no effect: nginx keeps that much of "
+        "a request body in memory and writes the rest to a temporary file; Portico writes no "
+        "files: it streams bodies, or holds them whole in memory with proxy-request-buffering "
+        "(bounded by the body limit).",
     ),
     # ---- load balancing -----------------------------------------------------------------------
     _different(
@@ -655,26 +797,37 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
     ),
     # ---- error pages --------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "custom-http-errors",
         "error-pages",
-        "Pod answers with these statuses are replaced by the default backend's.",
-        ISSUE_FORWARDING,
+        "Pod answers (and Portico's own 502, 503, 504, refusals) with these statuses "
+        '(comma-separated, 400 to 599) are replaced by the default backend\'s answer to "/", '
+        "status included, with X-Code, X-Format, X-Original-URI, X-Namespace, X-Ingress-Name, "
+        "X-Service-Name, X-Service-Port, X-Request-ID; the pod's connection is closed, its "
+        "body unread. The default backend is the default-backend annotation's, else the "
+        "Ingress with only a defaultBackend (Portico has no --default-backend-service). "
+        "Differences: the error page is asked with GET (HEAD for HEAD) and without the "
+        "request body, where nginx keeps the method and sends the body again; without any "
+        "default backend, or when it has no endpoint, or while the request body is still "
+        "being read, the original answer is relayed unchanged (ingress-nginx answers 404 "
+        "from its internal server).",
     ),
-    _unsupported(
+    Entry(
         "disable-proxy-intercept-errors",
+        "supported",
         "error-pages",
-        "Turns off custom-http-errors for the Ingress.",
-        ISSUE_FORWARDING,
+        '"true": the pods\' answers are relayed even with custom-http-errors; the '
+        "default-backend annotation still answers for Services without endpoints.",
+        portico=PORTICO_PREFIX + "disable-proxy-intercept-errors",
         documented=False,
     ),
     # ---- observability ------------------------------------------------------------------------
-    _unsupported(
+    _supported(
         "enable-access-log",
         "observability",
-        "Per-Ingress access log switch; Portico's access log is on or off for every request.",
-        ISSUE_FORWARDING,
-        portico="--access-log",
+        '`"false"` leaves the Ingress\'s requests out of the access log (their metrics stay); '
+        '`"true"`, the default, cannot turn on a log that --access-log (or the ConfigMap\'s '
+        "disable-access-log) turned off.",
     ),
     _unsupported("enable-rewrite-log", "observability", "nginx's rewrite log: no equivalent."),
     _unsupported("enable-opentelemetry", "observability", "OpenTelemetry tracing: not in Portico."),
@@ -909,6 +1062,33 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "ingress-nginx, that address is the peer use-forwarded-headers and "
             "proxy-real-ip-cidr then judge.",
             "--proxy-protocol",
+        ),
+        _key(
+            "service-upstream",
+            "supported",
+            "upstream",
+            "The default of the service-upstream annotation: each Service's cluster IP and port "
+            "instead of its endpoints.",
+            "--service-upstream",
+        ),
+        _key(
+            "proxy-set-headers",
+            "different",
+            "upstream",
+            '"namespace/name" of a ConfigMap whose entries are request headers sent to every '
+            "pod, replacing the client's field of that name (an empty value removes it), as "
+            "nginx's proxy_set_header. Difference: values are sent as written; an entry naming "
+            "an nginx variable (`$remote_addr`, ...), or setting Host, a framing or hop-by-hop "
+            "field, is not sent (InvalidHeader problem on that ConfigMap).",
+            "--proxy-set-headers",
+        ),
+        _key(
+            "global-allowed-response-headers",
+            "supported",
+            "upstream",
+            "The response headers a custom-headers ConfigMap may set (names as written); any "
+            "other makes that Ingress answer 503.",
+            "--allowed-response-headers",
         ),
         _key(
             "disable-access-log",

@@ -18,16 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import parse_annotations
-from controller.compiler.backends import BackendUse, backend_key
+from controller.compiler.annotations import IngressOptions, parse_annotations
+from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
+    ALIAS_CONFLICT,
+    CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
     INVALID_BACKEND,
     INVALID_HOST,
     INVALID_PATH,
     INVALID_PATH_TYPE,
+    PASSTHROUGH_NOT_APPLIED,
     PATH_CONFLICT,
     SECRET_INVALID,
     UNSUPPORTED_BACKEND,
@@ -38,16 +41,26 @@ from controller.compiler.settings import CompileSettings
 from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
+    AppRoot,
+    ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
     MatchKind,
+    PassthroughHost,
     PathRule,
+    PolicyStep,
+    Redirect,
     Refuse,
+    ResponseHeaders,
+    Rewrite,
     RouteOptions,
     RouteTable,
+    ShapeRequest,
     SourceRanges,
     TLSCertificate,
     VirtualHost,
 )
+from proxy.regex import PatternError, compile_path
 
 LEGACY_CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 PATH_TYPES: Final[Mapping[str, MatchKind]] = {
@@ -75,6 +88,14 @@ ACCESS_DENIED: Final = Refuse(403, ACCESS_CONTROL_NOT_ENFORCED)
 # restriction is not dropped, the routes fail closed (ingress-nginx denies such a location with
 # 503; InvalidAnnotation problem).
 INVALID_SOURCE_RANGE: Final = Refuse(503, "InvalidSourceRange")
+# The first policy step of an Ingress whose custom-headers cannot be served (the annotation or
+# its ConfigMap does not read, a name is not allowed): ingress-nginx denies the location (503)
+# rather than answer without them (they are often security headers).
+INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
+# The first policy step of an Ingress whose permanent-redirect or temporal-redirect URL cannot
+# be read: its routes fail closed rather than forward what was meant to be redirected
+# (InvalidAnnotation problem).
+INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
 
 
 def _source_ranges(
@@ -160,6 +181,18 @@ def path_error(path: str, path_type: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
+def regex_path_error(path: str) -> str | None:
+    """Why a path cannot be matched as a regular expression (proxy/regex.py, RE2), or None."""
+    if not path.startswith("/"):
+        return 'must start with "/"'
+    try:
+        compile_path(path)
+    except PatternError as exc:
+        return f"is not a regular expression Portico can match: {exc}"
+    return None
+
+
 def normalize_path(path: str, match: MatchKind) -> str:
     """Prefix paths lose their trailing "/" (element-wise matching), "/" stays "/"."""
     if match == "prefix" and len(path) > 1 and path.endswith("/"):
@@ -174,6 +207,7 @@ class BackendRef:
     namespace: str
     service: str
     port: int | str
+    cluster_ip: bool = False  # service-upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +219,12 @@ class RuleEntry:
     # The path as written in the Ingress ("" when an ImplementationSpecific path is omitted);
     # `rule.path` is normalized for matching. None for defaultBackend entries.
     written_path: str | None = None
+    # This path has `use-regex` or a `rewrite-target` (other than itself): every path of its
+    # host is matched as a regular expression (ingress-nginx's enforceRegexModifier).
+    regex: bool = False
+    # The rule without the HTTPS redirect its host's TLS gives it (None: it has none, or it is
+    # forced): what a server-alias the certificate does not cover serves (see `assemble`).
+    unredirected: PathRule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +250,24 @@ class IngressPart:
     # Access-control annotations not enforced, served anyway (--serve-without-access-control):
     # the compiler logs a warning naming them.
     unprotected: tuple[str, ...] = ()
+    # `server-alias` names, resolved across Ingresses by `assemble`.
+    aliases: tuple[str, ...] = ()
+    # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
+    custom_headers: str | None = None
+    # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
+    # to them (`assemble` adds those names).
+    www_redirect_hosts: tuple[str, ...] = ()
+    # `app-root`: "/" on the hosts of this Ingress is redirected there (see `assemble`).
+    app_root: str | None = None
+    # The `default-backend` annotation's Service (its first port), already in the rules'
+    # ErrorPages step; `assemble` has it resolved with the other backends.
+    error_backend: BackendRef | None = None
+    # `custom-http-errors` without `default-backend`: the statuses the global default backend
+    # answers (the Ingress with only a defaultBackend, known once all parts are merged).
+    global_error_codes: tuple[int, ...] = ()
+    # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
+    # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
+    passthrough: bool = False
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -218,7 +276,11 @@ def _rule_text(host: str, path: str | None) -> str:
 
 
 def _backend(
-    ingress: Ingress, backend: IngressBackend, text: str, problems: list[Problem]
+    ingress: Ingress,
+    backend: IngressBackend,
+    text: str,
+    problems: list[Problem],
+    cluster_ip: bool = False,
 ) -> BackendRef | None:
     ref = ingress.ref
     if backend.service is None:
@@ -253,7 +315,11 @@ def _backend(
         )
         return None
     return BackendRef(
-        backend_key(ingress.namespace, svc.name, port), ingress.namespace, svc.name, port
+        backend_key(ingress.namespace, svc.name, port, cluster_ip),
+        ingress.namespace,
+        svc.name,
+        port,
+        cluster_ip,
     )
 
 
@@ -285,6 +351,8 @@ def compile_ingress(
     ssl_redirect: bool = True,
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
+    service_upstream: bool = False,
+    ssl_passthrough: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -292,7 +360,10 @@ def compile_ingress(
     `source_ranges`: the (allow, deny) networks of an Ingress without source-range annotations
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
-    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's).
+    answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
+    `service_upstream`: the default of the service-upstream annotation;
+    `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
+    its hosts are terminated, as ingress-nginx ignores it without the flag).
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -305,6 +376,16 @@ def compile_ingress(
     problems.extend(Problem("Ingress", ref, INVALID_ANNOTATION, e.message()) for e in errors)
     screening = screen(ingress.annotations, {e.annotation: e.reason for e in errors})
     problems.extend(screening.problems(ref, serve_without_access_control))
+    if opts.ssl_passthrough and not ssl_passthrough:
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                PASSTHROUGH_NOT_APPLIED,
+                "ssl-passthrough needs --enable-ssl-passthrough: Portico terminates TLS for "
+                "its hosts, like for any other host",
+            )
+        )
 
     tls = tuple(
         TLSEntry(t.secret_name or "", tuple(h.strip().lower() for h in t.hosts))
@@ -321,17 +402,42 @@ def compile_ingress(
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    if opts.upstream_vhost is not None or opts.connection_header is not None:
+        shaping = ShapeRequest(
+            host=opts.upstream_vhost or "", connection=opts.connection_header or ""
+        )
+        plain = dataclasses.replace(plain, policy=(*plain.policy, shaping))
+    if opts.invalid_custom_headers:
+        plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
+    cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
+    error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
+    if error_pages is not None:
+        plain = dataclasses.replace(plain, policy=(*plain.policy, error_pages))
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
         plain = dataclasses.replace(plain, policy=(ACCESS_DENIED, *plain.policy))
     # The redirect goes first: a plain-HTTP request is redirected before any other step sees it
     # (as ingress-nginx redirects in its rewrite phase, before access checks).
-    redirected = dataclasses.replace(plain, policy=(HTTPSRedirect(), *plain.policy))
+    https_redirect = HTTPSRedirect(preserve_trailing_slash=opts.preserve_trailing_slash)
+    redirected = dataclasses.replace(plain, policy=(https_redirect, *plain.policy))
+    # permanent-redirect / temporal-redirect go before even that: nginx runs their `return` in
+    # the rewrite phase ahead of the HTTPS redirect (Lua, at the end of that phase) and of every
+    # access check; only a location denied for an unreadable source range answers 503 instead.
+    url_redirect = INVALID_REDIRECT if opts.invalid_redirect else opts.url_redirect
+    if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
+        plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
         return redirected if opts.redirect(has_tls, ssl_redirect) else plain
+
+    def unredirected(rule: PathRule) -> PathRule | None:
+        # A redirect that the host's TLS gives (not force-ssl-redirect) can be taken back.
+        if rule.options is not redirected or opts.force_ssl_redirect:
+            return None
+        return dataclasses.replace(rule, options=plain)
 
     hosts: dict[str, RouteOptions] = {}
     entries: list[RuleEntry] = []
@@ -376,33 +482,61 @@ def compile_ingress(
                     )
                     continue
                 path = "/"
-            err = path_error(path, p.path_type)
+            # ingress-nginx's needsRewrite: a target equal to the path is no rewrite.
+            rewrite = opts.rewrite_target is not None and opts.rewrite_target != path
+            regex = opts.use_regex or rewrite
+            if regex and p.path_type == "ImplementationSpecific":
+                # A regular expression (ingress-nginx documents regex paths with this type).
+                err = regex_path_error(path)
+            else:
+                err = path_error(path, p.path_type)
+                if err is None and regex:
+                    err = regex_path_error(path)
             if err is not None:
                 problems.append(Problem("Ingress", ref, INVALID_PATH, f"path {err} {text}"))
                 continue
-            backend = _backend(ingress, p.backend, text, problems)
+            backend = _backend(ingress, p.backend, text, problems, cluster_ip)
             if backend is None:
                 continue
+            rule_opts = plain if path.startswith(NO_TLS_REDIRECT_PREFIX) else host_opts
+            if rewrite and opts.rewrite_target is not None:
+                # Last: the access checks and redirects before it see the client's request.
+                step = Rewrite(path, opts.rewrite_target, opts.x_forwarded_prefix)
+                rule_opts = dataclasses.replace(rule_opts, policy=(*rule_opts.policy, step))
             rule_obj = _rule(
                 ingress,
                 backend,
-                plain if path.startswith(NO_TLS_REDIRECT_PREFIX) else host_opts,
+                rule_opts,
                 path=normalize_path(path, match),
                 match=match,
                 path_type=p.path_type,
             )
-            entries.append(RuleEntry(host, rule_obj, backend, text, p.path or ""))
+            entries.append(
+                RuleEntry(
+                    host,
+                    rule_obj,
+                    backend,
+                    text,
+                    p.path or "",
+                    regex,
+                    unredirected=unredirected(rule_obj),
+                )
+            )
 
     fallbacks: list[RuleEntry] = []
     default: RuleEntry | None = None
     if ingress.default_backend is not None:
         text = "(defaultBackend)"
-        backend = _backend(ingress, ingress.default_backend, text, problems)
+        backend = _backend(ingress, ingress.default_backend, text, problems, cluster_ip)
         if backend is not None:
             if ingress.rules:
                 for host, host_opts in hosts.items():
                     rule_obj = _rule(ingress, backend, host_opts)
-                    fallbacks.append(RuleEntry(host, rule_obj, backend, text))
+                    fallbacks.append(
+                        RuleEntry(
+                            host, rule_obj, backend, text, unredirected=unredirected(rule_obj)
+                        )
+                    )
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
@@ -428,7 +562,40 @@ def compile_ingress(
         problems=tuple(problems),
         ca_secret=opts.proxy_ssl_secret if opts.proxy_ssl_verify is not False else None,
         unprotected=screening.unenforced if serve_without_access_control else (),
+        aliases=opts.server_alias,
+        custom_headers=opts.custom_headers,
+        www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
+        app_root=opts.app_root,
+        error_backend=error_backend,
+        global_error_codes=global_error_codes,
+        passthrough=opts.ssl_passthrough and ssl_passthrough,
     )
+
+
+def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
+    """The hosts a from-to-www redirect applies to: those with a path (ingress-nginx marks a
+    server when it adds a location), named (no other name for host-less rules) and not
+    wildcards (nginx has no `www.*.example.com`)."""
+    hosts = dict.fromkeys(e.host for e in entries)
+    return tuple(h for h in hosts if h and not h.startswith("*."))
+
+
+def _error_pages(
+    ingress: Ingress, opts: IngressOptions
+) -> tuple[BackendRef | None, tuple[int, ...], ErrorPages | None]:
+    """(the default-backend annotation's backend, the codes left for the global default
+    backend, the ErrorPages step of the Ingress's routes) from its annotations.
+
+    ingress-nginx: `default-backend` answers for Services without endpoints and serves the
+    `custom-http-errors` codes; without it the codes go to the global default backend;
+    `disable-proxy-intercept-errors` keeps the pods' answers (the fallback stays)."""
+    codes = () if opts.disable_proxy_intercept_errors else opts.custom_http_errors or ()
+    name = opts.default_backend
+    if name is None:
+        return None, codes, None
+    namespace = ingress.namespace
+    ref = BackendRef(backend_key(namespace, name, FIRST_PORT), namespace, name, FIRST_PORT)
+    return ref, (), ErrorPages(ref.key, f"{namespace}/{name}", codes, fallback=True)
 
 
 # ---- all Ingresses ------------------------------------------------------------------------------
@@ -444,6 +611,7 @@ class Assembly:
     written_paths: Mapping[tuple[str, str, MatchKind], str] = dataclasses.field(
         default_factory=dict
     )
+    passthrough: tuple[PassthroughHost, ...] = ()  # sorted by host
 
 
 def _rule_order(rule: PathRule) -> tuple[int, int, str]:
@@ -451,20 +619,121 @@ def _rule_order(rule: PathRule) -> tuple[int, int, str]:
     return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
 
 
+def _without_https_redirect(rule: PathRule) -> PathRule:
+    """The rule without its HTTPS redirect step (for a server-alias its host's certificate does
+    not cover: ingress-nginx serves such a name without TLS, so without the redirect)."""
+    policy = tuple(s for s in rule.options.policy if not isinstance(s, HTTPSRedirect))
+    return dataclasses.replace(rule, options=dataclasses.replace(rule.options, policy=policy))
+
+
+def _regex_rules(
+    host: str,
+    slot: dict[tuple[str, MatchKind], PathRule],
+    written: dict[tuple[str, str, MatchKind], str],
+    regex_rules: set[tuple[str, str, MatchKind]],
+    problems: list[Problem],
+    *,
+    origin: dict[tuple[str, str], tuple[str, str, MatchKind]],
+) -> tuple[PathRule, ...]:
+    """The rules of a host where some path has use-regex or rewrite-target, as ingress-nginx
+    makes them: every path, whatever its Ingress or pathType, becomes `~* "^<path as written>"`
+    (so an Exact path matches as a prefix, and a Prefix path "/foo" matches "/foobar" too), tried
+    in its order: longest path first, then by path in reverse byte order, then by precedence
+    (its two stable sorts of the server's locations). A path of another Ingress that RE2 cannot
+    take is an InvalidPath problem on that Ingress and its rule is dropped."""
+    rules: list[PathRule] = []
+    for (path, match), rule in slot.items():
+        pattern = written.get((host, path, match)) or "/"
+        if (host, path, match) not in regex_rules:
+            err = regex_path_error(pattern)
+            if err is not None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        rule.ingress,
+                        INVALID_PATH,
+                        f"path {pattern} on host {host or '<any>'} is matched as a regular "
+                        "expression (a path of this host has use-regex or rewrite-target) but "
+                        f"{err}; rule dropped",
+                    )
+                )
+                continue
+        written[(host, pattern, "regex")] = written.get((host, path, match), pattern)
+        origin.setdefault((host, pattern), (host, path, match))
+        rules.append(dataclasses.replace(rule, path=pattern, match="regex"))
+    rules.sort(key=lambda r: r.path, reverse=True)
+    rules.sort(key=lambda r: len(r.path), reverse=True)
+    return tuple(rules)
+
+
+def _apply_app_roots(
+    ordered: dict[str, tuple[PathRule, ...]],
+    fallback: dict[str, PathRule],
+    app_roots: dict[str, str],
+) -> None:
+    """ingress-nginx writes `app-root` as a server-level `if ($uri = /) { return 302 ...; }`
+    before the locations: it applies to the whole host, whichever rule "/" reaches. So every
+    rule of a host where an Ingress with app-root has a rule gets the AppRoot step first (the
+    first such Ingress in the host's rule order wins, as the first `if` does)."""
+
+    def with_step(rule: PathRule, step: AppRoot) -> PathRule:
+        options = dataclasses.replace(rule.options, policy=(step, *rule.options.policy))
+        return dataclasses.replace(rule, options=options)
+
+    for host, rules in ordered.items():
+        root = next((app_roots[r.ingress] for r in rules if r.ingress in app_roots), None)
+        if root is None:
+            continue
+        step = AppRoot(root)
+        ordered[host] = tuple(with_step(r, step) for r in rules)
+        if host in fallback:
+            fallback[host] = with_step(fallback[host], step)
+
+
 def _use(uses: dict[str, BackendUse], entry: RuleEntry, ref: str) -> None:
     b = entry.backend
     use = uses.get(b.key)
     if use is None:
-        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+        use = uses[b.key] = BackendUse(
+            b.key, b.namespace, b.service, b.port, cluster_ip=b.cluster_ip
+        )
     use.users.append((ref, entry.text))
 
 
-def _with_ca(part: IngressPart, pem: str) -> IngressPart:
-    """The part with `upstream_ca_pem` set on every rule ("" when the CA is unusable)."""
+def _use_backend(uses: dict[str, BackendUse], b: BackendRef, ref: str, text: str) -> None:
+    use = uses.get(b.key)
+    if use is None:
+        use = uses[b.key] = BackendUse(b.key, b.namespace, b.service, b.port)
+    use.users.append((ref, text))
+
+
+def _with_global_errors(part: IngressPart, catch_all: PathRule) -> IngressPart:
+    """The part with an ErrorPages step for its custom-http-errors, served by the global
+    default backend (`catch_all`, already among the backends: its own rule uses it)."""
+    assert catch_all.service is not None
+    step = ErrorPages(catch_all.backend, catch_all.service, part.global_error_codes)
+
+    return _map_options(part, lambda o: dataclasses.replace(o, policy=(*o.policy, step)))
+
+
+def _map_options(part: IngressPart, change: Callable[[RouteOptions], RouteOptions]) -> IngressPart:
+    """The part with `change` applied to the options of every rule (once per distinct options:
+    the rules of one Ingress share a few)."""
+    done: dict[int, tuple[RouteOptions, RouteOptions]] = {}
+
+    def options(old: RouteOptions) -> RouteOptions:
+        found = done.get(id(old))
+        if found is None:
+            found = done[id(old)] = (old, change(old))  # the old one kept: ids stay unique
+        return found[1]
+
+    def rule(r: PathRule | None) -> PathRule | None:
+        return None if r is None else dataclasses.replace(r, options=options(r.options))
 
     def entry(e: RuleEntry) -> RuleEntry:
-        options = dataclasses.replace(e.rule.options, upstream_ca_pem=pem)
-        return dataclasses.replace(e, rule=dataclasses.replace(e.rule, options=options))
+        new = rule(e.rule)
+        assert new is not None
+        return dataclasses.replace(e, rule=new, unredirected=rule(e.unredirected))
 
     return dataclasses.replace(
         part,
@@ -474,17 +743,104 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
     )
 
 
+def _with_ca(part: IngressPart, pem: str) -> IngressPart:
+    """The part with `upstream_ca_pem` set on every rule ("" when the CA is unusable)."""
+    return _map_options(part, lambda o: dataclasses.replace(o, upstream_ca_pem=pem))
+
+
+def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> RouteOptions:
+    """`step` added last, or `first`: first after the redirects (which answer before any
+    other step, as ingress-nginx redirects before it denies)."""
+    policy = options.policy
+    if not first:
+        return dataclasses.replace(options, policy=(*policy, step))
+    at = 0
+    while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
+        at += 1
+    return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
+
+
+def _with_request_headers(
+    names: tuple[str, ...], values: tuple[str, ...]
+) -> Callable[[RouteOptions], RouteOptions]:
+    """The proxy-set-headers fields merged into a route's ShapeRequest (or one added)."""
+
+    def change(options: RouteOptions) -> RouteOptions:
+        own = options.step(ShapeRequest)
+        if own is None:
+            return _with_step(options, ShapeRequest(names=names, values=values), first=False)
+        merged = dataclasses.replace(own, names=names, values=values)
+        return dataclasses.replace(
+            options, policy=tuple(merged if s is own else s for s in options.policy)
+        )
+
+    return change
+
+
+def _www_redirects(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    *,
+    fallback: Mapping[str, PathRule],
+    host_cert: Mapping[str, str],
+    wild_cert: Mapping[str, str],
+    certificates: Mapping[str, TLSCertificate],
+) -> list[VirtualHost]:
+    """The virtual hosts of from-to-www-redirect, as ingress-nginx's BuildRedirects makes its
+    redirect servers: for each host an Ingress asks it for, its other name (`www.` added, or
+    removed) answers every request with a redirect to the host (HostRedirect: 308, scheme and
+    target kept), unless that name is a rule host itself (of any Ingress: it is served as
+    such). Over HTTPS it presents the host's certificate when that covers the other name, else
+    the default certificate, as ingress-nginx does. Its one rule names a backend of the host
+    only because a rule needs one: the step answers before any pod is chosen."""
+    aliases: dict[str, VirtualHost] = {}
+    for part in parts:
+        for host in part.www_redirect_hosts:
+            other = host.removeprefix("www.") if host.startswith("www.") else "www." + host
+            if other in by_host or other in aliases or host_error(other) is not None:
+                continue
+            rules = sorted(by_host.get(host, {}).values(), key=_rule_order)
+            model = rules[0] if rules else fallback.get(host)
+            if model is None:
+                continue
+            name = host_cert.get(host) or wild_cert.get(host)
+            covered = name is not None and covers(certificates[name].hosts, other)
+            rule = dataclasses.replace(
+                model,
+                path="/",
+                match="prefix",
+                ingress=part.ref,
+                path_type=None,
+                options=RouteOptions(policy=(HostRedirect(host),)),
+            )
+            aliases[other] = VirtualHost(other, (rule,), None, name if covered else None)
+    return list(aliases.values())
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
     now: datetime,
     ca_bundle: Callable[[str], tuple[str | None, str | None]] | None = None,
+    *,
+    response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
+    request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
 
     `ca_bundle(ref)` gives (PEM, None) or (None, reason) for a `proxy-ssl-secret`; a part whose
     CA cannot be loaded gets an empty CA, which the proxy refuses (503, fail closed) rather
-    than talk to its pods unverified.
+    than talk to its pods unverified. `response_headers(ref)` gives the step of a
+    `custom-headers` ConfigMap, or why it cannot be served (its routes then answer 503, as
+    ingress-nginx denies them); `request_headers` are the (names, values) every route sends its
+    pods (the ingress-nginx ConfigMap's proxy-set-headers).
+
+    `server-alias`, as ingress-nginx: the first Ingress (in precedence order) with aliases for
+    a host gives that host its aliases; an alias that is a rule host, or already another
+    host's alias, is ignored (an `AliasConflict` problem). An alias serves every rule of its
+    host, whichever Ingress it comes from, with the host's certificate when that certificate
+    covers the alias, and otherwise without one (and so without the TLS hosts' HTTPS redirect:
+    ingress-nginx redirects only hosts with a certificate).
     """
     problems: list[Problem] = []
     uses: dict[str, BackendUse] = {}
@@ -495,7 +851,19 @@ def assemble(
     wild_cert: dict[str, str] = {}
     certificates: dict[str, TLSCertificate] = {}
     default: PathRule | None = None
+    regex_hosts: set[str] = set()
+    # (host, path, match) of each routed rule -> whether its own Ingress made it a regex.
+    regex_rules: set[tuple[str, str, MatchKind]] = set()
+    app_roots: dict[str, str] = {}  # Ingress ref -> its app-root
     parts = list(parts)
+    # The global default backend (the first Ingress with only a defaultBackend) serves the
+    # custom-http-errors of the Ingresses without a default-backend annotation; without one,
+    # their pods' answers are relayed (ingress-nginx would answer 404 from its own server).
+    catch_all = next((p.default for p in parts if p.default is not None), None)
+    if catch_all is not None:
+        for i, part in enumerate(parts):
+            if part.global_error_codes:
+                parts[i] = _with_global_errors(part, catch_all.rule)
     for i, part in enumerate(parts):
         if part.ca_secret is None or ca_bundle is None:
             continue
@@ -510,10 +878,38 @@ def assemble(
                 )
             )
         parts[i] = _with_ca(part, pem or "")
+    for i, part in enumerate(parts):
+        if part.custom_headers is None or response_headers is None:
+            continue
+        step = response_headers(part.custom_headers)
+        if step is None:
+            continue  # an empty ConfigMap: nothing to add
+        if isinstance(step, str):
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    CUSTOM_HEADERS_INVALID,
+                    f'custom-headers "{part.custom_headers}": {step}; its routes answer 503',
+                )
+            )
+            parts[i] = _map_options(
+                part, functools.partial(_with_step, step=INVALID_CUSTOM_HEADERS, first=True)
+            )
+        else:
+            parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
+    if request_headers[0]:
+        change = _with_request_headers(*request_headers)
+        parts = [_map_options(part, change) for part in parts]
 
+    unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
+    fallback_unredirected: dict[str, PathRule] = {}
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        error_backend = part.error_backend
+        if error_backend is not None and (part.entries or part.fallbacks or part.default):
+            _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
         for host in part.hosts:
             if host not in by_host:
                 by_host[host] = {}
@@ -526,6 +922,11 @@ def assemble(
                 slot[key] = rule
                 if entry.written_path is not None:
                     written[(entry.host, rule.path, rule.match)] = entry.written_path
+                if entry.unredirected is not None:
+                    unredirected[(entry.host, rule.path, rule.match)] = entry.unredirected
+                if entry.regex:
+                    regex_hosts.add(entry.host)
+                    regex_rules.add((entry.host, rule.path, rule.match))
                 _use(uses, entry, ref)
                 continue
             owner = (
@@ -542,10 +943,14 @@ def assemble(
                     f"claimed by {owner} {entry.text}",
                 )
             )
+        if part.app_root is not None:
+            app_roots[ref] = part.app_root
         for entry in part.fallbacks:
             prev = fallback.get(entry.host)
             if prev is None:
                 fallback[entry.host] = entry.rule
+                if entry.unredirected is not None:
+                    fallback_unredirected[entry.host] = entry.unredirected
                 _use(uses, entry, ref)
             elif prev.backend != entry.rule.backend:
                 problems.append(
@@ -614,19 +1019,179 @@ def assemble(
             if used:
                 certificates[cert.name] = cert
 
-    vhosts = tuple(
+    ordered: dict[str, tuple[PathRule, ...]] = {}
+    # (host, regex path) -> the (host, path, match) key of the rule it was made from.
+    regex_origin: dict[tuple[str, str], tuple[str, str, MatchKind]] = {}
+    for host, slot in by_host.items():
+        if host in regex_hosts:
+            ordered[host] = _regex_rules(
+                host, slot, written, regex_rules, problems, origin=regex_origin
+            )
+        else:
+            ordered[host] = tuple(sorted(slot.values(), key=_rule_order))
+    if app_roots:
+        _apply_app_roots(ordered, fallback, app_roots)
+    vhosts = [
         VirtualHost(
             host=host,
-            rules=tuple(sorted(by_host[host].values(), key=_rule_order)),
+            rules=ordered[host],
             fallback=fallback.get(host),
             tls_certificate=host_cert.get(host) or wild_cert.get(host),
         )
         for host in sorted(by_host)
+    ]
+    aliases = _aliases(parts, by_host, problems)
+    for alias, host in aliases.items():
+        name = host_cert.get(host) or wild_cert.get(host)
+        served = certificates.get(name) if name is not None else None
+        covered = served is not None and covers(served.hosts, alias)
+        # Not covered: the rules lose the HTTPS redirect their host's TLS gave them (not a
+        # forced one: `unredirected` has those rules whose redirect can be taken back), and keep
+        # everything else they became since (a regular expression, the app-root step).
+        rules = [
+            rule
+            if covered
+            or unredirected.get(regex_origin.get((host, rule.path), (host, rule.path, rule.match)))
+            is None
+            else _without_https_redirect(rule)
+            for rule in ordered[host]
+        ]
+        host_fallback = fallback.get(host)
+        if host_fallback is not None and not covered and host in fallback_unredirected:
+            host_fallback = _without_https_redirect(host_fallback)
+        vhosts.append(
+            VirtualHost(
+                host=alias,
+                rules=tuple(rules),  # the host's order (regular expressions: as written)
+                fallback=host_fallback,
+                tls_certificate=name if covered else None,
+            )
+        )
+        for rule in rules:
+            path = written.get((host, rule.path, rule.match))
+            if path is not None:
+                written[(alias, rule.path, rule.match)] = path
+    # from-to-www-redirect names that are no rule host nor alias (an alias is served).
+    redirects = _www_redirects(
+        parts,
+        by_host,
+        fallback=fallback,
+        host_cert=host_cert,
+        wild_cert=wild_cert,
+        certificates=certificates,
     )
+    vhosts.extend(r for r in redirects if r.host not in aliases)
+    vhosts.sort(key=lambda v: v.host)
+    passthrough = _passthrough_hosts(parts, by_host, fallback, problems)
     return Assembly(
-        routes=RouteTable(virtual_hosts=vhosts, default=default),
+        routes=RouteTable(virtual_hosts=tuple(vhosts), default=default),
         certificates=tuple(certificates[k] for k in sorted(certificates)),
         problems=tuple(problems),
         uses=uses,
         written_paths=written,
+        passthrough=passthrough,
     )
+
+
+def _passthrough_hosts(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    fallback: Mapping[str, PathRule],
+    problems: list[Problem],
+) -> tuple[PassthroughHost, ...]:
+    """The passthrough hosts, as ingress-nginx makes them: a host is passthrough when any
+    Ingress with a rule for it has the annotation; its connections go to the backend of the
+    host's "/" path (Prefix or ImplementationSpecific, whichever Ingress owns it), else of the
+    defaultBackend it falls back to; the access rules are that rule's."""
+    hosts: dict[str, PassthroughHost] = {}
+    for part in parts:
+        if not part.passthrough:
+            continue
+        for host in part.hosts:
+            if host in hosts:
+                continue
+            if not host or host.startswith("*."):
+                what = "rules without a host" if not host else f"wildcard host {host}"
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f"ssl-passthrough does not apply to {what}: a server name is matched "
+                        "exactly, as ingress-nginx does; Portico terminates TLS for it",
+                    )
+                )
+                continue
+            rule = by_host.get(host, {}).get(("/", "prefix")) or fallback.get(host)
+            if rule is None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f'ssl-passthrough host {host} has no "/" path or defaultBackend to send '
+                        "its connections to: they are closed",
+                    )
+                )
+                hosts[host] = PassthroughHost(host, "", part.ref)
+                continue
+            refuse = ""
+            allow: tuple[str, ...] = ()
+            deny: tuple[str, ...] = ()
+            for step in rule.options.policy:
+                if isinstance(step, Refuse) and not refuse:
+                    refuse = step.reason
+                elif isinstance(step, SourceRanges):
+                    allow, deny = step.allow, step.deny
+            hosts[host] = PassthroughHost(
+                host, rule.backend, rule.ingress, rule.service, refuse, allow, deny
+            )
+    return tuple(hosts[h] for h in sorted(hosts))
+
+
+def _aliases(
+    parts: list[IngressPart],
+    by_host: Mapping[str, object],
+    problems: list[Problem],
+) -> dict[str, str]:
+    """alias -> the rule host it serves (see `assemble`)."""
+    owners: dict[str, str] = {}  # host -> the Ingress that gave it its aliases
+    alias_of: dict[str, str] = {}
+    for part in parts:
+        if not part.aliases:
+            continue
+        for host in part.hosts:
+            if not host:
+                continue  # host-less rules already answer every name
+            owner = owners.get(host)
+            if owner is not None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        ALIAS_CONFLICT,
+                        f"host {host} already has the server-alias names of Ingress {owner}; "
+                        "this Ingress's are ignored for it",
+                    )
+                )
+                continue
+            owners[host] = part.ref
+            for alias in part.aliases:
+                if alias == host:
+                    continue
+                if alias in by_host:
+                    taken = "a host of an Ingress rule"
+                elif alias in alias_of:
+                    taken = f"already an alias of host {alias_of[alias]}"
+                else:
+                    alias_of[alias] = host
+                    continue
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        ALIAS_CONFLICT,
+                        f"server-alias {alias} of host {host} is {taken}; ignored",
+                    )
+                )
+    return alias_of

@@ -30,6 +30,9 @@ class CompileSettings:
     # Redirect plain HTTP to HTTPS on hosts with TLS unless an Ingress's ssl-redirect annotation
     # says otherwise (`--ssl-redirect`, the ingress-nginx ConfigMap's `ssl-redirect`).
     ssl_redirect: bool = True
+    # `--enable-ssl-passthrough`: hosts of Ingresses with the ssl-passthrough annotation become
+    # `Snapshot.passthrough` entries; off, the annotation is a problem and does nothing.
+    ssl_passthrough: bool = False
     # Keys of the ingress-nginx ConfigMap holding access control for every Ingress that Portico
     # does not enforce (global-auth-url, block-cidrs, ...): unless
     # serve_without_access_control, every route answers 403 (fail closed).
@@ -44,3 +47,19 @@ class CompileSettings:
     # annotation does not read) rather than being served without the restriction.
     invalid_allow_source_ranges: bool = False
     invalid_deny_source_ranges: bool = False
+    # The default of the service-upstream annotation (`--service-upstream`, the ingress-nginx
+    # ConfigMap's `service-upstream`): the Service's cluster IP instead of its endpoints.
+    service_upstream: bool = False
+    # "namespace/name" of a ConfigMap of request fields sent to every pod
+    # (`--proxy-set-headers`, the ingress-nginx ConfigMap's `proxy-set-headers`); None: none.
+    proxy_set_headers: str | None = None
+    # The response fields a custom-headers ConfigMap may set (`--allowed-response-headers`, the
+    # ingress-nginx ConfigMap's `global-allowed-response-headers`); empty: none.
+    allowed_response_headers: tuple[str, ...] = ()
+
+    def configmaps(self) -> tuple[tuple[str, str], ...]:
+        """(namespace, name) of the ConfigMaps these settings name."""
+        if self.proxy_set_headers is None:
+            return ()
+        namespace, _, name = self.proxy_set_headers.partition("/")
+        return ((namespace, name),)

@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, Protocol
 from controller.compiler.problems import Problem
 from controller.kube import ApiError
 from controller.kube.client import (
+    CONFIG_MAPS,
     ENDPOINT_SLICES,
     INGRESS_CLASSES,
     INGRESSES,
@@ -77,6 +78,9 @@ WATCHED: Final[tuple[Watched, ...]] = (
     Watched(SERVICES),
     Watched(ENDPOINT_SLICES),
     Watched(SECRETS, SECRETS_SELECTOR),
+    # Header lists named by Ingresses (custom-headers) and by the ingress-nginx ConfigMap
+    # (proxy-set-headers): any name in a watched namespace, as for Secrets.
+    Watched(CONFIG_MAPS),
 )
 
 

@@ -7,7 +7,10 @@ proxy and its fake transports come from tests/fakes.py, which unit tests use too
 
 `--secure`: the client connection is one of the HTTPS listener (TLS itself is not run: the
 transports are fakes), so the proxy-wide HSTS response step applies. `--policy`: the route
-carries a policy step run per request (a body limit the request is within).
+carries a policy step run per request (a body limit the request is within). `--regex`: the
+route is a use-regex rule (`/small(/|$)(.*)`, matched with RE2 per request) instead of Prefix
+"/"; `--rewrite`: that rule also rewrites the path (rewrite-target `/$2`, the ingress-nginx
+example), so the pod is sent `GET / HTTP/1.1` (compare with the default to quote the cost).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pstats
 import sys
 import time
 
-from proxy.config import DEFAULT_OPTIONS, BodyLimit, RouteOptions
+from proxy.config import DEFAULT_OPTIONS, BodyLimit, Rewrite, RouteOptions
 from tests.fakes import build, run
 
 
@@ -26,11 +29,16 @@ async def main() -> None:
     kind = next((a for a in sys.argv[1:] if not a.startswith("-")), "small")
     loop = asyncio.get_running_loop()
     policy = RouteOptions(policy=(BodyLimit(1 << 20),))
+    options = policy if "--policy" in sys.argv else DEFAULT_OPTIONS
+    regex = "/small(/|$)(.*)" if "--regex" in sys.argv or "--rewrite" in sys.argv else None
+    if "--rewrite" in sys.argv:
+        options = RouteOptions(policy=(*options.policy, Rewrite("/small(/|$)(.*)", "/$2")))
     down, up = build(
         loop,
-        options=policy if "--policy" in sys.argv else DEFAULT_OPTIONS,
+        options=options,
         secure="--secure" in sys.argv,
         access_log="--no-log" not in sys.argv,
+        regex_path=regex,
     )
     run(2000, kind, down, up)
     assert up.exchange is None and down.active is None, "request did not complete"

@@ -193,7 +193,7 @@ def namespaced_grants(scope: str | None) -> set[Grant]:
     """What the controller needs for the namespaces it serves (scope None: all of them)."""
     return (
         expand(scope, "networking.k8s.io", ["ingresses"], READ)
-        | expand(scope, "", ["services", "secrets"], READ)
+        | expand(scope, "", ["services", "secrets", "configmaps"], READ)
         | expand(scope, "discovery.k8s.io", ["endpointslices"], READ)
         # controller/status.py merge-patches ingresses/status (never a PUT).
         | expand(scope, "networking.k8s.io", ["ingresses/status"], ["patch"])

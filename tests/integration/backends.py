@@ -10,6 +10,8 @@ request path, so tests control framing and failures byte by byte:
     /slow?delay=S       waits S seconds before answering (as /echo)
     /close              closes the connection without answering
     /status?code=C      an empty response with status C (204, 304, 4xx, ...)
+    /error?code=C       status C with a short body ("pod error C") and its Content-Length
+    /fields?f=F&code=C  status C (200) with each F ("Name: value") as a response field
     /early-hints        103 Early Hints, then 200
     /bad                a malformed status line
     /upgrade            101 Switching Protocols, then echoes raw bytes
@@ -152,6 +154,16 @@ class _PodConnection(asyncio.Protocol):
             code = int(query.get("code", "204"))
             extra = b'ETag: "x"\r\n' if code == 304 else b""
             transport.write(b"HTTP/1.1 %d Status\r\n%s%s\r\n" % (code, extra, conn))
+        elif path == "/error":
+            code = int(query.get("code", "500"))
+            self._send(code, b"pod error %d" % code, conn, method)
+        elif path == "/fields":  # the response fields a test chose, byte for byte
+            given = parse_qs(parts.query).get("f", [])
+            fields = b"".join(f.encode("latin-1") + b"\r\n" for f in given if "\n" not in f)
+            code = int(query.get("code", "200"))
+            transport.write(
+                b"HTTP/1.1 %d OK\r\n%sContent-Length: 2\r\n%s\r\nok" % (code, fields, conn)
+            )
         elif path == "/hsts":  # a pod with its own Strict-Transport-Security policy
             transport.write(
                 b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=5\r\n"

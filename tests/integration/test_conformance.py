@@ -106,6 +106,12 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "forwarding",
         "status",
         "namespaces",
+        "redirects",
+        "rewrite",
+        "error-pages",
+        "response-rewriting",
+        "retries",
+        "upstream",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

@@ -104,7 +104,7 @@ controller does not use. */}}
   resources: ["ingresses"]
   verbs: ["list", "watch"]
 - apiGroups: [""]
-  resources: ["services", "secrets"]
+  resources: ["services", "secrets", "configmaps"]
   verbs: ["list", "watch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]

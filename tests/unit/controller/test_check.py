@@ -160,9 +160,9 @@ def note(what: str) -> str:
 # (file#document, apiVersion, kind, name); one that looks meant for Portico is a problem.
 SKIPPED = [
     (doc("apps/v1", "Deployment"), note("apps/v1 Deployment ns/web"), 0),
-    (doc("v1", "ConfigMap", "{name: cfg}"), note("v1 ConfigMap cfg"), 0),
+    (doc("v1", "ServiceAccount", "{name: sa}"), note("v1 ServiceAccount sa"), 0),
     (doc("v1", "Endpoints"), note("v1 Endpoints ns/web"), 0),
-    (doc("v1", "ConfigMap", "{}"), note("v1 ConfigMap <unnamed>"), 0),
+    (doc("v1", "ServiceAccount", "{}"), note("v1 ServiceAccount <unnamed>"), 0),
     (
         doc("networking.k8s.io/v1", "Ingres"),
         "File x.yaml#1: UnknownKind: networking.k8s.io/v1 Ingres ns/web is not read (skipped): "
@@ -211,11 +211,11 @@ SKIPPED = [
 @pytest.mark.parametrize(("document", "line", "code"), SKIPPED, ids=[r[1][:60] for r in SKIPPED])
 def test_skipped_objects_are_named(tmp_path: Path, document: str, line: str, code: int) -> None:
     # Document 0 is an ordinary object, so the index shown is the document's own.
-    write(tmp_path, {"app.yaml": GOOD, "x.yaml": f"{doc('v1', 'ConfigMap')}---\n{document}"})
+    write(tmp_path, {"app.yaml": GOOD, "x.yaml": f"{doc('v1', 'ServiceAccount')}---\n{document}"})
     exit_code, out, _ = run("check", str(tmp_path))
     assert exit_code == code, out
     assert line in out.splitlines()
-    assert "skipped x.yaml#0: v1 ConfigMap ns/web (kind not read)" in out
+    assert "skipped x.yaml#0: v1 ServiceAccount ns/web (kind not read)" in out
     assert "skipped objects (kinds not read): 2" in out
     assert f"{code} problem{'s' if code != 1 else ''};" in out
     # A skipped object, even a mistaken one, leaves the rest of its file and directory in use.

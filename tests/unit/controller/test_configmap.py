@@ -76,6 +76,24 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     ),
     ("denylist-source-range", "10.1.0.0/16,::1", "deny_source_ranges", ("10.1.0.0/16", "::1"), ""),
     ("denylist-source-range", "", "deny_source_ranges", (), ""),
+    # CM#service-upstream (bool, "false"), CM#proxy-set-headers (string "namespace/name", ""),
+    # CM#global-allowed-response-headers ([]string, empty).
+    ("service-upstream", "true", "service_upstream", True, "false"),
+    (
+        "proxy-set-headers",
+        "ingress/custom-headers",
+        "proxy_set_headers",
+        "ingress/custom-headers",
+        "",
+    ),
+    ("proxy-set-headers", "", "proxy_set_headers", None, ""),
+    (
+        "global-allowed-response-headers",
+        "X-Frame-Options, Content-Security-Policy,",
+        "allowed_response_headers",
+        ("X-Frame-Options", "Content-Security-Policy"),
+        "",
+    ),
 ]
 
 

@@ -115,8 +115,10 @@ def routed(
     rule: tuple[str | None, str | None, str | None],
     backend: tuple[str, int | str],
     endpoints: list[str],
+    match: str | None = None,
 ) -> dict[str, Any]:
-    """The answer for a request routed by `rule` (host, path, pathType) to `backend`."""
+    """The answer for a request routed by `rule` (host, path, pathType) to `backend`; `match`
+    defaults to the pathType's."""
     host, path, path_type = rule
     service, port = backend
     return {
@@ -125,11 +127,15 @@ def routed(
         "host": host,
         "path": path,
         "pathType": path_type,
+        "match": match if match is not None else _MATCHES.get(path_type),
         "service": service,
         "port": port,
         "endpoints": endpoints,
         "reason": None,
     }
+
+
+_MATCHES = {"Exact": "exact", "Prefix": "prefix", "ImplementationSpecific": "prefix"}
 
 
 def miss(
@@ -141,6 +147,7 @@ def miss(
         "host": host,
         "path": None,
         "pathType": None,
+        "match": None,
         "service": None,
         "port": None,
         "endpoints": [],
@@ -428,3 +435,52 @@ def test_path_as_written_survives_an_endpoints_only_compile() -> None:
     assert second.snapshot.routes is first.snapshot.routes  # the endpoints-only path was taken
     answer = explain(second, store, "http://demo.local/foo/x", {})
     assert (answer["path"], answer["endpoints"]) == ("/foo/", ["127.0.0.7:8081"])
+
+
+REGEX_INGRESS = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: re
+  namespace: ns
+  annotations: {nginx.ingress.kubernetes.io/use-regex: "true"}
+spec:
+  ingressClassName: portico
+  rules:
+  - host: re.local
+    http:
+      paths:
+      - path: '/api/(v[0-9])'
+        pathType: ImplementationSpecific
+        backend: {service: {name: api, port: {number: 80}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # use-regex (annotations.md "Use Regex"): case-insensitive, anchored at the start only
+        (
+            "http://re.local/API/v1/x",
+            routed(
+                "ns/re",
+                ("re.local", "/api/(v[0-9])", "ImplementationSpecific"),
+                ("ns/api", 80),
+                ["127.0.0.4:8081"],
+                match="regex",
+            ),
+        ),
+        # another Ingress's Prefix "/" on the host is a regex too (enforceRegexModifier)
+        (
+            "http://re.local/api/x",
+            routed("ns/demo", ("re.local", "/", "Prefix"), ("ns/web", "http"), WEB_PODS, "regex"),
+        ),
+    ],
+)
+def test_explain_says_a_regex_matched(url: str, expected: dict[str, Any]) -> None:
+    demo = ingress("demo", rule("re.local", ("/", "Prefix", "web", "http")))
+    store = _store([REGEX_INGRESS, demo, WEB, API])
+    result = compile_view(store, CompileSettings())
+    answer = explain(result, store, url, {})
+    assert answer == expected
+    assert "matched as a regular expression" in "\n".join(describe(answer, result.ignored))

@@ -11,7 +11,14 @@ import pytest
 from controller.compiler import Problem
 from controller.files import ManifestSource
 from controller.kinds import API_VERSIONS, UNKNOWN_KIND, UNSUPPORTED_API_VERSION, mistake
-from controller.kube.client import ENDPOINT_SLICES, INGRESS_CLASSES, INGRESSES, SECRETS, SERVICES
+from controller.kube.client import (
+    CONFIG_MAPS,
+    ENDPOINT_SLICES,
+    INGRESS_CLASSES,
+    INGRESSES,
+    SECRETS,
+    SERVICES,
+)
 from controller.objects import READ_KINDS
 from controller.store import WatchEvent
 
@@ -91,7 +98,7 @@ def test_advice_names_the_kind_and_api_version_to_write() -> None:
 
 def test_api_versions_are_those_cluster_mode_watches() -> None:
     assert set(API_VERSIONS) == READ_KINDS
-    watched = (INGRESSES, INGRESS_CLASSES, SERVICES, ENDPOINT_SLICES, SECRETS)
+    watched = (INGRESSES, INGRESS_CLASSES, SERVICES, ENDPOINT_SLICES, SECRETS, CONFIG_MAPS)
     assert {r.kind: r.api_version for r in watched} == dict(API_VERSIONS)
 
 

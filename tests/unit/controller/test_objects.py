@@ -36,11 +36,12 @@ from tests.kube_factory import (
 
 def test_read_kinds() -> None:
     assert (
-        frozenset({"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret"}) == READ_KINDS
+        frozenset({"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret", "ConfigMap"})
+        == READ_KINDS
     )
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "ConfigMap", "Pod", "Endpoints"])
+@pytest.mark.parametrize("kind", ["Deployment", "ServiceAccount", "Pod", "Endpoints"])
 def test_other_kinds_are_none(kind: str) -> None:
     assert parse_object({"kind": kind, "metadata": {"name": "x"}}) is None
 

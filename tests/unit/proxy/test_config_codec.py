@@ -9,15 +9,25 @@ import pytest
 from proxy.config import (
     HSTS,
     SCHEMA_VERSION,
+    AppRoot,
     Backend,
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
+    ErrorPages,
+    HostRedirect,
     HTTPSRedirect,
+    PassthroughHost,
     PathRule,
+    Redirect,
     Refuse,
+    ResponseHeaders,
+    Rewrite,
+    RewriteCookies,
+    RewriteRedirects,
     RouteOptions,
     RouteTable,
+    ShapeRequest,
     Snapshot,
     SnapshotError,
     SourceRanges,
@@ -38,14 +48,42 @@ def full_snapshot() -> Snapshot:
         SourceRanges(("10.0.0.0/8",), ("10.1.0.0/16", "2001:db8::/32")),
         BodyLimit(1024),
         HSTS(600, include_subdomains=False, preload=True),
+        ShapeRequest("b.internal:8080", ("X-Set", "X-Removed"), ("1", ""), "close"),
+        ResponseHeaders(("X-Frame-Options",), ("DENY",)),
+        Redirect("https://example.com/moved?from=a&b=c", 307),
+        HostRedirect("www.a.example", 301),
+        ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
+        RewriteRedirects("http://pod:8080/", "/app/"),
+        RewriteCookies("pod.local", "example.org", "/", "/app/"),
     )
-    options = RouteOptions(balancer="least_request", read_timeout=5.0, policy=policy)
+    options = RouteOptions(
+        balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
+    )
     exact = PathRule("/a", "exact", "ns/web/80", "ns/ing", "ns/web", 80, "Exact", options)
     prefix = PathRule("/", "prefix", "ns/web/http", "ns/ing", "ns/web", "http", "Prefix")
     fallback = PathRule("/", "prefix", "ns/def/80", "ns/ing", "ns/def", 80, None)
+    # A use-regex host: regex rules, with the rewrite and app-root steps.
+    rewriting = RouteOptions(
+        policy=(
+            AppRoot("/app"),
+            HTTPSRedirect(preserve_trailing_slash=True),
+            Rewrite("/api(/|$)(.*)", "/$2", "/api"),
+        )
+    )
+    regex = PathRule(
+        "/api(/|$)(.*)",
+        "regex",
+        "ns/web/80",
+        "ns/re",
+        "ns/web",
+        80,
+        "ImplementationSpecific",
+        rewriting,
+    )
     routes = RouteTable(
         (
             VirtualHost("a.example", (exact, prefix), fallback, "ns/cert"),
+            VirtualHost("re.example", (regex,)),
             VirtualHost("*.example", (prefix,)),
             VirtualHost("", (prefix,)),
         ),
@@ -59,7 +97,27 @@ def full_snapshot() -> Snapshot:
         Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
     )
     cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
-    return Snapshot(routes, backends, (cert,), version=7, default_certificate="ns/cert")
+    passthrough = (
+        PassthroughHost("a.example", "ns/web/80", "ns/ing", "ns/web"),
+        PassthroughHost("b.example", "", "ns/other"),  # no backend: connections are closed
+        PassthroughHost(
+            "c.example",
+            "ns/web/http",
+            "ns/ing",
+            None,
+            "AccessControlNotEnforced",
+            ("10.0.0.0/8",),
+            ("2001:db8::/32",),
+        ),
+    )
+    return Snapshot(
+        routes,
+        backends,
+        (cert,),
+        version=7,
+        default_certificate="ns/cert",
+        passthrough=passthrough,
+    )
 
 
 def test_round_trip() -> None:
@@ -80,6 +138,7 @@ def test_endpoints_update_round_trip_and_apply() -> None:
     applied = apply_endpoints_update(snapshot, update)
     assert applied.version == 8
     assert applied.routes is snapshot.routes
+    assert applied.passthrough == snapshot.passthrough
     assert [b.key for b in applied.backends] == ["ns/web/80", "ns/web/http"]
     with pytest.raises(SnapshotError):
         apply_endpoints_update(applied, update)  # base version no longer matches
@@ -100,6 +159,29 @@ def test_endpoints_update_round_trip_and_apply() -> None:
 def test_rejects_malformed(data: bytes) -> None:
     with pytest.raises(SnapshotError):
         decode_snapshot(data)
+
+
+def _with_passthrough(entry: object) -> bytes:
+    doc = json.loads(encode_snapshot(Snapshot()))
+    doc["passthrough"] = [entry]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["*.example", "ns/web/80", "ns/ing", None, "", [], []],  # wildcards are never matched
+        ["", "ns/web/80", "ns/ing", None, "", [], []],
+        ["a.example", 80, "ns/ing", None, "", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "not a reason", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "", ["10.0.0.1/8"], []],  # not canonical
+        ["a.example", "ns/web/80", "ns/ing", None, "", [], [7]],
+        ["a.example", "ns/web/80", "ns/ing"],
+    ],
+)
+def test_rejects_a_bad_passthrough_host(entry: object) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_with_passthrough(entry))
 
 
 def _with_step(step: dict[str, object]) -> bytes:
@@ -129,12 +211,130 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param({"step": "source_ranges", "allow": [10]}, id="range-not-a-string"),
         pytest.param({"step": "source_ranges", "allow": ["10.0.0.1/8"]}, id="range-host-bits"),
         pytest.param({"step": "source_ranges", "deny": ["10.0.0.0/33"]}, id="range-invalid"),
+        pytest.param({"step": "shape_request"}, id="shaping-nothing"),
+        pytest.param({"step": "shape_request", "host": "a b"}, id="vhost-not-a-host"),
+        pytest.param({"step": "shape_request", "connection": "upgrade"}, id="connection-other"),
+        pytest.param(
+            {"step": "shape_request", "names": ["X-A"], "values": []}, id="names-without-values"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["X-A"], "values": ["a\r\nb"]}, id="value-crlf"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["Host"], "values": ["x"]}, id="set-host-field"
+        ),
+        pytest.param(
+            {"step": "shape_request", "names": ["X A"], "values": ["x"]}, id="name-not-a-token"
+        ),
+        pytest.param({"step": "response_headers", "names": [], "values": []}, id="no-fields"),
+        pytest.param(
+            {"step": "response_headers", "names": ["Transfer-Encoding"], "values": ["x"]},
+            id="framing-field",
+        ),
+        pytest.param(
+            {"step": "response_headers", "names": ["X-A"], "values": [""]}, id="empty-value"
+        ),
+        pytest.param(
+            {"step": "response_headers", "names": ["X-A", "x-a"], "values": ["1", "2"]},
+            id="repeated-name",
+        ),
+        pytest.param({"step": "redirect", "url": "https://x.example"}, id="redirect-no-status"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x.example", "status": 300}, id="redirect-300"
+        ),
+        pytest.param({"step": "redirect", "url": "ftp://x", "status": 301}, id="redirect-ftp"),
+        pytest.param({"step": "redirect", "url": "/moved", "status": 301}, id="redirect-relative"),
+        pytest.param({"step": "redirect", "url": "https://", "status": 301}, id="redirect-no-host"),
+        pytest.param(
+            {"step": "redirect", "url": "https://x\r\nSet-Cookie: a=b", "status": 301},
+            id="redirect-header-injection",
+        ),
+        pytest.param(
+            {"step": "redirect", "url": "https://x/a b", "status": 301}, id="redirect-space"
+        ),
+        pytest.param({"step": "host_redirect", "host": "A.example"}, id="host-redirect-case"),
+        pytest.param({"step": "host_redirect", "host": "a.example/x"}, id="host-redirect-path"),
+        pytest.param(
+            {"step": "host_redirect", "host": "a.example", "status": 200}, id="host-redirect-200"
+        ),
+        pytest.param(
+            {"step": "https_redirect", "status": 308, "preserve_trailing_slash": "yes"},
+            id="preserve-slash-not-a-flag",
+        ),
+        pytest.param({"step": "rewrite", "pattern": "/a", "target": ""}, id="rewrite-no-target"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/(a)\\1", "target": "/"}, id="rewrite-backreference"
+        ),
+        pytest.param({"step": "rewrite", "pattern": "a", "target": "/"}, id="rewrite-no-slash"),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/$host"}, id="rewrite-variable"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/x\r\nX: y"}, id="rewrite-crlf"
+        ),
+        pytest.param(
+            {"step": "rewrite", "pattern": "/a", "target": "/", "forwarded_prefix": "/a b"},
+            id="rewrite-prefix-space",
+        ),
+        pytest.param({"step": "app_root", "path": "app"}, id="app-root-relative"),
+        pytest.param({"step": "app_root", "path": "/$1"}, id="app-root-capture"),
+        pytest.param(
+            {"step": "error_pages", "backend": "", "service": "ns/e", "fallback": True},
+            id="error-pages-no-backend",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e"},
+            id="error-pages-nothing-to-do",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [302]},
+            id="error-page-not-an-error",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": ["404"]},
+            id="error-page-code-a-string",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": [True]},
+            id="error-page-code-a-flag",
+        ),
+        pytest.param(
+            {"step": "error_pages", "backend": "ns/e/0", "service": "ns/e", "codes": 404},
+            id="error-page-codes-not-a-list",
+        ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "", "replacement": "/"}, id="no-prefix"
+        ),
+        pytest.param(
+            {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
+            id="redirect-splits-the-head",
+        ),
+        pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
+        pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": "a", "domain_replacement": "b;c"},
+            id="cookie-attribute-injected",
+        ),
+        pytest.param(
+            {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
+            id="cookie-domain-dot",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
     assert decode_snapshot(_with_step({"step": "body_limit", "max_bytes": 1}))  # the positive
     with pytest.raises(SnapshotError):
         decode_snapshot(_with_step(step))
+
+
+@pytest.mark.parametrize(
+    "pattern", ["/(a)\\1", "/(?=x)", "/a(b", "/" + "x" * 1024], ids=str.__len__
+)
+def test_rejects_a_regex_rule_the_engine_cannot_take(pattern: str) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["virtual_hosts"][1]["rules"][0][0] = pattern
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
 
 
 def test_policy_steps_keep_their_order() -> None:
@@ -145,6 +345,13 @@ def test_policy_steps_keep_their_order() -> None:
         "SourceRanges",
         "BodyLimit",
         "HSTS",
+        "ShapeRequest",
+        "ResponseHeaders",
+        "Redirect",
+        "HostRedirect",
+        "ErrorPages",
+        "RewriteRedirects",
+        "RewriteCookies",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
@@ -156,3 +363,41 @@ def test_ready_endpoints_fall_back_to_terminating() -> None:
     assert Backend("k", (terminating, ready)).ready_endpoints == (ready,)
     assert Backend("k", (terminating,)).ready_endpoints == (terminating,)
     assert Endpoint("fd00::1", 80).authority == "[fd00::1]:80"
+
+
+# ---- retries and buffering options (proxy-next-upstream, request buffering, head limit) ------
+
+RETRY_OPTIONS = RouteOptions(
+    next_upstream=("error", "timeout", "http_503", "non_idempotent"),
+    next_upstream_tries=0,
+    next_upstream_timeout=10.0,
+    request_buffering=True,
+    response_head_limit=8192,
+)
+
+
+def test_retry_options_round_trip() -> None:
+    for options in (RETRY_OPTIONS, RouteOptions(next_upstream=())):  # () is "off"
+        rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+        snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+        assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"next_upstream": ["error", "sometimes"]}, id="unknown-condition"),
+        pytest.param({"next_upstream": ["off"]}, id="off-is-an-empty-list"),
+        pytest.param({"next_upstream": "error"}, id="conditions-not-a-list"),
+        pytest.param({"next_upstream_tries": -1}, id="negative-tries"),
+        pytest.param({"next_upstream_tries": 1.5}, id="tries-not-an-int"),
+        pytest.param({"next_upstream_timeout": 0}, id="zero-timeout-is-none"),
+        pytest.param({"next_upstream_timeout": "10"}, id="timeout-not-a-number"),
+        pytest.param({"response_head_limit": 0}, id="zero-head-limit"),
+    ],
+)
+def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())

@@ -9,7 +9,13 @@ import pytest
 
 from controller.compiler import CompileSettings, compile_view
 from controller.compiler.annotations import parse_annotations
-from proxy.config import DEFAULT_OPTIONS, BodyLimit, HTTPSRedirect
+from proxy.config import (
+    DEFAULT_OPTIONS,
+    BodyLimit,
+    HTTPSRedirect,
+    RewriteCookies,
+    RewriteRedirects,
+)
 from tests.kube_factory import ingress, ingress_class, rule, service, store_of, tls_entry
 
 N = "nginx.ingress.kubernetes.io/"
@@ -24,13 +30,44 @@ VALID_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     (N, "backend-protocol", "http", {"upstream_protocol": "HTTP"}),
     (N, "proxy-ssl-name", "Internal.Example.com", {"upstream_server_name": "internal.example.com"}),
     (N, "proxy-connect-timeout", "10", {"connect_timeout": 10.0}),
-    (P, "proxy-read-timeout", "30s", {"read_timeout": 30.0}),
-    (N, "proxy-send-timeout", "5s", {"send_timeout": 5.0}),
+    (P, "proxy-read-timeout", "30", {"read_timeout": 30.0}),
+    # proxy.go "should set valid proxy timeouts"; strconv.Atoi takes a sign.
+    (N, "proxy-send-timeout", "20", {"send_timeout": 20.0}),
+    (N, "proxy-connect-timeout", "+50", {"connect_timeout": 50.0}),
     (N, "proxy-body-size", "0", {"policy": (BodyLimit(0),)}),
     (N, "proxy-body-size", "512k", {"policy": (BodyLimit(512 * 1024),)}),
     (N, "proxy-body-size", "1m", {"policy": (BodyLimit(1024 * 1024),)}),
     (P, "proxy-body-size", "2G", {"policy": (BodyLimit(2 * 1024**3),)}),
     (N, "proxy-body-size", "100", {"policy": (BodyLimit(100),)}),
+    # proxy.go "should set proxy client-max-body-size to 8m"
+    (N, "proxy-body-size", "8m", {"policy": (BodyLimit(8 * 1024 * 1024),)}),
+    # log.go "set access_log off"; booleans as strconv.ParseBool reads them.
+    (N, "enable-access-log", "false", {"access_log": False}),
+    (N, "enable-access-log", "0", {"access_log": False}),
+    (P, "enable-access-log", "True", {"access_log": True}),
+    # proxy.go "should setup proxy cookies": one cookie rewrite step holding both rules.
+    (
+        N,
+        "proxy-cookie-domain",
+        "localhost example.org",
+        {"policy": (RewriteCookies("localhost", "example.org"),)},
+    ),
+    (
+        N,
+        "proxy-cookie-path",
+        "/one/ /",
+        {"policy": (RewriteCookies(path="/one/", path_replacement="/"),)},
+    ),
+    # nginx proxy_cookie_domain: "a dot at the beginning ... is ignored".
+    (
+        N,
+        "proxy-cookie-domain",
+        ".Pod.Local  .example.org",
+        {"policy": (RewriteCookies("Pod.Local", "example.org"),)},
+    ),
+    # The default, "off": no step.
+    (N, "proxy-cookie-domain", "off", {"policy": ()}),
+    (N, "proxy-cookie-path", "off", {"policy": ()}),
 ]
 
 
@@ -56,6 +93,28 @@ INVALID_ROWS: list[tuple[str, str]] = [
     ("proxy-body-size", "1t"),
     ("proxy-body-size", "-1"),
     ("proxy-body-size", "1.5m"),
+    # proxy.go "should not set proxy client-max-body-size to incorrect value"
+    ("proxy-body-size", "15r"),
+    # proxy.go "should not set invalid proxy timeouts"
+    ("proxy-connect-timeout", "50k"),
+    ("proxy-send-timeout", "20k"),
+    # strconv.Atoi refuses a unit: ingress-nginx uses its default for "10s"
+    ("proxy-read-timeout", "10s"),
+    ("enable-access-log", "no"),
+    # annotations.md "Proxy cookie domain": "off" or two tokens (cookieDomainRegex)
+    ("proxy-cookie-domain", "example.org"),
+    ("proxy-cookie-domain", "a b c"),
+    ("proxy-cookie-domain", "a.com b;c"),
+    ("proxy-cookie-domain", ". example.org"),
+    ("proxy-cookie-domain", "~.*\\.local example.org"),
+    # nginx takes proxy_cookie_path "off" or two arguments
+    ("proxy-cookie-path", "/one/"),
+    ("proxy-cookie-path", "~^/one /"),
+    ("proxy-cookie-path", "/one/ /two/ /three/"),
+    # annotations.md "Proxy redirect": each annotation is one word without spaces
+    ("proxy-redirect-from", "http://a /b"),
+    ("proxy-redirect-from", "~^http://pod"),
+    ("proxy-redirect-to", "/a b"),
 ]
 
 
@@ -128,3 +187,74 @@ def test_policy_steps_of_a_rule(
     result = compile_view(store_of(ingress_class(), service("web"), ing), CompileSettings())
     (vhost,) = result.snapshot.routes.virtual_hosts
     assert vhost.rules and all(r.options.policy == policy for r in vhost.rules)
+
+
+REDIRECT_ROWS: list[tuple[str, dict[str, str], tuple[object, ...], list[str]]] = [
+    # (id, annotations, the policy, annotations reported), rows from proxy.go and
+    # annotations.md "Proxy redirect" ("off" or "default" in -from disables -to)
+    (
+        "from-and-to",  # proxy.go "should set proxy_redirect to hello.com goodbye.com"
+        {N + "proxy-redirect-from": "hello.com", N + "proxy-redirect-to": "goodbye.com"},
+        (RewriteRedirects("hello.com", "goodbye.com"),),
+        [],
+    ),
+    (
+        "off",  # proxy.go "should set proxy_redirect to off"
+        {N + "proxy-redirect-from": "off", N + "proxy-redirect-to": "goodbye.com"},
+        (),
+        [],
+    ),
+    (
+        "default",  # proxy.go "should set proxy_redirect to default"
+        {N + "proxy-redirect-from": "default", N + "proxy-redirect-to": "goodbye.com"},
+        (),
+        [],
+    ),
+    # The template writes no proxy_redirect when -to is "off": nothing is rewritten.
+    (
+        "to-off",
+        {N + "proxy-redirect-from": "http://pod/", N + "proxy-redirect-to": "off"},
+        (),
+        [],
+    ),
+    # One half alone rewrites nothing on ingress-nginx either: reported.
+    ("from-alone", {N + "proxy-redirect-from": "http://pod/"}, (), ["proxy-redirect-from"]),
+    ("to-alone", {N + "proxy-redirect-to": "/app/"}, (), ["proxy-redirect-to"]),
+    (
+        "portico-prefix-wins",
+        {
+            N + "proxy-redirect-from": "http://a/",
+            P + "proxy-redirect-from": "http://b/",
+            N + "proxy-redirect-to": "/x/",
+        },
+        (RewriteRedirects("http://b/", "/x/"),),
+        [],
+    ),
+    (
+        "with-cookies-and-limit",
+        {
+            N + "proxy-body-size": "1k",
+            N + "proxy-redirect-from": "http://pod:8080/",
+            N + "proxy-redirect-to": "/",
+            N + "proxy-cookie-path": "/ /app/",
+        },
+        (
+            BodyLimit(1024),
+            RewriteRedirects("http://pod:8080/", "/"),
+            RewriteCookies(path="/", path_replacement="/app/"),
+        ),
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "policy", "reported"),
+    [pytest.param(*row[1:], id=row[0]) for row in REDIRECT_ROWS],
+)
+def test_rewrite_steps(
+    annotations: dict[str, str], policy: tuple[object, ...], reported: list[str]
+) -> None:
+    opts, errors = parse_annotations(annotations)
+    assert opts.route.policy == policy
+    assert [e.annotation.removeprefix(N) for e in errors] == reported

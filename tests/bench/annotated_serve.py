@@ -1,0 +1,66 @@
+"""`portico serve` on proxy-bench's manifests with annotations added: what a route with them costs.
+
+proxy-bench (../shared/bench) writes its own manifests (Ingresses `bench` and `bench-tls`, one
+Prefix path "/" each) and starts `<--portico> serve --manifests DIR ...`. Given as `--portico`,
+this script edits those two Ingresses in DIR according to a profile, then runs Portico in its
+place, so the same bench loads a route carrying the profile's annotations:
+
+    PORTICO_ACCESS_LOG=false ../shared/bench/proxy-bench \
+        --portico "python -m tests.bench.annotated_serve regex-rewrite"
+
+Profiles (each keeps the path the backend sees, so proxy-bench's answer check still holds):
+- `regex-rewrite`: path `/(.*)` (ImplementationSpecific) with `use-regex` and
+  `rewrite-target: /$1`: a regex lookup and a rewrite of the upstream head per request.
+- `plain`: the manifests unchanged (the same process chain, for an A/B of the wrapper itself).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES: dict[str, tuple[dict[str, str], str, str]] = {
+    # profile -> (annotations, path, pathType)
+    "regex-rewrite": (
+        {
+            "nginx.ingress.kubernetes.io/use-regex": "true",
+            "nginx.ingress.kubernetes.io/rewrite-target": "/$1",
+        },
+        "/(.*)",
+        "ImplementationSpecific",
+    ),
+    "plain": ({}, "/", "Prefix"),
+}
+BENCH_INGRESSES = ("bench", "bench-tls")
+
+
+def annotate(directory: Path, profile: str) -> None:
+    annotations, path, path_type = PROFILES[profile]
+    for file in sorted(directory.glob("*.yaml")):
+        docs: list[Any] = list(yaml.safe_load_all(file.read_text()))
+        for doc in docs:
+            if not isinstance(doc, dict) or doc.get("kind") != "Ingress":
+                continue
+            if doc["metadata"]["name"] not in BENCH_INGRESSES:
+                continue
+            doc["metadata"].setdefault("annotations", {}).update(annotations)
+            for rule in doc["spec"]["rules"]:
+                for each in rule["http"]["paths"]:
+                    each["path"], each["pathType"] = path, path_type
+        file.write_text(yaml.safe_dump_all(docs))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in PROFILES or "--manifests" not in argv:
+        sys.exit(f"usage: annotated_serve.py {{{','.join(PROFILES)}}} serve --manifests DIR ...")
+    profile, args = argv[0], argv[1:]
+    annotate(Path(args[args.index("--manifests") + 1]), profile)
+    os.execv(sys.executable, [sys.executable, "-m", "controller", *args])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
