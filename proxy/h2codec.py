@@ -12,7 +12,9 @@ closed stream, a window update, a GOAWAY), one call per event, in order. The pro
 responses (`send_headers`, `send_data`, `send_trailers`, `end_stream`), resets, GOAWAYs, and
 takes the bytes to write (`output`) when its transport takes writes: while a client does not
 read, its SETTINGS and PING acknowledgements queue inside the codec, where libnghttp2's limit
-on queued acknowledgements ends the connection.
+on queued acknowledgements ends the connection (proxy/h2server.py also stops reading such a
+client). A GOAWAY libnghttp2 decides on by itself (rapid reset, glitches) is in `output`; until
+it is taken, the codec still reports what the client sends.
 
 Flow control: window updates are never automatic. The protocol calls `consume(stream_id, n)`
 when the pod side has taken `n` bytes of a stream's request body, so a client can send at most

@@ -13,8 +13,11 @@ cookies joined, a body without `content-length` sent chunked).
 Exchanges begin once the read that opened them is processed, so a stream opened and reset (or
 found malformed) in the same read never reaches a pod. Output is taken from the codec once per
 loop iteration (`_flush`, scheduled by whatever queued a frame) and only while the transport
-takes writes: a client that does not read leaves its acknowledgements queued in the codec,
-where libnghttp2's flood limit sees them.
+takes writes. A client that does not read (the transport's buffer full) is not read either
+until it does: whatever it sends meanwhile (requests, resets, pings) waits in TCP, not in
+Portico, and a client that never reads is cut after `client_body_timeout`. This matters for
+libnghttp2's own limits: a GOAWAY it decides on (rapid reset) only takes effect once written, and
+until then it keeps reporting the client's requests.
 
 Flow control end to end (issue 19 item 2): a stream's request DATA is acknowledged to the
 client (`consume`) when the exchange has taken it, unless the exchange paused reading
@@ -318,6 +321,8 @@ class H2Connection(asyncio.Protocol, Handler):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if not self.closing:
+            self.transport.pause_reading()  # nothing more is taken from a client not reading
         for stream in self.streams.values():
             exchange = stream.exchange
             if exchange is not None:
@@ -326,6 +331,8 @@ class H2Connection(asyncio.Protocol, Handler):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if not self.closing:
+            self.transport.resume_reading()
         now = self.loop.time()
         self._flush()
         for stream in self.streams.values():
