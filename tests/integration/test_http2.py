@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from hyperframe.frame import PingFrame, SettingsFrame
 from serving import eventually
 
 from proxy import h2codec
+from proxy.config import DEFAULT_OPTIONS, HTTPSRedirect
 from proxy.h2server import STREAM_HIGH, H2Connection
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
@@ -678,3 +680,54 @@ async def test_client_not_reading_is_not_read(pod: Pod) -> None:
 
 async def _closing(conn: H2Connection) -> bool:
     return conn.closing
+
+
+async def test_h2c_after_a_proxy_protocol_header(pod: Pod) -> None:
+    """`--h2c --proxy-protocol`: the preface is looked for after the PROXY header, whose
+    source address is the client's for the pod (X-Forwarded-For, X-Real-IP)."""
+    proxy = await start(pod, h2c=True, proxy_protocol=True, trusted_proxies=())
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.http_port)
+    writer.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n")
+    client = RawClient(reader, writer)
+    client.h2.initiate_connection()
+    client.flush()
+    try:
+        fields, body, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+        assert seen(json.loads(body))["x-real-ip"] == "198.51.100.7"
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
+
+
+async def test_hsts_and_route_fields_over_http2(pod: Pod) -> None:
+    """The route's response steps apply to HTTP/2 responses too (HSTS over HTTPS)."""
+    proxy = await start(pod)
+    try:
+        url = f"https://127.0.0.1:{proxy.https_port}/echo"
+        code, out, err = await curl("-k", "--http2", "-o", "/dev/null", "-D", "-", url)
+        assert code == 0, err
+        lines = out.lower().splitlines()
+        assert lines[0].startswith("http/2 200")
+        assert "strict-transport-security: max-age=31536000; includesubdomains" in lines
+    finally:
+        await proxy.shutdown(1.0)
+
+
+async def test_policy_answer_over_http2(pod: Pod) -> None:
+    """A policy step's answer (an HTTPS redirect, with its Location) is an HTTP/2 response on
+    its stream; the pod is not asked."""
+    options = dataclasses.replace(DEFAULT_OPTIONS, policy=(HTTPSRedirect(),))
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}, options=options))
+    await proxy.start(host="127.0.0.1", http_port=0)
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        fields, _, reset = await client.response(client.request("/a/b?c=1"))
+        assert reset is None
+        assert fields[b":status"] == b"308"
+        assert fields[b"location"] == f"https://{HOST}/a/b?c=1".encode()
+        assert pod.requests == 0
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
