@@ -214,6 +214,7 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "disable-access-log": Applied("access_log", _not_bool),  # bool, "false"
     "worker-processes": Applied("workers", _workers),  # string, "auto"
     "use-proxy-protocol": Applied("proxy_protocol", _bool),  # bool, "false"
+    "use-http2": Applied("http2", _bool),  # bool, "true"
     "whitelist-source-range": Applied("allow_source_ranges", _networks),  # []string, empty
     "denylist-source-range": Applied("deny_source_ranges", _networks),  # []string, empty
     "service-upstream": Applied("service_upstream", _bool),  # bool, "false"

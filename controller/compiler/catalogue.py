@@ -1007,6 +1007,14 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "--tls-min-version",
         ),
         _key(
+            "use-http2",
+            "supported",
+            "tls",
+            "HTTP/2 on the HTTPS listener (ALPN h2, then http/1.1); false offers HTTP/1.1 only. "
+            "Pods are spoken to in HTTP/1.1 either way.",
+            "--http2",
+        ),
+        _key(
             "ssl-redirect",
             "supported",
             "redirects",

@@ -64,6 +64,8 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     ("worker-processes", "3", "workers", 3, "auto"),
     ("use-proxy-protocol", "true", "proxy_protocol", True, "false"),  # CM#use-proxy-protocol
     ("use-proxy-protocol", "false", "proxy_protocol", False, "false"),
+    ("use-http2", "false", "http2", False, "true"),  # CM#use-http2
+    ("use-http2", "true", "http2", True, "true"),
     # CM#whitelist-source-range, CM#denylist-source-range: []string, comma-separated, default
     # empty (splitAndTrimSpace drops empty fields).
     ("whitelist-source-range", "10.0.0.0/8", "allow_source_ranges", ("10.0.0.0/8",), ""),
