@@ -97,7 +97,7 @@ class H2Stream(ClientSide):
         self.ended = False  # the response's end (or a reset) is submitted
         self.paused = False  # the exchange does not take more body now
         self.unacked = 0  # body bytes taken while paused, acknowledged on resume
-        # The exchange is over but the client still sends its body: read and dropped.
+        # The exchange is over but the client still sends its body: dropped until the reset.
         self.discarding = False
         # Loop time by which the client must send more of the request body (0.0: none due).
         self.body_deadline = 0.0
@@ -157,7 +157,9 @@ class H2Stream(ClientSide):
             codec.send_data(self.stream_id, body, True)
         self.ended = True
         self.conn.schedule_flush()
-        return True
+        # `close`: the request is not read whole (a body still coming): `finish` then resets
+        # the stream once the answer is out; the connection itself stays.
+        return not close
 
     def finish(self, exchange: object, reusable: bool, now: float) -> None:
         conn = self.conn
@@ -167,13 +169,14 @@ class H2Stream(ClientSide):
             conn.schedule_flush()
         self.exchange = None
         if not reusable:
-            # The client may still be sending the body: read it and drop it (its window
-            # keeps opening, so the client is not left waiting).
+            # The client may still be sending the body: what arrives is dropped, and once the
+            # response is out the client is told to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
             self.discarding = True
             self.paused = False
             if self.unacked:
                 conn.codec.consume(self.stream_id, self.unacked)
                 self.unacked = 0
+            conn.cutting.append(self)
         conn.exchange_done(now)
 
     def upgrade(
@@ -259,6 +262,9 @@ class H2Connection(asyncio.Protocol, Handler):
         self.starting: list[Exchange] = []
         # Streams whose pod connection is paused because the client's window is shut.
         self.stalled: list[H2Stream] = []
+        # Streams answered before their request body ended: reset (NO_ERROR) once the
+        # response is written.
+        self.cutting: list[H2Stream] = []
         self.read_at = 0.0
         self.deadline = 0.0
         self.closing = False
@@ -469,8 +475,24 @@ class H2Connection(asyncio.Protocol, Handler):
             if self.stalled:
                 now = self.loop.time()
                 self.stalled = [s for s in self.stalled if not s.drained(now)]
+        if self.cutting:
+            self._cut()
         if not codec.open or (self.going_away and not self.streams and not codec.wants_write):
             self.close()
+
+    def _cut(self) -> None:
+        """Reset the answered streams whose response is written whole (their request body is
+        not wanted any more); the reset goes out with the next flush."""
+        waiting = []
+        for stream in self.cutting:
+            if stream.stream_id not in self.streams:
+                continue  # closed meanwhile (the client ended its body, or reset)
+            if self.codec.queued(stream.stream_id):
+                waiting.append(stream)
+            else:
+                self.codec.reset_stream(stream.stream_id, h2codec.NO_ERROR)
+                self.schedule_flush()
+        self.cutting = waiting
 
     def exchange_done(self, now: float) -> None:
         self.telemetry.stats.requests += 1

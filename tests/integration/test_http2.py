@@ -731,3 +731,29 @@ async def test_policy_answer_over_http2(pod: Pod) -> None:
     finally:
         await client.close()
         await proxy.shutdown(1.0)
+
+
+async def test_answer_before_the_body_ends_resets_the_stream(pod: Pod) -> None:
+    """A request answered before its body ended (413 past the body limit): the whole answer,
+    then RST_STREAM NO_ERROR telling the client to stop sending (RFC 9113 §8.1); the
+    connection goes on."""
+    proxy = await start(pod, h2c=True, max_body_bytes=1000)
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        stream = client.request("/sink", "POST", body=b"", end=False)
+        client.h2.send_data(stream, b"x" * 4000)
+        client.flush()
+        while not any(
+            isinstance(e, h2.events.StreamReset) and e.stream_id == stream for e in client.events
+        ):
+            assert await client.read()
+        fields, body, reset = await client.response(stream)
+        assert fields[b":status"] == b"413" and body.startswith(b"413")
+        assert any(isinstance(e, h2.events.StreamEnded) for e in client.events)
+        assert reset == 0
+        assert pod.requests == 0
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
