@@ -757,3 +757,33 @@ async def test_answer_before_the_body_ends_resets_the_stream(pod: Pod) -> None:
     finally:
         await client.close()
         await proxy.shutdown(1.0)
+
+
+@pytest.mark.parametrize("piece", [1, 5, 23])
+async def test_preface_in_pieces(pod: Pod, h2c: ProxyServer, piece: int) -> None:
+    """The preface told apart however it is split; an HTTP/1.1 request that begins like it
+    ("P" of POST, "PRI" of a made-up method) stays HTTP/1.1."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", h2c.http_port)
+    client = RawClient(reader, writer)
+    client.h2.initiate_connection()
+    data = client.h2.data_to_send()
+    try:
+        for i in range(0, len(data), piece):
+            writer.write(data[i : i + piece])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await client.close()
+    for request in (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", b"PRIX"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", h2c.http_port)
+        try:
+            writer.write(request[:1])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(request[1:] + (b"" if request != b"PRIX" else b" / HTTP/1.1\r\n\r\n"))
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+            assert status_line.startswith(b"HTTP/1.1 "), status_line
+        finally:
+            writer.close()
