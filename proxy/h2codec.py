@@ -28,7 +28,8 @@ rules checked before a request is reported (pseudo-header fields, connection-spe
 in fields: RST_STREAM PROTOCOL_ERROR), the RST_STREAM rate limit (rapid reset, CVE-2023-44487),
 the glitch limiter (empty DATA and other useless frames), the CONTINUATION limit
 (CVE-2024-27316), the queued-acknowledgements limit (SETTINGS and PING floods), at most
-`max_settings` entries per SETTINGS frame, the header list limits (size and field count). A
+`max_settings` entries per SETTINGS frame, the hard header list limits (size and field count:
+past them the connection ends; the announced, smaller ones are the protocol's to answer). A
 connection-level failure raises `CodecError`, whose `goaway` is the frame to write before
 closing.
 """
@@ -63,9 +64,13 @@ class Limits:
     """What a server connection announces and enforces."""
 
     max_concurrent_streams: int = 128
-    # Decoded header list, RFC 9113's size (name + value + 32 per field), and field count.
+    # Decoded header list, RFC 9113's size (name + value + 32 per field), as announced
+    # (SETTINGS_MAX_HEADER_LIST_SIZE): the connection answers a request past it (431).
     max_header_list_bytes: int = 32 * 1024
-    max_header_fields: int = 100
+    # What the codec keeps of one header block at most, size and field count: past either the
+    # connection ends (a block is decoded whole to keep HPACK's state, so it is bounded here).
+    hard_header_list_bytes: int = 64 * 1024
+    hard_header_fields: int = 200
     # The window each request body stream starts with (SETTINGS_INITIAL_WINDOW_SIZE).
     initial_window: int = 65_535
     # RST_STREAM frames from the client: a burst, then so many per second (libnghttp2's
@@ -156,8 +161,8 @@ class ServerCodec:
                 stream_reset_rate_limit=(limits.reset_burst, limits.reset_rate),
                 max_continuations=limits.max_continuations,
                 glitch_rate_limit=(limits.glitch_burst, limits.glitch_rate),
-                max_inbound_header_list_size=limits.max_header_list_bytes,
-                max_inbound_header_count=limits.max_header_fields,
+                max_inbound_header_list_size=limits.hard_header_list_bytes,
+                max_inbound_header_count=limits.hard_header_fields,
             ),
         )
         self._conn.initiate_connection(

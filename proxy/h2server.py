@@ -73,6 +73,23 @@ def _h2_fields(status: int, rendered: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+def _limits(settings: ProxySettings) -> h2codec.Limits:
+    """The codec's limits for the worker's settings: the header list announced is
+    `--max-header-bytes` (a request past it, or past `--max-headers` fields, is answered 431 as
+    in HTTP/1.1); the codec keeps twice that at most before it ends the connection."""
+    found = _LIMITS.get(settings)
+    if found is None:
+        found = _LIMITS[settings] = h2codec.Limits(
+            max_header_list_bytes=settings.max_header_bytes,
+            hard_header_list_bytes=2 * settings.max_header_bytes,
+            hard_header_fields=2 * settings.max_headers,
+        )
+    return found
+
+
+_LIMITS: dict[ProxySettings, h2codec.Limits] = {}
+
+
 class H2Stream(ClientSide):
     """One request/response of an HTTP/2 connection, the `ClientSide` of its exchange."""
 
@@ -257,7 +274,7 @@ class H2Connection(asyncio.Protocol, Handler):
         self.port = port
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.ctx: hdr.ClientContext | None = None
-        self.codec = ServerCodec(self)
+        self.codec = ServerCodec(self, _limits(settings))
         self.streams: dict[int, H2Stream] = {}
         self.starting: list[Exchange] = []
         # Streams whose pod connection is paused because the client's window is shut.
@@ -362,7 +379,11 @@ class H2Connection(asyncio.Protocol, Handler):
         cookies: list[bytes] | None = None
         has_length = False
         host: bytes | None = None
+        # RFC 9113 §6.5.2's size of the header list, and its fields (pseudo-header ones apart).
+        size = 0
+        fields = 0
         for name, value in headers:
+            size += len(name) + len(value) + 32
             if name[:1] == b":":
                 if name == b":method":
                     method = value
@@ -371,6 +392,7 @@ class H2Connection(asyncio.Protocol, Handler):
                 elif name == b":authority":
                     authority = value
                 continue  # :scheme is the listener's (X-Forwarded-Proto says it)
+            fields += 1
             if name == b"cookie":
                 # RFC 9113 §8.2.3: cookie crumbs are one field again for HTTP/1.1.
                 cookies = [value] if cookies is None else [*cookies, value]
@@ -400,6 +422,15 @@ class H2Connection(asyncio.Protocol, Handler):
             special.append((b"transfer-encoding", b"chunked"))
         assert method is not None  # the codec checked the pseudo-header fields
         url = path if path is not None else (authority or b"")
+        settings = self.settings
+        if fields > settings.max_headers or size > settings.max_header_bytes:
+            # As HTTP/1.1 answers it (431), on this stream alone.
+            reason = "TooManyHeaders" if fields > settings.max_headers else "HeadTooLarge"
+            self.telemetry.reject(self.ctx, 431, reason)
+            exchange = self.routing.local_exchange(stream, 431, reason, url)
+            stream.exchange = exchange
+            self.starting.append(exchange)
+            return
         exchange = self.routing.open_exchange(stream, method, url, "1.1", parts, special)
         stream.exchange = exchange
         if not end_stream:

@@ -787,3 +787,27 @@ async def test_preface_in_pieces(pod: Pod, h2c: ProxyServer, piece: int) -> None
             assert status_line.startswith(b"HTTP/1.1 "), status_line
         finally:
             writer.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "extra"),
+    [
+        ("101 fields", [(b"x-%d" % i, b"1") for i in range(101)]),
+        ("over 32 KiB", [(b"x-%d" % i, b"v" * 1000) for i in range(40)]),
+    ],
+)
+async def test_header_limits_answer_431(
+    pod: Pod, h2c: ProxyServer, case: str, extra: list[tuple[bytes, bytes]]
+) -> None:
+    """Issue 19 item 3: header list 32 KiB / 100 fields (`--max-header-bytes`,
+    `--max-headers`, as HTTP/1.1): 431 on that stream, the pod not asked, the connection goes
+    on."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        fields, _, _ = await client.response(client.request("/echo", extra=extra))
+        assert fields[b":status"] == b"431", case
+        assert pod.requests == 0
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+    finally:
+        await client.close()
