@@ -22,9 +22,18 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 import pytest
 from backends import Pod, snapshot
-from hyperframe.frame import PingFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
 from serving import eventually
 
 from proxy import h2codec
@@ -811,3 +820,69 @@ async def test_header_limits_answer_431(
         assert fields[b":status"] == b"200"
     finally:
         await client.close()
+
+
+def _continuation_flood() -> list[bytes]:
+    """CVE-2024-27316: a header block that never ends."""
+    head = HeadersFrame(1, data=b"").serialize()
+    return [head] + [ContinuationFrame(1, data=b"x").serialize() for _ in range(100)]
+
+
+def _empty_data_flood() -> list[bytes]:
+    """Empty DATA frames on an open stream (CVE-2019-9518)."""
+    block = hpack.Encoder().encode([*_BASE, (b":method", b"POST")])
+    head = HeadersFrame(1, data=block, flags=["END_HEADERS"]).serialize()
+    return [head] + [DataFrame(1, data=b"").serialize() * 1000 for _ in range(30)]
+
+
+def _stream_flood() -> list[bytes]:
+    """More streams than the 128 announced, none of them ever ending."""
+    encoder = hpack.Encoder()
+    block = [*_BASE, (b":method", b"POST")]
+    return [
+        HeadersFrame(1 + 2 * i, data=encoder.encode(block), flags=["END_HEADERS"]).serialize()
+        for i in range(300)
+    ]
+
+
+_BASE = [(b":scheme", b"http"), (b":authority", HOST.encode()), (b":path", b"/sink")]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [_continuation_flood, _empty_data_flood, _stream_flood],
+    ids=["CONTINUATION", "empty DATA", "streams past 128"],
+)
+async def test_floods_end_the_connection(pod: Pod, h2c: ProxyServer, frames: Any) -> None:
+    """Issue 19 item 3 through a socket: each ends in GOAWAY and a closed connection (the 128
+    streams allowed are requests like any; their bodies never end, so no pod gets one
+    whole)."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        while not any(isinstance(e, h2.events.RemoteSettingsChanged) for e in client.events):
+            assert await client.read()
+        client.writer.write(client.h2.data_to_send())  # the SETTINGS ACK
+        with contextlib.suppress(ConnectionError):
+            for frame in frames():
+                client.writer.write(frame)
+                await client.writer.drain()
+        data = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(client.reader.read(65536), 10):
+                data += chunk
+        goaway = [f for f in parse_frames(data) if isinstance(f, GoAwayFrame)]
+        assert goaway and goaway[-1].error_code != 0
+        assert pod.requests == 0
+    finally:
+        await client.close()
+
+
+def parse_frames(data: bytes) -> list[Any]:
+    found = []
+    offset = 0
+    while offset + 9 <= len(data):
+        frame, length = Frame.parse_frame_header(memoryview(data[offset : offset + 9]))
+        frame.parse_body(memoryview(data[offset + 9 : offset + 9 + length]))
+        found.append(frame)
+        offset += 9 + length
+    return found
