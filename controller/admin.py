@@ -56,6 +56,18 @@ WORKER_METRICS: dict[str, tuple[str, str]] = {
         "portico_upstream_stale_retries",
         "Requests retried after a stale pooled connection",
     ),
+    "http2_streams_open": ("portico_http2_streams_open", "Open HTTP/2 streams of clients"),
+    "http2_streams": ("portico_http2_streams", "HTTP/2 streams opened by clients"),
+    "http2_resets_received": (
+        "portico_http2_resets_received",
+        "RST_STREAM frames received from HTTP/2 clients",
+    ),
+    "http2_resets_sent": ("portico_http2_resets_sent", "RST_STREAM frames sent to HTTP/2 clients"),
+    "http2_goaways_sent": ("portico_http2_goaways_sent", "GOAWAY frames sent to HTTP/2 clients"),
+    "http2_flood_trips": (
+        "portico_http2_flood_trips",
+        "HTTP/2 connections ended by a flood or protocol limit",
+    ),
 }
 
 

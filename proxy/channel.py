@@ -134,6 +134,13 @@ class WorkerStats:
     upstream_connects: int = 0
     upstream_connect_failures: int = 0
     upstream_stale_retries: int = 0  # retried after a stale pooled connection
+    # HTTP/2 to clients (proxy/h2server.py).
+    http2_streams_open: int = 0  # a level
+    http2_streams: int = 0
+    http2_resets_received: int = 0
+    http2_resets_sent: int = 0
+    http2_goaways_sent: int = 0
+    http2_flood_trips: int = 0
     request_metrics: RequestCounts = field(default_factory=RequestCounts)
 
     def counters(self) -> dict[str, int]:
@@ -156,7 +163,13 @@ class WorkerStats:
 # Every plain counter of a STATS, and those of them that are levels rather than monotonic.
 STATS_COUNTERS: Final = tuple(f.name for f in fields(WorkerStats) if f.name != "request_metrics")
 STATS_LEVELS: Final = frozenset(
-    {"connections_open", "tunnels_open", "upstream_connections_open", "upstream_connections_idle"}
+    {
+        "connections_open",
+        "tunnels_open",
+        "upstream_connections_open",
+        "upstream_connections_idle",
+        "http2_streams_open",
+    }
 )
 
 

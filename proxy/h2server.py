@@ -95,6 +95,7 @@ class H2Stream(ClientSide):
 
     __slots__ = (
         "body_deadline",
+        "client_reset",
         "conn",
         "discarding",
         "ended",
@@ -118,6 +119,7 @@ class H2Stream(ClientSide):
         self.discarding = False
         # Loop time by which the client must send more of the request body (0.0: none due).
         self.body_deadline = 0.0
+        self.client_reset = False  # the client reset it (counted as a reset received)
 
     # ---- the client side of the exchange (see proxy/clientside.py) -------------------------
 
@@ -288,7 +290,9 @@ class H2Connection(asyncio.Protocol, Handler):
         self.write_paused = False
         self.flush_scheduled = False
         self.requests = 0  # streams opened, for --http2-max-requests
-        self.going_away = False  # our GOAWAY is out: no new stream
+        self.going_away = False  # a GOAWAY either way: no new stream
+        self.goaway_sent = False  # ours (counted once)
+        self.peer_goaway = False  # the client's
 
     # ---- transport events --------------------------------------------------------------------
 
@@ -367,12 +371,14 @@ class H2Connection(asyncio.Protocol, Handler):
     # ---- codec events (proxy/h2codec.py Handler) ----------------------------------------------
 
     def request(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        stream = H2Stream(self, stream_id)
+        self.streams[stream_id] = stream  # until the codec says it is closed
         if self.going_away:
+            stream.ended = True
             self.codec.reset_stream(stream_id, h2codec.REFUSED_STREAM)
             return
         self.requests += 1
-        stream = H2Stream(self, stream_id)
-        self.streams[stream_id] = stream
+        self.telemetry.stats.http2_streams += 1
         method = path = authority = None
         parts = [b"", b" ", b"", b""]
         special: list[tuple[bytes, bytes]] = []
@@ -466,12 +472,18 @@ class H2Connection(asyncio.Protocol, Handler):
                 stream.exchange.request_end()
 
     def reset(self, stream_id: int, code: int) -> None:
-        stream = self.streams.pop(stream_id, None)
+        self.telemetry.stats.http2_resets_received += 1
+        stream = self.streams.get(stream_id)
         if stream is not None:
+            stream.client_reset = True
             stream.lost()
 
     def closed(self, stream_id: int, code: int) -> None:
         stream = self.streams.pop(stream_id, None)
+        if code != h2codec.NO_ERROR and (stream is None or not stream.client_reset):
+            # Reset by Portico (refused, aborted, timed out) or by the codec (a malformed
+            # request, a content-length mismatch).
+            self.telemetry.stats.http2_resets_sent += 1
         if stream is not None and (code != h2codec.NO_ERROR or not stream.ended):
             # Closed before our response ended (a stream error the codec found): cut the
             # exchange. A stream whose response ended may still have its exchange finishing.
@@ -487,6 +499,7 @@ class H2Connection(asyncio.Protocol, Handler):
 
     def goaway(self, last_stream_id: int, code: int) -> None:
         self.going_away = True
+        self.peer_goaway = True
 
     # ---- output ------------------------------------------------------------------------------
 
@@ -508,7 +521,16 @@ class H2Connection(asyncio.Protocol, Handler):
                 self.stalled = [s for s in self.stalled if not s.drained(now)]
         if self.cutting:
             self._cut()
-        if not codec.open or (self.going_away and not self.streams and not codec.wants_write):
+        if not codec.open:
+            if not self.goaway_sent and not self.peer_goaway:
+                # The codec ended the connection by itself (its rapid-reset or glitch limit,
+                # a protocol error): its GOAWAY was in the output just written.
+                stats = self.telemetry.stats
+                stats.http2_goaways_sent += 1
+                stats.http2_flood_trips += 1
+                self.goaway_sent = True
+            self.close()
+        elif self.going_away and not self.streams and not codec.wants_write:
             self.close()
 
     def _cut(self) -> None:
@@ -522,6 +544,7 @@ class H2Connection(asyncio.Protocol, Handler):
                 waiting.append(stream)
             else:
                 self.codec.reset_stream(stream.stream_id, h2codec.NO_ERROR)
+                self.telemetry.stats.http2_resets_sent += 1  # (closed() sees NO_ERROR)
                 self.schedule_flush()
         self.cutting = waiting
 
@@ -536,16 +559,22 @@ class H2Connection(asyncio.Protocol, Handler):
         """Graceful GOAWAY: the streams open finish, then the connection closes."""
         if not self.going_away:
             self.going_away = True
+            self.goaway_sent = True
+            self.telemetry.stats.http2_goaways_sent += 1
             self.codec.goaway(h2codec.NO_ERROR)
             self.schedule_flush()
 
     def _refuse(self, stream: H2Stream, reason: str) -> None:
         self.telemetry.reject(self.ctx, 0, reason)
-        self.streams.pop(stream.stream_id, None)
+        stream.ended = True
         self.codec.reset_stream(stream.stream_id, h2codec.PROTOCOL_ERROR)
 
     def _fail(self, goaway: bytes) -> None:
+        stats = self.telemetry.stats
+        stats.http2_flood_trips += 1
         if not self.closing:
+            stats.http2_goaways_sent += 1
+            self.goaway_sent = True
             self.transport.write(goaway)
             self.close()
 

@@ -351,6 +351,14 @@ class ProxyServer:
             upstream_connects=self.pool.connects,
             upstream_connect_failures=s.upstream_connect_failures,
             upstream_stale_retries=s.upstream_stale_retries,
+            http2_streams_open=sum(
+                len(c.streams) for c in self.connections.clients if isinstance(c, H2Connection)
+            ),
+            http2_streams=s.http2_streams,
+            http2_resets_received=s.http2_resets_received,
+            http2_resets_sent=s.http2_resets_sent,
+            http2_goaways_sent=s.http2_goaways_sent,
+            http2_flood_trips=s.http2_flood_trips,
             request_metrics=self.telemetry.metrics.export(),
         )
 

@@ -26,6 +26,11 @@ class ServerStats:
     __slots__ = (
         "connections_refused",
         "connections_total",
+        "http2_flood_trips",
+        "http2_goaways_sent",
+        "http2_resets_received",
+        "http2_resets_sent",
+        "http2_streams",
         "local_replies",
         "rejected",
         "requests",
@@ -41,6 +46,13 @@ class ServerStats:
         self.rejected = 0
         self.upstream_connect_failures = 0
         self.upstream_stale_retries = 0
+        # HTTP/2 (proxy/h2server.py): streams opened by clients, RST_STREAM frames received and
+        # sent (Portico's and the codec's), GOAWAYs sent, connections a flood limit ended.
+        self.http2_streams = 0
+        self.http2_resets_received = 0
+        self.http2_resets_sent = 0
+        self.http2_goaways_sent = 0
+        self.http2_flood_trips = 0
 
 
 class Telemetry:

@@ -339,6 +339,9 @@ async def test_malformed_requests_never_reach_the_pod(
         fields, _, _ = await client.response(client.request("/echo"))
         assert fields[b":status"] == b"200"
         assert pod.requests == 1
+        # Issue 19 item 7: the reset sent is counted (the codec's or Portico's alike).
+        assert h2c.stats.http2_resets_sent == 1
+        assert h2c.stats.http2_resets_received == 0
     finally:
         await client.close()
 
@@ -441,6 +444,9 @@ async def test_rapid_reset_ends_the_connection(pod: Pod, h2c: ProxyServer) -> No
     assert goaway is not None and goaway.error_code == 2
     assert goaway.last_stream_id < 2 * 1100
     assert pod.requests <= 10
+    stats = h2c.stats
+    assert stats.http2_resets_received >= 1000
+    assert (stats.http2_flood_trips, stats.http2_goaways_sent) == (1, 1)
     again = await RawClient.connect(h2c.http_port)
     try:
         fields, _, _ = await again.response(again.request("/echo"))
@@ -489,6 +495,7 @@ async def test_client_not_reading_pauses_the_pod(pod: Pod, h2c: ProxyServer) -> 
         reading = asyncio.create_task(_read_to_end(client))
         conn = await eventually(paused, limit=10)
         assert conn.codec.queued(stream) <= STREAM_HIGH + 256 * 1024
+        assert h2c.worker_stats().http2_streams_open == 1
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading
@@ -570,6 +577,7 @@ async def test_drain_finishes_streams_in_flight(pod: Pod) -> None:
     code, out, err = await request
     assert (code, out) == (0, "2 200"), err
     assert not proxy.connections.clients
+    assert proxy.stats.http2_goaways_sent == 1 and proxy.stats.http2_flood_trips == 0
 
 
 async def _has_stream(proxy: ProxyServer) -> bool:
