@@ -488,13 +488,15 @@ class ExternalAuth:
         _check(not self.signin or _auth_url(self.signin), f"auth signin {self.signin!r}")
         _check(self.method == "" or self.method in _AUTH_METHODS, f"auth method {self.method!r}")
         _check(
-            bool(self.signin_redirect_param) and _visible(self.signin_redirect_param)
+            bool(self.signin_redirect_param)
+            and _visible(self.signin_redirect_param)
             and not any(c in "&=#?$" for c in self.signin_redirect_param),
             f"auth signin redirect param {self.signin_redirect_param!r}",
         )
         for name in self.response_headers:
             _check(
-                type(name) is str and bool(_FIELD_NAME.match(name))
+                type(name) is str
+                and bool(_FIELD_NAME.match(name))
                 and name.lower() not in _REQUEST_RESERVED,
                 f"auth response header {name!r}",
             )
@@ -507,9 +509,7 @@ class ExternalAuth:
             self.cache_key == "" or bool(_CACHE_KEY.match(self.cache_key)),
             f"auth cache key {self.cache_key!r}",
         )
-        _check(
-            len(self.cache_statuses) == len(self.cache_seconds), "auth cache statuses and times"
-        )
+        _check(len(self.cache_statuses) == len(self.cache_seconds), "auth cache statuses and times")
         for status, seconds in zip(self.cache_statuses, self.cache_seconds, strict=True):
             _check(type(status) is int and 100 <= status <= 599, f"auth cache status {status!r}")
             _check(type(seconds) is int and seconds > 0, f"auth cache time {seconds!r}")

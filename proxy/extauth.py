@@ -37,6 +37,7 @@ the route's access checks as alternatives (see config.SatisfyAny).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Final
@@ -196,8 +197,14 @@ class Sessions:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[int, int], aiohttp.ClientSession] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def get(self, keepalive: int, keepalive_timeout: int) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A session belongs to its loop (a worker has one; tests start one per test).
+            self._sessions = {}
+            self._loop = loop
         key = (keepalive, keepalive_timeout)
         session = self._sessions.get(key)
         if session is None or session.closed:
@@ -246,7 +253,7 @@ class CheckExternalAuth(WaitingStep):
         self.signin = signin
         self.signin_redirect_param = signin_redirect_param
         self.response_headers = response_headers
-        self.dropped = frozenset(n.lower() for n in response_headers)
+        self.dropped = frozenset(n.lower().encode("latin-1") for n in response_headers)
         self.request_redirect = request_redirect
         self.set_fields = set_fields
         self.cache_key = cache_key
@@ -342,9 +349,7 @@ class CheckExternalAuth(WaitingStep):
         head: RequestHead,
         client: ClientContext,
     ) -> Answer | Pass | None:
-        cookies = b"".join(
-            b"Set-Cookie: %s\r\n" % v.encode("latin-1") for n, v in fields if not n
-        )
+        cookies = b"".join(b"Set-Cookie: %s\r\n" % v.encode("latin-1") for n, v in fields if not n)
         if 200 <= status < 300:
             if self.dropped:
                 added = b"".join(

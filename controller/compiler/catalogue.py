@@ -127,9 +127,7 @@ def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
 
-def _checked(
-    name: str, detail: str, *, status: Status = "supported", extra: str = ""
-) -> Entry:
+def _checked(name: str, detail: str, *, status: Status = "supported", extra: str = "") -> Entry:
     """A supported access-control annotation: it stays access control (an unreadable value
     fails closed)."""
     return Entry(
@@ -251,8 +249,7 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
     ),
     _checked(
         "auth-always-set-cookie",
-        "auth-url's Set-Cookie goes with every response, not only 2xx/3xx ones. "
-        + _AUTH_INVALID,
+        "auth-url's Set-Cookie goes with every response, not only 2xx/3xx ones. " + _AUTH_INVALID,
     ),
     _checked(
         "auth-keepalive",

@@ -206,9 +206,7 @@ def external_auth(values: Mapping[str, Any]) -> ExternalAuth | None:
     url = values.get("auth_url")
     if not url:
         return None
-    statuses, seconds = values.get("auth_cache_duration") or cache_durations(
-        DEFAULT_CACHE_DURATION
-    )
+    statuses, seconds = values.get("auth_cache_duration") or cache_durations(DEFAULT_CACHE_DURATION)
     cache_key = values.get("auth_cache_key", "")
     return ExternalAuth(
         url,
