@@ -223,6 +223,13 @@ class Sessions:
             self._sessions[key] = session
         return session
 
+    async def close(self) -> None:
+        """Close the sessions of the running loop (the worker's shutdown)."""
+        sessions = self._sessions if self._loop is asyncio.get_running_loop() else {}
+        self._sessions = {}
+        for session in sessions.values():
+            await session.close()
+
 
 SESSIONS: Final = Sessions()
 
