@@ -252,6 +252,43 @@ class ResponseHeaders:
         _check(all(self.values), "empty response header value")
 
 
+# A CORS origin as ingress-nginx accepts one in cors-allow-origin: scheme://host[:port], the
+# host perhaps starting with one wildcard label ("*."), or "null".
+CORS_ORIGIN: Final = re.compile(r"^(?:[a-z]+://(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?|null)$")
+# The characters of the CORS methods, headers and exposed headers lists (one field value each).
+_CORS_LIST: Final = re.compile(r"^[A-Za-z0-9_*, -]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """CORS (ingress-nginx's enable-cors and cors-* annotations). A request whose Origin is
+    allowed (`origins`; ("*",): every request, Origin or not) gets the Access-Control-* fields
+    on every response of the route, replacing the pod's, and an OPTIONS request with such an
+    Origin is answered 204 by the proxy (the preflight). `origins` () allows none."""
+
+    origins: tuple[str, ...]
+    methods: str
+    headers: str
+    expose_headers: str
+    credentials: bool
+    max_age: int
+
+    def __post_init__(self) -> None:
+        if self.origins != ("*",):
+            for origin in self.origins:
+                _check(
+                    type(origin) is str and CORS_ORIGIN.match(origin) is not None,
+                    f"CORS origin {origin!r}",
+                )
+        for text in (self.methods, self.headers, self.expose_headers):
+            _check(type(text) is str and _CORS_LIST.match(text) is not None, f"CORS list {text!r}")
+        _check(bool(self.methods.strip()), "CORS methods empty")
+        _check(self.methods == self.methods.strip(), f"CORS methods {self.methods!r}")
+        _check(self.headers == self.headers.strip(), f"CORS headers {self.headers!r}")
+        _check(self.expose_headers == self.expose_headers.strip(), "CORS exposed headers")
+        _check(-(2**31) <= self.max_age < 2**31, f"CORS max-age {self.max_age}")
+
+
 # The statuses nginx's `return` answers with a Location (the others take the text as a body).
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -429,6 +466,7 @@ PolicyStep = (
     | HostRedirect
     | ShapeRequest
     | ResponseHeaders
+    | Cors
 )
 _Step = TypeVar(
     "_Step",
@@ -446,6 +484,7 @@ _Step = TypeVar(
     RewriteCookies,
     ShapeRequest,
     ResponseHeaders,
+    Cors,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -463,6 +502,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
+    "cors": Cors,
 }
 
 

@@ -35,6 +35,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.cluster",
     "proxy.config",
     "proxy.connections",
+    "proxy.cors",
     "proxy.downstream",
     "proxy.errorpages",
     "proxy.exchange",

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from proxy.config import (
+    CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
+    Cors,
     PolicyStep,
     Redirect,
     RewriteCookies,
@@ -118,6 +120,9 @@ class IngressOptions:
     default_backend: str | None = None
     custom_http_errors: tuple[int, ...] | None = None
     disable_proxy_intercept_errors: bool = False
+    # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
+    # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
+    cors: Cors | None = None
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -507,6 +512,61 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
+CORS_DEFAULT_METHODS: Final = "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+CORS_DEFAULT_HEADERS: Final = (
+    "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,"
+    "Range,Authorization"
+)
+CORS_DEFAULT_MAX_AGE: Final = 1728000
+# ingress-nginx's lists, written without nested repetition (Python's engine backtracks): words
+# separated by ",", " " or ", ", perhaps ending with one of those.
+_CORS_METHODS: Final = re.compile(r"^[A-Za-z]+(?:(?:, ?| )[A-Za-z]+)*(?:, ?| )?$")
+_CORS_HEADERS: Final = re.compile(r"^[A-Za-z0-9_, -]*$")
+_CORS_EXPOSE: Final = re.compile(r"^[A-Za-z0-9_*-]+(?:(?:, ?| )[A-Za-z0-9_*-]+)*(?:, ?| )?$")
+_ATOI: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """cors-allow-origin as ingress-nginx reads it: a comma-separated list, "*" alone or
+    anywhere in it allows every origin; an empty value allows every origin (its default);
+    an entry that is not an origin (no scheme: "example.com") is skipped, as ingress-nginx
+    skips it. A character no origin has makes the whole value invalid."""
+    allowed: list[str] = []
+    for entry in value.split(","):
+        origin = entry.strip()
+        if not origin:
+            continue
+        if origin == "*":
+            return ("*",)
+        if CORS_ORIGIN.match(origin) is not None:
+            if origin not in allowed:
+                allowed.append(origin)
+        elif not re.fullmatch(r"(?:[a-z]+://)?(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?", origin):
+            raise _Invalid('expected origins like "https://example.com", "https://*.a.com:8443"')
+    if not allowed and not value.strip(" ,"):
+        return ("*",)
+    return tuple(allowed)
+
+
+def _cors_list(pattern: re.Pattern[str], default: str, expected: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = value.strip()
+        if not text:
+            return default  # ingress-nginx takes an empty value as not given
+        if pattern.match(text) is None:
+            raise _Invalid(expected)
+        return text
+
+    return parse
+
+
+def _cors_max_age(value: str) -> int:
+    if _ATOI.match(value.strip()) is None:
+        raise _Invalid("expected a number of seconds")
+    return int(value.strip())
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -568,6 +628,23 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
+    # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
+    "enable-cors": (_go_bool, "enable_cors"),
+    "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
+    "cors-allow-methods": (
+        _cors_list(_CORS_METHODS, CORS_DEFAULT_METHODS, 'expected methods like "GET, POST"'),
+        "cors_allow_methods",
+    ),
+    "cors-allow-headers": (
+        _cors_list(_CORS_HEADERS, CORS_DEFAULT_HEADERS, "expected field names like \"X-A, X-B\""),
+        "cors_allow_headers",
+    ),
+    "cors-expose-headers": (
+        _cors_list(_CORS_EXPOSE, "", "expected field names like \"X-A, X-B\" or \"*\""),
+        "cors_expose_headers",
+    ),
+    "cors-allow-credentials": (_go_bool, "cors_allow_credentials"),
+    "cors-max-age": (_cors_max_age, "cors_max_age"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -587,6 +664,17 @@ _REWRITE_FIELDS: Final = frozenset(
 )
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
+)
+_CORS_FIELDS: Final = frozenset(
+    {
+        "enable_cors",
+        "cors_allow_origin",
+        "cors_allow_methods",
+        "cors_allow_headers",
+        "cors_expose_headers",
+        "cors_allow_credentials",
+        "cors_max_age",
+    }
 )
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
@@ -614,6 +702,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "custom_http_errors",
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
+        *_CORS_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -676,6 +765,12 @@ def parse_annotations(
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
+                elif field == "cors_allow_origin":
+                    # ingress-nginx would allow every origin; no origin is allowed instead.
+                    values[field] = ()
+                elif field == "cors_allow_credentials":
+                    # ingress-nginx would allow credentials; they are not allowed instead.
+                    values[field] = False
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
@@ -719,6 +814,7 @@ def parse_annotations(
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
+            cors=_cors_step(values),
         ),
         tuple(errors),
     )
@@ -756,3 +852,18 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _cors_step(values: Mapping[str, Any]) -> Cors | None:
+    """The Cors step of enable-cors "true" and the cors-* annotations, with ingress-nginx's
+    defaults for those not given (or given with an invalid value, see parse_annotations)."""
+    if not values.get("enable_cors", False):
+        return None
+    return Cors(
+        origins=values.get("cors_allow_origin", ("*",)),
+        methods=values.get("cors_allow_methods", CORS_DEFAULT_METHODS),
+        headers=values.get("cors_allow_headers", CORS_DEFAULT_HEADERS),
+        expose_headers=values.get("cors_expose_headers", ""),
+        credentials=values.get("cors_allow_credentials", True),
+        max_age=values.get("cors_max_age", CORS_DEFAULT_MAX_AGE),
+    )

@@ -771,18 +771,56 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- CORS ---------------------------------------------------------------------------------
-    _unsupported(
-        "enable-cors", "cors", "Answers CORS preflights and adds CORS headers.", ISSUE_PROTECTION
+    _supported(
+        "enable-cors",
+        "cors",
+        '"true" turns CORS on for the Ingress\'s routes: an OPTIONS request from an allowed '
+        "origin is answered 204 by Portico, before redirects and access checks as ingress-nginx "
+        "answers it, and every response to an allowed origin carries the Access-Control-* "
+        "fields, replacing the pod's; a request from another origin gets none (the pod's own "
+        "are kept, and its OPTIONS goes to the pod). No Vary: Origin, as ingress-nginx. Not "
+        "on routes that refuse every request.",
     ),
-    _unsupported("cors-allow-origin", "cors", "Origins allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-methods", "cors", "Methods allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-headers", "cors", "Request headers allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-expose-headers", "cors", "Response headers exposed.", ISSUE_PROTECTION),
-    _unsupported(
-        "cors-allow-credentials", "cors", "Whether credentials are allowed.", ISSUE_PROTECTION
+    _different(
+        "cors-allow-origin",
+        "cors",
+        'Origins allowed, comma-separated: "*" (the default, also for an empty value: every '
+        'request gets Access-Control-Allow-Origin: *), "null", scheme://host[:port], with '
+        'one wildcard label ("https://*.example.com"). Matched case-insensitively and echoed '
+        "as sent; an entry without a scheme is skipped, as ingress-nginx does. Different: an "
+        "origin is matched whole (ingress-nginx's regex is anchored only at its end, so "
+        '"xhttps://a.com" matches "https://a.com"), and a value that does not read allows '
+        "no origin where ingress-nginx would allow every one (and reports InvalidAnnotation).",
     ),
-    _unsupported(
-        "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
+    _supported(
+        "cors-allow-methods",
+        "cors",
+        'Access-Control-Allow-Methods, as written (letters, separated by ","/" "/", "); '
+        'default "GET, PUT, POST, DELETE, PATCH, OPTIONS"; an invalid value takes the default.',
+    ),
+    _supported(
+        "cors-allow-headers",
+        "cors",
+        "Access-Control-Allow-Headers, as written (letters, digits, -, _, commas, spaces); "
+        "default ingress-nginx's list (DNT,Keep-Alive,User-Agent,...,Authorization); an "
+        "invalid value takes the default.",
+    ),
+    _supported(
+        "cors-expose-headers",
+        "cors",
+        "Access-Control-Expose-Headers, as written (names or *, comma-separated); none by "
+        "default or for an invalid value.",
+    ),
+    _different(
+        "cors-allow-credentials",
+        "cors",
+        'Access-Control-Allow-Credentials: true unless "false" (default true). Different: a '
+        "value that does not read allows no credentials, where ingress-nginx takes true.",
+    ),
+    _supported(
+        "cors-max-age",
+        "cors",
+        "Access-Control-Max-Age in seconds (default 1728000; an invalid value takes it).",
     ),
     # ---- error pages --------------------------------------------------------------------------
     _different(

@@ -41,6 +41,7 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     AppRoot,
+    Cors,
     ErrorPages,
     HostRedirect,
     HTTPSRedirect,
@@ -410,6 +411,15 @@ def compile_ingress(
     if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
         plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
         redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
+    # CORS goes before those: ingress-nginx's preflight `return 204` is written in the location
+    # ahead of the redirect's `return`, and the HTTPS redirect and access checks come later
+    # still. A preflight is answered by the proxy, so it never reaches a pod unchecked. Not on
+    # routes that refuse every request (a value that cannot be read: ingress-nginx's denied
+    # location has no CORS block; unenforced access control: Portico fails closed).
+    refused = any(isinstance(step, Refuse) for step in plain.policy)
+    if opts.cors is not None and not refused:
+        plain = dataclasses.replace(plain, policy=(opts.cors, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(opts.cors, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
@@ -724,6 +734,9 @@ def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> Route
     policy = options.policy
     if not first:
         return dataclasses.replace(options, policy=(*policy, step))
+    if isinstance(step, Refuse):
+        # A route refusing every request answers no CORS preflight either (see compile).
+        policy = tuple(s for s in policy if not isinstance(s, Cors))
     at = 0
     while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
         at += 1
