@@ -254,9 +254,9 @@ class ResponseHeaders:
 
 # A CORS origin as ingress-nginx accepts one in cors-allow-origin: scheme://host[:port], the
 # host perhaps starting with one wildcard label ("*."), or "null".
-CORS_ORIGIN: Final = re.compile(r"^(?:[a-z]+://(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?|null)$")
+CORS_ORIGIN: Final = re.compile(r"(?:[a-z]+://(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?|null)")
 # The characters of the CORS methods, headers and exposed headers lists (one field value each).
-_CORS_LIST: Final = re.compile(r"^[A-Za-z0-9_*, -]*$")
+_CORS_LIST: Final = re.compile(r"[A-Za-z0-9_*, -]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,11 +277,13 @@ class Cors:
         if self.origins != ("*",):
             for origin in self.origins:
                 _check(
-                    type(origin) is str and CORS_ORIGIN.match(origin) is not None,
+                    type(origin) is str and CORS_ORIGIN.fullmatch(origin) is not None,
                     f"CORS origin {origin!r}",
                 )
         for text in (self.methods, self.headers, self.expose_headers):
-            _check(type(text) is str and _CORS_LIST.match(text) is not None, f"CORS list {text!r}")
+            _check(
+                type(text) is str and _CORS_LIST.fullmatch(text) is not None, f"CORS list {text!r}"
+            )
         _check(bool(self.methods.strip()), "CORS methods empty")
         _check(self.methods == self.methods.strip(), f"CORS methods {self.methods!r}")
         _check(self.headers == self.headers.strip(), f"CORS headers {self.headers!r}")

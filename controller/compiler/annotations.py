@@ -539,7 +539,7 @@ def _cors_origins(value: str) -> tuple[str, ...]:
             continue
         if origin == "*":
             return ("*",)
-        if CORS_ORIGIN.match(origin) is not None:
+        if CORS_ORIGIN.fullmatch(origin) is not None:
             if origin not in allowed:
                 allowed.append(origin)
         elif not re.fullmatch(r"(?:[a-z]+://)?(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?", origin):
@@ -554,7 +554,7 @@ def _cors_list(pattern: re.Pattern[str], default: str, expected: str) -> Callabl
         text = value.strip()
         if not text:
             return default  # ingress-nginx takes an empty value as not given
-        if pattern.match(text) is None:
+        if pattern.fullmatch(text) is None:
             raise _Invalid(expected)
         return text
 
@@ -562,7 +562,7 @@ def _cors_list(pattern: re.Pattern[str], default: str, expected: str) -> Callabl
 
 
 def _cors_max_age(value: str) -> int:
-    if _ATOI.match(value.strip()) is None:
+    if _ATOI.fullmatch(value.strip()) is None:
         raise _Invalid("expected a number of seconds")
     return int(value.strip())
 
@@ -636,11 +636,11 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
         "cors_allow_methods",
     ),
     "cors-allow-headers": (
-        _cors_list(_CORS_HEADERS, CORS_DEFAULT_HEADERS, "expected field names like \"X-A, X-B\""),
+        _cors_list(_CORS_HEADERS, CORS_DEFAULT_HEADERS, 'expected field names like "X-A, X-B"'),
         "cors_allow_headers",
     ),
     "cors-expose-headers": (
-        _cors_list(_CORS_EXPOSE, "", "expected field names like \"X-A, X-B\" or \"*\""),
+        _cors_list(_CORS_EXPOSE, "", 'expected field names like "X-A, X-B" or "*"'),
         "cors_expose_headers",
     ),
     "cors-allow-credentials": (_go_bool, "cors_allow_credentials"),

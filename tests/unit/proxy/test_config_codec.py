@@ -12,6 +12,7 @@ from proxy.config import (
     AppRoot,
     Backend,
     BodyLimit,
+    Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
@@ -54,6 +55,9 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        Cors(
+            ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
+        ),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -143,6 +147,17 @@ def _with_step(step: dict[str, object]) -> bytes:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1]["policy"] = [step]
     return json.dumps(doc).encode()
+
+
+CORS: dict[str, object] = {
+    "step": "cors",
+    "origins": ["*"],
+    "methods": "GET",
+    "headers": "",
+    "expose_headers": "",
+    "credentials": False,
+    "max_age": 5,
+}
 
 
 @pytest.mark.parametrize(
@@ -274,6 +289,22 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        *(
+            pytest.param({**CORS, **change}, id=f"cors-{name}")
+            for name, change in {
+                "origin-with-path": {"origins": ["https://a.test/x"]},
+                "origin-splits-the-head": {"origins": ["https://a.test\r\nX: y"]},
+                "origin-ends-with-a-newline": {"origins": ["https://a.test\n"]},
+                "methods-end-with-a-newline": {"methods": "GET\n"},
+                "two-wildcards": {"origins": ["https://*.*.a.test"]},
+                "star-in-a-list": {"origins": ["*", "https://a.test"]},
+                "methods-empty": {"methods": ""},
+                "methods-split-the-head": {"methods": "GET\r\nX: y"},
+                "headers-colon": {"headers": "X: y"},
+                "max-age-not-a-number": {"max_age": "60"},
+                "credentials-not-a-flag": {"credentials": 1},
+            }.items()
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -307,6 +338,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "Cors",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
