@@ -11,6 +11,10 @@ place, so the same bench loads a route carrying the profile's annotations:
 Profiles (each keeps the path the backend sees, so proxy-bench's answer check still holds):
 - `regex-rewrite`: path `/(.*)` (ImplementationSpecific) with `use-regex` and
   `rewrite-target: /$1`: a regex lookup and a rewrite of the upstream head per request.
+- `cors`: `enable-cors` with a `cors-allow-origin` list (an exact origin and a wildcard): each
+  request's head is searched for an Origin (proxy-bench sends none, so no field is added).
+- `cors-any`: `enable-cors` alone (every origin): the Access-Control-* fields, rendered once,
+  added to every response.
 - `plain`: the manifests unchanged (the same process chain, for an A/B of the wrapper itself).
 """
 
@@ -33,6 +37,17 @@ PROFILES: dict[str, tuple[dict[str, str], str, str]] = {
         "/(.*)",
         "ImplementationSpecific",
     ),
+    "cors": (
+        {
+            "nginx.ingress.kubernetes.io/enable-cors": "true",
+            "nginx.ingress.kubernetes.io/cors-allow-origin": (
+                "https://app.bench.example, https://*.bench.example"
+            ),
+        },
+        "/",
+        "Prefix",
+    ),
+    "cors-any": ({"nginx.ingress.kubernetes.io/enable-cors": "true"}, "/", "Prefix"),
     "plain": ({}, "/", "Prefix"),
 }
 BENCH_INGRESSES = ("bench", "bench-tls")
