@@ -130,9 +130,7 @@ def _objects(*ingresses: dict[str, Any]) -> CompileResult:
 def _main(
     paths: tuple[dict[str, Any], ...] = (), name: str = "main", created: int = 10
 ) -> dict[str, Any]:
-    return ingress(
-        name, rules=[rule("foo", *(paths or (path("/info", "main"),)))], created=created
-    )
+    return ingress(name, rules=[rule("foo", *(paths or (path("/info", "main"),)))], created=created)
 
 
 def _canary(
