@@ -23,8 +23,8 @@ from backends import Client, Pod
 from tls_env import running
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
-from tests.integration.manifests import ingress_class, service_with_pods
 from tests.integration.manifests import ingress as manifest_ingress
+from tests.integration.manifests import ingress_class, service_with_pods
 from tests.integration.serving import echo_pods, eventually, free_port, start_serve, stop_serve
 from tests.kube_factory import (
     endpoint,
