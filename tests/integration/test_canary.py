@@ -84,7 +84,12 @@ HOSTS: dict[str, dict[str, str] | None] = {
     # The main Ingress's policy applies to the canary's requests (its location is the main's).
     "guarded": BY_HEADER,
     "no-canary": None,
+    # The canary's Service without endpoints, or missing (see CANARY_SERVICES).
+    "empty-canary": BY_HEADER,
+    "missing-canary": BY_HEADER,
 }
+# The canary Ingress's Service per host (default: canary).
+CANARY_SERVICES: dict[str, str] = {"empty-canary": "empty", "missing-canary": "ghost"}
 # The main Ingress's annotations per host (default: none).
 MAIN_NOTES: dict[str, dict[str, str]] = {
     "guarded": {N + "whitelist-source-range": "10.0.0.0/8"},
@@ -158,6 +163,14 @@ CASES: dict[str, Case] = {
     "canary-annotations-ignored": Case("ignored", "canary", {"CanaryByHeader": "always"}),
     "main-policy-guards-the-canary": Case("guarded", 403, {"CanaryByHeader": "always"}),
     "no-canary-ingress": Case("no-canary", "main", {"CanaryByHeader": "always"}),
+    # balancer.lua: a canary backend without endpoints has no balancer, and
+    # route_to_alternative_balancer keeps the main one (a canary scaled to zero).
+    "canary-without-endpoints-stays-main": Case(
+        "empty-canary", "main", {"CanaryByHeader": "always"}
+    ),
+    "canary-service-missing-stays-main": Case(
+        "missing-canary", "main", {"CanaryByHeader": "always"}
+    ),
     # canary.go "should return 404 status for requests to the canary if no matching ingress
     # is found": a canary alone makes no host.
     "unpaired-canary-404": Case("lonely", 404, {"CanaryByHeader": "always"}),
@@ -165,7 +178,10 @@ CASES: dict[str, Case] = {
 
 
 def _compiled(main: Pod, canary: Pod, hosts: dict[str, dict[str, str] | None]) -> CompileResult:
-    objects: list[dict[str, Any]] = [kube_ingress_class()]
+    objects: list[dict[str, Any]] = [
+        kube_ingress_class(),
+        service("empty", ports=[service_port(80, "http", 80)]),
+    ]
     for name, pod in (("main", main), ("canary", canary)):
         objects.append(service(name, ports=[service_port(80, "http", pod.port)]))
         objects.append(
@@ -177,7 +193,7 @@ def _compiled(main: Pod, canary: Pod, hosts: dict[str, dict[str, str] | None]) -
             ingress(host, annotations=MAIN_NOTES.get(host), rules=[main_rule], created=10)
         )
         if notes is not None:
-            canary_rule = rule(f"{host}.test", path("/info", "canary"))
+            canary_rule = rule(f"{host}.test", path("/info", CANARY_SERVICES.get(host, "canary")))
             objects.append(
                 ingress(f"{host}-canary", annotations=notes, rules=[canary_rule], created=20)
             )
@@ -206,6 +222,7 @@ def test_problems(pod: Pod) -> None:
     assert reasons == [
         ("default/bad-pattern-canary", "InvalidAnnotation"),
         ("default/lonely-canary", "CanaryUnpaired"),
+        ("default/missing-canary-canary", "ServiceNotFound"),
     ], result.problems
 
 
