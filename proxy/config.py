@@ -428,7 +428,9 @@ class Canary:
       canary and "never" the rule's backend; any other value goes on to the cookie;
     - `cookie` ("" none): "always" / "never" as the header;
     - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
-      unless the total is larger; the compiler has done that)."""
+      unless the total is larger; the compiler has done that).
+
+    A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
 
     backend: str
     service: str
@@ -441,9 +443,13 @@ class Canary:
     cookie: str = ""
     weight: int = 0
     weight_total: int = 100
+    # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
+    # Ingress's load-balance for its backend.
+    balancer: str = "round_robin"
 
     def __post_init__(self) -> None:
         _check(bool(self.backend) and bool(self.service), "canary without a backend")
+        _check(self.balancer in ("round_robin", "least_request"), f"balancer {self.balancer!r}")
         _check(self.header == self.header.lower(), f"canary header {self.header!r}")
         for text in (self.header, self.cookie):
             _check(text == "" or (_visible(text) and ";" not in text), f"canary name {text!r}")

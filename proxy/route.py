@@ -182,8 +182,9 @@ class Route:
         rule = self.rule
         options = rule.options
         # The canary's requests are the main rule's in all but the backend (ingress-nginx's
-        # location is the main Ingress's): the same options and steps, without the canary; the
-        # rule names the canary's Ingress and Service for logs and metrics.
+        # location is the main Ingress's): the same options and steps, without the canary, and
+        # the canary backend's own balancer; the rule names the canary's Ingress and Service
+        # for logs and metrics.
         canary_rule = PathRule(
             rule.path,
             rule.match,
@@ -193,7 +194,9 @@ class Route:
             int(spec.port) if spec.port.isdigit() else spec.port or None,
             rule.path_type,
             dataclasses.replace(
-                options, policy=tuple(s for s in options.policy if not isinstance(s, Canary))
+                options,
+                policy=tuple(s for s in options.policy if not isinstance(s, Canary)),
+                balancer="least_request" if spec.balancer == "least_request" else "round_robin",
             ),
         )
         self.canary_route = Route(canary_rule, clusters, settings, policies, host)

@@ -721,8 +721,10 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "host and path (a PathConflict problem; the older Ingress wins). Difference: "
         "ingress-nginx attaches the canary to the main Ingress's Service backend, so every "
         "path using that Service (even of other hosts) gets it; Portico attaches it to the "
-        "paired rules only. Its affinity-canary-behavior, load-balance and upstream-hash-by "
-        "on the canary Ingress are not applied yet.",
+        "paired rules only. A canary whose Service has no endpoints (or does not exist) is "
+        "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
+        "load-balance applies to its backend; its affinity-canary-behavior and "
+        "upstream-hash-by are not applied yet.",
     ),
     _supported(
         "canary-by-header",

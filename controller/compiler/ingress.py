@@ -863,6 +863,7 @@ def _pair_canaries(
             rules.cookie,
             rules.weight,
             rules.weight_total,
+            entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
         )
         _use(uses, entry, part.ref)
         return _with_canary(main, step)

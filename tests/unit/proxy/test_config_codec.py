@@ -378,6 +378,7 @@ CANARIES = {
         "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
     ),
     "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
 }
 
 
@@ -400,6 +401,7 @@ def test_canary_step_round_trips(step: Canary) -> None:
         {"header_value": "a\r\nb"},
         {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
         {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
     ],
     ids=str,
 )

@@ -18,6 +18,9 @@ import pytest
 from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.annotations import CanaryRules, parse_annotations
 from proxy.config import Canary, PathRule
+from proxy.policy import Policies
+from proxy.route import Route
+from proxy.settings import ProxySettings
 from tests.kube_factory import (
     backend,
     endpoint_slice,
@@ -250,3 +253,17 @@ def test_canary_default_backend_pairs_with_the_global_default() -> None:
     assert default is not None and default.ingress == "default/main"
     step = default.options.step(Canary)
     assert step is not None and step.backend == "default/canary/80"
+
+
+def test_canary_keeps_its_own_load_balance() -> None:
+    # annotations.md#canary: load-balance is one of the canary Ingress's annotations not
+    # ignored (its backend's balancer); the main rule keeps its own.
+    result = _objects(_main(), _canary({N + "load-balance": "ewma"}))
+    (only,) = _rules(result)
+    assert only.options.balancer == "round_robin"
+    step = only.options.step(Canary)
+    assert step is not None and step.balancer == "least_request"
+    route = Route(only, {}, ProxySettings(), Policies(ProxySettings()))
+    assert route.canary_route is not None
+    assert route.canary_route.balancer == "least_request"
+    assert route.canary_route.rule.options.step(Canary) is None
