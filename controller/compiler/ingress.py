@@ -528,6 +528,20 @@ def compile_ingress(
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
+    if opts.canary is not None and screening.denied(serve_without_access_control):
+        # ingress-nginx ignores a canary's own access control (the main Ingress's applies), but
+        # until Portico enforces what it asks for, the canary is not used at all: its requests
+        # stay on the main Ingress's backend, nothing is served unprotected.
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                CANARY_UNPAIRED,
+                "canary not used: it carries access control Portico does not enforce yet "
+                f"({', '.join(screening.unenforced)}); its requests stay on the main Ingresses",
+            )
+        )
+        return dataclasses.replace(_empty_part(ref, ingress.namespace), problems=tuple(problems))
     if opts.canary is not None and not screening.withheld:
         return IngressPart(
             ref=ref,
@@ -568,6 +582,19 @@ def compile_ingress(
         app_root=opts.app_root,
         error_backend=error_backend,
         global_error_codes=global_error_codes,
+    )
+
+
+def _empty_part(ref: str, namespace: str) -> IngressPart:
+    return IngressPart(
+        ref=ref,
+        namespace=namespace,
+        hosts=(),
+        entries=(),
+        fallbacks=(),
+        default=None,
+        tls=(),
+        problems=(),
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.annotations import CanaryRules, parse_annotations
+from controller.compiler.catalogue import ANNOTATIONS
 from proxy.config import Canary, PathRule
 from proxy.policy import Policies
 from proxy.route import Route
@@ -267,3 +268,18 @@ def test_canary_keeps_its_own_load_balance() -> None:
     assert route.canary_route is not None
     assert route.canary_route.balancer == "least_request"
     assert route.canary_route.rule.options.step(Canary) is None
+
+
+def test_canary_with_unenforced_access_control_is_not_used() -> None:
+    # Fail closed: the canary's own access control is ignored by ingress-nginx, but while
+    # Portico does not enforce it the canary gets no request (the main rule serves them all).
+    unenforced = sorted(e.name for e in ANNOTATIONS.values() if e.fails_closed)
+    if not unenforced:
+        pytest.skip("every access-control annotation is enforced")
+    notes = {N + unenforced[0]: "on"}
+    result = _objects(_main(), _canary(notes))
+    reasons = _reasons(result)
+    assert ("default/main-canary", "CanaryUnpaired") in reasons
+    (only,) = _rules(result)
+    assert only.options.step(Canary) is None
+    assert only.options.policy == ()
