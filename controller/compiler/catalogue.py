@@ -723,7 +723,9 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "path using that Service (even of other hosts) gets it; Portico attaches it to the "
         "paired rules only. A canary whose Service has no endpoints (or does not exist) is "
         "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
-        "load-balance applies to its backend; its affinity-canary-behavior and "
+        "load-balance applies to its backend. A canary carrying access control Portico does "
+        "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
+        "Its affinity-canary-behavior and "
         "upstream-hash-by are not applied yet.",
     ),
     _supported(
