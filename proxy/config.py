@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
-from proxy.regex import compile_path
+from proxy.regex import compile_header_pattern, compile_path
 
 SCHEMA_VERSION: Final = 2
 
@@ -453,6 +453,56 @@ class RewriteCookies:
         _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """The route's canary (ingress-nginx's canary Ingress paired with this rule; chosen per
+    request by proxy/canary.py, which the route builds): a request goes to `backend` (a key
+    into Snapshot.backends; `service` "ns/name", `port` as written, `ingress` the canary
+    Ingress, for logs and metrics) instead of the rule's, in ingress-nginx's precedence:
+
+    - `header` (lower-case field name, "" none) present: with `header_value` its value must
+      equal it; else with `header_pattern` (RE2, searched in the value, case-sensitive) it must
+      match, and with `header_invalid` (a pattern that does not compile: ingress-nginx's
+      runtime regex error) the request stays on the rule's backend; else "always" chooses the
+      canary and "never" the rule's backend; any other value goes on to the cookie;
+    - `cookie` ("" none): "always" / "never" as the header;
+    - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
+      unless the total is larger; the compiler has done that).
+
+    A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
+
+    backend: str
+    service: str
+    ingress: str
+    port: str = ""
+    header: str = ""
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False
+    cookie: str = ""
+    weight: int = 0
+    weight_total: int = 100
+    # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
+    # Ingress's load-balance for its backend.
+    balancer: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "canary without a backend")
+        _check(self.balancer in ("round_robin", "least_request"), f"balancer {self.balancer!r}")
+        _check(self.header == self.header.lower(), f"canary header {self.header!r}")
+        for text in (self.header, self.cookie):
+            _check(text == "" or (_visible(text) and ";" not in text), f"canary name {text!r}")
+        value = self.header_value
+        _check(all(" " <= c <= "~" for c in value), f"canary header value {value!r}")
+        if self.header_pattern and not self.header_invalid:
+            compile_header_pattern(self.header_pattern)  # PatternError (a ValueError)
+        _check(type(self.weight) is int and self.weight >= 0, f"canary weight {self.weight!r}")
+        _check(
+            type(self.weight_total) is int and self.weight_total >= 100,
+            f"canary weight total {self.weight_total!r}",
+        )
+
+
 PolicyStep = (
     HTTPSRedirect
     | BodyLimit
@@ -469,6 +519,7 @@ PolicyStep = (
     | ShapeRequest
     | ResponseHeaders
     | Cors
+    | Canary
 )
 _Step = TypeVar(
     "_Step",
@@ -487,6 +538,7 @@ _Step = TypeVar(
     ShapeRequest,
     ResponseHeaders,
     Cors,
+    Canary,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -505,6 +557,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
     "cors": Cors,
+    "canary": Canary,
 }
 
 

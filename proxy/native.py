@@ -49,6 +49,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.retry",
     "proxy.pathrewrite",
     "proxy.fieldrewrite",
+    "proxy.canary",
     "proxy.route",
     "proxy.routing",
     "proxy.server",

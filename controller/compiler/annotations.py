@@ -28,6 +28,7 @@ from proxy.config import (
     RewriteRedirects,
     RouteOptions,
 )
+from proxy.regex import PatternError, compile_header_pattern
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
@@ -55,6 +56,20 @@ class AnnotationError:
 
     def message(self) -> str:
         return f"annotation {self.annotation}: invalid value {self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRules:
+    """A canary Ingress's rules, as proxy/config.py's Canary step takes them (without the
+    backend, which the compiler adds per paired rule)."""
+
+    header: str = ""  # lower-case; "" none
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False  # the pattern does not compile: a present header stays main
+    cookie: str = ""
+    weight: int = 0  # 0 or more
+    weight_total: int = 100  # 100 or more (ingress-nginx counts out of 100 below that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,10 @@ class IngressOptions:
     # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
     # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
     cors: Cors | None = None
+    # `canary: "true"` and its rules (canary-by-header, -value, -pattern, -by-cookie, -weight,
+    # -weight-total): this Ingress is a canary, paired by the compiler with the main Ingress of
+    # each of its host/path rules (ingress.py); None: an ordinary Ingress.
+    canary: CanaryRules | None = None
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -570,6 +589,33 @@ def _cors_max_age(value: str) -> int:
     return int(value.strip())
 
 
+# Canary names and values: ingress-nginx's BasicCharsRegex (letters, digits, "-._~/:"); its
+# header patterns: its IsValidRegex (those and the regex characters "^$[](){}*+?|&=\\").
+_CANARY_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:]*$")
+_CANARY_PATTERN_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:^$\[\](){}*+?|&=\\]*$")
+_GO_INT: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _canary_text(value: str) -> str:
+    if not _CANARY_TEXT.match(value):
+        raise _Invalid('expected letters, digits and "-._~/:" only')
+    return value
+
+
+def _canary_pattern(value: str) -> str:
+    # RE2 compiles it in _canary_rules: a pattern of these characters that does not compile is
+    # not ignored (see CanaryRules.header_invalid).
+    if not _CANARY_PATTERN_TEXT.match(value):
+        raise _Invalid('expected letters, digits, "-._~/:" and "^$[](){}*+?|&=\\" only')
+    return value
+
+
+def _go_int(value: str) -> int:
+    if not _GO_INT.match(value):
+        raise _Invalid("expected an integer")
+    return int(value)
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -649,6 +695,14 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     ),
     "cors-allow-credentials": (_go_bool, "cors_allow_credentials"),
     "cors-max-age": (_cors_max_age, "cors_max_age"),
+    # Canary: CanaryRules (see _canary_rules), paired with main Ingresses by the compiler.
+    "canary": (_go_bool, "canary"),
+    "canary-by-header": (_canary_text, "canary_by_header"),
+    "canary-by-header-value": (_canary_text, "canary_by_header_value"),
+    "canary-by-header-pattern": (_canary_pattern, "canary_by_header_pattern"),
+    "canary-by-cookie": (_canary_text, "canary_by_cookie"),
+    "canary-weight": (_go_int, "canary_weight"),
+    "canary-weight-total": (_go_int, "canary_weight_total"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -680,6 +734,17 @@ _CORS_FIELDS: Final = frozenset(
         "cors_max_age",
     }
 )
+_CANARY_FIELDS: Final = frozenset(
+    {
+        "canary",
+        "canary_by_header",
+        "canary_by_header_value",
+        "canary_by_header_pattern",
+        "canary_by_cookie",
+        "canary_weight",
+        "canary_weight_total",
+    }
+)
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
@@ -708,6 +773,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *_CORS_FIELDS,
+        *_CANARY_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -821,6 +887,7 @@ def parse_annotations(
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
             cors=_cors_step(values),
+            canary=_canary_rules(values, given, errors),
         ),
         tuple(errors),
     )
@@ -872,4 +939,68 @@ def _cors_step(values: Mapping[str, Any]) -> Cors | None:
         expose_headers=values.get("cors_expose_headers", ""),
         credentials=values.get("cors_allow_credentials", True),
         max_age=values.get("cors_max_age", CORS_DEFAULT_MAX_AGE),
+    )
+
+
+def _canary_rules(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> CanaryRules | None:
+    """The rules of a canary Ingress, as ingress-nginx's canary parser reads them: a rule
+    whose value is invalid is left out (its default: "" or 0; a weight total of 100); a header
+    pattern of valid characters that does not compile is kept as invalid (ingress-nginx passes
+    it to Lua, whose regex error keeps the request on the main backend); canary rules on an
+    Ingress without `canary: "true"` are an error ("configured but not enabled") and it stays
+    an ordinary Ingress."""
+    enabled = values.get("canary", False)
+    configured = values.get("canary_weight", 0) > 0 or any(
+        values.get(f)
+        for f in (
+            "canary_by_header",
+            "canary_by_header_value",
+            "canary_by_header_pattern",
+            "canary_by_cookie",
+        )
+    )
+    if not enabled:
+        if configured:
+            name, value = given.get("canary", ("", ""))
+            if not name:
+                name, value = next(given[f] for f in sorted(_CANARY_FIELDS) if f in given)
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    'canary rules are configured but the Ingress is not a canary (canary: "true")'
+                    ", so they have no effect",
+                )
+            )
+        return None
+    pattern = values.get("canary_by_header_pattern", "")
+    invalid = False
+    if pattern:
+        try:
+            compile_header_pattern(pattern)
+        except PatternError as exc:
+            name, value = given["canary_by_header_pattern"]
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    f"{exc}; a request carrying the header stays on the main Ingress's backend "
+                    "(as ingress-nginx does when its regex fails)",
+                )
+            )
+            invalid = True
+    total = values.get("canary_weight_total", 100)
+    return CanaryRules(
+        header=values.get("canary_by_header", "").lower(),
+        header_value=values.get("canary_by_header_value", ""),
+        header_pattern=pattern,
+        header_invalid=invalid,
+        cookie=values.get("canary_by_cookie", ""),
+        weight=max(values.get("canary_weight", 0), 0),
+        # ingress-nginx's balancer draws out of 100 unless the total is larger.
+        weight_total=total if total > 100 else 100,
     )

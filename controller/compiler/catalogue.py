@@ -718,34 +718,69 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- canary -------------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "canary",
         "canary",
-        "Marks a canary Ingress. Without it the canary Ingress is an ordinary one: it competes "
-        "for the same host and path (a PathConflict problem; the older Ingress wins).",
-        ISSUE_PROTECTION,
+        '`"true"` makes the Ingress a canary: each of its paths pairs with the main (non-canary) '
+        "Ingress's rule of the same host, path and pathType, whose requests then go to the "
+        "canary's Service by the canary rules below (header, then cookie, then weight); the "
+        "canary serves nothing on its own: no hosts, no TLS, and its other annotations are "
+        "ignored (the main rule's apply to the canary's requests too). A canary path without "
+        "a main rule is not served (a `CanaryUnpaired` problem; ingress-nginx answers 404 "
+        "there too); a canary defaultBackend pairs with the global default backend; the first "
+        "canary of a rule (oldest) wins. Without it (or with `false`) canary rules are an "
+        "InvalidAnnotation problem and the Ingress is an ordinary one, competing for the same "
+        "host and path (a PathConflict problem; the older Ingress wins). Difference: "
+        "ingress-nginx attaches the canary to the main Ingress's Service backend, so every "
+        "path using that Service (even of other hosts) gets it; Portico attaches it to the "
+        "paired rules only. A canary whose Service has no endpoints (or does not exist) is "
+        "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
+        "load-balance applies to its backend. A canary carrying access control Portico does "
+        "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
+        "Its affinity-canary-behavior and "
+        "upstream-hash-by are not applied yet.",
     ),
-    _unsupported(
-        "canary-by-header", "canary", "Canary chosen by a request header.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-header",
+        "canary",
+        "The request field choosing the canary (case-insensitive, `_` read as `-`, as nginx's "
+        "`$http_` variables): `always` sends the request to the canary, `never` to the main "
+        "backend; any other value, or no field, goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _supported(
         "canary-by-header-value",
         "canary",
-        "The header value choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header: the exact value choosing the canary (then `always` and `never` "
+        "mean nothing special); another value goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _different(
         "canary-by-header-pattern",
         "canary",
-        "A header regex choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header and without canary-by-header-value: a regular expression "
+        "searched in the field's value (case-sensitive) choosing the canary; no match goes on "
+        "to the cookie and weight rules. Difference: RE2 rather than PCRE (linear time, no "
+        "backreferences or lookaround); a pattern RE2 cannot compile is an InvalidAnnotation "
+        "problem and, as ingress-nginx does when its regex fails, a request carrying the field "
+        "stays on the main backend.",
     ),
-    _unsupported("canary-by-cookie", "canary", "Canary chosen by a cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "canary-weight", "canary", "Share of requests sent to the canary.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-cookie",
+        "canary",
+        "The cookie choosing the canary (name case-insensitive, as nginx's `$cookie_`): "
+        "`always` sends the request to the canary, `never` to the main backend; any other "
+        "value goes on to the weight rule. Evaluated after canary-by-header.",
     ),
-    _unsupported(
-        "canary-weight-total", "canary", "The total canary-weight is out of.", ISSUE_PROTECTION
+    _supported(
+        "canary-weight",
+        "canary",
+        "The share of the remaining requests sent to the canary, drawn at random per request: "
+        "weight out of canary-weight-total; 0 (the default) none, the total or more all.",
+    ),
+    _supported(
+        "canary-weight-total",
+        "canary",
+        "What canary-weight is out of: 100 by default; as ingress-nginx's balancer, a total "
+        "below 100 counts as 100.",
     ),
     # ---- rate limiting ------------------------------------------------------------------------
     _unsupported(

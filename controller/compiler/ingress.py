@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import IngressOptions, parse_annotations
+from controller.compiler.annotations import CanaryRules, IngressOptions, parse_annotations
 from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
+    CANARY_UNPAIRED,
     CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
@@ -42,6 +43,7 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     AppRoot,
+    Canary,
     Cors,
     ErrorPages,
     HostRedirect,
@@ -266,6 +268,10 @@ class IngressPart:
     # `custom-http-errors` without `default-backend`: the statuses the global default backend
     # answers (the Ingress with only a defaultBackend, known once all parts are merged).
     global_error_codes: tuple[int, ...] = ()
+    # A canary Ingress (`canary: "true"`): its rules and defaultBackend only name the backends
+    # `assemble` pairs with the main Ingresses' rules of the same host and path; it serves
+    # nothing on its own (no hosts, no TLS, its other annotations ignored, as ingress-nginx).
+    canary: CanaryRules | None = None
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
@@ -550,6 +556,32 @@ def compile_ingress(
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
+    if opts.canary is not None and screening.denied(serve_without_access_control):
+        # ingress-nginx ignores a canary's own access control (the main Ingress's applies), but
+        # until Portico enforces what it asks for, the canary is not used at all: its requests
+        # stay on the main Ingress's backend, nothing is served unprotected.
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                CANARY_UNPAIRED,
+                "canary not used: it carries access control Portico does not enforce yet "
+                f"({', '.join(screening.unenforced)}); its requests stay on the main Ingresses",
+            )
+        )
+        return dataclasses.replace(_empty_part(ref, ingress.namespace), problems=tuple(problems))
+    if opts.canary is not None and not screening.withheld:
+        return IngressPart(
+            ref=ref,
+            namespace=ingress.namespace,
+            hosts=(),
+            entries=tuple(entries),
+            fallbacks=tuple(fallbacks),
+            default=default,
+            tls=(),
+            problems=tuple(problems),
+            canary=opts.canary,
+        )
     if screening.withheld:
         return IngressPart(
             ref=ref,
@@ -579,6 +611,19 @@ def compile_ingress(
         error_backend=error_backend,
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
+    )
+
+
+def _empty_part(ref: str, namespace: str) -> IngressPart:
+    return IngressPart(
+        ref=ref,
+        namespace=namespace,
+        hosts=(),
+        entries=(),
+        fallbacks=(),
+        default=None,
+        tls=(),
+        problems=(),
     )
 
 
@@ -830,6 +875,95 @@ def _www_redirects(
     return list(aliases.values())
 
 
+def _with_canary(rule: PathRule, step: Canary) -> PathRule:
+    options = dataclasses.replace(rule.options, policy=(*rule.options.policy, step))
+    return dataclasses.replace(rule, options=options)
+
+
+def _pair_canaries(
+    canaries: list[IngressPart],
+    *,
+    by_host: dict[str, dict[tuple[str, MatchKind], PathRule]],
+    written: Mapping[tuple[str, str, MatchKind], str],
+    default: PathRule | None,
+    uses: dict[str, BackendUse],
+    problems: list[Problem],
+) -> PathRule | None:
+    """Pair each canary Ingress's rules with the main rules, as ingress-nginx's
+    mergeAlternativeBackends does: a canary path goes with the main (non-canary) Ingress's
+    rule of the same host, path (as written) and pathType, which then carries a Canary step
+    naming the canary's backend; its defaultBackend goes with the global default backend. The
+    first canary (in precedence order) of a rule wins (ingress-nginx uses only its first
+    alternative backend); a canary naming the main rule's own backend is ignored. A canary rule
+    without a main rule is not served at all (ingress-nginx answers 404 there): a
+    CanaryUnpaired problem. Returns the global default rule, with its canary if any."""
+
+    def unpaired(part: IngressPart, entry: RuleEntry, why: str) -> None:
+        where = f"on host {entry.host}" if entry.host else "on any host"
+        problems.append(
+            Problem(
+                "Ingress",
+                part.ref,
+                CANARY_UNPAIRED,
+                f"canary {entry.text} {where} is not served: {why}",
+            )
+        )
+
+    def paired(part: IngressPart, entry: RuleEntry, main: PathRule) -> PathRule | None:
+        rules = part.canary
+        assert rules is not None
+        own = main.options.step(Canary)
+        if own is not None:
+            unpaired(part, entry, f"the main rule already has the canary of Ingress {own.ingress}")
+            return None
+        if main.backend == entry.rule.backend:
+            unpaired(part, entry, f"the main rule of Ingress {main.ingress} uses that backend")
+            return None
+        backend = entry.backend
+        step = Canary(
+            backend.key,
+            f"{backend.namespace}/{backend.service}",
+            part.ref,
+            str(backend.port),
+            rules.header,
+            rules.header_value,
+            rules.header_pattern,
+            rules.header_invalid,
+            rules.cookie,
+            rules.weight,
+            rules.weight_total,
+            entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
+        )
+        _use(uses, entry, part.ref)
+        return _with_canary(main, step)
+
+    for part in canaries:
+        for entry in part.entries:
+            rule = entry.rule
+            key = (rule.path, rule.match)
+            slot = by_host.get(entry.host)
+            main = None if slot is None else slot.get(key)
+            if (
+                main is None
+                or main.path_type != rule.path_type
+                or written.get((entry.host, rule.path, rule.match)) != entry.written_path
+            ):
+                unpaired(part, entry, "no main Ingress has a rule with its host, path and pathType")
+                continue
+            new = paired(part, entry, main)
+            if new is None or slot is None:
+                continue
+            slot[key] = new
+        for entry in (*part.fallbacks, *((part.default,) if part.default is not None else ())):
+            if default is None:
+                unpaired(part, entry, "there is no global default backend to pair with")
+                continue
+            new = paired(part, entry, default)
+            if new is not None:
+                default = new
+    return default
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
@@ -917,9 +1051,13 @@ def assemble(
 
     unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
     fallback_unredirected: dict[str, PathRule] = {}
+    canaries: list[IngressPart] = []
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        if part.canary is not None:
+            canaries.append(part)
+            continue
         error_backend = part.error_backend
         if error_backend is not None and (part.entries or part.fallbacks or part.default):
             _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
@@ -990,6 +1128,16 @@ def assemble(
                         f"{default.ingress}); {entry.rule.backend} ignored",
                     )
                 )
+
+    if canaries:
+        default = _pair_canaries(
+            canaries,
+            by_host=by_host,
+            written=written,
+            default=default,
+            uses=uses,
+            problems=problems,
+        )
 
     # TLS after routes so a certificate is attached only to hosts that exist.
     for part in parts:

@@ -12,6 +12,7 @@ from proxy.config import (
     AppRoot,
     Backend,
     BodyLimit,
+    Canary,
     Cors,
     Endpoint,
     EndpointsUpdate,
@@ -431,5 +432,61 @@ def test_retry_options_round_trip() -> None:
 def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
+# ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
+
+CANARIES = {
+    "header-value": Canary(
+        "ns/canary/80", "ns/canary", "ns/ing-canary", "80", "canarybyheader", "DoCanary"
+    ),
+    "pattern-and-cookie": Canary(
+        "ns/canary/http",
+        "ns/canary",
+        "ns/ing-canary",
+        "http",
+        header="x-canary",
+        header_pattern="^Do[A-Z][a-z]+y$",
+        cookie="Canary-By-Cookie",
+    ),
+    "invalid-pattern": Canary(
+        "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
+    ),
+    "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+}
+
+
+@pytest.mark.parametrize("step", CANARIES.values(), ids=CANARIES.keys())
+def test_canary_step_round_trips(step: Canary) -> None:
+    options = RouteOptions(policy=(BodyLimit(10), step))
+    rule = PathRule("/info", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    snap = Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))
+    decoded = decode_snapshot(encode_snapshot(snap))
+    assert decoded.routes.virtual_hosts[0].rules[0].options.step(Canary) == step
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": -1},
+        {"weight": True},
+        {"weight_total": 50},  # the compiler counts a total below 100 as 100
+        {"header": "X-Upper"},  # lower-case only
+        {"header_value": "a\r\nb"},
+        {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
+        {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
+    ],
+    ids=str,
+)
+def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
+    step = Canary("ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", weight=10)
+    options = RouteOptions(policy=(step,))
+    rule = PathRule("/", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    doc = json.loads(encode_snapshot(Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))))
+    doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())
