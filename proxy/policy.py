@@ -30,6 +30,7 @@ from proxy.config import (
     HSTS,
     AppRoot,
     BodyLimit,
+    Cors,
     ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
@@ -44,6 +45,7 @@ from proxy.config import (
     ShapeRequest,
     SourceRanges,
 )
+from proxy.cors import cors_steps
 from proxy.extauth import any_of, external_auth_step
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
@@ -87,6 +89,11 @@ class Policy:
                 raise ValueError(
                     f"a response step can only replace fields but {sorted(_NEVER_REPLACED)}"
                 )
+            if step.dynamic:
+                # Replaced only on the responses it adds fields to (the exchange drops them).
+                if step.replaces & RESPONSE_SPECIAL:
+                    raise ValueError("a dynamic response step can only replace ordinary fields")
+                continue
             replaced |= step.replaces & RESPONSE_SPECIAL
             dropped |= step.replaces - RESPONSE_SPECIAL
         self.replaced = replaced
@@ -215,6 +222,10 @@ class Policies:
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
                 cookies = spec
+            elif isinstance(spec, Cors):
+                preflight, fields = cors_steps(spec)
+                request.append(preflight)
+                response.append(fields)
         if access_at >= 0:
             request[access_at] = access[0] if len(access) == 1 else any_of(tuple(access))
         rewrite = field_rewrites(redirects, cookies)

@@ -18,9 +18,11 @@ from typing import Any, Final
 
 from controller.compiler import extauth
 from proxy.config import (
+    CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
+    Cors,
     ExternalAuth,
     PolicyStep,
     Redirect,
@@ -28,6 +30,7 @@ from proxy.config import (
     RewriteRedirects,
     RouteOptions,
 )
+from proxy.regex import PatternError, compile_header_pattern
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
@@ -58,6 +61,20 @@ class AnnotationError:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryRules:
+    """A canary Ingress's rules, as proxy/config.py's Canary step takes them (without the
+    backend, which the compiler adds per paired rule)."""
+
+    header: str = ""  # lower-case; "" none
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False  # the pattern does not compile: a present header stays main
+    cookie: str = ""
+    weight: int = 0  # 0 or more
+    weight_total: int = 100  # 100 or more (ingress-nginx counts out of 100 below that)
+
+
+@dataclass(frozen=True, slots=True)
 class IngressOptions:
     """What an Ingress's annotations say. `ssl_redirect` None: default (redirect TLS hosts)."""
 
@@ -81,6 +98,9 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `ssl-passthrough`: the hosts of this Ingress take HTTPS connections unterminated (with
+    # --enable-ssl-passthrough; the compiler makes Snapshot.passthrough).
+    ssl_passthrough: bool = False
     # `upstream-vhost`: the Host the pods are sent (host[:port]); None: the client's.
     upstream_vhost: str | None = None
     # `connection-proxy-header`: "close" or "keep-alive", sent as Connection; None: none.
@@ -130,6 +150,13 @@ class IngressOptions:
     auth_proxy_set_headers: str | None = None
     satisfy_any: bool = False
     enable_global_auth: bool = True
+    # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
+    # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
+    cors: Cors | None = None
+    # `canary: "true"` and its rules (canary-by-header, -value, -pattern, -by-cookie, -weight,
+    # -weight-total): this Ingress is a canary, paired by the compiler with the main Ingress of
+    # each of its host/path rules (ingress.py); None: an ordinary Ingress.
+    canary: CanaryRules | None = None
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -531,6 +558,88 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
+CORS_DEFAULT_METHODS: Final = "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+CORS_DEFAULT_HEADERS: Final = (
+    "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,"
+    "Range,Authorization"
+)
+CORS_DEFAULT_MAX_AGE: Final = 1728000
+# ingress-nginx's lists, written without nested repetition (Python's engine backtracks): words
+# separated by ",", " " or ", ", perhaps ending with one of those.
+_CORS_METHODS: Final = re.compile(r"^[A-Za-z]+(?:(?:, ?| )[A-Za-z]+)*(?:, ?| )?$")
+_CORS_HEADERS: Final = re.compile(r"^[A-Za-z0-9_, -]*$")
+_CORS_EXPOSE: Final = re.compile(r"^[A-Za-z0-9_*-]+(?:(?:, ?| )[A-Za-z0-9_*-]+)*(?:, ?| )?$")
+_ATOI: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """cors-allow-origin as ingress-nginx reads it: a comma-separated list, "*" alone or
+    anywhere in it allows every origin; an empty value allows every origin (its default);
+    an entry that is not an origin (no scheme: "example.com") is skipped, as ingress-nginx
+    skips it. A character no origin has makes the whole value invalid."""
+    allowed: list[str] = []
+    for entry in value.split(","):
+        origin = entry.strip()
+        if not origin:
+            continue
+        if origin == "*":
+            return ("*",)
+        if CORS_ORIGIN.fullmatch(origin) is not None:
+            if origin not in allowed:
+                allowed.append(origin)
+        elif not re.fullmatch(r"(?:[a-z]+://)?(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?", origin):
+            raise _Invalid('expected origins like "https://example.com", "https://*.a.com:8443"')
+    if not allowed and not value.strip(" ,"):
+        return ("*",)
+    return tuple(allowed)
+
+
+def _cors_list(pattern: re.Pattern[str], default: str, expected: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = value.strip()
+        if not text:
+            return default  # ingress-nginx takes an empty value as not given
+        if pattern.fullmatch(text) is None:
+            raise _Invalid(expected)
+        return text
+
+    return parse
+
+
+def _cors_max_age(value: str) -> int:
+    if _ATOI.fullmatch(value.strip()) is None:
+        raise _Invalid("expected a number of seconds")
+    return int(value.strip())
+
+
+# Canary names and values: ingress-nginx's BasicCharsRegex (letters, digits, "-._~/:"); its
+# header patterns: its IsValidRegex (those and the regex characters "^$[](){}*+?|&=\\").
+_CANARY_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:]*$")
+_CANARY_PATTERN_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:^$\[\](){}*+?|&=\\]*$")
+_GO_INT: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _canary_text(value: str) -> str:
+    if not _CANARY_TEXT.match(value):
+        raise _Invalid('expected letters, digits and "-._~/:" only')
+    return value
+
+
+def _canary_pattern(value: str) -> str:
+    # RE2 compiles it in _canary_rules: a pattern of these characters that does not compile is
+    # not ignored (see CanaryRules.header_invalid).
+    if not _CANARY_PATTERN_TEXT.match(value):
+        raise _Invalid('expected letters, digits, "-._~/:" and "^$[](){}*+?|&=\\" only')
+    return value
+
+
+def _go_int(value: str) -> int:
+    if not _GO_INT.match(value):
+        raise _Invalid("expected an integer")
+    return int(value)
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -549,6 +658,7 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    "ssl-passthrough": (_bool, "ssl_passthrough"),  # Snapshot.passthrough, by the compiler
     # A ShapeRequest step (with the ingress-nginx ConfigMap's proxy-set-headers).
     "upstream-vhost": (_host_port, "upstream_vhost"),
     "connection-proxy-header": (_connection, "connection_header"),
@@ -594,6 +704,31 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
     # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
     **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
+    # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
+    "enable-cors": (_go_bool, "enable_cors"),
+    "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
+    "cors-allow-methods": (
+        _cors_list(_CORS_METHODS, CORS_DEFAULT_METHODS, 'expected methods like "GET, POST"'),
+        "cors_allow_methods",
+    ),
+    "cors-allow-headers": (
+        _cors_list(_CORS_HEADERS, CORS_DEFAULT_HEADERS, 'expected field names like "X-A, X-B"'),
+        "cors_allow_headers",
+    ),
+    "cors-expose-headers": (
+        _cors_list(_CORS_EXPOSE, "", 'expected field names like "X-A, X-B" or "*"'),
+        "cors_expose_headers",
+    ),
+    "cors-allow-credentials": (_go_bool, "cors_allow_credentials"),
+    "cors-max-age": (_cors_max_age, "cors_max_age"),
+    # Canary: CanaryRules (see _canary_rules), paired with main Ingresses by the compiler.
+    "canary": (_go_bool, "canary"),
+    "canary-by-header": (_canary_text, "canary_by_header"),
+    "canary-by-header-value": (_canary_text, "canary_by_header_value"),
+    "canary-by-header-pattern": (_canary_pattern, "canary_by_header_pattern"),
+    "canary-by-cookie": (_canary_text, "canary_by_cookie"),
+    "canary-weight": (_go_int, "canary_weight"),
+    "canary-weight-total": (_go_int, "canary_weight_total"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -614,6 +749,28 @@ _REWRITE_FIELDS: Final = frozenset(
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
 )
+_CORS_FIELDS: Final = frozenset(
+    {
+        "enable_cors",
+        "cors_allow_origin",
+        "cors_allow_methods",
+        "cors_allow_headers",
+        "cors_expose_headers",
+        "cors_allow_credentials",
+        "cors_max_age",
+    }
+)
+_CANARY_FIELDS: Final = frozenset(
+    {
+        "canary",
+        "canary_by_header",
+        "canary_by_header_value",
+        "canary_by_header_pattern",
+        "canary_by_cookie",
+        "canary_weight",
+        "canary_weight_total",
+    }
+)
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
@@ -623,6 +780,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_secret",
         "proxy_ssl_verify",
         "max_body_size",
+        "ssl_passthrough",
         *_SOURCE_RANGE_FIELDS,
         "upstream_vhost",
         "connection_header",
@@ -641,6 +799,8 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *extauth.FIELDS,
+        *_CORS_FIELDS,
+        *_CANARY_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -707,6 +867,12 @@ def parse_annotations(
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
+                elif field == "cors_allow_origin":
+                    # ingress-nginx would allow every origin; no origin is allowed instead.
+                    values[field] = ()
+                elif field == "cors_allow_credentials":
+                    # ingress-nginx would allow credentials; they are not allowed instead.
+                    values[field] = False
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
@@ -734,6 +900,7 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            ssl_passthrough=bool(values.get("ssl_passthrough", False)),
             upstream_vhost=values.get("upstream_vhost"),
             connection_header=values.get("connection_header"),
             server_alias=values.get("server_alias", ()),
@@ -758,6 +925,8 @@ def parse_annotations(
             else None,
             satisfy_any=values.get("satisfy_any") is True,
             enable_global_auth=values.get("enable_global_auth", True) is not False,
+            cors=_cors_step(values),
+            canary=_canary_rules(values, given, errors),
         ),
         tuple(errors),
     )
@@ -812,3 +981,82 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _cors_step(values: Mapping[str, Any]) -> Cors | None:
+    """The Cors step of enable-cors "true" and the cors-* annotations, with ingress-nginx's
+    defaults for those not given (or given with an invalid value, see parse_annotations)."""
+    if not values.get("enable_cors", False):
+        return None
+    return Cors(
+        origins=values.get("cors_allow_origin", ("*",)),
+        methods=values.get("cors_allow_methods", CORS_DEFAULT_METHODS),
+        headers=values.get("cors_allow_headers", CORS_DEFAULT_HEADERS),
+        expose_headers=values.get("cors_expose_headers", ""),
+        credentials=values.get("cors_allow_credentials", True),
+        max_age=values.get("cors_max_age", CORS_DEFAULT_MAX_AGE),
+    )
+
+
+def _canary_rules(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> CanaryRules | None:
+    """The rules of a canary Ingress, as ingress-nginx's canary parser reads them: a rule
+    whose value is invalid is left out (its default: "" or 0; a weight total of 100); a header
+    pattern of valid characters that does not compile is kept as invalid (ingress-nginx passes
+    it to Lua, whose regex error keeps the request on the main backend); canary rules on an
+    Ingress without `canary: "true"` are an error ("configured but not enabled") and it stays
+    an ordinary Ingress."""
+    enabled = values.get("canary", False)
+    configured = values.get("canary_weight", 0) > 0 or any(
+        values.get(f)
+        for f in (
+            "canary_by_header",
+            "canary_by_header_value",
+            "canary_by_header_pattern",
+            "canary_by_cookie",
+        )
+    )
+    if not enabled:
+        if configured:
+            name, value = given.get("canary", ("", ""))
+            if not name:
+                name, value = next(given[f] for f in sorted(_CANARY_FIELDS) if f in given)
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    'canary rules are configured but the Ingress is not a canary (canary: "true")'
+                    ", so they have no effect",
+                )
+            )
+        return None
+    pattern = values.get("canary_by_header_pattern", "")
+    invalid = False
+    if pattern:
+        try:
+            compile_header_pattern(pattern)
+        except PatternError as exc:
+            name, value = given["canary_by_header_pattern"]
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    f"{exc}; a request carrying the header stays on the main Ingress's backend "
+                    "(as ingress-nginx does when its regex fails)",
+                )
+            )
+            invalid = True
+    total = values.get("canary_weight_total", 100)
+    return CanaryRules(
+        header=values.get("canary_by_header", "").lower(),
+        header_value=values.get("canary_by_header_value", ""),
+        header_pattern=pattern,
+        header_invalid=invalid,
+        cookie=values.get("canary_by_cookie", ""),
+        weight=max(values.get("canary_weight", 0), 0),
+        # ingress-nginx's balancer draws out of 100 unless the total is larger.
+        weight_total=total if total > 100 else 100,
+    )

@@ -12,12 +12,15 @@ from proxy.config import (
     AppRoot,
     Backend,
     BodyLimit,
+    Canary,
+    Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
     ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
+    PassthroughHost,
     PathRule,
     Redirect,
     Refuse,
@@ -56,6 +59,9 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        Cors(
+            ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
+        ),
         ExternalAuth(
             "https://$host/oauth2/auth",
             method="POST",
@@ -116,7 +122,27 @@ def full_snapshot() -> Snapshot:
         Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
     )
     cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
-    return Snapshot(routes, backends, (cert,), version=7, default_certificate="ns/cert")
+    passthrough = (
+        PassthroughHost("a.example", "ns/web/80", "ns/ing", "ns/web"),
+        PassthroughHost("b.example", "", "ns/other"),  # no backend: connections are closed
+        PassthroughHost(
+            "c.example",
+            "ns/web/http",
+            "ns/ing",
+            None,
+            "AccessControlNotEnforced",
+            ("10.0.0.0/8",),
+            ("2001:db8::/32",),
+        ),
+    )
+    return Snapshot(
+        routes,
+        backends,
+        (cert,),
+        version=7,
+        default_certificate="ns/cert",
+        passthrough=passthrough,
+    )
 
 
 def test_round_trip() -> None:
@@ -137,6 +163,7 @@ def test_endpoints_update_round_trip_and_apply() -> None:
     applied = apply_endpoints_update(snapshot, update)
     assert applied.version == 8
     assert applied.routes is snapshot.routes
+    assert applied.passthrough == snapshot.passthrough
     assert [b.key for b in applied.backends] == ["ns/web/80", "ns/web/http"]
     with pytest.raises(SnapshotError):
         apply_endpoints_update(applied, update)  # base version no longer matches
@@ -159,10 +186,44 @@ def test_rejects_malformed(data: bytes) -> None:
         decode_snapshot(data)
 
 
+def _with_passthrough(entry: object) -> bytes:
+    doc = json.loads(encode_snapshot(Snapshot()))
+    doc["passthrough"] = [entry]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["*.example", "ns/web/80", "ns/ing", None, "", [], []],  # wildcards are never matched
+        ["", "ns/web/80", "ns/ing", None, "", [], []],
+        ["a.example", 80, "ns/ing", None, "", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "not a reason", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "", ["10.0.0.1/8"], []],  # not canonical
+        ["a.example", "ns/web/80", "ns/ing", None, "", [], [7]],
+        ["a.example", "ns/web/80", "ns/ing"],
+    ],
+)
+def test_rejects_a_bad_passthrough_host(entry: object) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_with_passthrough(entry))
+
+
 def _with_step(step: dict[str, object]) -> bytes:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1]["policy"] = [step]
     return json.dumps(doc).encode()
+
+
+CORS: dict[str, object] = {
+    "step": "cors",
+    "origins": ["*"],
+    "methods": "GET",
+    "headers": "",
+    "expose_headers": "",
+    "credentials": False,
+    "max_age": 5,
+}
 
 
 @pytest.mark.parametrize(
@@ -294,6 +355,22 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        *(
+            pytest.param({**CORS, **change}, id=f"cors-{name}")
+            for name, change in {
+                "origin-with-path": {"origins": ["https://a.test/x"]},
+                "origin-splits-the-head": {"origins": ["https://a.test\r\nX: y"]},
+                "origin-ends-with-a-newline": {"origins": ["https://a.test\n"]},
+                "methods-end-with-a-newline": {"methods": "GET\n"},
+                "two-wildcards": {"origins": ["https://*.*.a.test"]},
+                "star-in-a-list": {"origins": ["*", "https://a.test"]},
+                "methods-empty": {"methods": ""},
+                "methods-split-the-head": {"methods": "GET\r\nX: y"},
+                "headers-colon": {"headers": "X: y"},
+                "max-age-not-a-number": {"max_age": "60"},
+                "credentials-not-a-flag": {"credentials": 1},
+            }.items()
+        ),
         # ExternalAuth (auth-url): anything the proxy could not send as meant.
         pytest.param({"step": "external_auth", "url": "ftp://a/"}, id="auth-not-http"),
         pytest.param({"step": "external_auth", "url": "http:///a"}, id="auth-without-host"),
@@ -359,6 +436,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "Cors",
         "ExternalAuth",
         "SatisfyAny",
     ]
@@ -408,5 +486,61 @@ def test_retry_options_round_trip() -> None:
 def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
+# ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
+
+CANARIES = {
+    "header-value": Canary(
+        "ns/canary/80", "ns/canary", "ns/ing-canary", "80", "canarybyheader", "DoCanary"
+    ),
+    "pattern-and-cookie": Canary(
+        "ns/canary/http",
+        "ns/canary",
+        "ns/ing-canary",
+        "http",
+        header="x-canary",
+        header_pattern="^Do[A-Z][a-z]+y$",
+        cookie="Canary-By-Cookie",
+    ),
+    "invalid-pattern": Canary(
+        "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
+    ),
+    "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+}
+
+
+@pytest.mark.parametrize("step", CANARIES.values(), ids=CANARIES.keys())
+def test_canary_step_round_trips(step: Canary) -> None:
+    options = RouteOptions(policy=(BodyLimit(10), step))
+    rule = PathRule("/info", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    snap = Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))
+    decoded = decode_snapshot(encode_snapshot(snap))
+    assert decoded.routes.virtual_hosts[0].rules[0].options.step(Canary) == step
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": -1},
+        {"weight": True},
+        {"weight_total": 50},  # the compiler counts a total below 100 as 100
+        {"header": "X-Upper"},  # lower-case only
+        {"header_value": "a\r\nb"},
+        {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
+        {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
+    ],
+    ids=str,
+)
+def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
+    step = Canary("ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", weight=10)
+    options = RouteOptions(policy=(step,))
+    rule = PathRule("/", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    doc = json.loads(encode_snapshot(Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))))
+    doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())
