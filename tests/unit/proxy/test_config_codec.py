@@ -11,6 +11,7 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
     Endpoint,
     EndpointsUpdate,
@@ -54,6 +55,7 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -106,6 +108,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -274,6 +277,26 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -307,6 +330,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "BasicAuth",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
