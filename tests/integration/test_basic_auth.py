@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import NamedTuple
 
 import bcrypt
+import manifests
 import pytest
+import yaml
 from backends import Client, Pod
+from serving import echo_pods, eventually, free_port, start_serve, stop_serve
 from tls_env import compiled, running
 
 from controller.compiler import CompileResult
@@ -202,3 +206,53 @@ def test_hashes_stay_out_of_reprs() -> None:
     result = compiled(*_ingresses(), *SECRETS, pod=("127.0.0.2", 80))
     assert BAR_HASH not in repr(result.snapshot)
     assert json.dumps(BAR_HASH)[1:-1] not in str(result.snapshot)
+
+
+def _manifests(directory: Path, port: int, auth_line: str) -> None:
+    docs = [
+        manifests.ingress_class(),
+        *manifests.service_with_pods("web", ["127.0.0.2"], port),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "users", "namespace": "default"},
+            "type": "Opaque",
+            "stringData": {"auth": auth_line},
+        },
+        manifests.ingress("web", "web.test", {"/": "web"}, annotations=dict(SERVE_AUTH)),
+    ]
+    (directory / "app.yaml").write_text(yaml.safe_dump_all(docs))
+
+
+SERVE_AUTH = {N + "auth-type": "basic", N + "auth-secret": "users", N + "auth-realm": "serve"}
+
+
+async def test_manifest_mode_two_workers_and_a_secret_edit(tmp_path: Path) -> None:
+    # `portico serve --manifests`: the Secret comes from the manifest directory; each worker
+    # checks and caches on its own; an edited Secret reaches every worker.
+    http, admin = free_port(), free_port()
+    async with echo_pods(("127.0.0.2", "web", "web-1")) as port:
+        _manifests(tmp_path, port, f"foo:{APR1_HASH}\n")
+        process = await start_serve(tmp_path, http=http, admin=admin, workers=2)
+        try:
+
+            async def status(authorization: list[str]) -> int:
+                try:
+                    got, _, _ = await _request(http, "web", authorization)
+                except OSError:
+                    return 0
+                return got
+
+            await eventually(lambda: _is(status([]), 401))
+            creds = [basic("foo", "apr1-pass")]
+            for _ in range(6):  # over both workers' connections
+                assert await status(creds) == 200
+            _manifests(tmp_path, port, f"foo:{BAR_HASH}\n")
+            await eventually(lambda: _is(status([basic("foo", "bar")]), 200))
+            assert await status(creds) == 401
+        finally:
+            await stop_serve(process)
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
