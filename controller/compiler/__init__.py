@@ -125,6 +125,7 @@ class Compiler:
             ),
             global_access_denied=bool(settings.unenforced_global_access)
             and not settings.serve_without_access_control,
+            ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
         )
         self._parts[key] = (ingress, part)
@@ -280,6 +281,7 @@ class Compiler:
             backends=tuple(backends.values()),  # keys were visited sorted
             certificates=certificates,
             default_certificate=default_certificate,
+            passthrough=assembly.passthrough,
         )
         result = CompileResult(
             snapshot=snapshot,
@@ -327,6 +329,7 @@ class Compiler:
             backends=tuple(self._backends.values()),
             certificates=last.snapshot.certificates,
             default_certificate=last.snapshot.default_certificate,
+            passthrough=last.snapshot.passthrough,
         )
         result = replace(last, snapshot=snapshot)
         self._last = result

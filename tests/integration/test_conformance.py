@@ -110,6 +110,8 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "retries",
+        "upstream",
         "basic-auth",
     }
     names = [s.full_name for s in scenarios]
