@@ -26,9 +26,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.basicauth import BasicAuthStep
 from proxy.config import (
     HSTS,
     AppRoot,
+    BasicAuth,
     BodyLimit,
     Cors,
     HostRedirect,
@@ -177,6 +179,8 @@ class Policies:
                 request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
             elif isinstance(spec, AppRoot):
                 request.append(RedirectAppRoot(spec.path))
+            elif isinstance(spec, BasicAuth):
+                request.append(BasicAuthStep(spec.realm, spec.users, spec.hashes))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):

@@ -11,6 +11,7 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
     Canary,
     Cors,
@@ -60,6 +61,7 @@ def full_snapshot() -> Snapshot:
         Cors(
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -132,6 +134,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -351,6 +354,26 @@ CORS: dict[str, object] = {
                 "credentials-not-a-flag": {"credentials": 1},
             }.items()
         ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -385,6 +408,7 @@ def test_policy_steps_keep_their_order() -> None:
         "RewriteRedirects",
         "RewriteCookies",
         "Cors",
+        "BasicAuth",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
