@@ -614,6 +614,43 @@ class Canary:
         )
 
 
+# ingress-nginx's auth-realm characters: letters, digits, "-._~/:" and spaces (nothing to
+# escape in the quoted realm of WWW-Authenticate).
+_REALM: Final = re.compile(r"^[-._~/:A-Za-z0-9 ]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication (ingress-nginx's auth-type basic, nginx's auth_basic): a
+    request without `Authorization: Basic` credentials of one of `users` whose password matches
+    its entry in `hashes` (htpasswd hashes, proxy/htpasswd.py) is answered 401 with
+    `WWW-Authenticate: Basic realm="<realm>"`; one that passes is forwarded without its
+    Authorization field. No user: every request is answered 401. The hashes are never logged
+    and left out of reprs, like a TLS key. Run by proxy/basicauth.py."""
+
+    realm: str
+    users: tuple[str, ...]
+    hashes: tuple[str, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check(type(self.realm) is str and bool(_REALM.match(self.realm)), "auth realm")
+        _check(len(self.users) == len(self.hashes), "auth users and hashes differ in number")
+        _check(len(set(self.users)) == len(self.users), "auth users repeat")
+        for user in self.users:
+            _check(
+                type(user) is str
+                and bool(user)
+                and ":" not in user
+                and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in user),
+                "auth user",
+            )
+        for hashed in self.hashes:
+            _check(
+                type(hashed) is str and all(0x21 <= ord(c) <= 0x7E and c != ":" for c in hashed),
+                "auth hash",  # never the value: it is not logged
+            )
+
+
 PolicyStep = (
     HTTPSRedirect
     | BodyLimit
@@ -633,6 +670,7 @@ PolicyStep = (
     | SatisfyAny
     | Cors
     | Canary
+    | BasicAuth
 )
 _Step = TypeVar(
     "_Step",
@@ -654,6 +692,7 @@ _Step = TypeVar(
     SatisfyAny,
     Cors,
     Canary,
+    BasicAuth,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -675,6 +714,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "satisfy_any": SatisfyAny,
     "cors": Cors,
     "canary": Canary,
+    "basic_auth": BasicAuth,
 }
 
 

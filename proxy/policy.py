@@ -26,9 +26,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.basicauth import BasicAuthStep
 from proxy.config import (
     HSTS,
     AppRoot,
+    BasicAuth,
     BodyLimit,
     Cors,
     ExternalAuth,
@@ -104,8 +106,8 @@ class Policy:
 
 
 # The access checks `satisfy any` makes alternatives (nginx's access phase: allow/deny,
-# auth_request, auth_basic); basic authentication joins them when it lands.
-_ACCESS_CHECKS: Final = (SourceRanges, ExternalAuth)
+# auth_basic, auth_request).
+_ACCESS_CHECKS: Final = (SourceRanges, BasicAuth, ExternalAuth)
 
 
 # The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
@@ -150,9 +152,11 @@ class Policies:
             built = self._built[steps] = self._build(merged)
         return built
 
-    def _access_step(self, spec: SourceRanges | ExternalAuth) -> RequestStep:
+    def _access_step(self, spec: SourceRanges | BasicAuth | ExternalAuth) -> RequestStep:
         if isinstance(spec, SourceRanges):
             return source_ranges_step(spec.allow, spec.deny, self.trusted)
+        if isinstance(spec, BasicAuth):
+            return BasicAuthStep(spec.realm, spec.users, spec.hashes)
         return external_auth_step(
             spec.url,
             spec.method,
@@ -218,6 +222,8 @@ class Policies:
                 request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
             elif isinstance(spec, AppRoot):
                 request.append(RedirectAppRoot(spec.path))
+            elif isinstance(spec, BasicAuth):
+                request.append(self._access_step(spec))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):

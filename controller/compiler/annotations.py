@@ -157,6 +157,15 @@ class IngressOptions:
     # -weight-total): this Ingress is a canary, paired by the compiler with the main Ingress of
     # each of its host/path rules (ingress.py); None: an ordinary Ingress.
     canary: CanaryRules | None = None
+    # Basic auth (`auth-type: basic`; the compiler reads the Secret into a BasicAuth step):
+    # `auth_secret` the Secret as written ("name" or "namespace/name"), None: auth-type not
+    # given (no authentication, as ingress-nginx), "" : given without a Secret (fail closed);
+    # `auth_secret_type` "auth-file" or "auth-map"; `auth_realm`. `invalid_auth`: an auth
+    # annotation does not read (or asks for digest), and the routes fail closed (503).
+    auth_secret: str | None = None
+    auth_secret_type: str = "auth-file"
+    auth_realm: str = ""
+    invalid_auth: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -640,6 +649,48 @@ def _go_int(value: str) -> int:
     return int(value)
 
 
+def _auth_type(value: str) -> str:
+    # ingress-nginx also takes "digest" (nginx's auth_digest, with htdigest files): Portico
+    # does not implement it, and a route asking for it must not be served unprotected.
+    if value == "digest":
+        raise _Invalid(
+            "digest authentication is not supported by Portico (use basic); the routes answer "
+            "503 (fail closed)"
+        )
+    if value != "basic":
+        raise _Invalid('expected "basic" or "digest"')
+    return value
+
+
+# A Secret in the Ingress's namespace ("name") or named with its namespace ("namespace/name").
+_AUTH_SECRET_REF: Final = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+)
+
+
+def _auth_secret(value: str) -> str:
+    ref = value.strip()
+    if not _AUTH_SECRET_REF.match(ref):
+        raise _Invalid('expected a Secret name, or "namespace/name"')
+    return ref
+
+
+def _auth_secret_type(value: str) -> str:
+    if value not in ("auth-file", "auth-map"):
+        raise _Invalid('expected "auth-file" or "auth-map"')
+    return value
+
+
+# ingress-nginx's auth-realm characters (CharsWithSpace): letters, digits, "-._~/:" and spaces.
+_REALM: Final = re.compile(r"^[-._~/:A-Za-z0-9 ]*$")
+
+
+def _auth_realm(value: str) -> str:
+    if not _REALM.match(value):
+        raise _Invalid('expected letters, digits, spaces and "-._~/:" only')
+    return value
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -729,6 +780,11 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "canary-by-cookie": (_canary_text, "canary_by_cookie"),
     "canary-weight": (_go_int, "canary_weight"),
     "canary-weight-total": (_go_int, "canary_weight_total"),
+    # Basic auth: a BasicAuth step made by the compiler from the Secret (see IngressOptions).
+    "auth-type": (_auth_type, "auth_type"),
+    "auth-secret": (_auth_secret, "auth_secret"),
+    "auth-secret-type": (_auth_secret_type, "auth_secret_type"),
+    "auth-realm": (_auth_realm, "auth_realm"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -771,6 +827,7 @@ _CANARY_FIELDS: Final = frozenset(
         "canary_weight_total",
     }
 )
+_AUTH_FIELDS: Final = frozenset({"auth_type", "auth_secret", "auth_secret_type", "auth_realm"})
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
@@ -801,6 +858,7 @@ _INGRESS_FIELDS: Final = frozenset(
         *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
+        *_AUTH_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -863,6 +921,10 @@ def parse_annotations(
                 ):
                     # Not ignored: an access restriction that cannot be read fails closed, and
                     # so do response fields (often security headers) that cannot be read.
+                    values[field] = _INVALID
+                elif field in _AUTH_FIELDS:
+                    # Authentication that cannot be read fails closed too (ingress-nginx
+                    # denies the location: 503).
                     values[field] = _INVALID
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
@@ -927,6 +989,7 @@ def parse_annotations(
             enable_global_auth=values.get("enable_global_auth", True) is not False,
             cors=_cors_step(values),
             canary=_canary_rules(values, given, errors),
+            **_basic_auth(values),
         ),
         tuple(errors),
     )
@@ -951,6 +1014,23 @@ def _external_auth(
         name, value = given.get("auth_url", ("auth-url", ""))
         errors.append(AnnotationError(name, value, str(exc)))
         return None, True
+
+
+def _basic_auth(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The IngressOptions fields of basic auth, as ingress-nginx reads them: without auth-type
+    the other auth annotations do nothing; an auth annotation that does not read fails closed."""
+    auth = {f: values[f] for f in _AUTH_FIELDS if f in values}
+    if not auth:
+        return {}
+    if _INVALID in auth.values():
+        return {"invalid_auth": True}
+    if "auth_type" not in auth:
+        return {}
+    return {
+        "auth_secret": auth.get("auth_secret", ""),
+        "auth_secret_type": auth.get("auth_secret_type", "auth-file"),
+        "auth_realm": auth.get("auth_realm", ""),
+    }
 
 
 def _rewrite_steps(

@@ -23,7 +23,7 @@ whose applied keys are exactly the `supported`/`different` rows: a test) and by
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from controller.kinds import edit_distance, within_budget
@@ -123,6 +123,11 @@ def _unsupported(
     return Entry(name, "unsupported", category, detail, access, portico, issue, documented)
 
 
+def _enforced(entry: Entry) -> Entry:
+    """A supported access-control row: an invalid value fails closed (screening.py)."""
+    return replace(entry, access_control=True)
+
+
 def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
@@ -188,10 +193,54 @@ _SOURCE_RANGES = (
 
 _ENTRIES: Final[tuple[Entry, ...]] = (
     # ---- access control ---------------------------------------------------------------------
-    _auth("auth-type", "Basic authentication against auth-secret (`basic`; `digest` too)."),
-    _auth("auth-secret", "The Secret holding the users and password hashes of auth-type."),
-    _auth("auth-secret-type", "How auth-secret is laid out: `auth-file` or `auth-map`."),
-    _auth("auth-realm", "The realm of the basic authentication challenge."),
+    _enforced(
+        _different(
+            "auth-type",
+            "access-control",
+            "`basic`: every request needs `Authorization: Basic` credentials of a user of "
+            "auth-secret whose password matches its htpasswd hash (bcrypt `$2a$`/`$2b$`/`$2y$`, "
+            "`$apr1$`, `$1$`, `$5$`, `$6$`, DES crypt, `{SHA}`, `{SSHA}`, `{PLAIN}`, as nginx and "
+            "its C library check them, compared in constant time); others get 401 with "
+            '`WWW-Authenticate: Basic realm="<auth-realm>"`, and the Authorization field is not '
+            "sent to the pods (as ingress-nginx clears it). Results are cached per worker, so "
+            "bcrypt is not paid on every request. Difference: `digest` (nginx's auth_digest) is "
+            "not implemented: it is an InvalidAnnotation problem and the routes answer 503 (fail "
+            "closed); any other value too. Without auth-type the other auth annotations do "
+            "nothing, as in ingress-nginx.",
+        )
+    ),
+    _enforced(
+        _supported(
+            "auth-secret",
+            "access-control",
+            "The Secret with the users of auth-type: `name` in the Ingress's namespace or "
+            "`namespace/name`. A Secret in another namespace (ingress-nginx's default "
+            "allow-cross-namespace-resources false), a missing one, or an auth-file Secret "
+            "without an `auth` key locks the routes: 503 (`AuthSecretUnavailable` / "
+            "`InvalidAuth`) and a SecretInvalid problem, never served open. A Secret without any "
+            "user Portico can check answers 401 to every request (as nginx), with a problem.",
+        )
+    ),
+    _enforced(
+        _different(
+            "auth-secret-type",
+            "access-control",
+            "`auth-file` (default): the Secret's `auth` key is an htpasswd file (`user:hash` "
+            "lines). `auth-map`: one key per user, the value its hash. Difference: in an auth-map, "
+            "only values with a scheme prefix (bcrypt, `$apr1$`, `$1$`, `$5$`, `$6$`, `{SHA}`, "
+            "`{SSHA}`) are read, because Portico keeps no other Secret data in memory; a DES or "
+            "`{PLAIN}` entry there never matches (use auth-file for those).",
+        )
+    ),
+    _enforced(
+        _supported(
+            "auth-realm",
+            "access-control",
+            'The realm of the 401 challenge (`WWW-Authenticate: Basic realm="..."`); letters, '
+            "digits, spaces and `-._~/:`, as ingress-nginx validates it; another value fails "
+            "closed (503). Default: empty.",
+        )
+    ),
     _checked(
         "auth-url",
         "External authentication: each request is first asked about to this URL (the "

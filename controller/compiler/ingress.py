@@ -44,6 +44,7 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     AppRoot,
+    BasicAuth,
     Canary,
     Cors,
     ErrorPages,
@@ -106,6 +107,12 @@ INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
 # the ConfigMap's global-auth-* keys it would take, its auth-proxy-set-headers ConfigMap): its
 # routes are denied (503), never served unauthenticated.
 INVALID_EXTERNAL_AUTH: Final = Refuse(503, "InvalidExternalAuth")
+# The first policy step (after the redirects) of an Ingress whose basic auth cannot be enforced:
+# an auth annotation does not read or asks for digest, the auth-secret is missing or in another
+# namespace (InvalidAnnotation / SecretInvalid problem), or the Secret cannot be read
+# (AUTH_SECRET_UNAVAILABLE). Never served open: ingress-nginx denies such a location (503).
+INVALID_AUTH: Final = Refuse(503, "InvalidAuth")
+AUTH_SECRET_UNAVAILABLE: Final = Refuse(503, "AuthSecretUnavailable")
 
 
 def _source_ranges(
@@ -285,6 +292,9 @@ class IngressPart:
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
+    # Basic auth: ("namespace/name" of the auth-secret, auth-secret-type, auth-realm), which
+    # `assemble` reads into a BasicAuth step (or locks the routes when it cannot).
+    basic_auth: tuple[str, str, str] | None = None
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -429,8 +439,10 @@ def compile_ingress(
         auth = global_auth
     if auth is not None:
         plain = dataclasses.replace(plain, policy=(auth, *plain.policy))
-        if opts.satisfy_any:
-            plain = dataclasses.replace(plain, policy=(*plain.policy, SatisfyAny()))
+    if opts.satisfy_any:
+        # The marker of satisfy any: the access checks (source ranges, basic auth added at
+        # assembly, external auth) become alternatives where the proxy builds them.
+        plain = dataclasses.replace(plain, policy=(*plain.policy, SatisfyAny()))
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
     if opts.upstream_vhost is not None or opts.connection_header is not None:
@@ -440,6 +452,9 @@ def compile_ingress(
         plain = dataclasses.replace(plain, policy=(*plain.policy, shaping))
     if opts.invalid_custom_headers:
         plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
+    basic_auth = _basic_auth(ingress, opts, problems)
+    if opts.invalid_auth or basic_auth == "":
+        plain = dataclasses.replace(plain, policy=(INVALID_AUTH, *plain.policy))
     cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
     error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
     if error_pages is not None:
@@ -636,6 +651,7 @@ def compile_ingress(
         error_backend=error_backend,
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
+        basic_auth=(basic_auth, opts.auth_secret_type, opts.auth_realm) if basic_auth else None,
     )
 
 
@@ -650,6 +666,41 @@ def _empty_part(ref: str, namespace: str) -> IngressPart:
         tls=(),
         problems=(),
     )
+
+
+def _basic_auth(ingress: Ingress, opts: IngressOptions, problems: list[Problem]) -> str | None:
+    """The auth-secret as "namespace/name"; None without basic auth; "" when it cannot be used
+    (the routes fail closed): not given, or in another namespace, which ingress-nginx refuses
+    by default (allow-cross-namespace-resources false)."""
+    if opts.auth_secret is None:
+        return None
+    if not opts.auth_secret:
+        reason = "auth-type basic without auth-secret"
+    else:
+        namespace, _, name = opts.auth_secret.rpartition("/")
+        if not namespace or namespace == ingress.namespace:
+            return f"{ingress.namespace}/{name}"
+        reason = (
+            f'auth-secret "{opts.auth_secret}" is in another namespace, which ingress-nginx '
+            "refuses (allow-cross-namespace-resources)"
+        )
+    problems.append(
+        Problem("Ingress", ingress.ref, SECRET_INVALID, f"{reason}; its routes answer 503")
+    )
+    return ""
+
+
+def _with_auth(options: RouteOptions, step: PolicyStep) -> RouteOptions:
+    """`step` (basic auth) after the redirects, the CORS preflight answer and the client-address
+    checks, as nginx runs its rewrite phase (redirects, `return 204` of a preflight) and its
+    access module before auth_basic (a denied address gets 403, not a 401 challenge)."""
+    policy = options.policy
+    at = 0
+    while at < len(policy) and isinstance(
+        policy[at], HTTPSRedirect | Redirect | Refuse | SourceRanges | AppRoot | Cors
+    ):
+        at += 1
+    return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
 
 
 def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
@@ -1019,6 +1070,7 @@ def assemble(
         [str], tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None
     ]
     | None = None,
+    basic_auth: Callable[[str, str, str], tuple[BasicAuth | None, str | None]] | None = None,
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
 
@@ -1111,6 +1163,16 @@ def assemble(
         else:
             problems.extend(found[2])
         parts[i] = _map_options(part, functools.partial(_with_auth_headers, found=found))
+    for i, part in enumerate(parts):
+        if part.basic_auth is None:
+            continue
+        auth, reason = (None, "not read") if basic_auth is None else basic_auth(*part.basic_auth)
+        if reason is not None:
+            locked = "; its routes answer 503" if auth is None else ""
+            message = f"auth-secret: {reason}{locked}"
+            problems.append(Problem("Ingress", part.ref, SECRET_INVALID, message))
+        auth_step: PolicyStep = AUTH_SECRET_UNAVAILABLE if auth is None else auth
+        parts[i] = _map_options(part, functools.partial(_with_auth, step=auth_step))
     if request_headers[0]:
         change = _with_request_headers(*request_headers)
         parts = [_map_options(part, change) for part in parts]

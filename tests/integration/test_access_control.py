@@ -43,15 +43,11 @@ class Row(NamedTuple):
     refused_by_ingress_nginx: int = 401  # what ingress-nginx answers the request (for the record)
 
 
-BASIC = {"auth-type": "basic", "auth-secret": "basic-auth"}
 CLIENT_CERT = {"auth-tls-secret": "default/ca-secret", "auth-tls-verify-client": "on"}
 
 ROWS: dict[str, Row] = {
-    "auth-type": Row({"auth-secret": "basic-auth"}, "basic"),
-    "auth-secret": Row({"auth-type": "basic"}, "basic-auth"),
-    "auth-secret-type": Row(BASIC, "auth-map"),
-    "auth-realm": Row(BASIC, "Authentication Required"),
-    # External auth and satisfy are enforced (issue 18): tests/integration/test_external_auth.py.
+    # Basic auth, external auth and satisfy are enforced (issue 18): tests/integration/
+    # test_basic_auth.py and test_external_auth.py.
     "auth-tls-secret": Row(
         {"auth-tls-verify-client": "on"}, "default/ca-secret", "https", refused_by_ingress_nginx=400
     ),

@@ -113,6 +113,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "retries",
         "upstream",
         "cors",
+        "basic-auth",
         "external-auth",
     }
     names = [s.full_name for s in scenarios]

@@ -24,7 +24,7 @@ from tls_env import compiled, running
 from controller.compiler import CompileSettings
 from controller.configmap import compile_settings, overlay, read
 from controller.settings import Settings
-from tests.kube_factory import ingress, rule
+from tests.kube_factory import ingress, opaque_secret, rule
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 
@@ -400,3 +400,61 @@ async def test_invalid_global_auth_fails_closed(pod: Pod) -> None:
         finally:
             await client.close()
     assert resp.status == 503 and pod.requests == 0
+
+
+# htpasswd -nbm bob apr1-pass (as tests/integration/test_basic_auth.py)
+APR1_HASH = "$apr1$cV7rta74$/wB6b37vKIZ6elCNQmJuT/"
+BOB = "Basic Ym9iOmFwcjEtcGFzcw=="  # bob:apr1-pass
+BASIC = {"auth-type": "basic", "auth-secret": "users", "auth-realm": "test auth"}
+
+
+class Combined(NamedTuple):
+    host: str
+    peer: str
+    authorization: str | None
+    status: int
+    asked: int
+
+
+# satisfy.go: "should configure satisfy directive correctly" / "should allow multiple auth with
+# satisfy any": basic auth, external auth and source ranges as alternatives (any) or all
+# required (all, the default).
+COMBINED: dict[str, Combined] = {
+    "any-range-without-credentials": Combined("basic-range-any", "127.0.0.5", None, 200, 0),
+    "any-credentials-outside-range": Combined("basic-range-any", "127.0.0.6", BOB, 200, 0),
+    "any-neither-is-401": Combined("basic-range-any", "127.0.0.6", None, 401, 0),
+    "any-basic-spares-the-auth-request": Combined("basic-url-any", "127.0.0.6", BOB, 200, 0),
+    # auth-url refuses (403) and basic asks for credentials: nginx keeps the 401
+    "any-401-over-403": Combined("basic-url-any", "127.0.0.6", None, 401, 1),
+    "all-basic-first": Combined("basic-url-all", "127.0.0.6", None, 401, 0),
+    "all-both": Combined("basic-url-all", "127.0.0.6", BOB, 200, 1),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=name) for name, c in COMBINED.items()])
+async def test_satisfy_with_basic_auth(pod: Pod, auth: AuthService, case: Combined) -> None:
+    hosts = {
+        "basic-range-any": {**BASIC, "whitelist-source-range": "127.0.0.5", "satisfy": "any"},
+        "basic-url-any": {**BASIC, "auth-url": auth.url("/deny403"), "satisfy": "any"},
+        "basic-url-all": {**BASIC, "auth-url": auth.url("/allow")},
+    }
+    result = compiled(
+        opaque_secret("users", auth=f"bob:{APR1_HASH}\n"),
+        *(
+            ingress(h, annotations={N + k: v for k, v in a.items()}, rules=[rule(f"{h}.test")])
+            for h, a in hosts.items()
+        ),
+        pod=(pod.host, pod.port),
+    )
+    async with running(result.snapshot) as proxy:
+        client = await connect_from(case.peer, proxy.http_port)
+        try:
+            headers = {"Authorization": case.authorization} if case.authorization else None
+            resp = await client.request("GET", "/", headers, host=f"{case.host}.test")
+        finally:
+            await client.close()
+    assert resp.status == case.status
+    assert len(auth.asked) == case.asked
+    assert pod.requests == (1 if case.status == 200 else 0)
+    if case.status == 401:
+        assert resp.header("WWW-Authenticate") == 'Basic realm="test auth"'

@@ -11,6 +11,7 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
     Canary,
     Cors,
@@ -62,6 +63,7 @@ def full_snapshot() -> Snapshot:
         Cors(
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
         ExternalAuth(
             "https://$host/oauth2/auth",
             method="POST",
@@ -152,6 +154,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -371,6 +374,26 @@ CORS: dict[str, object] = {
                 "credentials-not-a-flag": {"credentials": 1},
             }.items()
         ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
         # ExternalAuth (auth-url): anything the proxy could not send as meant.
         pytest.param({"step": "external_auth", "url": "ftp://a/"}, id="auth-not-http"),
         pytest.param({"step": "external_auth", "url": "http:///a"}, id="auth-without-host"),
@@ -437,6 +460,7 @@ def test_policy_steps_keep_their_order() -> None:
         "RewriteRedirects",
         "RewriteCookies",
         "Cors",
+        "BasicAuth",
         "ExternalAuth",
         "SatisfyAny",
     ]
