@@ -231,7 +231,20 @@ class Routing:
                 if answer is not None:
                     if answer.close:
                         self.telemetry.reject(ctx, answer.status, answer.reason)
-                    return Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    answered = Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    if policy.limiter is not None:
+                        answered.held = policy.limiter.take_held()
+                    return answered
+            if policy.limiter is not None:
+                # limit-connections counted this request: its exchange gives it back.
+                if route.cluster is None:
+                    exchange = Exchange(
+                        fwd, client, head, route, policy, route.unavailable_answer, client.read_at
+                    )
+                else:
+                    exchange = Exchange(fwd, client, head, route, policy, None, client.read_at)
+                exchange.held = policy.limiter.take_held()
+                return exchange
         if route.cluster is None:
             unavailable = route.unavailable_answer
             return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)

@@ -125,6 +125,7 @@ class Compiler:
             global_access_denied=bool(settings.unenforced_global_access)
             and not settings.serve_without_access_control,
             service_upstream=settings.service_upstream,
+            limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
         self._parts[key] = (ingress, part)
         return part

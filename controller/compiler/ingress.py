@@ -47,6 +47,7 @@ from proxy.config import (
     MatchKind,
     PathRule,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -94,6 +95,28 @@ INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
 # be read: its routes fail closed rather than forward what was meant to be redirected
 # (InvalidAnnotation problem).
 INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
+# A rate-limit annotation does not read: the routes answer 503 rather than serve without the
+# limit (InvalidAnnotation problem).
+INVALID_RATE_LIMIT: Final = Refuse(503, "InvalidRateLimit")
+
+
+def _rate_limit(ref: str, opts: IngressOptions, statuses: tuple[int, int]) -> PolicyStep | None:
+    """The RateLimit step of an Ingress (its zone: the Ingress, as ingress-nginx names its
+    zones after it), INVALID_RATE_LIMIT, or None without a limit."""
+    if opts.invalid_rate_limit:
+        return INVALID_RATE_LIMIT
+    if not (opts.limit_rps or opts.limit_rpm or opts.limit_connections):
+        return None
+    return RateLimit(
+        zone=ref,
+        rps=opts.limit_rps,
+        rpm=opts.limit_rpm,
+        burst_multiplier=opts.limit_burst_multiplier,
+        connections=opts.limit_connections,
+        allow=opts.limit_allowlist,
+        status=statuses[0],
+        connection_status=statuses[1],
+    )
 
 
 def _source_ranges(
@@ -347,6 +370,7 @@ def compile_ingress(
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
     service_upstream: bool = False,
+    limit_statuses: tuple[int, int] = (503, 503),
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -355,7 +379,9 @@ def compile_ingress(
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
-    `service_upstream`: the default of the service-upstream annotation.
+    `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
+    the answers of the rate limits (the ConfigMap's limit-req-status-code and
+    limit-conn-status-code).
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -384,6 +410,11 @@ def compile_ingress(
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    # Before the source ranges: nginx's limit_req / limit_conn run in the preaccess phase,
+    # ahead of allow / deny (a denied request still counts against the limit).
+    rate_limit = _rate_limit(ref, opts, limit_statuses)
+    if rate_limit is not None:
+        plain = dataclasses.replace(plain, policy=(rate_limit, *plain.policy))
     if opts.upstream_vhost is not None or opts.connection_header is not None:
         shaping = ShapeRequest(
             host=opts.upstream_vhost or "", connection=opts.connection_header or ""
