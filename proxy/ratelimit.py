@@ -52,6 +52,9 @@ WINDOW: Final = 16  # slots probed from a key's place
 SIZE: Final = SLOTS * SLOT.size
 _MASK: Final = SLOTS - 1
 _KEY_BITS: Final = (1 << 63) - 1
+# The excess a new state starts with: its first request adds 1000 and leaves 0, as nginx
+# stores a new state with excess 0.
+_NEW: Final = -1000
 
 
 class Counters:
@@ -88,13 +91,13 @@ class Counters:
             if slot_key == key:
                 return offset
             if slot_key == 0:
-                SLOT.pack_into(data, offset, key, 0, now, 0)
+                SLOT.pack_into(data, offset, key, _NEW, now, 0)
                 return offset
             if count == 0 and (victim < 0 or last < oldest):
                 victim = offset
                 oldest = last
         if victim >= 0:
-            SLOT.pack_into(data, victim, key, 0, now, 0)
+            SLOT.pack_into(data, victim, key, _NEW, now, 0)
         return victim
 
     def take(self, keys: list[int], rates: tuple[int, ...], bursts: tuple[int, ...]) -> bool:

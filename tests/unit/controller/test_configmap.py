@@ -79,8 +79,9 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     # CM#service-upstream (bool, "false"), CM#proxy-set-headers (string "namespace/name", ""),
     # CM#global-allowed-response-headers ([]string, empty).
     ("service-upstream", "true", "service_upstream", True, "false"),
-    ("limit-req-status-code", "429", "limit_req_status_code", 429, "503"),  # CM#limit-req-status-code
-    ("limit-conn-status-code", "429", "limit_conn_status_code", 429, "503"),  # CM, its table
+    # CM#limit-req-status-code, CM#limit-conn-status-code (its table row).
+    ("limit-req-status-code", "429", "limit_req_status_code", 429, "503"),
+    ("limit-conn-status-code", "429", "limit_conn_status_code", 429, "503"),
     (
         "proxy-set-headers",
         "ingress/custom-headers",

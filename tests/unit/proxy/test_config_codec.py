@@ -18,6 +18,7 @@ from proxy.config import (
     HostRedirect,
     HTTPSRedirect,
     PathRule,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -54,6 +55,7 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        RateLimit("ns/ing", 10, 600, 3, 8, ("10.0.0.0/8", "2001:db8::/32"), 429, 503),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -274,6 +276,17 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        pytest.param({"step": "rate_limit", "zone": "ns/a"}, id="rate-limit-without-limit"),
+        pytest.param({"step": "rate_limit", "zone": "", "rps": 1}, id="rate-limit-no-zone"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": -1}, id="rate-negative"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": True}, id="rate-a-flag"),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "rps": 1, "status": 200}, id="rate-status-200"
+        ),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "connections": 1, "allow": ["10.0.0.1/8"]},
+            id="rate-allowlist-not-canonical",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -307,6 +320,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "RateLimit",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
