@@ -623,6 +623,32 @@ class TLSCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class PassthroughHost:
+    """HTTPS connections whose ClientHello names `host` (exactly: no wildcard, as ingress-nginx
+    compares names) are spliced unterminated to an endpoint of `backend` (ingress-nginx's
+    `ssl-passthrough`, with --enable-ssl-passthrough; see proxy/passthrough.py). `backend` is
+    the key of the host's "/" rule (or its Ingress's defaultBackend); "" when it has none, and
+    its connections are closed. `refuse` (a CamelCase reason): every connection is closed
+    (access control not enforced, unreadable source ranges); `allow` / `deny`: source ranges
+    checked on the client address (the peer, or the PROXY protocol's), as `SourceRanges`."""
+
+    host: str
+    backend: str
+    ingress: str  # "ns/name" of the Ingress whose rule gives the backend, for the log
+    service: str | None = None  # "ns/name" of the Service, for the log
+    refuse: str = ""
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host) and not self.host.startswith("*."), f"host {self.host!r}")
+        _check(not self.refuse or self.refuse.isidentifier(), f"refusal {self.refuse!r}")
+        for cidr in (*self.allow, *self.deny):
+            _check(type(cidr) is str, f"source range {cidr!r}")
+            _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class RouteTable:
     """The route part of a snapshot: virtual hosts plus the global default backend."""
 
@@ -643,6 +669,8 @@ class Snapshot:
     # The certificate (a name in `certificates`) for handshakes no host certificate covers, from
     # `--default-certificate`; None: each worker uses a self-signed one.
     default_certificate: str | None = None
+    # Hosts whose HTTPS connections go to a pod unterminated (sorted by host).
+    passthrough: tuple[PassthroughHost, ...] = ()
 
     def backend_map(self) -> dict[str, Backend]:
         return {b.key: b for b in self.backends}
@@ -769,6 +797,18 @@ def _rule_from_json(raw: Any, options: list[RouteOptions]) -> PathRule:
     return PathRule(path, match, backend, ingress, service, port, path_type, options[opt])
 
 
+def _passthrough_to_json(p: PassthroughHost) -> list[Any]:
+    return [p.host, p.backend, p.ingress, p.service, p.refuse, list(p.allow), list(p.deny)]
+
+
+def _passthrough_from_json(raw: Any) -> PassthroughHost:
+    host, backend, ingress, service, refuse, allow, deny = raw
+    texts = (host, backend, ingress, refuse, *allow, *deny)
+    if not all(type(t) is str for t in texts) or not (service is None or type(service) is str):
+        raise SnapshotError(f"bad passthrough host {raw!r}")
+    return PassthroughHost(host, backend, ingress, service, refuse, tuple(allow), tuple(deny))
+
+
 def encode_snapshot(snapshot: Snapshot) -> bytes:
     """Encode a snapshot as compact JSON (UTF-8) with the schema version."""
     options_index: dict[RouteOptions, int] = {DEFAULT_OPTIONS: 0}
@@ -802,6 +842,8 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         ],
         "default_certificate": snapshot.default_certificate,
     }
+    if snapshot.passthrough:
+        doc["passthrough"] = [_passthrough_to_json(p) for p in snapshot.passthrough]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -848,6 +890,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
             ),
             version=int(doc["version"]),
             default_certificate=doc.get("default_certificate"),
+            passthrough=tuple(_passthrough_from_json(p) for p in doc.get("passthrough", ())),
         )
     except SnapshotError:
         raise
@@ -899,4 +942,5 @@ def apply_endpoints_update(snapshot: Snapshot, update: EndpointsUpdate) -> Snaps
         certificates=snapshot.certificates,
         version=update.version,
         default_certificate=snapshot.default_certificate,
+        passthrough=snapshot.passthrough,
     )

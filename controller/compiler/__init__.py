@@ -124,6 +124,7 @@ class Compiler:
             ),
             global_access_denied=bool(settings.unenforced_global_access)
             and not settings.serve_without_access_control,
+            ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
             limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
@@ -270,6 +271,7 @@ class Compiler:
             backends=tuple(backends.values()),  # keys were visited sorted
             certificates=certificates,
             default_certificate=default_certificate,
+            passthrough=assembly.passthrough,
         )
         result = CompileResult(
             snapshot=snapshot,
@@ -317,6 +319,7 @@ class Compiler:
             backends=tuple(self._backends.values()),
             certificates=last.snapshot.certificates,
             default_certificate=last.snapshot.default_certificate,
+            passthrough=last.snapshot.passthrough,
         )
         result = replace(last, snapshot=snapshot)
         self._last = result

@@ -79,6 +79,9 @@ class IngressOptions:
     # A source-range annotation has an invalid value: the routes fail closed (ingress-nginx
     # denies the location: 503) rather than serve without the restriction.
     invalid_source_range: bool = False
+    # `ssl-passthrough`: the hosts of this Ingress take HTTPS connections unterminated (with
+    # --enable-ssl-passthrough; the compiler makes Snapshot.passthrough).
+    ssl_passthrough: bool = False
     # `upstream-vhost`: the Host the pods are sent (host[:port]); None: the client's.
     upstream_vhost: str | None = None
     # `connection-proxy-header`: "close" or "keep-alive", sent as Connection; None: none.
@@ -543,6 +546,7 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "allowlist-source-range": (_cidrs, "allow_source_range"),
     "whitelist-source-range": (_cidrs, "whitelist_source_range"),
     "denylist-source-range": (_cidrs, "deny_source_range"),
+    "ssl-passthrough": (_bool, "ssl_passthrough"),  # Snapshot.passthrough, by the compiler
     # A ShapeRequest step (with the ingress-nginx ConfigMap's proxy-set-headers).
     "upstream-vhost": (_host_port, "upstream_vhost"),
     "connection-proxy-header": (_connection, "connection_header"),
@@ -633,6 +637,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "proxy_ssl_secret",
         "proxy_ssl_verify",
         "max_body_size",
+        "ssl_passthrough",
         *_SOURCE_RANGE_FIELDS,
         "upstream_vhost",
         "connection_header",
@@ -746,6 +751,7 @@ def parse_annotations(
             allow_source_range=allow if allow is not None else whitelist,
             deny_source_range=deny,
             invalid_source_range=_INVALID in ranges,
+            ssl_passthrough=bool(values.get("ssl_passthrough", False)),
             upstream_vhost=values.get("upstream_vhost"),
             connection_header=values.get("connection_header"),
             server_alias=values.get("server_alias", ()),

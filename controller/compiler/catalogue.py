@@ -375,12 +375,24 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         documented=False,
     ),
     # ---- TLS --------------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "ssl-passthrough",
         "tls",
-        "Hands the TLS connection to the pod unterminated. Without it Portico terminates TLS "
-        "for the host with the Ingress's certificate (or its default one).",
-        ISSUE_FORWARDING,
+        "With `--enable-ssl-passthrough` (off by default, as in ingress-nginx; without it the "
+        "annotation is a `PassthroughNotApplied` problem and the host is terminated like any "
+        "other), HTTPS connections whose ClientHello names one of the Ingress's hosts go to a "
+        "pod of the host's `/` path (else its defaultBackend) unterminated: the pod's "
+        "certificate is the one the client sees, and no HTTP annotation (headers, body size, "
+        "timeouts, ...) applies to them. The "
+        "server name is matched exactly (wildcard and host-less rules are not passed through, "
+        "as in ingress-nginx); connections without SNI, or for other hosts, are terminated by "
+        "Portico; plain HTTP for the host is served by its rules as usual. Differences: "
+        "Portico dials the ready pod endpoints (round robin, as for HTTP) where ingress-nginx "
+        "dials the Service's cluster IP; the host's source ranges are checked on the client "
+        "address and access control Portico does not enforce closes the connections (fail "
+        "closed), where ingress-nginx lets every annotation go; a ClientHello is awaited up "
+        "to the client header timeout and one that cannot be read (or larger than 16 KiB) is "
+        "closed, where ingress-nginx reads once and gives what it cannot parse to nginx.",
     ),
     _unsupported(
         "ssl-ciphers",

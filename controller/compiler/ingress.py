@@ -30,6 +30,7 @@ from controller.compiler.problems import (
     INVALID_HOST,
     INVALID_PATH,
     INVALID_PATH_TYPE,
+    PASSTHROUGH_NOT_APPLIED,
     PATH_CONFLICT,
     SECRET_INVALID,
     UNSUPPORTED_BACKEND,
@@ -45,6 +46,7 @@ from proxy.config import (
     HostRedirect,
     HTTPSRedirect,
     MatchKind,
+    PassthroughHost,
     PathRule,
     PolicyStep,
     RateLimit,
@@ -286,6 +288,9 @@ class IngressPart:
     # `custom-http-errors` without `default-backend`: the statuses the global default backend
     # answers (the Ingress with only a defaultBackend, known once all parts are merged).
     global_error_codes: tuple[int, ...] = ()
+    # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
+    # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
+    passthrough: bool = False
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -371,6 +376,7 @@ def compile_ingress(
     global_access_denied: bool = False,
     service_upstream: bool = False,
     limit_statuses: tuple[int, int] = (503, 503),
+    ssl_passthrough: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -381,7 +387,9 @@ def compile_ingress(
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
     `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
     the answers of the rate limits (the ConfigMap's limit-req-status-code and
-    limit-conn-status-code).
+    limit-conn-status-code);
+    `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
+    its hosts are terminated, as ingress-nginx ignores it without the flag).
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -394,6 +402,16 @@ def compile_ingress(
     problems.extend(Problem("Ingress", ref, INVALID_ANNOTATION, e.message()) for e in errors)
     screening = screen(ingress.annotations, {e.annotation: e.reason for e in errors})
     problems.extend(screening.problems(ref, serve_without_access_control))
+    if opts.ssl_passthrough and not ssl_passthrough:
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                PASSTHROUGH_NOT_APPLIED,
+                "ssl-passthrough needs --enable-ssl-passthrough: Portico terminates TLS for "
+                "its hosts, like for any other host",
+            )
+        )
 
     tls = tuple(
         TLSEntry(t.secret_name or "", tuple(h.strip().lower() for h in t.hosts))
@@ -581,6 +599,7 @@ def compile_ingress(
         app_root=opts.app_root,
         error_backend=error_backend,
         global_error_codes=global_error_codes,
+        passthrough=opts.ssl_passthrough and ssl_passthrough,
     )
 
 
@@ -623,11 +642,19 @@ class Assembly:
     written_paths: Mapping[tuple[str, str, MatchKind], str] = dataclasses.field(
         default_factory=dict
     )
+    passthrough: tuple[PassthroughHost, ...] = ()  # sorted by host
 
 
 def _rule_order(rule: PathRule) -> tuple[int, int, str]:
     # Longest path first; Exact before Prefix at equal length; then by path for determinism.
     return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
+
+
+def _without_https_redirect(rule: PathRule) -> PathRule:
+    """The rule without its HTTPS redirect step (for a server-alias its host's certificate does
+    not cover: ingress-nginx serves such a name without TLS, so without the redirect)."""
+    policy = tuple(s for s in rule.options.policy if not isinstance(s, HTTPSRedirect))
+    return dataclasses.replace(rule, options=dataclasses.replace(rule.options, policy=policy))
 
 
 def _regex_rules(
@@ -636,6 +663,8 @@ def _regex_rules(
     written: dict[tuple[str, str, MatchKind], str],
     regex_rules: set[tuple[str, str, MatchKind]],
     problems: list[Problem],
+    *,
+    origin: dict[tuple[str, str], tuple[str, str, MatchKind]],
 ) -> tuple[PathRule, ...]:
     """The rules of a host where some path has use-regex or rewrite-target, as ingress-nginx
     makes them: every path, whatever its Ingress or pathType, becomes `~* "^<path as written>"`
@@ -661,6 +690,7 @@ def _regex_rules(
                 )
                 continue
         written[(host, pattern, "regex")] = written.get((host, path, match), pattern)
+        origin.setdefault((host, pattern), (host, path, match))
         rules.append(dataclasses.replace(rule, path=pattern, match="regex"))
     rules.sort(key=lambda r: r.path, reverse=True)
     rules.sort(key=lambda r: len(r.path), reverse=True)
@@ -1021,9 +1051,13 @@ def assemble(
                 certificates[cert.name] = cert
 
     ordered: dict[str, tuple[PathRule, ...]] = {}
+    # (host, regex path) -> the (host, path, match) key of the rule it was made from.
+    regex_origin: dict[tuple[str, str], tuple[str, str, MatchKind]] = {}
     for host, slot in by_host.items():
         if host in regex_hosts:
-            ordered[host] = _regex_rules(host, slot, written, regex_rules, problems)
+            ordered[host] = _regex_rules(
+                host, slot, written, regex_rules, problems, origin=regex_origin
+            )
         else:
             ordered[host] = tuple(sorted(slot.values(), key=_rule_order))
     if app_roots:
@@ -1042,13 +1076,20 @@ def assemble(
         name = host_cert.get(host) or wild_cert.get(host)
         served = certificates.get(name) if name is not None else None
         covered = served is not None and covers(served.hosts, alias)
+        # Not covered: the rules lose the HTTPS redirect their host's TLS gave them (not a
+        # forced one: `unredirected` has those rules whose redirect can be taken back), and keep
+        # everything else they became since (a regular expression, the app-root step).
         rules = [
-            rule if covered else unredirected.get((host, rule.path, rule.match), rule)
+            rule
+            if covered
+            or unredirected.get(regex_origin.get((host, rule.path), (host, rule.path, rule.match)))
+            is None
+            else _without_https_redirect(rule)
             for rule in ordered[host]
         ]
         host_fallback = fallback.get(host)
-        if host_fallback is not None and not covered:
-            host_fallback = fallback_unredirected.get(host, host_fallback)
+        if host_fallback is not None and not covered and host in fallback_unredirected:
+            host_fallback = _without_https_redirect(host_fallback)
         vhosts.append(
             VirtualHost(
                 host=alias,
@@ -1072,13 +1113,71 @@ def assemble(
     )
     vhosts.extend(r for r in redirects if r.host not in aliases)
     vhosts.sort(key=lambda v: v.host)
+    passthrough = _passthrough_hosts(parts, by_host, fallback, problems)
     return Assembly(
         routes=RouteTable(virtual_hosts=tuple(vhosts), default=default),
         certificates=tuple(certificates[k] for k in sorted(certificates)),
         problems=tuple(problems),
         uses=uses,
         written_paths=written,
+        passthrough=passthrough,
     )
+
+
+def _passthrough_hosts(
+    parts: list[IngressPart],
+    by_host: Mapping[str, Mapping[tuple[str, MatchKind], PathRule]],
+    fallback: Mapping[str, PathRule],
+    problems: list[Problem],
+) -> tuple[PassthroughHost, ...]:
+    """The passthrough hosts, as ingress-nginx makes them: a host is passthrough when any
+    Ingress with a rule for it has the annotation; its connections go to the backend of the
+    host's "/" path (Prefix or ImplementationSpecific, whichever Ingress owns it), else of the
+    defaultBackend it falls back to; the access rules are that rule's."""
+    hosts: dict[str, PassthroughHost] = {}
+    for part in parts:
+        if not part.passthrough:
+            continue
+        for host in part.hosts:
+            if host in hosts:
+                continue
+            if not host or host.startswith("*."):
+                what = "rules without a host" if not host else f"wildcard host {host}"
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f"ssl-passthrough does not apply to {what}: a server name is matched "
+                        "exactly, as ingress-nginx does; Portico terminates TLS for it",
+                    )
+                )
+                continue
+            rule = by_host.get(host, {}).get(("/", "prefix")) or fallback.get(host)
+            if rule is None:
+                problems.append(
+                    Problem(
+                        "Ingress",
+                        part.ref,
+                        PASSTHROUGH_NOT_APPLIED,
+                        f'ssl-passthrough host {host} has no "/" path or defaultBackend to send '
+                        "its connections to: they are closed",
+                    )
+                )
+                hosts[host] = PassthroughHost(host, "", part.ref)
+                continue
+            refuse = ""
+            allow: tuple[str, ...] = ()
+            deny: tuple[str, ...] = ()
+            for step in rule.options.policy:
+                if isinstance(step, Refuse) and not refuse:
+                    refuse = step.reason
+                elif isinstance(step, SourceRanges):
+                    allow, deny = step.allow, step.deny
+            hosts[host] = PassthroughHost(
+                host, rule.backend, rule.ingress, rule.service, refuse, allow, deny
+            )
+    return tuple(hosts[h] for h in sorted(hosts))
 
 
 def _aliases(

@@ -111,6 +111,8 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "error-pages",
         "response-rewriting",
         "rate-limits",
+        "retries",
+        "upstream",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

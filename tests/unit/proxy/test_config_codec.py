@@ -17,6 +17,7 @@ from proxy.config import (
     ErrorPages,
     HostRedirect,
     HTTPSRedirect,
+    PassthroughHost,
     PathRule,
     RateLimit,
     Redirect,
@@ -98,7 +99,27 @@ def full_snapshot() -> Snapshot:
         Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
     )
     cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
-    return Snapshot(routes, backends, (cert,), version=7, default_certificate="ns/cert")
+    passthrough = (
+        PassthroughHost("a.example", "ns/web/80", "ns/ing", "ns/web"),
+        PassthroughHost("b.example", "", "ns/other"),  # no backend: connections are closed
+        PassthroughHost(
+            "c.example",
+            "ns/web/http",
+            "ns/ing",
+            None,
+            "AccessControlNotEnforced",
+            ("10.0.0.0/8",),
+            ("2001:db8::/32",),
+        ),
+    )
+    return Snapshot(
+        routes,
+        backends,
+        (cert,),
+        version=7,
+        default_certificate="ns/cert",
+        passthrough=passthrough,
+    )
 
 
 def test_round_trip() -> None:
@@ -119,6 +140,7 @@ def test_endpoints_update_round_trip_and_apply() -> None:
     applied = apply_endpoints_update(snapshot, update)
     assert applied.version == 8
     assert applied.routes is snapshot.routes
+    assert applied.passthrough == snapshot.passthrough
     assert [b.key for b in applied.backends] == ["ns/web/80", "ns/web/http"]
     with pytest.raises(SnapshotError):
         apply_endpoints_update(applied, update)  # base version no longer matches
@@ -139,6 +161,29 @@ def test_endpoints_update_round_trip_and_apply() -> None:
 def test_rejects_malformed(data: bytes) -> None:
     with pytest.raises(SnapshotError):
         decode_snapshot(data)
+
+
+def _with_passthrough(entry: object) -> bytes:
+    doc = json.loads(encode_snapshot(Snapshot()))
+    doc["passthrough"] = [entry]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["*.example", "ns/web/80", "ns/ing", None, "", [], []],  # wildcards are never matched
+        ["", "ns/web/80", "ns/ing", None, "", [], []],
+        ["a.example", 80, "ns/ing", None, "", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "not a reason", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "", ["10.0.0.1/8"], []],  # not canonical
+        ["a.example", "ns/web/80", "ns/ing", None, "", [], [7]],
+        ["a.example", "ns/web/80", "ns/ing"],
+    ],
+)
+def test_rejects_a_bad_passthrough_host(entry: object) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_with_passthrough(entry))
 
 
 def _with_step(step: dict[str, object]) -> bytes:
