@@ -18,7 +18,7 @@ import socket
 import time
 
 from controller.publisher import Publisher, WorkerLink
-from proxy.ratelimit import create_segment
+from proxy.ratelimit import Counters, create_segment
 from proxy.worker import command as worker_command
 
 logger = logging.getLogger("portico.supervisor")
@@ -76,6 +76,9 @@ class WorkerSet:
             if self.stopping:
                 return
             logger.error("worker.exited", extra={"worker": index, "code": code})
+            # Its requests in progress are never given back: counted, they would refuse their
+            # clients (limit-connections) until the controller restarts.
+            Counters(self._limits_fd).forget_in_progress()
             if time.monotonic() - started > _STABLE_AFTER:
                 backoff = 0.5
             await asyncio.sleep(backoff)

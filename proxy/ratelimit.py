@@ -27,7 +27,9 @@ A first request always passes (a new state starts at 0), so a fresh client gets 
 requests at once, then `rate` per second. Several limits of one step are checked first and
 stored only if all pass, as nginx does. The connection limit is nginx's `limit_conn`: the
 requests of a key in progress (not finished) at once, across workers; the count is taken when
-the request passes and given back when its exchange ends (proxy/exchange.py).
+the request passes and given back when its exchange ends (proxy/exchange.py). A worker that
+dies cannot give its counts back: the controller then sets every count to 0
+(`forget_in_progress`): briefly too lenient rather than refusing those clients for good.
 """
 
 from __future__ import annotations
@@ -163,6 +165,21 @@ class Counters:
                     if count > 0:
                         SLOT.pack_into(data, offset, key, excess, last, count - 1)
                     return
+        finally:
+            self._unlock()
+
+    def forget_in_progress(self) -> None:
+        """Every request-in-progress count back to 0: a worker died, and the counts of its
+        requests would otherwise lock their clients out until the controller restarts. The
+        other workers' requests in progress go uncounted until they end (release stops at 0):
+        briefly too lenient rather than refusing for good."""
+        self._lock()
+        try:
+            counts = memoryview(self.map).cast("q")
+            try:
+                counts[3::4] = memoryview(bytes(SIZE // 4)).cast("q")
+            finally:
+                counts.release()
         finally:
             self._unlock()
 

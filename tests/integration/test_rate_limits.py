@@ -13,13 +13,16 @@ Timing: the request-rate rows use limit-rpm 1 (a bucket drains one request a min
 counts are exact however slow the machine), and the limit-rps row allows for the bucket
 draining during the test (1 request a second: at most ceil(elapsed) more). The connection row
 holds requests open with the pod's `sleep_ms` (3 s) while 20 start at once, as
-limitconnections.go does with its slow echo.
+limitconnections.go does with its slow echo; a worker killed mid-request leaves no count
+behind (the controller clears them when it replaces the worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ import aiohttp
 import manifests
 import pytest
 import yaml
-from serving import echo_pods, eventually, free_port, start_serve, stop_serve
+from serving import children, echo_pods, eventually, free_port, start_serve, stop_serve
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -76,7 +79,7 @@ async def statuses(port: int, host: str, n: int) -> list[int]:
 
 
 @pytest.fixture
-async def proxy(tmp_path: Path) -> Any:
+async def serving(tmp_path: Path) -> Any:
     async with echo_pods(("127.0.0.2", "web", "pod-a")) as pod_port:
         docs = [
             manifests.ingress_class(),
@@ -107,9 +110,14 @@ async def proxy(tmp_path: Path) -> Any:
                         return False
 
                 await eventually(ready, 40)
-            yield http
+            yield http, process
         finally:
             await stop_serve(process, grace=5)
+
+
+@pytest.fixture
+async def proxy(serving: tuple[int, asyncio.subprocess.Process]) -> int:
+    return serving[0]
 
 
 async def test_request_limits_hold_for_the_whole_proxy(proxy: int) -> None:
@@ -142,3 +150,29 @@ async def test_connections_in_progress_are_limited(proxy: int) -> None:
     assert sorted(got) == [200] * 8 + [503] * 12
     # Once they ended, the counts are given back (in every worker).
     assert await statuses(proxy, "conn.test", 10) == [200] * 10
+
+
+async def test_a_dead_workers_requests_in_progress_are_forgotten(
+    serving: tuple[int, asyncio.subprocess.Process],
+) -> None:
+    # Nine slow requests against conn.test's limit of 8: one is refused, eight are in progress
+    # when both workers are killed. Their counts can never be given back: the controller
+    # clears them, and the replacement workers serve the client again.
+    http, process = serving
+    slow = [asyncio.create_task(status_of(http, "conn.test", "/?sleep_ms=10000")) for _ in range(9)]
+    done, _ = await asyncio.wait(slow, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result() for t in done] == [503]
+    for pid in children(process.pid):
+        os.kill(pid, signal.SIGKILL)
+    for task in slow:
+        if task not in done:
+            with pytest.raises((ValueError, IndexError, ConnectionError)):
+                await task
+
+    async def served() -> bool:
+        try:
+            return await status_of(http, "conn.test") == 200
+        except (OSError, ValueError, IndexError):
+            return False  # no worker listening yet
+
+    await eventually(served, 20)

@@ -108,6 +108,20 @@ def test_one_segment_seen_by_every_mapping() -> None:
         os.close(fd)
 
 
+def test_counts_are_forgotten_when_a_worker_dies() -> None:
+    # The controller's answer to a worker that died with requests in progress (workers.py).
+    fd = create_segment()
+    try:
+        worker, controller = Counters(fd), Counters(fd)
+        assert worker.acquire(5, 1) and worker.take([6], (1000,), (0,))
+        controller.forget_in_progress()
+        assert worker.count(5) == 0
+        assert worker.acquire(5, 1)
+        assert not worker.take([6], (1000,), (0,))  # request rates are kept
+    finally:
+        os.close(fd)
+
+
 def test_a_full_window_evicts_the_oldest_idle_state(clock: Clock) -> None:
     counters = Counters()
     colliding = [3 + i * SLOTS for i in range(WINDOW + 1)]  # same place in the table
