@@ -225,6 +225,7 @@ class Routing:
             route = generation.route_for(rule)
         policy = route.secure if ctx.secure else route.plain
         steps = policy.request
+        held = 0  # a rate-limit count taken for this request (limit-connections)
         if steps:
             for step in steps:
                 answer = step.request(head, ctx)
@@ -237,18 +238,24 @@ class Routing:
                     return answered
             if policy.limiter is not None:
                 # limit-connections counted this request: its exchange gives it back.
-                if route.cluster is None:
-                    exchange = Exchange(
-                        fwd, client, head, route, policy, route.unavailable_answer, client.read_at
-                    )
-                else:
-                    exchange = Exchange(fwd, client, head, route, policy, None, client.read_at)
-                exchange.held = policy.limiter.take_held()
-                return exchange
+                held = policy.limiter.take_held()
+        canary = route.canary
+        if canary is not None and canary.chooses(head):
+            # The main rule's policy ran and stays; the canary's backend serves, unless it has
+            # no endpoints (ingress-nginx then has no balancer for it and keeps the main one).
+            alternative = route.canary_route
+            assert alternative is not None
+            cluster = alternative.cluster
+            if cluster is not None and cluster.backend.endpoints:
+                route = alternative
         if route.cluster is None:
             unavailable = route.unavailable_answer
-            return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
-        return Exchange(fwd, client, head, route, policy, None, client.read_at)
+            exchange = Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
+        else:
+            exchange = Exchange(fwd, client, head, route, policy, None, client.read_at)
+        if held:
+            exchange.held = held
+        return exchange
 
     def local_exchange(
         self, client: ClientSide, status: int, reason: str, url: bytes = b""

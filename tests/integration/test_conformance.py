@@ -113,6 +113,8 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rate-limits",
         "retries",
         "upstream",
+        "cors",
+        "basic-auth",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))
