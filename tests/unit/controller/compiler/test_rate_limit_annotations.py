@@ -8,7 +8,7 @@ import pytest
 
 from controller.compiler import CompileSettings, compile_view
 from proxy.config import RateLimit, Refuse, RouteOptions
-from tests.kube_factory import ingress, ingress_class, rule, service, store_of
+from tests.kube_factory import ingress, ingress_class, opaque_secret, rule, service, store_of
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -112,3 +112,29 @@ def test_the_limit_runs_before_the_source_ranges() -> None:
     options, _ = compiled({N + "limit-rps": "5", N + "whitelist-source-range": "10.0.0.0/8"})
     kinds = [type(s).__name__ for s in options.policy]
     assert kinds.index("RateLimit") < kinds.index("SourceRanges")
+
+
+def test_basic_auth_runs_after_the_limit() -> None:
+    # nginx's preaccess phase (limit_req) before its access phase (auth_basic): a request
+    # refused by the limit gets the limit's status, not a 401 challenge.
+    apr1 = "$apr1$cV7rta74$/wB6b37vKIZ6elCNQmJuT/"
+    result = compile_view(
+        store_of(
+            ingress_class(),
+            service("web"),
+            opaque_secret("users", auth=f"foo:{apr1}\n"),
+            ingress(
+                "app",
+                annotations={
+                    N + "limit-rps": "5",
+                    N + "auth-type": "basic",
+                    N + "auth-secret": "users",
+                },
+                rules=[rule("app.test")],
+            ),
+        ),
+        CompileSettings(),
+    )
+    (vhost,) = result.snapshot.routes.virtual_hosts
+    kinds = [type(s).__name__ for s in vhost.rules[0].options.policy]
+    assert kinds.index("RateLimit") < kinds.index("BasicAuth"), kinds
