@@ -15,6 +15,8 @@ for HTTPS, each holding:
   `Connection: close`, so its connection is not reused (connection-proxy-header).
 - `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
   (proxy/fieldrewrite.py), None for a route without them.
+- `limiter`: the rate-limit step when it counts requests in progress (limit-connections), so
+  that routing hands the exchange what to give back when it ends; None otherwise.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -37,6 +39,7 @@ from proxy.config import (
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -52,6 +55,7 @@ from proxy.extauth import any_of, external_auth_step
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
+from proxy.ratelimit import LimitRequests, counters
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.settings import ProxySettings
 from proxy.shaping import ShapeRequestStep, response_headers_step
@@ -65,6 +69,7 @@ class Policy:
     __slots__ = (
         "added",
         "dropped",
+        "limiter",
         "max_body",
         "replaced",
         "request",
@@ -80,6 +85,7 @@ class Policy:
         max_body: int = 0,
         rewrite: FieldRewrites | None = None,
         upstream_close: bool = False,
+        limiter: LimitRequests | None = None,
     ) -> None:
         self.request = request
         self.response = tuple(s for s in response if s.dynamic)
@@ -103,6 +109,7 @@ class Policy:
         self.max_body = max_body  # 0: unlimited
         self.upstream_close = upstream_close
         self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
+        self.limiter = limiter
 
 
 # The access checks `satisfy any` makes alternatives (nginx's access phase: allow/deny,
@@ -186,6 +193,7 @@ class Policies:
         satisfy_any = any(isinstance(s, SatisfyAny) for s in steps)
         access: list[RequestStep] = []
         access_at = -1
+        limiter: LimitRequests | None = None
         for spec in steps:
             if satisfy_any and isinstance(spec, _ACCESS_CHECKS):
                 if access_at < 0:
@@ -232,6 +240,22 @@ class Policies:
                 preflight, fields = cors_steps(spec)
                 request.append(preflight)
                 response.append(fields)
+            elif isinstance(spec, RateLimit):
+                limit = LimitRequests(
+                    counters(),
+                    spec.zone,
+                    spec.rps,
+                    spec.rpm,
+                    spec.burst_multiplier,
+                    spec.connections,
+                    spec.allow,
+                    spec.status,
+                    spec.connection_status,
+                    self.trusted,
+                )
+                request.append(limit)
+                if spec.connections:
+                    limiter = limit
         if access_at >= 0:
             request[access_at] = access[0] if len(access) == 1 else any_of(tuple(access))
         rewrite = field_rewrites(redirects, cookies)
@@ -242,6 +266,7 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
@@ -249,5 +274,6 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
         )

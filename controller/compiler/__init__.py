@@ -128,6 +128,7 @@ class Compiler:
             ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
             global_auth=settings.global_auth,
+            limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
         self._parts[key] = (ingress, part)
         return part

@@ -62,6 +62,10 @@ class CompileSettings:
     # auth of every Ingress without auth-url and without enable-global-auth "false"; a Refuse
     # (503) when those keys do not read; None: none.
     global_auth: ExternalAuth | Refuse | None = None
+    # The answers of refused requests of the rate limits (`--limit-req-status-code`,
+    # `--limit-conn-status-code`, the ingress-nginx ConfigMap's keys of those names).
+    limit_req_status_code: int = 503
+    limit_conn_status_code: int = 503
 
     def configmaps(self) -> tuple[tuple[str, str], ...]:
         """(namespace, name) of the ConfigMaps these settings name."""
