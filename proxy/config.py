@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
-from proxy.regex import compile_path
+from proxy.regex import compile_header_pattern, compile_path
 
 SCHEMA_VERSION: Final = 2
 
@@ -162,6 +162,39 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Requests and requests in progress per real client address (the address SourceRanges
+    checks), counted for the whole proxy across its worker processes (proxy/ratelimit.py):
+    ingress-nginx's limit-connections, limit-rpm, limit-rps (nginx's limit_conn and
+    limit_req ... burst=B nodelay, checked in that order). `zone` names the counters (the
+    Ingress "namespace/name": its routes share them, as ingress-nginx gives each Ingress its
+    zones); `rpm` / `rps` 0: no such limit, each with a burst of `burst_multiplier` times
+    itself; `connections` 0: none. A client in an `allow` network (canonical CIDRs,
+    limit-allowlist) is not limited. Refused requests get `status` (the ConfigMap's
+    limit-req-status-code) or `connection_status` (limit-conn-status-code)."""
+
+    zone: str
+    rps: int = 0
+    rpm: int = 0
+    burst_multiplier: int = 5
+    connections: int = 0
+    allow: tuple[str, ...] = ()
+    status: int = 503
+    connection_status: int = 503
+
+    def __post_init__(self) -> None:
+        _check(type(self.zone) is str and bool(self.zone), "rate limit without a zone")
+        for value in (self.rps, self.rpm, self.burst_multiplier, self.connections):
+            _check(type(value) is int and 0 <= value < 1 << 31, f"rate limit value {value!r}")
+        _check(bool(self.rps or self.rpm or self.connections), "rate limit without a limit")
+        _check(400 <= self.status <= 599, f"rate limit status {self.status}")
+        _check(400 <= self.connection_status <= 599, f"rate limit status {self.connection_status}")
+        for cidr in self.allow:
+            _check(type(cidr) is str, f"rate limit allowlist entry {cidr!r}")
+            _check(str(ipaddress.ip_network(cidr)) == cidr, f"rate limit allowlist {cidr!r}")
+
+
 # RFC 9110 §5.1 field names (tokens); §5.5 field values, as ASCII: visible characters, spaces
 # and tabs, never CR, LF or NUL (which could end the field or the head) nor obs-text.
 _FIELD_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -250,6 +283,45 @@ class ResponseHeaders:
         _check(bool(self.names), "response headers without any field")
         _check_fields(self.names, self.values, _RESPONSE_RESERVED)
         _check(all(self.values), "empty response header value")
+
+
+# A CORS origin as ingress-nginx accepts one in cors-allow-origin: scheme://host[:port], the
+# host perhaps starting with one wildcard label ("*."), or "null".
+CORS_ORIGIN: Final = re.compile(r"(?:[a-z]+://(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?|null)")
+# The characters of the CORS methods, headers and exposed headers lists (one field value each).
+_CORS_LIST: Final = re.compile(r"[A-Za-z0-9_*, -]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """CORS (ingress-nginx's enable-cors and cors-* annotations). A request whose Origin is
+    allowed (`origins`; ("*",): every request, Origin or not) gets the Access-Control-* fields
+    on every response of the route, replacing the pod's, and an OPTIONS request with such an
+    Origin is answered 204 by the proxy (the preflight). `origins` () allows none."""
+
+    origins: tuple[str, ...]
+    methods: str
+    headers: str
+    expose_headers: str
+    credentials: bool
+    max_age: int
+
+    def __post_init__(self) -> None:
+        if self.origins != ("*",):
+            for origin in self.origins:
+                _check(
+                    type(origin) is str and CORS_ORIGIN.fullmatch(origin) is not None,
+                    f"CORS origin {origin!r}",
+                )
+        for text in (self.methods, self.headers, self.expose_headers):
+            _check(
+                type(text) is str and _CORS_LIST.fullmatch(text) is not None, f"CORS list {text!r}"
+            )
+        _check(bool(self.methods.strip()), "CORS methods empty")
+        _check(self.methods == self.methods.strip(), f"CORS methods {self.methods!r}")
+        _check(self.headers == self.headers.strip(), f"CORS headers {self.headers!r}")
+        _check(self.expose_headers == self.expose_headers.strip(), "CORS exposed headers")
+        _check(-(2**31) <= self.max_age < 2**31, f"CORS max-age {self.max_age}")
 
 
 # The statuses nginx's `return` answers with a Location (the others take the text as a body).
@@ -414,6 +486,204 @@ class RewriteCookies:
         _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
 
 
+# The request variables an external-auth URL or sign-in URL may hold (nginx variables
+# ingress-nginx users write there), each rendered per request by proxy/extauth.py.
+AUTH_URL_VARIABLES: Final = (
+    "$escaped_request_uri",
+    "$request_method",
+    "$pass_access_scheme",
+    "$request_uri",
+    "$http_host",
+    "$scheme",
+    "$host",
+)
+# What an auth-cache-key may hold besides literal text: nginx variables of the request.
+_CACHE_KEY: Final = re.compile(
+    r"^(?:[A-Za-z0-9._~:/@=,+-]|\$(?:remote_user|http_authorization|cookie_[A-Za-z0-9_-]+"
+    r"|http_[a-z0-9_]+|host|request_uri|uri|remote_addr|scheme)\b)+\Z"
+)
+_AUTH_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"}
+)
+
+
+def _auth_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, of visible ASCII, whose "$" start only the
+    variables of AUTH_URL_VARIABLES."""
+    if not (text.startswith(("http://", "https://")) and _visible(text)):
+        return False
+    rest = text.split("//", 1)[1]
+    if not rest or rest[0] in "/?#":
+        return False
+    for variable in AUTH_URL_VARIABLES:
+        rest = rest.replace(variable, "")
+    return "$" not in rest
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAuth:
+    """Each request is first asked about to `url` (ingress-nginx's auth-url, nginx's
+    `auth_request`; run by proxy/extauth.py): a subrequest without the body, with `method`
+    ("": GET, as nginx's subrequests; set: also X-Original-URI and X-Scheme), the client's
+    fields and ingress-nginx's (X-Original-URL, X-Original-Method, X-Auth-Request-Redirect:
+    `request_redirect` or the request target, X-Sent-From, X-Real-IP, X-Forwarded-For), plus
+    `set_names`/`set_values` (auth-proxy-set-headers). A 2xx answer lets the request go on, its
+    `response_headers` replacing the client's fields of those names in what the pod is sent,
+    and its Set-Cookie added to the response (2xx/3xx ones, or every one with
+    `always_set_cookie`); 401 is answered 401, or with `signin` a 302 to it (the original URL
+    in its `signin_redirect_param` query parameter unless it has one); 403 is 403; anything
+    else, a failure or a timeout is 500: never a pass. `url` and `signin` may hold the
+    variables of AUTH_URL_VARIABLES. With `cache_key` (literal text and request variables),
+    answers with a status in `cache_statuses` are kept `cache_seconds` (parallel tuples) per
+    key. `keepalive` idle connections to the auth service are kept (0: none), each closed after
+    `keepalive_timeout` seconds idle; `keepalive_requests` is ingress-nginx's limit of requests
+    per connection."""
+
+    url: str
+    method: str = ""
+    signin: str = ""
+    signin_redirect_param: str = "rd"
+    response_headers: tuple[str, ...] = ()
+    request_redirect: str = ""
+    set_names: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
+    cache_key: str = ""
+    cache_statuses: tuple[int, ...] = ()
+    cache_seconds: tuple[int, ...] = ()
+    always_set_cookie: bool = False
+    keepalive: int = 0
+    keepalive_requests: int = 1000
+    keepalive_timeout: int = 60
+
+    def __post_init__(self) -> None:
+        _check(type(self.url) is str and _auth_url(self.url), f"auth url {self.url!r}")
+        _check(not self.signin or _auth_url(self.signin), f"auth signin {self.signin!r}")
+        _check(self.method == "" or self.method in _AUTH_METHODS, f"auth method {self.method!r}")
+        _check(
+            bool(self.signin_redirect_param)
+            and _visible(self.signin_redirect_param)
+            and not any(c in "&=#?$" for c in self.signin_redirect_param),
+            f"auth signin redirect param {self.signin_redirect_param!r}",
+        )
+        for name in self.response_headers:
+            _check(
+                type(name) is str
+                and bool(_FIELD_NAME.match(name))
+                and name.lower() not in _REQUEST_RESERVED,
+                f"auth response header {name!r}",
+            )
+        _check(
+            self.request_redirect == "" or _visible(self.request_redirect),
+            f"auth request redirect {self.request_redirect!r}",
+        )
+        _check_fields(self.set_names, self.set_values, _REQUEST_RESERVED)
+        _check(
+            self.cache_key == "" or bool(_CACHE_KEY.match(self.cache_key)),
+            f"auth cache key {self.cache_key!r}",
+        )
+        _check(len(self.cache_statuses) == len(self.cache_seconds), "auth cache statuses and times")
+        for status, seconds in zip(self.cache_statuses, self.cache_seconds, strict=True):
+            _check(type(status) is int and 100 <= status <= 599, f"auth cache status {status!r}")
+            _check(type(seconds) is int and seconds > 0, f"auth cache time {seconds!r}")
+        for number in (self.keepalive, self.keepalive_requests, self.keepalive_timeout):
+            _check(type(number) is int and number >= 0, f"auth keep-alive setting {number!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SatisfyAny:
+    """ingress-nginx's `satisfy: any` (nginx's `satisfy any`): the route's access checks
+    (SourceRanges, ExternalAuth, basic authentication) are alternatives: the first that lets
+    the request in suffices. When all refuse, a 401 (or its sign-in redirect) is answered
+    rather than a 403, as nginx does; an auth service failure (500) is answered at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """The route's canary (ingress-nginx's canary Ingress paired with this rule; chosen per
+    request by proxy/canary.py, which the route builds): a request goes to `backend` (a key
+    into Snapshot.backends; `service` "ns/name", `port` as written, `ingress` the canary
+    Ingress, for logs and metrics) instead of the rule's, in ingress-nginx's precedence:
+
+    - `header` (lower-case field name, "" none) present: with `header_value` its value must
+      equal it; else with `header_pattern` (RE2, searched in the value, case-sensitive) it must
+      match, and with `header_invalid` (a pattern that does not compile: ingress-nginx's
+      runtime regex error) the request stays on the rule's backend; else "always" chooses the
+      canary and "never" the rule's backend; any other value goes on to the cookie;
+    - `cookie` ("" none): "always" / "never" as the header;
+    - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
+      unless the total is larger; the compiler has done that).
+
+    A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
+
+    backend: str
+    service: str
+    ingress: str
+    port: str = ""
+    header: str = ""
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False
+    cookie: str = ""
+    weight: int = 0
+    weight_total: int = 100
+    # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
+    # Ingress's load-balance for its backend.
+    balancer: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "canary without a backend")
+        _check(self.balancer in ("round_robin", "least_request"), f"balancer {self.balancer!r}")
+        _check(self.header == self.header.lower(), f"canary header {self.header!r}")
+        for text in (self.header, self.cookie):
+            _check(text == "" or (_visible(text) and ";" not in text), f"canary name {text!r}")
+        value = self.header_value
+        _check(all(" " <= c <= "~" for c in value), f"canary header value {value!r}")
+        if self.header_pattern and not self.header_invalid:
+            compile_header_pattern(self.header_pattern)  # PatternError (a ValueError)
+        _check(type(self.weight) is int and self.weight >= 0, f"canary weight {self.weight!r}")
+        _check(
+            type(self.weight_total) is int and self.weight_total >= 100,
+            f"canary weight total {self.weight_total!r}",
+        )
+
+
+# ingress-nginx's auth-realm characters: letters, digits, "-._~/:" and spaces (nothing to
+# escape in the quoted realm of WWW-Authenticate).
+_REALM: Final = re.compile(r"^[-._~/:A-Za-z0-9 ]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication (ingress-nginx's auth-type basic, nginx's auth_basic): a
+    request without `Authorization: Basic` credentials of one of `users` whose password matches
+    its entry in `hashes` (htpasswd hashes, proxy/htpasswd.py) is answered 401 with
+    `WWW-Authenticate: Basic realm="<realm>"`; one that passes is forwarded without its
+    Authorization field. No user: every request is answered 401. The hashes are never logged
+    and left out of reprs, like a TLS key. Run by proxy/basicauth.py."""
+
+    realm: str
+    users: tuple[str, ...]
+    hashes: tuple[str, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check(type(self.realm) is str and bool(_REALM.match(self.realm)), "auth realm")
+        _check(len(self.users) == len(self.hashes), "auth users and hashes differ in number")
+        _check(len(set(self.users)) == len(self.users), "auth users repeat")
+        for user in self.users:
+            _check(
+                type(user) is str
+                and bool(user)
+                and ":" not in user
+                and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in user),
+                "auth user",
+            )
+        for hashed in self.hashes:
+            _check(
+                type(hashed) is str and all(0x21 <= ord(c) <= 0x7E and c != ":" for c in hashed),
+                "auth hash",  # never the value: it is not logged
+            )
+
+
 PolicyStep = (
     HTTPSRedirect
     | BodyLimit
@@ -429,6 +699,12 @@ PolicyStep = (
     | HostRedirect
     | ShapeRequest
     | ResponseHeaders
+    | ExternalAuth
+    | SatisfyAny
+    | Cors
+    | Canary
+    | BasicAuth
+    | RateLimit
 )
 _Step = TypeVar(
     "_Step",
@@ -446,6 +722,12 @@ _Step = TypeVar(
     RewriteCookies,
     ShapeRequest,
     ResponseHeaders,
+    ExternalAuth,
+    SatisfyAny,
+    Cors,
+    Canary,
+    BasicAuth,
+    RateLimit,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -463,6 +745,12 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
+    "external_auth": ExternalAuth,
+    "satisfy_any": SatisfyAny,
+    "cors": Cors,
+    "canary": Canary,
+    "basic_auth": BasicAuth,
+    "rate_limit": RateLimit,
 }
 
 

@@ -15,6 +15,8 @@ for HTTPS, each holding:
   `Connection: close`, so its connection is not reused (connection-proxy-header).
 - `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
   (proxy/fieldrewrite.py), None for a route without them.
+- `limiter`: the rate-limit step when it counts requests in progress (limit-connections), so
+  that routing hands the exchange what to give back when it ends; None otherwise.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -26,25 +28,34 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.basicauth import BasicAuthStep
 from proxy.config import (
     HSTS,
     AppRoot,
+    BasicAuth,
     BodyLimit,
+    Cors,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
     Rewrite,
     RewriteCookies,
     RewriteRedirects,
+    SatisfyAny,
     ShapeRequest,
     SourceRanges,
 )
+from proxy.cors import cors_steps
+from proxy.extauth import any_of, external_auth_step
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
+from proxy.ratelimit import LimitRequests, counters
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.settings import ProxySettings
 from proxy.shaping import ShapeRequestStep, response_headers_step
@@ -58,6 +69,7 @@ class Policy:
     __slots__ = (
         "added",
         "dropped",
+        "limiter",
         "max_body",
         "replaced",
         "request",
@@ -73,6 +85,7 @@ class Policy:
         max_body: int = 0,
         rewrite: FieldRewrites | None = None,
         upstream_close: bool = False,
+        limiter: LimitRequests | None = None,
     ) -> None:
         self.request = request
         self.response = tuple(s for s in response if s.dynamic)
@@ -84,6 +97,11 @@ class Policy:
                 raise ValueError(
                     f"a response step can only replace fields but {sorted(_NEVER_REPLACED)}"
                 )
+            if step.dynamic:
+                # Replaced only on the responses it adds fields to (the exchange drops them).
+                if step.replaces & RESPONSE_SPECIAL:
+                    raise ValueError("a dynamic response step can only replace ordinary fields")
+                continue
             replaced |= step.replaces & RESPONSE_SPECIAL
             dropped |= step.replaces - RESPONSE_SPECIAL
         self.replaced = replaced
@@ -91,6 +109,12 @@ class Policy:
         self.max_body = max_body  # 0: unlimited
         self.upstream_close = upstream_close
         self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
+        self.limiter = limiter
+
+
+# The access checks `satisfy any` makes alternatives (nginx's access phase: allow/deny,
+# auth_basic, auth_request).
+_ACCESS_CHECKS: Final = (SourceRanges, BasicAuth, ExternalAuth)
 
 
 # The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
@@ -101,9 +125,11 @@ _NEVER_REPLACED: Final = HOP_BY_HOP | {b"content-length"}
 class Policies:
     """Builds and shares the Policy pairs of one worker's routes (see the module docstring)."""
 
-    __slots__ = ("_built", "defaults", "trusted", "unrouted")
+    __slots__ = ("_built", "auth_timeouts", "defaults", "trusted", "unrouted")
 
     def __init__(self, settings: ProxySettings) -> None:
+        # External auth requests are timed as nginx's auth location: the proxy-wide timeouts.
+        self.auth_timeouts = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         # The trusted proxies, for the source-range steps reading X-Forwarded-For.
         self.trusted = Ranges(settings.trusted_networks())
         defaults: list[PolicyStep] = []
@@ -133,6 +159,29 @@ class Policies:
             built = self._built[steps] = self._build(merged)
         return built
 
+    def _access_step(self, spec: SourceRanges | BasicAuth | ExternalAuth) -> RequestStep:
+        if isinstance(spec, SourceRanges):
+            return source_ranges_step(spec.allow, spec.deny, self.trusted)
+        if isinstance(spec, BasicAuth):
+            return BasicAuthStep(spec.realm, spec.users, spec.hashes)
+        return external_auth_step(
+            spec.url,
+            spec.method,
+            spec.signin,
+            spec.signin_redirect_param,
+            spec.response_headers,
+            spec.request_redirect,
+            spec.set_names,
+            spec.set_values,
+            spec.cache_key,
+            spec.cache_statuses,
+            spec.cache_seconds,
+            spec.always_set_cookie,
+            spec.keepalive,
+            spec.keepalive_timeout,
+            *self.auth_timeouts,
+        )
+
     def _build(self, steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
         request: list[RequestStep] = []
         response: list[ResponseStep] = []
@@ -140,7 +189,18 @@ class Policies:
         upstream_close = False
         redirects: RewriteRedirects | None = None
         cookies: RewriteCookies | None = None
+        # satisfy any: the access checks become one step, where the first of them was.
+        satisfy_any = any(isinstance(s, SatisfyAny) for s in steps)
+        access: list[RequestStep] = []
+        access_at = -1
+        limiter: LimitRequests | None = None
         for spec in steps:
+            if satisfy_any and isinstance(spec, _ACCESS_CHECKS):
+                if access_at < 0:
+                    access_at = len(request)
+                    request.append(RefuseAll(500, "SatisfyAny"))  # replaced below
+                access.append(self._access_step(spec))
+                continue
             if isinstance(spec, HTTPSRedirect):
                 request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
@@ -151,8 +211,8 @@ class Policies:
                 response.append(hsts_step(spec.max_age, spec.include_subdomains, spec.preload))
             elif isinstance(spec, Refuse):
                 request.append(RefuseAll(spec.status, spec.reason))
-            elif isinstance(spec, SourceRanges):
-                request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, (SourceRanges, ExternalAuth)):
+                request.append(self._access_step(spec))
             elif isinstance(spec, ShapeRequest):
                 request.append(
                     ShapeRequestStep(spec.host, spec.names, spec.values, spec.connection)
@@ -170,10 +230,34 @@ class Policies:
                 request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
             elif isinstance(spec, AppRoot):
                 request.append(RedirectAppRoot(spec.path))
+            elif isinstance(spec, BasicAuth):
+                request.append(self._access_step(spec))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
                 cookies = spec
+            elif isinstance(spec, Cors):
+                preflight, fields = cors_steps(spec)
+                request.append(preflight)
+                response.append(fields)
+            elif isinstance(spec, RateLimit):
+                limit = LimitRequests(
+                    counters(),
+                    spec.zone,
+                    spec.rps,
+                    spec.rpm,
+                    spec.burst_multiplier,
+                    spec.connections,
+                    spec.allow,
+                    spec.status,
+                    spec.connection_status,
+                    self.trusted,
+                )
+                request.append(limit)
+                if spec.connections:
+                    limiter = limit
+        if access_at >= 0:
+            request[access_at] = access[0] if len(access) == 1 else any_of(tuple(access))
         rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(
@@ -182,6 +266,7 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
@@ -189,5 +274,6 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
         )

@@ -11,7 +11,8 @@ routes and the route table.
 `open_exchange` turns a complete request head into an `Exchange`: validated (a bad head is a
 local reply that closes the connection), routed, and put through the request steps of the
 route's policy for the listener it came on (proxy/policy.py): the first step that answers ends
-the exchange with that answer, else it is forwarded.
+the exchange with that answer, else it is forwarded. A step that waits (external auth) and the
+steps after it are left to the exchange (`Exchange.checking`).
 """
 
 from __future__ import annotations
@@ -225,17 +226,43 @@ class Routing:
             route = generation.route_for(rule)
         policy = route.secure if ctx.secure else route.plain
         steps = policy.request
+        held = 0  # a rate-limit count taken for this request (limit-connections)
         if steps:
-            for step in steps:
+            for i in range(len(steps)):
+                step = steps[i]
+                if step.waits:
+                    # An external check: the exchange runs it, then the steps after it.
+                    waiting = Exchange(fwd, client, head, route, policy, None, client.read_at)
+                    waiting.checking = i
+                    return waiting
                 answer = step.request(head, ctx)
                 if answer is not None:
                     if answer.close:
                         self.telemetry.reject(ctx, answer.status, answer.reason)
-                    return Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    answered = Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    if policy.limiter is not None:
+                        answered.held = policy.limiter.take_held()
+                    return answered
+            if policy.limiter is not None:
+                # limit-connections counted this request: its exchange gives it back.
+                held = policy.limiter.take_held()
+        canary = route.canary
+        if canary is not None and canary.chooses(head):
+            # The main rule's policy ran and stays; the canary's backend serves, unless it has
+            # no endpoints (ingress-nginx then has no balancer for it and keeps the main one).
+            alternative = route.canary_route
+            assert alternative is not None
+            cluster = alternative.cluster
+            if cluster is not None and cluster.backend.endpoints:
+                route = alternative
         if route.cluster is None:
             unavailable = route.unavailable_answer
-            return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
-        return Exchange(fwd, client, head, route, policy, None, client.read_at)
+            exchange = Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
+        else:
+            exchange = Exchange(fwd, client, head, route, policy, None, client.read_at)
+        if held:
+            exchange.held = held
+        return exchange
 
     def local_exchange(
         self, client: ClientSide, status: int, reason: str, url: bytes = b""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.compiler.backends import BackendUse, resolve_backend
+from controller.compiler.basicauth import basic_auth_step
 from controller.compiler.headers import request_headers, response_headers
 from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
 from controller.compiler.problems import SECRET_INVALID, Problem
@@ -32,7 +33,7 @@ from controller.compiler.tls import (
 )
 from controller.objects import ConfigMap, Ingress, IngressClass, Secret
 from controller.store import Store
-from proxy.config import Backend, MatchKind, ResponseHeaders, Snapshot
+from proxy.config import Backend, BasicAuth, MatchKind, ResponseHeaders, Snapshot
 
 __all__ = [
     "CompileResult",
@@ -126,13 +127,15 @@ class Compiler:
             and not settings.serve_without_access_control,
             ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
+            global_auth=settings.global_auth,
+            limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
         self._parts[key] = (ingress, part)
         return part
 
     def _global_access(self, parts: list[IngressPart]) -> None:
         """Access control for every Ingress that Portico does not enforce (the ingress-nginx
-        ConfigMap's global-auth-url, block-cidrs, ...; its problem is the ConfigMap's): each
+        ConfigMap's block-cidrs, ...; its problem is the ConfigMap's): each
         part's routes already answer 403 (`compile_ingress`'s `global_access_denied`: fail
         closed with an answer, so no request falls through to another route), unless the
         operator chose to serve without it, which is logged like an Ingress's own unenforced
@@ -221,6 +224,21 @@ class Compiler:
         def custom_headers(ref: str) -> ResponseHeaders | str | None:
             return response_headers(configmap(ref), settings.allowed_response_headers)
 
+        def auth_headers(
+            ref: str,
+        ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None:
+            data = configmap(ref)
+            return None if data is None else request_headers(data, ref)
+
+        def basic_auth(
+            ref: str, secret_type: str, realm: str
+        ) -> tuple[BasicAuth | None, str | None]:
+            namespace, _, name = ref.partition("/")
+            referenced.add((namespace, name))
+            obj = store.get("Secret", namespace, name)
+            secret = obj if isinstance(obj, Secret) else None
+            return basic_auth_step(secret, ref, secret_type, realm)
+
         names: tuple[str, ...] = ()
         values: tuple[str, ...] = ()
         header_problems: tuple[Problem, ...] = ()
@@ -235,6 +253,8 @@ class Compiler:
             ca_bundle,
             response_headers=custom_headers,
             request_headers=(names, values),
+            auth_headers=auth_headers,
+            basic_auth=basic_auth,
         )
         problems = [*assembly.problems, *header_problems]
         certificates = assembly.certificates

@@ -23,7 +23,7 @@ whose applied keys are exactly the `supported`/`different` rows: a test) and by
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from controller.kinds import edit_distance, within_budget
@@ -123,8 +123,32 @@ def _unsupported(
     return Entry(name, "unsupported", category, detail, access, portico, issue, documented)
 
 
+def _enforced(entry: Entry) -> Entry:
+    """A supported access-control row: an invalid value fails closed (screening.py)."""
+    return replace(entry, access_control=True)
+
+
 def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
+
+
+def _checked(name: str, detail: str, *, status: Status = "supported", extra: str = "") -> Entry:
+    """A supported access-control annotation: it stays access control (an unreadable value
+    fails closed)."""
+    return Entry(
+        name,
+        status,
+        "access-control",
+        detail + extra,
+        access_control=True,
+        portico=PORTICO_PREFIX + name,
+    )
+
+
+_AUTH_INVALID = (
+    "An auth-* value that does not read denies the routes (503, InvalidExternalAuth), "
+    "where ingress-nginx ignores some (auth-signin, ...)."
+)
 
 
 def _refused(name: str, detail: str) -> Entry:
@@ -169,31 +193,148 @@ _SOURCE_RANGES = (
 
 _ENTRIES: Final[tuple[Entry, ...]] = (
     # ---- access control ---------------------------------------------------------------------
-    _auth("auth-type", "Basic authentication against auth-secret (`basic`; `digest` too)."),
-    _auth("auth-secret", "The Secret holding the users and password hashes of auth-type."),
-    _auth("auth-secret-type", "How auth-secret is laid out: `auth-file` or `auth-map`."),
-    _auth("auth-realm", "The realm of the basic authentication challenge."),
-    _auth("auth-url", "External authentication: each request is first checked by this URL."),
-    _auth("auth-method", "HTTP method of the auth-url request."),
-    _auth("auth-signin", "Where a request auth-url refuses is redirected to sign in."),
-    _auth("auth-signin-redirect-param", "Query parameter of auth-signin naming the original URL."),
-    _auth("auth-response-headers", "auth-url response headers copied to the upstream request."),
-    _auth("auth-request-redirect", "The X-Auth-Request-Redirect value sent to auth-url."),
-    _auth("auth-proxy-set-headers", "A ConfigMap of headers sent to auth-url."),
-    _auth("auth-cache-key", "Caches auth-url answers under this key."),
-    _auth("auth-cache-duration", "How long auth-url answers are cached, per status."),
-    _auth("auth-always-set-cookie", "Sets auth-url's cookies whatever the upstream answers."),
-    _auth("auth-keepalive", "Keep-alive connections to auth-url."),
-    _auth("auth-keepalive-share-vars", "Shares request variables with the auth-url request."),
-    _auth("auth-keepalive-requests", "Requests per keep-alive connection to auth-url."),
-    _auth("auth-keepalive-timeout", "Idle time of keep-alive connections to auth-url."),
-    _auth(
-        "enable-global-auth",
-        'Whether the ConfigMap\'s global-auth-url applies to this Ingress. "false" asks for '
-        "nothing Portico does (it has no global authentication) and changes nothing; any other "
-        "value keeps the Ingress out of service until global authentication exists.",
+    _enforced(
+        _different(
+            "auth-type",
+            "access-control",
+            "`basic`: every request needs `Authorization: Basic` credentials of a user of "
+            "auth-secret whose password matches its htpasswd hash (bcrypt `$2a$`/`$2b$`/`$2y$`, "
+            "`$apr1$`, `$1$`, `$5$`, `$6$`, DES crypt, `{SHA}`, `{SSHA}`, `{PLAIN}`, as nginx and "
+            "its C library check them, compared in constant time); others get 401 with "
+            '`WWW-Authenticate: Basic realm="<auth-realm>"`, and the Authorization field is not '
+            "sent to the pods (as ingress-nginx clears it). Results are cached per worker, so "
+            "bcrypt is not paid on every request. Difference: `digest` (nginx's auth_digest) is "
+            "not implemented: it is an InvalidAnnotation problem and the routes answer 503 (fail "
+            "closed); any other value too. Without auth-type the other auth annotations do "
+            "nothing, as in ingress-nginx.",
+        )
     ),
-    _auth("satisfy", "`any`: either auth or the source ranges suffice; `all` (default): both."),
+    _enforced(
+        _supported(
+            "auth-secret",
+            "access-control",
+            "The Secret with the users of auth-type: `name` in the Ingress's namespace or "
+            "`namespace/name`. A Secret in another namespace (ingress-nginx's default "
+            "allow-cross-namespace-resources false), a missing one, or an auth-file Secret "
+            "without an `auth` key locks the routes: 503 (`AuthSecretUnavailable` / "
+            "`InvalidAuth`) and a SecretInvalid problem, never served open. A Secret without any "
+            "user Portico can check answers 401 to every request (as nginx), with a problem.",
+        )
+    ),
+    _enforced(
+        _different(
+            "auth-secret-type",
+            "access-control",
+            "`auth-file` (default): the Secret's `auth` key is an htpasswd file (`user:hash` "
+            "lines). `auth-map`: one key per user, the value its hash. Difference: in an auth-map, "
+            "only values with a scheme prefix (bcrypt, `$apr1$`, `$1$`, `$5$`, `$6$`, `{SHA}`, "
+            "`{SSHA}`) are read, because Portico keeps no other Secret data in memory; a DES or "
+            "`{PLAIN}` entry there never matches (use auth-file for those).",
+        )
+    ),
+    _enforced(
+        _supported(
+            "auth-realm",
+            "access-control",
+            'The realm of the 401 challenge (`WWW-Authenticate: Basic realm="..."`); letters, '
+            "digits, spaces and `-._~/:`, as ingress-nginx validates it; another value fails "
+            "closed (503). Default: empty.",
+        )
+    ),
+    _checked(
+        "auth-url",
+        "External authentication: each request is first asked about to this URL (the "
+        "oauth2-proxy pattern), without its body, with the client's fields and X-Original-URL, "
+        "X-Original-Method, X-Auth-Request-Redirect, X-Sent-From, X-Real-IP, X-Forwarded-For. "
+        "2xx lets it through; 401 answers 401 (or redirects to auth-signin); 403 answers 403; "
+        "any other status, a connect failure or a timeout (the proxy-wide upstream connect and "
+        "read timeouts) answers 500, never passes. The URL may hold $host, $http_host, "
+        "$scheme, $pass_access_scheme, $request_uri, $escaped_request_uri and $request_method; "
+        "an HTTPS "
+        "auth service's certificate is not verified (nginx's default). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-method",
+        "The method of the auth-url request (GET without it, as nginx's subrequests); with it, "
+        "X-Original-URI and X-Scheme are sent too. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin",
+        "A request auth-url answers 401 is redirected (302) here, with the original URL in the "
+        "`rd` parameter (auth-signin-redirect-param) unless the URL already sets it, and "
+        "auth-url's Set-Cookie. May hold the variables auth-url may. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin-redirect-param",
+        "The query parameter of auth-signin carrying the original URL (`rd`). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-response-headers",
+        "Fields of auth-url's 2xx answer sent to the pod, replacing the client's fields of "
+        "those names (removed when auth-url sends none, so a client cannot supply them). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-request-redirect",
+        "The X-Auth-Request-Redirect value sent to auth-url (the request target without it). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-proxy-set-headers",
+        'A ConfigMap ("namespace/name") of fields sent to auth-url; values are sent as '
+        "written (an entry naming an nginx variable is a problem and is not sent); a missing "
+        "ConfigMap denies the routes (503). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-key",
+        "Caches auth-url's answers (per worker) under this key, literal text and $remote_user, "
+        "$http_authorization, $http_<name>, $cookie_<name>, $host, $request_uri, $uri, "
+        "$remote_addr, $scheme; other variables are invalid. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-duration",
+        "How long auth-url's answers are cached per status, with auth-cache-key "
+        "(`200 202 401 5m` by default; entries separated by commas). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-always-set-cookie",
+        "auth-url's Set-Cookie goes with every response, not only 2xx/3xx ones. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-keepalive",
+        "Keep-alive connections to auth-url (0, the default: one connection per request).",
+        status="different",
+        extra=" Portico keeps every idle connection for auth-keepalive-timeout rather than at "
+        "most this many, and keeps them with HTTP/2 clients too.",
+    ),
+    _checked(
+        "auth-keepalive-share-vars",
+        "Validated; Portico's auth request is not an nginx subrequest and has no variables "
+        "to share, which is what `false` (the default) gives.",
+    ),
+    _checked(
+        "auth-keepalive-requests",
+        "Requests per keep-alive connection to auth-url.",
+        status="different",
+        extra=" Validated only: Portico reuses a connection until it is idle for "
+        "auth-keepalive-timeout or the auth service closes it.",
+    ),
+    _checked(
+        "auth-keepalive-timeout",
+        "Seconds an idle keep-alive connection to auth-url is kept (60).",
+    ),
+    _checked(
+        "enable-global-auth",
+        '"false" keeps the ConfigMap\'s global-auth-url off this Ingress; an Ingress with '
+        "auth-url uses its own.",
+    ),
+    _checked(
+        "satisfy",
+        "`any`: the access checks (source ranges, auth-url, basic authentication) are "
+        "alternatives: one that lets the request in suffices, and when all refuse a 401 (or "
+        "its auth-signin redirect) wins over a 403; an auth service failure still answers 500. "
+        "`all` (default): each must. Another value is reported and `all` applies.",
+    ),
     _auth("auth-tls-secret", "Client certificates: the Secret whose ca.crt verifies them."),
     _auth("auth-tls-verify-client", "Client certificates: `on`, `optional`, `optional_no_ca`."),
     _auth("auth-tls-verify-depth", "Client certificates: the verification depth."),
@@ -718,60 +859,113 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- canary -------------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "canary",
         "canary",
-        "Marks a canary Ingress. Without it the canary Ingress is an ordinary one: it competes "
-        "for the same host and path (a PathConflict problem; the older Ingress wins).",
-        ISSUE_PROTECTION,
+        '`"true"` makes the Ingress a canary: each of its paths pairs with the main (non-canary) '
+        "Ingress's rule of the same host, path and pathType, whose requests then go to the "
+        "canary's Service by the canary rules below (header, then cookie, then weight); the "
+        "canary serves nothing on its own: no hosts, no TLS, and its other annotations are "
+        "ignored (the main rule's apply to the canary's requests too). A canary path without "
+        "a main rule is not served (a `CanaryUnpaired` problem; ingress-nginx answers 404 "
+        "there too); a canary defaultBackend pairs with the global default backend; the first "
+        "canary of a rule (oldest) wins. Without it (or with `false`) canary rules are an "
+        "InvalidAnnotation problem and the Ingress is an ordinary one, competing for the same "
+        "host and path (a PathConflict problem; the older Ingress wins). Difference: "
+        "ingress-nginx attaches the canary to the main Ingress's Service backend, so every "
+        "path using that Service (even of other hosts) gets it; Portico attaches it to the "
+        "paired rules only. A canary whose Service has no endpoints (or does not exist) is "
+        "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
+        "load-balance applies to its backend. A canary carrying access control Portico does "
+        "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
+        "Its affinity-canary-behavior and "
+        "upstream-hash-by are not applied yet.",
     ),
-    _unsupported(
-        "canary-by-header", "canary", "Canary chosen by a request header.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-header",
+        "canary",
+        "The request field choosing the canary (case-insensitive, `_` read as `-`, as nginx's "
+        "`$http_` variables): `always` sends the request to the canary, `never` to the main "
+        "backend; any other value, or no field, goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _supported(
         "canary-by-header-value",
         "canary",
-        "The header value choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header: the exact value choosing the canary (then `always` and `never` "
+        "mean nothing special); another value goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _different(
         "canary-by-header-pattern",
         "canary",
-        "A header regex choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header and without canary-by-header-value: a regular expression "
+        "searched in the field's value (case-sensitive) choosing the canary; no match goes on "
+        "to the cookie and weight rules. Difference: RE2 rather than PCRE (linear time, no "
+        "backreferences or lookaround); a pattern RE2 cannot compile is an InvalidAnnotation "
+        "problem and, as ingress-nginx does when its regex fails, a request carrying the field "
+        "stays on the main backend.",
     ),
-    _unsupported("canary-by-cookie", "canary", "Canary chosen by a cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "canary-weight", "canary", "Share of requests sent to the canary.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-cookie",
+        "canary",
+        "The cookie choosing the canary (name case-insensitive, as nginx's `$cookie_`): "
+        "`always` sends the request to the canary, `never` to the main backend; any other "
+        "value goes on to the weight rule. Evaluated after canary-by-header.",
     ),
-    _unsupported(
-        "canary-weight-total", "canary", "The total canary-weight is out of.", ISSUE_PROTECTION
+    _supported(
+        "canary-weight",
+        "canary",
+        "The share of the remaining requests sent to the canary, drawn at random per request: "
+        "weight out of canary-weight-total; 0 (the default) none, the total or more all.",
+    ),
+    _supported(
+        "canary-weight-total",
+        "canary",
+        "What canary-weight is out of: 100 by default; as ingress-nginx's balancer, a total "
+        "below 100 counts as 100.",
     ),
     # ---- rate limiting ------------------------------------------------------------------------
-    _unsupported(
-        "limit-rps", "rate-limiting", "Requests per second per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-rpm", "rate-limiting", "Requests per minute per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-connections", "rate-limiting", "Connections per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-burst-multiplier", "rate-limiting", "Burst size of limit-rps/rpm.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-allowlist",
+    _supported(
+        "limit-rps",
         "rate-limiting",
-        "Client ranges exempt from the limits.",
-        ISSUE_PROTECTION,
+        "Requests per second accepted from one client address (the real address, as for "
+        "source ranges: PROXY protocol, trusted X-Forwarded-For), for the whole Portico replica "
+        "across its worker processes, counted per Ingress like ingress-nginx's zones: a "
+        "fresh client gets 1 + limit-rps x limit-burst-multiplier requests at once, then "
+        "limit-rps a second (nginx's limit_req with burst and nodelay, the same leaky bucket); "
+        "the others are answered with the ConfigMap's limit-req-status-code (503). A value "
+        "that does not read answers 503 (InvalidRateLimit) rather than serve without it.",
+    ),
+    _supported(
+        "limit-rpm",
+        "rate-limiting",
+        "Requests per minute accepted from one client address, as limit-rps (burst of "
+        "limit-rpm x limit-burst-multiplier); both may be given, and a request must pass both.",
+    ),
+    _supported(
+        "limit-connections",
+        "rate-limiting",
+        "Requests in progress at once from one client address across the replica's worker "
+        "processes (nginx's limit_conn counts requests, not idle keep-alive connections); the "
+        "others are answered with the ConfigMap's limit-conn-status-code (503).",
+    ),
+    _supported(
+        "limit-burst-multiplier",
+        "rate-limiting",
+        "Burst size of limit-rps and limit-rpm, as a multiple of the limit (default 5).",
+    ),
+    Entry(
+        "limit-allowlist",
+        "supported",
+        "rate-limiting",
+        "Client networks (comma-separated CIDRs or addresses) that no limit of the Ingress "
+        "applies to.",
+        portico=PORTICO_PREFIX + "limit-allowlist",
         documented=False,
     ),
-    _unsupported(
+    _supported(
         "limit-whitelist",
         "rate-limiting",
-        "The older spelling of limit-allowlist: client ranges exempt from the limits.",
-        ISSUE_PROTECTION,
+        "The older spelling of limit-allowlist (limit-allowlist wins when both are given).",
     ),
     _unsupported(
         "limit-rate", "rate-limiting", "Bytes per second of each response.", ISSUE_PROTECTION
@@ -783,18 +977,56 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- CORS ---------------------------------------------------------------------------------
-    _unsupported(
-        "enable-cors", "cors", "Answers CORS preflights and adds CORS headers.", ISSUE_PROTECTION
+    _supported(
+        "enable-cors",
+        "cors",
+        '"true" turns CORS on for the Ingress\'s routes: an OPTIONS request from an allowed '
+        "origin is answered 204 by Portico, before redirects and access checks as ingress-nginx "
+        "answers it, and every response to an allowed origin carries the Access-Control-* "
+        "fields, replacing the pod's; a request from another origin gets none (the pod's own "
+        "are kept, and its OPTIONS goes to the pod). No Vary: Origin, as ingress-nginx. Not "
+        "on routes that refuse every request.",
     ),
-    _unsupported("cors-allow-origin", "cors", "Origins allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-methods", "cors", "Methods allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-headers", "cors", "Request headers allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-expose-headers", "cors", "Response headers exposed.", ISSUE_PROTECTION),
-    _unsupported(
-        "cors-allow-credentials", "cors", "Whether credentials are allowed.", ISSUE_PROTECTION
+    _different(
+        "cors-allow-origin",
+        "cors",
+        'Origins allowed, comma-separated: "*" (the default, also for an empty value: every '
+        'request gets Access-Control-Allow-Origin: *), "null", scheme://host[:port], with '
+        'one wildcard label ("https://*.example.com"). Matched case-insensitively and echoed '
+        "as sent; an entry without a scheme is skipped, as ingress-nginx does. Different: an "
+        "origin is matched whole (ingress-nginx's regex is anchored only at its end, so "
+        '"xhttps://a.com" matches "https://a.com"), and a value that does not read allows '
+        "no origin where ingress-nginx would allow every one (and reports InvalidAnnotation).",
     ),
-    _unsupported(
-        "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
+    _supported(
+        "cors-allow-methods",
+        "cors",
+        'Access-Control-Allow-Methods, as written (letters, separated by ","/" "/", "); '
+        'default "GET, PUT, POST, DELETE, PATCH, OPTIONS"; an invalid value takes the default.',
+    ),
+    _supported(
+        "cors-allow-headers",
+        "cors",
+        "Access-Control-Allow-Headers, as written (letters, digits, -, _, commas, spaces); "
+        "default ingress-nginx's list (DNT,Keep-Alive,User-Agent,...,Authorization); an "
+        "invalid value takes the default.",
+    ),
+    _supported(
+        "cors-expose-headers",
+        "cors",
+        "Access-Control-Expose-Headers, as written (names or *, comma-separated); none by "
+        "default or for an invalid value.",
+    ),
+    _different(
+        "cors-allow-credentials",
+        "cors",
+        'Access-Control-Allow-Credentials: true unless "false" (default true). Different: a '
+        "value that does not read allows no credentials, where ingress-nginx takes true.",
+    ),
+    _supported(
+        "cors-max-age",
+        "cors",
+        "Access-Control-Max-Age in seconds (default 1728000; an invalid value takes it).",
     ),
     # ---- error pages --------------------------------------------------------------------------
     _different(
@@ -1144,11 +1376,17 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
         ),
         _key(
             "limit-req-status-code",
-            "unsupported",
+            "supported",
             "rate-limiting",
-            "Portico has no rate limiting yet; the limit-* annotations are reported as "
-            'unsupported ("503" changes nothing).',
-            issue=ISSUE_PROTECTION,
+            "Status of the requests limit-rps and limit-rpm refuse (400 to 599; 503 default).",
+            "--limit-req-status-code",
+        ),
+        _key(
+            "limit-conn-status-code",
+            "supported",
+            "rate-limiting",
+            "Status of the requests limit-connections refuses (400 to 599; 503 default).",
+            "--limit-conn-status-code",
         ),
         _key(
             "allow-snippet-annotations",
@@ -1176,13 +1414,41 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "--deny-source-ranges",
             access=True,
         ),
+        _key(
+            "global-auth-url",
+            "supported",
+            "access-control",
+            "External authentication (as the auth-url annotation) of every Ingress without its "
+            'own auth-url and without enable-global-auth: "false". With the keys below, as '
+            "the annotations of the same names; a value that does not read denies those "
+            "Ingresses (503, InvalidExternalAuth).",
+            access=True,
+        ),
+        *(
+            _key(
+                "global-" + name,
+                "supported",
+                "access-control",
+                f"The {name} of global-auth-url.",
+                access=True,
+            )
+            for name in (
+                "auth-method",
+                "auth-signin",
+                "auth-signin-redirect-param",
+                "auth-response-headers",
+                "auth-request-redirect",
+                "auth-cache-key",
+                "auth-cache-duration",
+                "auth-always-set-cookie",
+            )
+        ),
         *(
             _key(name, "unsupported", "access-control", text, access=True, issue=issue)
             for name, text, issue in (
                 ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
                 ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
                 ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
-                ("global-auth-url", "External authentication for every Ingress.", ISSUE_PROTECTION),
             )
         ),
     )

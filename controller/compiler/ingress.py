@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import IngressOptions, parse_annotations
+from controller.compiler.annotations import CanaryRules, IngressOptions, parse_annotations
 from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
+    CANARY_UNPAIRED,
+    CONFIGMAP_NOT_FOUND,
     CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
@@ -42,19 +44,25 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     AppRoot,
+    BasicAuth,
+    Canary,
+    Cors,
     ErrorPages,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     MatchKind,
     PassthroughHost,
     PathRule,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
     Rewrite,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     SourceRanges,
     TLSCertificate,
@@ -96,6 +104,38 @@ INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
 # be read: its routes fail closed rather than forward what was meant to be redirected
 # (InvalidAnnotation problem).
 INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
+# The first policy step of an Ingress whose external auth cannot be read (an auth-* annotation,
+# the ConfigMap's global-auth-* keys it would take, its auth-proxy-set-headers ConfigMap): its
+# routes are denied (503), never served unauthenticated.
+INVALID_EXTERNAL_AUTH: Final = Refuse(503, "InvalidExternalAuth")
+# The first policy step (after the redirects) of an Ingress whose basic auth cannot be enforced:
+# an auth annotation does not read or asks for digest, the auth-secret is missing or in another
+# namespace (InvalidAnnotation / SecretInvalid problem), or the Secret cannot be read
+# (AUTH_SECRET_UNAVAILABLE). Never served open: ingress-nginx denies such a location (503).
+INVALID_AUTH: Final = Refuse(503, "InvalidAuth")
+AUTH_SECRET_UNAVAILABLE: Final = Refuse(503, "AuthSecretUnavailable")
+# A rate-limit annotation does not read: the routes answer 503 rather than serve without the
+# limit (InvalidAnnotation problem).
+INVALID_RATE_LIMIT: Final = Refuse(503, "InvalidRateLimit")
+
+
+def _rate_limit(ref: str, opts: IngressOptions, statuses: tuple[int, int]) -> PolicyStep | None:
+    """The RateLimit step of an Ingress (its zone: the Ingress, as ingress-nginx names its
+    zones after it), INVALID_RATE_LIMIT, or None without a limit."""
+    if opts.invalid_rate_limit:
+        return INVALID_RATE_LIMIT
+    if not (opts.limit_rps or opts.limit_rpm or opts.limit_connections):
+        return None
+    return RateLimit(
+        zone=ref,
+        rps=opts.limit_rps,
+        rpm=opts.limit_rpm,
+        burst_multiplier=opts.limit_burst_multiplier,
+        connections=opts.limit_connections,
+        allow=opts.limit_allowlist,
+        status=statuses[0],
+        connection_status=statuses[1],
+    )
 
 
 def _source_ranges(
@@ -254,6 +294,9 @@ class IngressPart:
     aliases: tuple[str, ...] = ()
     # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
     custom_headers: str | None = None
+    # `auth-proxy-set-headers` ("ns/name" of a ConfigMap), resolved by `assemble` into the
+    # ExternalAuth step's fields.
+    auth_proxy_set_headers: str | None = None
     # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
     # to them (`assemble` adds those names).
     www_redirect_hosts: tuple[str, ...] = ()
@@ -265,9 +308,16 @@ class IngressPart:
     # `custom-http-errors` without `default-backend`: the statuses the global default backend
     # answers (the Ingress with only a defaultBackend, known once all parts are merged).
     global_error_codes: tuple[int, ...] = ()
+    # A canary Ingress (`canary: "true"`): its rules and defaultBackend only name the backends
+    # `assemble` pairs with the main Ingresses' rules of the same host and path; it serves
+    # nothing on its own (no hosts, no TLS, its other annotations ignored, as ingress-nginx).
+    canary: CanaryRules | None = None
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
+    # Basic auth: ("namespace/name" of the auth-secret, auth-secret-type, auth-realm), which
+    # `assemble` reads into a BasicAuth step (or locks the routes when it cannot).
+    basic_auth: tuple[str, str, str] | None = None
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -352,6 +402,8 @@ def compile_ingress(
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
     service_upstream: bool = False,
+    global_auth: ExternalAuth | Refuse | None = None,
+    limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
@@ -361,9 +413,13 @@ def compile_ingress(
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
-    `service_upstream`: the default of the service-upstream annotation;
+    `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
+    the answers of the rate limits (the ConfigMap's limit-req-status-code and
+    limit-conn-status-code);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
-    its hosts are terminated, as ingress-nginx ignores it without the flag).
+    its hosts are terminated, as ingress-nginx ignores it without the flag); `global_auth`: the
+    ConfigMap's global external auth (or its refusal when its keys do not read), for an Ingress
+    without auth-url unless enable-global-auth is "false".
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -400,8 +456,26 @@ def compile_ingress(
     ranges = _source_ranges(
         allow or (), deny or (), opts.invalid_source_range or allow is None or deny is None
     )
+    # External auth runs with the access checks, after the source ranges (nginx's access
+    # phase); satisfy any makes them alternatives (proxy/policy.py).
+    auth: ExternalAuth | Refuse | None = opts.external_auth
+    if opts.invalid_external_auth:
+        auth = INVALID_EXTERNAL_AUTH
+    elif auth is None and opts.enable_global_auth:
+        auth = global_auth
+    if auth is not None:
+        plain = dataclasses.replace(plain, policy=(auth, *plain.policy))
+    if opts.satisfy_any:
+        # The marker of satisfy any: the access checks (source ranges, basic auth added at
+        # assembly, external auth) become alternatives where the proxy builds them.
+        plain = dataclasses.replace(plain, policy=(*plain.policy, SatisfyAny()))
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    # Before the source ranges: nginx's limit_req / limit_conn run in the preaccess phase,
+    # ahead of allow / deny (a denied request still counts against the limit).
+    rate_limit = _rate_limit(ref, opts, limit_statuses)
+    if rate_limit is not None:
+        plain = dataclasses.replace(plain, policy=(rate_limit, *plain.policy))
     if opts.upstream_vhost is not None or opts.connection_header is not None:
         shaping = ShapeRequest(
             host=opts.upstream_vhost or "", connection=opts.connection_header or ""
@@ -409,6 +483,9 @@ def compile_ingress(
         plain = dataclasses.replace(plain, policy=(*plain.policy, shaping))
     if opts.invalid_custom_headers:
         plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
+    basic_auth = _basic_auth(ingress, opts, problems)
+    if opts.invalid_auth or basic_auth == "":
+        plain = dataclasses.replace(plain, policy=(INVALID_AUTH, *plain.policy))
     cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
     error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
     if error_pages is not None:
@@ -428,6 +505,15 @@ def compile_ingress(
     if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
         plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
         redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
+    # CORS goes before those: ingress-nginx's preflight `return 204` is written in the location
+    # ahead of the redirect's `return`, and the HTTPS redirect and access checks come later
+    # still. A preflight is answered by the proxy, so it never reaches a pod unchecked. Not on
+    # routes that refuse every request (a value that cannot be read: ingress-nginx's denied
+    # location has no CORS block; unenforced access control: Portico fails closed).
+    refused = any(isinstance(step, Refuse) for step in plain.policy)
+    if opts.cors is not None and not refused:
+        plain = dataclasses.replace(plain, policy=(opts.cors, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(opts.cors, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
@@ -540,6 +626,32 @@ def compile_ingress(
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
+    if opts.canary is not None and screening.denied(serve_without_access_control):
+        # ingress-nginx ignores a canary's own access control (the main Ingress's applies), but
+        # until Portico enforces what it asks for, the canary is not used at all: its requests
+        # stay on the main Ingress's backend, nothing is served unprotected.
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                CANARY_UNPAIRED,
+                "canary not used: it carries access control Portico does not enforce yet "
+                f"({', '.join(screening.unenforced)}); its requests stay on the main Ingresses",
+            )
+        )
+        return dataclasses.replace(_empty_part(ref, ingress.namespace), problems=tuple(problems))
+    if opts.canary is not None and not screening.withheld:
+        return IngressPart(
+            ref=ref,
+            namespace=ingress.namespace,
+            hosts=(),
+            entries=tuple(entries),
+            fallbacks=tuple(fallbacks),
+            default=default,
+            tls=(),
+            problems=tuple(problems),
+            canary=opts.canary,
+        )
     if screening.withheld:
         return IngressPart(
             ref=ref,
@@ -564,12 +676,63 @@ def compile_ingress(
         unprotected=screening.unenforced if serve_without_access_control else (),
         aliases=opts.server_alias,
         custom_headers=opts.custom_headers,
+        auth_proxy_set_headers=opts.auth_proxy_set_headers,
         www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
         app_root=opts.app_root,
         error_backend=error_backend,
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
+        basic_auth=(basic_auth, opts.auth_secret_type, opts.auth_realm) if basic_auth else None,
     )
+
+
+def _empty_part(ref: str, namespace: str) -> IngressPart:
+    return IngressPart(
+        ref=ref,
+        namespace=namespace,
+        hosts=(),
+        entries=(),
+        fallbacks=(),
+        default=None,
+        tls=(),
+        problems=(),
+    )
+
+
+def _basic_auth(ingress: Ingress, opts: IngressOptions, problems: list[Problem]) -> str | None:
+    """The auth-secret as "namespace/name"; None without basic auth; "" when it cannot be used
+    (the routes fail closed): not given, or in another namespace, which ingress-nginx refuses
+    by default (allow-cross-namespace-resources false)."""
+    if opts.auth_secret is None:
+        return None
+    if not opts.auth_secret:
+        reason = "auth-type basic without auth-secret"
+    else:
+        namespace, _, name = opts.auth_secret.rpartition("/")
+        if not namespace or namespace == ingress.namespace:
+            return f"{ingress.namespace}/{name}"
+        reason = (
+            f'auth-secret "{opts.auth_secret}" is in another namespace, which ingress-nginx '
+            "refuses (allow-cross-namespace-resources)"
+        )
+    problems.append(
+        Problem("Ingress", ingress.ref, SECRET_INVALID, f"{reason}; its routes answer 503")
+    )
+    return ""
+
+
+def _with_auth(options: RouteOptions, step: PolicyStep) -> RouteOptions:
+    """`step` (basic auth) after the redirects, the CORS preflight answer, the rate limits and
+    the client-address checks, as nginx runs its rewrite phase (redirects, `return 204` of a
+    preflight), its preaccess phase (limit_req, limit_conn) and its access module before
+    auth_basic (a denied address gets 403, not a 401 challenge)."""
+    policy = options.policy
+    at = 0
+    while at < len(policy) and isinstance(
+        policy[at], HTTPSRedirect | Redirect | Refuse | SourceRanges | AppRoot | Cors | RateLimit
+    ):
+        at += 1
+    return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
 
 
 def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
@@ -754,10 +917,31 @@ def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> Route
     policy = options.policy
     if not first:
         return dataclasses.replace(options, policy=(*policy, step))
+    if isinstance(step, Refuse):
+        # A route refusing every request answers no CORS preflight either (see compile).
+        policy = tuple(s for s in policy if not isinstance(s, Cors))
     at = 0
     while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
         at += 1
     return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
+
+
+def _with_auth_headers(
+    options: RouteOptions,
+    found: tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None,
+) -> RouteOptions:
+    """The auth-proxy-set-headers fields in the route's ExternalAuth step (the step denied,
+    503, when its ConfigMap is missing)."""
+    policy: list[PolicyStep] = []
+    for step in options.policy:
+        if isinstance(step, ExternalAuth):
+            if found is None:
+                policy.append(INVALID_EXTERNAL_AUTH)
+                continue
+            policy.append(dataclasses.replace(step, set_names=found[0], set_values=found[1]))
+            continue
+        policy.append(step)
+    return dataclasses.replace(options, policy=tuple(policy))
 
 
 def _with_request_headers(
@@ -817,6 +1001,95 @@ def _www_redirects(
     return list(aliases.values())
 
 
+def _with_canary(rule: PathRule, step: Canary) -> PathRule:
+    options = dataclasses.replace(rule.options, policy=(*rule.options.policy, step))
+    return dataclasses.replace(rule, options=options)
+
+
+def _pair_canaries(
+    canaries: list[IngressPart],
+    *,
+    by_host: dict[str, dict[tuple[str, MatchKind], PathRule]],
+    written: Mapping[tuple[str, str, MatchKind], str],
+    default: PathRule | None,
+    uses: dict[str, BackendUse],
+    problems: list[Problem],
+) -> PathRule | None:
+    """Pair each canary Ingress's rules with the main rules, as ingress-nginx's
+    mergeAlternativeBackends does: a canary path goes with the main (non-canary) Ingress's
+    rule of the same host, path (as written) and pathType, which then carries a Canary step
+    naming the canary's backend; its defaultBackend goes with the global default backend. The
+    first canary (in precedence order) of a rule wins (ingress-nginx uses only its first
+    alternative backend); a canary naming the main rule's own backend is ignored. A canary rule
+    without a main rule is not served at all (ingress-nginx answers 404 there): a
+    CanaryUnpaired problem. Returns the global default rule, with its canary if any."""
+
+    def unpaired(part: IngressPart, entry: RuleEntry, why: str) -> None:
+        where = f"on host {entry.host}" if entry.host else "on any host"
+        problems.append(
+            Problem(
+                "Ingress",
+                part.ref,
+                CANARY_UNPAIRED,
+                f"canary {entry.text} {where} is not served: {why}",
+            )
+        )
+
+    def paired(part: IngressPart, entry: RuleEntry, main: PathRule) -> PathRule | None:
+        rules = part.canary
+        assert rules is not None
+        own = main.options.step(Canary)
+        if own is not None:
+            unpaired(part, entry, f"the main rule already has the canary of Ingress {own.ingress}")
+            return None
+        if main.backend == entry.rule.backend:
+            unpaired(part, entry, f"the main rule of Ingress {main.ingress} uses that backend")
+            return None
+        backend = entry.backend
+        step = Canary(
+            backend.key,
+            f"{backend.namespace}/{backend.service}",
+            part.ref,
+            str(backend.port),
+            rules.header,
+            rules.header_value,
+            rules.header_pattern,
+            rules.header_invalid,
+            rules.cookie,
+            rules.weight,
+            rules.weight_total,
+            entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
+        )
+        _use(uses, entry, part.ref)
+        return _with_canary(main, step)
+
+    for part in canaries:
+        for entry in part.entries:
+            rule = entry.rule
+            key = (rule.path, rule.match)
+            slot = by_host.get(entry.host)
+            main = None if slot is None else slot.get(key)
+            if (
+                main is None
+                or main.path_type != rule.path_type
+                or written.get((entry.host, rule.path, rule.match)) != entry.written_path
+            ):
+                unpaired(part, entry, "no main Ingress has a rule with its host, path and pathType")
+                continue
+            new = paired(part, entry, main)
+            if new is None or slot is None:
+                continue
+            slot[key] = new
+        for entry in (*part.fallbacks, *((part.default,) if part.default is not None else ())):
+            if default is None:
+                unpaired(part, entry, "there is no global default backend to pair with")
+                continue
+            new = paired(part, entry, default)
+            if new is not None:
+                default = new
+    return default
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
@@ -825,6 +1098,11 @@ def assemble(
     *,
     response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
     request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    auth_headers: Callable[
+        [str], tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None
+    ]
+    | None = None,
+    basic_auth: Callable[[str, str, str], tuple[BasicAuth | None, str | None]] | None = None,
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
 
@@ -833,7 +1111,9 @@ def assemble(
     than talk to its pods unverified. `response_headers(ref)` gives the step of a
     `custom-headers` ConfigMap, or why it cannot be served (its routes then answer 503, as
     ingress-nginx denies them); `request_headers` are the (names, values) every route sends its
-    pods (the ingress-nginx ConfigMap's proxy-set-headers).
+    pods (the ingress-nginx ConfigMap's proxy-set-headers). `auth_headers(ref)` gives the
+    (names, values, problems) of an `auth-proxy-set-headers` ConfigMap, None when it does not
+    exist (the Ingress's routes then answer 503: its auth requests cannot be sent as meant).
 
     `server-alias`, as ingress-nginx: the first Ingress (in precedence order) with aliases for
     a host gives that host its aliases; an alias that is a rule host, or already another
@@ -898,15 +1178,46 @@ def assemble(
             )
         else:
             parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
+    for i, part in enumerate(parts):
+        if part.auth_proxy_set_headers is None or auth_headers is None:
+            continue
+        found = auth_headers(part.auth_proxy_set_headers)
+        if found is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    CONFIGMAP_NOT_FOUND,
+                    f'auth-proxy-set-headers "{part.auth_proxy_set_headers}": the ConfigMap '
+                    "does not exist; its routes answer 503",
+                )
+            )
+        else:
+            problems.extend(found[2])
+        parts[i] = _map_options(part, functools.partial(_with_auth_headers, found=found))
+    for i, part in enumerate(parts):
+        if part.basic_auth is None:
+            continue
+        auth, reason = (None, "not read") if basic_auth is None else basic_auth(*part.basic_auth)
+        if reason is not None:
+            locked = "; its routes answer 503" if auth is None else ""
+            message = f"auth-secret: {reason}{locked}"
+            problems.append(Problem("Ingress", part.ref, SECRET_INVALID, message))
+        auth_step: PolicyStep = AUTH_SECRET_UNAVAILABLE if auth is None else auth
+        parts[i] = _map_options(part, functools.partial(_with_auth, step=auth_step))
     if request_headers[0]:
         change = _with_request_headers(*request_headers)
         parts = [_map_options(part, change) for part in parts]
 
     unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
     fallback_unredirected: dict[str, PathRule] = {}
+    canaries: list[IngressPart] = []
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        if part.canary is not None:
+            canaries.append(part)
+            continue
         error_backend = part.error_backend
         if error_backend is not None and (part.entries or part.fallbacks or part.default):
             _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
@@ -977,6 +1288,16 @@ def assemble(
                         f"{default.ingress}); {entry.rule.backend} ignored",
                     )
                 )
+
+    if canaries:
+        default = _pair_canaries(
+            canaries,
+            by_host=by_host,
+            written=written,
+            default=default,
+            uses=uses,
+            problems=problems,
+        )
 
     # TLS after routes so a certificate is attached only to hosts that exist.
     for part in parts:

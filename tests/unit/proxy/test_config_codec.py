@@ -11,14 +11,19 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
+    Canary,
+    Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     PassthroughHost,
     PathRule,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -27,6 +32,7 @@ from proxy.config import (
     RewriteRedirects,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     Snapshot,
     SnapshotError,
@@ -55,6 +61,29 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        Cors(
+            ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
+        ),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
+        RateLimit("ns/ing", 10, 600, 3, 8, ("10.0.0.0/8", "2001:db8::/32"), 429, 503),
+        ExternalAuth(
+            "https://$host/oauth2/auth",
+            method="POST",
+            signin="https://$host/oauth2/start?rd=$escaped_request_uri",
+            signin_redirect_param="orig",
+            response_headers=("X-Auth-Request-User",),
+            request_redirect="/landing",
+            set_names=("X-Tenant",),
+            set_values=("a",),
+            cache_key="$remote_user$http_authorization",
+            cache_statuses=(200, 401),
+            cache_seconds=(300, 60),
+            always_set_cookie=True,
+            keepalive=10,
+            keepalive_requests=100,
+            keepalive_timeout=30,
+        ),
+        SatisfyAny(),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -127,6 +156,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -188,6 +218,17 @@ def _with_step(step: dict[str, object]) -> bytes:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1]["policy"] = [step]
     return json.dumps(doc).encode()
+
+
+CORS: dict[str, object] = {
+    "step": "cors",
+    "origins": ["*"],
+    "methods": "GET",
+    "headers": "",
+    "expose_headers": "",
+    "credentials": False,
+    "max_age": 5,
+}
 
 
 @pytest.mark.parametrize(
@@ -319,6 +360,85 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        *(
+            pytest.param({**CORS, **change}, id=f"cors-{name}")
+            for name, change in {
+                "origin-with-path": {"origins": ["https://a.test/x"]},
+                "origin-splits-the-head": {"origins": ["https://a.test\r\nX: y"]},
+                "origin-ends-with-a-newline": {"origins": ["https://a.test\n"]},
+                "methods-end-with-a-newline": {"methods": "GET\n"},
+                "two-wildcards": {"origins": ["https://*.*.a.test"]},
+                "star-in-a-list": {"origins": ["*", "https://a.test"]},
+                "methods-empty": {"methods": ""},
+                "methods-split-the-head": {"methods": "GET\r\nX: y"},
+                "headers-colon": {"headers": "X: y"},
+                "max-age-not-a-number": {"max_age": "60"},
+                "credentials-not-a-flag": {"credentials": 1},
+            }.items()
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
+        pytest.param({"step": "rate_limit", "zone": "ns/a"}, id="rate-limit-without-limit"),
+        pytest.param({"step": "rate_limit", "zone": "", "rps": 1}, id="rate-limit-no-zone"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": -1}, id="rate-negative"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": True}, id="rate-a-flag"),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "rps": 1, "status": 200}, id="rate-status-200"
+        ),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "connections": 1, "allow": ["10.0.0.1/8"]},
+            id="rate-allowlist-not-canonical",
+        ),
+        # ExternalAuth (auth-url): anything the proxy could not send as meant.
+        pytest.param({"step": "external_auth", "url": "ftp://a/"}, id="auth-not-http"),
+        pytest.param({"step": "external_auth", "url": "http:///a"}, id="auth-without-host"),
+        pytest.param({"step": "external_auth", "url": "http://$foo/"}, id="auth-unknown-var"),
+        pytest.param({"step": "external_auth", "url": "http://a/\r\nX: y"}, id="auth-split"),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "method": "get"}, id="auth-method"
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "signin": "/start"},
+            id="auth-signin-relative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "response_headers": ["Host"]},
+            id="auth-response-header-host",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_key": "$request_body"},
+            id="auth-cache-key-variable",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_statuses": [200]},
+            id="auth-cache-without-time",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": -1},
+            id="auth-keepalive-negative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": True},
+            id="auth-keepalive-a-flag",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -352,6 +472,11 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "Cors",
+        "BasicAuth",
+        "RateLimit",
+        "ExternalAuth",
+        "SatisfyAny",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
@@ -399,5 +524,61 @@ def test_retry_options_round_trip() -> None:
 def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
+# ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
+
+CANARIES = {
+    "header-value": Canary(
+        "ns/canary/80", "ns/canary", "ns/ing-canary", "80", "canarybyheader", "DoCanary"
+    ),
+    "pattern-and-cookie": Canary(
+        "ns/canary/http",
+        "ns/canary",
+        "ns/ing-canary",
+        "http",
+        header="x-canary",
+        header_pattern="^Do[A-Z][a-z]+y$",
+        cookie="Canary-By-Cookie",
+    ),
+    "invalid-pattern": Canary(
+        "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
+    ),
+    "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+}
+
+
+@pytest.mark.parametrize("step", CANARIES.values(), ids=CANARIES.keys())
+def test_canary_step_round_trips(step: Canary) -> None:
+    options = RouteOptions(policy=(BodyLimit(10), step))
+    rule = PathRule("/info", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    snap = Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))
+    decoded = decode_snapshot(encode_snapshot(snap))
+    assert decoded.routes.virtual_hosts[0].rules[0].options.step(Canary) == step
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": -1},
+        {"weight": True},
+        {"weight_total": 50},  # the compiler counts a total below 100 as 100
+        {"header": "X-Upper"},  # lower-case only
+        {"header_value": "a\r\nb"},
+        {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
+        {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
+    ],
+    ids=str,
+)
+def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
+    step = Canary("ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", weight=10)
+    options = RouteOptions(policy=(step,))
+    rule = PathRule("/", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    doc = json.loads(encode_snapshot(Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))))
+    doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())
