@@ -894,3 +894,33 @@ def parse_frames(data: bytes) -> list[Any]:
         found.append(frame)
         offset += 9 + length
     return found
+
+
+async def test_expect_100_continue_and_interim_responses(pod: Pod, h2c: ProxyServer) -> None:
+    """`expect: 100-continue` gets a 100 before the body is sent (RFC 9110 §10.1.1, over
+    HTTP/2 an informational HEADERS); a pod's 103 Early Hints is relayed as one too."""
+    client = await RawClient.connect(h2c.http_port)
+    try:
+        stream = client.request(
+            "/sink",
+            "POST",
+            extra=[(b"expect", b"100-continue"), (b"content-length", b"5")],
+            end=False,
+        )
+        while not any(
+            isinstance(e, h2.events.InformationalResponseReceived) for e in client.events
+        ):
+            assert await client.read()
+        client.h2.send_data(stream, b"hello", end_stream=True)
+        client.flush()
+        fields, body, _ = await client.response(stream)
+        assert fields[b":status"] == b"200" and json.loads(body)["length"] == 5
+        client.events.clear()
+        stream = client.request("/early-hints")
+        fields, body, _ = await client.response(stream)
+        hints = [e for e in client.events if isinstance(e, h2.events.InformationalResponseReceived)]
+        assert [dict(e.headers)[b":status"] for e in hints] == [b"103"]
+        assert dict(hints[0].headers)[b"link"] == b"</s.css>; rel=preload"
+        assert fields[b":status"] == b"200" and body == b"after hints"
+    finally:
+        await client.close()
