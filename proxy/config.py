@@ -31,7 +31,7 @@ SCHEMA_VERSION: Final = 2
 # path (ingress-nginx's `use-regex`, `~* "^<path>"`), tried in the virtual host's rule order.
 MatchKind = Literal["exact", "prefix", "regex"]
 BalancerKind = Literal["round_robin", "least_request"]
-UpstreamProtocol = Literal["HTTP", "HTTPS"]
+UpstreamProtocol = Literal["HTTP", "HTTPS", "GRPC", "GRPCS"]
 
 
 class SnapshotError(ValueError):

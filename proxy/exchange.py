@@ -266,6 +266,11 @@ class Exchange(Receiver):
                 return
             self._local(503, route.unavailable or "NoEndpoints")
             return
+        if route.grpc:
+            # gRPC needs HTTP/2 end to end (trailers): an HTTP/1.1 request to a GRPC route is
+            # not forwarded (ingress-nginx's grpc_pass answers it 502 too, see ARCHITECTURE).
+            self._local(502, "GrpcNeedsHTTP2")
+            return
         tried = self.tried
         if chosen is not None:
             endpoint: Endpoint | None = chosen
@@ -845,6 +850,19 @@ class Exchange(Receiver):
             now = self.fwd.loop.time()
         self._ended(self.reason, now)
         self.client.finish(self, keep_alive, now)
+
+    def ended_elsewhere(
+        self, status: int, reason: str | None, upstream: str | None, now: float
+    ) -> None:
+        """The request was answered by another path (a gRPC call, proxy/grpc.py): its metrics
+        and access-log entry, as for any exchange."""
+        if self.finished:
+            return
+        self.finished = True
+        self.status = status
+        self.upstream = upstream
+        self.reason = reason
+        self._ended(reason, now)
 
     def _ended(self, reason: str | None, now: float) -> None:
         """Every exchange ends here once: its request metrics and access-log entry."""

@@ -319,3 +319,180 @@ class ServerCodec:
         open finish (NO_ERROR), or are cut (another code)."""
         with contextlib.suppress(ngh2.NGH2Error):
             self._conn.send_goaway(code, last_stream_id=self.last_stream_id)
+
+
+# ---- the client side: HTTP/2 to pods (gRPC) ------------------------------------------------------
+
+
+class UpstreamHandler:
+    """What a client-side codec reports to (proxy/h2upstream.py); called from within `feed`."""
+
+    def response(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        """A final response head (a trailers-only response has `end_stream`)."""
+        raise NotImplementedError
+
+    def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """A piece of a response body (to `consume` once the client side took it)."""
+        raise NotImplementedError
+
+    def trailers(self, stream_id: int, headers: Headers) -> None:
+        """The response's trailer fields; the response is complete."""
+        raise NotImplementedError
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """The pod reset the stream."""
+        raise NotImplementedError
+
+    def closed(self, stream_id: int, code: int) -> None:
+        """The stream is closed (either way); the codec forgets it."""
+        raise NotImplementedError
+
+    def window_opened(self, stream_id: int) -> None:
+        """The pod opened a window (0: the connection's): queued request data may leave."""
+        raise NotImplementedError
+
+    def goaway(self, last_stream_id: int, code: int) -> None:
+        """The pod is going away; streams above `last_stream_id` were not processed."""
+        raise NotImplementedError
+
+
+# The window a pod's response stream starts with, and the connection's: a pod may send this much
+# of one response ahead of what the client took (acknowledged as the client side takes it).
+UPSTREAM_STREAM_WINDOW: Final = 1 << 20
+UPSTREAM_CONNECTION_WINDOW: Final = 16 << 20
+
+
+class ClientCodec:
+    """One client-side HTTP/2 connection to a pod (no I/O): requests out, responses in."""
+
+    __slots__ = ("_conn", "_dispatch", "handler")
+
+    def __init__(self, handler: UpstreamHandler) -> None:
+        self.handler = handler
+        self._conn = ngh2.Connection(
+            ngh2.Role.CLIENT,
+            ngh2.Configuration(
+                auto_window_update=False,
+                # Until the pod's SETTINGS say otherwise (RFC 9113's initial value is unlimited;
+                # grpc-go and grpc-c++ announce 100 or more).
+                peer_max_concurrent_streams=100,
+                max_inbound_header_list_size=DEFAULT_LIMITS.hard_header_list_bytes,
+                max_inbound_header_count=DEFAULT_LIMITS.hard_header_fields,
+            ),
+        )
+        self._conn.initiate_connection(
+            {
+                ngh2.Setting.ENABLE_PUSH: 0,
+                ngh2.Setting.INITIAL_WINDOW_SIZE: UPSTREAM_STREAM_WINDOW,
+                ngh2.Setting.MAX_HEADER_LIST_SIZE: DEFAULT_LIMITS.hard_header_list_bytes,
+            }
+        )
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.set_local_window_size(UPSTREAM_CONNECTION_WINDOW)
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            ngh2.ResponseReceived: self._response,
+            ngh2.DataReceived: self._data,
+            ngh2.TrailersReceived: self._trailers,
+            ngh2.StreamReset: self._reset,
+            ngh2.StreamClosed: self._closed,
+            ngh2.WindowUpdated: self._window,
+            ngh2.GoAwayReceived: self._goaway,
+        }
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the pod. Raises CodecError when the connection must end."""
+        try:
+            self._conn.receive_data(data)
+        except ngh2.NGH2Error as exc:
+            try:
+                self._conn.terminate_connection(PROTOCOL_ERROR)
+                goaway = self._conn.data_to_send()
+            except ngh2.NGH2Error:
+                goaway = b""
+            raise CodecError(f"{type(exc).__name__}: {exc}", PROTOCOL_ERROR, goaway) from exc
+        self._dispatch_events()
+
+    def _dispatch_events(self) -> None:
+        dispatch = self._dispatch
+        for event in self._conn.events():
+            handle = dispatch.get(type(event))
+            if handle is not None:
+                handle(event)
+
+    def _response(self, event: Any) -> None:
+        self.handler.response(event.stream_id, event.headers, event.end_stream)
+
+    def _data(self, event: Any) -> None:
+        self.handler.data(event.stream_id, event.data, event.end_stream)
+
+    def _trailers(self, event: Any) -> None:
+        self.handler.trailers(event.stream_id, event.headers)
+
+    def _reset(self, event: Any) -> None:
+        self.handler.reset(event.stream_id, event.error_code)
+
+    def _closed(self, event: Any) -> None:
+        self.handler.closed(event.stream_id, event.error_code)
+
+    def _window(self, event: Any) -> None:
+        self.handler.window_opened(event.stream_id)
+
+    def _goaway(self, event: Any) -> None:
+        self.handler.goaway(event.last_stream_id, event.error_code)
+
+    def output(self) -> bytes:
+        """The bytes to write now; streams this output closes are reported first."""
+        try:
+            data = self._conn.data_to_send()
+        except ngh2.NGH2Error:
+            return b""
+        self._dispatch_events()
+        return data
+
+    @property
+    def can_open(self) -> bool:
+        """Whether a new stream fits the pod's SETTINGS_MAX_CONCURRENT_STREAMS (and no GOAWAY)."""
+        return self._conn.can_send_request
+
+    @property
+    def open(self) -> bool:
+        conn = self._conn
+        return conn.want_read or conn.want_write
+
+    def send_request(self, headers: Iterable[tuple[bytes, bytes]], end_stream: bool) -> int:
+        """A request head (pseudo-header fields first); its stream id. Raises CodecError
+        when no stream can be opened (ids exhausted, the connection going away)."""
+        try:
+            return self._conn.send_request(headers, end_stream=end_stream)
+        except ngh2.NGH2Error as exc:
+            raise CodecError(f"{type(exc).__name__}: {exc}", REFUSED_STREAM, b"") from exc
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
+        """Request body data, queued until the pod's windows admit it."""
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.send_data(stream_id, data, end_stream=end_stream)
+
+    def end_stream(self, stream_id: int) -> None:
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.end_stream(stream_id)
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.reset_stream(stream_id, code)
+
+    def consume(self, stream_id: int, size: int) -> None:
+        """`size` bytes of the stream's response were taken: the pod may send as many more."""
+        if size:
+            with contextlib.suppress(ngh2.NGH2Error):
+                self._conn.acknowledge_received_data(size, stream_id)
+
+    def queued(self, stream_id: int) -> int:
+        """Request body bytes of the stream waiting for the pod's windows."""
+        try:
+            return self._conn.queued_body_size(stream_id)
+        except ngh2.NGH2Error:
+            return 0
+
+    def goaway(self, code: int = NO_ERROR) -> None:
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.send_goaway(code)

@@ -34,12 +34,14 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from proxy import flow, h2codec
+from proxy import flow, h2codec, replies
 from proxy import headers as hdr
 from proxy.clientside import ClientSide
 from proxy.connections import Connections
 from proxy.exchange import Exchange
+from proxy.grpc import GrpcCall, GrpcClient, grpc_status, is_grpc, parse_timeout
 from proxy.h2codec import CodecError, Handler, Headers, ServerCodec
+from proxy.h2upstream import pool_for
 from proxy.headers import REQUEST_NAMES, ClientContexts, RequestHead, ResponseHead
 from proxy.replies import local_reply
 from proxy.routing import Routing
@@ -90,16 +92,20 @@ def _limits(settings: ProxySettings) -> h2codec.Limits:
 _LIMITS: dict[ProxySettings, h2codec.Limits] = {}
 
 
-class H2Stream(ClientSide):
-    """One request/response of an HTTP/2 connection, the `ClientSide` of its exchange."""
+class H2Stream(ClientSide, GrpcClient):
+    """One request/response of an HTTP/2 connection, the `ClientSide` of its exchange (or the
+    client of its gRPC call, proxy/grpc.py)."""
 
     __slots__ = (
         "body_deadline",
+        "call",
         "client_reset",
         "conn",
         "discarding",
         "ended",
         "exchange",
+        "grpc",
+        "grpc_timeout",
         "paused",
         "stream_id",
         "unacked",
@@ -120,6 +126,10 @@ class H2Stream(ClientSide):
         # Loop time by which the client must send more of the request body (0.0: none due).
         self.body_deadline = 0.0
         self.client_reset = False  # the client reset it (counted as a reset received)
+        # A gRPC request (content-type application/grpc*): Portico's answers in gRPC form.
+        self.grpc = False
+        self.grpc_timeout: bytes | None = None  # its grpc-timeout field, as sent
+        self.call: GrpcCall | None = None  # the call to a pod on a GRPC/GRPCS route
 
     # ---- the client side of the exchange (see proxy/clientside.py) -------------------------
 
@@ -167,6 +177,14 @@ class H2Stream(ClientSide):
     def send_answer(self, status: int, fields: bytes, close: bool, head_only: bool) -> bool:
         if self.ended:
             return False
+        if self.grpc:
+            # Trailers-only, HTTP 200 with grpc-status (no route 12, unavailable 14, timeout 4).
+            exchange = self.exchange
+            reason = exchange.reason if exchange is not None else None
+            self.conn.codec.send_headers(self.stream_id, grpc_status(status, reason), True)
+            self.ended = True
+            self.conn.schedule_flush()
+            return not close
         data = local_reply(status, close=False, head_only=head_only)
         head, _, body = data.partition(b"\r\n\r\n")
         response = _h2_fields(status, head + b"\r\n" + fields)
@@ -230,6 +248,62 @@ class H2Stream(ClientSide):
                 self.unacked = 0
                 self.conn.schedule_flush()
 
+    # ---- the client of a gRPC call (see proxy/grpc.py) ---------------------------------------
+
+    def grpc_headers(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        if self.ended:
+            return
+        self.conn.codec.send_headers(self.stream_id, headers, end_stream)
+        self.ended = end_stream
+        self.conn.schedule_flush()
+
+    def grpc_data(self, data: bytes, end_stream: bool) -> bool:
+        if self.ended:
+            return True
+        codec = self.conn.codec
+        codec.send_data(self.stream_id, data, end_stream)
+        self.ended = end_stream
+        self.conn.schedule_flush()
+        if codec.queued(self.stream_id) > STREAM_HIGH:
+            if not self.write_paused:
+                self.write_paused = True
+                self.conn.stalled.append(self)
+            return False
+        return True
+
+    def grpc_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.ended:
+            return
+        self.conn.codec.send_trailers(self.stream_id, headers)
+        self.ended = True
+        self.conn.schedule_flush()
+
+    def grpc_reset(self, code: int) -> None:
+        if self.ended and code == h2codec.NO_ERROR:
+            return
+        self.ended = True
+        self.conn.codec.reset_stream(self.stream_id, code)
+        self.conn.schedule_flush()
+
+    def grpc_consume(self, size: int) -> None:
+        if size:
+            self.conn.codec.consume(self.stream_id, size)
+            self.conn.schedule_flush()
+
+    def grpc_done(self, status: int, reason: str | None, upstream: str | None) -> None:
+        self.call = None
+        exchange = self.exchange
+        self.exchange = None
+        now = self.conn.loop.time()
+        if exchange is not None:
+            exchange.ended_elsewhere(status, reason, upstream, now)
+        if not self.ended:
+            # The call ended before the client's response did (its stream reset meanwhile).
+            self.ended = True
+            self.conn.codec.reset_stream(self.stream_id, h2codec.CANCEL)
+            self.conn.schedule_flush()
+        self.conn.exchange_done(now)
+
     # ---- from the connection ----------------------------------------------------------------
 
     def drained(self, now: float) -> bool:
@@ -237,6 +311,8 @@ class H2Stream(ClientSide):
         pod's connection is read again)."""
         if self.ended or self.conn.codec.queued(self.stream_id) < STREAM_LOW:
             self.write_paused = False
+            if self.call is not None:
+                self.call.client_drained()
             exchange = self.exchange
             if exchange is not None and not self.conn.write_paused:
                 flow.client_drained(exchange.conn, now)
@@ -245,6 +321,10 @@ class H2Stream(ClientSide):
 
     def lost(self) -> None:
         """The stream is gone (reset by the client, or the connection closed)."""
+        call = self.call
+        if call is not None:
+            self.call = None
+            call.cancel()
         exchange = self.exchange
         self.exchange = None
         self.ended = True
@@ -278,7 +358,7 @@ class H2Connection(asyncio.Protocol, Handler):
         self.ctx: hdr.ClientContext | None = None
         self.codec = ServerCodec(self, _limits(settings))
         self.streams: dict[int, H2Stream] = {}
-        self.starting: list[Exchange] = []
+        self.starting: list[Exchange | GrpcCall] = []
         # Streams whose pod connection is paused because the client's window is shut.
         self.stalled: list[H2Stream] = []
         # Streams answered before their request body ended: reset (NO_ERROR) once the
@@ -399,6 +479,10 @@ class H2Connection(asyncio.Protocol, Handler):
                     authority = value
                 continue  # :scheme is the listener's (X-Forwarded-Proto says it)
             fields += 1
+            if name == b"content-type" and is_grpc(value):
+                stream.grpc = True
+            elif name == b"grpc-timeout":
+                stream.grpc_timeout = value
             if name == b"cookie":
                 # RFC 9113 §8.2.3: cookie crumbs are one field again for HTTP/1.1.
                 cookies = [value] if cookies is None else [*cookies, value]
@@ -439,13 +523,39 @@ class H2Connection(asyncio.Protocol, Handler):
             return
         exchange = self.routing.open_exchange(stream, method, url, "1.1", parts, special)
         stream.exchange = exchange
+        route = exchange.route
+        if route is not None and route.grpc and exchange.answer is None:
+            self._call(stream, exchange, end_stream)
+            return
         if not end_stream:
             stream.body_deadline = self.read_at + self.settings.client_body_timeout
         self.starting.append(exchange)
 
+    def _call(self, stream: H2Stream, exchange: Exchange, end_stream: bool) -> None:
+        """A request to a GRPC/GRPCS route: a gRPC call to the pod (proxy/grpc.py), which
+        begins with the exchanges of this read."""
+        route = exchange.route
+        head = exchange.head
+        assert route is not None and head is not None
+        if exchange.checking >= 0:
+            # An external-auth step waits: not supported on gRPC routes yet (fails closed).
+            exchange.answer = replies.Answer(503, "GrpcAuthUnsupported")
+            self.starting.append(exchange)
+            return
+        timeout = None
+        if stream.grpc_timeout is not None:
+            timeout = parse_timeout(stream.grpc_timeout)
+        pool = pool_for(self.loop, self.settings.upstream_keepalive_timeout)
+        call = GrpcCall(stream, route, head, pool, end_stream, timeout)
+        stream.call = call
+        self.starting.append(call)
+
     def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         size = len(data)
+        if stream is not None and stream.call is not None:
+            stream.call.request_data(data, end_stream)
+            return
         exchange = stream.exchange if stream is not None else None
         if stream is None or exchange is None or stream.discarding:
             self.codec.consume(stream_id, size)
@@ -466,6 +576,9 @@ class H2Connection(asyncio.Protocol, Handler):
         # Request trailers are not forwarded to an HTTP/1.1 pod (nginx drops them too); they
         # end the request.
         stream = self.streams.get(stream_id)
+        if stream is not None and stream.call is not None:
+            stream.call.request_end()  # (request trailers are not relayed: gRPC has none)
+            return
         if stream is not None:
             stream.body_deadline = 0.0
             if stream.exchange is not None:

@@ -40,6 +40,7 @@ class Route:
         "connect_timeout",
         "error_route",
         "errors",
+        "grpc",
         "head_limit",
         "host",
         "key",
@@ -109,13 +110,17 @@ class Route:
         self.plain, self.secure = policies.for_steps(options.policy)
         # None: plain HTTP to the pods; else the TLS identity (also part of the pool key).
         self.upstream_tls: UpstreamTLS | None = None
-        if options.upstream_protocol == "HTTPS":
+        # backend-protocol GRPC / GRPCS: HTTP/2 streams to the pods (proxy/grpc.py).
+        self.grpc = options.upstream_protocol in ("GRPC", "GRPCS")
+        if options.upstream_protocol in ("HTTPS", "GRPCS"):
             name = options.upstream_server_name
             if name is None and rule.service is not None:
                 namespace, _, service = rule.service.partition("/")
                 name = f"{service}.{namespace}.svc"
             try:
-                self.upstream_tls = upstream_tls(name or "", options.upstream_ca_pem)
+                self.upstream_tls = upstream_tls(
+                    name or "", options.upstream_ca_pem, http2=self.grpc
+                )
             except ValueError:
                 # The compiler validates CA bundles; a bad one must not go out unverified.
                 self.unavailable = "UpstreamCAInvalid"

@@ -400,11 +400,12 @@ class UpstreamTLS:
 
     __slots__ = ("context", "server_name", "verify")
 
-    def __init__(self, server_name: str, ca_pem: str | None) -> None:
+    def __init__(self, server_name: str, ca_pem: str | None, http2: bool = False) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-        context.set_alpn_protocols(["http/1.1"])
+        # GRPCS routes offer h2 alone (proxy/h2upstream.py checks the pod chose it).
+        context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
         if ca_pem is None:
             # ingress-nginx's default (proxy_ssl_verify off): encrypted, not authenticated.
             context.check_hostname = False
@@ -421,20 +422,20 @@ class UpstreamTLS:
         return f"UpstreamTLS(server_name={self.server_name!r}, verify={self.verify})"
 
 
-_upstream: dict[tuple[str, str | None], UpstreamTLS] = {}
+_upstream: dict[tuple[str, str | None, bool], UpstreamTLS] = {}
 _UPSTREAM_MAX: Final = 1024
 
 
-def upstream_tls(server_name: str, ca_pem: str | None) -> UpstreamTLS:
+def upstream_tls(server_name: str, ca_pem: str | None, http2: bool = False) -> UpstreamTLS:
     """The shared UpstreamTLS for this SNI name and CA, so pools carry over between snapshots.
 
     Raises ValueError when `ca_pem` holds no usable certificate.
     """
-    key = (server_name, ca_pem)
+    key = (server_name, ca_pem, http2)
     found = _upstream.get(key)
     if found is None:
         try:
-            found = UpstreamTLS(server_name, ca_pem)
+            found = UpstreamTLS(server_name, ca_pem, http2)
         except ssl.SSLError as exc:
             raise ValueError(f"invalid upstream CA bundle: {exc.reason or exc}") from None
         if len(_upstream) >= _UPSTREAM_MAX:

@@ -221,9 +221,9 @@ def _balancer(value: str) -> str:
 
 def _protocol(value: str) -> str:
     upper = value.strip().upper()
-    if upper in ("HTTP", "HTTPS"):
+    if upper in ("HTTP", "HTTPS", "GRPC", "GRPCS"):
         return upper
-    raise _Invalid('expected "HTTP" or "HTTPS"')
+    raise _Invalid('expected "HTTP", "HTTPS", "GRPC" or "GRPCS"')
 
 
 def _server_name(value: str) -> str:

@@ -110,11 +110,11 @@ def test_exact_rows() -> None:
         {
             "name": N + "backend-protocol",
             "value": "GRPC",
-            "status": "unsupported",
+            "status": "different",  # accepted since issue 19 (gRPC to pods)
             "detail": grpc["annotations"][0]["detail"],
         }
     ]
-    assert "not accepted" in grpc["annotations"][0]["detail"]
+    assert "HTTP/2 cleartext" in grpc["annotations"][0]["detail"]
 
     auth = _find(report, "kube-system/kube-explorer")
     assert auth["ingressClass"] is None  # no class at all: the default IngressClass's
@@ -167,7 +167,7 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
     ({N + "load-balance": "ewma"}, 1),  # different
     ({N + "limit-rate": "5"}, 1),  # unsupported
     ({N + "rewite-target": "/"}, 1),  # unknown
-    ({N + "backend-protocol": "GRPC"}, 1),  # a value Portico does not accept
+    ({N + "backend-protocol": "FCGI"}, 1),  # a value Portico does not accept
     ({N + "whitelist-source-range": "10.0.0.0/8"}, 0),  # enforced
     ({N + "denylist-source-range": "10.0.0.0/8,::1"}, 0),
     ({N + "whitelist-source-range": "10.0.0.0/8,"}, 2),  # not readable: fails closed (503)

@@ -582,3 +582,11 @@ def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
     doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("protocol", ["GRPC", "GRPCS"])  # issue 19: gRPC to pods
+def test_grpc_backend_protocol_round_trips(protocol: str) -> None:
+    options = RouteOptions(upstream_protocol=protocol)  # type: ignore[arg-type]
+    rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+    snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+    assert decode_snapshot(encode_snapshot(snapshot)) == snapshot

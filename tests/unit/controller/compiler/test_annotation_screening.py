@@ -82,7 +82,7 @@ def test_supported_and_different_annotations_raise_nothing() -> None:
 
 
 def test_invalid_value_is_reported_once() -> None:
-    result = run({N + "backend-protocol": "GRPC"})
+    result = run({N + "backend-protocol": "FCGI"})
     assert reasons(result) == ["InvalidAnnotation"]
 
 

@@ -1,0 +1,421 @@
+"""gRPC to pods (issue 19 items 4-5): grpcio clients through Portico to grpcio servers.
+
+Stubs are generated in the test with grpc_tools.protoc (into a temporary directory). Each pod is
+a grpcio asyncio server on its own 127.0.0.x address; the client is a grpcio channel to Portico
+(h2c with --h2c, or TLS with ALPN h2). The route says `backend-protocol: GRPC` (or GRPCS with a
+TLS pod), so each call is one stream of a multiplexed HTTP/2 connection to the pod.
+Source of the rules: issue 19 ("Done when"), ingress-nginx docs/examples/grpc and
+annotations.md "Backend Protocol", the gRPC HTTP/2 protocol (doc/PROTOCOL-HTTP2.md) for
+trailers-only responses and grpc-timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from backends import snapshot
+
+from proxy.config import DEFAULT_OPTIONS
+from proxy.server import ProxyServer
+from proxy.settings import ProxySettings
+
+grpc = pytest.importorskip("grpc")
+pytest.importorskip("grpc_tools")
+
+pytestmark = pytest.mark.timeout(60)
+
+PROTO = """
+syntax = "proto3";
+package porticotest;
+message Msg {
+  bytes data = 1;
+  int32 count = 2;
+  int32 code = 3;
+  string details = 4;
+  int32 sleep_ms = 5;
+}
+service Echo {
+  rpc Unary(Msg) returns (Msg);
+  rpc ServerStream(Msg) returns (stream Msg);
+  rpc ClientStream(stream Msg) returns (Msg);
+  rpc Bidi(stream Msg) returns (stream Msg);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
+    """(messages, services) modules generated from PROTO."""
+    out = tmp_path_factory.mktemp("grpc_stubs")
+    (out / "porticotest.proto").write_text(PROTO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{out}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(out / "porticotest.proto"),
+        ],
+        check=True,
+        timeout=60,
+    )
+    sys.path.insert(0, str(out))
+    try:
+        return importlib.import_module("porticotest_pb2"), importlib.import_module(
+            "porticotest_pb2_grpc"
+        )
+    finally:
+        sys.path.remove(str(out))
+
+
+@dataclasses.dataclass
+class Pod:
+    server: Any
+    host: str
+    port: int
+    cancelled: asyncio.Event
+    metadata: list[tuple[str, Any]]
+
+
+async def start_pod(stubs: tuple[ModuleType, ModuleType], host: str = "127.0.0.2") -> Pod:
+    pb, services = stubs
+    cancelled = asyncio.Event()
+    seen: list[tuple[str, Any]] = []
+
+    class Echo(services.EchoServicer):  # type: ignore[name-defined,misc]
+        async def Unary(self, request: Any, context: Any) -> Any:
+            seen[:] = list(context.invocation_metadata())
+            echoed = [(k, v) for k, v in seen if k.startswith("x-echo")]
+            if echoed:
+                context.set_trailing_metadata(echoed)
+            if request.sleep_ms:
+                try:
+                    await asyncio.sleep(request.sleep_ms / 1000)
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+            if request.code:
+                await context.abort(grpc.StatusCode(_code(request.code)), request.details)
+            return pb.Msg(data=request.data, count=len(request.data))
+
+        async def ServerStream(self, request: Any, context: Any) -> Any:
+            try:
+                for i in range(request.count):
+                    yield pb.Msg(data=request.data, count=i)
+                    if request.sleep_ms:
+                        await asyncio.sleep(request.sleep_ms / 1000)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            if request.code:
+                await context.abort(grpc.StatusCode(_code(request.code)), request.details)
+
+        async def ClientStream(self, request_iterator: Any, context: Any) -> Any:
+            total = 0
+            count = 0
+            async for msg in request_iterator:
+                total += len(msg.data)
+                count += 1
+            return pb.Msg(count=count, data=str(total).encode())
+
+        async def Bidi(self, request_iterator: Any, context: Any) -> None:
+            # grpcio's asyncio server reports a reset of a bidi call as the end of the request
+            # stream (EOF, the call not cancelled): the cancellation tests never end their
+            # request stream, so an EOF there is the reset having reached the pod.
+            try:
+                while True:
+                    msg = await context.read()
+                    if msg is grpc.aio.EOF:
+                        if not msg_done_writing(seen):
+                            cancelled.set()
+                        return
+                    seen[:] = list(context.invocation_metadata())
+                    await context.write(pb.Msg(data=msg.data, count=msg.count))
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.max_send_message_length", 16 << 20),
+        ]
+    )
+    services.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port(f"{host}:0")
+    await server.start()
+    return Pod(server, host, port, cancelled, seen)
+
+
+def msg_done_writing(metadata: list[tuple[str, Any]]) -> bool:
+    """Whether the client said it would end its request stream (x-done-writing)."""
+    return any(k == "x-done-writing" for k, _ in metadata)
+
+
+def _code(number: int) -> Any:
+    return next(code.value for code in grpc.StatusCode if code.value[0] == number)
+
+
+GRPC_OPTIONS = dataclasses.replace(DEFAULT_OPTIONS, upstream_protocol="GRPC")
+
+
+async def start_proxy(pods: dict[str, list[tuple[str, int]] | str], **settings: Any) -> ProxyServer:
+    settings.setdefault("access_log", False)
+    settings.setdefault("h2c", True)
+    proxy = ProxyServer(ProxySettings(**settings))
+    proxy.apply(snapshot(pods, options=GRPC_OPTIONS))
+    await proxy.start(host="127.0.0.1", http_port=0)
+    return proxy
+
+
+@pytest.fixture
+async def pod(stubs: tuple[ModuleType, ModuleType]) -> AsyncIterator[Pod]:
+    pod = await start_pod(stubs)
+    yield pod
+    await pod.server.stop(0)
+
+
+@pytest.fixture
+async def proxy(pod: Pod) -> AsyncIterator[ProxyServer]:
+    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]})
+    yield proxy
+    await proxy.shutdown(1.0)
+
+
+def channel(port: int) -> Any:
+    return grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.max_send_message_length", 16 << 20),
+            ("grpc.enable_retries", 0),
+        ],
+    )
+
+
+@pytest.fixture
+async def stub(proxy: ProxyServer, stubs: tuple[ModuleType, ModuleType]) -> AsyncIterator[Any]:
+    async with channel(proxy.http_port) as ch:
+        yield stubs[1].EchoStub(ch)
+
+
+# ---- the four call types ---------------------------------------------------------------------
+
+
+async def test_unary(stub: Any, stubs: Any) -> None:
+    reply = await stub.Unary(stubs[0].Msg(data=b"hello"), timeout=10)
+    assert reply.data == b"hello" and reply.count == 5
+
+
+async def test_server_streaming(stub: Any, stubs: Any) -> None:
+    got = [m async for m in stub.ServerStream(stubs[0].Msg(data=b"x" * 1000, count=50))]
+    assert [m.count for m in got] == list(range(50))
+
+
+async def test_client_streaming(stub: Any, stubs: Any) -> None:
+    async def messages() -> AsyncIterator[Any]:
+        for _ in range(40):
+            yield stubs[0].Msg(data=b"y" * 5000)
+
+    reply = await stub.ClientStream(messages(), timeout=10)
+    assert reply.count == 40 and reply.data == b"200000"
+
+
+async def test_bidi_streaming_interleaved(stub: Any, stubs: Any) -> None:
+    """Each reply arrives before the next request is sent: nothing is buffered whole."""
+    call = stub.Bidi(timeout=10, metadata=(("x-done-writing", "1"),))
+    for i in range(20):
+        await call.write(stubs[0].Msg(data=b"%d" % i, count=i))
+        reply = await asyncio.wait_for(call.read(), 5)
+        assert reply.count == i
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_large_messages_both_ways(stub: Any, stubs: Any) -> None:
+    """4 MiB messages, past every flow-control window."""
+    big = bytes(range(256)) * (4 * 4096)
+    reply = await stub.Unary(stubs[0].Msg(data=big), timeout=20)
+    assert reply.data == big
+
+
+async def test_hundred_concurrent_calls_one_connection(stub: Any, stubs: Any) -> None:
+    replies = await asyncio.gather(
+        *(stub.Unary(stubs[0].Msg(data=b"%d" % i), timeout=20) for i in range(100))
+    )
+    assert [r.data for r in replies] == [b"%d" % i for i in range(100)]
+
+
+# ---- status, details, metadata ----------------------------------------------------------------
+
+
+async def test_status_and_details_trailers_only(stub: Any, stubs: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Unary(stubs[0].Msg(code=5, details="nothing here: ünïcode"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "nothing here: ünïcode"
+
+
+async def test_status_after_messages(stub: Any, stubs: Any) -> None:
+    call = stub.ServerStream(stubs[0].Msg(data=b"a", count=3, code=9, details="stop"))
+    got = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for m in call:
+            got.append(m.count)
+    assert got == [0, 1, 2]
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == "stop"
+
+
+async def test_binary_metadata_both_ways(stub: Any, stubs: Any, pod: Pod) -> None:
+    blob = bytes(range(256))
+    call = stub.Unary(
+        stubs[0].Msg(data=b"m"), metadata=(("x-echo-bin", blob), ("x-echo-text", "v")), timeout=10
+    )
+    await call
+    trailing = dict(await call.trailing_metadata())
+    assert trailing["x-echo-bin"] == blob and trailing["x-echo-text"] == "v"
+    seen = dict(pod.metadata)
+    assert "x-forwarded-for" in seen and "x-request-id" in seen
+
+
+# ---- deadlines and cancellation ---------------------------------------------------------------
+
+
+async def test_grpc_timeout_honoured(stub: Any, stubs: Any, pod: Pod) -> None:
+    """The client's deadline (grpc-timeout) ends the call with DEADLINE_EXCEEDED and the pod's
+    stream is cancelled."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Unary(stubs[0].Msg(sleep_ms=5000), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(pod.cancelled.wait(), 5)
+
+
+async def test_client_cancel_reaches_pod(stub: Any, stubs: Any, pod: Pod) -> None:
+    call = stub.ServerStream(stubs[0].Msg(data=b"z", count=1000, sleep_ms=20))
+    await asyncio.wait_for(call.read(), 5)
+    call.cancel()
+    await asyncio.wait_for(pod.cancelled.wait(), 5)
+
+
+async def test_bidi_cancel_reaches_pod(stub: Any, stubs: Any, pod: Pod) -> None:
+    call = stub.Bidi()
+    await call.write(stubs[0].Msg(data=b"1"))
+    await asyncio.wait_for(call.read(), 5)
+    call.cancel()
+    await asyncio.wait_for(pod.cancelled.wait(), 5)
+
+
+async def test_proxy_read_timeout_deadline(stubs: Any, pod: Pod) -> None:
+    """proxy-read-timeout (nginx's grpc_read_timeout): a pod silent that long ends the call 4."""
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    options = dataclasses.replace(GRPC_OPTIONS, read_timeout=0.3)
+    proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}, options=options))
+    await proxy.start(host="127.0.0.1", http_port=0)
+    try:
+        async with channel(proxy.http_port) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(sleep_ms=3000), timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await proxy.shutdown(1.0)
+
+
+# ---- Portico's own answers -----------------------------------------------------------------
+
+
+async def _call_status(port: int, stubs: Any) -> Any:
+    async with channel(port) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(data=b"q"), timeout=10)
+    return info.value
+
+
+async def test_local_no_route_unimplemented(stubs: Any, pod: Pod) -> None:
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    proxy.apply(
+        snapshot(
+            {"ns/svc/80": [(pod.host, pod.port)]},
+            routes=[("other.test", "/", "ns/svc/80")],
+            options=GRPC_OPTIONS,
+        )
+    )
+    await proxy.start(host="127.0.0.1", http_port=0)
+    try:
+        error = await _call_status(proxy.http_port, stubs)
+    finally:
+        await proxy.shutdown(1.0)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_local_no_endpoints_unavailable(stubs: Any) -> None:
+    proxy = await start_proxy({"ns/svc/80": []})
+    try:
+        error = await _call_status(proxy.http_port, stubs)
+    finally:
+        await proxy.shutdown(1.0)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no endpoints" in error.details()
+
+
+async def test_local_unreachable_unavailable(stubs: Any) -> None:
+    with socket_unused() as port:
+        proxy = await start_proxy({"ns/svc/80": [("127.0.0.3", port)]})
+    try:
+        error = await _call_status(proxy.http_port, stubs)
+    finally:
+        await proxy.shutdown(1.0)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot be reached" in error.details()
+
+
+async def test_pod_speaking_http1_unavailable_and_logged(
+    stubs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.4", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy({"ns/svc/80": [("127.0.0.4", port)]})
+    try:
+        with caplog.at_level("WARNING", logger="portico.proxy"):
+            error = await _call_status(proxy.http_port, stubs)
+    finally:
+        await proxy.shutdown(1.0)
+        server.close()
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert any(r.msg == "grpc.upstream_not_http2" for r in caplog.records)
+
+
+class socket_unused:
+    """A port nothing listens on (bound, not listening, for the test's length)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.3", 0))
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_generated_stub_path(stubs: Any) -> None:
+    assert Path(stubs[0].__file__).name == "porticotest_pb2.py"
