@@ -399,6 +399,13 @@ class H2Pool:
 _POOLS: dict[asyncio.AbstractEventLoop, H2Pool] = {}
 
 
+def close_pool(loop: asyncio.AbstractEventLoop) -> None:
+    """Shutdown: the worker's HTTP/2 connections to pods go (their calls were drained)."""
+    pool = _POOLS.pop(loop, None)
+    if pool is not None:
+        pool.close()
+
+
 def pool_for(loop: asyncio.AbstractEventLoop, idle_timeout: float) -> H2Pool:
     """The worker's pool (one loop per worker process)."""
     pool = _POOLS.get(loop)

@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any, cast
 
-from proxy import extauth
+from proxy import extauth, h2upstream
 from proxy.accesslog import AccessLog
 from proxy.channel import WorkerStats
 from proxy.config import EndpointsUpdate, Snapshot
@@ -302,6 +302,7 @@ class ProxyServer:
             tunnel.close()
         self.pool.close()
         self.pool.abort_all()
+        h2upstream.close_pool(self.loop)  # gRPC connections to pods
         await extauth.SESSIONS.close()  # the connections to auth services (auth-url)
         if self._tick_handle is not None:
             self._tick_handle.cancel()

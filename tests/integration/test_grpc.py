@@ -419,3 +419,182 @@ class socket_unused:
 
 def test_generated_stub_path(stubs: Any) -> None:
     assert Path(stubs[0].__file__).name == "porticotest_pb2.py"
+
+
+# ---- over TLS both ways (GRPCS) ----------------------------------------------------------------
+
+
+async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
+    """The client speaks TLS (ALPN h2) to Portico, Portico TLS with ALPN h2 to the pod, verified
+    against the route's CA (proxy-ssl-secret) and name (proxy-ssl-name): annotations.md
+    "Backend Protocol" (GRPCS), backendprotocol.go "should set backend protocol to grpcs://"."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("pod.grpc.test")
+    server = grpc.aio.server()
+    stubs[1].add_EchoServicer_to_server(plain_echo(stubs), server)
+    credentials = grpc.ssl_server_credentials(
+        [(issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes())]
+    )
+    port = server.add_secure_port("127.0.0.5:0", credentials)
+    await server.start()
+    options = dataclasses.replace(
+        DEFAULT_OPTIONS,
+        upstream_protocol="GRPCS",
+        upstream_server_name="pod.grpc.test",
+        upstream_ca_pem=ca.cert_pem.bytes().decode(),
+    )
+    proxy = ProxyServer(ProxySettings(access_log=False))
+    proxy.apply(snapshot({"ns/svc/80": [("127.0.0.5", port)]}, options=options))
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
+    try:
+        assert proxy.tls is not None
+        client_credentials = grpc.ssl_channel_credentials(
+            root_certificates=proxy.tls.fallback.cert_pem.encode()
+        )
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{proxy.https_port}",
+            client_credentials,
+            options=[("grpc.ssl_target_name_override", "portico.invalid")],
+        ) as ch:
+            reply = await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(data=b"tls"), timeout=10)
+            assert reply.data == b"tls"
+            got = [
+                m.count
+                async for m in stubs[1]
+                .EchoStub(ch)
+                .ServerStream(stubs[0].Msg(data=b"s", count=5), timeout=10)
+            ]
+            assert got == [0, 1, 2, 3, 4]
+    finally:
+        await proxy.shutdown(1.0)
+        await server.stop(0)
+
+
+async def test_grpcs_unverified_pod_refused(stubs: Any) -> None:
+    """A GRPCS pod whose certificate the route's CA did not issue is never spoken to (14)."""
+    import trustme
+
+    issued = trustme.CA().issue_cert("pod.grpc.test")
+    server = grpc.aio.server()
+    stubs[1].add_EchoServicer_to_server(plain_echo(stubs), server)
+    credentials = grpc.ssl_server_credentials(
+        [(issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes())]
+    )
+    port = server.add_secure_port("127.0.0.5:0", credentials)
+    await server.start()
+    options = dataclasses.replace(
+        DEFAULT_OPTIONS,
+        upstream_protocol="GRPCS",
+        upstream_server_name="pod.grpc.test",
+        upstream_ca_pem=trustme.CA().cert_pem.bytes().decode(),  # another CA
+    )
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    proxy.apply(snapshot({"ns/svc/80": [("127.0.0.5", port)]}, options=options))
+    await proxy.start(host="127.0.0.1", http_port=0)
+    try:
+        error = await _call_status(proxy.http_port, stubs)
+    finally:
+        await proxy.shutdown(1.0)
+        await server.stop(0)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def plain_echo(stubs: tuple[ModuleType, ModuleType]) -> Any:
+    """A unary and server-streaming echo for the pods built in a test."""
+    echo = type("PlainEcho", (_PlainEcho, stubs[1].EchoServicer), {})
+    return echo(stubs[0])
+
+
+class _PlainEcho:
+
+    def __init__(self, pb: ModuleType) -> None:
+        self.pb = pb
+
+    async def Unary(self, request: Any, context: Any) -> Any:
+        return self.pb.Msg(data=request.data)
+
+    async def ServerStream(self, request: Any, context: Any) -> Any:
+        for i in range(request.count):
+            yield self.pb.Msg(data=request.data, count=i)
+            if request.sleep_ms:
+                await asyncio.sleep(request.sleep_ms / 1000)
+
+
+# ---- the pod resets, drain, HTTP/1.1 clients ---------------------------------------------------
+
+
+async def test_pod_reset_reaches_client(stubs: Any) -> None:
+    """A pod's RST_STREAM after its response began reaches the client as a reset (CANCEL ->
+    CANCELLED), not as a clean end."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    conn.send_headers(
+                        sid, [(":status", "200"), ("content-type", "application/grpc")]
+                    )
+                    conn.send_data(sid, b"\x00\x00\x00\x00\x00")  # one empty message
+                    conn.reset_stream(sid, 0x8)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+
+    server = await asyncio.start_server(pod, "127.0.0.6", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy({"ns/svc/80": [("127.0.0.6", port)]})
+    try:
+        async with channel(proxy.http_port) as ch:
+            call = stubs[1].EchoStub(ch).ServerStream(stubs[0].Msg(count=3), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in call:
+                    pass
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        await proxy.shutdown(1.0)
+        server.close()
+
+
+async def test_drain_finishes_a_stream_in_flight(stubs: Any, pod: Pod) -> None:
+    """Shutdown during a server-streaming call: GOAWAY to the client, the call completes."""
+    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]})
+    async with channel(proxy.http_port) as ch:
+        call = (
+            stubs[1]
+            .EchoStub(ch)
+            .ServerStream(stubs[0].Msg(data=b"d", count=10, sleep_ms=50), timeout=10)
+        )
+        first = await asyncio.wait_for(call.read(), 5)
+        stopping = asyncio.create_task(proxy.shutdown(5.0))
+        rest = []
+        while (message := await asyncio.wait_for(call.read(), 5)) is not grpc.aio.EOF:
+            rest.append(message.count)
+        assert [first.count, *rest] == list(range(10))
+        assert await call.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 10)
+
+
+async def test_http1_request_to_grpc_route_not_forwarded(pod: Pod) -> None:
+    """gRPC needs HTTP/2 end to end: an HTTP/1.1 request to a GRPC route is answered 502 and
+    never reaches the pod (a difference: nginx's grpc_pass would relay it)."""
+    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.http_port)
+        writer.write(
+            b"POST /porticotest.Echo/Unary HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: application/grpc\r\nContent-Length: 5\r\n\r\n\x00\x00\x00\x00\x00"
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+    finally:
+        await proxy.shutdown(1.0)
+    assert status_line.startswith(b"HTTP/1.1 502")
+    assert pod.metadata == []
