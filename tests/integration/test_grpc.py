@@ -508,7 +508,6 @@ def plain_echo(stubs: tuple[ModuleType, ModuleType]) -> Any:
 
 
 class _PlainEcho:
-
     def __init__(self, pb: ModuleType) -> None:
         self.pb = pb
 
@@ -598,3 +597,80 @@ async def test_http1_request_to_grpc_route_not_forwarded(pod: Pod) -> None:
         await proxy.shutdown(1.0)
     assert status_line.startswith(b"HTTP/1.1 502")
     assert pod.metadata == []
+
+
+# ---- portico serve --manifests -----------------------------------------------------------------
+
+
+async def test_serve_manifests_grpc_h2c_and_tls(tmp_path: Path, stubs: Any, pod: Pod) -> None:
+    """The annotation through the compiler, the CLI and a real worker: `backend-protocol: GRPC`
+    on an Ingress, grpcio clients over h2c (--h2c) and over TLS (the Ingress's certificate)."""
+    import trustme
+    import yaml
+    from serving import eventually, free_port, start_serve, stop_serve
+
+    from tests.integration.manifests import (
+        ingress,
+        ingress_class,
+        service_with_pods,
+        tls_secret,
+    )
+
+    host = "grpc.test"
+    ca = trustme.CA()
+    issued = ca.issue_cert(host)
+    docs = [
+        ingress_class(),
+        *service_with_pods("echo", [pod.host], pod.port),
+        tls_secret("grpc-tls", issued.cert_chain_pems[0].bytes(), issued.private_key_pem.bytes()),
+        ingress(
+            "echo",
+            host,
+            {"/": "echo"},
+            tls_secret="grpc-tls",
+            annotations={
+                "nginx.ingress.kubernetes.io/backend-protocol": "GRPC",
+                # h2c on a TLS host: without this, plain requests are redirected (as nginx does).
+                "nginx.ingress.kubernetes.io/ssl-redirect": "false",
+            },
+            service_port={"number": 80},
+        ),
+    ]
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump_all(docs))
+    http, https, admin = free_port(), free_port(), free_port()
+    process = await start_serve(
+        tmp_path,
+        http=http,
+        https=https,
+        admin=admin,
+        extra=("--h2c",),
+        stdout=open(tmp_path / "out.log", "wb"),  # noqa: SIM115
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        plain = grpc.aio.insecure_channel(
+            f"127.0.0.1:{http}", options=[("grpc.default_authority", host)]
+        )
+        secure = grpc.aio.secure_channel(
+            f"127.0.0.1:{https}",
+            grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes()),
+            options=[("grpc.ssl_target_name_override", host), ("grpc.default_authority", host)],
+        )
+        async with plain, secure:
+
+            async def answers() -> bool:
+                try:
+                    await stubs[1].EchoStub(plain).Unary(stubs[0].Msg(data=b"up"), timeout=2)
+                except grpc.aio.AioRpcError:
+                    return False
+                return True
+
+            await eventually(answers, limit=30)
+            for ch in (plain, secure):
+                stub = stubs[1].EchoStub(ch)
+                reply = await stub.Unary(stubs[0].Msg(data=b"serve"), timeout=10)
+                assert reply.data == b"serve"
+                got = [m.count async for m in stub.ServerStream(stubs[0].Msg(count=3))]
+                assert got == [0, 1, 2]
+    finally:
+        await stop_serve(process)
