@@ -79,6 +79,7 @@ _MESSAGES = {
     "UpstreamReset": "the service reset the stream",
     "GrpcTimeout": "deadline exceeded",
     "UpstreamTimeout": "the service did not answer in time",
+    "BodyTooLarge": "request larger than the route's body size limit (proxy-body-size)",
 }
 
 # Fields of the HTTP/1.1 head the pod is not sent over HTTP/2 (RFC 9113 §8.2.2; the request's
@@ -209,6 +210,7 @@ class GrpcCall(UpstreamStream):
         pool: H2Pool,
         end_stream: bool,
         timeout: float | None,
+        max_body: int = 0,
     ) -> None:
         self.client = client
         self.route = route
@@ -216,6 +218,10 @@ class GrpcCall(UpstreamStream):
         self.pool = pool
         self.loop = pool.loop
         self.request_ended = end_stream
+        # proxy-body-size (0: none) over the whole request stream, as nginx's
+        # client_max_body_size counts a gRPC stream's DATA: a long client stream past it fails.
+        self.max_body = max_body
+        self.body_received = 0
         self.pending: list[bytes] = []  # request data before the pod's stream exists
         self.pending_bytes = 0
         self.unacked_request = 0  # client data held back while the pod's side is full
@@ -301,6 +307,15 @@ class GrpcCall(UpstreamStream):
     def request_data(self, data: bytes, end_stream: bool) -> None:
         if self.finished:
             self.client.grpc_consume(len(data))
+            return
+        self.body_received += len(data)
+        if self.max_body and self.body_received > self.max_body:
+            self.client.grpc_consume(len(data))
+            if self.responded:
+                self._reset_pod(h2codec.CANCEL)
+                self._reset_client(h2codec.CANCEL, "BodyTooLarge")
+            else:
+                self._answer(413, "BodyTooLarge")
             return
         self.request_ended = end_stream
         conn = self.conn

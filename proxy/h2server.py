@@ -546,7 +546,7 @@ class H2Connection(asyncio.Protocol, Handler):
         if stream.grpc_timeout is not None:
             timeout = parse_timeout(stream.grpc_timeout)
         pool = pool_for(self.loop, self.settings.upstream_keepalive_timeout)
-        call = GrpcCall(stream, route, head, pool, end_stream, timeout)
+        call = GrpcCall(stream, route, head, pool, end_stream, timeout, exchange.policy.max_body)
         stream.call = call
         self.starting.append(call)
 

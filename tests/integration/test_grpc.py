@@ -188,7 +188,9 @@ async def pod(stubs: tuple[ModuleType, ModuleType]) -> AsyncIterator[Pod]:
 
 @pytest.fixture
 async def proxy(pod: Pod) -> AsyncIterator[ProxyServer]:
-    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]})
+    # proxy-body-size counts a gRPC stream's whole request (as nginx does): 4 MiB messages need
+    # more than the 1m default, as they do behind ingress-nginx.
+    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]}, max_body_bytes=64 << 20)
     yield proxy
     await proxy.shutdown(1.0)
 
@@ -674,3 +676,25 @@ async def test_serve_manifests_grpc_h2c_and_tls(tmp_path: Path, stubs: Any, pod:
                 assert got == [0, 1, 2]
     finally:
         await stop_serve(process)
+
+
+async def test_body_size_limit_over_the_stream(stubs: Any, pod: Pod) -> None:
+    """proxy-body-size counts a gRPC request stream's DATA in total (nginx's
+    client_max_body_size does, a known trap for long client streams, matched): past it the
+    call fails with RESOURCE_EXHAUSTED."""
+    proxy = await start_proxy({"ns/svc/80": [(pod.host, pod.port)]}, max_body_bytes=100_000)
+    try:
+        async with channel(proxy.http_port) as ch:
+            stub = stubs[1].EchoStub(ch)
+            reply = await stub.Unary(stubs[0].Msg(data=b"k" * 50_000), timeout=10)
+            assert len(reply.data) == 50_000
+
+            async def messages() -> AsyncIterator[Any]:
+                for _ in range(10):
+                    yield stubs[0].Msg(data=b"k" * 50_000)
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ClientStream(messages(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await proxy.shutdown(1.0)
