@@ -687,6 +687,11 @@ class RouteOptions:
     # proxy-buffer-size: largest response head (status line and fields) taken from a pod,
     # larger is a 502; None: Portico's bound (proxy/upstream.py HEAD_BOUND).
     response_head_limit: int | None = None
+    # limit-rate / limit-rate-after (nginx's limit_rate, limit_rate_after; run by
+    # proxy/pacing.py): the response body is sent to the client at most `limit_rate` bytes per
+    # second, after its first `limit_rate_after` bytes; 0: no limit.
+    limit_rate: int = 0
+    limit_rate_after: int = 0
 
     def __post_init__(self) -> None:
         # Only the fields above get a check: the older ones are typed by the codec's callers.
@@ -701,6 +706,9 @@ class RouteOptions:
         _check(timeout is None or timeout > 0, f"next_upstream_timeout {timeout!r}")
         limit = self.response_head_limit
         _check(limit is None or (type(limit) is int and limit > 0), f"head limit {limit!r}")
+        rate, after = self.limit_rate, self.limit_rate_after
+        _check(type(rate) is int and rate >= 0, f"limit_rate {rate!r}")
+        _check(type(after) is int and after >= 0, f"limit_rate_after {after!r}")
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""

@@ -236,7 +236,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.write_paused = False
         active = self.active
         if active is not None:
-            flow.client_drained(active.conn, self.loop.time())
+            flow.client_drained(active.conn, self.loop.time(), active.pacer)
         if self.current is None and not self.in_head:
             self.deadline = 0.0 if active is not None else self._idle_deadline()
 

@@ -37,6 +37,7 @@ from proxy.config import Endpoint
 from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
+from proxy.pacing import Pacer
 from proxy.policy import Policy
 from proxy.pool import Pool
 from proxy.ratelimit import release as release_limit
@@ -90,6 +91,7 @@ class Exchange(Receiver):
         "head_at",
         "held",
         "hold",
+        "pacer",
         "pending",
         "pending_bytes",
         "policy",
@@ -154,6 +156,8 @@ class Exchange(Receiver):
         self.upstream: str | None = None  # authority of the attached connection, for the log
         self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
+        # The pace of the response body (limit-rate, proxy/pacing.py); None: sent as read.
+        self.pacer: Pacer | None = None
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -448,6 +452,15 @@ class Exchange(Receiver):
             return
         self.response = response
         self.status = status
+        if route.limit_rate:
+            self.pacer = Pacer(
+                self.fwd.loop,
+                self.client,
+                conn,
+                route.limit_rate,
+                route.limit_rate_after,
+                self.started,
+            )
         if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
             keep = conn.finish_head_response()
             self.response_done(conn, keep, conn.read_at)
@@ -499,7 +512,11 @@ class Exchange(Receiver):
         if self.response is None or self.finished:
             return
         self.sent += len(body)
-        self.client.send_body(body)
+        pacer = self.pacer
+        if pacer is None:
+            self.client.send_body(body)
+        else:
+            pacer.body(body)
 
     def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool, now: float) -> None:
         """The response is complete; `now` is the loop time of the read that completed it."""
@@ -512,6 +529,9 @@ class Exchange(Receiver):
         # A request that said `Connection: close` (connection-proxy-header) ends its connection.
         reuse = upstream_keep_alive and request_done and not self.policy.upstream_close
         self._release(conn, reuse, now)
+        pacer = self.pacer
+        if pacer is not None and pacer.end(lambda: self._finish(request_done)):
+            return  # the pod's part is over; the client's ends with the last paced piece
         self._finish(request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
@@ -761,6 +781,9 @@ class Exchange(Receiver):
         if self.held:
             release_limit(self.held)
             self.held = 0
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.stop()
         route = self.route
         head = self.head
         ctx = self.client.ctx

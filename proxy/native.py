@@ -42,6 +42,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.flow",
     "proxy.headers",
     "proxy.metrics",
+    "proxy.pacing",
     "proxy.policy",
     "proxy.pool",
     "proxy.ratelimit",

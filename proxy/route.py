@@ -43,6 +43,8 @@ class Route:
         "head_limit",
         "host",
         "key",
+        "limit_rate",
+        "limit_rate_after",
         "max_attempts",
         "next_upstream",
         "plain",
@@ -103,6 +105,10 @@ class Route:
         self.request_buffering = options.request_buffering
         # The largest response head taken from a pod (proxy-buffer-size); 0: Portico's bound.
         self.head_limit = options.response_head_limit or 0
+        # limit-rate (bytes per second; 0: none, and the exchange pays one attribute test per
+        # response) and limit-rate-after (bytes at full speed first): proxy/pacing.py.
+        self.limit_rate = options.limit_rate
+        self.limit_rate_after = options.limit_rate_after
         # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
         self.plain: Policy
         self.secure: Policy

@@ -526,6 +526,15 @@ def _limit(value: str) -> int:
     return int(value)
 
 
+def _kilobytes(value: str) -> int:
+    """limit-rate / limit-rate-after: kilobytes, as ingress-nginx reads them (strconv.Atoi, a
+    sign allowed, no unit) and writes them (`limit_rate 90k;`), in bytes; ingress-nginx writes
+    nothing for 0 or less, so a negative value is no limit too."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", value):
+        raise _Invalid('expected a whole number of kilobytes, like "64" ("0": no limit)')
+    return max(int(value), 0) * 1024
+
+
 def _tries(value: str) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
         raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
@@ -785,6 +794,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "limit-burst-multiplier": (_limit, "limit_burst_multiplier"),
     "limit-allowlist": (_cidrs, "limit_allowlist"),
     "limit-whitelist": (_cidrs, "limit_whitelist"),
+    # RouteOptions.limit_rate / limit_rate_after (proxy/pacing.py); a value that does not read
+    # is ignored (ingress-nginx takes the ConfigMap's, 0 by default: no limit).
+    "limit-rate": (_kilobytes, "limit_rate"),
+    "limit-rate-after": (_kilobytes, "limit_rate_after"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(

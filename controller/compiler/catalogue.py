@@ -875,14 +875,23 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "rate-limiting",
         "The older spelling of limit-allowlist (limit-allowlist wins when both are given).",
     ),
-    _unsupported(
-        "limit-rate", "rate-limiting", "Bytes per second of each response.", ISSUE_PROTECTION
+    _supported(
+        "limit-rate",
+        "rate-limiting",
+        "Kilobytes (1024 bytes) per second at which each proxied response body is sent to the "
+        "client, per request as nginx's limit_rate (two requests at once get twice the rate); "
+        "0 or less: no limit. As nginx, the allowance counts from the start of the request with "
+        "one second's worth ahead, so a response of N kilobytes at R takes about N/R - 1 "
+        "seconds. Portico stops reading the pod while the client is ahead of the schedule, with "
+        "proxy-buffering on or off (memory stays bounded, the pod is slowed too). A value that "
+        "does not read is ignored (no limit), as ingress-nginx falls back to the ConfigMap's "
+        "default; the ConfigMap's own limit-rate is not read.",
     ),
-    _unsupported(
+    _supported(
         "limit-rate-after",
         "rate-limiting",
-        "Bytes sent before limit-rate applies.",
-        ISSUE_PROTECTION,
+        "Kilobytes of each response body sent at full speed before limit-rate applies (nginx's "
+        "limit_rate_after; the response head is not counted). Nothing without limit-rate.",
     ),
     # ---- CORS ---------------------------------------------------------------------------------
     _supported(

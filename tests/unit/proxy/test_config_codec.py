@@ -474,6 +474,33 @@ def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
         decode_snapshot(json.dumps(doc).encode())
 
 
+# ---- response bandwidth (limit-rate, limit-rate-after) -----------------------------------
+
+
+def test_limit_rate_round_trip() -> None:
+    options = RouteOptions(limit_rate=65536, limit_rate_after=131072)
+    rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+    snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+    assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"limit_rate": -1}, id="negative-rate"),
+        pytest.param({"limit_rate": 1.5}, id="rate-not-an-int"),
+        pytest.param({"limit_rate": "64k"}, id="rate-not-a-number"),
+        pytest.param({"limit_rate_after": -1}, id="negative-after"),
+        pytest.param({"limit_rate_after": True}, id="after-not-an-int"),
+    ],
+)
+def test_rejects_bad_limit_rate(fields: dict[str, object]) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
 # ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
 
 CANARIES = {

@@ -41,10 +41,10 @@ def reasons(result: CompileResult) -> list[str]:
 
 
 def test_unsupported_annotation_is_a_problem_and_the_rest_is_served() -> None:
-    result = run({N + "limit-rate": "10", N + "proxy-read-timeout": "7"})
+    result = run({N + "mirror-target": "http://mirror/", N + "proxy-read-timeout": "7"})
     assert reasons(result) == ["UnsupportedAnnotation"]
     message = result.problems[0].message
-    assert N + "limit-rate" in message and "issue 18" in message
+    assert N + "mirror-target" in message and "not in Portico" in message
     assert hosts(result) == [HOST, "other.test"]
     app_rule = result.snapshot.routes.virtual_hosts[0].rules[0]
     assert app_rule.options.read_timeout == 7.0
