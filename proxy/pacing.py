@@ -132,7 +132,9 @@ class Pacer:
     def _wait(self) -> None:
         """Wake up when the allowance has grown by a share (or by all that waits)."""
         share = min(self.held_bytes, self.share) if self.held_bytes else self.share
-        when = self.start - 1.0 + (self.sent - self.after + share) / self.rate
+        # Half a byte more than needed: the float's rounding must not leave the allowance one
+        # byte short at `when` (a timer that finds nothing to send would spin).
+        when = self.start - 1.0 + (self.sent - self.after + share + 0.5) / self.rate
         self.timer = self.loop.call_at(when, self._tick)
 
     def _tick(self) -> None:

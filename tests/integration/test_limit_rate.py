@@ -159,3 +159,23 @@ async def test_response_bandwidth(proxy: int) -> None:
                 f"{name}: {got.early} bytes in {EARLY} s, not {row.early} ({row.source})"
             )
     assert not failures, failures
+
+
+async def test_each_request_of_a_connection_is_paced_on_its_own(proxy: int) -> None:
+    # nginx's limit_rate is per request: on a keep-alive connection each response gets its own
+    # allowance (160 / 64 - 1 = 1.5 s each), and a paced response's end (held until its last
+    # share is sent) lets the next request be served.
+    size = 160 * KIB
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
+    try:
+        started = time.monotonic()
+        for _ in range(2):
+            writer.write(f"GET /?bytes={size} HTTP/1.1\r\nHost: paced.test\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+            assert head.startswith(b"HTTP/1.1 200 ") and f"{size}".encode() in head
+            body = await asyncio.wait_for(reader.readexactly(size), 20)
+            assert body == b"x" * size
+        elapsed = time.monotonic() - started
+    finally:
+        writer.close()
+    assert 2.75 <= elapsed <= 10.0, elapsed
