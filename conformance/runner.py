@@ -166,6 +166,12 @@ def compare(expect: Expect, answer: Answer, https_port: int) -> list[str]:
         received = _echoed(answer).get("body_bytes")
         if received != expect.body_bytes:
             wanted.append(f"the pod to receive {expect.body_bytes} body bytes (got {received!r})")
+    if expect.response_bytes is not None and len(answer.body) != expect.response_bytes:
+        wanted.append(f"a body of {expect.response_bytes} bytes (got {len(answer.body)})")
+    if expect.min_seconds is not None and answer.elapsed < expect.min_seconds:
+        wanted.append(f"at least {expect.min_seconds:g} s (took {answer.elapsed:.2f} s)")
+    if expect.max_seconds is not None and answer.elapsed > expect.max_seconds:
+        wanted.append(f"at most {expect.max_seconds:g} s (took {answer.elapsed:.2f} s)")
     if expect.echoed:
         seen = _echoed_headers(answer)
         for name, value in expect.echoed.items():

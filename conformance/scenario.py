@@ -79,6 +79,8 @@ class Expect(_Model):
     accepts it with the port it targets. `cn`/`san` check the certificate the server presented
     (https only). `echoed` checks the request headers the pod saw (names case-insensitive; null:
     the header must not have reached the pod), `body_bytes` how many body bytes it received.
+    `response_bytes` is the length of the response body the client got, `min_seconds` /
+    `max_seconds` bound the time from connecting to its last byte (response bandwidth).
     """
 
     status: int = Field(ge=100, le=599)
@@ -92,6 +94,9 @@ class Expect(_Model):
     headers: dict[str, str | None] = Field(default_factory=dict)  # None: must be absent
     echoed: dict[str, str | None] = Field(default_factory=dict)
     body_bytes: int | None = Field(default=None, ge=0)
+    response_bytes: int | None = Field(default=None, ge=0)
+    min_seconds: float | None = Field(default=None, ge=0)
+    max_seconds: float | None = Field(default=None, gt=0)
     cn: str | None = None
     san: frozenset[str] | None = None
 

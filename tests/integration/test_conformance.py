@@ -115,6 +115,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "upstream",
         "cors",
         "basic-auth",
+        "limit-rate",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))
@@ -378,6 +379,21 @@ def test_compare_what_the_pod_saw() -> None:
     assert "the pod to see X-Forwarded-Proto 'https' (saw 'http')" in problem
     assert "the pod to see host absent (saw 'a.example')" in problem
     assert "the pod to receive 4 body bytes (got 3)" in problem
+
+
+def test_compare_the_response_length_and_time() -> None:
+    # limit-rate scenarios: the body the client got, and how long it took.
+    answer = Answer(status=200, headers={}, body=b"x" * 10, elapsed=2.5)
+    assert (
+        compare(Expect(status=200, response_bytes=10, min_seconds=2, max_seconds=3), answer, 0)
+        == []
+    )
+    (problem,) = compare(
+        Expect(status=200, response_bytes=11, min_seconds=3, max_seconds=1), answer, 0
+    )
+    assert "a body of 11 bytes (got 10)" in problem
+    assert "at least 3 s (took 2.50 s)" in problem
+    assert "at most 1 s (took 2.50 s)" in problem
 
 
 @pytest.mark.parametrize(
