@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.affinity import Chooser, chooser_for
 from proxy.cluster import Cluster
-from proxy.config import BalancerKind, ErrorPages, PathRule, RouteOptions
+from proxy.config import BalancerKind, ErrorPages, HashBy, PathRule, RouteOptions, StickySessions
 from proxy.errorpages import ErrorBackend
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
@@ -31,6 +32,7 @@ class Route:
 
     __slots__ = (
         "access_log",
+        "affinity",
         "balancer",
         "cluster",
         "connect_timeout",
@@ -127,6 +129,16 @@ class Route:
         spec = options.step(ErrorPages) if options.policy else None
         if spec is not None:
             self._error_pages(spec, clusters, settings, policies, host)
+        # Sticky sessions or consistent hashing (proxy/affinity.py): None for nearly every
+        # route, and then the exchange's balancer picks the pod.
+        self.affinity: Chooser | None = None
+        if options.policy:
+            sticky = options.step(StickySessions)
+            hashing = options.step(HashBy)
+            if sticky is not None or hashing is not None:
+                # A regex rule's path is no cookie Path: "/" unless session-cookie-path.
+                path = rule.path if rule.match != "regex" else "/"
+                self.affinity = chooser_for(sticky, hashing, rule.backend, path)
 
     def _error_pages(
         self,

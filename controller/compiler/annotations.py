@@ -20,11 +20,14 @@ from proxy.config import (
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
+    HashBy,
     PolicyStep,
     Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
+    StickySessions,
+    hash_terms,
 )
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
@@ -507,6 +510,75 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# ---- sticky sessions and hashing (StickySessions / HashBy steps, proxy/affinity.py) ----------
+# session-cookie-name and -domain: ingress-nginx's BasicCharsRegex without "/" and ":", which a
+# cookie name cannot hold and a Domain does not.
+_COOKIE_NAME_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9]{1,128}$")
+_COOKIE_DOMAIN_TEXT: Final = re.compile(r"^\.?[-_a-zA-Z0-9]+(\.[-_a-zA-Z0-9]+)*$")
+# session-cookie-path: ingress-nginx's URL characters (URLIsValidRegex), starting with "/".
+_COOKIE_PATH_TEXT: Final = re.compile(r"^/[-._~a-zA-Z0-9/:,?&=]{0,255}$")
+# session-cookie-max-age / -expires, as ingress-nginx's affinityCookieExpiresRegex reads them.
+_COOKIE_SECONDS_TEXT: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+_SAMESITE: Final = {"none": "None", "lax": "Lax", "strict": "Strict"}
+
+
+def _affinity(value: str) -> str:
+    if value.strip() != "cookie":
+        raise _Invalid('expected "cookie" (the only affinity ingress-nginx has)')
+    return "cookie"
+
+
+def _affinity_mode(value: str) -> str:
+    if value.strip() not in ("balanced", "persistent"):
+        raise _Invalid('expected "balanced" or "persistent"')
+    return value.strip()
+
+
+def _cookie_name(value: str) -> str:
+    if not _COOKIE_NAME_TEXT.match(value.strip()):
+        raise _Invalid("expected a cookie name: letters, digits, '-', '.', '_', '~'")
+    return value.strip()
+
+
+def _session_cookie_domain(value: str) -> str:
+    if not _COOKIE_DOMAIN_TEXT.match(value.strip()):
+        raise _Invalid('expected a domain name, like "example.com"')
+    return value.strip()
+
+
+def _session_cookie_path(value: str) -> str:
+    if not _COOKIE_PATH_TEXT.match(value.strip()):
+        raise _Invalid('expected a path starting with "/", URL characters only')
+    return value.strip()
+
+
+def _cookie_seconds(value: str) -> str:
+    if not _COOKIE_SECONDS_TEXT.match(value.strip()):
+        raise _Invalid('expected whole seconds, like "172800"')
+    return value.strip()
+
+
+def _samesite(value: str) -> str:
+    samesite = _SAMESITE.get(value.strip().lower())
+    if samesite is None:
+        raise _Invalid('expected "None", "Lax" or "Strict"')
+    return samesite
+
+
+def _hash_by(value: str) -> str:
+    try:
+        hash_terms(value.strip())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value.strip()
+
+
+def _subset_size(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,4}", value.strip()) or int(value) > 1000:
+        raise _Invalid('expected a number of pods per subset, like "3"')
+    return int(value) or 3  # ingress-nginx's 0 is its default, 3
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
@@ -568,6 +640,21 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
+    # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
+    "affinity": (_affinity, "affinity"),
+    "affinity-mode": (_affinity_mode, "affinity_mode"),
+    "session-cookie-name": (_cookie_name, "session_cookie_name"),
+    "session-cookie-path": (_session_cookie_path, "session_cookie_path"),
+    "session-cookie-domain": (_session_cookie_domain, "session_cookie_domain"),
+    "session-cookie-max-age": (_cookie_seconds, "session_cookie_max_age"),
+    "session-cookie-expires": (_cookie_seconds, "session_cookie_expires"),
+    "session-cookie-samesite": (_samesite, "session_cookie_samesite"),
+    "session-cookie-secure": (_go_bool, "session_cookie_secure"),
+    "session-cookie-conditional-samesite-none": (_go_bool, "session_cookie_samesite_none"),
+    "session-cookie-change-on-failure": (_go_bool, "session_cookie_change_on_failure"),
+    "upstream-hash-by": (_hash_by, "upstream_hash_by"),
+    "upstream-hash-by-subset": (_go_bool, "upstream_hash_by_subset"),
+    "upstream-hash-by-subset-size": (_subset_size, "upstream_hash_by_subset_size"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -584,6 +671,24 @@ _REDIRECT_FIELDS: Final = frozenset(
 )
 _REWRITE_FIELDS: Final = frozenset(
     {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
+)
+_AFFINITY_FIELDS: Final = frozenset(
+    {
+        "affinity",
+        "affinity_mode",
+        "session_cookie_name",
+        "session_cookie_path",
+        "session_cookie_domain",
+        "session_cookie_max_age",
+        "session_cookie_expires",
+        "session_cookie_samesite",
+        "session_cookie_secure",
+        "session_cookie_samesite_none",
+        "session_cookie_change_on_failure",
+        "upstream_hash_by",
+        "upstream_hash_by_subset",
+        "upstream_hash_by_subset_size",
+    }
 )
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -614,6 +719,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "custom_http_errors",
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
+        *_AFFINITY_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -682,6 +788,9 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    affinity = _affinity_step(values)
+    if affinity is not None:
+        route_values["policy"] = (*route_values.get("policy", ()), affinity)
     if "next_upstream" not in values and (
         "next_upstream_tries" in values or "next_upstream_timeout" in values
     ):
@@ -756,3 +865,30 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _affinity_step(values: Mapping[str, Any]) -> StickySessions | HashBy | None:
+    """The route's StickySessions step (`affinity: cookie` with its session-cookie-*
+    annotations, which mean nothing without it), else its HashBy step (upstream-hash-by):
+    ingress-nginx's balancer takes the sticky balancer first, then consistent hashing."""
+    if values.get("affinity") == "cookie":
+        return StickySessions(
+            name=values.get("session_cookie_name", "INGRESSCOOKIE"),
+            mode=values.get("affinity_mode", "balanced"),
+            path=values.get("session_cookie_path", ""),
+            domain=values.get("session_cookie_domain", ""),
+            max_age=values.get("session_cookie_max_age", ""),
+            expires=values.get("session_cookie_expires", ""),
+            samesite=values.get("session_cookie_samesite", ""),
+            secure=bool(values.get("session_cookie_secure", False)),
+            conditional_samesite_none=bool(values.get("session_cookie_samesite_none", False)),
+            change_on_failure=bool(values.get("session_cookie_change_on_failure", False)),
+        )
+    expression = values.get("upstream_hash_by")
+    if expression:
+        return HashBy(
+            expression,
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+    return None
