@@ -15,6 +15,7 @@ from proxy.config import (
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
+    HashBy,
     HostRedirect,
     HTTPSRedirect,
     PathRule,
@@ -30,6 +31,7 @@ from proxy.config import (
     Snapshot,
     SnapshotError,
     SourceRanges,
+    StickySessions,
     TLSCertificate,
     VirtualHost,
     apply_endpoints_update,
@@ -54,6 +56,19 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        StickySessions(
+            "SERVERID",
+            "persistent",
+            "/app",
+            "example.org",
+            "-1",
+            "172800",
+            "None",
+            True,
+            True,
+            True,
+        ),
+        HashBy("$host$request_uri", subset=True, subset_size=2),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -274,6 +289,20 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        pytest.param({"step": "sticky_sessions", "name": "a=b"}, id="sticky-name-injected"),
+        pytest.param({"step": "sticky_sessions", "mode": "sticky"}, id="sticky-mode"),
+        pytest.param({"step": "sticky_sessions", "path": "/a;b"}, id="sticky-path-injected"),
+        pytest.param({"step": "sticky_sessions", "path": "a"}, id="sticky-path-relative"),
+        pytest.param({"step": "sticky_sessions", "max_age": "1d"}, id="sticky-max-age"),
+        pytest.param({"step": "sticky_sessions", "expires": 10}, id="sticky-expires-a-number"),
+        pytest.param({"step": "sticky_sessions", "samesite": "none"}, id="sticky-samesite"),
+        pytest.param({"step": "sticky_sessions", "secure": "true"}, id="sticky-secure-a-string"),
+        pytest.param({"step": "hash_by", "expression": "$upstream_addr"}, id="hash-unknown"),
+        pytest.param({"step": "hash_by", "expression": "text"}, id="hash-no-variable"),
+        pytest.param({"step": "hash_by", "expression": "$"}, id="hash-lone-dollar"),
+        pytest.param(
+            {"step": "hash_by", "expression": "$uri", "subset_size": 0}, id="hash-subset-0"
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -307,6 +336,8 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "StickySessions",
+        "HashBy",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
