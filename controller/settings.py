@@ -78,6 +78,12 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "(v1 or v2, as load balancers send it); its source address is the client's. A "
         "connection without a valid header is closed (ingress-nginx's use-proxy-protocol)."
     ),
+    "enable_ssl_passthrough": (
+        "Let Ingresses with the ssl-passthrough annotation take their hosts' HTTPS connections "
+        "unterminated: the HTTPS listener reads the server name (SNI) of each new connection "
+        "and splices those of passthrough hosts to a pod (ingress-nginx's "
+        "--enable-ssl-passthrough). Off: the annotation is reported and ignored."
+    ),
     "access_log": "Log one line per request (--access-log off, or --no-access-log, to stop).",
     "metrics_ingress_nginx_names": (
         "Also expose /metrics under ingress-nginx's metric names and labels, for existing "
@@ -552,6 +558,7 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             default_certificate=self.default_certificate,
             serve_without_access_control=self.serve_without_access_control,
             ssl_redirect=self.ssl_redirect,
+            ssl_passthrough=self.enable_ssl_passthrough,
             allow_source_ranges=_canonical_networks(self.allow_source_ranges),
             deny_source_ranges=_canonical_networks(self.deny_source_ranges),
             service_upstream=self.service_upstream,

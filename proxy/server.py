@@ -30,6 +30,7 @@ from proxy.downstream import DownstreamProtocol
 from proxy.exchange import Forwarding
 from proxy.headers import ClientContexts
 from proxy.metrics import RequestMetrics
+from proxy.passthrough import Passthrough
 from proxy.pool import Pool
 from proxy.proxyprotocol import HeaderReader, Source
 from proxy.route import Route
@@ -57,6 +58,9 @@ class ProxyServer:
         self.forwarding = Forwarding(self.loop, self.pool, self.telemetry, settings)
         self.routing = Routing(settings, self.pool, self.telemetry, self.forwarding)
         self.contexts = ClientContexts(settings.trusted_networks())
+        # TLS passthrough hosts of the current snapshot (--enable-ssl-passthrough).
+        self.passthrough = Passthrough(self.loop, settings, self.connections)
+        self._https: TLSListener | None = None
         self._servers: list[asyncio.Server | TLSListener] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_interval = self._interval(settings, ())
@@ -99,6 +103,7 @@ class ProxyServer:
         if self.tls is not None:
             self.tls.update(snapshot)  # before the swap: a refused certificate keeps the old
         generation = self.routing.install(snapshot, router)
+        self._passthrough(generation)
         self._tick_interval = min(
             self._tick_interval, self._interval(self.settings, generation.routes.values())
         )
@@ -106,9 +111,18 @@ class ProxyServer:
     def apply_endpoints(self, update: EndpointsUpdate) -> None:
         """Apply an endpoints-only update on top of the current snapshot (routes unchanged)."""
         generation = self.routing.apply_endpoints(update)
+        self._passthrough(generation)
         self._tick_interval = min(
             self._tick_interval, self._interval(self.settings, generation.routes.values())
         )
+
+    def _passthrough(self, generation: Generation) -> None:
+        """Give the passthrough hosts (and clusters) of a new generation to the HTTPS
+        listener: it peeks at ClientHellos only while there is one."""
+        passthrough = self.passthrough
+        passthrough.install(generation.snapshot, generation.clusters)
+        if self._https is not None:
+            self._https.handoff = passthrough.take if passthrough.active else None
 
     @staticmethod
     def _interval(settings: ProxySettings, routes: Any) -> float:
@@ -168,6 +182,7 @@ class ProxyServer:
         self.loop = loop
         self.pool.loop = loop
         self.forwarding.loop = loop
+        self.passthrough.loop = loop
 
     def client_protocol(self, scheme: str, port: int) -> DownstreamProtocol:
         """The protocol of one client connection accepted on the `scheme` listener."""
@@ -226,6 +241,8 @@ class ProxyServer:
         )
         self.https_port = _bound_port(server)
         self._servers.append(server)
+        self._https = server
+        self._passthrough(generation)
         logger.info("proxy.listening", extra={"port": self.https_port, "scheme": "https"})
 
     def _https_factory(self) -> DownstreamProtocol:

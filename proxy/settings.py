@@ -59,6 +59,11 @@ class ProxySettings:
     # or v2, as load balancers send it; proxy/proxyprotocol.py) whose source address stands for
     # the peer; a connection without a valid one is closed.
     proxy_protocol: bool = False
+    # The HTTPS listener reads each new connection's ClientHello (SNI) first and splices the
+    # connections of hosts with the ssl-passthrough annotation to their pods unterminated
+    # (proxy/passthrough.py); ingress-nginx's --enable-ssl-passthrough. Off: the annotation
+    # is a problem and such hosts are terminated like any other.
+    enable_ssl_passthrough: bool = False
 
     access_log: bool = True
     # Also export metrics under ingress-nginx's names and labels (workers then keep the size

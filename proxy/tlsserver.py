@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from proxy.clienthello import MAX_HELLO, HelloError, Incomplete, server_name
 from proxy.proxyprotocol import MAX_HEADER, ProxyHeaderError, Source, parse, refused
 
 logger = logging.getLogger("portico.tls")
@@ -59,6 +60,12 @@ _WANT_WRITE: Final = 2
 # Linux's TCP_CORK; -1 where the platform has none (bursts then go out uncorked). Not Final:
 # mypyc miscompiles a Final optional int.
 _TCP_CORK: int = getattr(socket, "TCP_CORK", -1)
+# Without SO_RCVLOWAT, a partial ClientHello is peeked again at this interval (seconds).
+HELLO_POLL: Final = 0.01
+
+# Given a connection, its PROXY protocol source and the server name of its ClientHello (None:
+# no SNI), takes the connection over (True: TLS passthrough) or leaves it to be terminated.
+Handoff = Callable[[socket.socket, Source, str | None], bool]
 
 
 class TLSListener:
@@ -88,6 +95,10 @@ class TLSListener:
         self.closed = False
         self.handshaking: set[TLSTransport] = set()
         self.reading_headers: set[ProxyHeaderRead] = set()
+        # Set (by the server, per snapshot) only while some host is TLS passthrough: each new
+        # connection's ClientHello is then peeked at first. None: no peek, no cost.
+        self.handoff: Handoff | None = None
+        self.reading_hellos: set[ClientHelloRead] = set()
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
 
@@ -116,8 +127,17 @@ class TLSListener:
                 continue
             if self.proxy_protocol:
                 ProxyHeaderRead(self, conn)
+            elif self.handoff is not None:
+                ClientHelloRead(self, conn, None)
             else:
                 self.start_tls(conn, None)
+
+    def accepted(self, conn: socket.socket, source: Source) -> None:
+        """A connection whose PROXY protocol header is read: on to its ClientHello or TLS."""
+        if self.handoff is not None:
+            ClientHelloRead(self, conn, source)
+        else:
+            self.start_tls(conn, source)
 
     def start_tls(self, conn: socket.socket, source: Source) -> None:
         """Wrap an accepted connection and start its handshake; `source` (from a PROXY
@@ -643,7 +663,7 @@ class ProxyHeaderRead:
             self._refuse(str(exc))
             return
         self._finish()
-        self.listener.start_tls(conn, source)
+        self.listener.accepted(conn, source)
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -662,6 +682,108 @@ class ProxyHeaderRead:
             self.timer = None
         self.loop.remove_reader(self.fd)
         self.listener.reading_headers.discard(self)
+
+
+class ClientHelloRead:
+    """Peeks at an accepted HTTPS connection's ClientHello for its server name (TLS
+    passthrough), then hands the connection on: to the listener's `handoff`, else to TLS.
+
+    Nothing is taken from the socket: the ClientHello stays for OpenSSL or the pod. So that a
+    partial hello does not keep the socket readable (a busy loop), each wait sets SO_RCVLOWAT
+    to the bytes the parser needs next: the loop then wakes when they are all there, or at
+    EOF (readable, yet still short: closed). Bounded like the PROXY header: at most MAX_HELLO
+    bytes, within the client header timeout (a slow client is cut off); a hello that cannot
+    be read is refused (closed)."""
+
+    def __init__(self, listener: TLSListener, conn: socket.socket, source: Source) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.conn = conn
+        self.source = source
+        self.fd = conn.fileno()
+        self.done = False
+        self.peeked = 0  # bytes seen by the previous peek
+        self.lowat = 1  # SO_RCVLOWAT as set on the socket (1: the default)
+        self.polling = False  # no SO_RCVLOWAT here: peek again after HELLO_POLL
+        listener.reading_hellos.add(self)
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(
+            listener.handshake_timeout, self._timed_out
+        )
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        try:
+            data = conn.recv(MAX_HELLO, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._refuse(str(exc))
+            return
+        if not data or (len(data) == self.peeked and self.lowat > 1):
+            self._refuse("connection closed before a complete ClientHello")
+            return
+        self.peeked = len(data)
+        try:
+            name = server_name(data)
+        except Incomplete as more:
+            self._wait_for(more.needed)
+            return
+        except HelloError as exc:
+            self._refuse(str(exc))
+            return
+        if not self._finish():
+            return
+        listener = self.listener
+        handoff = listener.handoff
+        if handoff is not None and handoff(conn, self.source, name):
+            return
+        listener.start_tls(conn, self.source)
+
+    def _wait_for(self, needed: int) -> None:
+        if not self.polling:
+            try:
+                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+                self.lowat = needed
+                return
+            except OSError:
+                self.polling = True
+        self.loop.remove_reader(self.fd)
+        self.loop.call_later(HELLO_POLL, self._poll)
+
+    def _poll(self) -> None:
+        if not self.done:
+            self.loop.add_reader(self.fd, self._readable)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if not self.done:
+            self._refuse("no complete ClientHello in time")
+
+    def _refuse(self, reason: str) -> None:
+        # Scanners and plain HTTP on the HTTPS port land here: debug, as failed handshakes.
+        logger.debug("tls.client_hello_refused", extra={"reason": reason})
+        self._finish()
+        self.conn.close()
+
+    def _finish(self) -> bool:
+        """Stop reading; False when the socket can no longer be used."""
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.loop.remove_reader(self.fd)
+        self.listener.reading_hellos.discard(self)
+        if self.lowat != 1:
+            try:
+                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                self.conn.close()
+                return False
+            self.lowat = 1
+        return True
 
 
 def _consume(conn: socket.socket, n: int) -> None:

@@ -28,6 +28,9 @@ SERVICE_NOT_FOUND: Final = "ServiceNotFound"
 SERVICE_PORT_NOT_FOUND: Final = "ServicePortNotFound"
 EXTERNAL_NAME_NOT_ALLOWED: Final = "ExternalNameNotAllowed"
 SECRET_INVALID: Final = "SecretInvalid"
+# ssl-passthrough that cannot take effect (no --enable-ssl-passthrough, a wildcard or host-less
+# rule, no "/" backend): the message says what happens to the host's HTTPS connections instead.
+PASSTHROUGH_NOT_APPLIED: Final = "PassthroughNotApplied"
 # server-alias names that another rule host or alias already holds (controller/compiler/
 # ingress.py), custom-headers that cannot be served (fail closed: 503), a service-upstream
 # Service without a cluster IP (its endpoints are used, as ingress-nginx falls back to them).
@@ -38,6 +41,9 @@ NO_CLUSTER_IP: Final = "NoClusterIP"
 # header entries cannot be sent (controller/compiler/headers.py).
 CONFIGMAP_NOT_FOUND: Final = "ConfigMapNotFound"
 INVALID_HEADER: Final = "InvalidHeader"
+# A rule of a canary Ingress that pairs with no main Ingress's rule (same host, path and
+# pathType), or whose main rule already has a canary or uses the same backend: not served.
+CANARY_UNPAIRED: Final = "CanaryUnpaired"
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -30,6 +30,9 @@ class CompileSettings:
     # Redirect plain HTTP to HTTPS on hosts with TLS unless an Ingress's ssl-redirect annotation
     # says otherwise (`--ssl-redirect`, the ingress-nginx ConfigMap's `ssl-redirect`).
     ssl_redirect: bool = True
+    # `--enable-ssl-passthrough`: hosts of Ingresses with the ssl-passthrough annotation become
+    # `Snapshot.passthrough` entries; off, the annotation is a problem and does nothing.
+    ssl_passthrough: bool = False
     # Keys of the ingress-nginx ConfigMap holding access control for every Ingress that Portico
     # does not enforce (global-auth-url, block-cidrs, ...): unless
     # serve_without_access_control, every route answers 403 (fail closed).

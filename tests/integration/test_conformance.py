@@ -111,6 +111,10 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "error-pages",
         "response-rewriting",
         "affinity",
+        "retries",
+        "upstream",
+        "cors",
+        "basic-auth",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

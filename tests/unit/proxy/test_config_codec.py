@@ -11,13 +11,17 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
+    Canary,
+    Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
     HashBy,
     HostRedirect,
     HTTPSRedirect,
+    PassthroughHost,
     PathRule,
     Redirect,
     Refuse,
@@ -69,6 +73,10 @@ def full_snapshot() -> Snapshot:
             True,
         ),
         HashBy("$host$request_uri", subset=True, subset_size=2),
+        Cors(
+            ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
+        ),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -111,7 +119,27 @@ def full_snapshot() -> Snapshot:
         Backend("ns/web/http", (Endpoint("db.example", 80),), external_name=True),
     )
     cert = TLSCertificate("ns/cert", "CERT", "KEY", ("a.example",), 1.5e9)
-    return Snapshot(routes, backends, (cert,), version=7, default_certificate="ns/cert")
+    passthrough = (
+        PassthroughHost("a.example", "ns/web/80", "ns/ing", "ns/web"),
+        PassthroughHost("b.example", "", "ns/other"),  # no backend: connections are closed
+        PassthroughHost(
+            "c.example",
+            "ns/web/http",
+            "ns/ing",
+            None,
+            "AccessControlNotEnforced",
+            ("10.0.0.0/8",),
+            ("2001:db8::/32",),
+        ),
+    )
+    return Snapshot(
+        routes,
+        backends,
+        (cert,),
+        version=7,
+        default_certificate="ns/cert",
+        passthrough=passthrough,
+    )
 
 
 def test_round_trip() -> None:
@@ -121,6 +149,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -132,6 +161,7 @@ def test_endpoints_update_round_trip_and_apply() -> None:
     applied = apply_endpoints_update(snapshot, update)
     assert applied.version == 8
     assert applied.routes is snapshot.routes
+    assert applied.passthrough == snapshot.passthrough
     assert [b.key for b in applied.backends] == ["ns/web/80", "ns/web/http"]
     with pytest.raises(SnapshotError):
         apply_endpoints_update(applied, update)  # base version no longer matches
@@ -154,10 +184,44 @@ def test_rejects_malformed(data: bytes) -> None:
         decode_snapshot(data)
 
 
+def _with_passthrough(entry: object) -> bytes:
+    doc = json.loads(encode_snapshot(Snapshot()))
+    doc["passthrough"] = [entry]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["*.example", "ns/web/80", "ns/ing", None, "", [], []],  # wildcards are never matched
+        ["", "ns/web/80", "ns/ing", None, "", [], []],
+        ["a.example", 80, "ns/ing", None, "", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "not a reason", [], []],
+        ["a.example", "ns/web/80", "ns/ing", None, "", ["10.0.0.1/8"], []],  # not canonical
+        ["a.example", "ns/web/80", "ns/ing", None, "", [], [7]],
+        ["a.example", "ns/web/80", "ns/ing"],
+    ],
+)
+def test_rejects_a_bad_passthrough_host(entry: object) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_with_passthrough(entry))
+
+
 def _with_step(step: dict[str, object]) -> bytes:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1]["policy"] = [step]
     return json.dumps(doc).encode()
+
+
+CORS: dict[str, object] = {
+    "step": "cors",
+    "origins": ["*"],
+    "methods": "GET",
+    "headers": "",
+    "expose_headers": "",
+    "credentials": False,
+    "max_age": 5,
+}
 
 
 @pytest.mark.parametrize(
@@ -303,6 +367,42 @@ def _with_step(step: dict[str, object]) -> bytes:
         pytest.param(
             {"step": "hash_by", "expression": "$uri", "subset_size": 0}, id="hash-subset-0"
         ),
+        *(
+            pytest.param({**CORS, **change}, id=f"cors-{name}")
+            for name, change in {
+                "origin-with-path": {"origins": ["https://a.test/x"]},
+                "origin-splits-the-head": {"origins": ["https://a.test\r\nX: y"]},
+                "origin-ends-with-a-newline": {"origins": ["https://a.test\n"]},
+                "methods-end-with-a-newline": {"methods": "GET\n"},
+                "two-wildcards": {"origins": ["https://*.*.a.test"]},
+                "star-in-a-list": {"origins": ["*", "https://a.test"]},
+                "methods-empty": {"methods": ""},
+                "methods-split-the-head": {"methods": "GET\r\nX: y"},
+                "headers-colon": {"headers": "X: y"},
+                "max-age-not-a-number": {"max_age": "60"},
+                "credentials-not-a-flag": {"credentials": 1},
+            }.items()
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -338,6 +438,8 @@ def test_policy_steps_keep_their_order() -> None:
         "RewriteCookies",
         "StickySessions",
         "HashBy",
+        "Cors",
+        "BasicAuth",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
@@ -385,5 +487,61 @@ def test_retry_options_round_trip() -> None:
 def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
+# ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
+
+CANARIES = {
+    "header-value": Canary(
+        "ns/canary/80", "ns/canary", "ns/ing-canary", "80", "canarybyheader", "DoCanary"
+    ),
+    "pattern-and-cookie": Canary(
+        "ns/canary/http",
+        "ns/canary",
+        "ns/ing-canary",
+        "http",
+        header="x-canary",
+        header_pattern="^Do[A-Z][a-z]+y$",
+        cookie="Canary-By-Cookie",
+    ),
+    "invalid-pattern": Canary(
+        "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
+    ),
+    "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+}
+
+
+@pytest.mark.parametrize("step", CANARIES.values(), ids=CANARIES.keys())
+def test_canary_step_round_trips(step: Canary) -> None:
+    options = RouteOptions(policy=(BodyLimit(10), step))
+    rule = PathRule("/info", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    snap = Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))
+    decoded = decode_snapshot(encode_snapshot(snap))
+    assert decoded.routes.virtual_hosts[0].rules[0].options.step(Canary) == step
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": -1},
+        {"weight": True},
+        {"weight_total": 50},  # the compiler counts a total below 100 as 100
+        {"header": "X-Upper"},  # lower-case only
+        {"header_value": "a\r\nb"},
+        {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
+        {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
+    ],
+    ids=str,
+)
+def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
+    step = Canary("ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", weight=10)
+    options = RouteOptions(policy=(step,))
+    rule = PathRule("/", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    doc = json.loads(encode_snapshot(Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))))
+    doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())
