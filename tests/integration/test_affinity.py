@@ -402,3 +402,25 @@ async def test_same_uri_same_subset(proxy: Proxy) -> None:
     100 requests of one URI reach exactly 3 pods."""
     pods = {(await _get(proxy, "subset")).pod for _ in range(100)}
     assert len(pods) == 3
+
+
+@pytest.mark.parametrize("mode", ["balanced", "persistent"])
+async def test_scale_up(proxy: Proxy, mode: str) -> None:
+    """affinitymode.go "Check persistent affinity mode": scaling up moves no persistent
+    session; "Balanced affinity mode should balance": balanced sessions may move, only to the
+    new pod (sticky_balanced.lua re-places the key on the new ring), without a new cookie."""
+    proxy.server.apply(_compile(proxy.pods_port, ADDRESSES[:5]))
+    sessions: dict[str, str] = {}
+    for _ in range(36):
+        answer = await _get(proxy, mode)
+        sessions[_cookie(answer.set_cookie)] = answer.pod
+    proxy.server.apply(_compile(proxy.pods_port, ADDRESSES))
+    new_pod = "web-7"
+    moved = 0
+    for cookie, pod in sessions.items():
+        answer = await _get(proxy, mode, headers={"Cookie": cookie})
+        assert answer.set_cookie == []
+        if answer.pod != pod:
+            assert mode == "balanced" and answer.pod == new_pod
+            moved += 1
+    assert moved < len(sessions)
