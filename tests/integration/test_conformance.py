@@ -111,6 +111,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "error-pages",
         "response-rewriting",
         "affinity",
+        "rate-limits",
         "retries",
         "upstream",
         "cors",
