@@ -16,12 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from controller.compiler import extauth
 from proxy.config import (
     CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
     Cors,
+    ExternalAuth,
     HashBy,
     PolicyStep,
     Redirect,
@@ -141,6 +143,16 @@ class IngressOptions:
     default_backend: str | None = None
     custom_http_errors: tuple[int, ...] | None = None
     disable_proxy_intercept_errors: bool = False
+    # External auth (auth-url and its family, controller/compiler/extauth.py): the step, None
+    # without auth-url; `invalid_external_auth`: one of them does not read, and the routes fail
+    # closed (503); `auth_proxy_set_headers`: "ns/name" of the ConfigMap of fields sent to the
+    # auth service (resolved by the compiler); `satisfy_any`: satisfy "any";
+    # `enable_global_auth`: False keeps the ConfigMap's global-auth-url off this Ingress.
+    external_auth: ExternalAuth | None = None
+    invalid_external_auth: bool = False
+    auth_proxy_set_headers: str | None = None
+    satisfy_any: bool = False
+    enable_global_auth: bool = True
     # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
     # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
     cors: Cors | None = None
@@ -178,6 +190,18 @@ class IngressOptions:
 
 class _Invalid(ValueError):
     pass
+
+
+def _raising(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of controller/compiler/extauth.py (ValueError) as the others here."""
+
+    def parsed(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return parsed
 
 
 def _bool(value: str) -> bool:
@@ -834,6 +858,8 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "upstream-hash-by": (_hash_by, "upstream_hash_by"),
     "upstream-hash-by-subset": (_go_bool, "upstream_hash_by_subset"),
     "upstream-hash-by-subset-size": (_subset_size, "upstream_hash_by_subset_size"),
+    # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
+    **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
     # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
     "enable-cors": (_go_bool, "enable_cors"),
     "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
@@ -971,6 +997,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *_AFFINITY_FIELDS,
+        *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
@@ -1030,7 +1057,11 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-                if field in _SOURCE_RANGE_FIELDS or field == "custom_headers":
+                if (
+                    field in _SOURCE_RANGE_FIELDS
+                    or field == "custom_headers"
+                    or field in extauth.AUTH_FIELDS
+                ):
                     # Not ignored: an access restriction that cannot be read fails closed, and
                     # so do response fields (often security headers) that cannot be read.
                     values[field] = _INVALID
@@ -1067,6 +1098,7 @@ def parse_annotations(
     allow, deny, whitelist = ranges
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
+    external_auth, invalid_external_auth = _external_auth(values, given, errors)
     limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
     invalid_rate_limit = _INVALID in limits.values()
     if invalid_rate_limit:
@@ -1101,6 +1133,13 @@ def parse_annotations(
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
+            external_auth=external_auth,
+            invalid_external_auth=invalid_external_auth,
+            auth_proxy_set_headers=values.get("auth_proxy_set_headers")
+            if external_auth is not None
+            else None,
+            satisfy_any=values.get("satisfy_any") is True,
+            enable_global_auth=values.get("enable_global_auth", True) is not False,
             cors=_cors_step(values),
             canary=_canary_rules(values, given, errors),
             **_basic_auth(values),
@@ -1117,6 +1156,23 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _external_auth(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> tuple[ExternalAuth | None, bool]:
+    """(the ExternalAuth step, whether the routes fail closed): an auth-* annotation that
+    does not read denies the routes (503) rather than serve them with less protection."""
+    if "auth_url" in given and any(values.get(f) is _INVALID for f in extauth.AUTH_FIELDS):
+        return None, True
+    try:
+        return extauth.external_auth(values), False
+    except ValueError as exc:
+        name, value = given.get("auth_url", ("auth-url", ""))
+        errors.append(AnnotationError(name, value, str(exc)))
+        return None, True
 
 
 def _basic_auth(values: Mapping[str, Any]) -> dict[str, Any]:
