@@ -96,16 +96,19 @@ def add_passthrough(directory: Path, host: str) -> None:
     """A copy of the plain bench Ingress for `host`, with ssl-passthrough."""
     for file in sorted(directory.glob("*.yaml")):
         for doc in yaml.safe_load_all(file.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "Ingress":
-                if doc["metadata"]["name"] == BENCH_INGRESSES[0]:
-                    passthrough = copy.deepcopy(doc)
-                    passthrough["metadata"]["name"] = "bench-passthrough"
-                    passthrough["metadata"]["annotations"] = {
-                        "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
-                    }
-                    passthrough["spec"]["rules"][0]["host"] = host
-                    (directory / "zz-passthrough.yaml").write_text(yaml.safe_dump(passthrough))
-                    return
+            if (
+                isinstance(doc, dict)
+                and doc.get("kind") == "Ingress"
+                and doc["metadata"]["name"] == BENCH_INGRESSES[0]
+            ):
+                passthrough = copy.deepcopy(doc)
+                passthrough["metadata"]["name"] = "bench-passthrough"
+                passthrough["metadata"]["annotations"] = {
+                    "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
+                }
+                passthrough["spec"]["rules"][0]["host"] = host
+                (directory / "zz-passthrough.yaml").write_text(yaml.safe_dump(passthrough))
+                return
 
 
 def add_canaries(directory: Path, annotations: dict[str, str]) -> None:
