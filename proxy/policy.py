@@ -30,6 +30,7 @@ from proxy.config import (
     HSTS,
     AppRoot,
     BodyLimit,
+    ClientCertificate,
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
@@ -42,6 +43,7 @@ from proxy.config import (
     ShapeRequest,
     SourceRanges,
 )
+from proxy.clientauth import VerifyClientCertificate
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
@@ -174,6 +176,14 @@ class Policies:
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
                 cookies = spec
+            elif isinstance(spec, ClientCertificate):
+                # On HTTPS before every other step, as nginx answers a certificate before its
+                # rewrite phase; on plain HTTP where the compiler put it (after the HTTPS
+                # redirect): there it only sees "no certificate".
+                args = (spec.ca_pem, spec.verify, spec.depth, spec.error_page)
+                more = (spec.pass_certificate, spec.match_cn)
+                request.insert(0, VerifyClientCertificate(*args, *more, schemes=SECURE))
+                request.append(VerifyClientCertificate(*args, *more, schemes=PLAIN))
         rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(

@@ -113,3 +113,51 @@ def compile_path(pattern: str) -> PathPattern:
                 raise PatternError(reason)
         raise PatternError(f"not a valid regular expression: {error}")
     return PathPattern(pattern, compiled, int(compiled.NumberOfCapturingGroups()))
+
+
+def _search_options() -> object:
+    options = _re2.RE2.Options()
+    options.case_sensitive = True  # nginx `!~` (auth-tls-match-cn): case-sensitive
+    options.max_mem = MAX_PROGRAM_MEMORY
+    options.log_errors = False
+    options.encoding = _re2.RE2.Options.Encoding.LATIN1
+    return options
+
+
+_SEARCH_OPTIONS: Final = _search_options()
+_UNANCHORED: Final = _re2.RE2.Anchor.UNANCHORED
+
+
+class SearchPattern:
+    """One compiled expression found anywhere in a text (nginx `~`, case-sensitive): the
+    auth-tls-match-cn check of a client certificate's subject DN."""
+
+    __slots__ = ("_re", "pattern")
+
+    def __init__(self, pattern: str, compiled: object) -> None:
+        self.pattern = pattern
+        self._re = compiled
+
+    def search(self, text: bytes) -> bool:
+        spans: list[tuple[int, int]] = self._re.Match(_UNANCHORED, text, 0, len(text))  # type: ignore[attr-defined]
+        return spans[0] != _NO_SPAN
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_search(pattern: str) -> SearchPattern:
+    """The compiled expression of a text search, or PatternError (the same bounds and the same
+    reasons as `compile_path`)."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise PatternError(f"longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        raw = pattern.encode("latin-1")
+    except UnicodeEncodeError:
+        raise PatternError("only Latin-1 characters are supported") from None
+    compiled = _re2.RE2(raw, _SEARCH_OPTIONS)
+    if not compiled.ok():
+        error = compiled.error().decode("utf-8", "replace")
+        for known, reason in _UNSUPPORTED:
+            if error.startswith(known):
+                raise PatternError(reason)
+        raise PatternError(f"not a valid regular expression: {error}")
+    return SearchPattern(pattern, compiled)
