@@ -107,8 +107,6 @@ FAIL_CLOSED_ROWS = [
     {N + "auth-url": "http://auth.test/check"},
     {N + "auth-type": "basic", N + "auth-secret": "users"},
     {N + "auth-realm": "private"},
-    {N + "auth-tls-secret": "default/ca", N + "auth-tls-verify-client": "on"},
-    {N + "auth-tls-match-cn": "CN=client"},
     {N + "satisfy": "any"},
     {N + "enable-global-auth": "true"},
     {N + "satisfy": "any", N + "whitelist-source-range": "10.0.0.0/8"},

@@ -80,6 +80,15 @@ ACCESS_CONTROL = {
 
 
 SOURCE_RANGES = ("allowlist-source-range", "whitelist-source-range", "denylist-source-range")
+# Client certificates (issue 18 item 3): enforced, so out of the fail-closed list.
+CLIENT_TLS = (
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-verify-depth",
+    "auth-tls-error-page",
+    "auth-tls-pass-certificate-to-upstream",
+    "auth-tls-match-cn",
+)
 
 
 def test_access_control_rows() -> None:
@@ -88,8 +97,9 @@ def test_access_control_rows() -> None:
     # Every one of them fails closed today, except the refused auth-snippet and the source
     # ranges, which Portico enforces.
     closed = {n for n, e in ANNOTATIONS.items() if e.fails_closed}
-    assert closed == expected - {"auth-snippet", *SOURCE_RANGES}
+    assert closed == expected - {"auth-snippet", *SOURCE_RANGES, *CLIENT_TLS}
     assert all(ANNOTATIONS[n].status == "supported" for n in SOURCE_RANGES)
+    assert all(ANNOTATIONS[n].status in ("supported", "different") for n in CLIENT_TLS)
 
 
 @pytest.mark.parametrize("name", sorted(ANNOTATIONS))
