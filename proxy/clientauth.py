@@ -43,7 +43,7 @@ CLIENT_FIELDS: Final = frozenset(
 class VerifyClientCertificate(RequestStep):
     """config.ClientCertificate (see the module docstring)."""
 
-    __slots__ = ("error_answer", "key", "match_cn", "none", "no_cert_answer", "pass_cert", "verify")
+    __slots__ = ("error_answer", "key", "match_cn", "no_cert_answer", "none", "pass_cert", "verify")
 
     def __init__(
         self,

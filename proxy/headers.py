@@ -169,7 +169,6 @@ class ClientContext:
             )
         )
 
-
     def with_certificate(self, certificate: PeerCertificate) -> ClientContext:
         """A copy for one connection, holding what its TLS handshake found (not shared)."""
         copy = ClientContext(self.client_ip.decode(), self.scheme.decode(), int(self.port), ())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.clientauth import VerifyClientCertificate
 from proxy.config import (
     HSTS,
     AppRoot,
@@ -43,7 +44,6 @@ from proxy.config import (
     ShapeRequest,
     SourceRanges,
 )
-from proxy.clientauth import VerifyClientCertificate
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath

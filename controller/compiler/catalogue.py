@@ -211,7 +211,7 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "auth-tls-secret",
         "different",
         "Client certificates on the HTTPS listener: the hosts of the Ingress ask for one in the "
-        "TLS handshake and verify it against the Secret's `ca.crt` (\"namespace/name\", or a "
+        'TLS handshake and verify it against the Secret\'s `ca.crt` ("namespace/name", or a '
         "name in the Ingress's namespace; another namespace is refused, as ingress-nginx's "
         "allow-cross-namespace-resources default). As ingress-nginx, the first Ingress of a "
         "host with it sets it for every rule of the host. A Secret that cannot be used makes "

@@ -8,6 +8,8 @@ annotations documentation / nginx.tmpl where no e2e test covers the case.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import string
 import urllib.parse
@@ -281,9 +283,9 @@ async def test_plain_http_is_redirected_then_refused_without_certificate(
     serve it unchecked, Portico answers 400 (no certificate on plain HTTP)."""
     from backends import Client
 
-    for annotations, status in (({}, 308), ({N + "ssl-redirect": "false"}, 400)):
+    for redirect, status in (({}, 308), ({N + "ssl-redirect": "false"}, 400)):
         result = compiled(
-            *objects({**SECRET, **annotations}, ca.cert_pem.bytes()), pod=(pod.host, pod.port)
+            *objects({**SECRET, **redirect}, ca.cert_pem.bytes()), pod=(pod.host, pod.port)
         )
         async with running(result.snapshot) as proxy:
             client = await Client.connect(proxy.http_port)
@@ -320,3 +322,30 @@ async def test_unusable_values_fail_closed(
     async with running(result.snapshot) as proxy:
         assert (await request(proxy.https_port, A, cert)).status == status
         assert (await request(proxy.https_port, A)).status == status
+
+
+def _fetch(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None) -> Any:
+    """One request on a new blocking TLS connection: (its session, whether it was resumed)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=A, session=session) as tls,
+    ):
+        tls.sendall(b"GET /echo HTTP/1.1\r\nHost: " + A.encode() + b"\r\nConnection: close\r\n\r\n")
+        while tls.recv(65536):
+            pass
+        return tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("client_auth", [False, True])
+async def test_no_session_resumption_while_a_host_verifies(
+    ca: trustme.CA, pod: Pod, *, client_auth: bool
+) -> None:
+    """A resumed session carries the certificate of the handshake that made it (perhaps on
+    another host, with another CA): while a host asks for certificates, none is resumed."""
+    annotations = SECRET if client_auth else {}
+    result = compiled(*objects(annotations, ca.cert_pem.bytes()), pod=(pod.host, pod.port))
+    context = client_with(ca.issue_cert("authtls@example.com", common_name="authtls"))
+    async with running(result.snapshot) as proxy:
+        session, _ = await asyncio.to_thread(_fetch, proxy.https_port, context, None)
+        _, reused = await asyncio.to_thread(_fetch, proxy.https_port, context, session)
+        assert reused is not client_auth

@@ -12,6 +12,7 @@ from proxy.config import (
     AppRoot,
     Backend,
     BodyLimit,
+    ClientCertificate,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
@@ -40,6 +41,8 @@ from proxy.config import (
     encode_snapshot,
 )
 
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 
 def full_snapshot() -> Snapshot:
     policy = (
@@ -55,6 +58,7 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -309,6 +313,22 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
             id="redirect-splits-the-head",
         ),
+        pytest.param({"step": "client_certificate", "ca_pem": "x"}, id="client-ca-not-pem"),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "verify": "sometimes"},
+            id="client-verify-mode",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "depth": 0}, id="client-depth-0"
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "error_page": "/error"},
+            id="client-error-page-path",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "match_cn": "CN=(a)\\1"},
+            id="client-match-cn-backreference",
+        ),
         pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
         pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
         pytest.param(
@@ -352,6 +372,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "ClientCertificate",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
