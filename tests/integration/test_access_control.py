@@ -46,7 +46,7 @@ class Row(NamedTuple):
 BASIC = {"auth-type": "basic", "auth-secret": "basic-auth"}
 # An auth service that refuses (ingress-nginx forwards its 401; unreachable would be a 500).
 EXTERNAL = {"auth-url": "http://auth.example.test/deny"}
-CLIENT_CERT = {"auth-tls-secret": "default/ca-secret", "auth-tls-verify-client": "on"}
+# Client certificates (auth-tls-*) are enforced: tests/integration/test_client_certificates.py.
 
 ROWS: dict[str, Row] = {
     "auth-type": Row({"auth-secret": "basic-auth"}, "basic"),
@@ -74,20 +74,6 @@ ROWS: dict[str, Row] = {
     # With the ConfigMap's global-auth-url pointing at a service that refuses.
     "enable-global-auth": Row({}, "true"),
     "satisfy": Row(BASIC, "all"),
-    "auth-tls-secret": Row(
-        {"auth-tls-verify-client": "on"}, "default/ca-secret", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-verify-client": Row(
-        {"auth-tls-secret": "default/ca-secret"}, "on", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-verify-depth": Row(CLIENT_CERT, "1", "https", refused_by_ingress_nginx=400),
-    "auth-tls-error-page": Row(
-        CLIENT_CERT, "https://error.example.test/", "https", refused_by_ingress_nginx=302
-    ),
-    "auth-tls-pass-certificate-to-upstream": Row(
-        CLIENT_CERT, "true", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-match-cn": Row(CLIENT_CERT, "CN=client", "https", refused_by_ingress_nginx=400),
 }
 
 
