@@ -89,7 +89,7 @@ class Expect(_Model):
     at_most: dict[str, int] = Field(default_factory=dict)
     path: str | None = None
     location: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str | None] = Field(default_factory=dict)  # None: must be absent
     echoed: dict[str, str | None] = Field(default_factory=dict)
     body_bytes: int | None = Field(default=None, ge=0)
     cn: str | None = None

@@ -27,7 +27,23 @@ TLS_SECRET_TYPE: Final = "kubernetes.io/tls"
 # bundle of upstream TLS (`proxy-ssl-secret`). Every other key is dropped while parsing, so that
 # credentials of unrelated Secrets (cluster mode reads Secrets of most types) never stay in memory.
 # A feature that reads another key adds it here.
-SECRET_DATA_KEYS: Final[frozenset[str]] = frozenset({"tls.crt", "tls.key", "ca.crt"})
+SECRET_DATA_KEYS: Final[frozenset[str]] = frozenset({"tls.crt", "tls.key", "ca.crt", "auth"})
+# Basic auth's `auth-map` Secrets have one key per user, the value its password hash: of the other
+# keys, those whose value is a password hash of a scheme with a prefix (proxy/htpasswd.py; not DES
+# nor {PLAIN}, which cannot be told from other values) are kept too. A hash is not a credential,
+# and this bounds what is kept without knowing, while parsing, which Secrets an Ingress names.
+AUTH_MAP_PREFIXES: Final = (
+    b"$2a$",
+    b"$2b$",
+    b"$2y$",
+    b"$apr1$",
+    b"$1$",
+    b"$5$",
+    b"$6$",
+    b"{SHA}",
+    b"{SSHA}",
+)
+_AUTH_MAP_VALUE_MAX: Final = 256
 
 # Ingress API versions whose spec shape we understand; the old v1beta1 shape (serviceName,
 # servicePort) would silently parse as backend-less paths, so it is rejected loudly instead.
@@ -456,11 +472,30 @@ def _endpoint_slice(
     )
 
 
+def _is_password_hash(value: bytes) -> bool:
+    return len(value) <= _AUTH_MAP_VALUE_MAX and value.startswith(AUTH_MAP_PREFIXES)
+
+
+def _password_hash(raw: Any) -> bytes | None:
+    """The value of an auth-map key when it is a password hash (see AUTH_MAP_PREFIXES), else
+    None (nothing of it is kept)."""
+    if not isinstance(raw, str) or len(raw) > _AUTH_MAP_VALUE_MAX * 2:
+        return None
+    try:
+        value = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return value if _is_password_hash(value) else None
+
+
 def _secret(r: _Reader, raw: Mapping[str, Any], ns: str) -> Secret:
-    """A Secret holding only its SECRET_DATA_KEYS (other keys are neither decoded nor kept)."""
+    """A Secret holding only its SECRET_DATA_KEYS and password hashes (other keys are not kept)."""
     data: dict[str, bytes] = {}
     for k, v in r.mapping(raw.get("data"), "data").items():
         if k not in SECRET_DATA_KEYS:
+            hashed = _password_hash(v)
+            if hashed is not None:
+                data[str(k)] = hashed
             continue
         if v is None:
             data[str(k)] = b""
@@ -479,6 +514,8 @@ def _secret(r: _Reader, raw: Mapping[str, Any], ns: str) -> Secret:
     # precedence); a YAML manifest may carry it, so do the same merge here.
     for k, v in r.mapping(raw.get("stringData"), "stringData").items():
         if k not in SECRET_DATA_KEYS:
+            if isinstance(v, str) and _is_password_hash(v.encode()):
+                data[str(k)] = v.encode()
             continue
         if not isinstance(v, str):
             raise r.fail(f"stringData.{k}", f"expected a string, got {type(v).__name__}")

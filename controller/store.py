@@ -83,9 +83,16 @@ def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
             out.add((namespace, name))
         elif ref and ref.strip() and annotation.endswith("auth-tls-secret"):
             out.add((ingress.namespace, ref.strip()))  # a bare name: the Ingress's namespace
+    # Basic auth's users ("name" in the Ingress's namespace, or "namespace/name").
+    for annotation in _AUTH_SECRET:
+        ref = ingress.annotations.get(annotation)
+        if ref and ref.strip():
+            namespace, _, name = ref.strip().rpartition("/")
+            out.add((namespace or ingress.namespace, name))
     return out
 
 
+_AUTH_SECRET = ("nginx.ingress.kubernetes.io/auth-secret", "portico.dev/auth-secret")
 _CUSTOM_HEADERS = ("nginx.ingress.kubernetes.io/custom-headers", "portico.dev/custom-headers")
 
 

@@ -26,7 +26,7 @@ from typing import Final
 
 from proxy.headers import ClientContext, RequestHead
 from proxy.peercert import OPTIONAL_NO_CA_ERRORS, X509_V_OK, PeerCertificate, verification_key
-from proxy.regex import SearchPattern, compile_search
+from proxy.regex import HeaderPattern, compile_header_pattern
 from proxy.replies import Answer
 from proxy.steps import BOTH, RequestStep
 
@@ -59,7 +59,7 @@ class VerifyClientCertificate(RequestStep):
         self.verify = verify
         self.key = verification_key(ca_pem, verify, depth)
         self.pass_cert = pass_certificate
-        self.match_cn: SearchPattern | None = compile_search(match_cn) if match_cn else None
+        self.match_cn: HeaderPattern | None = compile_header_pattern(match_cn) if match_cn else None
         self.error_answer = CERTIFICATE_ERROR
         self.no_cert_answer = NO_CERTIFICATE
         if error_page:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
-from proxy.regex import compile_path, compile_search
+from proxy.regex import compile_header_pattern, compile_path
 
 SCHEMA_VERSION: Final = 2
 
@@ -252,6 +252,45 @@ class ResponseHeaders:
         _check(all(self.values), "empty response header value")
 
 
+# A CORS origin as ingress-nginx accepts one in cors-allow-origin: scheme://host[:port], the
+# host perhaps starting with one wildcard label ("*."), or "null".
+CORS_ORIGIN: Final = re.compile(r"(?:[a-z]+://(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?|null)")
+# The characters of the CORS methods, headers and exposed headers lists (one field value each).
+_CORS_LIST: Final = re.compile(r"[A-Za-z0-9_*, -]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """CORS (ingress-nginx's enable-cors and cors-* annotations). A request whose Origin is
+    allowed (`origins`; ("*",): every request, Origin or not) gets the Access-Control-* fields
+    on every response of the route, replacing the pod's, and an OPTIONS request with such an
+    Origin is answered 204 by the proxy (the preflight). `origins` () allows none."""
+
+    origins: tuple[str, ...]
+    methods: str
+    headers: str
+    expose_headers: str
+    credentials: bool
+    max_age: int
+
+    def __post_init__(self) -> None:
+        if self.origins != ("*",):
+            for origin in self.origins:
+                _check(
+                    type(origin) is str and CORS_ORIGIN.fullmatch(origin) is not None,
+                    f"CORS origin {origin!r}",
+                )
+        for text in (self.methods, self.headers, self.expose_headers):
+            _check(
+                type(text) is str and _CORS_LIST.fullmatch(text) is not None, f"CORS list {text!r}"
+            )
+        _check(bool(self.methods.strip()), "CORS methods empty")
+        _check(self.methods == self.methods.strip(), f"CORS methods {self.methods!r}")
+        _check(self.headers == self.headers.strip(), f"CORS headers {self.headers!r}")
+        _check(self.expose_headers == self.expose_headers.strip(), "CORS exposed headers")
+        _check(-(2**31) <= self.max_age < 2**31, f"CORS max-age {self.max_age}")
+
+
 # The statuses nginx's `return` answers with a Location (the others take the text as a body).
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -450,7 +489,94 @@ class ClientCertificate:
             f"error page {self.error_page!r}",
         )
         if self.match_cn:
-            compile_search(self.match_cn)  # PatternError (a ValueError) when RE2 cannot take it
+            compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """The route's canary (ingress-nginx's canary Ingress paired with this rule; chosen per
+    request by proxy/canary.py, which the route builds): a request goes to `backend` (a key
+    into Snapshot.backends; `service` "ns/name", `port` as written, `ingress` the canary
+    Ingress, for logs and metrics) instead of the rule's, in ingress-nginx's precedence:
+
+    - `header` (lower-case field name, "" none) present: with `header_value` its value must
+      equal it; else with `header_pattern` (RE2, searched in the value, case-sensitive) it must
+      match, and with `header_invalid` (a pattern that does not compile: ingress-nginx's
+      runtime regex error) the request stays on the rule's backend; else "always" chooses the
+      canary and "never" the rule's backend; any other value goes on to the cookie;
+    - `cookie` ("" none): "always" / "never" as the header;
+    - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
+      unless the total is larger; the compiler has done that).
+
+    A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
+
+    backend: str
+    service: str
+    ingress: str
+    port: str = ""
+    header: str = ""
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False
+    cookie: str = ""
+    weight: int = 0
+    weight_total: int = 100
+    # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
+    # Ingress's load-balance for its backend.
+    balancer: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend) and bool(self.service), "canary without a backend")
+        _check(self.balancer in ("round_robin", "least_request"), f"balancer {self.balancer!r}")
+        _check(self.header == self.header.lower(), f"canary header {self.header!r}")
+        for text in (self.header, self.cookie):
+            _check(text == "" or (_visible(text) and ";" not in text), f"canary name {text!r}")
+        value = self.header_value
+        _check(all(" " <= c <= "~" for c in value), f"canary header value {value!r}")
+        if self.header_pattern and not self.header_invalid:
+            compile_header_pattern(self.header_pattern)  # PatternError (a ValueError)
+        _check(type(self.weight) is int and self.weight >= 0, f"canary weight {self.weight!r}")
+        _check(
+            type(self.weight_total) is int and self.weight_total >= 100,
+            f"canary weight total {self.weight_total!r}",
+        )
+
+
+# ingress-nginx's auth-realm characters: letters, digits, "-._~/:" and spaces (nothing to
+# escape in the quoted realm of WWW-Authenticate).
+_REALM: Final = re.compile(r"^[-._~/:A-Za-z0-9 ]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication (ingress-nginx's auth-type basic, nginx's auth_basic): a
+    request without `Authorization: Basic` credentials of one of `users` whose password matches
+    its entry in `hashes` (htpasswd hashes, proxy/htpasswd.py) is answered 401 with
+    `WWW-Authenticate: Basic realm="<realm>"`; one that passes is forwarded without its
+    Authorization field. No user: every request is answered 401. The hashes are never logged
+    and left out of reprs, like a TLS key. Run by proxy/basicauth.py."""
+
+    realm: str
+    users: tuple[str, ...]
+    hashes: tuple[str, ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check(type(self.realm) is str and bool(_REALM.match(self.realm)), "auth realm")
+        _check(len(self.users) == len(self.hashes), "auth users and hashes differ in number")
+        _check(len(set(self.users)) == len(self.users), "auth users repeat")
+        for user in self.users:
+            _check(
+                type(user) is str
+                and bool(user)
+                and ":" not in user
+                and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in user),
+                "auth user",
+            )
+        for hashed in self.hashes:
+            _check(
+                type(hashed) is str and all(0x21 <= ord(c) <= 0x7E and c != ":" for c in hashed),
+                "auth hash",  # never the value: it is not logged
+            )
 
 
 PolicyStep = (
@@ -469,6 +595,9 @@ PolicyStep = (
     | ShapeRequest
     | ResponseHeaders
     | ClientCertificate
+    | Cors
+    | Canary
+    | BasicAuth
 )
 _Step = TypeVar(
     "_Step",
@@ -487,6 +616,9 @@ _Step = TypeVar(
     ShapeRequest,
     ResponseHeaders,
     ClientCertificate,
+    Cors,
+    Canary,
+    BasicAuth,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -505,6 +637,9 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
     "client_certificate": ClientCertificate,
+    "cors": Cors,
+    "canary": Canary,
+    "basic_auth": BasicAuth,
 }
 
 

@@ -424,7 +424,15 @@ class Exchange(Receiver):
         rewrite = policy.rewrite
         if rewrite is not None:
             rewrite.rewrite(parts, head, self.client.ctx)
-        added = policy.added if not policy.response else self._response_fields(status)
+        added = policy.added
+        if policy.response:
+            # Steps computing their fields per response (CORS) replace the pod's fields of
+            # those names only on the responses they add fields to.
+            for step in policy.response:
+                fields = step.response(self.head, status)
+                if fields:
+                    added += fields
+                    parts = hdr.drop_response_fields(parts, step.replaces)
         if policy.dropped:
             # The pod's fields a step replaces (custom-headers); ordinary ones, so removed here.
             parts = hdr.drop_response_fields(parts, policy.dropped)

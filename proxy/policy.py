@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.basicauth import BasicAuthStep
 from proxy.clientauth import VerifyClientCertificate
 from proxy.config import (
     HSTS,
     AppRoot,
+    BasicAuth,
     BodyLimit,
     ClientCertificate,
+    Cors,
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
@@ -44,6 +47,7 @@ from proxy.config import (
     ShapeRequest,
     SourceRanges,
 )
+from proxy.cors import cors_steps
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
@@ -86,6 +90,11 @@ class Policy:
                 raise ValueError(
                     f"a response step can only replace fields but {sorted(_NEVER_REPLACED)}"
                 )
+            if step.dynamic:
+                # Replaced only on the responses it adds fields to (the exchange drops them).
+                if step.replaces & RESPONSE_SPECIAL:
+                    raise ValueError("a dynamic response step can only replace ordinary fields")
+                continue
             replaced |= step.replaces & RESPONSE_SPECIAL
             dropped |= step.replaces - RESPONSE_SPECIAL
         self.replaced = replaced
@@ -172,6 +181,8 @@ class Policies:
                 request.append(RewritePath(spec.pattern, spec.target, spec.forwarded_prefix))
             elif isinstance(spec, AppRoot):
                 request.append(RedirectAppRoot(spec.path))
+            elif isinstance(spec, BasicAuth):
+                request.append(BasicAuthStep(spec.realm, spec.users, spec.hashes))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
@@ -184,6 +195,10 @@ class Policies:
                 more = (spec.pass_certificate, spec.match_cn)
                 request.insert(0, VerifyClientCertificate(*args, *more, schemes=SECURE))
                 request.append(VerifyClientCertificate(*args, *more, schemes=PLAIN))
+            elif isinstance(spec, Cors):
+                preflight, fields = cors_steps(spec)
+                request.append(preflight)
+                response.append(fields)
         rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(

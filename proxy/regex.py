@@ -115,22 +115,25 @@ def compile_path(pattern: str) -> PathPattern:
     return PathPattern(pattern, compiled, int(compiled.NumberOfCapturingGroups()))
 
 
-def _search_options() -> object:
+# ---- header patterns (canary-by-header-pattern) ------------------------------------------------
+
+_UNANCHORED: Final = _re2.RE2.Anchor.UNANCHORED
+
+
+def _header_options() -> object:
     options = _re2.RE2.Options()
-    options.case_sensitive = True  # nginx `!~` (auth-tls-match-cn): case-sensitive
     options.max_mem = MAX_PROGRAM_MEMORY
     options.log_errors = False
     options.encoding = _re2.RE2.Options.Encoding.LATIN1
     return options
 
 
-_SEARCH_OPTIONS: Final = _search_options()
-_UNANCHORED: Final = _re2.RE2.Anchor.UNANCHORED
+_HEADER_OPTIONS: Final = _header_options()
 
 
-class SearchPattern:
-    """One compiled expression found anywhere in a text (nginx `~`, case-sensitive): the
-    auth-tls-match-cn check of a client certificate's subject DN."""
+class HeaderPattern:
+    """One compiled field-value expression, searched anywhere in the value and case-sensitive
+    (ingress-nginx's canary-by-header-pattern: `ngx.re.match(value, pattern)` without options)."""
 
     __slots__ = ("_re", "pattern")
 
@@ -138,26 +141,27 @@ class SearchPattern:
         self.pattern = pattern
         self._re = compiled
 
-    def search(self, text: bytes) -> bool:
-        spans: list[tuple[int, int]] = self._re.Match(_UNANCHORED, text, 0, len(text))  # type: ignore[attr-defined]
+    def search(self, value: bytes) -> bool:
+        """Whether the expression matches somewhere in the value."""
+        spans: list[tuple[int, int]] = self._re.Match(_UNANCHORED, value, 0, len(value))  # type: ignore[attr-defined]
         return spans[0] != _NO_SPAN
 
 
 @functools.lru_cache(maxsize=1024)
-def compile_search(pattern: str) -> SearchPattern:
-    """The compiled expression of a text search, or PatternError (the same bounds and the same
-    reasons as `compile_path`)."""
+def compile_header_pattern(pattern: str) -> HeaderPattern:
+    """The compiled expression of a header pattern, or PatternError (same bounds and messages
+    as paths)."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise PatternError(f"longer than {MAX_PATTERN_LENGTH} characters")
     try:
         raw = pattern.encode("latin-1")
     except UnicodeEncodeError:
-        raise PatternError("only Latin-1 characters are supported") from None
-    compiled = _re2.RE2(raw, _SEARCH_OPTIONS)
+        raise PatternError("only Latin-1 characters can match a field value") from None
+    compiled = _re2.RE2(raw, _HEADER_OPTIONS)
     if not compiled.ok():
         error = compiled.error().decode("utf-8", "replace")
         for known, reason in _UNSUPPORTED:
             if error.startswith(known):
                 raise PatternError(reason)
         raise PatternError(f"not a valid regular expression: {error}")
-    return SearchPattern(pattern, compiled)
+    return HeaderPattern(pattern, compiled)

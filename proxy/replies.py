@@ -14,6 +14,7 @@ from typing import Final
 
 REASONS: Final[dict[int, bytes]] = {
     100: b"Continue",
+    204: b"No Content",
     308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
@@ -84,5 +85,10 @@ def local_reply(status: int, *, close: bool, head_only: bool = False) -> bytes:
         )
         if not head_only:
             data += body
+        if status == 204:
+            # No body, so no body fields (RFC 9110 §8.6: no Content-Length in a 204).
+            data = b"HTTP/1.1 204 No Content\r\nServer: portico\r\n%s\r\n" % (
+                b"Connection: close\r\n" if close else b""
+            )
         _cache[key] = data
     return data

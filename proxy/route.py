@@ -8,10 +8,12 @@ the request path only reads attributes. Routes of an endpoints-only update are k
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Final
 
+from proxy.canary import CanaryChoice
 from proxy.cluster import Cluster
-from proxy.config import BalancerKind, ErrorPages, PathRule, RouteOptions
+from proxy.config import BalancerKind, Canary, ErrorPages, PathRule, RouteOptions
 from proxy.errorpages import ErrorBackend
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
@@ -32,6 +34,8 @@ class Route:
     __slots__ = (
         "access_log",
         "balancer",
+        "canary",
+        "canary_route",
         "cluster",
         "connect_timeout",
         "error_route",
@@ -127,6 +131,13 @@ class Route:
         spec = options.step(ErrorPages) if options.policy else None
         if spec is not None:
             self._error_pages(spec, clusters, settings, policies, host)
+        # The route's canary (proxy/canary.py): None for nearly every route, and then a request
+        # pays one attribute test.
+        self.canary: CanaryChoice | None = None
+        self.canary_route: Route | None = None
+        canary = options.step(Canary) if options.policy else None
+        if canary is not None:
+            self._canary(canary, clusters, settings, policies, host)
 
     def _error_pages(
         self,
@@ -159,6 +170,37 @@ class Route:
         if spec.fallback and self.unavailable in FALLBACK_REASONS:
             # No local 503: the exchange finds no cluster and sends the request there.
             self.unavailable_answer = None
+
+    def _canary(
+        self,
+        spec: Canary,
+        clusters: dict[str, Cluster],
+        settings: ProxySettings,
+        policies: Policies,
+        host: str,
+    ) -> None:
+        rule = self.rule
+        options = rule.options
+        # The canary's requests are the main rule's in all but the backend (ingress-nginx's
+        # location is the main Ingress's): the same options and steps, without the canary, and
+        # the canary backend's own balancer; the rule names the canary's Ingress and Service
+        # for logs and metrics.
+        canary_rule = PathRule(
+            rule.path,
+            rule.match,
+            spec.backend,
+            spec.ingress,
+            spec.service,
+            int(spec.port) if spec.port.isdigit() else spec.port or None,
+            rule.path_type,
+            dataclasses.replace(
+                options,
+                policy=tuple(s for s in options.policy if not isinstance(s, Canary)),
+                balancer="least_request" if spec.balancer == "least_request" else "round_robin",
+            ),
+        )
+        self.canary_route = Route(canary_rule, clusters, settings, policies, host)
+        self.canary = CanaryChoice(spec)
 
     def series_in(self, metrics: RequestMetrics) -> Series:
         """This rule's request metrics (created on the first request of the route)."""

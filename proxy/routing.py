@@ -232,6 +232,15 @@ class Routing:
                     if answer.close:
                         self.telemetry.reject(ctx, answer.status, answer.reason)
                     return Exchange(fwd, client, head, route, policy, answer, client.read_at)
+        canary = route.canary
+        if canary is not None and canary.chooses(head):
+            # The main rule's policy ran and stays; the canary's backend serves, unless it has
+            # no endpoints (ingress-nginx then has no balancer for it and keeps the main one).
+            alternative = route.canary_route
+            assert alternative is not None
+            cluster = alternative.cluster
+            if cluster is not None and cluster.backend.endpoints:
+                route = alternative
         if route.cluster is None:
             unavailable = route.unavailable_answer
             return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)

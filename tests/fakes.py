@@ -187,11 +187,13 @@ def build(
     return down, up
 
 
-def run(n: int, kind: str, down: DownstreamProtocol, up: UpstreamProtocol) -> None:
+def run(
+    n: int, kind: str, down: DownstreamProtocol, up: UpstreamProtocol, request: bytes = REQUEST
+) -> None:
     """`n` keep-alive requests through a built proxy, the pod answering `response(kind)`."""
     pieces = response(kind)
     for _ in range(n):
-        down.data_received(REQUEST)
+        down.data_received(request)
         for p in pieces:
             up.data_received(p)
 

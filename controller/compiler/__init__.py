@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.compiler.backends import BackendUse, resolve_backend
+from controller.compiler.basicauth import basic_auth_step
 from controller.compiler.headers import request_headers, response_headers
 from controller.compiler.ingress import IngressPart, assemble, classify, compile_ingress
 from controller.compiler.problems import SECRET_INVALID, Problem
@@ -32,7 +33,7 @@ from controller.compiler.tls import (
 )
 from controller.objects import ConfigMap, Ingress, IngressClass, Secret
 from controller.store import Store
-from proxy.config import Backend, MatchKind, ResponseHeaders, Snapshot
+from proxy.config import Backend, BasicAuth, MatchKind, ResponseHeaders, Snapshot
 
 __all__ = [
     "CompileResult",
@@ -221,6 +222,15 @@ class Compiler:
         def custom_headers(ref: str) -> ResponseHeaders | str | None:
             return response_headers(configmap(ref), settings.allowed_response_headers)
 
+        def basic_auth(
+            ref: str, secret_type: str, realm: str
+        ) -> tuple[BasicAuth | None, str | None]:
+            namespace, _, name = ref.partition("/")
+            referenced.add((namespace, name))
+            obj = store.get("Secret", namespace, name)
+            secret = obj if isinstance(obj, Secret) else None
+            return basic_auth_step(secret, ref, secret_type, realm)
+
         names: tuple[str, ...] = ()
         values: tuple[str, ...] = ()
         header_problems: tuple[Problem, ...] = ()
@@ -235,6 +245,7 @@ class Compiler:
             ca_bundle,
             response_headers=custom_headers,
             request_headers=(names, values),
+            basic_auth=basic_auth,
         )
         problems = [*assembly.problems, *header_problems]
         certificates = assembly.certificates

@@ -18,16 +18,18 @@ from typing import Any, Final
 
 from proxy.config import (
     CLIENT_VERIFY_MODES,
+    CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
+    Cors,
     PolicyStep,
     Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
 )
-from proxy.regex import PatternError, compile_search
+from proxy.regex import PatternError, compile_header_pattern
 
 PREFIXES: Final = ("nginx.ingress.kubernetes.io/", "portico.dev/")
 
@@ -69,6 +71,20 @@ class ClientAuth:
     error_page: str = ""
     pass_certificate: bool = False
     match_cn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRules:
+    """A canary Ingress's rules, as proxy/config.py's Canary step takes them (without the
+    backend, which the compiler adds per paired rule)."""
+
+    header: str = ""  # lower-case; "" none
+    header_value: str = ""
+    header_pattern: str = ""
+    header_invalid: bool = False  # the pattern does not compile: a present header stays main
+    cookie: str = ""
+    weight: int = 0  # 0 or more
+    weight_total: int = 100  # 100 or more (ingress-nginx counts out of 100 below that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,22 @@ class IngressOptions:
     # one of them does not read, and the routes fail closed (503) rather than verify less.
     client_auth: ClientAuth | None = None
     invalid_client_auth: bool = False
+    # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
+    # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
+    cors: Cors | None = None
+    # `canary: "true"` and its rules (canary-by-header, -value, -pattern, -by-cookie, -weight,
+    # -weight-total): this Ingress is a canary, paired by the compiler with the main Ingress of
+    # each of its host/path rules (ingress.py); None: an ordinary Ingress.
+    canary: CanaryRules | None = None
+    # Basic auth (`auth-type: basic`; the compiler reads the Secret into a BasicAuth step):
+    # `auth_secret` the Secret as written ("name" or "namespace/name"), None: auth-type not
+    # given (no authentication, as ingress-nginx), "" : given without a Secret (fail closed);
+    # `auth_secret_type` "auth-file" or "auth-map"; `auth_realm`. `invalid_auth`: an auth
+    # annotation does not read (or asks for digest), and the routes fail closed (503).
+    auth_secret: str | None = None
+    auth_secret_type: str = "auth-file"
+    auth_realm: str = ""
+    invalid_auth: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -530,6 +562,130 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
+CORS_DEFAULT_METHODS: Final = "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+CORS_DEFAULT_HEADERS: Final = (
+    "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,"
+    "Range,Authorization"
+)
+CORS_DEFAULT_MAX_AGE: Final = 1728000
+# ingress-nginx's lists, written without nested repetition (Python's engine backtracks): words
+# separated by ",", " " or ", ", perhaps ending with one of those.
+_CORS_METHODS: Final = re.compile(r"^[A-Za-z]+(?:(?:, ?| )[A-Za-z]+)*(?:, ?| )?$")
+_CORS_HEADERS: Final = re.compile(r"^[A-Za-z0-9_, -]*$")
+_CORS_EXPOSE: Final = re.compile(r"^[A-Za-z0-9_*-]+(?:(?:, ?| )[A-Za-z0-9_*-]+)*(?:, ?| )?$")
+_ATOI: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """cors-allow-origin as ingress-nginx reads it: a comma-separated list, "*" alone or
+    anywhere in it allows every origin; an empty value allows every origin (its default);
+    an entry that is not an origin (no scheme: "example.com") is skipped, as ingress-nginx
+    skips it. A character no origin has makes the whole value invalid."""
+    allowed: list[str] = []
+    for entry in value.split(","):
+        origin = entry.strip()
+        if not origin:
+            continue
+        if origin == "*":
+            return ("*",)
+        if CORS_ORIGIN.fullmatch(origin) is not None:
+            if origin not in allowed:
+                allowed.append(origin)
+        elif not re.fullmatch(r"(?:[a-z]+://)?(?:\*\.)?[A-Za-z0-9.-]*(?::[0-9]+)?", origin):
+            raise _Invalid('expected origins like "https://example.com", "https://*.a.com:8443"')
+    if not allowed and not value.strip(" ,"):
+        return ("*",)
+    return tuple(allowed)
+
+
+def _cors_list(pattern: re.Pattern[str], default: str, expected: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = value.strip()
+        if not text:
+            return default  # ingress-nginx takes an empty value as not given
+        if pattern.fullmatch(text) is None:
+            raise _Invalid(expected)
+        return text
+
+    return parse
+
+
+def _cors_max_age(value: str) -> int:
+    if _ATOI.fullmatch(value.strip()) is None:
+        raise _Invalid("expected a number of seconds")
+    return int(value.strip())
+
+
+# Canary names and values: ingress-nginx's BasicCharsRegex (letters, digits, "-._~/:"); its
+# header patterns: its IsValidRegex (those and the regex characters "^$[](){}*+?|&=\\").
+_CANARY_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:]*$")
+_CANARY_PATTERN_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9/:^$\[\](){}*+?|&=\\]*$")
+_GO_INT: Final = re.compile(r"^[+-]?[0-9]{1,9}$")
+
+
+def _canary_text(value: str) -> str:
+    if not _CANARY_TEXT.match(value):
+        raise _Invalid('expected letters, digits and "-._~/:" only')
+    return value
+
+
+def _canary_pattern(value: str) -> str:
+    # RE2 compiles it in _canary_rules: a pattern of these characters that does not compile is
+    # not ignored (see CanaryRules.header_invalid).
+    if not _CANARY_PATTERN_TEXT.match(value):
+        raise _Invalid('expected letters, digits, "-._~/:" and "^$[](){}*+?|&=\\" only')
+    return value
+
+
+def _go_int(value: str) -> int:
+    if not _GO_INT.match(value):
+        raise _Invalid("expected an integer")
+    return int(value)
+
+
+def _auth_type(value: str) -> str:
+    # ingress-nginx also takes "digest" (nginx's auth_digest, with htdigest files): Portico
+    # does not implement it, and a route asking for it must not be served unprotected.
+    if value == "digest":
+        raise _Invalid(
+            "digest authentication is not supported by Portico (use basic); the routes answer "
+            "503 (fail closed)"
+        )
+    if value != "basic":
+        raise _Invalid('expected "basic" or "digest"')
+    return value
+
+
+# A Secret in the Ingress's namespace ("name") or named with its namespace ("namespace/name").
+_AUTH_SECRET_REF: Final = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+)
+
+
+def _auth_secret(value: str) -> str:
+    ref = value.strip()
+    if not _AUTH_SECRET_REF.match(ref):
+        raise _Invalid('expected a Secret name, or "namespace/name"')
+    return ref
+
+
+def _auth_secret_type(value: str) -> str:
+    if value not in ("auth-file", "auth-map"):
+        raise _Invalid('expected "auth-file" or "auth-map"')
+    return value
+
+
+# ingress-nginx's auth-realm characters (CharsWithSpace): letters, digits, "-._~/:" and spaces.
+_REALM: Final = re.compile(r"^[-._~/:A-Za-z0-9 ]*$")
+
+
+def _auth_realm(value: str) -> str:
+    if not _REALM.match(value):
+        raise _Invalid('expected letters, digits, spaces and "-._~/:" only')
+    return value
+
+
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
 _TLS_SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -571,7 +727,7 @@ def _match_cn(value: str) -> str:
     if not pattern.startswith("CN="):
         raise _Invalid('expected "CN=" followed by a regular expression')
     try:
-        compile_search(pattern)
+        compile_header_pattern(pattern)
     except PatternError as exc:
         raise _Invalid(str(exc)) from None
     return pattern
@@ -644,6 +800,36 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "auth-tls-error-page": (_error_page, "tls_error_page"),
     "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
     "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
+    # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
+    "enable-cors": (_go_bool, "enable_cors"),
+    "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
+    "cors-allow-methods": (
+        _cors_list(_CORS_METHODS, CORS_DEFAULT_METHODS, 'expected methods like "GET, POST"'),
+        "cors_allow_methods",
+    ),
+    "cors-allow-headers": (
+        _cors_list(_CORS_HEADERS, CORS_DEFAULT_HEADERS, 'expected field names like "X-A, X-B"'),
+        "cors_allow_headers",
+    ),
+    "cors-expose-headers": (
+        _cors_list(_CORS_EXPOSE, "", 'expected field names like "X-A, X-B" or "*"'),
+        "cors_expose_headers",
+    ),
+    "cors-allow-credentials": (_go_bool, "cors_allow_credentials"),
+    "cors-max-age": (_cors_max_age, "cors_max_age"),
+    # Canary: CanaryRules (see _canary_rules), paired with main Ingresses by the compiler.
+    "canary": (_go_bool, "canary"),
+    "canary-by-header": (_canary_text, "canary_by_header"),
+    "canary-by-header-value": (_canary_text, "canary_by_header_value"),
+    "canary-by-header-pattern": (_canary_pattern, "canary_by_header_pattern"),
+    "canary-by-cookie": (_canary_text, "canary_by_cookie"),
+    "canary-weight": (_go_int, "canary_weight"),
+    "canary-weight-total": (_go_int, "canary_weight_total"),
+    # Basic auth: a BasicAuth step made by the compiler from the Secret (see IngressOptions).
+    "auth-type": (_auth_type, "auth_type"),
+    "auth-secret": (_auth_secret, "auth_secret"),
+    "auth-secret-type": (_auth_secret_type, "auth_secret_type"),
+    "auth-realm": (_auth_realm, "auth_realm"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -664,6 +850,29 @@ _REWRITE_FIELDS: Final = frozenset(
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
 )
+_CORS_FIELDS: Final = frozenset(
+    {
+        "enable_cors",
+        "cors_allow_origin",
+        "cors_allow_methods",
+        "cors_allow_headers",
+        "cors_expose_headers",
+        "cors_allow_credentials",
+        "cors_max_age",
+    }
+)
+_CANARY_FIELDS: Final = frozenset(
+    {
+        "canary",
+        "canary_by_header",
+        "canary_by_header_value",
+        "canary_by_header_pattern",
+        "canary_by_cookie",
+        "canary_weight",
+        "canary_weight_total",
+    }
+)
+_AUTH_FIELDS: Final = frozenset({"auth_type", "auth_secret", "auth_secret_type", "auth_realm"})
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 _CLIENT_AUTH_FIELDS: Final = frozenset(
     {
@@ -702,6 +911,9 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *_CLIENT_AUTH_FIELDS,
+        *_CORS_FIELDS,
+        *_CANARY_FIELDS,
+        *_AUTH_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -781,12 +993,22 @@ def parse_annotations(
                     # Not ignored: an access restriction that cannot be read fails closed, and
                     # so do response fields (often security headers) that cannot be read.
                     values[field] = _INVALID
+                elif field in _AUTH_FIELDS:
+                    # Authentication that cannot be read fails closed too (ingress-nginx
+                    # denies the location: 503).
+                    values[field] = _INVALID
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
                 elif field in _CLIENT_AUTH_FIELDS:
                     # Client certificates that cannot be read are not checked less: fail closed.
                     values[field] = _INVALID
+                elif field == "cors_allow_origin":
+                    # ingress-nginx would allow every origin; no origin is allowed instead.
+                    values[field] = ()
+                elif field == "cors_allow_credentials":
+                    # ingress-nginx would allow credentials; they are not allowed instead.
+                    values[field] = False
     route_values: dict[str, Any] = {k: v for k, v in values.items() if k not in _INGRESS_FIELDS}
     if "max_body_size" in values:
         route_values["policy"] = (BodyLimit(values["max_body_size"]),)
@@ -834,6 +1056,9 @@ def parse_annotations(
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
             client_auth=client_auth,
             invalid_client_auth=invalid_client_auth,
+            cors=_cors_step(values),
+            canary=_canary_rules(values, given, errors),
+            **_basic_auth(values),
         ),
         tuple(errors),
     )
@@ -841,6 +1066,23 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _basic_auth(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The IngressOptions fields of basic auth, as ingress-nginx reads them: without auth-type
+    the other auth annotations do nothing; an auth annotation that does not read fails closed."""
+    auth = {f: values[f] for f in _AUTH_FIELDS if f in values}
+    if not auth:
+        return {}
+    if _INVALID in auth.values():
+        return {"invalid_auth": True}
+    if "auth_type" not in auth:
+        return {}
+    return {
+        "auth_secret": auth.get("auth_secret", ""),
+        "auth_secret_type": auth.get("auth_secret_type", "auth-file"),
+        "auth_realm": auth.get("auth_realm", ""),
+    }
 
 
 def _rewrite_steps(
@@ -871,3 +1113,82 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _cors_step(values: Mapping[str, Any]) -> Cors | None:
+    """The Cors step of enable-cors "true" and the cors-* annotations, with ingress-nginx's
+    defaults for those not given (or given with an invalid value, see parse_annotations)."""
+    if not values.get("enable_cors", False):
+        return None
+    return Cors(
+        origins=values.get("cors_allow_origin", ("*",)),
+        methods=values.get("cors_allow_methods", CORS_DEFAULT_METHODS),
+        headers=values.get("cors_allow_headers", CORS_DEFAULT_HEADERS),
+        expose_headers=values.get("cors_expose_headers", ""),
+        credentials=values.get("cors_allow_credentials", True),
+        max_age=values.get("cors_max_age", CORS_DEFAULT_MAX_AGE),
+    )
+
+
+def _canary_rules(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> CanaryRules | None:
+    """The rules of a canary Ingress, as ingress-nginx's canary parser reads them: a rule
+    whose value is invalid is left out (its default: "" or 0; a weight total of 100); a header
+    pattern of valid characters that does not compile is kept as invalid (ingress-nginx passes
+    it to Lua, whose regex error keeps the request on the main backend); canary rules on an
+    Ingress without `canary: "true"` are an error ("configured but not enabled") and it stays
+    an ordinary Ingress."""
+    enabled = values.get("canary", False)
+    configured = values.get("canary_weight", 0) > 0 or any(
+        values.get(f)
+        for f in (
+            "canary_by_header",
+            "canary_by_header_value",
+            "canary_by_header_pattern",
+            "canary_by_cookie",
+        )
+    )
+    if not enabled:
+        if configured:
+            name, value = given.get("canary", ("", ""))
+            if not name:
+                name, value = next(given[f] for f in sorted(_CANARY_FIELDS) if f in given)
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    'canary rules are configured but the Ingress is not a canary (canary: "true")'
+                    ", so they have no effect",
+                )
+            )
+        return None
+    pattern = values.get("canary_by_header_pattern", "")
+    invalid = False
+    if pattern:
+        try:
+            compile_header_pattern(pattern)
+        except PatternError as exc:
+            name, value = given["canary_by_header_pattern"]
+            errors.append(
+                AnnotationError(
+                    name,
+                    value,
+                    f"{exc}; a request carrying the header stays on the main Ingress's backend "
+                    "(as ingress-nginx does when its regex fails)",
+                )
+            )
+            invalid = True
+    total = values.get("canary_weight_total", 100)
+    return CanaryRules(
+        header=values.get("canary_by_header", "").lower(),
+        header_value=values.get("canary_by_header_value", ""),
+        header_pattern=pattern,
+        header_invalid=invalid,
+        cookie=values.get("canary_by_cookie", ""),
+        weight=max(values.get("canary_weight", 0), 0),
+        # ingress-nginx's balancer draws out of 100 unless the total is larger.
+        weight_total=total if total > 100 else 100,
+    )

@@ -23,7 +23,7 @@ whose applied keys are exactly the `supported`/`different` rows: a test) and by
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from controller.kinds import edit_distance, within_budget
@@ -123,6 +123,11 @@ def _unsupported(
     return Entry(name, "unsupported", category, detail, access, portico, issue, documented)
 
 
+def _enforced(entry: Entry) -> Entry:
+    """A supported access-control row: an invalid value fails closed (screening.py)."""
+    return replace(entry, access_control=True)
+
+
 def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
@@ -182,10 +187,54 @@ _SOURCE_RANGES = (
 
 _ENTRIES: Final[tuple[Entry, ...]] = (
     # ---- access control ---------------------------------------------------------------------
-    _auth("auth-type", "Basic authentication against auth-secret (`basic`; `digest` too)."),
-    _auth("auth-secret", "The Secret holding the users and password hashes of auth-type."),
-    _auth("auth-secret-type", "How auth-secret is laid out: `auth-file` or `auth-map`."),
-    _auth("auth-realm", "The realm of the basic authentication challenge."),
+    _enforced(
+        _different(
+            "auth-type",
+            "access-control",
+            "`basic`: every request needs `Authorization: Basic` credentials of a user of "
+            "auth-secret whose password matches its htpasswd hash (bcrypt `$2a$`/`$2b$`/`$2y$`, "
+            "`$apr1$`, `$1$`, `$5$`, `$6$`, DES crypt, `{SHA}`, `{SSHA}`, `{PLAIN}`, as nginx and "
+            "its C library check them, compared in constant time); others get 401 with "
+            '`WWW-Authenticate: Basic realm="<auth-realm>"`, and the Authorization field is not '
+            "sent to the pods (as ingress-nginx clears it). Results are cached per worker, so "
+            "bcrypt is not paid on every request. Difference: `digest` (nginx's auth_digest) is "
+            "not implemented: it is an InvalidAnnotation problem and the routes answer 503 (fail "
+            "closed); any other value too. Without auth-type the other auth annotations do "
+            "nothing, as in ingress-nginx.",
+        )
+    ),
+    _enforced(
+        _supported(
+            "auth-secret",
+            "access-control",
+            "The Secret with the users of auth-type: `name` in the Ingress's namespace or "
+            "`namespace/name`. A Secret in another namespace (ingress-nginx's default "
+            "allow-cross-namespace-resources false), a missing one, or an auth-file Secret "
+            "without an `auth` key locks the routes: 503 (`AuthSecretUnavailable` / "
+            "`InvalidAuth`) and a SecretInvalid problem, never served open. A Secret without any "
+            "user Portico can check answers 401 to every request (as nginx), with a problem.",
+        )
+    ),
+    _enforced(
+        _different(
+            "auth-secret-type",
+            "access-control",
+            "`auth-file` (default): the Secret's `auth` key is an htpasswd file (`user:hash` "
+            "lines). `auth-map`: one key per user, the value its hash. Difference: in an auth-map, "
+            "only values with a scheme prefix (bcrypt, `$apr1$`, `$1$`, `$5$`, `$6$`, `{SHA}`, "
+            "`{SSHA}`) are read, because Portico keeps no other Secret data in memory; a DES or "
+            "`{PLAIN}` entry there never matches (use auth-file for those).",
+        )
+    ),
+    _enforced(
+        _supported(
+            "auth-realm",
+            "access-control",
+            'The realm of the 401 challenge (`WWW-Authenticate: Basic realm="..."`); letters, '
+            "digits, spaces and `-._~/:`, as ingress-nginx validates it; another value fails "
+            "closed (503). Default: empty.",
+        )
+    ),
     _auth("auth-url", "External authentication: each request is first checked by this URL."),
     _auth("auth-method", "HTTP method of the auth-url request."),
     _auth("auth-signin", "Where a request auth-url refuses is redirected to sign in."),
@@ -768,34 +817,69 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- canary -------------------------------------------------------------------------------
-    _unsupported(
+    _different(
         "canary",
         "canary",
-        "Marks a canary Ingress. Without it the canary Ingress is an ordinary one: it competes "
-        "for the same host and path (a PathConflict problem; the older Ingress wins).",
-        ISSUE_PROTECTION,
+        '`"true"` makes the Ingress a canary: each of its paths pairs with the main (non-canary) '
+        "Ingress's rule of the same host, path and pathType, whose requests then go to the "
+        "canary's Service by the canary rules below (header, then cookie, then weight); the "
+        "canary serves nothing on its own: no hosts, no TLS, and its other annotations are "
+        "ignored (the main rule's apply to the canary's requests too). A canary path without "
+        "a main rule is not served (a `CanaryUnpaired` problem; ingress-nginx answers 404 "
+        "there too); a canary defaultBackend pairs with the global default backend; the first "
+        "canary of a rule (oldest) wins. Without it (or with `false`) canary rules are an "
+        "InvalidAnnotation problem and the Ingress is an ordinary one, competing for the same "
+        "host and path (a PathConflict problem; the older Ingress wins). Difference: "
+        "ingress-nginx attaches the canary to the main Ingress's Service backend, so every "
+        "path using that Service (even of other hosts) gets it; Portico attaches it to the "
+        "paired rules only. A canary whose Service has no endpoints (or does not exist) is "
+        "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
+        "load-balance applies to its backend. A canary carrying access control Portico does "
+        "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
+        "Its affinity-canary-behavior and "
+        "upstream-hash-by are not applied yet.",
     ),
-    _unsupported(
-        "canary-by-header", "canary", "Canary chosen by a request header.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-header",
+        "canary",
+        "The request field choosing the canary (case-insensitive, `_` read as `-`, as nginx's "
+        "`$http_` variables): `always` sends the request to the canary, `never` to the main "
+        "backend; any other value, or no field, goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _supported(
         "canary-by-header-value",
         "canary",
-        "The header value choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header: the exact value choosing the canary (then `always` and `never` "
+        "mean nothing special); another value goes on to the cookie and weight rules.",
     ),
-    _unsupported(
+    _different(
         "canary-by-header-pattern",
         "canary",
-        "A header regex choosing the canary.",
-        ISSUE_PROTECTION,
+        "With canary-by-header and without canary-by-header-value: a regular expression "
+        "searched in the field's value (case-sensitive) choosing the canary; no match goes on "
+        "to the cookie and weight rules. Difference: RE2 rather than PCRE (linear time, no "
+        "backreferences or lookaround); a pattern RE2 cannot compile is an InvalidAnnotation "
+        "problem and, as ingress-nginx does when its regex fails, a request carrying the field "
+        "stays on the main backend.",
     ),
-    _unsupported("canary-by-cookie", "canary", "Canary chosen by a cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "canary-weight", "canary", "Share of requests sent to the canary.", ISSUE_PROTECTION
+    _supported(
+        "canary-by-cookie",
+        "canary",
+        "The cookie choosing the canary (name case-insensitive, as nginx's `$cookie_`): "
+        "`always` sends the request to the canary, `never` to the main backend; any other "
+        "value goes on to the weight rule. Evaluated after canary-by-header.",
     ),
-    _unsupported(
-        "canary-weight-total", "canary", "The total canary-weight is out of.", ISSUE_PROTECTION
+    _supported(
+        "canary-weight",
+        "canary",
+        "The share of the remaining requests sent to the canary, drawn at random per request: "
+        "weight out of canary-weight-total; 0 (the default) none, the total or more all.",
+    ),
+    _supported(
+        "canary-weight-total",
+        "canary",
+        "What canary-weight is out of: 100 by default; as ingress-nginx's balancer, a total "
+        "below 100 counts as 100.",
     ),
     # ---- rate limiting ------------------------------------------------------------------------
     _unsupported(
@@ -833,18 +917,56 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         ISSUE_PROTECTION,
     ),
     # ---- CORS ---------------------------------------------------------------------------------
-    _unsupported(
-        "enable-cors", "cors", "Answers CORS preflights and adds CORS headers.", ISSUE_PROTECTION
+    _supported(
+        "enable-cors",
+        "cors",
+        '"true" turns CORS on for the Ingress\'s routes: an OPTIONS request from an allowed '
+        "origin is answered 204 by Portico, before redirects and access checks as ingress-nginx "
+        "answers it, and every response to an allowed origin carries the Access-Control-* "
+        "fields, replacing the pod's; a request from another origin gets none (the pod's own "
+        "are kept, and its OPTIONS goes to the pod). No Vary: Origin, as ingress-nginx. Not "
+        "on routes that refuse every request.",
     ),
-    _unsupported("cors-allow-origin", "cors", "Origins allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-methods", "cors", "Methods allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-allow-headers", "cors", "Request headers allowed.", ISSUE_PROTECTION),
-    _unsupported("cors-expose-headers", "cors", "Response headers exposed.", ISSUE_PROTECTION),
-    _unsupported(
-        "cors-allow-credentials", "cors", "Whether credentials are allowed.", ISSUE_PROTECTION
+    _different(
+        "cors-allow-origin",
+        "cors",
+        'Origins allowed, comma-separated: "*" (the default, also for an empty value: every '
+        'request gets Access-Control-Allow-Origin: *), "null", scheme://host[:port], with '
+        'one wildcard label ("https://*.example.com"). Matched case-insensitively and echoed '
+        "as sent; an entry without a scheme is skipped, as ingress-nginx does. Different: an "
+        "origin is matched whole (ingress-nginx's regex is anchored only at its end, so "
+        '"xhttps://a.com" matches "https://a.com"), and a value that does not read allows '
+        "no origin where ingress-nginx would allow every one (and reports InvalidAnnotation).",
     ),
-    _unsupported(
-        "cors-max-age", "cors", "How long a preflight answer may be cached.", ISSUE_PROTECTION
+    _supported(
+        "cors-allow-methods",
+        "cors",
+        'Access-Control-Allow-Methods, as written (letters, separated by ","/" "/", "); '
+        'default "GET, PUT, POST, DELETE, PATCH, OPTIONS"; an invalid value takes the default.',
+    ),
+    _supported(
+        "cors-allow-headers",
+        "cors",
+        "Access-Control-Allow-Headers, as written (letters, digits, -, _, commas, spaces); "
+        "default ingress-nginx's list (DNT,Keep-Alive,User-Agent,...,Authorization); an "
+        "invalid value takes the default.",
+    ),
+    _supported(
+        "cors-expose-headers",
+        "cors",
+        "Access-Control-Expose-Headers, as written (names or *, comma-separated); none by "
+        "default or for an invalid value.",
+    ),
+    _different(
+        "cors-allow-credentials",
+        "cors",
+        'Access-Control-Allow-Credentials: true unless "false" (default true). Different: a '
+        "value that does not read allows no credentials, where ingress-nginx takes true.",
+    ),
+    _supported(
+        "cors-max-age",
+        "cors",
+        "Access-Control-Max-Age in seconds (default 1728000; an invalid value takes it).",
     ),
     # ---- error pages --------------------------------------------------------------------------
     _different(

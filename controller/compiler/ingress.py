@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import ClientAuth, IngressOptions, parse_annotations
+from controller.compiler.annotations import (
+    CanaryRules,
+    ClientAuth,
+    IngressOptions,
+    parse_annotations,
+)
 from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
+    CANARY_UNPAIRED,
     CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
@@ -42,7 +48,10 @@ from controller.compiler.tls import LoadedCertificate, check_validity, covers
 from controller.objects import Ingress, IngressBackend, IngressClass
 from proxy.config import (
     AppRoot,
+    BasicAuth,
+    Canary,
     ClientCertificate,
+    Cors,
     ErrorPages,
     HostRedirect,
     HTTPSRedirect,
@@ -103,6 +112,12 @@ INVALID_CLIENT_AUTH: Final = Refuse(503, "InvalidClientCertificate")
 # auth-tls-secret that cannot be used (missing, no ca.crt, another namespace): ingress-nginx's
 # server `return 403` for its AuthTLSError; never served without verification.
 CLIENT_AUTH_UNUSABLE: Final = Refuse(403, "ClientCertificateSecretInvalid")
+# The first policy step (after the redirects) of an Ingress whose basic auth cannot be enforced:
+# an auth annotation does not read or asks for digest, the auth-secret is missing or in another
+# namespace (InvalidAnnotation / SecretInvalid problem), or the Secret cannot be read
+# (AUTH_SECRET_UNAVAILABLE). Never served open: ingress-nginx denies such a location (503).
+INVALID_AUTH: Final = Refuse(503, "InvalidAuth")
+AUTH_SECRET_UNAVAILABLE: Final = Refuse(503, "AuthSecretUnavailable")
 
 
 def _source_ranges(
@@ -272,12 +287,19 @@ class IngressPart:
     # `custom-http-errors` without `default-backend`: the statuses the global default backend
     # answers (the Ingress with only a defaultBackend, known once all parts are merged).
     global_error_codes: tuple[int, ...] = ()
+    # A canary Ingress (`canary: "true"`): its rules and defaultBackend only name the backends
+    # `assemble` pairs with the main Ingresses' rules of the same host and path; it serves
+    # nothing on its own (no hosts, no TLS, its other annotations ignored, as ingress-nginx).
+    canary: CanaryRules | None = None
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
     # auth-tls-* (`secret` "ns/name"): `assemble` resolves its ca.crt into the
     # ClientCertificate step of every rule of this Ingress's hosts.
     client_auth: ClientAuth | None = None
+    # Basic auth: ("namespace/name" of the auth-secret, auth-secret-type, auth-realm), which
+    # `assemble` reads into a BasicAuth step (or locks the routes when it cannot).
+    basic_auth: tuple[str, str, str] | None = None
 
 
 def _rule_text(host: str, path: str | None) -> str:
@@ -419,6 +441,9 @@ def compile_ingress(
         plain = dataclasses.replace(plain, policy=(*plain.policy, shaping))
     if opts.invalid_custom_headers:
         plain = dataclasses.replace(plain, policy=(INVALID_CUSTOM_HEADERS, *plain.policy))
+    basic_auth = _basic_auth(ingress, opts, problems)
+    if opts.invalid_auth or basic_auth == "":
+        plain = dataclasses.replace(plain, policy=(INVALID_AUTH, *plain.policy))
     cluster_ip = service_upstream if opts.service_upstream is None else opts.service_upstream
     error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
     if error_pages is not None:
@@ -445,6 +470,15 @@ def compile_ingress(
     if url_redirect is not None and ranges is not INVALID_SOURCE_RANGE:
         plain = dataclasses.replace(plain, policy=(url_redirect, *plain.policy))
         redirected = dataclasses.replace(redirected, policy=(url_redirect, *redirected.policy))
+    # CORS goes before those: ingress-nginx's preflight `return 204` is written in the location
+    # ahead of the redirect's `return`, and the HTTPS redirect and access checks come later
+    # still. A preflight is answered by the proxy, so it never reaches a pod unchecked. Not on
+    # routes that refuse every request (a value that cannot be read: ingress-nginx's denied
+    # location has no CORS block; unenforced access control: Portico fails closed).
+    refused = any(isinstance(step, Refuse) for step in plain.policy)
+    if opts.cors is not None and not refused:
+        plain = dataclasses.replace(plain, policy=(opts.cors, *plain.policy))
+        redirected = dataclasses.replace(redirected, policy=(opts.cors, *redirected.policy))
 
     def options_for(host: str) -> RouteOptions:
         has_tls = bool(host) and (host in tls_hosts or covers(tls_hosts, host))
@@ -557,6 +591,32 @@ def compile_ingress(
             else:
                 rule_obj = _rule(ingress, backend, options_for(""))
                 default = RuleEntry("", rule_obj, backend, text)
+    if opts.canary is not None and screening.denied(serve_without_access_control):
+        # ingress-nginx ignores a canary's own access control (the main Ingress's applies), but
+        # until Portico enforces what it asks for, the canary is not used at all: its requests
+        # stay on the main Ingress's backend, nothing is served unprotected.
+        problems.append(
+            Problem(
+                "Ingress",
+                ref,
+                CANARY_UNPAIRED,
+                "canary not used: it carries access control Portico does not enforce yet "
+                f"({', '.join(screening.unenforced)}); its requests stay on the main Ingresses",
+            )
+        )
+        return dataclasses.replace(_empty_part(ref, ingress.namespace), problems=tuple(problems))
+    if opts.canary is not None and not screening.withheld:
+        return IngressPart(
+            ref=ref,
+            namespace=ingress.namespace,
+            hosts=(),
+            entries=tuple(entries),
+            fallbacks=tuple(fallbacks),
+            default=default,
+            tls=(),
+            problems=tuple(problems),
+            canary=opts.canary,
+        )
     if screening.withheld:
         return IngressPart(
             ref=ref,
@@ -587,7 +647,56 @@ def compile_ingress(
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
         client_auth=client_auth,
+        basic_auth=(basic_auth, opts.auth_secret_type, opts.auth_realm) if basic_auth else None,
     )
+
+
+def _empty_part(ref: str, namespace: str) -> IngressPart:
+    return IngressPart(
+        ref=ref,
+        namespace=namespace,
+        hosts=(),
+        entries=(),
+        fallbacks=(),
+        default=None,
+        tls=(),
+        problems=(),
+    )
+
+
+def _basic_auth(ingress: Ingress, opts: IngressOptions, problems: list[Problem]) -> str | None:
+    """The auth-secret as "namespace/name"; None without basic auth; "" when it cannot be used
+    (the routes fail closed): not given, or in another namespace, which ingress-nginx refuses
+    by default (allow-cross-namespace-resources false)."""
+    if opts.auth_secret is None:
+        return None
+    if not opts.auth_secret:
+        reason = "auth-type basic without auth-secret"
+    else:
+        namespace, _, name = opts.auth_secret.rpartition("/")
+        if not namespace or namespace == ingress.namespace:
+            return f"{ingress.namespace}/{name}"
+        reason = (
+            f'auth-secret "{opts.auth_secret}" is in another namespace, which ingress-nginx '
+            "refuses (allow-cross-namespace-resources)"
+        )
+    problems.append(
+        Problem("Ingress", ingress.ref, SECRET_INVALID, f"{reason}; its routes answer 503")
+    )
+    return ""
+
+
+def _with_auth(options: RouteOptions, step: PolicyStep) -> RouteOptions:
+    """`step` (basic auth) after the redirects, the CORS preflight answer and the client-address
+    checks, as nginx runs its rewrite phase (redirects, `return 204` of a preflight) and its
+    access module before auth_basic (a denied address gets 403, not a 401 challenge)."""
+    policy = options.policy
+    at = 0
+    while at < len(policy) and isinstance(
+        policy[at], HTTPSRedirect | Redirect | Refuse | SourceRanges | AppRoot | Cors
+    ):
+        at += 1
+    return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
 
 
 def _www_redirect_hosts(entries: list[RuleEntry]) -> tuple[str, ...]:
@@ -637,12 +746,21 @@ def _rule_order(rule: PathRule) -> tuple[int, int, str]:
     return (-len(rule.path), 0 if rule.match == "exact" else 1, rule.path)
 
 
+def _without_https_redirect(rule: PathRule) -> PathRule:
+    """The rule without its HTTPS redirect step (for a server-alias its host's certificate does
+    not cover: ingress-nginx serves such a name without TLS, so without the redirect)."""
+    policy = tuple(s for s in rule.options.policy if not isinstance(s, HTTPSRedirect))
+    return dataclasses.replace(rule, options=dataclasses.replace(rule.options, policy=policy))
+
+
 def _regex_rules(
     host: str,
     slot: dict[tuple[str, MatchKind], PathRule],
     written: dict[tuple[str, str, MatchKind], str],
     regex_rules: set[tuple[str, str, MatchKind]],
     problems: list[Problem],
+    *,
+    origin: dict[tuple[str, str], tuple[str, str, MatchKind]],
 ) -> tuple[PathRule, ...]:
     """The rules of a host where some path has use-regex or rewrite-target, as ingress-nginx
     makes them: every path, whatever its Ingress or pathType, becomes `~* "^<path as written>"`
@@ -668,6 +786,7 @@ def _regex_rules(
                 )
                 continue
         written[(host, pattern, "regex")] = written.get((host, path, match), pattern)
+        origin.setdefault((host, pattern), (host, path, match))
         rules.append(dataclasses.replace(rule, path=pattern, match="regex"))
     rules.sort(key=lambda r: r.path, reverse=True)
     rules.sort(key=lambda r: len(r.path), reverse=True)
@@ -836,6 +955,9 @@ def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> Route
     policy = options.policy
     if not first:
         return dataclasses.replace(options, policy=(*policy, step))
+    if isinstance(step, Refuse):
+        # A route refusing every request answers no CORS preflight either (see compile).
+        policy = tuple(s for s in policy if not isinstance(s, Cors))
     at = 0
     while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
         at += 1
@@ -899,6 +1021,95 @@ def _www_redirects(
     return list(aliases.values())
 
 
+def _with_canary(rule: PathRule, step: Canary) -> PathRule:
+    options = dataclasses.replace(rule.options, policy=(*rule.options.policy, step))
+    return dataclasses.replace(rule, options=options)
+
+
+def _pair_canaries(
+    canaries: list[IngressPart],
+    *,
+    by_host: dict[str, dict[tuple[str, MatchKind], PathRule]],
+    written: Mapping[tuple[str, str, MatchKind], str],
+    default: PathRule | None,
+    uses: dict[str, BackendUse],
+    problems: list[Problem],
+) -> PathRule | None:
+    """Pair each canary Ingress's rules with the main rules, as ingress-nginx's
+    mergeAlternativeBackends does: a canary path goes with the main (non-canary) Ingress's
+    rule of the same host, path (as written) and pathType, which then carries a Canary step
+    naming the canary's backend; its defaultBackend goes with the global default backend. The
+    first canary (in precedence order) of a rule wins (ingress-nginx uses only its first
+    alternative backend); a canary naming the main rule's own backend is ignored. A canary rule
+    without a main rule is not served at all (ingress-nginx answers 404 there): a
+    CanaryUnpaired problem. Returns the global default rule, with its canary if any."""
+
+    def unpaired(part: IngressPart, entry: RuleEntry, why: str) -> None:
+        where = f"on host {entry.host}" if entry.host else "on any host"
+        problems.append(
+            Problem(
+                "Ingress",
+                part.ref,
+                CANARY_UNPAIRED,
+                f"canary {entry.text} {where} is not served: {why}",
+            )
+        )
+
+    def paired(part: IngressPart, entry: RuleEntry, main: PathRule) -> PathRule | None:
+        rules = part.canary
+        assert rules is not None
+        own = main.options.step(Canary)
+        if own is not None:
+            unpaired(part, entry, f"the main rule already has the canary of Ingress {own.ingress}")
+            return None
+        if main.backend == entry.rule.backend:
+            unpaired(part, entry, f"the main rule of Ingress {main.ingress} uses that backend")
+            return None
+        backend = entry.backend
+        step = Canary(
+            backend.key,
+            f"{backend.namespace}/{backend.service}",
+            part.ref,
+            str(backend.port),
+            rules.header,
+            rules.header_value,
+            rules.header_pattern,
+            rules.header_invalid,
+            rules.cookie,
+            rules.weight,
+            rules.weight_total,
+            entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
+        )
+        _use(uses, entry, part.ref)
+        return _with_canary(main, step)
+
+    for part in canaries:
+        for entry in part.entries:
+            rule = entry.rule
+            key = (rule.path, rule.match)
+            slot = by_host.get(entry.host)
+            main = None if slot is None else slot.get(key)
+            if (
+                main is None
+                or main.path_type != rule.path_type
+                or written.get((entry.host, rule.path, rule.match)) != entry.written_path
+            ):
+                unpaired(part, entry, "no main Ingress has a rule with its host, path and pathType")
+                continue
+            new = paired(part, entry, main)
+            if new is None or slot is None:
+                continue
+            slot[key] = new
+        for entry in (*part.fallbacks, *((part.default,) if part.default is not None else ())):
+            if default is None:
+                unpaired(part, entry, "there is no global default backend to pair with")
+                continue
+            new = paired(part, entry, default)
+            if new is not None:
+                default = new
+    return default
+
+
 def assemble(
     parts: Iterable[IngressPart],
     certificate: Callable[[str, str], LoadedCertificate | str],
@@ -907,6 +1118,7 @@ def assemble(
     *,
     response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
     request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    basic_auth: Callable[[str, str, str], tuple[BasicAuth | None, str | None]] | None = None,
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
 
@@ -980,6 +1192,16 @@ def assemble(
             )
         else:
             parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
+    for i, part in enumerate(parts):
+        if part.basic_auth is None:
+            continue
+        auth, reason = (None, "not read") if basic_auth is None else basic_auth(*part.basic_auth)
+        if reason is not None:
+            locked = "; its routes answer 503" if auth is None else ""
+            message = f"auth-secret: {reason}{locked}"
+            problems.append(Problem("Ingress", part.ref, SECRET_INVALID, message))
+        auth_step: PolicyStep = AUTH_SECRET_UNAVAILABLE if auth is None else auth
+        parts[i] = _map_options(part, functools.partial(_with_auth, step=auth_step))
     if request_headers[0]:
         change = _with_request_headers(*request_headers)
         parts = [_map_options(part, change) for part in parts]
@@ -989,9 +1211,13 @@ def assemble(
 
     unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
     fallback_unredirected: dict[str, PathRule] = {}
+    canaries: list[IngressPart] = []
     for part in parts:
         ref = part.ref
         problems.extend(part.problems)
+        if part.canary is not None:
+            canaries.append(part)
+            continue
         error_backend = part.error_backend
         if error_backend is not None and (part.entries or part.fallbacks or part.default):
             _use_backend(uses, error_backend, ref, f"(default-backend {error_backend.service})")
@@ -1063,6 +1289,16 @@ def assemble(
                     )
                 )
 
+    if canaries:
+        default = _pair_canaries(
+            canaries,
+            by_host=by_host,
+            written=written,
+            default=default,
+            uses=uses,
+            problems=problems,
+        )
+
     # TLS after routes so a certificate is attached only to hosts that exist.
     for part in parts:
         for tls in part.tls:
@@ -1105,9 +1341,13 @@ def assemble(
                 certificates[cert.name] = cert
 
     ordered: dict[str, tuple[PathRule, ...]] = {}
+    # (host, regex path) -> the (host, path, match) key of the rule it was made from.
+    regex_origin: dict[tuple[str, str], tuple[str, str, MatchKind]] = {}
     for host, slot in by_host.items():
         if host in regex_hosts:
-            ordered[host] = _regex_rules(host, slot, written, regex_rules, problems)
+            ordered[host] = _regex_rules(
+                host, slot, written, regex_rules, problems, origin=regex_origin
+            )
         else:
             ordered[host] = tuple(sorted(slot.values(), key=_rule_order))
     if app_roots:
@@ -1126,13 +1366,20 @@ def assemble(
         name = host_cert.get(host) or wild_cert.get(host)
         served = certificates.get(name) if name is not None else None
         covered = served is not None and covers(served.hosts, alias)
+        # Not covered: the rules lose the HTTPS redirect their host's TLS gave them (not a
+        # forced one: `unredirected` has those rules whose redirect can be taken back), and keep
+        # everything else they became since (a regular expression, the app-root step).
         rules = [
-            rule if covered else unredirected.get((host, rule.path, rule.match), rule)
+            rule
+            if covered
+            or unredirected.get(regex_origin.get((host, rule.path), (host, rule.path, rule.match)))
+            is None
+            else _without_https_redirect(rule)
             for rule in ordered[host]
         ]
         host_fallback = fallback.get(host)
-        if host_fallback is not None and not covered:
-            host_fallback = fallback_unredirected.get(host, host_fallback)
+        if host_fallback is not None and not covered and host in fallback_unredirected:
+            host_fallback = _without_https_redirect(host_fallback)
         vhosts.append(
             VirtualHost(
                 host=alias,

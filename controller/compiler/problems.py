@@ -41,6 +41,9 @@ NO_CLUSTER_IP: Final = "NoClusterIP"
 # header entries cannot be sent (controller/compiler/headers.py).
 CONFIGMAP_NOT_FOUND: Final = "ConfigMapNotFound"
 INVALID_HEADER: Final = "InvalidHeader"
+# A rule of a canary Ingress that pairs with no main Ingress's rule (same host, path and
+# pathType), or whose main rule already has a canary or uses the same backend: not served.
+CANARY_UNPAIRED: Final = "CanaryUnpaired"
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -11,11 +11,19 @@ place, so the same bench loads a route carrying the profile's annotations:
 Profiles (each keeps the path the backend sees, so proxy-bench's answer check still holds):
 - `regex-rewrite`: path `/(.*)` (ImplementationSpecific) with `use-regex` and
   `rewrite-target: /$1`: a regex lookup and a rewrite of the upstream head per request.
+- `cors`: `enable-cors` with a `cors-allow-origin` list (an exact origin and a wildcard): each
+  request's head is searched for an Origin (proxy-bench sends none, so no field is added).
+- `cors-any`: `enable-cors` alone (every origin): the Access-Control-* fields, rendered once,
+  added to every response.
 - `plain`: the manifests unchanged (the same process chain, for an A/B of the wrapper itself).
+- `canary-weight`: each bench Ingress gets a canary Ingress (`canary-weight: 50`) for the same
+  host and path, whose Service is a copy of the bench Service (same pods, its EndpointSlices
+  copied): half the requests go to each backend, chosen by a random draw per request.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -33,8 +41,28 @@ PROFILES: dict[str, tuple[dict[str, str], str, str]] = {
         "/(.*)",
         "ImplementationSpecific",
     ),
+    "cors": (
+        {
+            "nginx.ingress.kubernetes.io/enable-cors": "true",
+            "nginx.ingress.kubernetes.io/cors-allow-origin": (
+                "https://app.bench.example, https://*.bench.example"
+            ),
+        },
+        "/",
+        "Prefix",
+    ),
+    "cors-any": ({"nginx.ingress.kubernetes.io/enable-cors": "true"}, "/", "Prefix"),
     "plain": ({}, "/", "Prefix"),
+    "canary-weight": ({}, "/", "Prefix"),
 }
+# profile -> the annotations of a canary Ingress added next to each bench Ingress.
+CANARY_PROFILES: dict[str, dict[str, str]] = {
+    "canary-weight": {
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": "50",
+    },
+}
+CANARY_SUFFIX = "-canary"
 BENCH_INGRESSES = ("bench", "bench-tls")
 
 
@@ -52,6 +80,47 @@ def annotate(directory: Path, profile: str) -> None:
                 for each in rule["http"]["paths"]:
                     each["path"], each["pathType"] = path, path_type
         file.write_text(yaml.safe_dump_all(docs))
+    if profile in CANARY_PROFILES:
+        add_canaries(directory, CANARY_PROFILES[profile])
+
+
+def add_canaries(directory: Path, annotations: dict[str, str]) -> None:
+    """A canary Ingress per bench Ingress (a copy naming a copy of its Service), and the
+    copies of those Services and of their EndpointSlices, in one more manifest file."""
+    docs: list[Any] = [
+        doc
+        for file in sorted(directory.glob("*.yaml"))
+        for doc in yaml.safe_load_all(file.read_text())
+        if isinstance(doc, dict)
+    ]
+    added: list[Any] = []
+    services: set[str] = set()
+    for doc in docs:
+        if doc.get("kind") != "Ingress" or doc["metadata"]["name"] not in BENCH_INGRESSES:
+            continue
+        canary = copy.deepcopy(doc)
+        canary["metadata"]["name"] += CANARY_SUFFIX
+        canary["metadata"]["annotations"] = dict(annotations)
+        canary["spec"].pop("tls", None)
+        for rule in canary["spec"]["rules"]:
+            for each in rule["http"]["paths"]:
+                service = each["backend"]["service"]
+                services.add(service["name"])
+                service["name"] += CANARY_SUFFIX
+        added.append(canary)
+    for doc in docs:
+        kind, metadata = doc.get("kind"), doc.get("metadata", {})
+        labels = metadata.get("labels", {})
+        if kind == "Service" and metadata.get("name") in services:
+            copied = copy.deepcopy(doc)
+            copied["metadata"]["name"] += CANARY_SUFFIX
+            added.append(copied)
+        elif kind == "EndpointSlice" and labels.get("kubernetes.io/service-name") in services:
+            copied = copy.deepcopy(doc)
+            copied["metadata"]["name"] += CANARY_SUFFIX
+            copied["metadata"]["labels"]["kubernetes.io/service-name"] += CANARY_SUFFIX
+            added.append(copied)
+    (directory / "zz-canary.yaml").write_text(yaml.safe_dump_all(added))
 
 
 def main(argv: list[str]) -> None:

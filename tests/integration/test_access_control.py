@@ -43,16 +43,11 @@ class Row(NamedTuple):
     refused_by_ingress_nginx: int = 401  # what ingress-nginx answers the request (for the record)
 
 
-BASIC = {"auth-type": "basic", "auth-secret": "basic-auth"}
 # An auth service that refuses (ingress-nginx forwards its 401; unreachable would be a 500).
 EXTERNAL = {"auth-url": "http://auth.example.test/deny"}
 # Client certificates (auth-tls-*) are enforced: tests/integration/test_client_certificates.py.
 
 ROWS: dict[str, Row] = {
-    "auth-type": Row({"auth-secret": "basic-auth"}, "basic"),
-    "auth-secret": Row({"auth-type": "basic"}, "basic-auth"),
-    "auth-secret-type": Row(BASIC, "auth-map"),
-    "auth-realm": Row(BASIC, "Authentication Required"),
     "auth-url": Row({}, EXTERNAL["auth-url"]),
     "auth-method": Row(EXTERNAL, "GET"),
     "auth-signin": Row(EXTERNAL, "https://login.example.test/start", refused_by_ingress_nginx=302),
@@ -73,7 +68,7 @@ ROWS: dict[str, Row] = {
     "auth-keepalive-timeout": Row(EXTERNAL, "60"),
     # With the ConfigMap's global-auth-url pointing at a service that refuses.
     "enable-global-auth": Row({}, "true"),
-    "satisfy": Row(BASIC, "all"),
+    "satisfy": Row({}, "all"),
 }
 
 

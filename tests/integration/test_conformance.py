@@ -110,6 +110,10 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "retries",
+        "upstream",
+        "cors",
+        "basic-auth",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))

@@ -119,11 +119,11 @@ def test_exact_rows() -> None:
     auth = _find(report, "kube-system/kube-explorer")
     assert auth["ingressClass"] is None  # no class at all: the default IngressClass's
     assert {a["name"]: a["status"] for a in auth["annotations"]} == {
-        N + "auth-type": "unsupported",
-        N + "auth-secret": "unsupported",
-        N + "auth-realm": "unsupported",
+        N + "auth-type": "different",
+        N + "auth-secret": "supported",
+        N + "auth-realm": "supported",
     }
-    assert all("fail closed" in a["detail"] for a in auth["annotations"])
+    assert all("503" in a["detail"] for a in auth["annotations"])  # fails closed when unusable
 
     gitlab = _find(report, "gitlab/gitlab-webservice-default")
     assert gitlab["ingressClass"] == "gitlab-nginx"

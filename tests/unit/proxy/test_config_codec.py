@@ -11,8 +11,11 @@ from proxy.config import (
     SCHEMA_VERSION,
     AppRoot,
     Backend,
+    BasicAuth,
     BodyLimit,
+    Canary,
     ClientCertificate,
+    Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
@@ -59,6 +62,10 @@ def full_snapshot() -> Snapshot:
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
         ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
+        Cors(
+            ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
+        ),
+        BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -131,6 +138,7 @@ def test_round_trip() -> None:
 
 def test_key_never_in_repr() -> None:
     assert "KEY" not in repr(full_snapshot())
+    assert "HASH-SECRET" not in repr(full_snapshot())  # basic auth's hashes neither
 
 
 def test_endpoints_update_round_trip_and_apply() -> None:
@@ -192,6 +200,17 @@ def _with_step(step: dict[str, object]) -> bytes:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1]["policy"] = [step]
     return json.dumps(doc).encode()
+
+
+CORS: dict[str, object] = {
+    "step": "cors",
+    "origins": ["*"],
+    "methods": "GET",
+    "headers": "",
+    "expose_headers": "",
+    "credentials": False,
+    "max_age": 5,
+}
 
 
 @pytest.mark.parametrize(
@@ -339,6 +358,42 @@ def _with_step(step: dict[str, object]) -> bytes:
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        *(
+            pytest.param({**CORS, **change}, id=f"cors-{name}")
+            for name, change in {
+                "origin-with-path": {"origins": ["https://a.test/x"]},
+                "origin-splits-the-head": {"origins": ["https://a.test\r\nX: y"]},
+                "origin-ends-with-a-newline": {"origins": ["https://a.test\n"]},
+                "methods-end-with-a-newline": {"methods": "GET\n"},
+                "two-wildcards": {"origins": ["https://*.*.a.test"]},
+                "star-in-a-list": {"origins": ["*", "https://a.test"]},
+                "methods-empty": {"methods": ""},
+                "methods-split-the-head": {"methods": "GET\r\nX: y"},
+                "headers-colon": {"headers": "X: y"},
+                "max-age-not-a-number": {"max_age": "60"},
+                "credentials-not-a-flag": {"credentials": 1},
+            }.items()
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": 'a"b', "users": [], "hashes": []},
+            id="auth-realm-quote",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a:b"], "hashes": ["x"]},
+            id="auth-user-colon",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": []},
+            id="auth-users-without-hashes",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a"], "hashes": ["x\r\n"]},
+            id="auth-hash-control",
+        ),
+        pytest.param(
+            {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
+            id="auth-users-repeat",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -373,6 +428,8 @@ def test_policy_steps_keep_their_order() -> None:
         "RewriteRedirects",
         "RewriteCookies",
         "ClientCertificate",
+        "Cors",
+        "BasicAuth",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)
@@ -420,5 +477,61 @@ def test_retry_options_round_trip() -> None:
 def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
     doc = json.loads(encode_snapshot(full_snapshot()))
     doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
+# ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
+
+CANARIES = {
+    "header-value": Canary(
+        "ns/canary/80", "ns/canary", "ns/ing-canary", "80", "canarybyheader", "DoCanary"
+    ),
+    "pattern-and-cookie": Canary(
+        "ns/canary/http",
+        "ns/canary",
+        "ns/ing-canary",
+        "http",
+        header="x-canary",
+        header_pattern="^Do[A-Z][a-z]+y$",
+        cookie="Canary-By-Cookie",
+    ),
+    "invalid-pattern": Canary(
+        "ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", "", "[][**da?$&*", True
+    ),
+    "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
+    "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+}
+
+
+@pytest.mark.parametrize("step", CANARIES.values(), ids=CANARIES.keys())
+def test_canary_step_round_trips(step: Canary) -> None:
+    options = RouteOptions(policy=(BodyLimit(10), step))
+    rule = PathRule("/info", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    snap = Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))
+    decoded = decode_snapshot(encode_snapshot(snap))
+    assert decoded.routes.virtual_hosts[0].rules[0].options.step(Canary) == step
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": -1},
+        {"weight": True},
+        {"weight_total": 50},  # the compiler counts a total below 100 as 100
+        {"header": "X-Upper"},  # lower-case only
+        {"header_value": "a\r\nb"},
+        {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
+        {"backend": ""},
+        {"balancer": "ewma"},  # the compiler's names only
+    ],
+    ids=str,
+)
+def test_bad_canary_refuses_the_snapshot(change: dict[str, object]) -> None:
+    step = Canary("ns/canary/80", "ns/canary", "ns/c", "80", "x-canary", weight=10)
+    options = RouteOptions(policy=(step,))
+    rule = PathRule("/", "prefix", "ns/main/80", "ns/ing", "ns/main", 80, "Prefix", options)
+    doc = json.loads(encode_snapshot(Snapshot(RouteTable((VirtualHost("foo", (rule,)),)))))
+    doc["options"][1]["policy"][0].update(change)
     with pytest.raises(SnapshotError):
         decode_snapshot(json.dumps(doc).encode())

@@ -105,8 +105,6 @@ def test_snippet_refusal_even_with_serve_without_access_control() -> None:
 
 FAIL_CLOSED_ROWS = [
     {N + "auth-url": "http://auth.test/check"},
-    {N + "auth-type": "basic", N + "auth-secret": "users"},
-    {N + "auth-realm": "private"},
     {N + "satisfy": "any"},
     {N + "enable-global-auth": "true"},
     {N + "satisfy": "any", N + "whitelist-source-range": "10.0.0.0/8"},

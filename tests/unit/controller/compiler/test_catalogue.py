@@ -91,14 +91,18 @@ CLIENT_TLS = (
 )
 
 
+BASIC_AUTH = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
+
+
 def test_access_control_rows() -> None:
     expected = {n for n in ANNOTATIONS if n.startswith("auth-")} | ACCESS_CONTROL
     assert {n for n, e in ANNOTATIONS.items() if e.access_control} == expected
     # Every one of them fails closed today, except the refused auth-snippet and the source
-    # ranges, which Portico enforces.
+    # ranges and basic auth, which Portico enforces.
     closed = {n for n, e in ANNOTATIONS.items() if e.fails_closed}
-    assert closed == expected - {"auth-snippet", *SOURCE_RANGES, *CLIENT_TLS}
+    assert closed == expected - {"auth-snippet", *SOURCE_RANGES, *BASIC_AUTH, *CLIENT_TLS}
     assert all(ANNOTATIONS[n].status == "supported" for n in SOURCE_RANGES)
+    assert all(ANNOTATIONS[n].status in ("supported", "different") for n in BASIC_AUTH)
     assert all(ANNOTATIONS[n].status in ("supported", "different") for n in CLIENT_TLS)
 
 

@@ -317,6 +317,37 @@ def test_alias_tls(alias: str, certificate: bool, redirected: bool) -> None:
     assert host.rules[0].options.step(HTTPSRedirect) is not None
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # rewrite.go: use-regex makes the host's paths regular expressions (rebuilt rules).
+        {N + "use-regex": "true"},
+        # approot.go: app-root adds its step to every rule of the host.
+        {N + "app-root": "/app"},
+    ],
+    ids=["regex host", "app-root host"],
+)
+def test_alias_without_certificate_loses_only_the_redirect(extra: dict[str, str]) -> None:
+    """A rule rebuilt after compiling (regex, app-root) still loses the TLS host's redirect on
+    an alias its certificate does not cover, and keeps what it became."""
+    secret = tls_secret("a-tls", hosts=("a.example.com",))
+    result = _aliased(
+        secret,
+        ingress(
+            "a",
+            annotations={N + "server-alias": "other.example.org", **extra},
+            rules=[rule("a.example.com")],
+            tls=[tls_entry("a-tls", "a.example.com")],
+        ),
+    )
+    host, alias = _vhosts(result)["a.example.com"], _vhosts(result)["other.example.org"]
+    assert host.rules[0].options.step(HTTPSRedirect) is not None
+    assert alias.rules[0].options.step(HTTPSRedirect) is None
+    assert (alias.rules[0].path, alias.rules[0].match) == (host.rules[0].path, host.rules[0].match)
+    kept = [s for s in host.rules[0].options.policy if not isinstance(s, HTTPSRedirect)]
+    assert list(alias.rules[0].options.policy) == kept
+
+
 def test_forced_redirect_stays_on_an_alias_without_certificate() -> None:
     annotations = {N + "server-alias": "other.example.org", N + "force-ssl-redirect": "true"}
     result = _aliased(ingress("a", annotations=annotations, rules=[rule("a.example.com")]))
