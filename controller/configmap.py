@@ -166,6 +166,14 @@ def _configmap_ref(value: str) -> str | None:
     return ref
 
 
+def _error_status(value: str) -> int:
+    # int; nginx's limit_req_status / limit_conn_status take 400 to 599.
+    status = _whole(value)
+    if not 400 <= status <= 599:
+        raise _Invalid("expected a status from 400 to 599")
+    return status
+
+
 def _header_names(value: str) -> tuple[str, ...]:
     # []string: split on commas, spaces trimmed, empty fields dropped (splitAndTrimSpace).
     names = tuple(part.strip() for part in value.split(",") if part.strip())
@@ -220,6 +228,8 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "proxy-set-headers": Applied("proxy_set_headers", _configmap_ref),  # string, ""
     # []string, empty
     "global-allowed-response-headers": Applied("allowed_response_headers", _header_names),
+    "limit-req-status-code": Applied("limit_req_status_code", _error_status),  # int, 503
+    "limit-conn-status-code": Applied("limit_conn_status_code", _error_status),  # int, 503
 }
 
 # use-forwarded-headers (bool, "false") trusts the X-Forwarded-* headers of the clients in
@@ -255,7 +265,6 @@ _SAME: Final[Mapping[str, Callable[[str, Mapping[str, str]], bool]]] = {
     "enable-access-log-for-default-backend": lambda v, _: v.strip() in _TRUE,
     "compute-full-forwarded-for": _same_full_forwarded_for,
     "forwarded-for-header": _is("x-forwarded-for"),
-    "limit-req-status-code": _is("503"),
     "custom-http-errors": lambda v, _: _empty_list(v),
     "ssl-protocols": lambda v, _: v.split() in (["TLSv1.2", "TLSv1.3"], ["TLSv1.3"]),
     # Access control that restricts nothing.

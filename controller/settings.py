@@ -302,6 +302,24 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "global-allowed-response-headers key)."
         ),
     )
+    limit_req_status_code: int = Field(
+        default=503,
+        ge=400,
+        le=599,
+        description=(
+            "Status of the requests the limit-rps / limit-rpm annotations refuse "
+            "(ingress-nginx's limit-req-status-code key)."
+        ),
+    )
+    limit_conn_status_code: int = Field(
+        default=503,
+        ge=400,
+        le=599,
+        description=(
+            "Status of the requests the limit-connections annotation refuses "
+            "(ingress-nginx's limit-conn-status-code key)."
+        ),
+    )
     default_certificate: str | None = Field(
         default=None,
         description=(
@@ -564,6 +582,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             service_upstream=self.service_upstream,
             proxy_set_headers=self.proxy_set_headers,
             allowed_response_headers=self.allowed_response_headers,
+            limit_req_status_code=self.limit_req_status_code,
+            limit_conn_status_code=self.limit_conn_status_code,
         )
 
     @property

@@ -3,7 +3,9 @@
 The controller process never serves traffic itself. `WorkerSet` starts `--workers` worker
 processes (`python -m proxy.worker`), each with its own socketpair channel that it hands to the
 publisher (settings first, then the current snapshot), and replaces a worker that dies, with
-backoff; the replacement gets the current snapshot before it binds. On shutdown it waits for the
+backoff; the replacement gets the current snapshot before it binds. Every worker inherits the
+same rate-limit segment (proxy/ratelimit.py), so limits hold for the whole proxy and survive a
+worker's replacement. On shutdown it waits for the
 drained workers to exit and kills what is left.
 """
 
@@ -16,6 +18,7 @@ import socket
 import time
 
 from controller.publisher import Publisher, WorkerLink
+from proxy.ratelimit import Counters, create_segment
 from proxy.worker import command as worker_command
 
 logger = logging.getLogger("portico.supervisor")
@@ -35,6 +38,8 @@ class WorkerSet:
         self._links: dict[int, WorkerLink] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self.stopping = False
+        # The rate-limit counters all workers share (a memfd, inherited: pass_fds).
+        self._limits_fd = create_segment()
 
     async def start(self, count: int) -> None:
         for index in range(count):
@@ -45,8 +50,10 @@ class WorkerSet:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
-                *worker_command(child.fileno(), os.getpid(), index, self._log_level),
-                pass_fds=(child.fileno(),),
+                *worker_command(
+                    child.fileno(), os.getpid(), index, self._log_level, self._limits_fd
+                ),
+                pass_fds=(child.fileno(), self._limits_fd),
             )
         finally:
             child.close()
@@ -69,6 +76,9 @@ class WorkerSet:
             if self.stopping:
                 return
             logger.error("worker.exited", extra={"worker": index, "code": code})
+            # Its requests in progress are never given back: counted, they would refuse their
+            # clients (limit-connections) until the controller restarts.
+            Counters(self._limits_fd).forget_in_progress()
             if time.monotonic() - started > _STABLE_AFTER:
                 backoff = 0.5
             await asyncio.sleep(backoff)
@@ -92,3 +102,6 @@ class WorkerSet:
                 await asyncio.wait(pending, timeout=5)
         for watcher in self._watchers:
             watcher.cancel()
+        if self._limits_fd >= 0:
+            os.close(self._limits_fd)
+            self._limits_fd = -1

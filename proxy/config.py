@@ -162,6 +162,39 @@ class SourceRanges:
             _check(str(ipaddress.ip_network(cidr)) == cidr, f"source range {cidr!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Requests and requests in progress per real client address (the address SourceRanges
+    checks), counted for the whole proxy across its worker processes (proxy/ratelimit.py):
+    ingress-nginx's limit-connections, limit-rpm, limit-rps (nginx's limit_conn and
+    limit_req ... burst=B nodelay, checked in that order). `zone` names the counters (the
+    Ingress "namespace/name": its routes share them, as ingress-nginx gives each Ingress its
+    zones); `rpm` / `rps` 0: no such limit, each with a burst of `burst_multiplier` times
+    itself; `connections` 0: none. A client in an `allow` network (canonical CIDRs,
+    limit-allowlist) is not limited. Refused requests get `status` (the ConfigMap's
+    limit-req-status-code) or `connection_status` (limit-conn-status-code)."""
+
+    zone: str
+    rps: int = 0
+    rpm: int = 0
+    burst_multiplier: int = 5
+    connections: int = 0
+    allow: tuple[str, ...] = ()
+    status: int = 503
+    connection_status: int = 503
+
+    def __post_init__(self) -> None:
+        _check(type(self.zone) is str and bool(self.zone), "rate limit without a zone")
+        for value in (self.rps, self.rpm, self.burst_multiplier, self.connections):
+            _check(type(value) is int and 0 <= value < 1 << 31, f"rate limit value {value!r}")
+        _check(bool(self.rps or self.rpm or self.connections), "rate limit without a limit")
+        _check(400 <= self.status <= 599, f"rate limit status {self.status}")
+        _check(400 <= self.connection_status <= 599, f"rate limit status {self.connection_status}")
+        for cidr in self.allow:
+            _check(type(cidr) is str, f"rate limit allowlist entry {cidr!r}")
+            _check(str(ipaddress.ip_network(cidr)) == cidr, f"rate limit allowlist {cidr!r}")
+
+
 # RFC 9110 §5.1 field names (tokens); §5.5 field values, as ASCII: visible characters, spaces
 # and tabs, never CR, LF or NUL (which could end the field or the head) nor obs-text.
 _FIELD_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -598,6 +631,7 @@ PolicyStep = (
     | Cors
     | Canary
     | BasicAuth
+    | RateLimit
 )
 _Step = TypeVar(
     "_Step",
@@ -619,6 +653,7 @@ _Step = TypeVar(
     Cors,
     Canary,
     BasicAuth,
+    RateLimit,
 )
 # The name of each step kind in the JSON codec.
 STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
@@ -640,6 +675,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "cors": Cors,
     "canary": Canary,
     "basic_auth": BasicAuth,
+    "rate_limit": RateLimit,
 }
 
 

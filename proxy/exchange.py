@@ -39,6 +39,7 @@ from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
 from proxy.policy import Policy
 from proxy.pool import Pool
+from proxy.ratelimit import release as release_limit
 from proxy.replies import Answer
 from proxy.retry import ERROR, INVALID_HEADER, TIMEOUT, NextUpstream
 from proxy.route import Route
@@ -87,6 +88,7 @@ class Exchange(Receiver):
         "fwd",
         "head",
         "head_at",
+        "held",
         "hold",
         "pending",
         "pending_bytes",
@@ -139,6 +141,9 @@ class Exchange(Receiver):
         # proxy-request-buffering: the body is read whole before a pod is chosen. 0: no (or no
         # longer); 1: holding it, `begin` not run yet; 2: `begin` ran, request_end goes on.
         self.hold = 0
+        # The rate-limit key of this request in progress (limit-connections, counted across
+        # workers by proxy/ratelimit.py), given back when it ends; 0: none.
+        self.held = 0
         if not self.request_done and route is not None and route.request_buffering:
             self.hold = 1
         self.response: ResponseHead | None = None
@@ -651,9 +656,13 @@ class Exchange(Receiver):
         self._ended(self.reason or "ClientClosed", self.fwd.loop.time())
 
     def discard(self) -> None:
-        """Dropped before it began (its request turned out malformed): nothing to undo."""
+        """Dropped before it began (its request turned out malformed): nothing to undo but a
+        request counted in progress."""
         self.finished = True
         self.pending = None
+        if self.held:
+            release_limit(self.held)
+            self.held = 0
 
     def client_timeout(self) -> None:
         """The client stopped sending its request body."""
@@ -749,6 +758,9 @@ class Exchange(Receiver):
 
     def _ended(self, reason: str | None, now: float) -> None:
         """Every exchange ends here once: its request metrics and access-log entry."""
+        if self.held:
+            release_limit(self.held)
+            self.held = 0
         route = self.route
         head = self.head
         ctx = self.client.ctx

@@ -44,6 +44,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.metrics",
     "proxy.policy",
     "proxy.pool",
+    "proxy.ratelimit",
     "proxy.redirect",
     "proxy.replies",
     "proxy.retry",

@@ -15,6 +15,8 @@ for HTTPS, each holding:
   `Connection: close`, so its connection is not reused (connection-proxy-header).
 - `rewrite`: the rewrites of the pod's Location / Refresh / Set-Cookie fields
   (proxy/fieldrewrite.py), None for a route without them.
+- `limiter`: the rate-limit step when it counts requests in progress (limit-connections), so
+  that routing hands the exchange what to give back when it ends; None otherwise.
 
 The worker's settings add proxy-wide steps (`--hsts`: HSTS; `--max-body-bytes`: a body limit)
 to every route whose own list has no step of that kind; requests no route matched get the
@@ -38,6 +40,7 @@ from proxy.config import (
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -51,6 +54,7 @@ from proxy.cors import cors_steps
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
+from proxy.ratelimit import LimitRequests, counters
 from proxy.redirect import RedirectAll, RedirectToHost, RedirectToHTTPS
 from proxy.settings import ProxySettings
 from proxy.shaping import ShapeRequestStep, response_headers_step
@@ -64,6 +68,7 @@ class Policy:
     __slots__ = (
         "added",
         "dropped",
+        "limiter",
         "max_body",
         "replaced",
         "request",
@@ -79,6 +84,7 @@ class Policy:
         max_body: int = 0,
         rewrite: FieldRewrites | None = None,
         upstream_close: bool = False,
+        limiter: LimitRequests | None = None,
     ) -> None:
         self.request = request
         self.response = tuple(s for s in response if s.dynamic)
@@ -102,6 +108,7 @@ class Policy:
         self.max_body = max_body  # 0: unlimited
         self.upstream_close = upstream_close
         self.rewrite = rewrite  # the pod's fields rewritten (Location, Set-Cookie); None: none
+        self.limiter = limiter
 
 
 # The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
@@ -151,6 +158,7 @@ class Policies:
         upstream_close = False
         redirects: RewriteRedirects | None = None
         cookies: RewriteCookies | None = None
+        limiter: LimitRequests | None = None
         for spec in steps:
             if isinstance(spec, HTTPSRedirect):
                 request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
@@ -199,6 +207,22 @@ class Policies:
                 preflight, fields = cors_steps(spec)
                 request.append(preflight)
                 response.append(fields)
+            elif isinstance(spec, RateLimit):
+                limit = LimitRequests(
+                    counters(),
+                    spec.zone,
+                    spec.rps,
+                    spec.rpm,
+                    spec.burst_multiplier,
+                    spec.connections,
+                    spec.allow,
+                    spec.status,
+                    spec.connection_status,
+                    self.trusted,
+                )
+                request.append(limit)
+                if spec.connections:
+                    limiter = limit
         rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(
@@ -207,6 +231,7 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
             Policy(
                 tuple(s for s in request if s.schemes & SECURE),
@@ -214,5 +239,6 @@ class Policies:
                 max_body,
                 rewrite,
                 upstream_close,
+                limiter,
             ),
         )

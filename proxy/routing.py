@@ -225,13 +225,20 @@ class Routing:
             route = generation.route_for(rule)
         policy = route.secure if ctx.secure else route.plain
         steps = policy.request
+        held = 0  # a rate-limit count taken for this request (limit-connections)
         if steps:
             for step in steps:
                 answer = step.request(head, ctx)
                 if answer is not None:
                     if answer.close:
                         self.telemetry.reject(ctx, answer.status, answer.reason)
-                    return Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    answered = Exchange(fwd, client, head, route, policy, answer, client.read_at)
+                    if policy.limiter is not None:
+                        answered.held = policy.limiter.take_held()
+                    return answered
+            if policy.limiter is not None:
+                # limit-connections counted this request: its exchange gives it back.
+                held = policy.limiter.take_held()
         canary = route.canary
         if canary is not None and canary.chooses(head):
             # The main rule's policy ran and stays; the canary's backend serves, unless it has
@@ -243,8 +250,12 @@ class Routing:
                 route = alternative
         if route.cluster is None:
             unavailable = route.unavailable_answer
-            return Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
-        return Exchange(fwd, client, head, route, policy, None, client.read_at)
+            exchange = Exchange(fwd, client, head, route, policy, unavailable, client.read_at)
+        else:
+            exchange = Exchange(fwd, client, head, route, policy, None, client.read_at)
+        if held:
+            exchange.held = held
+        return exchange
 
     def local_exchange(
         self, client: ClientSide, status: int, reason: str, url: bytes = b""

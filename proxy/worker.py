@@ -1,7 +1,8 @@
 """Worker process entry: one uvloop event loop serving traffic from the snapshots it is sent.
 
 Started by the controller's supervisor as
-`python -m proxy.worker --channel-fd N --index I --parent-pid P` with one end of a socketpair.
+`python -m proxy.worker --channel-fd N --index I --parent-pid P` with one end of a socketpair
+(and `--limits-fd F`, the rate-limit counters shared by all workers: proxy/ratelimit.py).
 The worker reads its settings, waits for its first snapshot, applies it, and only then binds
 its own `SO_REUSEPORT` listeners, so it never accepts a connection it cannot route. Every later
 snapshot or endpoints update is applied and ACKed (or NACKed, keeping the last good
@@ -39,6 +40,7 @@ from proxy.channel import (
 )
 from proxy.config import SnapshotError, decode_endpoints_update, decode_snapshot
 from proxy.logs import configure_logging
+from proxy.ratelimit import attach as attach_limits
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 
@@ -217,8 +219,16 @@ async def _main(fd: int, index: int, parent: int | None = None) -> int:
         return 0
 
 
-def command(channel_fd: int, parent_pid: int, index: int = 0, log_level: str = "info") -> list[str]:
-    """The command line that starts a worker on `channel_fd` for the supervisor `parent_pid`."""
+def command(
+    channel_fd: int,
+    parent_pid: int,
+    index: int = 0,
+    log_level: str = "info",
+    limits_fd: int = -1,
+) -> list[str]:
+    """The command line that starts a worker on `channel_fd` for the supervisor `parent_pid`
+    (`limits_fd`: the shared rate-limit segment, -1 none)."""
+    limits = ["--limits-fd", str(limits_fd)] if limits_fd >= 0 else []
     return [
         sys.executable,
         "-m",
@@ -231,6 +241,7 @@ def command(channel_fd: int, parent_pid: int, index: int = 0, log_level: str = "
         log_level,
         "--parent-pid",
         str(parent_pid),
+        *limits,
     ]
 
 
@@ -240,7 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--log-level", default=os.environ.get("PORTICO_LOG_LEVEL", "info"))
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--limits-fd", type=int, default=-1)
     args = parser.parse_args(argv)
+    if args.limits_fd >= 0:
+        # Before any snapshot builds a rate-limit step: they all count in the shared segment.
+        attach_limits(args.limits_fd)
     _die_with_parent()
     configure_logging(args.log_level)
     if args.parent_pid is not None and os.getppid() != args.parent_pid:

@@ -127,6 +127,7 @@ class Compiler:
             and not settings.serve_without_access_control,
             ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
+            limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
         self._parts[key] = (ingress, part)
         return part

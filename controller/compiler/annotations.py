@@ -173,6 +173,17 @@ class IngressOptions:
     auth_secret_type: str = "auth-file"
     auth_realm: str = ""
     invalid_auth: bool = False
+    # Rate limits (limit-rps, limit-rpm, limit-connections: 0 none; limit-burst-multiplier,
+    # default 5; limit-allowlist, else its older spelling limit-whitelist: canonical CIDRs):
+    # the compiler makes the RateLimit step (proxy/config.py) when one limit is above 0.
+    # `invalid_rate_limit`: one of them does not read, and the routes fail closed (503) rather
+    # than serve without the limit.
+    limit_rps: int = 0
+    limit_rpm: int = 0
+    limit_connections: int = 0
+    limit_burst_multiplier: int = 5
+    limit_allowlist: tuple[str, ...] = ()
+    invalid_rate_limit: bool = False
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -527,6 +538,13 @@ def _next_upstream(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _limit(value: str) -> int:
+    """A rate-limit count (ingress-nginx reads an integer; 0 is no limit)."""
+    if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        raise _Invalid('expected a whole number, like "10" ("0": no limit)')
+    return int(value)
+
+
 def _tries(value: str) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
         raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
@@ -830,6 +848,14 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "auth-secret": (_auth_secret, "auth_secret"),
     "auth-secret-type": (_auth_secret_type, "auth_secret_type"),
     "auth-realm": (_auth_realm, "auth_realm"),
+    # The RateLimit step, made by the compiler (its zone is the Ingress, its statuses the
+    # ConfigMap's limit-req-status-code / limit-conn-status-code).
+    "limit-rps": (_limit, "limit_rps"),
+    "limit-rpm": (_limit, "limit_rpm"),
+    "limit-connections": (_limit, "limit_connections"),
+    "limit-burst-multiplier": (_limit, "limit_burst_multiplier"),
+    "limit-allowlist": (_cidrs, "limit_allowlist"),
+    "limit-whitelist": (_cidrs, "limit_whitelist"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -873,6 +899,16 @@ _CANARY_FIELDS: Final = frozenset(
     }
 )
 _AUTH_FIELDS: Final = frozenset({"auth_type", "auth_secret", "auth_secret_type", "auth_realm"})
+_RATE_LIMIT_FIELDS: Final = frozenset(
+    {
+        "limit_rps",
+        "limit_rpm",
+        "limit_connections",
+        "limit_burst_multiplier",
+        "limit_allowlist",
+        "limit_whitelist",
+    }
+)
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
 _CLIENT_AUTH_FIELDS: Final = frozenset(
     {
@@ -914,6 +950,7 @@ _INGRESS_FIELDS: Final = frozenset(
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
+        *_RATE_LIMIT_FIELDS,
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -997,6 +1034,9 @@ def parse_annotations(
                     # Authentication that cannot be read fails closed too (ingress-nginx
                     # denies the location: 503).
                     values[field] = _INVALID
+                elif field in _RATE_LIMIT_FIELDS:
+                    # Neither: a limit that cannot be read is not left out (fail closed).
+                    values[field] = _INVALID
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
@@ -1024,6 +1064,10 @@ def parse_annotations(
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
     client_auth, invalid_client_auth = _client_auth(values)
+    limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
+    invalid_rate_limit = _INVALID in limits.values()
+    if invalid_rate_limit:
+        limits = {}
     result = (
         IngressOptions(
             route=dataclasses.replace(DEFAULT_OPTIONS, **route_values)
@@ -1059,6 +1103,12 @@ def parse_annotations(
             cors=_cors_step(values),
             canary=_canary_rules(values, given, errors),
             **_basic_auth(values),
+            limit_rps=limits.get("limit_rps", 0),
+            limit_rpm=limits.get("limit_rpm", 0),
+            limit_connections=limits.get("limit_connections", 0),
+            limit_burst_multiplier=limits.get("limit_burst_multiplier", 5),
+            limit_allowlist=limits.get("limit_allowlist", limits.get("limit_whitelist", ())),
+            invalid_rate_limit=invalid_rate_limit,
         ),
         tuple(errors),
     )

@@ -882,30 +882,48 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "below 100 counts as 100.",
     ),
     # ---- rate limiting ------------------------------------------------------------------------
-    _unsupported(
-        "limit-rps", "rate-limiting", "Requests per second per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-rpm", "rate-limiting", "Requests per minute per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-connections", "rate-limiting", "Connections per client address.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-burst-multiplier", "rate-limiting", "Burst size of limit-rps/rpm.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "limit-allowlist",
+    _supported(
+        "limit-rps",
         "rate-limiting",
-        "Client ranges exempt from the limits.",
-        ISSUE_PROTECTION,
+        "Requests per second accepted from one client address (the real address, as for "
+        "source ranges: PROXY protocol, trusted X-Forwarded-For), for the whole Portico replica "
+        "across its worker processes, counted per Ingress like ingress-nginx's zones: a "
+        "fresh client gets 1 + limit-rps x limit-burst-multiplier requests at once, then "
+        "limit-rps a second (nginx's limit_req with burst and nodelay, the same leaky bucket); "
+        "the others are answered with the ConfigMap's limit-req-status-code (503). A value "
+        "that does not read answers 503 (InvalidRateLimit) rather than serve without it.",
+    ),
+    _supported(
+        "limit-rpm",
+        "rate-limiting",
+        "Requests per minute accepted from one client address, as limit-rps (burst of "
+        "limit-rpm x limit-burst-multiplier); both may be given, and a request must pass both.",
+    ),
+    _supported(
+        "limit-connections",
+        "rate-limiting",
+        "Requests in progress at once from one client address across the replica's worker "
+        "processes (nginx's limit_conn counts requests, not idle keep-alive connections); the "
+        "others are answered with the ConfigMap's limit-conn-status-code (503).",
+    ),
+    _supported(
+        "limit-burst-multiplier",
+        "rate-limiting",
+        "Burst size of limit-rps and limit-rpm, as a multiple of the limit (default 5).",
+    ),
+    Entry(
+        "limit-allowlist",
+        "supported",
+        "rate-limiting",
+        "Client networks (comma-separated CIDRs or addresses) that no limit of the Ingress "
+        "applies to.",
+        portico=PORTICO_PREFIX + "limit-allowlist",
         documented=False,
     ),
-    _unsupported(
+    _supported(
         "limit-whitelist",
         "rate-limiting",
-        "The older spelling of limit-allowlist: client ranges exempt from the limits.",
-        ISSUE_PROTECTION,
+        "The older spelling of limit-allowlist (limit-allowlist wins when both are given).",
     ),
     _unsupported(
         "limit-rate", "rate-limiting", "Bytes per second of each response.", ISSUE_PROTECTION
@@ -1308,11 +1326,17 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
         ),
         _key(
             "limit-req-status-code",
-            "unsupported",
+            "supported",
             "rate-limiting",
-            "Portico has no rate limiting yet; the limit-* annotations are reported as "
-            'unsupported ("503" changes nothing).',
-            issue=ISSUE_PROTECTION,
+            "Status of the requests limit-rps and limit-rpm refuse (400 to 599; 503 default).",
+            "--limit-req-status-code",
+        ),
+        _key(
+            "limit-conn-status-code",
+            "supported",
+            "rate-limiting",
+            "Status of the requests limit-connections refuses (400 to 599; 503 default).",
+            "--limit-conn-status-code",
         ),
         _key(
             "allow-snippet-annotations",

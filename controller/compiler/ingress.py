@@ -59,6 +59,7 @@ from proxy.config import (
     PassthroughHost,
     PathRule,
     PolicyStep,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -118,6 +119,28 @@ CLIENT_AUTH_UNUSABLE: Final = Refuse(403, "ClientCertificateSecretInvalid")
 # (AUTH_SECRET_UNAVAILABLE). Never served open: ingress-nginx denies such a location (503).
 INVALID_AUTH: Final = Refuse(503, "InvalidAuth")
 AUTH_SECRET_UNAVAILABLE: Final = Refuse(503, "AuthSecretUnavailable")
+# A rate-limit annotation does not read: the routes answer 503 rather than serve without the
+# limit (InvalidAnnotation problem).
+INVALID_RATE_LIMIT: Final = Refuse(503, "InvalidRateLimit")
+
+
+def _rate_limit(ref: str, opts: IngressOptions, statuses: tuple[int, int]) -> PolicyStep | None:
+    """The RateLimit step of an Ingress (its zone: the Ingress, as ingress-nginx names its
+    zones after it), INVALID_RATE_LIMIT, or None without a limit."""
+    if opts.invalid_rate_limit:
+        return INVALID_RATE_LIMIT
+    if not (opts.limit_rps or opts.limit_rpm or opts.limit_connections):
+        return None
+    return RateLimit(
+        zone=ref,
+        rps=opts.limit_rps,
+        rpm=opts.limit_rpm,
+        burst_multiplier=opts.limit_burst_multiplier,
+        connections=opts.limit_connections,
+        allow=opts.limit_allowlist,
+        status=statuses[0],
+        connection_status=statuses[1],
+    )
 
 
 def _source_ranges(
@@ -384,6 +407,7 @@ def compile_ingress(
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
     service_upstream: bool = False,
+    limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
@@ -393,7 +417,9 @@ def compile_ingress(
     (None: the list given for them did not read, and such an Ingress fails closed with 503);
     `global_access_denied`: access control for every Ingress is not enforced, so its routes
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
-    `service_upstream`: the default of the service-upstream annotation;
+    `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
+    the answers of the rate limits (the ConfigMap's limit-req-status-code and
+    limit-conn-status-code);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
     its hosts are terminated, as ingress-nginx ignores it without the flag).
 
@@ -434,6 +460,11 @@ def compile_ingress(
     )
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
+    # Before the source ranges: nginx's limit_req / limit_conn run in the preaccess phase,
+    # ahead of allow / deny (a denied request still counts against the limit).
+    rate_limit = _rate_limit(ref, opts, limit_statuses)
+    if rate_limit is not None:
+        plain = dataclasses.replace(plain, policy=(rate_limit, *plain.policy))
     if opts.upstream_vhost is not None or opts.connection_header is not None:
         shaping = ShapeRequest(
             host=opts.upstream_vhost or "", connection=opts.connection_header or ""
@@ -687,13 +718,14 @@ def _basic_auth(ingress: Ingress, opts: IngressOptions, problems: list[Problem])
 
 
 def _with_auth(options: RouteOptions, step: PolicyStep) -> RouteOptions:
-    """`step` (basic auth) after the redirects, the CORS preflight answer and the client-address
-    checks, as nginx runs its rewrite phase (redirects, `return 204` of a preflight) and its
-    access module before auth_basic (a denied address gets 403, not a 401 challenge)."""
+    """`step` (basic auth) after the redirects, the CORS preflight answer, the rate limits and
+    the client-address checks, as nginx runs its rewrite phase (redirects, `return 204` of a
+    preflight), its preaccess phase (limit_req, limit_conn) and its access module before
+    auth_basic (a denied address gets 403, not a 401 challenge)."""
     policy = options.policy
     at = 0
     while at < len(policy) and isinstance(
-        policy[at], HTTPSRedirect | Redirect | Refuse | SourceRanges | AppRoot | Cors
+        policy[at], HTTPSRedirect | Redirect | Refuse | SourceRanges | AppRoot | Cors | RateLimit
     ):
         at += 1
     return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))

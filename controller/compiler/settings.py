@@ -56,6 +56,10 @@ class CompileSettings:
     # The response fields a custom-headers ConfigMap may set (`--allowed-response-headers`, the
     # ingress-nginx ConfigMap's `global-allowed-response-headers`); empty: none.
     allowed_response_headers: tuple[str, ...] = ()
+    # The answers of refused requests of the rate limits (`--limit-req-status-code`,
+    # `--limit-conn-status-code`, the ingress-nginx ConfigMap's keys of those names).
+    limit_req_status_code: int = 503
+    limit_conn_status_code: int = 503
 
     def configmaps(self) -> tuple[tuple[str, str], ...]:
         """(namespace, name) of the ConfigMaps these settings name."""

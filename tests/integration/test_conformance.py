@@ -110,6 +110,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "rate-limits",
         "retries",
         "upstream",
         "cors",

@@ -165,7 +165,7 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
     ({}, 0),
     ({N + "proxy-read-timeout": "30", "cert-manager.io/cluster-issuer": "le"}, 0),
     ({N + "load-balance": "ewma"}, 1),  # different
-    ({N + "limit-rps": "5"}, 1),  # unsupported
+    ({N + "limit-rate": "5"}, 1),  # unsupported
     ({N + "rewite-target": "/"}, 1),  # unknown
     ({N + "backend-protocol": "GRPC"}, 1),  # a value Portico does not accept
     ({N + "whitelist-source-range": "10.0.0.0/8"}, 0),  # enforced

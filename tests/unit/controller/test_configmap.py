@@ -79,6 +79,9 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     # CM#service-upstream (bool, "false"), CM#proxy-set-headers (string "namespace/name", ""),
     # CM#global-allowed-response-headers ([]string, empty).
     ("service-upstream", "true", "service_upstream", True, "false"),
+    # CM#limit-req-status-code, CM#limit-conn-status-code (its table row).
+    ("limit-req-status-code", "429", "limit_req_status_code", 429, "503"),
+    ("limit-conn-status-code", "429", "limit_conn_status_code", 429, "503"),
     (
         "proxy-set-headers",
         "ingress/custom-headers",
@@ -217,7 +220,6 @@ PROBLEM_ROWS: list[tuple[str, str, str, str | None, str]] = [
     # ... unless the value is what Portico does anyway (the catalogue's "is what Portico does").
     ("hsts-preload", "false", "supported", None, "preload"),
     ("forwarded-for-header", "X-Forwarded-For", "supported", None, "X-Forwarded-For only"),
-    ("limit-req-status-code", "503", "supported", None, "rate limiting"),
     ("custom-http-errors", "", "supported", None, "error pages"),
     ("global-auth-url", " ", "supported", None, "every Ingress"),
     # Not an ingress-nginx key: the nearest one is suggested.

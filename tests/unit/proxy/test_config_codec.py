@@ -23,6 +23,7 @@ from proxy.config import (
     HTTPSRedirect,
     PassthroughHost,
     PathRule,
+    RateLimit,
     Redirect,
     Refuse,
     ResponseHeaders,
@@ -66,6 +67,7 @@ def full_snapshot() -> Snapshot:
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
         BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
+        RateLimit("ns/ing", 10, 600, 3, 8, ("10.0.0.0/8", "2001:db8::/32"), 429, 503),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -394,6 +396,17 @@ CORS: dict[str, object] = {
             {"step": "basic_auth", "realm": "", "users": ["a", "a"], "hashes": ["x", "y"]},
             id="auth-users-repeat",
         ),
+        pytest.param({"step": "rate_limit", "zone": "ns/a"}, id="rate-limit-without-limit"),
+        pytest.param({"step": "rate_limit", "zone": "", "rps": 1}, id="rate-limit-no-zone"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": -1}, id="rate-negative"),
+        pytest.param({"step": "rate_limit", "zone": "ns/a", "rps": True}, id="rate-a-flag"),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "rps": 1, "status": 200}, id="rate-status-200"
+        ),
+        pytest.param(
+            {"step": "rate_limit", "zone": "ns/a", "connections": 1, "allow": ["10.0.0.1/8"]},
+            id="rate-allowlist-not-canonical",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -430,6 +443,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ClientCertificate",
         "Cors",
         "BasicAuth",
+        "RateLimit",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)

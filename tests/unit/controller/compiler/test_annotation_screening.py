@@ -41,10 +41,10 @@ def reasons(result: CompileResult) -> list[str]:
 
 
 def test_unsupported_annotation_is_a_problem_and_the_rest_is_served() -> None:
-    result = run({N + "limit-rps": "10", N + "proxy-read-timeout": "7"})
+    result = run({N + "limit-rate": "10", N + "proxy-read-timeout": "7"})
     assert reasons(result) == ["UnsupportedAnnotation"]
     message = result.problems[0].message
-    assert N + "limit-rps" in message and "issue 18" in message
+    assert N + "limit-rate" in message and "issue 18" in message
     assert hosts(result) == [HOST, "other.test"]
     app_rule = result.snapshot.routes.virtual_hosts[0].rules[0]
     assert app_rule.options.read_timeout == 7.0
@@ -287,7 +287,6 @@ def test_check_prints_the_new_problems_and_takes_the_setting(
     assert "Ingress default/external-auth: AccessControlNotEnforced: routes answered 403" in out
     assert "Ingress notes/custom-404: SnippetRefused: " in out
     assert f"Ingress jumpserver/jms-jumpserver-ingress: UnknownAnnotation: annotation {N}" in out
-    assert f"Ingress default/rate-limited-ingress: UnsupportedAnnotation: annotation {N}" in out
     # Its host is routed, to a 403; the setting (flag or variable) lifts the 403.
     assert "external-auth-01.sample.com" in out.splitlines()[-1]
     served = check("--serve-without-access-control")
