@@ -93,11 +93,17 @@ def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
 
 
 _AUTH_SECRET = ("nginx.ingress.kubernetes.io/auth-secret", "portico.dev/auth-secret")
-_CUSTOM_HEADERS = ("nginx.ingress.kubernetes.io/custom-headers", "portico.dev/custom-headers")
+_CUSTOM_HEADERS = (
+    "nginx.ingress.kubernetes.io/custom-headers",
+    "portico.dev/custom-headers",
+    "nginx.ingress.kubernetes.io/auth-proxy-set-headers",
+    "portico.dev/auth-proxy-set-headers",
+)
 
 
 def ingress_configmaps(ingress: Ingress) -> set[_ObjKey]:
-    """The ConfigMaps an Ingress names ("namespace/name" of `custom-headers`); a malformed value
+    """The ConfigMaps an Ingress names ("namespace/name" of `custom-headers`,
+    `auth-proxy-set-headers`); a malformed value
     is reported by the compiler, and indexing it anyway is harmless."""
     out: set[_ObjKey] = set()
     for annotation in _CUSTOM_HEADERS:

@@ -525,6 +525,117 @@ class ClientCertificate:
             compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
 
 
+# The request variables an external-auth URL or sign-in URL may hold (nginx variables
+# ingress-nginx users write there), each rendered per request by proxy/extauth.py.
+AUTH_URL_VARIABLES: Final = (
+    "$escaped_request_uri",
+    "$request_method",
+    "$pass_access_scheme",
+    "$request_uri",
+    "$http_host",
+    "$scheme",
+    "$host",
+)
+# What an auth-cache-key may hold besides literal text: nginx variables of the request.
+_CACHE_KEY: Final = re.compile(
+    r"^(?:[A-Za-z0-9._~:/@=,+-]|\$(?:remote_user|http_authorization|cookie_[A-Za-z0-9_-]+"
+    r"|http_[a-z0-9_]+|host|request_uri|uri|remote_addr|scheme)\b)+\Z"
+)
+_AUTH_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"}
+)
+
+
+def _auth_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, of visible ASCII, whose "$" start only the
+    variables of AUTH_URL_VARIABLES."""
+    if not (text.startswith(("http://", "https://")) and _visible(text)):
+        return False
+    rest = text.split("//", 1)[1]
+    if not rest or rest[0] in "/?#":
+        return False
+    for variable in AUTH_URL_VARIABLES:
+        rest = rest.replace(variable, "")
+    return "$" not in rest
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAuth:
+    """Each request is first asked about to `url` (ingress-nginx's auth-url, nginx's
+    `auth_request`; run by proxy/extauth.py): a subrequest without the body, with `method`
+    ("": GET, as nginx's subrequests; set: also X-Original-URI and X-Scheme), the client's
+    fields and ingress-nginx's (X-Original-URL, X-Original-Method, X-Auth-Request-Redirect:
+    `request_redirect` or the request target, X-Sent-From, X-Real-IP, X-Forwarded-For), plus
+    `set_names`/`set_values` (auth-proxy-set-headers). A 2xx answer lets the request go on, its
+    `response_headers` replacing the client's fields of those names in what the pod is sent,
+    and its Set-Cookie added to the response (2xx/3xx ones, or every one with
+    `always_set_cookie`); 401 is answered 401, or with `signin` a 302 to it (the original URL
+    in its `signin_redirect_param` query parameter unless it has one); 403 is 403; anything
+    else, a failure or a timeout is 500: never a pass. `url` and `signin` may hold the
+    variables of AUTH_URL_VARIABLES. With `cache_key` (literal text and request variables),
+    answers with a status in `cache_statuses` are kept `cache_seconds` (parallel tuples) per
+    key. `keepalive` idle connections to the auth service are kept (0: none), each closed after
+    `keepalive_timeout` seconds idle; `keepalive_requests` is ingress-nginx's limit of requests
+    per connection."""
+
+    url: str
+    method: str = ""
+    signin: str = ""
+    signin_redirect_param: str = "rd"
+    response_headers: tuple[str, ...] = ()
+    request_redirect: str = ""
+    set_names: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
+    cache_key: str = ""
+    cache_statuses: tuple[int, ...] = ()
+    cache_seconds: tuple[int, ...] = ()
+    always_set_cookie: bool = False
+    keepalive: int = 0
+    keepalive_requests: int = 1000
+    keepalive_timeout: int = 60
+
+    def __post_init__(self) -> None:
+        _check(type(self.url) is str and _auth_url(self.url), f"auth url {self.url!r}")
+        _check(not self.signin or _auth_url(self.signin), f"auth signin {self.signin!r}")
+        _check(self.method == "" or self.method in _AUTH_METHODS, f"auth method {self.method!r}")
+        _check(
+            bool(self.signin_redirect_param)
+            and _visible(self.signin_redirect_param)
+            and not any(c in "&=#?$" for c in self.signin_redirect_param),
+            f"auth signin redirect param {self.signin_redirect_param!r}",
+        )
+        for name in self.response_headers:
+            _check(
+                type(name) is str
+                and bool(_FIELD_NAME.match(name))
+                and name.lower() not in _REQUEST_RESERVED,
+                f"auth response header {name!r}",
+            )
+        _check(
+            self.request_redirect == "" or _visible(self.request_redirect),
+            f"auth request redirect {self.request_redirect!r}",
+        )
+        _check_fields(self.set_names, self.set_values, _REQUEST_RESERVED)
+        _check(
+            self.cache_key == "" or bool(_CACHE_KEY.match(self.cache_key)),
+            f"auth cache key {self.cache_key!r}",
+        )
+        _check(len(self.cache_statuses) == len(self.cache_seconds), "auth cache statuses and times")
+        for status, seconds in zip(self.cache_statuses, self.cache_seconds, strict=True):
+            _check(type(status) is int and 100 <= status <= 599, f"auth cache status {status!r}")
+            _check(type(seconds) is int and seconds > 0, f"auth cache time {seconds!r}")
+        for number in (self.keepalive, self.keepalive_requests, self.keepalive_timeout):
+            _check(type(number) is int and number >= 0, f"auth keep-alive setting {number!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SatisfyAny:
+    """ingress-nginx's `satisfy: any` (nginx's `satisfy any`): the route's access checks
+    (SourceRanges, ExternalAuth, basic authentication) are alternatives: the first that lets
+    the request in suffices. When all refuse, a 401 (or its sign-in redirect) is answered
+    rather than a 403, as nginx does; an auth service failure (500) is answered at once."""
+
+
 @dataclass(frozen=True, slots=True)
 class Canary:
     """The route's canary (ingress-nginx's canary Ingress paired with this rule; chosen per
@@ -628,6 +739,8 @@ PolicyStep = (
     | ShapeRequest
     | ResponseHeaders
     | ClientCertificate
+    | ExternalAuth
+    | SatisfyAny
     | Cors
     | Canary
     | BasicAuth
@@ -650,6 +763,8 @@ _Step = TypeVar(
     ShapeRequest,
     ResponseHeaders,
     ClientCertificate,
+    ExternalAuth,
+    SatisfyAny,
     Cors,
     Canary,
     BasicAuth,
@@ -672,6 +787,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
     "client_certificate": ClientCertificate,
+    "external_auth": ExternalAuth,
+    "satisfy_any": SatisfyAny,
     "cors": Cors,
     "canary": Canary,
     "basic_auth": BasicAuth,

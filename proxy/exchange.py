@@ -44,6 +44,7 @@ from proxy.replies import Answer
 from proxy.retry import ERROR, INVALID_HEADER, TIMEOUT, NextUpstream
 from proxy.route import Route
 from proxy.settings import ProxySettings
+from proxy.steps import COOKIE_STATUSES, Pass, WaitingStep
 from proxy.telemetry import Telemetry
 from proxy.upstream import Receiver, UpstreamProtocol
 
@@ -80,12 +81,15 @@ class Exchange(Receiver):
         "answer",
         "attempts_left",
         "body_received",
+        "check_task",
+        "checking",
         "client",
         "conn",
         "connect_task",
         "endpoint",
         "finished",
         "fwd",
+        "granted",
         "head",
         "head_at",
         "held",
@@ -154,6 +158,12 @@ class Exchange(Receiver):
         self.upstream: str | None = None  # authority of the attached connection, for the log
         self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
+        # The index of the route's waiting request step (external auth) to run before a pod is
+        # chosen, the steps after it following; -1: none (routing ran them all).
+        self.checking = -1
+        self.check_task: asyncio.Task[Answer | Pass | None] | None = None
+        # What a waiting step that let the request in adds to its response (auth Set-Cookie).
+        self.granted: Pass | None = None
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -163,6 +173,9 @@ class Exchange(Receiver):
         if answer is not None:
             self._local(answer.status, answer.reason, answer.close, answer.fields)
             return
+        if self.checking >= 0:
+            self._check()
+            return
         route = self.route
         assert route is not None and self.head is not None
         if not self.request_done:
@@ -171,6 +184,73 @@ class Exchange(Receiver):
             if self.hold:
                 if route.cluster is not None:
                     self.hold = 2  # request_end (or a body past the limit) goes on
+                    return
+                self.hold = 0
+        self._attempt()
+
+    # ---- waiting request steps (external auth) -----------------------------------------------
+
+    def _check(self) -> None:
+        """Run the waiting step `checking`; the request body read meanwhile is buffered as
+        while dialling (no connection is attached), the client paused past its limit."""
+        head = self.head
+        ctx = self.client.ctx
+        assert head is not None and ctx is not None
+        step = self.policy.request[self.checking]
+        assert isinstance(step, WaitingStep)
+        task = self.fwd.loop.create_task(step.check(head, ctx))
+        self.check_task = task
+        task.add_done_callback(self._checked)
+
+    def _checked(self, task: asyncio.Task[Answer | Pass | None]) -> None:
+        if self.check_task is task:
+            self.check_task = None
+        if self.finished or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A check that breaks never lets the request through.
+            logger.error("auth.check_failed", extra={"error": repr(exc)})
+            self._local(500, "AuthFailed")
+            return
+        verdict = task.result()
+        if isinstance(verdict, Answer):
+            if verdict.close:
+                self.fwd.telemetry.reject(self.client.ctx, verdict.status, verdict.reason)
+            self._local(verdict.status, verdict.reason, verdict.close, verdict.fields)
+            return
+        if verdict is not None:
+            self.granted = verdict
+        # The steps after it, as routing runs them.
+        head = self.head
+        ctx = self.client.ctx
+        route = self.route
+        assert head is not None and ctx is not None and route is not None
+        steps = self.policy.request
+        for i in range(self.checking + 1, len(steps)):
+            step = steps[i]
+            if step.waits:
+                self.checking = i
+                self._check()
+                return
+            answer = step.request(head, ctx)
+            if answer is not None:
+                if answer.close:
+                    self.fwd.telemetry.reject(ctx, answer.status, answer.reason)
+                self._local(answer.status, answer.reason, answer.close, answer.fields)
+                return
+        self.checking = -1
+        unavailable = route.unavailable_answer if route.cluster is None else None
+        if unavailable is not None:
+            self._local(unavailable.status, unavailable.reason, False, unavailable.fields)
+            return
+        # What begin does once the request may go on.
+        if not self.request_done:
+            if head.expect_continue:
+                self.client.send_interim(100, [])
+            if self.hold:
+                if route.cluster is not None:
+                    self.hold = 2
                     return
                 self.hold = 0
         self._attempt()
@@ -438,6 +518,9 @@ class Exchange(Receiver):
                 if fields:
                     added += fields
                     parts = hdr.drop_response_fields(parts, step.replaces)
+        granted = self.granted
+        if granted is not None and (granted.always or status in COOKIE_STATUSES):
+            added += granted.fields
         if policy.dropped:
             # The pod's fields a step replaces (custom-headers); ordinary ones, so removed here.
             parts = hdr.drop_response_fields(parts, policy.dropped)
@@ -648,6 +731,10 @@ class Exchange(Receiver):
         if task is not None:
             task.cancel()
             self.connect_task = None
+        check = self.check_task
+        if check is not None:
+            check.cancel()
+            self.check_task = None
         conn = self.conn
         if conn is not None:
             self._release(conn, False)
@@ -727,6 +814,9 @@ class Exchange(Receiver):
         self.fwd.telemetry.stats.local_replies += 1
         policy = self.policy
         added = policy.added if not policy.response else self._response_fields(status)
+        granted = self.granted
+        if granted is not None and (granted.always or status in COOKIE_STATUSES):
+            added += granted.fields
         keep = self.client.send_answer(
             status, fields + added, close, head is not None and head.method == b"HEAD"
         )

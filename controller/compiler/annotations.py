@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from controller.compiler import extauth
 from proxy.config import (
     CLIENT_VERIFY_MODES,
     CORS_ORIGIN,
@@ -23,6 +24,7 @@ from proxy.config import (
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
     Cors,
+    ExternalAuth,
     PolicyStep,
     Redirect,
     RewriteCookies,
@@ -157,6 +159,16 @@ class IngressOptions:
     # one of them does not read, and the routes fail closed (503) rather than verify less.
     client_auth: ClientAuth | None = None
     invalid_client_auth: bool = False
+    # External auth (auth-url and its family, controller/compiler/extauth.py): the step, None
+    # without auth-url; `invalid_external_auth`: one of them does not read, and the routes fail
+    # closed (503); `auth_proxy_set_headers`: "ns/name" of the ConfigMap of fields sent to the
+    # auth service (resolved by the compiler); `satisfy_any`: satisfy "any";
+    # `enable_global_auth`: False keeps the ConfigMap's global-auth-url off this Ingress.
+    external_auth: ExternalAuth | None = None
+    invalid_external_auth: bool = False
+    auth_proxy_set_headers: str | None = None
+    satisfy_any: bool = False
+    enable_global_auth: bool = True
     # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
     # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
     cors: Cors | None = None
@@ -194,6 +206,18 @@ class IngressOptions:
 
 class _Invalid(ValueError):
     pass
+
+
+def _raising(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of controller/compiler/extauth.py (ValueError) as the others here."""
+
+    def parsed(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return parsed
 
 
 def _bool(value: str) -> bool:
@@ -818,6 +842,8 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "auth-tls-error-page": (_error_page, "tls_error_page"),
     "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
     "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
+    # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
+    **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
     # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
     "enable-cors": (_go_bool, "enable_cors"),
     "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
@@ -947,6 +973,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *_CLIENT_AUTH_FIELDS,
+        *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
@@ -1026,7 +1053,11 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-                if field in _SOURCE_RANGE_FIELDS or field == "custom_headers":
+                if (
+                    field in _SOURCE_RANGE_FIELDS
+                    or field == "custom_headers"
+                    or field in extauth.AUTH_FIELDS
+                ):
                     # Not ignored: an access restriction that cannot be read fails closed, and
                     # so do response fields (often security headers) that cannot be read.
                     values[field] = _INVALID
@@ -1064,6 +1095,7 @@ def parse_annotations(
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
     client_auth, invalid_client_auth = _client_auth(values)
+    external_auth, invalid_external_auth = _external_auth(values, given, errors)
     limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
     invalid_rate_limit = _INVALID in limits.values()
     if invalid_rate_limit:
@@ -1100,6 +1132,13 @@ def parse_annotations(
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
             client_auth=client_auth,
             invalid_client_auth=invalid_client_auth,
+            external_auth=external_auth,
+            invalid_external_auth=invalid_external_auth,
+            auth_proxy_set_headers=values.get("auth_proxy_set_headers")
+            if external_auth is not None
+            else None,
+            satisfy_any=values.get("satisfy_any") is True,
+            enable_global_auth=values.get("enable_global_auth", True) is not False,
             cors=_cors_step(values),
             canary=_canary_rules(values, given, errors),
             **_basic_auth(values),
@@ -1116,6 +1155,23 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _external_auth(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> tuple[ExternalAuth | None, bool]:
+    """(the ExternalAuth step, whether the routes fail closed): an auth-* annotation that
+    does not read denies the routes (503) rather than serve them with less protection."""
+    if "auth_url" in given and any(values.get(f) is _INVALID for f in extauth.AUTH_FIELDS):
+        return None, True
+    try:
+        return extauth.external_auth(values), False
+    except ValueError as exc:
+        name, value = given.get("auth_url", ("auth-url", ""))
+        errors.append(AnnotationError(name, value, str(exc)))
+        return None, True
 
 
 def _basic_auth(values: Mapping[str, Any]) -> dict[str, Any]:

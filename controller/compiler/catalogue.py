@@ -132,17 +132,28 @@ def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
 
-def _client_tls(name: str, status: Status, detail: str) -> Entry:
-    """A client-certificate annotation (auth-tls-*): supported, and access control (so an
-    invalid value fails closed)."""
+def _checked(name: str, detail: str, *, status: Status = "supported", extra: str = "") -> Entry:
+    """A supported access-control annotation: it stays access control (an unreadable value
+    fails closed)."""
     return Entry(
         name,
         status,
         "access-control",
-        detail,
+        detail + extra,
         access_control=True,
         portico=PORTICO_PREFIX + name,
     )
+
+
+def _client_tls(name: str, status: Status, detail: str) -> Entry:
+    """A client-certificate annotation (auth-tls-*): supported, access control."""
+    return _checked(name, detail, status=status)
+
+
+_AUTH_INVALID = (
+    "An auth-* value that does not read denies the routes (503, InvalidExternalAuth), "
+    "where ingress-nginx ignores some (auth-signin, ...)."
+)
 
 
 def _refused(name: str, detail: str) -> Entry:
@@ -235,27 +246,100 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
             "closed (503). Default: empty.",
         )
     ),
-    _auth("auth-url", "External authentication: each request is first checked by this URL."),
-    _auth("auth-method", "HTTP method of the auth-url request."),
-    _auth("auth-signin", "Where a request auth-url refuses is redirected to sign in."),
-    _auth("auth-signin-redirect-param", "Query parameter of auth-signin naming the original URL."),
-    _auth("auth-response-headers", "auth-url response headers copied to the upstream request."),
-    _auth("auth-request-redirect", "The X-Auth-Request-Redirect value sent to auth-url."),
-    _auth("auth-proxy-set-headers", "A ConfigMap of headers sent to auth-url."),
-    _auth("auth-cache-key", "Caches auth-url answers under this key."),
-    _auth("auth-cache-duration", "How long auth-url answers are cached, per status."),
-    _auth("auth-always-set-cookie", "Sets auth-url's cookies whatever the upstream answers."),
-    _auth("auth-keepalive", "Keep-alive connections to auth-url."),
-    _auth("auth-keepalive-share-vars", "Shares request variables with the auth-url request."),
-    _auth("auth-keepalive-requests", "Requests per keep-alive connection to auth-url."),
-    _auth("auth-keepalive-timeout", "Idle time of keep-alive connections to auth-url."),
-    _auth(
-        "enable-global-auth",
-        'Whether the ConfigMap\'s global-auth-url applies to this Ingress. "false" asks for '
-        "nothing Portico does (it has no global authentication) and changes nothing; any other "
-        "value keeps the Ingress out of service until global authentication exists.",
+    _checked(
+        "auth-url",
+        "External authentication: each request is first asked about to this URL (the "
+        "oauth2-proxy pattern), without its body, with the client's fields and X-Original-URL, "
+        "X-Original-Method, X-Auth-Request-Redirect, X-Sent-From, X-Real-IP, X-Forwarded-For. "
+        "2xx lets it through; 401 answers 401 (or redirects to auth-signin); 403 answers 403; "
+        "any other status, a connect failure or a timeout (the proxy-wide upstream connect and "
+        "read timeouts) answers 500, never passes. The URL may hold $host, $http_host, "
+        "$scheme, $pass_access_scheme, $request_uri, $escaped_request_uri and $request_method; "
+        "an HTTPS "
+        "auth service's certificate is not verified (nginx's default). " + _AUTH_INVALID,
     ),
-    _auth("satisfy", "`any`: either auth or the source ranges suffice; `all` (default): both."),
+    _checked(
+        "auth-method",
+        "The method of the auth-url request (GET without it, as nginx's subrequests); with it, "
+        "X-Original-URI and X-Scheme are sent too. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin",
+        "A request auth-url answers 401 is redirected (302) here, with the original URL in the "
+        "`rd` parameter (auth-signin-redirect-param) unless the URL already sets it, and "
+        "auth-url's Set-Cookie. May hold the variables auth-url may. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin-redirect-param",
+        "The query parameter of auth-signin carrying the original URL (`rd`). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-response-headers",
+        "Fields of auth-url's 2xx answer sent to the pod, replacing the client's fields of "
+        "those names (removed when auth-url sends none, so a client cannot supply them). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-request-redirect",
+        "The X-Auth-Request-Redirect value sent to auth-url (the request target without it). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-proxy-set-headers",
+        'A ConfigMap ("namespace/name") of fields sent to auth-url; values are sent as '
+        "written (an entry naming an nginx variable is a problem and is not sent); a missing "
+        "ConfigMap denies the routes (503). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-key",
+        "Caches auth-url's answers (per worker) under this key, literal text and $remote_user, "
+        "$http_authorization, $http_<name>, $cookie_<name>, $host, $request_uri, $uri, "
+        "$remote_addr, $scheme; other variables are invalid. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-duration",
+        "How long auth-url's answers are cached per status, with auth-cache-key "
+        "(`200 202 401 5m` by default; entries separated by commas). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-always-set-cookie",
+        "auth-url's Set-Cookie goes with every response, not only 2xx/3xx ones. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-keepalive",
+        "Keep-alive connections to auth-url (0, the default: one connection per request).",
+        status="different",
+        extra=" Portico keeps every idle connection for auth-keepalive-timeout rather than at "
+        "most this many, and keeps them with HTTP/2 clients too.",
+    ),
+    _checked(
+        "auth-keepalive-share-vars",
+        "Validated; Portico's auth request is not an nginx subrequest and has no variables "
+        "to share, which is what `false` (the default) gives.",
+    ),
+    _checked(
+        "auth-keepalive-requests",
+        "Requests per keep-alive connection to auth-url.",
+        status="different",
+        extra=" Validated only: Portico reuses a connection until it is idle for "
+        "auth-keepalive-timeout or the auth service closes it.",
+    ),
+    _checked(
+        "auth-keepalive-timeout",
+        "Seconds an idle keep-alive connection to auth-url is kept (60).",
+    ),
+    _checked(
+        "enable-global-auth",
+        '"false" keeps the ConfigMap\'s global-auth-url off this Ingress; an Ingress with '
+        "auth-url uses its own.",
+    ),
+    _checked(
+        "satisfy",
+        "`any`: the access checks (source ranges, auth-url, basic authentication) are "
+        "alternatives: one that lets the request in suffices, and when all refuse a 401 (or "
+        "its auth-signin redirect) wins over a 403; an auth service failure still answers 500. "
+        "`all` (default): each must. Another value is reported and `all` applies.",
+    ),
     _client_tls(
         "auth-tls-secret",
         "different",
@@ -1364,13 +1448,41 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "--deny-source-ranges",
             access=True,
         ),
+        _key(
+            "global-auth-url",
+            "supported",
+            "access-control",
+            "External authentication (as the auth-url annotation) of every Ingress without its "
+            'own auth-url and without enable-global-auth: "false". With the keys below, as '
+            "the annotations of the same names; a value that does not read denies those "
+            "Ingresses (503, InvalidExternalAuth).",
+            access=True,
+        ),
+        *(
+            _key(
+                "global-" + name,
+                "supported",
+                "access-control",
+                f"The {name} of global-auth-url.",
+                access=True,
+            )
+            for name in (
+                "auth-method",
+                "auth-signin",
+                "auth-signin-redirect-param",
+                "auth-response-headers",
+                "auth-request-redirect",
+                "auth-cache-key",
+                "auth-cache-duration",
+                "auth-always-set-cookie",
+            )
+        ),
         *(
             _key(name, "unsupported", "access-control", text, access=True, issue=issue)
             for name, text, issue in (
                 ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
                 ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
                 ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
-                ("global-auth-url", "External authentication for every Ingress.", ISSUE_PROTECTION),
             )
         ),
     )

@@ -29,6 +29,7 @@ from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
     CANARY_UNPAIRED,
+    CONFIGMAP_NOT_FOUND,
     CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
@@ -53,6 +54,7 @@ from proxy.config import (
     ClientCertificate,
     Cors,
     ErrorPages,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     MatchKind,
@@ -66,6 +68,7 @@ from proxy.config import (
     Rewrite,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     SourceRanges,
     TLSCertificate,
@@ -113,6 +116,10 @@ INVALID_CLIENT_AUTH: Final = Refuse(503, "InvalidClientCertificate")
 # auth-tls-secret that cannot be used (missing, no ca.crt, another namespace): ingress-nginx's
 # server `return 403` for its AuthTLSError; never served without verification.
 CLIENT_AUTH_UNUSABLE: Final = Refuse(403, "ClientCertificateSecretInvalid")
+# The first policy step of an Ingress whose external auth cannot be read (an auth-* annotation,
+# the ConfigMap's global-auth-* keys it would take, its auth-proxy-set-headers ConfigMap): its
+# routes are denied (503), never served unauthenticated.
+INVALID_EXTERNAL_AUTH: Final = Refuse(503, "InvalidExternalAuth")
 # The first policy step (after the redirects) of an Ingress whose basic auth cannot be enforced:
 # an auth annotation does not read or asks for digest, the auth-secret is missing or in another
 # namespace (InvalidAnnotation / SecretInvalid problem), or the Secret cannot be read
@@ -299,6 +306,9 @@ class IngressPart:
     aliases: tuple[str, ...] = ()
     # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
     custom_headers: str | None = None
+    # `auth-proxy-set-headers` ("ns/name" of a ConfigMap), resolved by `assemble` into the
+    # ExternalAuth step's fields.
+    auth_proxy_set_headers: str | None = None
     # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
     # to them (`assemble` adds those names).
     www_redirect_hosts: tuple[str, ...] = ()
@@ -407,6 +417,7 @@ def compile_ingress(
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
     service_upstream: bool = False,
+    global_auth: ExternalAuth | Refuse | None = None,
     limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
 ) -> IngressPart:
@@ -421,7 +432,9 @@ def compile_ingress(
     the answers of the rate limits (the ConfigMap's limit-req-status-code and
     limit-conn-status-code);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
-    its hosts are terminated, as ingress-nginx ignores it without the flag).
+    its hosts are terminated, as ingress-nginx ignores it without the flag); `global_auth`: the
+    ConfigMap's global external auth (or its refusal when its keys do not read), for an Ingress
+    without auth-url unless enable-global-auth is "false".
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -458,6 +471,19 @@ def compile_ingress(
     ranges = _source_ranges(
         allow or (), deny or (), opts.invalid_source_range or allow is None or deny is None
     )
+    # External auth runs with the access checks, after the source ranges (nginx's access
+    # phase); satisfy any makes them alternatives (proxy/policy.py).
+    auth: ExternalAuth | Refuse | None = opts.external_auth
+    if opts.invalid_external_auth:
+        auth = INVALID_EXTERNAL_AUTH
+    elif auth is None and opts.enable_global_auth:
+        auth = global_auth
+    if auth is not None:
+        plain = dataclasses.replace(plain, policy=(auth, *plain.policy))
+    if opts.satisfy_any:
+        # The marker of satisfy any: the access checks (source ranges, basic auth added at
+        # assembly, external auth) become alternatives where the proxy builds them.
+        plain = dataclasses.replace(plain, policy=(*plain.policy, SatisfyAny()))
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
     # Before the source ranges: nginx's limit_req / limit_conn run in the preaccess phase,
@@ -672,6 +698,7 @@ def compile_ingress(
         unprotected=screening.unenforced if serve_without_access_control else (),
         aliases=opts.server_alias,
         custom_headers=opts.custom_headers,
+        auth_proxy_set_headers=opts.auth_proxy_set_headers,
         www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
         app_root=opts.app_root,
         error_backend=error_backend,
@@ -996,6 +1023,24 @@ def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> Route
     return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
 
 
+def _with_auth_headers(
+    options: RouteOptions,
+    found: tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None,
+) -> RouteOptions:
+    """The auth-proxy-set-headers fields in the route's ExternalAuth step (the step denied,
+    503, when its ConfigMap is missing)."""
+    policy: list[PolicyStep] = []
+    for step in options.policy:
+        if isinstance(step, ExternalAuth):
+            if found is None:
+                policy.append(INVALID_EXTERNAL_AUTH)
+                continue
+            policy.append(dataclasses.replace(step, set_names=found[0], set_values=found[1]))
+            continue
+        policy.append(step)
+    return dataclasses.replace(options, policy=tuple(policy))
+
+
 def _with_request_headers(
     names: tuple[str, ...], values: tuple[str, ...]
 ) -> Callable[[RouteOptions], RouteOptions]:
@@ -1150,6 +1195,10 @@ def assemble(
     *,
     response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
     request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    auth_headers: Callable[
+        [str], tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None
+    ]
+    | None = None,
     basic_auth: Callable[[str, str, str], tuple[BasicAuth | None, str | None]] | None = None,
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
@@ -1159,7 +1208,9 @@ def assemble(
     than talk to its pods unverified. `response_headers(ref)` gives the step of a
     `custom-headers` ConfigMap, or why it cannot be served (its routes then answer 503, as
     ingress-nginx denies them); `request_headers` are the (names, values) every route sends its
-    pods (the ingress-nginx ConfigMap's proxy-set-headers).
+    pods (the ingress-nginx ConfigMap's proxy-set-headers). `auth_headers(ref)` gives the
+    (names, values, problems) of an `auth-proxy-set-headers` ConfigMap, None when it does not
+    exist (the Ingress's routes then answer 503: its auth requests cannot be sent as meant).
 
     `server-alias`, as ingress-nginx: the first Ingress (in precedence order) with aliases for
     a host gives that host its aliases; an alias that is a rule host, or already another
@@ -1224,6 +1275,23 @@ def assemble(
             )
         else:
             parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
+    for i, part in enumerate(parts):
+        if part.auth_proxy_set_headers is None or auth_headers is None:
+            continue
+        found = auth_headers(part.auth_proxy_set_headers)
+        if found is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    CONFIGMAP_NOT_FOUND,
+                    f'auth-proxy-set-headers "{part.auth_proxy_set_headers}": the ConfigMap '
+                    "does not exist; its routes answer 503",
+                )
+            )
+        else:
+            problems.extend(found[2])
+        parts[i] = _map_options(part, functools.partial(_with_auth_headers, found=found))
     for i, part in enumerate(parts):
         if part.basic_auth is None:
             continue

@@ -115,6 +115,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "upstream",
         "cors",
         "basic-auth",
+        "external-auth",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))
@@ -272,7 +273,8 @@ def test_render_ca_secrets_annotations_and_unwatched_objects(tmp_path: Path) -> 
   objects:""",
         ).replace(
             "metadata: {name: web}",
-            "metadata: {name: web, annotations: {x/proxy-ssl-secret: {secret: pod-ca}, x/y: z}}",
+            "metadata: {name: web, annotations: {x/proxy-ssl-secret: {secret: pod-ca}, x/y: z, "
+            "x/auth-url: {pod_url: web-1, path: '/auth?status=401'}}}",
         )
         + "  unwatched_objects:"
         + INGRESS.replace("name: web}", "name: far}")
@@ -290,7 +292,11 @@ def test_render_ca_secrets_annotations_and_unwatched_objects(tmp_path: Path) -> 
     secret = by_key[("Secret", "pod-ca", "ns")]
     assert (secret["type"], secret["data"]) == ("Opaque", {"ca.crt": "Q0E="})
     annotations = by_key[("Ingress", "web", "ns")]["metadata"]["annotations"]
-    assert annotations == {"x/proxy-ssl-secret": "ns/pod-ca", "x/y": "z"}
+    assert annotations == {
+        "x/proxy-ssl-secret": "ns/pod-ca",
+        "x/y": "z",
+        "x/auth-url": "http://127.0.0.2:4321/auth?status=401",  # a pod's echo backend URL
+    }
     assert ("Ingress", "far", "elsewhere") in by_key
     assert scenario.unwatched_ingresses == {"far"}
     assert set(created(scenario, env)) == set(by_key)

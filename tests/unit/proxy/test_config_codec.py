@@ -19,6 +19,7 @@ from proxy.config import (
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     PassthroughHost,
@@ -32,6 +33,7 @@ from proxy.config import (
     RewriteRedirects,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     Snapshot,
     SnapshotError,
@@ -68,6 +70,24 @@ def full_snapshot() -> Snapshot:
         ),
         BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
         RateLimit("ns/ing", 10, 600, 3, 8, ("10.0.0.0/8", "2001:db8::/32"), 429, 503),
+        ExternalAuth(
+            "https://$host/oauth2/auth",
+            method="POST",
+            signin="https://$host/oauth2/start?rd=$escaped_request_uri",
+            signin_redirect_param="orig",
+            response_headers=("X-Auth-Request-User",),
+            request_redirect="/landing",
+            set_names=("X-Tenant",),
+            set_values=("a",),
+            cache_key="$remote_user$http_authorization",
+            cache_statuses=(200, 401),
+            cache_seconds=(300, 60),
+            always_set_cookie=True,
+            keepalive=10,
+            keepalive_requests=100,
+            keepalive_timeout=30,
+        ),
+        SatisfyAny(),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -407,6 +427,38 @@ CORS: dict[str, object] = {
             {"step": "rate_limit", "zone": "ns/a", "connections": 1, "allow": ["10.0.0.1/8"]},
             id="rate-allowlist-not-canonical",
         ),
+        # ExternalAuth (auth-url): anything the proxy could not send as meant.
+        pytest.param({"step": "external_auth", "url": "ftp://a/"}, id="auth-not-http"),
+        pytest.param({"step": "external_auth", "url": "http:///a"}, id="auth-without-host"),
+        pytest.param({"step": "external_auth", "url": "http://$foo/"}, id="auth-unknown-var"),
+        pytest.param({"step": "external_auth", "url": "http://a/\r\nX: y"}, id="auth-split"),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "method": "get"}, id="auth-method"
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "signin": "/start"},
+            id="auth-signin-relative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "response_headers": ["Host"]},
+            id="auth-response-header-host",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_key": "$request_body"},
+            id="auth-cache-key-variable",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_statuses": [200]},
+            id="auth-cache-without-time",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": -1},
+            id="auth-keepalive-negative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": True},
+            id="auth-keepalive-a-flag",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -444,6 +496,8 @@ def test_policy_steps_keep_their_order() -> None:
         "Cors",
         "BasicAuth",
         "RateLimit",
+        "ExternalAuth",
+        "SatisfyAny",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)

@@ -103,13 +103,9 @@ def test_snippet_refusal_even_with_serve_without_access_control() -> None:
     assert hosts(result) == ["other.test"]
 
 
-FAIL_CLOSED_ROWS = [
-    {N + "auth-url": "http://auth.test/check"},
-    {N + "satisfy": "any"},
-    {N + "enable-global-auth": "true"},
-    {N + "satisfy": "any", N + "whitelist-source-range": "10.0.0.0/8"},
-    {P + "auth-url": "http://auth.test/check"},  # the Portico prefix means the same
-]
+# Every access-control annotation is enforced now (issue 18: basic auth, external auth, satisfy,
+# client certificates): none is left to fail closed for lack of support.
+FAIL_CLOSED_ROWS: list[dict[str, str]] = []
 
 
 def _id(annotations: dict[str, str]) -> str:
@@ -140,9 +136,9 @@ def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> 
 
 
 def test_enable_global_auth_false_is_served() -> None:
+    # Supported now (issue 18): nothing to report, nothing added without a global-auth-url.
     result = run({N + "enable-global-auth": "false"})
-    assert reasons(result) == ["UnsupportedAnnotation"]
-    assert "so the Ingress is served" in result.problems[0].message
+    assert reasons(result) == []
     assert hosts(result) == [HOST, "other.test"]
     assert result.snapshot.routes.virtual_hosts[0].rules[0].options.policy == ()
 
@@ -223,7 +219,7 @@ def test_global_source_ranges_apply_where_an_ingress_has_none() -> None:
 def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() -> None:
     app = ingress(
         "app",
-        annotations={N + "auth-url": "http://auth.test/"},
+        annotations={N + "auth-tls-match-cn": "CN=client"},
         rules=[rule(HOST, path("/", "web"))],
         tls=[tls_entry(None, HOST)],
     )
@@ -240,14 +236,14 @@ def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() ->
 def test_served_without_access_control_logs_a_warning_per_compile(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = ingress("app", annotations={N + "auth-url": "http://auth.test/"})
+    app = ingress("app", annotations={N + "auth-tls-match-cn": "CN=client"})
     store = store_of(ingress_class(), service("web"), app)
     with caplog.at_level(logging.WARNING, logger="controller.compiler"):
         Compiler(CompileSettings(serve_without_access_control=True)).compile(store)
     records = [r for r in caplog.records if r.msg == "compiler.access_control_not_enforced"]
     assert len(records) == 1
     assert records[0].__dict__["ingress"] == "default/app"
-    assert records[0].__dict__["annotations"] == [N + "auth-url"]
+    assert records[0].__dict__["annotations"] == [N + "auth-tls-match-cn"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="controller.compiler"):
         Compiler(CompileSettings()).compile(store)
@@ -284,7 +280,9 @@ def test_check_prints_the_new_problems_and_takes_the_setting(
         return out.getvalue()
 
     out = check()
-    assert "Ingress default/external-auth: AccessControlNotEnforced: routes answered 403" in out
+    assert "Ingress default/my-ingress: AccessControlNotEnforced: routes answered 403" in out
+    # External auth is enforced (issue 18): that Ingress is served.
+    assert "Ingress default/external-auth: AccessControlNotEnforced" not in out
     assert "Ingress notes/custom-404: SnippetRefused: " in out
     assert f"Ingress jumpserver/jms-jumpserver-ingress: UnknownAnnotation: annotation {N}" in out
     # Its host is routed, to a 403; the setting (flag or variable) lifts the 403.

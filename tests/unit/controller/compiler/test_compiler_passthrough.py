@@ -181,7 +181,7 @@ ROWS: dict[str, Row] = {
             ingress(
                 "pass",
                 rules=[rule("pass.test")],
-                annotations={**PASS, N + "auth-url": "http://auth.test/"},
+                annotations={**PASS, N + "auth-tls-match-cn": "CN=client"},
             )
         ],
         ON,

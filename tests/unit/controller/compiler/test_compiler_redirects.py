@@ -222,7 +222,7 @@ PLACEMENT_ROWS: dict[str, Placed] = {
         (MOVED, SourceRanges(("10.0.0.0/8",), ())),
     ),
     "before-unenforced-auth": Placed(
-        {"permanent-redirect": URL, "auth-url": "http://auth.example/check"},
+        {"permanent-redirect": URL, "auth-tls-match-cn": "CN=client"},
         False,
         (MOVED, DENIED),
     ),

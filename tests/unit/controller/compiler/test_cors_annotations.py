@@ -215,7 +215,7 @@ def _kinds(policy: tuple[PolicyStep, ...]) -> list[type]:
         # A denied location (a source range that does not read) has no CORS block.
         ({"whitelist-source-range": "nonsense"}, False, [Refuse]),
         # Unenforced access control fails closed: no preflight answer either.
-        ({"auth-url": "http://auth.test/"}, False, [Refuse]),
+        ({"auth-tls-match-cn": "CN=client"}, False, [Refuse]),
     ],
     ids=repr,
 )
