@@ -95,6 +95,11 @@ class Expect(_Model):
     body_bytes: int | None = Field(default=None, ge=0)
     cn: str | None = None
     san: frozenset[str] | None = None
+    # Response header fields matched whole by a regular expression (a value with a random
+    # part: an affinity cookie), and whether every answer of the request came from one pod
+    # (whichever: consistent hashing).
+    header_patterns: dict[str, str] = Field(default_factory=dict)
+    one_pod: bool = False
 
     @property
     def checks_service(self) -> bool:

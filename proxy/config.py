@@ -525,6 +525,121 @@ class ClientCertificate:
             compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
 
 
+# ingress-nginx's session-cookie-max-age / -expires: whole seconds, a sign allowed (its regex).
+_COOKIE_SECONDS: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+# A cookie name as RFC 6265 allows it (a token), kept to what ingress-nginx's validator takes.
+_COOKIE_NAME: Final = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+# A cookie Domain / Path: visible ASCII without ";" (nothing that ends the attribute).
+_COOKIE_ATTRIBUTE: Final = re.compile(r"^[!-:<-~]{1,256}$")
+SAMESITE_VALUES: Final = ("", "None", "Lax", "Strict")
+
+
+@dataclass(frozen=True, slots=True)
+class StickySessions:
+    """Session affinity by cookie (ingress-nginx's `affinity: cookie` and its session-cookie-*
+    annotations; built by proxy/route.py, run by proxy/affinity.py): a request carrying the
+    cookie `name` goes to the pod it names, one without (or naming a pod that left) is given
+    one and the cookie. `mode` "balanced": the cookie holds a random key placed on a
+    consistent-hash ring of the pods (scaling moves some sessions, as it rebalances);
+    "persistent": it names the pod itself (a session moves only when its pod leaves). `path`
+    "": the rule's path ("/" for a regex rule); `max_age` / `expires` "": not sent, else whole
+    seconds as written; `samesite` one of SAMESITE_VALUES; `secure`: always Secure (else only
+    on HTTPS); `conditional_samesite_none`: no SameSite=None for user agents that mishandle it;
+    `change_on_failure`: a request that had to go to another pod gets a new cookie for it."""
+
+    name: str = "INGRESSCOOKIE"
+    mode: str = "balanced"
+    path: str = ""
+    domain: str = ""
+    max_age: str = ""
+    expires: str = ""
+    samesite: str = ""
+    secure: bool = False
+    conditional_samesite_none: bool = False
+    change_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(_COOKIE_NAME.match(self.name)), f"affinity cookie name {self.name!r}")
+        _check(self.mode in ("balanced", "persistent"), f"affinity mode {self.mode!r}")
+        for text in (self.path, self.domain):
+            _check(not text or bool(_COOKIE_ATTRIBUTE.match(text)), f"cookie attribute {text!r}")
+        _check(not self.path or self.path.startswith("/"), f"cookie path {self.path!r}")
+        for seconds in (self.max_age, self.expires):
+            _check(not seconds or bool(_COOKIE_SECONDS.match(seconds)), f"seconds {seconds!r}")
+        _check(self.samesite in SAMESITE_VALUES, f"samesite {self.samesite!r}")
+
+
+# nginx variables upstream-hash-by may name: the request's own, and the families by prefix
+# (a header, a cookie, a query argument). Others (server or upstream state) have no meaning
+# before a pod is chosen, or none in Portico: refused rather than hashed as "".
+HASH_VARIABLES: Final = frozenset(
+    {
+        "request_uri",
+        "uri",
+        "document_uri",
+        "args",
+        "query_string",
+        "is_args",
+        "host",
+        "remote_addr",
+        "binary_remote_addr",
+        "scheme",
+        "request_method",
+    }
+)
+HASH_VARIABLE_PREFIXES: Final = ("http_", "cookie_", "arg_")
+_HASH_TOKEN: Final = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))|([^$]+)")
+
+
+def hash_terms(expression: str) -> tuple[tuple[str, str], ...]:
+    """upstream-hash-by's value as nginx reads a complex value: ("", text) for literal text,
+    (variable, "") for `$variable` / `${variable}`. ValueError: not one it can be."""
+    if not expression or len(expression) > 512 or not _header_safe(expression.replace(" ", "!")):
+        raise ValueError("expected nginx variables and text, like $request_uri")
+    terms: list[tuple[str, str]] = []
+    position = 0
+    while position < len(expression):
+        m = _HASH_TOKEN.match(expression, position)
+        if m is None:
+            raise ValueError(f"a '$' without a variable name at {position}")
+        braced, bare, text = m.groups()
+        if text is not None:
+            terms.append(("", text))
+        else:
+            name = (braced or bare).lower()
+            known = name in HASH_VARIABLES or any(
+                name.startswith(p) and len(name) > len(p) for p in HASH_VARIABLE_PREFIXES
+            )
+            if not known:
+                raise ValueError(f"${name} is not a request variable Portico hashes on")
+            terms.append((name, ""))
+        position = m.end()
+    if all(not variable for variable, _ in terms):
+        raise ValueError("no variable: every request would go to the same pod")
+    return tuple(terms)
+
+
+@dataclass(frozen=True, slots=True)
+class HashBy:
+    """Consistent hashing (ingress-nginx's upstream-hash-by; run by proxy/affinity.py): the
+    request's `expression` (nginx variables and text, see `hash_terms`) is hashed onto a ring
+    of the pods, so a key keeps its pod and a pod that leaves moves only its own keys. With
+    `subset`, the ring holds groups of `subset_size` pods and a request goes to one of its
+    group's pods at random (upstream-hash-by-subset)."""
+
+    expression: str
+    subset: bool = False
+    subset_size: int = 3
+
+    def __post_init__(self) -> None:
+        try:
+            hash_terms(self.expression)
+        except ValueError as exc:
+            raise SnapshotError(f"upstream hash {self.expression!r}: {exc}") from None
+        size = self.subset_size
+        _check(type(size) is int and 1 <= size <= 1000, f"subset size {size!r}")
+
+
 # The request variables an external-auth URL or sign-in URL may hold (nginx variables
 # ingress-nginx users write there), each rendered per request by proxy/extauth.py.
 AUTH_URL_VARIABLES: Final = (
@@ -739,6 +854,8 @@ PolicyStep = (
     | ShapeRequest
     | ResponseHeaders
     | ClientCertificate
+    | StickySessions
+    | HashBy
     | ExternalAuth
     | SatisfyAny
     | Cors
@@ -763,6 +880,8 @@ _Step = TypeVar(
     ShapeRequest,
     ResponseHeaders,
     ClientCertificate,
+    StickySessions,
+    HashBy,
     ExternalAuth,
     SatisfyAny,
     Cors,
@@ -787,6 +906,8 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
     "client_certificate": ClientCertificate,
+    "sticky_sessions": StickySessions,
+    "hash_by": HashBy,
     "external_auth": ExternalAuth,
     "satisfy_any": SatisfyAny,
     "cors": Cors,

@@ -32,7 +32,9 @@ import time
 from proxy import flow
 from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
+from proxy.affinity import Chooser
 from proxy.clientside import ClientSide
+from proxy.cluster import Cluster
 from proxy.config import Endpoint
 from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
@@ -78,6 +80,7 @@ class Forwarding:
 
 class Exchange(Receiver):
     __slots__ = (
+        "affinity_fields",
         "answer",
         "attempts_left",
         "body_received",
@@ -158,6 +161,8 @@ class Exchange(Receiver):
         self.upstream: str | None = None  # authority of the attached connection, for the log
         self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
+        # The Set-Cookie of a sticky session given by this request's attempt (proxy/affinity.py)
+        self.affinity_fields = b""
         # The index of the route's waiting request step (external auth) to run before a pod is
         # chosen, the steps after it following; -1: none (routing ran them all).
         self.checking = -1
@@ -269,6 +274,8 @@ class Exchange(Receiver):
         tried = self.tried
         if chosen is not None:
             endpoint: Endpoint | None = chosen
+        elif route.affinity is not None:
+            endpoint = self._choose(route.affinity, cluster)
         elif tried:
             endpoint = cluster.pick(route.balancer, tried)
         else:
@@ -295,6 +302,16 @@ class Exchange(Receiver):
             self._attach(conn)
         else:
             self._dial(endpoint)
+
+    def _choose(self, chooser: Chooser, cluster: Cluster) -> Endpoint | None:
+        """The pod a route's sticky sessions or hashing choose (proxy/affinity.py), keeping the
+        Set-Cookie that goes with it for the pod's response."""
+        head = self.head
+        assert head is not None
+        endpoint, fields = chooser.choose(cluster, head, self.client.ctx, self.tried)
+        if fields:
+            self.affinity_fields = fields
+        return endpoint
 
     def _dial(self, endpoint: Endpoint) -> None:
         route = self.route
@@ -518,6 +535,8 @@ class Exchange(Receiver):
                 if fields:
                     added += fields
                     parts = hdr.drop_response_fields(parts, step.replaces)
+        if self.affinity_fields:
+            added += self.affinity_fields
         granted = self.granted
         if granted is not None and (granted.always or status in COOKIE_STATUSES):
             added += granted.fields
@@ -706,7 +725,11 @@ class Exchange(Receiver):
         if self.attempts_left <= 0 or not self.replayable or route is None:
             return None
         cluster = route.cluster
-        return None if cluster is None else cluster.pick(route.balancer, self.tried)
+        if cluster is None:
+            return None
+        if route.affinity is not None:
+            return self._choose(route.affinity, cluster)
+        return cluster.pick(route.balancer, self.tried)
 
     def _resend_status(self, rules: NextUpstream, conn: UpstreamProtocol, status: int) -> bool:
         """A response whose status the route retries (http_N): drop it for another pod when

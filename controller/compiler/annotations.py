@@ -25,11 +25,14 @@ from proxy.config import (
     BodyLimit,
     Cors,
     ExternalAuth,
+    HashBy,
     PolicyStep,
     Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
+    StickySessions,
+    hash_terms,
 )
 from proxy.regex import PatternError, compile_header_pattern
 
@@ -604,6 +607,75 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# ---- sticky sessions and hashing (StickySessions / HashBy steps, proxy/affinity.py) ----------
+# session-cookie-name and -domain: ingress-nginx's BasicCharsRegex without "/" and ":", which a
+# cookie name cannot hold and a Domain does not.
+_COOKIE_NAME_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9]{1,128}$")
+_COOKIE_DOMAIN_TEXT: Final = re.compile(r"^\.?[-_a-zA-Z0-9]+(\.[-_a-zA-Z0-9]+)*$")
+# session-cookie-path: ingress-nginx's URL characters (URLIsValidRegex), starting with "/".
+_COOKIE_PATH_TEXT: Final = re.compile(r"^/[-._~a-zA-Z0-9/:,?&=]{0,255}$")
+# session-cookie-max-age / -expires, as ingress-nginx's affinityCookieExpiresRegex reads them.
+_COOKIE_SECONDS_TEXT: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+_SAMESITE: Final = {"none": "None", "lax": "Lax", "strict": "Strict"}
+
+
+def _affinity(value: str) -> str:
+    if value.strip() != "cookie":
+        raise _Invalid('expected "cookie" (the only affinity ingress-nginx has)')
+    return "cookie"
+
+
+def _affinity_mode(value: str) -> str:
+    if value.strip() not in ("balanced", "persistent"):
+        raise _Invalid('expected "balanced" or "persistent"')
+    return value.strip()
+
+
+def _cookie_name(value: str) -> str:
+    if not _COOKIE_NAME_TEXT.match(value.strip()):
+        raise _Invalid("expected a cookie name: letters, digits, '-', '.', '_', '~'")
+    return value.strip()
+
+
+def _session_cookie_domain(value: str) -> str:
+    if not _COOKIE_DOMAIN_TEXT.match(value.strip()):
+        raise _Invalid('expected a domain name, like "example.com"')
+    return value.strip()
+
+
+def _session_cookie_path(value: str) -> str:
+    if not _COOKIE_PATH_TEXT.match(value.strip()):
+        raise _Invalid('expected a path starting with "/", URL characters only')
+    return value.strip()
+
+
+def _cookie_seconds(value: str) -> str:
+    if not _COOKIE_SECONDS_TEXT.match(value.strip()):
+        raise _Invalid('expected whole seconds, like "172800"')
+    return value.strip()
+
+
+def _samesite(value: str) -> str:
+    samesite = _SAMESITE.get(value.strip().lower())
+    if samesite is None:
+        raise _Invalid('expected "None", "Lax" or "Strict"')
+    return samesite
+
+
+def _hash_by(value: str) -> str:
+    try:
+        hash_terms(value.strip())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value.strip()
+
+
+def _subset_size(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,4}", value.strip()) or int(value) > 1000:
+        raise _Invalid('expected a number of pods per subset, like "3"')
+    return int(value) or 3  # ingress-nginx's 0 is its default, 3
+
+
 # CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
 CORS_DEFAULT_METHODS: Final = "GET, PUT, POST, DELETE, PATCH, OPTIONS"
 CORS_DEFAULT_HEADERS: Final = (
@@ -842,6 +914,21 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "auth-tls-error-page": (_error_page, "tls_error_page"),
     "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
     "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
+    # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
+    "affinity": (_affinity, "affinity"),
+    "affinity-mode": (_affinity_mode, "affinity_mode"),
+    "session-cookie-name": (_cookie_name, "session_cookie_name"),
+    "session-cookie-path": (_session_cookie_path, "session_cookie_path"),
+    "session-cookie-domain": (_session_cookie_domain, "session_cookie_domain"),
+    "session-cookie-max-age": (_cookie_seconds, "session_cookie_max_age"),
+    "session-cookie-expires": (_cookie_seconds, "session_cookie_expires"),
+    "session-cookie-samesite": (_samesite, "session_cookie_samesite"),
+    "session-cookie-secure": (_go_bool, "session_cookie_secure"),
+    "session-cookie-conditional-samesite-none": (_go_bool, "session_cookie_samesite_none"),
+    "session-cookie-change-on-failure": (_go_bool, "session_cookie_change_on_failure"),
+    "upstream-hash-by": (_hash_by, "upstream_hash_by"),
+    "upstream-hash-by-subset": (_go_bool, "upstream_hash_by_subset"),
+    "upstream-hash-by-subset-size": (_subset_size, "upstream_hash_by_subset_size"),
     # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
     **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
     # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
@@ -898,6 +985,24 @@ _REDIRECT_FIELDS: Final = frozenset(
 )
 _REWRITE_FIELDS: Final = frozenset(
     {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
+)
+_AFFINITY_FIELDS: Final = frozenset(
+    {
+        "affinity",
+        "affinity_mode",
+        "session_cookie_name",
+        "session_cookie_path",
+        "session_cookie_domain",
+        "session_cookie_max_age",
+        "session_cookie_expires",
+        "session_cookie_samesite",
+        "session_cookie_secure",
+        "session_cookie_samesite_none",
+        "session_cookie_change_on_failure",
+        "upstream_hash_by",
+        "upstream_hash_by_subset",
+        "upstream_hash_by_subset_size",
+    }
 )
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -973,6 +1078,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
         *_CLIENT_AUTH_FIELDS,
+        *_AFFINITY_FIELDS,
         *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
@@ -1086,6 +1192,9 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    affinity = _affinity_step(values)
+    if affinity is not None:
+        route_values["policy"] = (*route_values.get("policy", ()), affinity)
     if "next_upstream" not in values and (
         "next_upstream_tries" in values or "next_upstream_timeout" in values
     ):
@@ -1219,6 +1328,33 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _affinity_step(values: Mapping[str, Any]) -> StickySessions | HashBy | None:
+    """The route's StickySessions step (`affinity: cookie` with its session-cookie-*
+    annotations, which mean nothing without it), else its HashBy step (upstream-hash-by):
+    ingress-nginx's balancer takes the sticky balancer first, then consistent hashing."""
+    if values.get("affinity") == "cookie":
+        return StickySessions(
+            name=values.get("session_cookie_name", "INGRESSCOOKIE"),
+            mode=values.get("affinity_mode", "balanced"),
+            path=values.get("session_cookie_path", ""),
+            domain=values.get("session_cookie_domain", ""),
+            max_age=values.get("session_cookie_max_age", ""),
+            expires=values.get("session_cookie_expires", ""),
+            samesite=values.get("session_cookie_samesite", ""),
+            secure=bool(values.get("session_cookie_secure", False)),
+            conditional_samesite_none=bool(values.get("session_cookie_samesite_none", False)),
+            change_on_failure=bool(values.get("session_cookie_change_on_failure", False)),
+        )
+    expression = values.get("upstream_hash_by")
+    if expression:
+        return HashBy(
+            expression,
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+    return None
 
 
 def _cors_step(values: Mapping[str, Any]) -> Cors | None:

@@ -829,22 +829,49 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "(fewest requests in flight, weighed by latency), which serves the same purpose by "
         "another formula; `least_request` names it directly.",
     ),
-    _unsupported(
+    _different(
         "upstream-hash-by",
         "load-balancing",
-        "Consistent hashing on request variables.",
-        ISSUE_PROTECTION,
+        "Consistent hashing: the request's key (nginx variables and text, like `$request_uri` or "
+        "`$host$request_uri`) is hashed onto a ring of the pods, so a key keeps its pod and a pod "
+        "that leaves moves only its own keys. Variables: `$request_uri`, `$uri`, `$args`, "
+        "`$host`, `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`, `$cookie_NAME`, "
+        "`$arg_NAME`; another variable is an invalid value (the annotation is ignored). "
+        "Differences: the ring's hash is not nginx's (keys land on other pods than with "
+        "ingress-nginx); `$uri` is the path as sent (nginx's is decoded); `$remote_addr` is the "
+        "connection's (or PROXY protocol's) address; it applies to the Ingress's routes, not "
+        "to every Ingress sharing the Service.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset", "load-balancing", "Hashing to subsets of pods.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset",
+        "load-balancing",
+        "With upstream-hash-by: the ring holds groups of pods (in address order, the last "
+        "group filled up with the first pods) and a request goes to a pod of its key's group "
+        "at random.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset-size", "load-balancing", "Pods per subset.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset-size",
+        "load-balancing",
+        "Pods per group of upstream-hash-by-subset (default 3; 0 is 3).",
     ),
     # ---- session affinity ---------------------------------------------------------------------
-    _unsupported("affinity", "session-affinity", "Sticky sessions by cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "affinity-mode", "session-affinity", "`balanced` or `persistent`.", ISSUE_PROTECTION
+    _different(
+        "affinity",
+        "session-affinity",
+        "`cookie`: sticky sessions. A request with a valid affinity cookie goes to its pod; "
+        "one without gets a pod and, on the pod's response, the cookie (`<key>|<backend "
+        "hash>`, HttpOnly). A pod that leaves moves only its own sessions. Differences: the "
+        "settings apply to the Ingress's routes, not to every Ingress sharing the Service "
+        "(ingress-nginx keeps one per backend); a retry after a failure goes to another pod "
+        "(see session-cookie-change-on-failure); the cookie is not sent on Portico's own "
+        "answers (502, 504).",
+    ),
+    _supported(
+        "affinity-mode",
+        "session-affinity",
+        "`balanced` (default): the cookie holds a random key placed on a consistent-hash ring "
+        "of the pods, so scaling up moves some sessions to the new pods; `persistent`: the "
+        "cookie names its pod, and a session moves only when its pod leaves.",
     ),
     _unsupported(
         "affinity-canary-behavior",
@@ -852,53 +879,53 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Affinity to canaries: `sticky`.",
         ISSUE_PROTECTION,
     ),
-    _unsupported(
-        "session-cookie-name", "session-affinity", "The affinity cookie's name.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-path", "session-affinity", "The affinity cookie's Path.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-domain",
+    _supported(
+        "session-cookie-name",
         "session-affinity",
-        "The affinity cookie's Domain.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's name (default `INGRESSCOOKIE`): letters, digits, `-._~`.",
     ),
-    _unsupported(
+    _different(
+        "session-cookie-path",
+        "session-affinity",
+        "The affinity cookie's Path; without it, the rule's path. Difference: a regex rule "
+        "(use-regex) without it gets `Path=/` (ingress-nginx writes the expression).",
+    ),
+    _supported(
+        "session-cookie-domain", "session-affinity", "The affinity cookie's Domain (none without)."
+    ),
+    _supported(
         "session-cookie-max-age",
         "session-affinity",
-        "The affinity cookie's Max-Age.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Max-Age, whole seconds as written (none without: a session cookie).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-expires",
         "session-affinity",
-        "The affinity cookie's Expires.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Expires: now plus these seconds, in nginx's cookie time format.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-samesite",
         "session-affinity",
-        "The affinity cookie's SameSite.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's SameSite: `None`, `Lax` or `Strict` (any case).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-secure",
         "session-affinity",
-        "The affinity cookie's Secure flag.",
-        ISSUE_PROTECTION,
+        "`true`: the affinity cookie is Secure on plain HTTP too (it always is on HTTPS).",
     ),
-    _unsupported(
+    _different(
         "session-cookie-change-on-failure",
         "session-affinity",
-        "A new affinity cookie after a failed request.",
-        ISSUE_PROTECTION,
+        "`true`: a request whose pod failed and that went to another pod gets a cookie for "
+        "that pod. Difference: without it, the retry still goes to another pod (Portico never "
+        "retries a pod that failed the request; ingress-nginx retries the cookie's pod), and "
+        "the cookie keeps naming the first one.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-conditional-samesite-none",
         "session-affinity",
-        "SameSite=None left out for browsers that mishandle it.",
-        ISSUE_PROTECTION,
+        "`true`: no SameSite=None for the user agents ingress-nginx leaves it out for (Chrome "
+        "40-69, iOS 12, Safari on macOS 10.14).",
     ),
     # ---- canary -------------------------------------------------------------------------------
     _different(

@@ -110,6 +110,7 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "affinity",
         "rate-limits",
         "retries",
         "upstream",
@@ -361,6 +362,22 @@ def test_compare_all_checks_the_pod_set_and_failed_attempts() -> None:
     assert problem.startswith("GET http://lb.example/: 3 answers came from pods ['web-1']")
     failed = compare_all(request, [*spread[:2], "request failed: refused"], 0)
     assert failed == ["GET http://lb.example/: request failed: refused"]
+
+
+def test_compare_header_patterns_and_one_pod() -> None:
+    """The affinity scenarios: a cookie with a random key, every answer from one pod."""
+    cookie = "SERVERID=k1|0123456789abcdef0123456789abcdef; Path=/; HttpOnly"
+    answer = echo_answer(headers={"set-cookie": cookie})
+    pattern = {"Set-Cookie": r"SERVERID=[^|;]+\|[0-9a-f]{32}; Path=/; HttpOnly"}
+    assert compare(Expect(status=200, header_patterns=pattern), answer, 0) == []
+    (problem,) = compare(Expect(status=200, header_patterns=pattern), echo_answer(), 0)
+    assert "header Set-Cookie matching" in problem and "(got None)" in problem
+    request = Request.model_validate(
+        {"host": "h.example", "count": 2, "expect": {"status": 200, "one_pod": True}}
+    )
+    assert compare_all(request, [echo_answer(pod="web-2")] * 2, 0) == []
+    (problem,) = compare_all(request, [echo_answer(pod="web-1"), echo_answer(pod="web-2")], 0)
+    assert problem.endswith("2 answers came from pods ['web-1', 'web-2'], expected one")
 
 
 def test_compare_what_the_pod_saw() -> None:

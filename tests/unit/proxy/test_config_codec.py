@@ -20,6 +20,7 @@ from proxy.config import (
     EndpointsUpdate,
     ErrorPages,
     ExternalAuth,
+    HashBy,
     HostRedirect,
     HTTPSRedirect,
     PassthroughHost,
@@ -38,6 +39,7 @@ from proxy.config import (
     Snapshot,
     SnapshotError,
     SourceRanges,
+    StickySessions,
     TLSCertificate,
     VirtualHost,
     apply_endpoints_update,
@@ -65,6 +67,19 @@ def full_snapshot() -> Snapshot:
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
         ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
+        StickySessions(
+            "SERVERID",
+            "persistent",
+            "/app",
+            "example.org",
+            "-1",
+            "172800",
+            "None",
+            True,
+            True,
+            True,
+        ),
+        HashBy("$host$request_uri", subset=True, subset_size=2),
         Cors(
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
@@ -380,6 +395,20 @@ CORS: dict[str, object] = {
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
         ),
+        pytest.param({"step": "sticky_sessions", "name": "a=b"}, id="sticky-name-injected"),
+        pytest.param({"step": "sticky_sessions", "mode": "sticky"}, id="sticky-mode"),
+        pytest.param({"step": "sticky_sessions", "path": "/a;b"}, id="sticky-path-injected"),
+        pytest.param({"step": "sticky_sessions", "path": "a"}, id="sticky-path-relative"),
+        pytest.param({"step": "sticky_sessions", "max_age": "1d"}, id="sticky-max-age"),
+        pytest.param({"step": "sticky_sessions", "expires": 10}, id="sticky-expires-a-number"),
+        pytest.param({"step": "sticky_sessions", "samesite": "none"}, id="sticky-samesite"),
+        pytest.param({"step": "sticky_sessions", "secure": "true"}, id="sticky-secure-a-string"),
+        pytest.param({"step": "hash_by", "expression": "$upstream_addr"}, id="hash-unknown"),
+        pytest.param({"step": "hash_by", "expression": "text"}, id="hash-no-variable"),
+        pytest.param({"step": "hash_by", "expression": "$"}, id="hash-lone-dollar"),
+        pytest.param(
+            {"step": "hash_by", "expression": "$uri", "subset_size": 0}, id="hash-subset-0"
+        ),
         *(
             pytest.param({**CORS, **change}, id=f"cors-{name}")
             for name, change in {
@@ -493,6 +522,8 @@ def test_policy_steps_keep_their_order() -> None:
         "RewriteRedirects",
         "RewriteCookies",
         "ClientCertificate",
+        "StickySessions",
+        "HashBy",
         "Cors",
         "BasicAuth",
         "RateLimit",
