@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import ssl
+import sys
 import urllib.parse
 from typing import Final
 
@@ -98,7 +99,16 @@ def _field_text(text: str) -> bytes:
     ).encode()
 
 
+# The CPython versions whose ssl object layouts (PySSLContext: the SSL_CTX pointer first after
+# the object header; PySSLSocket: the socket weakref, then the SSL pointer) were read for
+# `_ctx_pointer` / `_ssl_pointer`. Elsewhere no pointer is read: no certificate is asked for and
+# hosts that need one answer 400 (fail closed), never a read of an unknown layout.
+_KNOWN_LAYOUTS: Final = frozenset({(3, 11), (3, 12), (3, 13)})
+
+
 def _libssl() -> ctypes.CDLL | None:
+    if sys.version_info[:2] not in _KNOWN_LAYOUTS or sys.implementation.name != "cpython":
+        return None
     try:
         import _ssl
 
