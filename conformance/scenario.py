@@ -7,11 +7,12 @@ generated at run time, `ca_secrets` into an Opaque Secret holding a `ca.crt`), t
 send, and the answers expected; optional `steps` change objects mid-scenario and send more
 requests. Pod IPs are never written: an endpoint names a pod placeholder (`pod: web-1`) and the
 runner maps it to the echo backend it started for that pod (`pods` gives a placeholder options:
-HTTPS, a delay). Namespaces are never written either: an annotation value `{secret: NAME}`
-becomes "<namespace>/NAME", and `unwatched_objects` go to a namespace Portico must not watch
-(scenarios that need one say `requires: [unwatched-namespace]`). This module is pure (no I/O
-besides reading files): the runner feeds it the pod addresses and the generated certificates
-and gets plain object dicts back.
+HTTPS, a delay); an annotation value `{pod_url: POD, path: /PATH}` becomes that pod's echo
+backend URL (an auth-url). Namespaces are never written either: an annotation value
+`{secret: NAME}` becomes "<namespace>/NAME", and `unwatched_objects` go to a namespace Portico
+must not watch (scenarios that need one say `requires: [unwatched-namespace]`). This module is
+pure (no I/O besides reading files): the runner feeds it the pod addresses and the generated
+certificates and gets plain object dicts back.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class Expect(_Model):
     max_seconds: float | None = Field(default=None, gt=0)
     cn: str | None = None
     san: frozenset[str] | None = None
+    # Response header fields matched whole by a regular expression (a value with a random
+    # part: an affinity cookie), and whether every answer of the request came from one pod
+    # (whichever: consistent hashing).
+    header_patterns: dict[str, str] = Field(default_factory=dict)
+    one_pod: bool = False
 
     @property
     def checks_service(self) -> bool:
@@ -346,6 +352,8 @@ def _check_object(obj: Any) -> None:
     for key, value in (metadata.get("annotations") or {}).items():
         if isinstance(value, str):
             continue
+        if _is_pod_url(value):
+            continue
         if not (
             isinstance(value, dict)
             and len(value) == 1
@@ -354,12 +362,26 @@ def _check_object(obj: Any) -> None:
         ):
             raise ValueError(
                 f"{kind} {metadata['name']}: annotation {key} must be a string, "
-                "{secret: NAME} or {configmap: NAME} (rendered as namespace/NAME)"
+                "{secret: NAME} or {configmap: NAME} (rendered as namespace/NAME), or "
+                "{pod_url: POD, path: /PATH} (rendered as http://<pod address>:<port>/PATH)"
             )
 
 
 # Annotation values naming an object of the scenario's namespace: {secret: NAME}, {configmap: NAME}.
 _REFERENCES: Final = frozenset({"secret", "configmap"})
+
+
+def _is_pod_url(value: Any) -> bool:
+    """{pod_url: POD, path: /PATH}: the URL of a pod placeholder's echo backend (an auth-url
+    pointing at a pod: the echo backend answers `?status=N` with N)."""
+    return (
+        isinstance(value, dict)
+        and "pod_url" in value
+        and set(value) <= {"pod_url", "path"}
+        and _is_name(value["pod_url"])
+        and isinstance(value.get("path", "/"), str)
+        and str(value.get("path", "/")).startswith("/")
+    )
 
 
 def _is_name(value: Any) -> bool:
@@ -549,7 +571,10 @@ def _raw_object(
         out["metadata"]["namespace"] = namespace
     annotations = out["metadata"].get("annotations") or {}
     for key, value in annotations.items():
-        if isinstance(value, dict):  # {secret: NAME} or {configmap: NAME}, checked when loading
+        if _is_pod_url(value):
+            address = env.pod_addresses[value["pod_url"]]
+            annotations[key] = f"http://{address}:{env.echo_port}{value.get('path', '/')}"
+        elif isinstance(value, dict):  # {secret: NAME} or {configmap: NAME}, checked when loading
             annotations[key] = f"{namespace}/{next(iter(value.values()))}"
     if out["kind"] == "EndpointSlice":
         labels = out["metadata"].setdefault("labels", {})

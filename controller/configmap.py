@@ -22,7 +22,7 @@ of the keys that have no effect, as annotations have theirs:
   503 `InvalidSourceRange`, as one whose own annotation does not read
   (`CompileSettings.invalid_*_source_ranges`);
 - `AccessControlNotEnforced`: access control for every Ingress that Portico does not enforce
-  (`global-auth-url`, `block-cidrs`, ...): every route answers 403 (fail closed) unless
+  (`block-cidrs`, `block-user-agents`, ...): every route answers 403 (fail closed) unless
   `--serve-without-access-control` (`CompileSettings.unenforced_global_access`).
 
 Precedence (`overlay`): a flag or `PORTICO_*` variable given explicitly wins over the ConfigMap,
@@ -51,9 +51,11 @@ from controller.compiler.catalogue import (
     CONFIGMAP_UNENFORCED,
     nearest,
 )
+from controller.compiler.extauth import GLOBAL_KEYS, global_auth
 from controller.compiler.problems import ACCESS_CONTROL_NOT_ENFORCED, Problem
 from controller.compiler.screening import ReportStatus
 from controller.settings import Settings, flag_name
+from proxy.config import ExternalAuth, Refuse
 
 KIND: Final = "ConfigMap"
 
@@ -303,6 +305,9 @@ class Reading:
     values: Mapping[str, Any] = field(default_factory=dict)  # Settings field -> value
     rows: tuple[KeyRow, ...] = ()  # sorted by key
     found: bool = True
+    # global-auth-url and its global-auth-* keys: the external auth of every Ingress without
+    # its own (a Refuse, 503, when they do not read); None: none.
+    global_auth: ExternalAuth | Refuse | None = None
 
     @property
     def unenforced(self) -> tuple[str, ...]:
@@ -354,9 +359,31 @@ def read(
     values: dict[str, Any] = {}
     rows: list[KeyRow] = []
     forwarded: dict[str, Any] = {}
+    auth, auth_errors = global_auth(data)
     for key in sorted(data):
         value = data[key]
         entry = CONFIGMAP_KEYS.get(key)
+        if key in GLOBAL_KEYS and entry is not None:
+            reason = auth_errors.get(key)
+            if reason is None:
+                rows.append(KeyRow(key, value, entry.status, entry.describe()))
+            else:
+                detail = (
+                    f"invalid value {value!r}: {reason}; access control fails closed: every "
+                    "Ingress that would take the global auth answers 503 "
+                    "(InvalidExternalAuth) until it is fixed."
+                )
+                rows.append(
+                    KeyRow(
+                        key,
+                        value,
+                        "unsupported",
+                        detail,
+                        reason=INVALID_VALUE,
+                        unreadable="global_auth",
+                    )
+                )
+            continue
         applied = APPLIED.get(key) or _FORWARDED.get(key)
         if applied is not None and entry is not None:
             try:
@@ -430,7 +457,10 @@ def read(
         rows.append(KeyRow(key, value, "unknown", detail, reason=UNKNOWN_KEY))
     if forwarded.get("use-forwarded-headers") and "trusted_proxies" not in explicit:
         values["trusted_proxies"] = forwarded.get("proxy-real-ip-cidr", _REAL_IP_DEFAULT)
-    return Reading(ref, values, tuple(rows))
+    global_step: ExternalAuth | Refuse | None = auth
+    if auth_errors:
+        global_step = Refuse(503, "InvalidExternalAuth")
+    return Reading(ref, values, tuple(rows), global_auth=global_step)
 
 
 def overlay(settings: Settings, reading: Reading) -> Settings:
@@ -455,6 +485,7 @@ def compile_settings(settings: Settings, reading: Reading) -> CompileSettings:
         unenforced_global_access=reading.unenforced,
         invalid_allow_source_ranges="allow_source_ranges" in reading.unreadable,
         invalid_deny_source_ranges="deny_source_ranges" in reading.unreadable,
+        global_auth=reading.global_auth,
     )
 
 
@@ -590,7 +621,7 @@ def markdown() -> str:
         "equivalent; `UnknownConfigMapKey` for a key ingress-nginx does not know, naming the "
         'closest one ("did you mean ...?"); `ConfigMapNotFound` when the ConfigMap does not '
         "exist. **Access control for every Ingress** fails closed: a key Portico does not "
-        "enforce (`global-auth-url`, `block-cidrs`, ...) has every request answered 403 "
+        "enforce (`block-cidrs`, `block-user-agents`, ...) has every request answered 403 "
         "(`AccessControlNotEnforced`, no request reaches a pod) unless "
         "`--serve-without-access-control`; a `whitelist-source-range` or "
         "`denylist-source-range` that does not read has the Ingresses that would take it "

@@ -486,6 +486,271 @@ class RewriteCookies:
         _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
 
 
+# auth-tls-verify-client's values (nginx's ssl_verify_client).
+CLIENT_VERIFY_MODES: Final = ("on", "optional", "optional_no_ca", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """Client certificates on the HTTPS listener (ingress-nginx's auth-tls-*; built by
+    proxy/clientauth.py, the handshake side in proxy/peercert.py and proxy/tls.py). The host's
+    handshake asks for a certificate (unless `verify` is "off") and checks it against `ca_pem`
+    to `depth`; each request is then answered as nginx does: 400 for a certificate that did
+    not verify (495; "optional_no_ca" lets an unknown issuer through) or, with "on", for none
+    (496), or a 302 to `error_page` instead; 403 when `match_cn` (a regular expression, RE2)
+    is not found in the subject DN. The pod is sent ssl-client-verify, -subject-dn,
+    -issuer-dn and, with `pass_certificate`, ssl-client-cert (the URL-encoded PEM), replacing
+    any the client sent."""
+
+    ca_pem: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            type(self.ca_pem) is str and "-----BEGIN CERTIFICATE-----" in self.ca_pem,
+            "client CA bundle",
+        )
+        _check(self.verify in CLIENT_VERIFY_MODES, f"verify-client {self.verify!r}")
+        _check(type(self.depth) is int and 1 <= self.depth <= 100, f"verify depth {self.depth!r}")
+        _check(
+            self.error_page == ""
+            or (self.error_page.startswith(("http://", "https://")) and _visible(self.error_page)),
+            f"error page {self.error_page!r}",
+        )
+        if self.match_cn:
+            compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
+
+
+# ingress-nginx's session-cookie-max-age / -expires: whole seconds, a sign allowed (its regex).
+_COOKIE_SECONDS: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+# A cookie name as RFC 6265 allows it (a token), kept to what ingress-nginx's validator takes.
+_COOKIE_NAME: Final = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+# A cookie Domain / Path: visible ASCII without ";" (nothing that ends the attribute).
+_COOKIE_ATTRIBUTE: Final = re.compile(r"^[!-:<-~]{1,256}$")
+SAMESITE_VALUES: Final = ("", "None", "Lax", "Strict")
+
+
+@dataclass(frozen=True, slots=True)
+class StickySessions:
+    """Session affinity by cookie (ingress-nginx's `affinity: cookie` and its session-cookie-*
+    annotations; built by proxy/route.py, run by proxy/affinity.py): a request carrying the
+    cookie `name` goes to the pod it names, one without (or naming a pod that left) is given
+    one and the cookie. `mode` "balanced": the cookie holds a random key placed on a
+    consistent-hash ring of the pods (scaling moves some sessions, as it rebalances);
+    "persistent": it names the pod itself (a session moves only when its pod leaves). `path`
+    "": the rule's path ("/" for a regex rule); `max_age` / `expires` "": not sent, else whole
+    seconds as written; `samesite` one of SAMESITE_VALUES; `secure`: always Secure (else only
+    on HTTPS); `conditional_samesite_none`: no SameSite=None for user agents that mishandle it;
+    `change_on_failure`: a request that had to go to another pod gets a new cookie for it."""
+
+    name: str = "INGRESSCOOKIE"
+    mode: str = "balanced"
+    path: str = ""
+    domain: str = ""
+    max_age: str = ""
+    expires: str = ""
+    samesite: str = ""
+    secure: bool = False
+    conditional_samesite_none: bool = False
+    change_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(_COOKIE_NAME.match(self.name)), f"affinity cookie name {self.name!r}")
+        _check(self.mode in ("balanced", "persistent"), f"affinity mode {self.mode!r}")
+        for text in (self.path, self.domain):
+            _check(not text or bool(_COOKIE_ATTRIBUTE.match(text)), f"cookie attribute {text!r}")
+        _check(not self.path or self.path.startswith("/"), f"cookie path {self.path!r}")
+        for seconds in (self.max_age, self.expires):
+            _check(not seconds or bool(_COOKIE_SECONDS.match(seconds)), f"seconds {seconds!r}")
+        _check(self.samesite in SAMESITE_VALUES, f"samesite {self.samesite!r}")
+
+
+# nginx variables upstream-hash-by may name: the request's own, and the families by prefix
+# (a header, a cookie, a query argument). Others (server or upstream state) have no meaning
+# before a pod is chosen, or none in Portico: refused rather than hashed as "".
+HASH_VARIABLES: Final = frozenset(
+    {
+        "request_uri",
+        "uri",
+        "document_uri",
+        "args",
+        "query_string",
+        "is_args",
+        "host",
+        "remote_addr",
+        "binary_remote_addr",
+        "scheme",
+        "request_method",
+    }
+)
+HASH_VARIABLE_PREFIXES: Final = ("http_", "cookie_", "arg_")
+_HASH_TOKEN: Final = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))|([^$]+)")
+
+
+def hash_terms(expression: str) -> tuple[tuple[str, str], ...]:
+    """upstream-hash-by's value as nginx reads a complex value: ("", text) for literal text,
+    (variable, "") for `$variable` / `${variable}`. ValueError: not one it can be."""
+    if not expression or len(expression) > 512 or not _header_safe(expression.replace(" ", "!")):
+        raise ValueError("expected nginx variables and text, like $request_uri")
+    terms: list[tuple[str, str]] = []
+    position = 0
+    while position < len(expression):
+        m = _HASH_TOKEN.match(expression, position)
+        if m is None:
+            raise ValueError(f"a '$' without a variable name at {position}")
+        braced, bare, text = m.groups()
+        if text is not None:
+            terms.append(("", text))
+        else:
+            name = (braced or bare).lower()
+            known = name in HASH_VARIABLES or any(
+                name.startswith(p) and len(name) > len(p) for p in HASH_VARIABLE_PREFIXES
+            )
+            if not known:
+                raise ValueError(f"${name} is not a request variable Portico hashes on")
+            terms.append((name, ""))
+        position = m.end()
+    if all(not variable for variable, _ in terms):
+        raise ValueError("no variable: every request would go to the same pod")
+    return tuple(terms)
+
+
+@dataclass(frozen=True, slots=True)
+class HashBy:
+    """Consistent hashing (ingress-nginx's upstream-hash-by; run by proxy/affinity.py): the
+    request's `expression` (nginx variables and text, see `hash_terms`) is hashed onto a ring
+    of the pods, so a key keeps its pod and a pod that leaves moves only its own keys. With
+    `subset`, the ring holds groups of `subset_size` pods and a request goes to one of its
+    group's pods at random (upstream-hash-by-subset)."""
+
+    expression: str
+    subset: bool = False
+    subset_size: int = 3
+
+    def __post_init__(self) -> None:
+        try:
+            hash_terms(self.expression)
+        except ValueError as exc:
+            raise SnapshotError(f"upstream hash {self.expression!r}: {exc}") from None
+        size = self.subset_size
+        _check(type(size) is int and 1 <= size <= 1000, f"subset size {size!r}")
+
+
+# The request variables an external-auth URL or sign-in URL may hold (nginx variables
+# ingress-nginx users write there), each rendered per request by proxy/extauth.py.
+AUTH_URL_VARIABLES: Final = (
+    "$escaped_request_uri",
+    "$request_method",
+    "$pass_access_scheme",
+    "$request_uri",
+    "$http_host",
+    "$scheme",
+    "$host",
+)
+# What an auth-cache-key may hold besides literal text: nginx variables of the request.
+_CACHE_KEY: Final = re.compile(
+    r"^(?:[A-Za-z0-9._~:/@=,+-]|\$(?:remote_user|http_authorization|cookie_[A-Za-z0-9_-]+"
+    r"|http_[a-z0-9_]+|host|request_uri|uri|remote_addr|scheme)\b)+\Z"
+)
+_AUTH_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"}
+)
+
+
+def _auth_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, of visible ASCII, whose "$" start only the
+    variables of AUTH_URL_VARIABLES."""
+    if not (text.startswith(("http://", "https://")) and _visible(text)):
+        return False
+    rest = text.split("//", 1)[1]
+    if not rest or rest[0] in "/?#":
+        return False
+    for variable in AUTH_URL_VARIABLES:
+        rest = rest.replace(variable, "")
+    return "$" not in rest
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAuth:
+    """Each request is first asked about to `url` (ingress-nginx's auth-url, nginx's
+    `auth_request`; run by proxy/extauth.py): a subrequest without the body, with `method`
+    ("": GET, as nginx's subrequests; set: also X-Original-URI and X-Scheme), the client's
+    fields and ingress-nginx's (X-Original-URL, X-Original-Method, X-Auth-Request-Redirect:
+    `request_redirect` or the request target, X-Sent-From, X-Real-IP, X-Forwarded-For), plus
+    `set_names`/`set_values` (auth-proxy-set-headers). A 2xx answer lets the request go on, its
+    `response_headers` replacing the client's fields of those names in what the pod is sent,
+    and its Set-Cookie added to the response (2xx/3xx ones, or every one with
+    `always_set_cookie`); 401 is answered 401, or with `signin` a 302 to it (the original URL
+    in its `signin_redirect_param` query parameter unless it has one); 403 is 403; anything
+    else, a failure or a timeout is 500: never a pass. `url` and `signin` may hold the
+    variables of AUTH_URL_VARIABLES. With `cache_key` (literal text and request variables),
+    answers with a status in `cache_statuses` are kept `cache_seconds` (parallel tuples) per
+    key. `keepalive` idle connections to the auth service are kept (0: none), each closed after
+    `keepalive_timeout` seconds idle; `keepalive_requests` is ingress-nginx's limit of requests
+    per connection."""
+
+    url: str
+    method: str = ""
+    signin: str = ""
+    signin_redirect_param: str = "rd"
+    response_headers: tuple[str, ...] = ()
+    request_redirect: str = ""
+    set_names: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
+    cache_key: str = ""
+    cache_statuses: tuple[int, ...] = ()
+    cache_seconds: tuple[int, ...] = ()
+    always_set_cookie: bool = False
+    keepalive: int = 0
+    keepalive_requests: int = 1000
+    keepalive_timeout: int = 60
+
+    def __post_init__(self) -> None:
+        _check(type(self.url) is str and _auth_url(self.url), f"auth url {self.url!r}")
+        _check(not self.signin or _auth_url(self.signin), f"auth signin {self.signin!r}")
+        _check(self.method == "" or self.method in _AUTH_METHODS, f"auth method {self.method!r}")
+        _check(
+            bool(self.signin_redirect_param)
+            and _visible(self.signin_redirect_param)
+            and not any(c in "&=#?$" for c in self.signin_redirect_param),
+            f"auth signin redirect param {self.signin_redirect_param!r}",
+        )
+        for name in self.response_headers:
+            _check(
+                type(name) is str
+                and bool(_FIELD_NAME.match(name))
+                and name.lower() not in _REQUEST_RESERVED,
+                f"auth response header {name!r}",
+            )
+        _check(
+            self.request_redirect == "" or _visible(self.request_redirect),
+            f"auth request redirect {self.request_redirect!r}",
+        )
+        _check_fields(self.set_names, self.set_values, _REQUEST_RESERVED)
+        _check(
+            self.cache_key == "" or bool(_CACHE_KEY.match(self.cache_key)),
+            f"auth cache key {self.cache_key!r}",
+        )
+        _check(len(self.cache_statuses) == len(self.cache_seconds), "auth cache statuses and times")
+        for status, seconds in zip(self.cache_statuses, self.cache_seconds, strict=True):
+            _check(type(status) is int and 100 <= status <= 599, f"auth cache status {status!r}")
+            _check(type(seconds) is int and seconds > 0, f"auth cache time {seconds!r}")
+        for number in (self.keepalive, self.keepalive_requests, self.keepalive_timeout):
+            _check(type(number) is int and number >= 0, f"auth keep-alive setting {number!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SatisfyAny:
+    """ingress-nginx's `satisfy: any` (nginx's `satisfy any`): the route's access checks
+    (SourceRanges, ExternalAuth, basic authentication) are alternatives: the first that lets
+    the request in suffices. When all refuse, a 401 (or its sign-in redirect) is answered
+    rather than a 403, as nginx does; an auth service failure (500) is answered at once."""
+
+
 @dataclass(frozen=True, slots=True)
 class Canary:
     """The route's canary (ingress-nginx's canary Ingress paired with this rule; chosen per
@@ -588,6 +853,11 @@ PolicyStep = (
     | HostRedirect
     | ShapeRequest
     | ResponseHeaders
+    | ClientCertificate
+    | StickySessions
+    | HashBy
+    | ExternalAuth
+    | SatisfyAny
     | Cors
     | Canary
     | BasicAuth
@@ -609,6 +879,11 @@ _Step = TypeVar(
     RewriteCookies,
     ShapeRequest,
     ResponseHeaders,
+    ClientCertificate,
+    StickySessions,
+    HashBy,
+    ExternalAuth,
+    SatisfyAny,
     Cors,
     Canary,
     BasicAuth,
@@ -630,6 +905,11 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
+    "client_certificate": ClientCertificate,
+    "sticky_sessions": StickySessions,
+    "hash_by": HashBy,
+    "external_auth": ExternalAuth,
+    "satisfy_any": SatisfyAny,
     "cors": Cors,
     "canary": Canary,
     "basic_auth": BasicAuth,

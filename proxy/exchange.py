@@ -32,7 +32,9 @@ import time
 from proxy import flow
 from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
+from proxy.affinity import Chooser
 from proxy.clientside import ClientSide
+from proxy.cluster import Cluster
 from proxy.config import Endpoint
 from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
@@ -45,6 +47,7 @@ from proxy.replies import Answer
 from proxy.retry import ERROR, INVALID_HEADER, TIMEOUT, NextUpstream
 from proxy.route import Route
 from proxy.settings import ProxySettings
+from proxy.steps import COOKIE_STATUSES, Pass, WaitingStep
 from proxy.telemetry import Telemetry
 from proxy.upstream import Receiver, UpstreamProtocol
 
@@ -78,15 +81,19 @@ class Forwarding:
 
 class Exchange(Receiver):
     __slots__ = (
+        "affinity_fields",
         "answer",
         "attempts_left",
         "body_received",
+        "check_task",
+        "checking",
         "client",
         "conn",
         "connect_task",
         "endpoint",
         "finished",
         "fwd",
+        "granted",
         "head",
         "head_at",
         "held",
@@ -158,6 +165,14 @@ class Exchange(Receiver):
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
         # The pace of the response body (limit-rate, proxy/pacing.py); None: sent as read.
         self.pacer: Pacer | None = None
+        # The Set-Cookie of a sticky session given by this request's attempt (proxy/affinity.py)
+        self.affinity_fields = b""
+        # The index of the route's waiting request step (external auth) to run before a pod is
+        # chosen, the steps after it following; -1: none (routing ran them all).
+        self.checking = -1
+        self.check_task: asyncio.Task[Answer | Pass | None] | None = None
+        # What a waiting step that let the request in adds to its response (auth Set-Cookie).
+        self.granted: Pass | None = None
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -167,6 +182,9 @@ class Exchange(Receiver):
         if answer is not None:
             self._local(answer.status, answer.reason, answer.close, answer.fields)
             return
+        if self.checking >= 0:
+            self._check()
+            return
         route = self.route
         assert route is not None and self.head is not None
         if not self.request_done:
@@ -175,6 +193,73 @@ class Exchange(Receiver):
             if self.hold:
                 if route.cluster is not None:
                     self.hold = 2  # request_end (or a body past the limit) goes on
+                    return
+                self.hold = 0
+        self._attempt()
+
+    # ---- waiting request steps (external auth) -----------------------------------------------
+
+    def _check(self) -> None:
+        """Run the waiting step `checking`; the request body read meanwhile is buffered as
+        while dialling (no connection is attached), the client paused past its limit."""
+        head = self.head
+        ctx = self.client.ctx
+        assert head is not None and ctx is not None
+        step = self.policy.request[self.checking]
+        assert isinstance(step, WaitingStep)
+        task = self.fwd.loop.create_task(step.check(head, ctx))
+        self.check_task = task
+        task.add_done_callback(self._checked)
+
+    def _checked(self, task: asyncio.Task[Answer | Pass | None]) -> None:
+        if self.check_task is task:
+            self.check_task = None
+        if self.finished or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A check that breaks never lets the request through.
+            logger.error("auth.check_failed", extra={"error": repr(exc)})
+            self._local(500, "AuthFailed")
+            return
+        verdict = task.result()
+        if isinstance(verdict, Answer):
+            if verdict.close:
+                self.fwd.telemetry.reject(self.client.ctx, verdict.status, verdict.reason)
+            self._local(verdict.status, verdict.reason, verdict.close, verdict.fields)
+            return
+        if verdict is not None:
+            self.granted = verdict
+        # The steps after it, as routing runs them.
+        head = self.head
+        ctx = self.client.ctx
+        route = self.route
+        assert head is not None and ctx is not None and route is not None
+        steps = self.policy.request
+        for i in range(self.checking + 1, len(steps)):
+            step = steps[i]
+            if step.waits:
+                self.checking = i
+                self._check()
+                return
+            answer = step.request(head, ctx)
+            if answer is not None:
+                if answer.close:
+                    self.fwd.telemetry.reject(ctx, answer.status, answer.reason)
+                self._local(answer.status, answer.reason, answer.close, answer.fields)
+                return
+        self.checking = -1
+        unavailable = route.unavailable_answer if route.cluster is None else None
+        if unavailable is not None:
+            self._local(unavailable.status, unavailable.reason, False, unavailable.fields)
+            return
+        # What begin does once the request may go on.
+        if not self.request_done:
+            if head.expect_continue:
+                self.client.send_interim(100, [])
+            if self.hold:
+                if route.cluster is not None:
+                    self.hold = 2
                     return
                 self.hold = 0
         self._attempt()
@@ -193,6 +278,8 @@ class Exchange(Receiver):
         tried = self.tried
         if chosen is not None:
             endpoint: Endpoint | None = chosen
+        elif route.affinity is not None:
+            endpoint = self._choose(route.affinity, cluster)
         elif tried:
             endpoint = cluster.pick(route.balancer, tried)
         else:
@@ -219,6 +306,16 @@ class Exchange(Receiver):
             self._attach(conn)
         else:
             self._dial(endpoint)
+
+    def _choose(self, chooser: Chooser, cluster: Cluster) -> Endpoint | None:
+        """The pod a route's sticky sessions or hashing choose (proxy/affinity.py), keeping the
+        Set-Cookie that goes with it for the pod's response."""
+        head = self.head
+        assert head is not None
+        endpoint, fields = chooser.choose(cluster, head, self.client.ctx, self.tried)
+        if fields:
+            self.affinity_fields = fields
+        return endpoint
 
     def _dial(self, endpoint: Endpoint) -> None:
         route = self.route
@@ -442,6 +539,11 @@ class Exchange(Receiver):
                 if fields:
                     added += fields
                     parts = hdr.drop_response_fields(parts, step.replaces)
+        if self.affinity_fields:
+            added += self.affinity_fields
+        granted = self.granted
+        if granted is not None and (granted.always or status in COOKIE_STATUSES):
+            added += granted.fields
         if policy.dropped:
             # The pod's fields a step replaces (custom-headers); ordinary ones, so removed here.
             parts = hdr.drop_response_fields(parts, policy.dropped)
@@ -643,7 +745,11 @@ class Exchange(Receiver):
         if self.attempts_left <= 0 or not self.replayable or route is None:
             return None
         cluster = route.cluster
-        return None if cluster is None else cluster.pick(route.balancer, self.tried)
+        if cluster is None:
+            return None
+        if route.affinity is not None:
+            return self._choose(route.affinity, cluster)
+        return cluster.pick(route.balancer, self.tried)
 
     def _resend_status(self, rules: NextUpstream, conn: UpstreamProtocol, status: int) -> bool:
         """A response whose status the route retries (http_N): drop it for another pod when
@@ -668,6 +774,10 @@ class Exchange(Receiver):
         if task is not None:
             task.cancel()
             self.connect_task = None
+        check = self.check_task
+        if check is not None:
+            check.cancel()
+            self.check_task = None
         conn = self.conn
         if conn is not None:
             self._release(conn, False)
@@ -747,6 +857,9 @@ class Exchange(Receiver):
         self.fwd.telemetry.stats.local_replies += 1
         policy = self.policy
         added = policy.added if not policy.response else self._response_fields(status)
+        granted = self.granted
+        if granted is not None and (granted.always or status in COOKIE_STATUSES):
+            added += granted.fields
         keep = self.client.send_answer(
             status, fields + added, close, head is not None and head.method == b"HEAD"
         )

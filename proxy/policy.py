@@ -29,12 +29,15 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.basicauth import BasicAuthStep
+from proxy.clientauth import VerifyClientCertificate
 from proxy.config import (
     HSTS,
     AppRoot,
     BasicAuth,
     BodyLimit,
+    ClientCertificate,
     Cors,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     PolicyStep,
@@ -45,10 +48,12 @@ from proxy.config import (
     Rewrite,
     RewriteCookies,
     RewriteRedirects,
+    SatisfyAny,
     ShapeRequest,
     SourceRanges,
 )
 from proxy.cors import cors_steps
+from proxy.extauth import any_of, external_auth_step
 from proxy.fieldrewrite import FieldRewrites, field_rewrites
 from proxy.headers import HOP_BY_HOP, RESPONSE_SPECIAL
 from proxy.pathrewrite import RedirectAppRoot, RewritePath
@@ -109,6 +114,11 @@ class Policy:
         self.limiter = limiter
 
 
+# The access checks `satisfy any` makes alternatives (nginx's access phase: allow/deny,
+# auth_basic, auth_request).
+_ACCESS_CHECKS: Final = (SourceRanges, BasicAuth, ExternalAuth)
+
+
 # The pod's fields no response step may replace: framing and hop-by-hop ones. The other fields
 # render_response sees apart are `replaced` there; ordinary ones are `dropped` before it.
 _NEVER_REPLACED: Final = HOP_BY_HOP | {b"content-length"}
@@ -117,9 +127,11 @@ _NEVER_REPLACED: Final = HOP_BY_HOP | {b"content-length"}
 class Policies:
     """Builds and shares the Policy pairs of one worker's routes (see the module docstring)."""
 
-    __slots__ = ("_built", "defaults", "trusted", "unrouted")
+    __slots__ = ("_built", "auth_timeouts", "defaults", "trusted", "unrouted")
 
     def __init__(self, settings: ProxySettings) -> None:
+        # External auth requests are timed as nginx's auth location: the proxy-wide timeouts.
+        self.auth_timeouts = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         # The trusted proxies, for the source-range steps reading X-Forwarded-For.
         self.trusted = Ranges(settings.trusted_networks())
         defaults: list[PolicyStep] = []
@@ -149,6 +161,29 @@ class Policies:
             built = self._built[steps] = self._build(merged)
         return built
 
+    def _access_step(self, spec: SourceRanges | BasicAuth | ExternalAuth) -> RequestStep:
+        if isinstance(spec, SourceRanges):
+            return source_ranges_step(spec.allow, spec.deny, self.trusted)
+        if isinstance(spec, BasicAuth):
+            return BasicAuthStep(spec.realm, spec.users, spec.hashes)
+        return external_auth_step(
+            spec.url,
+            spec.method,
+            spec.signin,
+            spec.signin_redirect_param,
+            spec.response_headers,
+            spec.request_redirect,
+            spec.set_names,
+            spec.set_values,
+            spec.cache_key,
+            spec.cache_statuses,
+            spec.cache_seconds,
+            spec.always_set_cookie,
+            spec.keepalive,
+            spec.keepalive_timeout,
+            *self.auth_timeouts,
+        )
+
     def _build(self, steps: tuple[PolicyStep, ...]) -> tuple[Policy, Policy]:
         request: list[RequestStep] = []
         response: list[ResponseStep] = []
@@ -156,8 +191,18 @@ class Policies:
         upstream_close = False
         redirects: RewriteRedirects | None = None
         cookies: RewriteCookies | None = None
+        # satisfy any: the access checks become one step, where the first of them was.
+        satisfy_any = any(isinstance(s, SatisfyAny) for s in steps)
+        access: list[RequestStep] = []
+        access_at = -1
         limiter: LimitRequests | None = None
         for spec in steps:
+            if satisfy_any and isinstance(spec, _ACCESS_CHECKS):
+                if access_at < 0:
+                    access_at = len(request)
+                    request.append(RefuseAll(500, "SatisfyAny"))  # replaced below
+                access.append(self._access_step(spec))
+                continue
             if isinstance(spec, HTTPSRedirect):
                 request.append(RedirectToHTTPS(spec.status, spec.preserve_trailing_slash))
             elif isinstance(spec, BodyLimit):
@@ -168,8 +213,8 @@ class Policies:
                 response.append(hsts_step(spec.max_age, spec.include_subdomains, spec.preload))
             elif isinstance(spec, Refuse):
                 request.append(RefuseAll(spec.status, spec.reason))
-            elif isinstance(spec, SourceRanges):
-                request.append(source_ranges_step(spec.allow, spec.deny, self.trusted))
+            elif isinstance(spec, (SourceRanges, ExternalAuth)):
+                request.append(self._access_step(spec))
             elif isinstance(spec, ShapeRequest):
                 request.append(
                     ShapeRequestStep(spec.host, spec.names, spec.values, spec.connection)
@@ -188,11 +233,19 @@ class Policies:
             elif isinstance(spec, AppRoot):
                 request.append(RedirectAppRoot(spec.path))
             elif isinstance(spec, BasicAuth):
-                request.append(BasicAuthStep(spec.realm, spec.users, spec.hashes))
+                request.append(self._access_step(spec))
             elif isinstance(spec, RewriteRedirects):
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
                 cookies = spec
+            elif isinstance(spec, ClientCertificate):
+                # On HTTPS before every other step, as nginx answers a certificate before its
+                # rewrite phase; on plain HTTP where the compiler put it (after the HTTPS
+                # redirect): there it only sees "no certificate".
+                args = (spec.ca_pem, spec.verify, spec.depth, spec.error_page)
+                more = (spec.pass_certificate, spec.match_cn)
+                request.insert(0, VerifyClientCertificate(*args, *more, schemes=SECURE))
+                request.append(VerifyClientCertificate(*args, *more, schemes=PLAIN))
             elif isinstance(spec, Cors):
                 preflight, fields = cors_steps(spec)
                 request.append(preflight)
@@ -213,6 +266,8 @@ class Policies:
                 request.append(limit)
                 if spec.connections:
                     limiter = limit
+        if access_at >= 0:
+            request[access_at] = access[0] if len(access) == 1 else any_of(tuple(access))
         rewrite = field_rewrites(redirects, cookies)
         return (
             Policy(

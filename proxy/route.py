@@ -11,9 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from proxy.affinity import Chooser, chooser_for
 from proxy.canary import CanaryChoice
 from proxy.cluster import Cluster
-from proxy.config import BalancerKind, Canary, ErrorPages, PathRule, RouteOptions
+from proxy.config import (
+    BalancerKind,
+    Canary,
+    ErrorPages,
+    HashBy,
+    PathRule,
+    RouteOptions,
+    StickySessions,
+)
 from proxy.errorpages import ErrorBackend
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
@@ -33,6 +42,7 @@ class Route:
 
     __slots__ = (
         "access_log",
+        "affinity",
         "balancer",
         "canary",
         "canary_route",
@@ -137,6 +147,16 @@ class Route:
         spec = options.step(ErrorPages) if options.policy else None
         if spec is not None:
             self._error_pages(spec, clusters, settings, policies, host)
+        # Sticky sessions or consistent hashing (proxy/affinity.py): None for nearly every
+        # route, and then the exchange's balancer picks the pod.
+        self.affinity: Chooser | None = None
+        if options.policy:
+            sticky = options.step(StickySessions)
+            hashing = options.step(HashBy)
+            if sticky is not None or hashing is not None:
+                # A regex rule's path is no cookie Path: "/" unless session-cookie-path.
+                path = rule.path if rule.match != "regex" else "/"
+                self.affinity = chooser_for(sticky, hashing, rule.backend, path)
         # The route's canary (proxy/canary.py): None for nearly every route, and then a request
         # pays one attribute test.
         self.canary: CanaryChoice | None = None

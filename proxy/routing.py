@@ -11,7 +11,8 @@ routes and the route table.
 `open_exchange` turns a complete request head into an `Exchange`: validated (a bad head is a
 local reply that closes the connection), routed, and put through the request steps of the
 route's policy for the listener it came on (proxy/policy.py): the first step that answers ends
-the exchange with that answer, else it is forwarded.
+the exchange with that answer, else it is forwarded. A step that waits (external auth) and the
+steps after it are left to the exchange (`Exchange.checking`).
 """
 
 from __future__ import annotations
@@ -227,7 +228,13 @@ class Routing:
         steps = policy.request
         held = 0  # a rate-limit count taken for this request (limit-connections)
         if steps:
-            for step in steps:
+            for i in range(len(steps)):
+                step = steps[i]
+                if step.waits:
+                    # An external check: the exchange runs it, then the steps after it.
+                    waiting = Exchange(fwd, client, head, route, policy, None, client.read_at)
+                    waiting.checking = i
+                    return waiting
                 answer = step.request(head, ctx)
                 if answer is not None:
                     if answer.close:

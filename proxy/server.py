@@ -22,6 +22,7 @@ import logging
 import socket
 from typing import Any, cast
 
+from proxy import extauth
 from proxy.accesslog import AccessLog
 from proxy.channel import WorkerStats
 from proxy.config import EndpointsUpdate, Snapshot
@@ -261,6 +262,7 @@ class ProxyServer:
             tunnel.close()
         self.pool.close()
         self.pool.abort_all()
+        await extauth.SESSIONS.close()  # the connections to auth services (auth-url)
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None

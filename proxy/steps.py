@@ -40,13 +40,52 @@ STS: Final = b"strict-transport-security"
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RequestStep:
-    __slots__ = ("schemes",)
+    __slots__ = ("schemes", "waits")
 
     def __init__(self, schemes: int = BOTH) -> None:
         self.schemes = schemes
+        # True: a WaitingStep, which routing leaves to the exchange (see WaitingStep).
+        self.waits = False
 
     def request(self, head: RequestHead, client: ClientContext) -> Answer | None:
         """None: the request goes on; an Answer: it is answered with that, never forwarded."""
+        raise NotImplementedError
+
+
+# nginx's add_header (without `always`) adds to responses with these statuses only.
+COOKIE_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+
+
+class Pass:
+    """A WaitingStep's decision that the request goes on, with header fields added to the
+    route's response (`fields`, rendered): on 2xx/3xx responses, or on every one with
+    `always` (an external auth service's Set-Cookie, as nginx's `add_header [always]`)."""
+
+    __slots__ = ("always", "fields")
+
+    def __init__(self, fields: bytes, always: bool) -> None:
+        self.fields = fields
+        self.always = always
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class WaitingStep(RequestStep):
+    """A request step that must wait for something (an external auth service) before it
+    decides. Routing stops at it and the exchange runs it when it begins (proxy/exchange.py:
+    the request body read meanwhile is held, with the usual backpressure, no pod chosen),
+    then the steps after it. `check` returns None or a `Pass` to let the request go on, an
+    `Answer` to end it; an exception ends it with 500, never lets it through."""
+
+    __slots__ = ()
+
+    def __init__(self, schemes: int = BOTH) -> None:
+        super().__init__(schemes)
+        self.waits = True
+
+    def request(self, head: RequestHead, client: ClientContext) -> Answer | None:
+        raise NotImplementedError  # never called: routing leaves a waiting step to `check`
+
+    async def check(self, head: RequestHead, client: ClientContext) -> Answer | Pass | None:
         raise NotImplementedError
 
 

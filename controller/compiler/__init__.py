@@ -127,6 +127,7 @@ class Compiler:
             and not settings.serve_without_access_control,
             ssl_passthrough=settings.ssl_passthrough,
             service_upstream=settings.service_upstream,
+            global_auth=settings.global_auth,
             limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
         )
         self._parts[key] = (ingress, part)
@@ -134,7 +135,7 @@ class Compiler:
 
     def _global_access(self, parts: list[IngressPart]) -> None:
         """Access control for every Ingress that Portico does not enforce (the ingress-nginx
-        ConfigMap's global-auth-url, block-cidrs, ...; its problem is the ConfigMap's): each
+        ConfigMap's block-cidrs, ...; its problem is the ConfigMap's): each
         part's routes already answer 403 (`compile_ingress`'s `global_access_denied`: fail
         closed with an answer, so no request falls through to another route), unless the
         operator chose to serve without it, which is logged like an Ingress's own unenforced
@@ -223,6 +224,12 @@ class Compiler:
         def custom_headers(ref: str) -> ResponseHeaders | str | None:
             return response_headers(configmap(ref), settings.allowed_response_headers)
 
+        def auth_headers(
+            ref: str,
+        ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None:
+            data = configmap(ref)
+            return None if data is None else request_headers(data, ref)
+
         def basic_auth(
             ref: str, secret_type: str, realm: str
         ) -> tuple[BasicAuth | None, str | None]:
@@ -246,6 +253,7 @@ class Compiler:
             ca_bundle,
             response_headers=custom_headers,
             request_headers=(names, values),
+            auth_headers=auth_headers,
             basic_auth=basic_auth,
         )
         problems = [*assembly.problems, *header_problems]

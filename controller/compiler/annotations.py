@@ -16,17 +16,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from controller.compiler import extauth
 from proxy.config import (
+    CLIENT_VERIFY_MODES,
     CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
     Cors,
+    ExternalAuth,
+    HashBy,
     PolicyStep,
     Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
+    StickySessions,
+    hash_terms,
 )
 from proxy.regex import PatternError, compile_header_pattern
 
@@ -56,6 +62,20 @@ class AnnotationError:
 
     def message(self) -> str:
         return f"annotation {self.annotation}: invalid value {self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """The auth-tls-* annotations of an Ingress with `auth-tls-secret` (ingress-nginx ignores
+    the others without it): the compiler resolves `secret` ("namespace/name", "" namespace: the
+    Ingress's) into the `ca.crt` of a `config.ClientCertificate` step for the Ingress's hosts."""
+
+    secret: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +158,20 @@ class IngressOptions:
     default_backend: str | None = None
     custom_http_errors: tuple[int, ...] | None = None
     disable_proxy_intercept_errors: bool = False
+    # Client certificates (auth-tls-*), None without auth-tls-secret; `invalid_client_auth`:
+    # one of them does not read, and the routes fail closed (503) rather than verify less.
+    client_auth: ClientAuth | None = None
+    invalid_client_auth: bool = False
+    # External auth (auth-url and its family, controller/compiler/extauth.py): the step, None
+    # without auth-url; `invalid_external_auth`: one of them does not read, and the routes fail
+    # closed (503); `auth_proxy_set_headers`: "ns/name" of the ConfigMap of fields sent to the
+    # auth service (resolved by the compiler); `satisfy_any`: satisfy "any";
+    # `enable_global_auth`: False keeps the ConfigMap's global-auth-url off this Ingress.
+    external_auth: ExternalAuth | None = None
+    invalid_external_auth: bool = False
+    auth_proxy_set_headers: str | None = None
+    satisfy_any: bool = False
+    enable_global_auth: bool = True
     # enable-cors and cors-*: the Cors step (the compiler puts it first in the policy, as
     # ingress-nginx answers preflights in the rewrite phase); None: CORS not enabled.
     cors: Cors | None = None
@@ -175,6 +209,18 @@ class IngressOptions:
 
 class _Invalid(ValueError):
     pass
+
+
+def _raising(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of controller/compiler/extauth.py (ValueError) as the others here."""
+
+    def parsed(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return parsed
 
 
 def _bool(value: str) -> bool:
@@ -570,6 +616,75 @@ def _nginx_offset(value: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+# ---- sticky sessions and hashing (StickySessions / HashBy steps, proxy/affinity.py) ----------
+# session-cookie-name and -domain: ingress-nginx's BasicCharsRegex without "/" and ":", which a
+# cookie name cannot hold and a Domain does not.
+_COOKIE_NAME_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9]{1,128}$")
+_COOKIE_DOMAIN_TEXT: Final = re.compile(r"^\.?[-_a-zA-Z0-9]+(\.[-_a-zA-Z0-9]+)*$")
+# session-cookie-path: ingress-nginx's URL characters (URLIsValidRegex), starting with "/".
+_COOKIE_PATH_TEXT: Final = re.compile(r"^/[-._~a-zA-Z0-9/:,?&=]{0,255}$")
+# session-cookie-max-age / -expires, as ingress-nginx's affinityCookieExpiresRegex reads them.
+_COOKIE_SECONDS_TEXT: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+_SAMESITE: Final = {"none": "None", "lax": "Lax", "strict": "Strict"}
+
+
+def _affinity(value: str) -> str:
+    if value.strip() != "cookie":
+        raise _Invalid('expected "cookie" (the only affinity ingress-nginx has)')
+    return "cookie"
+
+
+def _affinity_mode(value: str) -> str:
+    if value.strip() not in ("balanced", "persistent"):
+        raise _Invalid('expected "balanced" or "persistent"')
+    return value.strip()
+
+
+def _cookie_name(value: str) -> str:
+    if not _COOKIE_NAME_TEXT.match(value.strip()):
+        raise _Invalid("expected a cookie name: letters, digits, '-', '.', '_', '~'")
+    return value.strip()
+
+
+def _session_cookie_domain(value: str) -> str:
+    if not _COOKIE_DOMAIN_TEXT.match(value.strip()):
+        raise _Invalid('expected a domain name, like "example.com"')
+    return value.strip()
+
+
+def _session_cookie_path(value: str) -> str:
+    if not _COOKIE_PATH_TEXT.match(value.strip()):
+        raise _Invalid('expected a path starting with "/", URL characters only')
+    return value.strip()
+
+
+def _cookie_seconds(value: str) -> str:
+    if not _COOKIE_SECONDS_TEXT.match(value.strip()):
+        raise _Invalid('expected whole seconds, like "172800"')
+    return value.strip()
+
+
+def _samesite(value: str) -> str:
+    samesite = _SAMESITE.get(value.strip().lower())
+    if samesite is None:
+        raise _Invalid('expected "None", "Lax" or "Strict"')
+    return samesite
+
+
+def _hash_by(value: str) -> str:
+    try:
+        hash_terms(value.strip())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value.strip()
+
+
+def _subset_size(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,4}", value.strip()) or int(value) > 1000:
+        raise _Invalid('expected a number of pods per subset, like "3"')
+    return int(value) or 3  # ingress-nginx's 0 is its default, 3
+
+
 # CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
 CORS_DEFAULT_METHODS: Final = "GET, PUT, POST, DELETE, PATCH, OPTIONS"
 CORS_DEFAULT_HEADERS: Final = (
@@ -695,6 +810,52 @@ def _auth_realm(value: str) -> str:
 
 
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
+_TLS_SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _tls_secret(value: str) -> str:
+    """auth-tls-secret: "namespace/name", or "name" in the Ingress's namespace ("/name")."""
+    ref = value.strip()
+    if "/" not in ref and _TLS_SECRET_NAME.match(ref):
+        return "/" + ref
+    return _secret_ref(ref)
+
+
+def _verify_client(value: str) -> str:
+    mode = value.strip()
+    if mode not in CLIENT_VERIFY_MODES:
+        raise _Invalid('expected "on", "off", "optional" or "optional_no_ca"')
+    return mode
+
+
+def _verify_depth(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or len(text) > 3 or int(text) > 100:
+        raise _Invalid("expected a depth from 0 to 100")
+    return int(text) or 1  # ingress-nginx: 0 is the default, 1
+
+
+def _error_page(value: str) -> str:
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL (Portico does not serve a path or a named "
+            "location as the error page)"
+        )
+    return url
+
+
+def _match_cn(value: str) -> str:
+    pattern = value.strip()
+    if not pattern.startswith("CN="):
+        raise _Invalid('expected "CN=" followed by a regular expression')
+    try:
+        compile_header_pattern(pattern)
+    except PatternError as exc:
+        raise _Invalid(str(exc)) from None
+    return pattern
+
+
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
     "force-ssl-redirect": (_bool, "force_ssl_redirect"),
@@ -756,6 +917,29 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
+    "auth-tls-secret": (_tls_secret, "tls_secret"),
+    "auth-tls-verify-client": (_verify_client, "tls_verify_client"),
+    "auth-tls-verify-depth": (_verify_depth, "tls_verify_depth"),
+    "auth-tls-error-page": (_error_page, "tls_error_page"),
+    "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
+    "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
+    # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
+    "affinity": (_affinity, "affinity"),
+    "affinity-mode": (_affinity_mode, "affinity_mode"),
+    "session-cookie-name": (_cookie_name, "session_cookie_name"),
+    "session-cookie-path": (_session_cookie_path, "session_cookie_path"),
+    "session-cookie-domain": (_session_cookie_domain, "session_cookie_domain"),
+    "session-cookie-max-age": (_cookie_seconds, "session_cookie_max_age"),
+    "session-cookie-expires": (_cookie_seconds, "session_cookie_expires"),
+    "session-cookie-samesite": (_samesite, "session_cookie_samesite"),
+    "session-cookie-secure": (_go_bool, "session_cookie_secure"),
+    "session-cookie-conditional-samesite-none": (_go_bool, "session_cookie_samesite_none"),
+    "session-cookie-change-on-failure": (_go_bool, "session_cookie_change_on_failure"),
+    "upstream-hash-by": (_hash_by, "upstream_hash_by"),
+    "upstream-hash-by-subset": (_go_bool, "upstream_hash_by_subset"),
+    "upstream-hash-by-subset-size": (_subset_size, "upstream_hash_by_subset_size"),
+    # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
+    **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
     # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
     "enable-cors": (_go_bool, "enable_cors"),
     "cors-allow-origin": (_cors_origins, "cors_allow_origin"),
@@ -815,6 +999,24 @@ _REDIRECT_FIELDS: Final = frozenset(
 _REWRITE_FIELDS: Final = frozenset(
     {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
 )
+_AFFINITY_FIELDS: Final = frozenset(
+    {
+        "affinity",
+        "affinity_mode",
+        "session_cookie_name",
+        "session_cookie_path",
+        "session_cookie_domain",
+        "session_cookie_max_age",
+        "session_cookie_expires",
+        "session_cookie_samesite",
+        "session_cookie_secure",
+        "session_cookie_samesite_none",
+        "session_cookie_change_on_failure",
+        "upstream_hash_by",
+        "upstream_hash_by_subset",
+        "upstream_hash_by_subset_size",
+    }
+)
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
 )
@@ -852,6 +1054,16 @@ _RATE_LIMIT_FIELDS: Final = frozenset(
     }
 )
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
+_CLIENT_AUTH_FIELDS: Final = frozenset(
+    {
+        "tls_secret",
+        "tls_verify_client",
+        "tls_verify_depth",
+        "tls_error_page",
+        "tls_pass_certificate",
+        "tls_match_cn",
+    }
+)
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
     {
@@ -878,6 +1090,9 @@ _INGRESS_FIELDS: Final = frozenset(
         "custom_http_errors",
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
+        *_CLIENT_AUTH_FIELDS,
+        *_AFFINITY_FIELDS,
+        *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
@@ -902,6 +1117,26 @@ def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
         if url:
             return Redirect(url, values.get(code_field, default)), False
     return None, False
+
+
+def _client_auth(values: Mapping[str, Any]) -> tuple[ClientAuth | None, bool]:
+    """(the auth-tls-* settings, whether one of them is invalid): nothing without
+    auth-tls-secret, as ingress-nginx; an invalid value with it fails closed."""
+    if "tls_secret" not in values:
+        return None, False
+    if any(values.get(f) is _INVALID for f in _CLIENT_AUTH_FIELDS):
+        return None, True
+    return (
+        ClientAuth(
+            secret=values["tls_secret"],
+            verify=values.get("tls_verify_client", "on"),
+            depth=values.get("tls_verify_depth", 1),
+            error_page=values.get("tls_error_page", ""),
+            pass_certificate=bool(values.get("tls_pass_certificate", False)),
+            match_cn=values.get("tls_match_cn", ""),
+        ),
+        False,
+    )
 
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
@@ -937,7 +1172,11 @@ def parse_annotations(
                 values[field] = parser(value)
             except _Invalid as exc:
                 errors.append(AnnotationError(name, value, str(exc)))
-                if field in _SOURCE_RANGE_FIELDS or field == "custom_headers":
+                if (
+                    field in _SOURCE_RANGE_FIELDS
+                    or field == "custom_headers"
+                    or field in extauth.AUTH_FIELDS
+                ):
                     # Not ignored: an access restriction that cannot be read fails closed, and
                     # so do response fields (often security headers) that cannot be read.
                     values[field] = _INVALID
@@ -951,6 +1190,9 @@ def parse_annotations(
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
+                elif field in _CLIENT_AUTH_FIELDS:
+                    # Client certificates that cannot be read are not checked less: fail closed.
+                    values[field] = _INVALID
                 elif field == "cors_allow_origin":
                     # ingress-nginx would allow every origin; no origin is allowed instead.
                     values[field] = ()
@@ -963,6 +1205,9 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    affinity = _affinity_step(values)
+    if affinity is not None:
+        route_values["policy"] = (*route_values.get("policy", ()), affinity)
     if "next_upstream" not in values and (
         "next_upstream_tries" in values or "next_upstream_timeout" in values
     ):
@@ -971,6 +1216,8 @@ def parse_annotations(
     allow, deny, whitelist = ranges
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
+    client_auth, invalid_client_auth = _client_auth(values)
+    external_auth, invalid_external_auth = _external_auth(values, given, errors)
     limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
     invalid_rate_limit = _INVALID in limits.values()
     if invalid_rate_limit:
@@ -1005,6 +1252,15 @@ def parse_annotations(
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
+            client_auth=client_auth,
+            invalid_client_auth=invalid_client_auth,
+            external_auth=external_auth,
+            invalid_external_auth=invalid_external_auth,
+            auth_proxy_set_headers=values.get("auth_proxy_set_headers")
+            if external_auth is not None
+            else None,
+            satisfy_any=values.get("satisfy_any") is True,
+            enable_global_auth=values.get("enable_global_auth", True) is not False,
             cors=_cors_step(values),
             canary=_canary_rules(values, given, errors),
             **_basic_auth(values),
@@ -1021,6 +1277,23 @@ def parse_annotations(
         _cache.clear()
     _cache[relevant] = result
     return result
+
+
+def _external_auth(
+    values: Mapping[str, Any],
+    given: Mapping[str, tuple[str, str]],
+    errors: list[AnnotationError],
+) -> tuple[ExternalAuth | None, bool]:
+    """(the ExternalAuth step, whether the routes fail closed): an auth-* annotation that
+    does not read denies the routes (503) rather than serve them with less protection."""
+    if "auth_url" in given and any(values.get(f) is _INVALID for f in extauth.AUTH_FIELDS):
+        return None, True
+    try:
+        return extauth.external_auth(values), False
+    except ValueError as exc:
+        name, value = given.get("auth_url", ("auth-url", ""))
+        errors.append(AnnotationError(name, value, str(exc)))
+        return None, True
 
 
 def _basic_auth(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -1068,6 +1341,33 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _affinity_step(values: Mapping[str, Any]) -> StickySessions | HashBy | None:
+    """The route's StickySessions step (`affinity: cookie` with its session-cookie-*
+    annotations, which mean nothing without it), else its HashBy step (upstream-hash-by):
+    ingress-nginx's balancer takes the sticky balancer first, then consistent hashing."""
+    if values.get("affinity") == "cookie":
+        return StickySessions(
+            name=values.get("session_cookie_name", "INGRESSCOOKIE"),
+            mode=values.get("affinity_mode", "balanced"),
+            path=values.get("session_cookie_path", ""),
+            domain=values.get("session_cookie_domain", ""),
+            max_age=values.get("session_cookie_max_age", ""),
+            expires=values.get("session_cookie_expires", ""),
+            samesite=values.get("session_cookie_samesite", ""),
+            secure=bool(values.get("session_cookie_secure", False)),
+            conditional_samesite_none=bool(values.get("session_cookie_samesite_none", False)),
+            change_on_failure=bool(values.get("session_cookie_change_on_failure", False)),
+        )
+    expression = values.get("upstream_hash_by")
+    if expression:
+        return HashBy(
+            expression,
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+    return None
 
 
 def _cors_step(values: Mapping[str, Any]) -> Cors | None:

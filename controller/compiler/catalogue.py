@@ -132,6 +132,30 @@ def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
     return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
 
+def _checked(name: str, detail: str, *, status: Status = "supported", extra: str = "") -> Entry:
+    """A supported access-control annotation: it stays access control (an unreadable value
+    fails closed)."""
+    return Entry(
+        name,
+        status,
+        "access-control",
+        detail + extra,
+        access_control=True,
+        portico=PORTICO_PREFIX + name,
+    )
+
+
+def _client_tls(name: str, status: Status, detail: str) -> Entry:
+    """A client-certificate annotation (auth-tls-*): supported, access control."""
+    return _checked(name, detail, status=status)
+
+
+_AUTH_INVALID = (
+    "An auth-* value that does not read denies the routes (503, InvalidExternalAuth), "
+    "where ingress-nginx ignores some (auth-signin, ...)."
+)
+
+
 def _refused(name: str, detail: str) -> Entry:
     return Entry(
         name,
@@ -222,40 +246,150 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
             "closed (503). Default: empty.",
         )
     ),
-    _auth("auth-url", "External authentication: each request is first checked by this URL."),
-    _auth("auth-method", "HTTP method of the auth-url request."),
-    _auth("auth-signin", "Where a request auth-url refuses is redirected to sign in."),
-    _auth("auth-signin-redirect-param", "Query parameter of auth-signin naming the original URL."),
-    _auth("auth-response-headers", "auth-url response headers copied to the upstream request."),
-    _auth("auth-request-redirect", "The X-Auth-Request-Redirect value sent to auth-url."),
-    _auth("auth-proxy-set-headers", "A ConfigMap of headers sent to auth-url."),
-    _auth("auth-cache-key", "Caches auth-url answers under this key."),
-    _auth("auth-cache-duration", "How long auth-url answers are cached, per status."),
-    _auth("auth-always-set-cookie", "Sets auth-url's cookies whatever the upstream answers."),
-    _auth("auth-keepalive", "Keep-alive connections to auth-url."),
-    _auth("auth-keepalive-share-vars", "Shares request variables with the auth-url request."),
-    _auth("auth-keepalive-requests", "Requests per keep-alive connection to auth-url."),
-    _auth("auth-keepalive-timeout", "Idle time of keep-alive connections to auth-url."),
-    _auth(
+    _checked(
+        "auth-url",
+        "External authentication: each request is first asked about to this URL (the "
+        "oauth2-proxy pattern), without its body, with the client's fields and X-Original-URL, "
+        "X-Original-Method, X-Auth-Request-Redirect, X-Sent-From, X-Real-IP, X-Forwarded-For. "
+        "2xx lets it through; 401 answers 401 (or redirects to auth-signin); 403 answers 403; "
+        "any other status, a connect failure or a timeout (the proxy-wide upstream connect and "
+        "read timeouts) answers 500, never passes. The URL may hold $host, $http_host, "
+        "$scheme, $pass_access_scheme, $request_uri, $escaped_request_uri and $request_method; "
+        "an HTTPS "
+        "auth service's certificate is not verified (nginx's default). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-method",
+        "The method of the auth-url request (GET without it, as nginx's subrequests); with it, "
+        "X-Original-URI and X-Scheme are sent too. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin",
+        "A request auth-url answers 401 is redirected (302) here, with the original URL in the "
+        "`rd` parameter (auth-signin-redirect-param) unless the URL already sets it, and "
+        "auth-url's Set-Cookie. May hold the variables auth-url may. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-signin-redirect-param",
+        "The query parameter of auth-signin carrying the original URL (`rd`). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-response-headers",
+        "Fields of auth-url's 2xx answer sent to the pod, replacing the client's fields of "
+        "those names (removed when auth-url sends none, so a client cannot supply them). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-request-redirect",
+        "The X-Auth-Request-Redirect value sent to auth-url (the request target without it). "
+        + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-proxy-set-headers",
+        'A ConfigMap ("namespace/name") of fields sent to auth-url; values are sent as '
+        "written (an entry naming an nginx variable is a problem and is not sent); a missing "
+        "ConfigMap denies the routes (503). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-key",
+        "Caches auth-url's answers (per worker) under this key, literal text and $remote_user, "
+        "$http_authorization, $http_<name>, $cookie_<name>, $host, $request_uri, $uri, "
+        "$remote_addr, $scheme; other variables are invalid. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-cache-duration",
+        "How long auth-url's answers are cached per status, with auth-cache-key "
+        "(`200 202 401 5m` by default; entries separated by commas). " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-always-set-cookie",
+        "auth-url's Set-Cookie goes with every response, not only 2xx/3xx ones. " + _AUTH_INVALID,
+    ),
+    _checked(
+        "auth-keepalive",
+        "Keep-alive connections to auth-url (0, the default: one connection per request).",
+        status="different",
+        extra=" Portico keeps every idle connection for auth-keepalive-timeout rather than at "
+        "most this many, and keeps them with HTTP/2 clients too.",
+    ),
+    _checked(
+        "auth-keepalive-share-vars",
+        "Validated; Portico's auth request is not an nginx subrequest and has no variables "
+        "to share, which is what `false` (the default) gives.",
+    ),
+    _checked(
+        "auth-keepalive-requests",
+        "Requests per keep-alive connection to auth-url.",
+        status="different",
+        extra=" Validated only: Portico reuses a connection until it is idle for "
+        "auth-keepalive-timeout or the auth service closes it.",
+    ),
+    _checked(
+        "auth-keepalive-timeout",
+        "Seconds an idle keep-alive connection to auth-url is kept (60).",
+    ),
+    _checked(
         "enable-global-auth",
-        'Whether the ConfigMap\'s global-auth-url applies to this Ingress. "false" asks for '
-        "nothing Portico does (it has no global authentication) and changes nothing; any other "
-        "value keeps the Ingress out of service until global authentication exists.",
+        '"false" keeps the ConfigMap\'s global-auth-url off this Ingress; an Ingress with '
+        "auth-url uses its own.",
     ),
-    _auth("satisfy", "`any`: either auth or the source ranges suffice; `all` (default): both."),
-    _auth("auth-tls-secret", "Client certificates: the Secret whose ca.crt verifies them."),
-    _auth("auth-tls-verify-client", "Client certificates: `on`, `optional`, `optional_no_ca`."),
-    _auth("auth-tls-verify-depth", "Client certificates: the verification depth."),
-    _auth("auth-tls-error-page", "Client certificates: where a failed verification redirects."),
-    _auth(
+    _checked(
+        "satisfy",
+        "`any`: the access checks (source ranges, auth-url, basic authentication) are "
+        "alternatives: one that lets the request in suffices, and when all refuse a 401 (or "
+        "its auth-signin redirect) wins over a 403; an auth service failure still answers 500. "
+        "`all` (default): each must. Another value is reported and `all` applies.",
+    ),
+    _client_tls(
+        "auth-tls-secret",
+        "different",
+        "Client certificates on the HTTPS listener: the hosts of the Ingress ask for one in the "
+        'TLS handshake and verify it against the Secret\'s `ca.crt` ("namespace/name", or a '
+        "name in the Ingress's namespace; another namespace is refused, as ingress-nginx's "
+        "allow-cross-namespace-resources default). As ingress-nginx, the first Ingress of a "
+        "host with it sets it for every rule of the host. A Secret that cannot be used makes "
+        "the host answer 403 (never unverified). Different: while any host asks for client "
+        "certificates, the HTTPS listener resumes no TLS sessions (a resumed session could "
+        "carry another host's verification); a request whose SNI was another host verified "
+        "with another CA is answered 421, one on plain HTTP (ssl-redirect off) counts as "
+        "without a certificate (ingress-nginx serves it unchecked).",
+    ),
+    _client_tls(
+        "auth-tls-verify-client",
+        "supported",
+        "`on` (default): a request without a valid certificate is answered 400; `optional`: a "
+        "certificate, if sent, must verify; `optional_no_ca`: an unknown or self-signed issuer "
+        "is let through (ssl-client-verify says FAILED); `off`: none is asked for. An invalid "
+        "value makes the routes answer 503 (ingress-nginx falls back to `on`).",
+    ),
+    _client_tls(
+        "auth-tls-verify-depth",
+        "supported",
+        "The longest chain from the client certificate to the CA (default 1: signed by the CA "
+        "itself); a longer one fails verification (400).",
+    ),
+    _client_tls(
+        "auth-tls-error-page",
+        "different",
+        "A request answered 400 for its certificate (missing or not verified) is redirected "
+        "there (302) instead. Different: only an http:// or https:// URL; a path or a named "
+        "location (internal redirects in nginx) is an invalid value and the routes answer 503.",
+    ),
+    _client_tls(
         "auth-tls-pass-certificate-to-upstream",
-        "Client certificates: passes the certificate upstream in `ssl-client-cert`.",
+        "supported",
+        '"true": the pod is sent `ssl-client-cert`, the client certificate as URL-encoded '
+        "PEM (nginx's $ssl_client_escaped_cert). With auth-tls-secret the pod always gets "
+        "`ssl-client-verify` (SUCCESS, NONE, FAILED:<reason>), `ssl-client-subject-dn` and "
+        "`ssl-client-issuer-dn` (RFC 4514); fields of those names sent by the client are "
+        "removed.",
     ),
-    _unsupported(
+    _client_tls(
         "auth-tls-match-cn",
-        "access-control",
-        "Client certificates: the subject CN must match this pattern. Not in a Portico issue yet.",
-        access=True,
+        "different",
+        '"CN=" and a regular expression, searched (case-sensitive) in the certificate\'s '
+        "subject DN; no match (or no certificate) is a 403. Different: the expression is RE2 "
+        "(no backreferences or lookaround: an invalid value, and the routes answer 503).",
     ),
     Entry(
         "allowlist-source-range",
@@ -695,22 +829,49 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "(fewest requests in flight, weighed by latency), which serves the same purpose by "
         "another formula; `least_request` names it directly.",
     ),
-    _unsupported(
+    _different(
         "upstream-hash-by",
         "load-balancing",
-        "Consistent hashing on request variables.",
-        ISSUE_PROTECTION,
+        "Consistent hashing: the request's key (nginx variables and text, like `$request_uri` or "
+        "`$host$request_uri`) is hashed onto a ring of the pods, so a key keeps its pod and a pod "
+        "that leaves moves only its own keys. Variables: `$request_uri`, `$uri`, `$args`, "
+        "`$host`, `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`, `$cookie_NAME`, "
+        "`$arg_NAME`; another variable is an invalid value (the annotation is ignored). "
+        "Differences: the ring's hash is not nginx's (keys land on other pods than with "
+        "ingress-nginx); `$uri` is the path as sent (nginx's is decoded); `$remote_addr` is the "
+        "connection's (or PROXY protocol's) address; it applies to the Ingress's routes, not "
+        "to every Ingress sharing the Service.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset", "load-balancing", "Hashing to subsets of pods.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset",
+        "load-balancing",
+        "With upstream-hash-by: the ring holds groups of pods (in address order, the last "
+        "group filled up with the first pods) and a request goes to a pod of its key's group "
+        "at random.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset-size", "load-balancing", "Pods per subset.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset-size",
+        "load-balancing",
+        "Pods per group of upstream-hash-by-subset (default 3; 0 is 3).",
     ),
     # ---- session affinity ---------------------------------------------------------------------
-    _unsupported("affinity", "session-affinity", "Sticky sessions by cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "affinity-mode", "session-affinity", "`balanced` or `persistent`.", ISSUE_PROTECTION
+    _different(
+        "affinity",
+        "session-affinity",
+        "`cookie`: sticky sessions. A request with a valid affinity cookie goes to its pod; "
+        "one without gets a pod and, on the pod's response, the cookie (`<key>|<backend "
+        "hash>`, HttpOnly). A pod that leaves moves only its own sessions. Differences: the "
+        "settings apply to the Ingress's routes, not to every Ingress sharing the Service "
+        "(ingress-nginx keeps one per backend); a retry after a failure goes to another pod "
+        "(see session-cookie-change-on-failure); the cookie is not sent on Portico's own "
+        "answers (502, 504).",
+    ),
+    _supported(
+        "affinity-mode",
+        "session-affinity",
+        "`balanced` (default): the cookie holds a random key placed on a consistent-hash ring "
+        "of the pods, so scaling up moves some sessions to the new pods; `persistent`: the "
+        "cookie names its pod, and a session moves only when its pod leaves.",
     ),
     _unsupported(
         "affinity-canary-behavior",
@@ -718,53 +879,53 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "Affinity to canaries: `sticky`.",
         ISSUE_PROTECTION,
     ),
-    _unsupported(
-        "session-cookie-name", "session-affinity", "The affinity cookie's name.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-path", "session-affinity", "The affinity cookie's Path.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-domain",
+    _supported(
+        "session-cookie-name",
         "session-affinity",
-        "The affinity cookie's Domain.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's name (default `INGRESSCOOKIE`): letters, digits, `-._~`.",
     ),
-    _unsupported(
+    _different(
+        "session-cookie-path",
+        "session-affinity",
+        "The affinity cookie's Path; without it, the rule's path. Difference: a regex rule "
+        "(use-regex) without it gets `Path=/` (ingress-nginx writes the expression).",
+    ),
+    _supported(
+        "session-cookie-domain", "session-affinity", "The affinity cookie's Domain (none without)."
+    ),
+    _supported(
         "session-cookie-max-age",
         "session-affinity",
-        "The affinity cookie's Max-Age.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Max-Age, whole seconds as written (none without: a session cookie).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-expires",
         "session-affinity",
-        "The affinity cookie's Expires.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Expires: now plus these seconds, in nginx's cookie time format.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-samesite",
         "session-affinity",
-        "The affinity cookie's SameSite.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's SameSite: `None`, `Lax` or `Strict` (any case).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-secure",
         "session-affinity",
-        "The affinity cookie's Secure flag.",
-        ISSUE_PROTECTION,
+        "`true`: the affinity cookie is Secure on plain HTTP too (it always is on HTTPS).",
     ),
-    _unsupported(
+    _different(
         "session-cookie-change-on-failure",
         "session-affinity",
-        "A new affinity cookie after a failed request.",
-        ISSUE_PROTECTION,
+        "`true`: a request whose pod failed and that went to another pod gets a cookie for "
+        "that pod. Difference: without it, the retry still goes to another pod (Portico never "
+        "retries a pod that failed the request; ingress-nginx retries the cookie's pod), and "
+        "the cookie keeps naming the first one.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-conditional-samesite-none",
         "session-affinity",
-        "SameSite=None left out for browsers that mishandle it.",
-        ISSUE_PROTECTION,
+        "`true`: no SameSite=None for the user agents ingress-nginx leaves it out for (Chrome "
+        "40-69, iOS 12, Safari on macOS 10.14).",
     ),
     # ---- canary -------------------------------------------------------------------------------
     _different(
@@ -1323,13 +1484,41 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "--deny-source-ranges",
             access=True,
         ),
+        _key(
+            "global-auth-url",
+            "supported",
+            "access-control",
+            "External authentication (as the auth-url annotation) of every Ingress without its "
+            'own auth-url and without enable-global-auth: "false". With the keys below, as '
+            "the annotations of the same names; a value that does not read denies those "
+            "Ingresses (503, InvalidExternalAuth).",
+            access=True,
+        ),
+        *(
+            _key(
+                "global-" + name,
+                "supported",
+                "access-control",
+                f"The {name} of global-auth-url.",
+                access=True,
+            )
+            for name in (
+                "auth-method",
+                "auth-signin",
+                "auth-signin-redirect-param",
+                "auth-response-headers",
+                "auth-request-redirect",
+                "auth-cache-key",
+                "auth-cache-duration",
+                "auth-always-set-cookie",
+            )
+        ),
         *(
             _key(name, "unsupported", "access-control", text, access=True, issue=issue)
             for name, text, issue in (
                 ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
                 ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
                 ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
-                ("global-auth-url", "External authentication for every Ingress.", ISSUE_PROTECTION),
             )
         ),
     )

@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import CanaryRules, IngressOptions, parse_annotations
+from controller.compiler.annotations import (
+    CanaryRules,
+    ClientAuth,
+    IngressOptions,
+    parse_annotations,
+)
 from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
     ALIAS_CONFLICT,
     CANARY_UNPAIRED,
+    CONFIGMAP_NOT_FOUND,
     CUSTOM_HEADERS_INVALID,
     DEFAULT_BACKEND_CONFLICT,
     INVALID_ANNOTATION,
@@ -45,8 +51,10 @@ from proxy.config import (
     AppRoot,
     BasicAuth,
     Canary,
+    ClientCertificate,
     Cors,
     ErrorPages,
+    ExternalAuth,
     HostRedirect,
     HTTPSRedirect,
     MatchKind,
@@ -60,6 +68,7 @@ from proxy.config import (
     Rewrite,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     SourceRanges,
     TLSCertificate,
@@ -101,6 +110,16 @@ INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
 # be read: its routes fail closed rather than forward what was meant to be redirected
 # (InvalidAnnotation problem).
 INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
+# auth-tls-* with a value that does not read: the routes fail closed (503) rather than check
+# client certificates less than asked.
+INVALID_CLIENT_AUTH: Final = Refuse(503, "InvalidClientCertificate")
+# auth-tls-secret that cannot be used (missing, no ca.crt, another namespace): ingress-nginx's
+# server `return 403` for its AuthTLSError; never served without verification.
+CLIENT_AUTH_UNUSABLE: Final = Refuse(403, "ClientCertificateSecretInvalid")
+# The first policy step of an Ingress whose external auth cannot be read (an auth-* annotation,
+# the ConfigMap's global-auth-* keys it would take, its auth-proxy-set-headers ConfigMap): its
+# routes are denied (503), never served unauthenticated.
+INVALID_EXTERNAL_AUTH: Final = Refuse(503, "InvalidExternalAuth")
 # The first policy step (after the redirects) of an Ingress whose basic auth cannot be enforced:
 # an auth annotation does not read or asks for digest, the auth-secret is missing or in another
 # namespace (InvalidAnnotation / SecretInvalid problem), or the Secret cannot be read
@@ -287,6 +306,9 @@ class IngressPart:
     aliases: tuple[str, ...] = ()
     # `custom-headers` ("ns/name" of a ConfigMap), resolved by `assemble`.
     custom_headers: str | None = None
+    # `auth-proxy-set-headers` ("ns/name" of a ConfigMap), resolved by `assemble` into the
+    # ExternalAuth step's fields.
+    auth_proxy_set_headers: str | None = None
     # from-to-www-redirect: the rule hosts whose other name (www. added or removed) redirects
     # to them (`assemble` adds those names).
     www_redirect_hosts: tuple[str, ...] = ()
@@ -305,6 +327,9 @@ class IngressPart:
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
+    # auth-tls-* (`secret` "ns/name"): `assemble` resolves its ca.crt into the
+    # ClientCertificate step of every rule of this Ingress's hosts.
+    client_auth: ClientAuth | None = None
     # Basic auth: ("namespace/name" of the auth-secret, auth-secret-type, auth-realm), which
     # `assemble` reads into a BasicAuth step (or locks the routes when it cannot).
     basic_auth: tuple[str, str, str] | None = None
@@ -392,6 +417,7 @@ def compile_ingress(
     source_ranges: tuple[tuple[str, ...] | None, tuple[str, ...] | None] = ((), ()),
     global_access_denied: bool = False,
     service_upstream: bool = False,
+    global_auth: ExternalAuth | Refuse | None = None,
     limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
 ) -> IngressPart:
@@ -406,7 +432,9 @@ def compile_ingress(
     the answers of the rate limits (the ConfigMap's limit-req-status-code and
     limit-conn-status-code);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
-    its hosts are terminated, as ingress-nginx ignores it without the flag).
+    its hosts are terminated, as ingress-nginx ignores it without the flag); `global_auth`: the
+    ConfigMap's global external auth (or its refusal when its keys do not read), for an Ingress
+    without auth-url unless enable-global-auth is "false".
 
     An Ingress carrying a snippet is still validated in full, for its problems, but contributes
     no routes, hosts or certificates; one carrying access control Portico does not enforce
@@ -443,6 +471,19 @@ def compile_ingress(
     ranges = _source_ranges(
         allow or (), deny or (), opts.invalid_source_range or allow is None or deny is None
     )
+    # External auth runs with the access checks, after the source ranges (nginx's access
+    # phase); satisfy any makes them alternatives (proxy/policy.py).
+    auth: ExternalAuth | Refuse | None = opts.external_auth
+    if opts.invalid_external_auth:
+        auth = INVALID_EXTERNAL_AUTH
+    elif auth is None and opts.enable_global_auth:
+        auth = global_auth
+    if auth is not None:
+        plain = dataclasses.replace(plain, policy=(auth, *plain.policy))
+    if opts.satisfy_any:
+        # The marker of satisfy any: the access checks (source ranges, basic auth added at
+        # assembly, external auth) become alternatives where the proxy builds them.
+        plain = dataclasses.replace(plain, policy=(*plain.policy, SatisfyAny()))
     if ranges is not None:
         plain = dataclasses.replace(plain, policy=(ranges, *plain.policy))
     # Before the source ranges: nginx's limit_req / limit_conn run in the preaccess phase,
@@ -464,6 +505,13 @@ def compile_ingress(
     error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
     if error_pages is not None:
         plain = dataclasses.replace(plain, policy=(*plain.policy, error_pages))
+    if opts.invalid_client_auth:
+        plain = dataclasses.replace(plain, policy=(INVALID_CLIENT_AUTH, *plain.policy))
+    client_auth = opts.client_auth
+    if client_auth is not None and client_auth.secret.startswith("/"):
+        client_auth = dataclasses.replace(
+            client_auth, secret=ingress.namespace + client_auth.secret
+        )
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
@@ -650,11 +698,13 @@ def compile_ingress(
         unprotected=screening.unenforced if serve_without_access_control else (),
         aliases=opts.server_alias,
         custom_headers=opts.custom_headers,
+        auth_proxy_set_headers=opts.auth_proxy_set_headers,
         www_redirect_hosts=_www_redirect_hosts(entries) if opts.from_to_www_redirect else (),
         app_root=opts.app_root,
         error_backend=error_backend,
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
+        client_auth=client_auth,
         basic_auth=(basic_auth, opts.auth_secret_type, opts.auth_realm) if basic_auth else None,
     )
 
@@ -884,6 +934,80 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
     return _map_options(part, lambda o: dataclasses.replace(o, upstream_ca_pem=pem))
 
 
+def _client_auth_steps(
+    parts: list[IngressPart],
+    ca_bundle: Callable[[str], tuple[str | None, str | None]] | None,
+    problems: list[Problem],
+) -> dict[str, PolicyStep]:
+    """The client-certificate step of each host: the first Ingress (in precedence order) with
+    auth-tls-secret for a host gives it, as ingress-nginx sets it on the host's server block;
+    a Secret that cannot be used gives a 403 refusal instead (never an unverified host)."""
+    by_host: dict[str, PolicyStep] = {}
+    for part in parts:
+        auth = part.client_auth
+        if auth is None or not part.hosts:
+            continue
+        namespace = auth.secret.partition("/")[0]
+        pem: str | None = None
+        reason: str | None
+        if namespace != part.namespace:
+            # ingress-nginx's allow-cross-namespace-resources is false by default.
+            reason = "a Secret in another namespace is not allowed"
+        elif ca_bundle is None:
+            reason = "no Secret can be read"
+        else:
+            pem, reason = ca_bundle(auth.secret)
+        step: PolicyStep
+        if pem is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    SECRET_INVALID,
+                    f'auth-tls-secret "{auth.secret}": {reason}; its hosts answer 403',
+                )
+            )
+            step = CLIENT_AUTH_UNUSABLE
+        else:
+            step = ClientCertificate(
+                ca_pem=pem,
+                verify=auth.verify,
+                depth=auth.depth,
+                error_page=auth.error_page,
+                pass_certificate=auth.pass_certificate,
+                match_cn=auth.match_cn,
+            )
+        for host in part.hosts:
+            by_host.setdefault(host, step)
+    return by_host
+
+
+def _with_host_steps(part: IngressPart, steps: Mapping[str, PolicyStep]) -> IngressPart:
+    """The part with each host's client-certificate step first (after the redirects) in the
+    policy of its rules on that host."""
+    if not any(e.host in steps for e in (*part.entries, *part.fallbacks)):
+        return part
+
+    def rule(r: PathRule | None, host: str) -> PathRule | None:
+        if r is None:
+            return None
+        options = _with_step(r.options, steps[host], first=True)
+        return dataclasses.replace(r, options=options)
+
+    def entry(e: RuleEntry) -> RuleEntry:
+        if e.host not in steps:
+            return e
+        new = rule(e.rule, e.host)
+        assert new is not None
+        return dataclasses.replace(e, rule=new, unredirected=rule(e.unredirected, e.host))
+
+    return dataclasses.replace(
+        part,
+        entries=tuple(entry(e) for e in part.entries),
+        fallbacks=tuple(entry(e) for e in part.fallbacks),
+    )
+
+
 def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> RouteOptions:
     """`step` added last, or `first`: first after the redirects (which answer before any
     other step, as ingress-nginx redirects before it denies)."""
@@ -897,6 +1021,24 @@ def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> Route
     while at < len(policy) and isinstance(policy[at], HTTPSRedirect | Redirect):
         at += 1
     return dataclasses.replace(options, policy=(*policy[:at], step, *policy[at:]))
+
+
+def _with_auth_headers(
+    options: RouteOptions,
+    found: tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None,
+) -> RouteOptions:
+    """The auth-proxy-set-headers fields in the route's ExternalAuth step (the step denied,
+    503, when its ConfigMap is missing)."""
+    policy: list[PolicyStep] = []
+    for step in options.policy:
+        if isinstance(step, ExternalAuth):
+            if found is None:
+                policy.append(INVALID_EXTERNAL_AUTH)
+                continue
+            policy.append(dataclasses.replace(step, set_names=found[0], set_values=found[1]))
+            continue
+        policy.append(step)
+    return dataclasses.replace(options, policy=tuple(policy))
 
 
 def _with_request_headers(
@@ -1053,6 +1195,10 @@ def assemble(
     *,
     response_headers: Callable[[str], ResponseHeaders | str | None] | None = None,
     request_headers: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    auth_headers: Callable[
+        [str], tuple[tuple[str, ...], tuple[str, ...], tuple[Problem, ...]] | None
+    ]
+    | None = None,
     basic_auth: Callable[[str, str, str], tuple[BasicAuth | None, str | None]] | None = None,
 ) -> Assembly:
     """Merge parts, given in precedence order, into routes; `certificate(ns, name)` loads TLS.
@@ -1062,7 +1208,9 @@ def assemble(
     than talk to its pods unverified. `response_headers(ref)` gives the step of a
     `custom-headers` ConfigMap, or why it cannot be served (its routes then answer 503, as
     ingress-nginx denies them); `request_headers` are the (names, values) every route sends its
-    pods (the ingress-nginx ConfigMap's proxy-set-headers).
+    pods (the ingress-nginx ConfigMap's proxy-set-headers). `auth_headers(ref)` gives the
+    (names, values, problems) of an `auth-proxy-set-headers` ConfigMap, None when it does not
+    exist (the Ingress's routes then answer 503: its auth requests cannot be sent as meant).
 
     `server-alias`, as ingress-nginx: the first Ingress (in precedence order) with aliases for
     a host gives that host its aliases; an alias that is a rule host, or already another
@@ -1128,6 +1276,23 @@ def assemble(
         else:
             parts[i] = _map_options(part, functools.partial(_with_step, step=step, first=False))
     for i, part in enumerate(parts):
+        if part.auth_proxy_set_headers is None or auth_headers is None:
+            continue
+        found = auth_headers(part.auth_proxy_set_headers)
+        if found is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    CONFIGMAP_NOT_FOUND,
+                    f'auth-proxy-set-headers "{part.auth_proxy_set_headers}": the ConfigMap '
+                    "does not exist; its routes answer 503",
+                )
+            )
+        else:
+            problems.extend(found[2])
+        parts[i] = _map_options(part, functools.partial(_with_auth_headers, found=found))
+    for i, part in enumerate(parts):
         if part.basic_auth is None:
             continue
         auth, reason = (None, "not read") if basic_auth is None else basic_auth(*part.basic_auth)
@@ -1140,6 +1305,9 @@ def assemble(
     if request_headers[0]:
         change = _with_request_headers(*request_headers)
         parts = [_map_options(part, change) for part in parts]
+    client_auth = _client_auth_steps(parts, ca_bundle, problems)
+    if client_auth:
+        parts = [_with_host_steps(part, client_auth) for part in parts]
 
     unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
     fallback_unredirected: dict[str, PathRule] = {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.config import ExternalAuth, Refuse
+
 
 @dataclass(frozen=True)
 class CompileSettings:
@@ -34,7 +36,7 @@ class CompileSettings:
     # `Snapshot.passthrough` entries; off, the annotation is a problem and does nothing.
     ssl_passthrough: bool = False
     # Keys of the ingress-nginx ConfigMap holding access control for every Ingress that Portico
-    # does not enforce (global-auth-url, block-cidrs, ...): unless
+    # does not enforce (block-cidrs, block-user-agents, ...): unless
     # serve_without_access_control, every route answers 403 (fail closed).
     unenforced_global_access: tuple[str, ...] = ()
     # The source ranges of every Ingress without its own annotation of that kind (canonical
@@ -56,6 +58,10 @@ class CompileSettings:
     # The response fields a custom-headers ConfigMap may set (`--allowed-response-headers`, the
     # ingress-nginx ConfigMap's `global-allowed-response-headers`); empty: none.
     allowed_response_headers: tuple[str, ...] = ()
+    # The ingress-nginx ConfigMap's global-auth-url (with its global-auth-* keys): the external
+    # auth of every Ingress without auth-url and without enable-global-auth "false"; a Refuse
+    # (503) when those keys do not read; None: none.
+    global_auth: ExternalAuth | Refuse | None = None
     # The answers of refused requests of the rate limits (`--limit-req-status-code`,
     # `--limit-conn-status-code`, the ingress-nginx ConfigMap's keys of those names).
     limit_req_status_code: int = 503

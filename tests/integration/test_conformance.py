@@ -110,12 +110,14 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "affinity",
         "rate-limits",
         "retries",
         "upstream",
         "cors",
         "basic-auth",
         "limit-rate",
+        "external-auth",
     }
     names = [s.full_name for s in scenarios]
     assert len(names) == len(set(names))
@@ -273,7 +275,8 @@ def test_render_ca_secrets_annotations_and_unwatched_objects(tmp_path: Path) -> 
   objects:""",
         ).replace(
             "metadata: {name: web}",
-            "metadata: {name: web, annotations: {x/proxy-ssl-secret: {secret: pod-ca}, x/y: z}}",
+            "metadata: {name: web, annotations: {x/proxy-ssl-secret: {secret: pod-ca}, x/y: z, "
+            "x/auth-url: {pod_url: web-1, path: '/auth?status=401'}}}",
         )
         + "  unwatched_objects:"
         + INGRESS.replace("name: web}", "name: far}")
@@ -291,7 +294,11 @@ def test_render_ca_secrets_annotations_and_unwatched_objects(tmp_path: Path) -> 
     secret = by_key[("Secret", "pod-ca", "ns")]
     assert (secret["type"], secret["data"]) == ("Opaque", {"ca.crt": "Q0E="})
     annotations = by_key[("Ingress", "web", "ns")]["metadata"]["annotations"]
-    assert annotations == {"x/proxy-ssl-secret": "ns/pod-ca", "x/y": "z"}
+    assert annotations == {
+        "x/proxy-ssl-secret": "ns/pod-ca",
+        "x/y": "z",
+        "x/auth-url": "http://127.0.0.2:4321/auth?status=401",  # a pod's echo backend URL
+    }
     assert ("Ingress", "far", "elsewhere") in by_key
     assert scenario.unwatched_ingresses == {"far"}
     assert set(created(scenario, env)) == set(by_key)
@@ -356,6 +363,22 @@ def test_compare_all_checks_the_pod_set_and_failed_attempts() -> None:
     assert problem.startswith("GET http://lb.example/: 3 answers came from pods ['web-1']")
     failed = compare_all(request, [*spread[:2], "request failed: refused"], 0)
     assert failed == ["GET http://lb.example/: request failed: refused"]
+
+
+def test_compare_header_patterns_and_one_pod() -> None:
+    """The affinity scenarios: a cookie with a random key, every answer from one pod."""
+    cookie = "SERVERID=k1|0123456789abcdef0123456789abcdef; Path=/; HttpOnly"
+    answer = echo_answer(headers={"set-cookie": cookie})
+    pattern = {"Set-Cookie": r"SERVERID=[^|;]+\|[0-9a-f]{32}; Path=/; HttpOnly"}
+    assert compare(Expect(status=200, header_patterns=pattern), answer, 0) == []
+    (problem,) = compare(Expect(status=200, header_patterns=pattern), echo_answer(), 0)
+    assert "header Set-Cookie matching" in problem and "(got None)" in problem
+    request = Request.model_validate(
+        {"host": "h.example", "count": 2, "expect": {"status": 200, "one_pod": True}}
+    )
+    assert compare_all(request, [echo_answer(pod="web-2")] * 2, 0) == []
+    (problem,) = compare_all(request, [echo_answer(pod="web-1"), echo_answer(pod="web-2")], 0)
+    assert problem.endswith("2 answers came from pods ['web-1', 'web-2'], expected one")
 
 
 def test_compare_what_the_pod_saw() -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from controller.cli import main
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 # main() runs in this process: it must leave pytest's logging alone.
 pytestmark = pytest.mark.usefixtures("cli_logging_off")
@@ -171,12 +172,15 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
     ({N + "whitelist-source-range": "10.0.0.0/8"}, 0),  # enforced
     ({N + "denylist-source-range": "10.0.0.0/8,::1"}, 0),
     ({N + "whitelist-source-range": "10.0.0.0/8,"}, 2),  # not readable: fails closed (503)
-    ({N + "auth-url": "http://auth/"}, 2),
+    ({N + "auth-url": "http://auth/"}, 0),  # enforced (issue 18)
+    ({N + "auth-url": "ftp://auth/"}, 2),  # not readable: fails closed (503)
+    ({N + "auth-tls-match-cn": "CN=client"}, 2),  # not enforced: fails closed (403)
     ({N + "configuration-snippet": "deny all;"}, 2),  # refused
 ]
 
 
 @pytest.mark.parametrize(("annotations", "status"), EXIT_ROWS)
+@pytest.mark.usefixtures("unenforced")
 def test_exit_status(tmp_path: Path, annotations: dict[str, str], status: int) -> None:
     path = tmp_path / "app.yaml"
     path.write_text(INGRESS.format(annotations=json.dumps(annotations)))
@@ -184,9 +188,10 @@ def test_exit_status(tmp_path: Path, annotations: dict[str, str], status: int) -
     assert code == status, out + err
 
 
+@pytest.mark.usefixtures("unenforced")
 def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     path = tmp_path / "app.yaml"
-    annotations = {N + "auth-url": "http://auth/", N + "proxy-body-size": "8m"}
+    annotations = {N + "auth-tls-match-cn": "CN=client", N + "proxy-body-size": "8m"}
     path.write_text(INGRESS.format(annotations=json.dumps(annotations)))
     code, out, _ = run(str(path))
     assert code == 2
@@ -194,7 +199,7 @@ def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     assert lines[0].startswith(
         "Ingress ns/app (class nginx): FAILS CLOSED, every request answered by Portico"
     )
-    assert lines[1].split() == ["unsupported", f"{N}auth-url:", '"http://auth/"']
+    assert lines[1].split() == ["unsupported", f"{N}auth-tls-match-cn:", '"CN=client"']
     assert f"supported    {N}proxy-body-size: " in out
     assert "Ingresses: 1: 0 served, 0 refused (snippets), 1 answered 403" in out
     assert "Annotations: 2: 1 supported, 0 different, 1 unsupported, 0 refused, 0 unknown" in out
@@ -228,7 +233,9 @@ def test_configmap_keys(tmp_path: Path) -> None:
     # readable (2: those Ingresses answer 503).
     for data, expected, says in (
         ("{whitelist-source-range: 10.0.0.0/8}", 0, "--allow-source-ranges"),
-        ("{global-auth-url: 'http://auth/'}", 2, "answered 403"),
+        ("{global-auth-url: 'http://auth/'}", 0, "External authentication"),
+        ("{global-auth-url: 'ftp://auth/'}", 2, "503"),
+        ("{block-cidrs: 192.0.2.0/24}", 2, "answered 403"),
         ("{denylist-source-range: 'example.com'}", 2, "503"),
     ):
         guarded = tmp_path / "guarded.yaml"

@@ -14,10 +14,13 @@ from proxy.config import (
     BasicAuth,
     BodyLimit,
     Canary,
+    ClientCertificate,
     Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
+    ExternalAuth,
+    HashBy,
     HostRedirect,
     HTTPSRedirect,
     PassthroughHost,
@@ -31,10 +34,12 @@ from proxy.config import (
     RewriteRedirects,
     RouteOptions,
     RouteTable,
+    SatisfyAny,
     ShapeRequest,
     Snapshot,
     SnapshotError,
     SourceRanges,
+    StickySessions,
     TLSCertificate,
     VirtualHost,
     apply_endpoints_update,
@@ -43,6 +48,8 @@ from proxy.config import (
     encode_endpoints_update,
     encode_snapshot,
 )
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def full_snapshot() -> Snapshot:
@@ -59,11 +66,43 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
+        StickySessions(
+            "SERVERID",
+            "persistent",
+            "/app",
+            "example.org",
+            "-1",
+            "172800",
+            "None",
+            True,
+            True,
+            True,
+        ),
+        HashBy("$host$request_uri", subset=True, subset_size=2),
         Cors(
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
         BasicAuth("test auth", ("foo", "bob"), ("$2y$05$HASH-SECRET", "{SHA}xO2et=")),
         RateLimit("ns/ing", 10, 600, 3, 8, ("10.0.0.0/8", "2001:db8::/32"), 429, 503),
+        ExternalAuth(
+            "https://$host/oauth2/auth",
+            method="POST",
+            signin="https://$host/oauth2/start?rd=$escaped_request_uri",
+            signin_redirect_param="orig",
+            response_headers=("X-Auth-Request-User",),
+            request_redirect="/landing",
+            set_names=("X-Tenant",),
+            set_values=("a",),
+            cache_key="$remote_user$http_authorization",
+            cache_statuses=(200, 401),
+            cache_seconds=(300, 60),
+            always_set_cookie=True,
+            keepalive=10,
+            keepalive_requests=100,
+            keepalive_timeout=30,
+        ),
+        SatisfyAny(),
     )
     options = RouteOptions(
         balancer="least_request", read_timeout=5.0, policy=policy, access_log=False
@@ -330,6 +369,22 @@ CORS: dict[str, object] = {
             {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
             id="redirect-splits-the-head",
         ),
+        pytest.param({"step": "client_certificate", "ca_pem": "x"}, id="client-ca-not-pem"),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "verify": "sometimes"},
+            id="client-verify-mode",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "depth": 0}, id="client-depth-0"
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "error_page": "/error"},
+            id="client-error-page-path",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "match_cn": "CN=(a)\\1"},
+            id="client-match-cn-backreference",
+        ),
         pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
         pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
         pytest.param(
@@ -339,6 +394,20 @@ CORS: dict[str, object] = {
         pytest.param(
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
+        ),
+        pytest.param({"step": "sticky_sessions", "name": "a=b"}, id="sticky-name-injected"),
+        pytest.param({"step": "sticky_sessions", "mode": "sticky"}, id="sticky-mode"),
+        pytest.param({"step": "sticky_sessions", "path": "/a;b"}, id="sticky-path-injected"),
+        pytest.param({"step": "sticky_sessions", "path": "a"}, id="sticky-path-relative"),
+        pytest.param({"step": "sticky_sessions", "max_age": "1d"}, id="sticky-max-age"),
+        pytest.param({"step": "sticky_sessions", "expires": 10}, id="sticky-expires-a-number"),
+        pytest.param({"step": "sticky_sessions", "samesite": "none"}, id="sticky-samesite"),
+        pytest.param({"step": "sticky_sessions", "secure": "true"}, id="sticky-secure-a-string"),
+        pytest.param({"step": "hash_by", "expression": "$upstream_addr"}, id="hash-unknown"),
+        pytest.param({"step": "hash_by", "expression": "text"}, id="hash-no-variable"),
+        pytest.param({"step": "hash_by", "expression": "$"}, id="hash-lone-dollar"),
+        pytest.param(
+            {"step": "hash_by", "expression": "$uri", "subset_size": 0}, id="hash-subset-0"
         ),
         *(
             pytest.param({**CORS, **change}, id=f"cors-{name}")
@@ -387,6 +456,38 @@ CORS: dict[str, object] = {
             {"step": "rate_limit", "zone": "ns/a", "connections": 1, "allow": ["10.0.0.1/8"]},
             id="rate-allowlist-not-canonical",
         ),
+        # ExternalAuth (auth-url): anything the proxy could not send as meant.
+        pytest.param({"step": "external_auth", "url": "ftp://a/"}, id="auth-not-http"),
+        pytest.param({"step": "external_auth", "url": "http:///a"}, id="auth-without-host"),
+        pytest.param({"step": "external_auth", "url": "http://$foo/"}, id="auth-unknown-var"),
+        pytest.param({"step": "external_auth", "url": "http://a/\r\nX: y"}, id="auth-split"),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "method": "get"}, id="auth-method"
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "signin": "/start"},
+            id="auth-signin-relative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "response_headers": ["Host"]},
+            id="auth-response-header-host",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_key": "$request_body"},
+            id="auth-cache-key-variable",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "cache_statuses": [200]},
+            id="auth-cache-without-time",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": -1},
+            id="auth-keepalive-negative",
+        ),
+        pytest.param(
+            {"step": "external_auth", "url": "http://a/", "keepalive": True},
+            id="auth-keepalive-a-flag",
+        ),
     ],
 )
 def test_rejects_a_bad_policy_step(step: dict[str, object]) -> None:
@@ -420,9 +521,14 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "ClientCertificate",
+        "StickySessions",
+        "HashBy",
         "Cors",
         "BasicAuth",
         "RateLimit",
+        "ExternalAuth",
+        "SatisfyAny",
     ]
     assert rule.options.step(BodyLimit) == BodyLimit(1024)
     assert rule.options.step(HSTS) == HSTS(600, include_subdomains=False, preload=True)

@@ -21,6 +21,8 @@ from controller.compiler.catalogue import (
     nearest,
     supported_names,
 )
+from controller.compiler.extauth import GLOBAL_KEYS
+from controller.compiler.extauth import PARSERS as EXTAUTH_PARSERS
 
 ROOT = Path(__file__).resolve().parents[4]
 NAMES_FILE = ROOT / "tests" / "data" / "ingress-nginx-annotations.txt"
@@ -80,6 +82,17 @@ ACCESS_CONTROL = {
 
 
 SOURCE_RANGES = ("allowlist-source-range", "whitelist-source-range", "denylist-source-range")
+# Client certificates (issue 18 item 3): enforced, so out of the fail-closed list.
+CLIENT_TLS = (
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-verify-depth",
+    "auth-tls-error-page",
+    "auth-tls-pass-certificate-to-upstream",
+    "auth-tls-match-cn",
+)
+# External auth and satisfy (issue 18: controller/compiler/extauth.py).
+EXTERNAL_AUTH = {n for n in EXTAUTH_PARSERS}
 
 
 BASIC_AUTH = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
@@ -88,12 +101,20 @@ BASIC_AUTH = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
 def test_access_control_rows() -> None:
     expected = {n for n in ANNOTATIONS if n.startswith("auth-")} | ACCESS_CONTROL
     assert {n for n, e in ANNOTATIONS.items() if e.access_control} == expected
-    # Every one of them fails closed today, except the refused auth-snippet and the source
-    # ranges and basic auth, which Portico enforces.
+    # Every one of them fails closed today, except the refused auth-snippet and those Portico
+    # enforces: the source ranges, basic auth, external auth, client certificates.
     closed = {n for n, e in ANNOTATIONS.items() if e.fails_closed}
-    assert closed == expected - {"auth-snippet", *SOURCE_RANGES, *BASIC_AUTH}
+    assert closed == expected - {
+        "auth-snippet",
+        *SOURCE_RANGES,
+        *BASIC_AUTH,
+        *EXTERNAL_AUTH,
+        *CLIENT_TLS,
+    }
+    assert all(ANNOTATIONS[n].status in ("supported", "different") for n in EXTERNAL_AUTH)
     assert all(ANNOTATIONS[n].status == "supported" for n in SOURCE_RANGES)
     assert all(ANNOTATIONS[n].status in ("supported", "different") for n in BASIC_AUTH)
+    assert all(ANNOTATIONS[n].status in ("supported", "different") for n in CLIENT_TLS)
 
 
 @pytest.mark.parametrize("name", sorted(ANNOTATIONS))
@@ -115,7 +136,7 @@ def test_configmap_rows_use_the_same_shape() -> None:
     for e in CONFIGMAP_KEYS.values():
         assert e.status in STATUSES and e.category in CATEGORIES
         assert e.detail.strip() and e.detail.rstrip().endswith((".", ")"))
-        if e.status in ("supported", "different"):
+        if e.status in ("supported", "different") and e.name not in GLOBAL_KEYS:
             assert e.portico.startswith("--")
     assert CONFIGMAP_KEYS["global-auth-url"].access_control
     assert CONFIGMAP_KEYS["proxy-body-size"].portico == "--max-body-bytes"

@@ -38,6 +38,7 @@ from tests.kube_factory import (
     tls_entry,
     tls_secret,
 )
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -222,7 +223,7 @@ PLACEMENT_ROWS: dict[str, Placed] = {
         (MOVED, SourceRanges(("10.0.0.0/8",), ())),
     ),
     "before-unenforced-auth": Placed(
-        {"permanent-redirect": URL, "auth-url": "http://auth.example/check"},
+        {"permanent-redirect": URL, "auth-tls-match-cn": "CN=client"},
         False,
         (MOVED, DENIED),
     ),
@@ -243,6 +244,7 @@ PLACEMENT_ROWS: dict[str, Placed] = {
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=k) for k, r in PLACEMENT_ROWS.items()])
+@pytest.mark.usefixtures("unenforced")
 def test_redirect_step_place(row: Placed) -> None:
     tls = [tls_entry(None, "r.example")] if row.tls else None
     ing = ingress(annotations={N + k: v for k, v in row.annotations.items()}, tls=tls)

@@ -38,6 +38,7 @@ from tests.kube_factory import (
     store_of,
     tls_entry,
 )
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -215,9 +216,10 @@ def _kinds(policy: tuple[PolicyStep, ...]) -> list[type]:
         # A denied location (a source range that does not read) has no CORS block.
         ({"whitelist-source-range": "nonsense"}, False, [Refuse]),
         # Unenforced access control fails closed: no preflight answer either.
-        ({"auth-url": "http://auth.test/"}, False, [Refuse]),
+        ({"auth-tls-match-cn": "CN=client"}, False, [Refuse]),
     ],
     ids=repr,
 )
+@pytest.mark.usefixtures("unenforced")
 def test_policy_order(annotations: dict[str, str], tls: bool, kinds: list[type]) -> None:
     assert _kinds(_policy({"enable-cors": "true", **annotations}, tls)) == kinds
