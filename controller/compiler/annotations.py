@@ -199,6 +199,11 @@ class IngressOptions:
     limit_burst_multiplier: int = 5
     limit_allowlist: tuple[str, ...] = ()
     invalid_rate_limit: bool = False
+    # limit-rate / limit-rate-after in bytes (RouteOptions.limit_rate / limit_rate_after);
+    # None: not given or not readable, and the ConfigMap's limit-rate / limit-rate-after apply
+    # (ingress-nginx's parser falls back to them), set by the compiler.
+    limit_rate: int | None = None
+    limit_rate_after: int | None = None
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -978,8 +983,8 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "limit-burst-multiplier": (_limit, "limit_burst_multiplier"),
     "limit-allowlist": (_cidrs, "limit_allowlist"),
     "limit-whitelist": (_cidrs, "limit_whitelist"),
-    # RouteOptions.limit_rate / limit_rate_after (proxy/pacing.py); a value that does not read
-    # is ignored (ingress-nginx takes the ConfigMap's, 0 by default: no limit).
+    # RouteOptions.limit_rate / limit_rate_after (proxy/pacing.py), set by the compiler; a value
+    # that does not read is ignored (the ConfigMap's applies, as ingress-nginx's; 0: no limit).
     "limit-rate": (_kilobytes, "limit_rate"),
     "limit-rate-after": (_kilobytes, "limit_rate_after"),
 }
@@ -1097,6 +1102,8 @@ _INGRESS_FIELDS: Final = frozenset(
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
         *_RATE_LIMIT_FIELDS,
+        "limit_rate",
+        "limit_rate_after",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -1270,6 +1277,8 @@ def parse_annotations(
             limit_burst_multiplier=limits.get("limit_burst_multiplier", 5),
             limit_allowlist=limits.get("limit_allowlist", limits.get("limit_whitelist", ())),
             invalid_rate_limit=invalid_rate_limit,
+            limit_rate=values.get("limit_rate"),
+            limit_rate_after=values.get("limit_rate_after"),
         ),
         tuple(errors),
     )

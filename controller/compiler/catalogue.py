@@ -1045,14 +1045,15 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "one second's worth ahead, so a response of N kilobytes at R takes about N/R - 1 "
         "seconds. Portico stops reading the pod while the client is ahead of the schedule, with "
         "proxy-buffering on or off (memory stays bounded, the pod is slowed too). A value that "
-        "does not read is ignored (no limit), as ingress-nginx falls back to the ConfigMap's "
-        "default; the ConfigMap's own limit-rate is not read.",
+        "does not read is ignored, as ingress-nginx falls back to the ConfigMap's limit-rate "
+        "(--limit-rate; 0 by default: no limit).",
     ),
     _supported(
         "limit-rate-after",
         "rate-limiting",
         "Kilobytes of each response body sent at full speed before limit-rate applies (nginx's "
-        "limit_rate_after; the response head is not counted). Nothing without limit-rate.",
+        "limit_rate_after; the response head is not counted). Nothing without limit-rate. "
+        "Without it (or unreadable), the ConfigMap's limit-rate-after (--limit-rate-after).",
     ),
     # ---- CORS ---------------------------------------------------------------------------------
     _supported(
@@ -1457,6 +1458,22 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "rate-limiting",
             "Status of the requests limit-connections refuses (400 to 599; 503 default).",
             "--limit-conn-status-code",
+        ),
+        _key(
+            "limit-rate",
+            "supported",
+            "rate-limiting",
+            "Kilobytes per second of each proxied response, for Ingresses without the "
+            "limit-rate annotation (0: no limit).",
+            "--limit-rate",
+        ),
+        _key(
+            "limit-rate-after",
+            "supported",
+            "rate-limiting",
+            "Kilobytes of each response sent before limit-rate applies, for Ingresses without "
+            "the limit-rate-after annotation.",
+            "--limit-rate-after",
         ),
         _key(
             "allow-snippet-annotations",

@@ -420,6 +420,7 @@ def compile_ingress(
     global_auth: ExternalAuth | Refuse | None = None,
     limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
+    limit_rate: tuple[int, int] = (0, 0),
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -430,7 +431,8 @@ def compile_ingress(
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
     `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
     the answers of the rate limits (the ConfigMap's limit-req-status-code and
-    limit-conn-status-code);
+    limit-conn-status-code); `limit_rate`: the (limit-rate, limit-rate-after) in bytes of an
+    Ingress without those annotations (the ConfigMap's keys);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
     its hosts are terminated, as ingress-nginx ignores it without the flag); `global_auth`: the
     ConfigMap's global external auth (or its refusal when its keys do not read), for an Ingress
@@ -464,6 +466,10 @@ def compile_ingress(
     )
     tls_hosts = tuple(h for t in tls for h in t.hosts)
     plain = opts.route
+    rate = limit_rate[0] if opts.limit_rate is None else opts.limit_rate
+    rate_after = limit_rate[1] if opts.limit_rate_after is None else opts.limit_rate_after
+    if rate or rate_after:
+        plain = dataclasses.replace(plain, limit_rate=rate, limit_rate_after=rate_after)
     allow = opts.allow_source_range
     deny = opts.deny_source_range
     allow = source_ranges[0] if allow is None else allow

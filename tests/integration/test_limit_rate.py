@@ -18,9 +18,11 @@ under the fastest paced one. All rows run at once, so the test takes as long as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import aiohttp
 import manifests
@@ -111,20 +113,35 @@ async def download(port: int, host: str) -> Download:
         writer.close()
 
 
-@pytest.fixture
-async def proxy(tmp_path: Path) -> Any:
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, hosts: dict[str, dict[str, str]], configmap: dict[str, str] | None = None
+) -> AsyncIterator[int]:
+    """`portico serve` with one Ingress per host (name -> annotations) and, with `configmap`,
+    the ingress-nginx ConfigMap of that data; yields the HTTP port."""
     async with echo_pods(("127.0.0.2", "web", "pod-a")) as pod_port:
         docs = [
             manifests.ingress_class(),
             *manifests.service_with_pods("web", ["127.0.0.2"], pod_port),
             *(
-                manifests.ingress(name, f"{name}.test", {"/": "web"}, annotations=row.annotations)
-                for name, row in ROWS.items()
+                manifests.ingress(name, f"{name}.test", {"/": "web"}, annotations=annotations)
+                for name, annotations in hosts.items()
             ),
         ]
+        extra: tuple[str, ...] = ()
+        if configmap is not None:
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+                    "data": configmap,
+                }
+            )
+            extra = ("--nginx-configmap", "ingress-nginx/ingress-nginx-controller")
         (tmp_path / "all.yaml").write_text(yaml.safe_dump_all(docs))
         http, admin = free_port(), free_port()
-        process = await start_serve(tmp_path, http=http, admin=admin)
+        process = await start_serve(tmp_path, http=http, admin=admin, extra=extra)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
 
@@ -139,6 +156,12 @@ async def proxy(tmp_path: Path) -> Any:
             yield http
         finally:
             await stop_serve(process, grace=5)
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[int]:
+    async with serving(tmp_path, {name: row.annotations for name, row in ROWS.items()}) as http:
+        yield http
 
 
 async def test_response_bandwidth(proxy: int) -> None:
@@ -179,3 +202,27 @@ async def test_each_request_of_a_connection_is_paced_on_its_own(proxy: int) -> N
     finally:
         writer.close()
     assert 2.75 <= elapsed <= 10.0, elapsed
+
+
+CONFIGMAP_ROWS: dict[str, Row] = {
+    # annotations.md: the ConfigMap's limit-rate applies to every Ingress; an annotation
+    # overrides it (256 / 64 - 1 = 3 s without one).
+    "default": Row({}, 2.75, 8.0, 0, DOC + ": the ConfigMap's limit-rate"),
+    "override": Row({N + "limit-rate": "0"}, 0.0, FAST, SIZE, DOC + ": the annotation wins"),
+    "invalid": Row({N + "limit-rate": "x"}, 2.75, 8.0, 0, MAIN),
+}
+
+
+async def test_the_configmap_limit_rate_applies_without_annotation(tmp_path: Path) -> None:
+    hosts = {name: row.annotations for name, row in CONFIGMAP_ROWS.items()}
+    async with serving(tmp_path, hosts, {"limit-rate": "64"}) as http:
+        names = list(CONFIGMAP_ROWS)
+        results = await asyncio.gather(*(download(http, f"{name}.test") for name in names))
+    failures = []
+    for name, got in zip(names, results, strict=True):
+        row = CONFIGMAP_ROWS[name]
+        if got.status != 200 or got.body != b"x" * SIZE:
+            failures.append(f"{name}: status {got.status}, {len(got.body)} bytes ({row.source})")
+        elif not row.at_least <= got.elapsed <= row.at_most:
+            failures.append(f"{name}: {got.elapsed:.2f} s ({row.source})")
+    assert not failures, failures

@@ -71,3 +71,33 @@ def test_limit_rate_annotations(
     assert (options.limit_rate, options.limit_rate_after) == expected
     # Not access control: never a refusal, the route serves (paced or not).
     assert options.policy == ()
+
+
+CONFIGMAP = "annotations.md: the ConfigMap's values, which an annotation overrides"
+DEFAULTS: list[tuple[dict[str, str], tuple[int, int], str]] = [
+    # (annotations, (limit_rate, limit_rate_after) with the ConfigMap's 8 and 16 KiB, source)
+    ({}, (8 * 1024, 16 * 1024), CONFIGMAP + ": no annotation"),
+    ({N + "limit-rate": "0"}, (0, 16 * 1024), CONFIGMAP + ": 0 overrides"),
+    ({N + "limit-rate": "2"}, (2048, 16 * 1024), CONFIGMAP + ": each annotation on its own"),
+    ({N + "limit-rate-after": "1"}, (8 * 1024, 1024), CONFIGMAP + ": each on its own"),
+    ({N + "limit-rate": "fast"}, (8 * 1024, 16 * 1024), MAIN + ": invalid, the ConfigMap's"),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected", "source"), DEFAULTS, ids=[r[2] for r in DEFAULTS]
+)
+def test_the_configmap_values_apply_without_annotations(
+    annotations: dict[str, str], expected: tuple[int, int], source: str
+) -> None:
+    result = compile_view(
+        store_of(
+            ingress_class(),
+            service("web"),
+            ingress("app", annotations=annotations, rules=[rule("app.test")]),
+        ),
+        CompileSettings(limit_rate=8 * 1024, limit_rate_after=16 * 1024),
+    )
+    (vhost,) = result.snapshot.routes.virtual_hosts
+    options = vhost.rules[0].options
+    assert (options.limit_rate, options.limit_rate_after) == expected
