@@ -486,6 +486,45 @@ class RewriteCookies:
         _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
 
 
+# auth-tls-verify-client's values (nginx's ssl_verify_client).
+CLIENT_VERIFY_MODES: Final = ("on", "optional", "optional_no_ca", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """Client certificates on the HTTPS listener (ingress-nginx's auth-tls-*; built by
+    proxy/clientauth.py, the handshake side in proxy/peercert.py and proxy/tls.py). The host's
+    handshake asks for a certificate (unless `verify` is "off") and checks it against `ca_pem`
+    to `depth`; each request is then answered as nginx does: 400 for a certificate that did
+    not verify (495; "optional_no_ca" lets an unknown issuer through) or, with "on", for none
+    (496), or a 302 to `error_page` instead; 403 when `match_cn` (a regular expression, RE2)
+    is not found in the subject DN. The pod is sent ssl-client-verify, -subject-dn,
+    -issuer-dn and, with `pass_certificate`, ssl-client-cert (the URL-encoded PEM), replacing
+    any the client sent."""
+
+    ca_pem: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            type(self.ca_pem) is str and "-----BEGIN CERTIFICATE-----" in self.ca_pem,
+            "client CA bundle",
+        )
+        _check(self.verify in CLIENT_VERIFY_MODES, f"verify-client {self.verify!r}")
+        _check(type(self.depth) is int and 1 <= self.depth <= 100, f"verify depth {self.depth!r}")
+        _check(
+            self.error_page == ""
+            or (self.error_page.startswith(("http://", "https://")) and _visible(self.error_page)),
+            f"error page {self.error_page!r}",
+        )
+        if self.match_cn:
+            compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
+
+
 # ingress-nginx's session-cookie-max-age / -expires: whole seconds, a sign allowed (its regex).
 _COOKIE_SECONDS: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
 # A cookie name as RFC 6265 allows it (a token), kept to what ingress-nginx's validator takes.
@@ -833,6 +872,7 @@ PolicyStep = (
     | HostRedirect
     | ShapeRequest
     | ResponseHeaders
+    | ClientCertificate
     | StickySessions
     | HashBy
     | ExternalAuth
@@ -858,6 +898,7 @@ _Step = TypeVar(
     RewriteCookies,
     ShapeRequest,
     ResponseHeaders,
+    ClientCertificate,
     StickySessions,
     HashBy,
     ExternalAuth,
@@ -883,6 +924,7 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
+    "client_certificate": ClientCertificate,
     "sticky_sessions": StickySessions,
     "hash_by": HashBy,
     "external_auth": ExternalAuth,

@@ -51,6 +51,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.pathrewrite",
     "proxy.fieldrewrite",
     "proxy.canary",
+    "proxy.clientauth",
     "proxy.route",
     "proxy.routing",
     "proxy.server",

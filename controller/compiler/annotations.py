@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from controller.compiler import extauth
 from proxy.config import (
+    CLIENT_VERIFY_MODES,
     CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
@@ -61,6 +62,20 @@ class AnnotationError:
 
     def message(self) -> str:
         return f"annotation {self.annotation}: invalid value {self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """The auth-tls-* annotations of an Ingress with `auth-tls-secret` (ingress-nginx ignores
+    the others without it): the compiler resolves `secret` ("namespace/name", "" namespace: the
+    Ingress's) into the `ca.crt` of a `config.ClientCertificate` step for the Ingress's hosts."""
+
+    secret: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,10 @@ class IngressOptions:
     default_backend: str | None = None
     custom_http_errors: tuple[int, ...] | None = None
     disable_proxy_intercept_errors: bool = False
+    # Client certificates (auth-tls-*), None without auth-tls-secret; `invalid_client_auth`:
+    # one of them does not read, and the routes fail closed (503) rather than verify less.
+    client_auth: ClientAuth | None = None
+    invalid_client_auth: bool = False
     # External auth (auth-url and its family, controller/compiler/extauth.py): the step, None
     # without auth-url; `invalid_external_auth`: one of them does not read, and the routes fail
     # closed (503); `auth_proxy_set_headers`: "ns/name" of the ConfigMap of fields sent to the
@@ -793,6 +812,52 @@ def _auth_realm(value: str) -> str:
 
 
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
+_TLS_SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _tls_secret(value: str) -> str:
+    """auth-tls-secret: "namespace/name", or "name" in the Ingress's namespace ("/name")."""
+    ref = value.strip()
+    if "/" not in ref and _TLS_SECRET_NAME.match(ref):
+        return "/" + ref
+    return _secret_ref(ref)
+
+
+def _verify_client(value: str) -> str:
+    mode = value.strip()
+    if mode not in CLIENT_VERIFY_MODES:
+        raise _Invalid('expected "on", "off", "optional" or "optional_no_ca"')
+    return mode
+
+
+def _verify_depth(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or len(text) > 3 or int(text) > 100:
+        raise _Invalid("expected a depth from 0 to 100")
+    return int(text) or 1  # ingress-nginx: 0 is the default, 1
+
+
+def _error_page(value: str) -> str:
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL (Portico does not serve a path or a named "
+            "location as the error page)"
+        )
+    return url
+
+
+def _match_cn(value: str) -> str:
+    pattern = value.strip()
+    if not pattern.startswith("CN="):
+        raise _Invalid('expected "CN=" followed by a regular expression')
+    try:
+        compile_header_pattern(pattern)
+    except PatternError as exc:
+        raise _Invalid(str(exc)) from None
+    return pattern
+
+
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
     "force-ssl-redirect": (_bool, "force_ssl_redirect"),
@@ -854,6 +919,12 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
+    "auth-tls-secret": (_tls_secret, "tls_secret"),
+    "auth-tls-verify-client": (_verify_client, "tls_verify_client"),
+    "auth-tls-verify-depth": (_verify_depth, "tls_verify_depth"),
+    "auth-tls-error-page": (_error_page, "tls_error_page"),
+    "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
+    "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
     # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
     "affinity": (_affinity, "affinity"),
     "affinity-mode": (_affinity_mode, "affinity_mode"),
@@ -984,6 +1055,16 @@ _RATE_LIMIT_FIELDS: Final = frozenset(
     }
 )
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
+_CLIENT_AUTH_FIELDS: Final = frozenset(
+    {
+        "tls_secret",
+        "tls_verify_client",
+        "tls_verify_depth",
+        "tls_error_page",
+        "tls_pass_certificate",
+        "tls_match_cn",
+    }
+)
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
     {
@@ -1010,6 +1091,7 @@ _INGRESS_FIELDS: Final = frozenset(
         "custom_http_errors",
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
+        *_CLIENT_AUTH_FIELDS,
         *_AFFINITY_FIELDS,
         *extauth.FIELDS,
         *_CORS_FIELDS,
@@ -1036,6 +1118,26 @@ def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
         if url:
             return Redirect(url, values.get(code_field, default)), False
     return None, False
+
+
+def _client_auth(values: Mapping[str, Any]) -> tuple[ClientAuth | None, bool]:
+    """(the auth-tls-* settings, whether one of them is invalid): nothing without
+    auth-tls-secret, as ingress-nginx; an invalid value with it fails closed."""
+    if "tls_secret" not in values:
+        return None, False
+    if any(values.get(f) is _INVALID for f in _CLIENT_AUTH_FIELDS):
+        return None, True
+    return (
+        ClientAuth(
+            secret=values["tls_secret"],
+            verify=values.get("tls_verify_client", "on"),
+            depth=values.get("tls_verify_depth", 1),
+            error_page=values.get("tls_error_page", ""),
+            pass_certificate=bool(values.get("tls_pass_certificate", False)),
+            match_cn=values.get("tls_match_cn", ""),
+        ),
+        False,
+    )
 
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
@@ -1089,6 +1191,9 @@ def parse_annotations(
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
+                elif field in _CLIENT_AUTH_FIELDS:
+                    # Client certificates that cannot be read are not checked less: fail closed.
+                    values[field] = _INVALID
                 elif field == "cors_allow_origin":
                     # ingress-nginx would allow every origin; no origin is allowed instead.
                     values[field] = ()
@@ -1112,6 +1217,7 @@ def parse_annotations(
     allow, deny, whitelist = ranges
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
+    client_auth, invalid_client_auth = _client_auth(values)
     external_auth, invalid_external_auth = _external_auth(values, given, errors)
     limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
     invalid_rate_limit = _INVALID in limits.values()
@@ -1147,6 +1253,8 @@ def parse_annotations(
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
+            client_auth=client_auth,
+            invalid_client_auth=invalid_client_auth,
             external_auth=external_auth,
             invalid_external_auth=invalid_external_auth,
             auth_proxy_set_headers=values.get("auth_proxy_set_headers")

@@ -145,6 +145,11 @@ def _checked(name: str, detail: str, *, status: Status = "supported", extra: str
     )
 
 
+def _client_tls(name: str, status: Status, detail: str) -> Entry:
+    """A client-certificate annotation (auth-tls-*): supported, access control."""
+    return _checked(name, detail, status=status)
+
+
 _AUTH_INVALID = (
     "An auth-* value that does not read denies the routes (503, InvalidExternalAuth), "
     "where ingress-nginx ignores some (auth-signin, ...)."
@@ -335,19 +340,56 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "its auth-signin redirect) wins over a 403; an auth service failure still answers 500. "
         "`all` (default): each must. Another value is reported and `all` applies.",
     ),
-    _auth("auth-tls-secret", "Client certificates: the Secret whose ca.crt verifies them."),
-    _auth("auth-tls-verify-client", "Client certificates: `on`, `optional`, `optional_no_ca`."),
-    _auth("auth-tls-verify-depth", "Client certificates: the verification depth."),
-    _auth("auth-tls-error-page", "Client certificates: where a failed verification redirects."),
-    _auth(
-        "auth-tls-pass-certificate-to-upstream",
-        "Client certificates: passes the certificate upstream in `ssl-client-cert`.",
+    _client_tls(
+        "auth-tls-secret",
+        "different",
+        "Client certificates on the HTTPS listener: the hosts of the Ingress ask for one in the "
+        'TLS handshake and verify it against the Secret\'s `ca.crt` ("namespace/name", or a '
+        "name in the Ingress's namespace; another namespace is refused, as ingress-nginx's "
+        "allow-cross-namespace-resources default). As ingress-nginx, the first Ingress of a "
+        "host with it sets it for every rule of the host. A Secret that cannot be used makes "
+        "the host answer 403 (never unverified). Different: while any host asks for client "
+        "certificates, the HTTPS listener resumes no TLS sessions (a resumed session could "
+        "carry another host's verification); a request whose SNI was another host verified "
+        "with another CA is answered 421, one on plain HTTP (ssl-redirect off) counts as "
+        "without a certificate (ingress-nginx serves it unchecked).",
     ),
-    _unsupported(
+    _client_tls(
+        "auth-tls-verify-client",
+        "supported",
+        "`on` (default): a request without a valid certificate is answered 400; `optional`: a "
+        "certificate, if sent, must verify; `optional_no_ca`: an unknown or self-signed issuer "
+        "is let through (ssl-client-verify says FAILED); `off`: none is asked for. An invalid "
+        "value makes the routes answer 503 (ingress-nginx falls back to `on`).",
+    ),
+    _client_tls(
+        "auth-tls-verify-depth",
+        "supported",
+        "The longest chain from the client certificate to the CA (default 1: signed by the CA "
+        "itself); a longer one fails verification (400).",
+    ),
+    _client_tls(
+        "auth-tls-error-page",
+        "different",
+        "A request answered 400 for its certificate (missing or not verified) is redirected "
+        "there (302) instead. Different: only an http:// or https:// URL; a path or a named "
+        "location (internal redirects in nginx) is an invalid value and the routes answer 503.",
+    ),
+    _client_tls(
+        "auth-tls-pass-certificate-to-upstream",
+        "supported",
+        '"true": the pod is sent `ssl-client-cert`, the client certificate as URL-encoded '
+        "PEM (nginx's $ssl_client_escaped_cert). With auth-tls-secret the pod always gets "
+        "`ssl-client-verify` (SUCCESS, NONE, FAILED:<reason>), `ssl-client-subject-dn` and "
+        "`ssl-client-issuer-dn` (RFC 4514); fields of those names sent by the client are "
+        "removed.",
+    ),
+    _client_tls(
         "auth-tls-match-cn",
-        "access-control",
-        "Client certificates: the subject CN must match this pattern. Not in a Portico issue yet.",
-        access=True,
+        "different",
+        '"CN=" and a regular expression, searched (case-sensitive) in the certificate\'s '
+        "subject DN; no match (or no certificate) is a 403. Different: the expression is RE2 "
+        "(no backreferences or lookaround: an invalid value, and the routes answer 503).",
     ),
     Entry(
         "allowlist-source-range",

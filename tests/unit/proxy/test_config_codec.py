@@ -14,6 +14,7 @@ from proxy.config import (
     BasicAuth,
     BodyLimit,
     Canary,
+    ClientCertificate,
     Cors,
     Endpoint,
     EndpointsUpdate,
@@ -48,6 +49,8 @@ from proxy.config import (
     encode_snapshot,
 )
 
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 
 def full_snapshot() -> Snapshot:
     policy = (
@@ -63,6 +66,7 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
         StickySessions(
             "SERVERID",
             "persistent",
@@ -365,6 +369,22 @@ CORS: dict[str, object] = {
             {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
             id="redirect-splits-the-head",
         ),
+        pytest.param({"step": "client_certificate", "ca_pem": "x"}, id="client-ca-not-pem"),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "verify": "sometimes"},
+            id="client-verify-mode",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "depth": 0}, id="client-depth-0"
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "error_page": "/error"},
+            id="client-error-page-path",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "match_cn": "CN=(a)\\1"},
+            id="client-match-cn-backreference",
+        ),
         pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
         pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
         pytest.param(
@@ -501,6 +521,7 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "ClientCertificate",
         "StickySessions",
         "HashBy",
         "Cors",
