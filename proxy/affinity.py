@@ -21,7 +21,9 @@ chooser: the exchange pays one attribute test per attempt and one per response h
   hashed onto the ring of the pods or, with a subset, onto a ring of groups of pods.
 
 The affinity cookie's API, for canaries (`affinity-canary-behavior`): `backend_tag(key)` is
-the tag a backend's sessions carry, `session_cookie(head, name)` the (key, tag) a request holds.
+the tag a backend's sessions carry, `session_cookie(head, name)` the (key, tag) a request holds,
+and `CanarySessions` which of a rule's two backends (main, canary) a request's cookie holds it
+to, asked by `Route.chooses_canary` before the canary's rules.
 """
 
 from __future__ import annotations
@@ -142,6 +144,35 @@ def session_cookie(head: RequestHead, name: bytes) -> tuple[bytes, bytes] | None
         return None
     key, _, tag = value.partition(_DELIMITER)
     return (key, tag) if key else None
+
+
+class CanarySessions:
+    """A sticky rule with a canary: the backend a request's affinity cookie holds it to, as
+    balancer.lua's route_to_alternative_balancer asks is_affinitized, first of the main
+    backend's balancer (its tag: the request stays on the main backend, whatever the canary's
+    rules say), then of the canary's (its tag, b"" when the canary's backend is not sticky:
+    affinity-canary-behavior "legacy"). One cookie: the canary's sessions are the main rule's
+    StickySessions with the canary's backend tag."""
+
+    __slots__ = ("canary_tag", "cookie_name", "main_tag")
+
+    def __init__(self, cookie_name: bytes, main_tag: bytes, canary_tag: bytes) -> None:
+        self.cookie_name = cookie_name
+        self.main_tag = main_tag
+        self.canary_tag = canary_tag
+
+    def side(self, head: RequestHead) -> int:
+        """-1: held to the main backend; 1: held to the canary's; 0: neither (the canary's
+        rules decide)."""
+        session = session_cookie(head, self.cookie_name)
+        if session is None:
+            return 0
+        tag = session[1]
+        if tag == self.main_tag:
+            return -1
+        if self.canary_tag and tag == self.canary_tag:
+            return 1
+        return 0
 
 
 def _query(head: RequestHead) -> bytes:

@@ -767,6 +767,10 @@ class Canary:
     - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
       unless the total is larger; the compiler has done that).
 
+    Before these rules, when the rule has sticky sessions: a request whose affinity cookie names
+    the rule's backend stays there, and (`affinity_behavior` "sticky") one whose cookie names
+    the canary's backend goes to the canary (balancer.lua's is_affinitized checks).
+
     A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
 
     backend: str
@@ -783,6 +787,15 @@ class Canary:
     # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
     # Ingress's load-balance for its backend.
     balancer: str = "round_robin"
+    # affinity-canary-behavior: "sticky" (the main rule's StickySessions go with the canary's
+    # backend too, its cookie naming that backend, and a request whose cookie names it stays
+    # on the canary), or "legacy" (the canary's backend has no sticky sessions).
+    affinity_behavior: str = "sticky"
+    # The canary Ingress's own upstream-hash-by ("" none) for its backend, as ingress-nginx
+    # keeps it (the main rule's is not the canary's); sticky sessions win over it.
+    hash_by: str = ""
+    hash_by_subset: bool = False
+    hash_by_subset_size: int = 3
 
     def __post_init__(self) -> None:
         _check(bool(self.backend) and bool(self.service), "canary without a backend")
@@ -799,6 +812,12 @@ class Canary:
             type(self.weight_total) is int and self.weight_total >= 100,
             f"canary weight total {self.weight_total!r}",
         )
+        _check(
+            self.affinity_behavior in ("sticky", "legacy"),
+            f"affinity canary behavior {self.affinity_behavior!r}",
+        )
+        if self.hash_by:
+            HashBy(self.hash_by, self.hash_by_subset, self.hash_by_subset_size)
 
 
 # ingress-nginx's auth-realm characters: letters, digits, "-._~/:" and spaces (nothing to

@@ -90,6 +90,10 @@ class CanaryRules:
     cookie: str = ""
     weight: int = 0  # 0 or more
     weight_total: int = 100  # 100 or more (ingress-nginx counts out of 100 below that)
+    # affinity-canary-behavior: "sticky" (default) or "legacy" (see proxy/config.py Canary).
+    affinity_behavior: str = "sticky"
+    # The canary Ingress's own upstream-hash-by, which ingress-nginx keeps for its backend.
+    hash_by: HashBy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,6 +643,13 @@ def _affinity(value: str) -> str:
     return "cookie"
 
 
+def _affinity_canary_behavior(value: str) -> str:
+    # ingress-nginx's options are case-sensitive, the value trimmed.
+    if value.strip() not in ("sticky", "legacy"):
+        raise _Invalid('expected "sticky" or "legacy"')
+    return value.strip()
+
+
 def _affinity_mode(value: str) -> str:
     if value.strip() not in ("balanced", "persistent"):
         raise _Invalid('expected "balanced" or "persistent"')
@@ -931,6 +942,8 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
     "affinity": (_affinity, "affinity"),
     "affinity-mode": (_affinity_mode, "affinity_mode"),
+    # Read on a canary Ingress only (CanaryRules), as ingress-nginx's mergeAlternativeBackend.
+    "affinity-canary-behavior": (_affinity_canary_behavior, "affinity_canary_behavior"),
     "session-cookie-name": (_cookie_name, "session_cookie_name"),
     "session-cookie-path": (_session_cookie_path, "session_cookie_path"),
     "session-cookie-domain": (_session_cookie_domain, "session_cookie_domain"),
@@ -1008,6 +1021,7 @@ _AFFINITY_FIELDS: Final = frozenset(
     {
         "affinity",
         "affinity_mode",
+        "affinity_canary_behavior",
         "session_cookie_name",
         "session_cookie_path",
         "session_cookie_domain",
@@ -1455,4 +1469,15 @@ def _canary_rules(
         weight=max(values.get("canary_weight", 0), 0),
         # ingress-nginx's balancer draws out of 100 unless the total is larger.
         weight_total=total if total > 100 else 100,
+        # An invalid value is reported and the default applies, as ingress-nginx reads it.
+        affinity_behavior=values.get("affinity_canary_behavior", "sticky"),
+        # Its own upstream-hash-by, even beside affinity (the canary's affinity annotations
+        # are ignored: ingress-nginx never applies them to a canary's backend).
+        hash_by=HashBy(
+            values["upstream_hash_by"],
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+        if values.get("upstream_hash_by")
+        else None,
     )

@@ -873,11 +873,17 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "of the pods, so scaling up moves some sessions to the new pods; `persistent`: the "
         "cookie names its pod, and a session moves only when its pod leaves.",
     ),
-    _unsupported(
+    _supported(
         "affinity-canary-behavior",
         "session-affinity",
-        "Affinity to canaries: `sticky`.",
-        ISSUE_PROTECTION,
+        "On a canary Ingress paired with a main rule that has `affinity: cookie`: `sticky` "
+        "(default) gives the canary's Service the main rule's sticky sessions (same cookie and "
+        "attributes, naming the canary's backend), so a request whose cookie names the canary "
+        "stays on it whatever the canary rules say; `legacy`: the canary's pods get no "
+        "affinity cookie and each request without a main cookie is decided by the canary "
+        "rules. Either way a cookie naming the main backend keeps the request there, before "
+        "the header, cookie and weight rules (ingress-nginx's balancer). Any other value is "
+        "an InvalidAnnotation problem and `sticky` applies.",
     ),
     _supported(
         "session-cookie-name",
@@ -947,8 +953,10 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
         "load-balance applies to its backend. A canary carrying access control Portico does "
         "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
-        "Its affinity-canary-behavior and "
-        "upstream-hash-by are not applied yet.",
+        "The canary Ingress's upstream-hash-by chooses its pods (the main rule's does not), "
+        "unless the main rule's sticky sessions go with it (affinity-canary-behavior); its own "
+        "affinity annotations are ignored, as ingress-nginx never applies them to a canary's "
+        "Service.",
     ),
     _supported(
         "canary-by-header",

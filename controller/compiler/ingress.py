@@ -1162,6 +1162,10 @@ def _pair_canaries(
             rules.weight,
             rules.weight_total,
             entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
+            affinity_behavior=rules.affinity_behavior,
+            hash_by=rules.hash_by.expression if rules.hash_by is not None else "",
+            hash_by_subset=rules.hash_by is not None and rules.hash_by.subset,
+            hash_by_subset_size=rules.hash_by.subset_size if rules.hash_by is not None else 3,
         )
         _use(uses, entry, part.ref)
         return _with_canary(main, step)

@@ -11,6 +11,7 @@ import pytest
 
 from proxy.affinity import (
     POINTS,
+    CanarySessions,
     HashChooser,
     Ring,
     StickyChooser,
@@ -161,6 +162,36 @@ def test_cookies_and_fields() -> None:
     assert session_cookie(head, b"x") == (b"1", b"")
     assert session_cookie(_head(b"/", (b"Cookie", b"SERVERID=|t")), b"SERVERID") is None
     assert session_cookie(head, b"INGRESSCOOKIE") is None
+
+
+MAIN = backend_tag("ns/main/80").encode()
+CANARY = backend_tag("ns/canary/80").encode()
+# balancer.lua route_to_alternative_balancer: is_affinitized of the main backend's balancer,
+# then of the canary's (sticky.lua: the cookie's backend part equals the balancer's).
+HOLDS: dict[str, tuple[bytes, bytes, int]] = {
+    # id: (Cookie field, the canary's tag (b"": not sticky, "legacy"), side)
+    "no cookie": (b"other=1", CANARY, 0),
+    "main's tag: held on main": (b"aff=k|" + MAIN, CANARY, -1),
+    "canary's tag: held on the canary": (b"aff=k|" + CANARY, CANARY, 1),
+    "canary's tag, legacy: not held": (b"aff=k|" + CANARY, b"", 0),
+    "main's tag, legacy: still held on main": (b"aff=k|" + MAIN, b"", -1),
+    "another backend's tag": (b"aff=k|" + backend_tag("ns/other/80").encode(), CANARY, 0),
+    "no tag": (b"aff=k", CANARY, 0),
+    "empty key": (b"aff=|" + CANARY, CANARY, 0),
+    "the first cookie of the name counts (nginx's $cookie_)": (
+        b"aff=k|" + MAIN + b"; aff=k|" + CANARY,
+        CANARY,
+        -1,
+    ),
+    "the name is case-sensitive (lua-resty-cookie)": (b"AFF=k|" + CANARY, CANARY, 0),
+}
+
+
+@pytest.mark.parametrize("case", HOLDS.values(), ids=HOLDS.keys())
+def test_canary_sessions(case: tuple[bytes, bytes, int]) -> None:
+    cookie, canary_tag, side = case
+    sessions = CanarySessions(b"aff", MAIN, canary_tag)
+    assert sessions.side(_head(b"/", (b"Cookie", cookie))) == side
 
 
 # ---- the cookie ----------------------------------------------------------------------------------

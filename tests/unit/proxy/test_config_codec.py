@@ -627,6 +627,17 @@ CANARIES = {
     ),
     "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
     "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+    # affinity-canary-behavior and the canary Ingress's own upstream-hash-by.
+    "legacy": Canary("ns/canary/80", "ns/canary", "ns/c", "80", affinity_behavior="legacy"),
+    "own-hash-by": Canary(
+        "ns/canary/80",
+        "ns/canary",
+        "ns/c",
+        "80",
+        hash_by="$http_x_user$request_uri",
+        hash_by_subset=True,
+        hash_by_subset_size=2,
+    ),
 }
 
 
@@ -650,6 +661,9 @@ def test_canary_step_round_trips(step: Canary) -> None:
         {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
         {"backend": ""},
         {"balancer": "ewma"},  # the compiler's names only
+        {"affinity_behavior": "Sticky"},  # "sticky" or "legacy", as ingress-nginx's options
+        {"hash_by": "$upstream_addr"},  # the canary's hash-by holds HashBy's variables only
+        {"hash_by": "$request_uri", "hash_by_subset_size": 0},
     ],
     ids=str,
 )
