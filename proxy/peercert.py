@@ -8,14 +8,15 @@ handshake is done, `tlsserver.py` reads the result with `peer_certificate` into 
 `PeerCertificate` (one per connection, kept on its `headers.ClientContext`), which the policy
 step of proxy/clientauth.py judges per request, as nginx does in ngx_http_process_request.
 
-Why ctypes: OpenSSL keeps the verify mode an SSL object got from the context it was created
-with (the listener's), so switching contexts in the SNI callback does not ask for a
-certificate; nginx calls SSL_set_verify there, and so does this module (the ssl module has no
-API for it). Like nginx, the verify callback accepts every certificate during the handshake
-(a failed verification is answered per request, 400 or the error page, not with a TLS alert),
-and the result is read afterwards with SSL_get_verify_result. The SSL pointer is taken from the
-ssl module's object and checked (its SSL_CTX must be the context's own) before use; when
-anything does not fit, no certificate is asked for, and a host that needs one answers 400.
+Why OpenSSL directly (through proxy/libssl.py): OpenSSL keeps the verify mode an SSL object got
+from the context it was created with (the listener's), so switching contexts in the SNI callback
+does not ask for a certificate; nginx calls SSL_set_verify there, and so does this module (the
+ssl module has no API for it). Like nginx, the verify callback accepts every certificate during
+the handshake (a failed verification is answered per request, 400 or the error page, not with a
+TLS alert), and the result is read afterwards with SSL_get_verify_result. The SSL pointer is
+taken from the ssl module's object and checked (its SSL_CTX must be the context's own) before
+use; when anything does not fit, no certificate is asked for, and a host that needs one answers
+400.
 
 Session resumption: a resumed session carries the certificate and the verification result of
 the handshake that created it, possibly on another host with another CA. While any host asks
@@ -28,12 +29,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import ssl
-import sys
 import urllib.parse
 from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from proxy.libssl import LIB, ctx_pointer, ssl_pointer
 
 X509_V_OK: Final = 0
 # The verification errors nginx's `optional_no_ca` lets through (ngx_ssl_verify_error_optional):
@@ -99,40 +101,6 @@ def _field_text(text: str) -> bytes:
     ).encode()
 
 
-# The CPython versions whose ssl object layouts (PySSLContext: the SSL_CTX pointer first after
-# the object header; PySSLSocket: the socket weakref, then the SSL pointer) were read for
-# `_ctx_pointer` / `_ssl_pointer`. Elsewhere no pointer is read: no certificate is asked for and
-# hosts that need one answer 400 (fail closed), never a read of an unknown layout.
-_KNOWN_LAYOUTS: Final = frozenset({(3, 11), (3, 12), (3, 13)})
-
-
-def _libssl() -> ctypes.CDLL | None:
-    if sys.version_info[:2] not in _KNOWN_LAYOUTS or sys.implementation.name != "cpython":
-        return None
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_set_verify.restype = None
-        lib.SSL_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-        lib.SSL_set_verify_depth.restype = None
-        lib.SSL_set_verify_depth.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.SSL_get_verify_result.restype = ctypes.c_long
-        lib.SSL_get_verify_result.argtypes = [ctypes.c_void_p]
-        lib.SSL_get_SSL_CTX.restype = ctypes.c_void_p
-        lib.SSL_get_SSL_CTX.argtypes = [ctypes.c_void_p]
-        lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
-        lib.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIB: Final = _libssl()
 _ACCEPT_ALL_TYPE: Final = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
 
@@ -145,38 +113,14 @@ def _accept_all(_ok: int, _store: int | None) -> int:
 _ACCEPT_ALL: Final = _ACCEPT_ALL_TYPE(_accept_all)  # kept alive for OpenSSL
 
 
-def _ctx_pointer(context: ssl.SSLContext) -> int | None:
-    """The SSL_CTX of a context (the first field after the object header, checked)."""
-    if _LIB is None:
-        return None
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or _LIB.SSL_CTX_get_options(pointer) != int(context.options):
-        return None
-    return pointer
-
-
-def _ssl_pointer(sock: ssl.SSLSocket | ssl.SSLObject) -> int | None:
-    """The SSL of a connection: the field after the socket weakref in the ssl module's
-    object, checked against its context's SSL_CTX."""
-    if _LIB is None:
-        return None
-    inner = getattr(sock, "_sslobj", None) or sock
-    address = id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
-    pointer = ctypes.c_void_p.from_address(address).value
-    ctx = _ctx_pointer(sock.context)
-    if not pointer or ctx is None or _LIB.SSL_get_SSL_CTX(pointer) != ctx:
-        return None
-    return pointer
-
-
 def request_certificate(sock: ssl.SSLSocket | ssl.SSLObject, context: VerifyingContext) -> bool:
     """Ask the client of this handshake for a certificate (from the SNI callback, once the
     connection is on `context`); False when OpenSSL cannot be reached (none is asked for)."""
-    pointer = _ssl_pointer(sock)
-    if pointer is None or _LIB is None:
+    pointer = ssl_pointer(sock)
+    if pointer is None or LIB is None:
         return False
-    _LIB.SSL_set_verify(pointer, _SSL_VERIFY_PEER, ctypes.cast(_ACCEPT_ALL, ctypes.c_void_p))
-    _LIB.SSL_set_verify_depth(pointer, context.depth)
+    LIB.SSL_set_verify(pointer, _SSL_VERIFY_PEER, ctypes.cast(_ACCEPT_ALL, ctypes.c_void_p))
+    LIB.SSL_set_verify_depth(pointer, context.depth)
     return True
 
 
@@ -190,14 +134,14 @@ def peer_certificate(sock: ssl.SSLSocket) -> PeerCertificate | None:
     if der is None or sock.session_reused:
         # Resumed: the certificate is the session's, maybe from another host (fail closed).
         return PeerCertificate(context.key)
-    pointer = _ssl_pointer(sock)
-    result = -1 if pointer is None or _LIB is None else int(_LIB.SSL_get_verify_result(pointer))
+    pointer = ssl_pointer(sock)
+    result = -1 if pointer is None or LIB is None else int(LIB.SSL_get_verify_result(pointer))
     if result == X509_V_OK:
         verify = b"SUCCESS"
     else:
         reason = b"unknown"
-        if result > 0 and _LIB is not None:
-            reason = _LIB.X509_verify_cert_error_string(result) or reason
+        if result > 0 and LIB is not None:
+            reason = LIB.X509_verify_cert_error_string(result) or reason
         verify = b"FAILED:" + reason
     try:
         cert = x509.load_der_x509_certificate(der)
@@ -219,7 +163,7 @@ def restrict_resumption(context: ssl.SSLContext, restricted: bool) -> None:
         context.options |= ssl.OP_NO_TICKET
     else:
         context.options &= ~ssl.OP_NO_TICKET
-    pointer = _ctx_pointer(context)
-    if pointer is not None and _LIB is not None:
+    pointer = ctx_pointer(context)
+    if pointer is not None and LIB is not None:
         mode = _SESS_CACHE_OFF if restricted else _SESS_CACHE_SERVER
-        _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)
+        LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)

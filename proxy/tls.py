@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.config import ClientCertificate, Snapshot, TLSCertificate, VirtualHost
+from proxy.libssl import LIB, ctx_pointer
 from proxy.peercert import (
     VerifyingContext,
     request_certificate,
@@ -389,60 +390,33 @@ class TLSTerminator:
 
 
 # ---- session ticket keys ---------------------------------------------------------------------
-# The ssl module has no API for ticket keys; OpenSSL's SSL_CTX_ctrl does. The SSL_CTX pointer is
-# the first field after the object header of CPython's PySSLContext; it is checked against the
-# context's options before use, and rotation is skipped (logged) if anything does not fit.
+# The ssl module has no API for ticket keys; OpenSSL's SSL_CTX_ctrl does (reached through
+# proxy/libssl.py); rotation is skipped (logged) when the context's SSL_CTX cannot be reached.
 
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
 _TICKET_KEYS_SIZE: Final = 80  # 16 name + 32 HMAC + 32 AES bytes
 
 
-def _libssl() -> ctypes.CDLL | None:
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIB: Final = _libssl()
-
-
-def _ctx_pointer(context: ssl.SSLContext) -> int | None:
-    if _LIB is None:
-        return None
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or _LIB.SSL_CTX_get_options(pointer) != int(context.options):
-        return None
-    return pointer
-
-
 def ticket_keys(context: ssl.SSLContext) -> bytes | None:
     """The context's current ticket key material (for tests), None if unreachable."""
-    pointer = _ctx_pointer(context)
-    if pointer is None or _LIB is None:
+    pointer = ctx_pointer(context)
+    if pointer is None or LIB is None:
         return None
     buf = ctypes.create_string_buffer(_TICKET_KEYS_SIZE)
-    if _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) != 1:
+    if LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) != 1:
         return None
     return buf.raw
 
 
 def rotate_ticket_keys(context: ssl.SSLContext) -> bool:
     """Replace the context's ticket keys with fresh random ones; False if unsupported."""
-    pointer = _ctx_pointer(context)
-    if pointer is None or _LIB is None:
+    pointer = ctx_pointer(context)
+    if pointer is None or LIB is None:
         return False
     buf = ctypes.create_string_buffer(os.urandom(_TICKET_KEYS_SIZE), _TICKET_KEYS_SIZE)
     ok = bool(
-        _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) == 1
+        LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) == 1
     )
     ctypes.memset(buf, 0, _TICKET_KEYS_SIZE)
     return ok
