@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from conformance.certificate import PeerCertificate, describe
@@ -29,6 +30,7 @@ class Answer:
     body: bytes
     certificate: PeerCertificate | None = None
     raw_head: str = field(default="", repr=False)
+    elapsed: float = 0.0  # seconds from the connection's start to the response's last byte
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -107,6 +109,7 @@ async def send(
     lines.append("Connection: " + ", ".join([*options, "close"]))
     wire = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
     writer: asyncio.StreamWriter | None = None
+    started = time.monotonic()
     try:
         async with asyncio.timeout(limit):
             if tls:
@@ -127,6 +130,7 @@ async def send(
                 data += chunk
                 if len(data) > _MAX_RESPONSE:
                     raise ClientError("response too large")
+            elapsed = time.monotonic() - started
     except TimeoutError:
         raise ClientError(f"no complete answer within {limit:g} s") from None
     except (OSError, ssl.SSLError) as exc:
@@ -137,6 +141,4 @@ async def send(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
     answer = parse_response(data, head_only=method == "HEAD")
-    if certificate is not None:
-        answer = Answer(answer.status, answer.headers, answer.body, certificate, answer.raw_head)
-    return answer
+    return Answer(answer.status, answer.headers, answer.body, certificate, answer.raw_head, elapsed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -166,6 +167,12 @@ def compare(expect: Expect, answer: Answer, https_port: int) -> list[str]:
         received = _echoed(answer).get("body_bytes")
         if received != expect.body_bytes:
             wanted.append(f"the pod to receive {expect.body_bytes} body bytes (got {received!r})")
+    if expect.response_bytes is not None and len(answer.body) != expect.response_bytes:
+        wanted.append(f"a body of {expect.response_bytes} bytes (got {len(answer.body)})")
+    if expect.min_seconds is not None and answer.elapsed < expect.min_seconds:
+        wanted.append(f"at least {expect.min_seconds:g} s (took {answer.elapsed:.2f} s)")
+    if expect.max_seconds is not None and answer.elapsed > expect.max_seconds:
+        wanted.append(f"at most {expect.max_seconds:g} s (took {answer.elapsed:.2f} s)")
     if expect.echoed:
         seen = _echoed_headers(answer)
         for name, value in expect.echoed.items():
@@ -178,6 +185,9 @@ def compare(expect: Expect, answer: Answer, https_port: int) -> list[str]:
     for name, value in expect.headers.items():
         if (actual := answer.header(name)) != value:
             wanted.append(f"header {name}: {value!r} (got {actual!r})")
+    for name, pattern in expect.header_patterns.items():
+        if (actual := answer.header(name)) is None or not re.fullmatch(pattern, actual):
+            wanted.append(f"header {name} matching {pattern!r} (got {actual!r})")
     cert = answer.certificate
     if (expect.cn is not None or expect.san is not None) and cert is None:
         wanted.append("a peer certificate (got none)")
@@ -208,6 +218,8 @@ def compare_all(request: Request, answers: Sequence[Answer | str], https_port: i
             f"{len(answers)} answers came from pods {sorted(per_pod)}, "
             f"expected {sorted(expect.pods)}"
         ] = None
+    if expect.one_pod and len(per_pod) != 1:
+        found[f"{len(answers)} answers came from pods {sorted(per_pod)}, expected one"] = None
     shares = ", ".join(f"{pod}: {n}" for pod, n in sorted(per_pod.items()))
     for pod, n in expect.counts.items():
         if per_pod.get(pod, 0) != n:

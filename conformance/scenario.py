@@ -80,6 +80,8 @@ class Expect(_Model):
     accepts it with the port it targets. `cn`/`san` check the certificate the server presented
     (https only). `echoed` checks the request headers the pod saw (names case-insensitive; null:
     the header must not have reached the pod), `body_bytes` how many body bytes it received.
+    `response_bytes` is the length of the response body the client got, `min_seconds` /
+    `max_seconds` bound the time from connecting to its last byte (response bandwidth).
     """
 
     status: int = Field(ge=100, le=599)
@@ -93,8 +95,16 @@ class Expect(_Model):
     headers: dict[str, str | None] = Field(default_factory=dict)  # None: must be absent
     echoed: dict[str, str | None] = Field(default_factory=dict)
     body_bytes: int | None = Field(default=None, ge=0)
+    response_bytes: int | None = Field(default=None, ge=0)
+    min_seconds: float | None = Field(default=None, ge=0)
+    max_seconds: float | None = Field(default=None, gt=0)
     cn: str | None = None
     san: frozenset[str] | None = None
+    # Response header fields matched whole by a regular expression (a value with a random
+    # part: an affinity cookie), and whether every answer of the request came from one pod
+    # (whichever: consistent hashing).
+    header_patterns: dict[str, str] = Field(default_factory=dict)
+    one_pod: bool = False
 
     @property
     def checks_service(self) -> bool:

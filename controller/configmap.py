@@ -176,6 +176,13 @@ def _error_status(value: str) -> int:
     return status
 
 
+def _kilobytes(value: str) -> int:
+    # int (strconv.Atoi: a sign, no unit), written as `limit_rate Nk;` only above 0.
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", value):
+        raise _Invalid('expected a whole number of kilobytes, like "64"')
+    return max(int(value), 0)
+
+
 def _header_names(value: str) -> tuple[str, ...]:
     # []string: split on commas, spaces trimmed, empty fields dropped (splitAndTrimSpace).
     names = tuple(part.strip() for part in value.split(",") if part.strip())
@@ -233,6 +240,8 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "global-allowed-response-headers": Applied("allowed_response_headers", _header_names),
     "limit-req-status-code": Applied("limit_req_status_code", _error_status),  # int, 503
     "limit-conn-status-code": Applied("limit_conn_status_code", _error_status),  # int, 503
+    "limit-rate": Applied("limit_rate", _kilobytes),  # int, 0
+    "limit-rate-after": Applied("limit_rate_after", _kilobytes),  # int, 0
 }
 
 # use-forwarded-headers (bool, "false") trusts the X-Forwarded-* headers of the clients in

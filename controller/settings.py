@@ -330,6 +330,25 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             "(ingress-nginx's limit-conn-status-code key)."
         ),
     )
+    limit_rate: int = Field(
+        default=0,
+        ge=0,
+        le=999_999_999,
+        description=(
+            "Kilobytes per second at which each proxied response is sent to the client, for "
+            "Ingresses without the limit-rate annotation; 0: no limit (ingress-nginx's "
+            "limit-rate key)."
+        ),
+    )
+    limit_rate_after: int = Field(
+        default=0,
+        ge=0,
+        le=999_999_999,
+        description=(
+            "Kilobytes of each response sent before limit-rate applies, for Ingresses without "
+            "the limit-rate-after annotation (ingress-nginx's limit-rate-after key)."
+        ),
+    )
     default_certificate: str | None = Field(
         default=None,
         description=(
@@ -594,6 +613,8 @@ class Settings(_ProxyFields, frozen=True, extra="forbid"):
             allowed_response_headers=self.allowed_response_headers,
             limit_req_status_code=self.limit_req_status_code,
             limit_conn_status_code=self.limit_conn_status_code,
+            limit_rate=self.limit_rate * 1024,
+            limit_rate_after=self.limit_rate_after * 1024,
         )
 
     @property

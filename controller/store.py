@@ -63,7 +63,13 @@ def ingress_services(ingress: Ingress) -> set[ServiceKey]:
     return out
 
 
-_PROXY_SSL_SECRET = ("nginx.ingress.kubernetes.io/proxy-ssl-secret", "portico.dev/proxy-ssl-secret")
+_PROXY_SSL_SECRET = (
+    "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+    "portico.dev/proxy-ssl-secret",
+    # The CA of client certificates (auth-tls-secret) is read the same way.
+    "nginx.ingress.kubernetes.io/auth-tls-secret",
+    "portico.dev/auth-tls-secret",
+)
 
 
 def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
@@ -75,6 +81,8 @@ def ingress_secrets(ingress: Ingress) -> set[_ObjKey]:
         if ref and "/" in ref:
             namespace, _, name = ref.strip().partition("/")
             out.add((namespace, name))
+        elif ref and ref.strip() and annotation.endswith("auth-tls-secret"):
+            out.add((ingress.namespace, ref.strip()))  # a bare name: the Ingress's namespace
     # Basic auth's users ("name" in the Ingress's namespace, or "namespace/name").
     for annotation in _AUTH_SECRET:
         ref = ingress.annotations.get(annotation)
@@ -103,6 +111,8 @@ def ingress_configmaps(ingress: Ingress) -> set[_ObjKey]:
         if ref and "/" in ref:
             namespace, _, name = ref.strip().partition("/")
             out.add((namespace, name))
+        elif ref and ref.strip() and annotation.endswith("auth-tls-secret"):
+            out.add((ingress.namespace, ref.strip()))  # a bare name: the Ingress's namespace
     return out
 
 

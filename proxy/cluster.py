@@ -95,6 +95,12 @@ class Cluster:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self.backend.endpoints
 
+    @property
+    def candidates(self) -> tuple[Endpoint, ...]:
+        """The endpoints a request may go to (ready ones, else terminating ones); a new tuple
+        after each change, so proxy/affinity.py rebuilds its rings only then."""
+        return self._candidates
+
     def update(self, backend: Backend) -> None:
         """Take a new endpoint set, keeping the state of endpoints (ip, port) that stay."""
         self.backend = backend

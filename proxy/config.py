@@ -486,6 +486,160 @@ class RewriteCookies:
         _check(not self.domain_replacement.startswith("."), f"cookie domain {self.domain!r}")
 
 
+# auth-tls-verify-client's values (nginx's ssl_verify_client).
+CLIENT_VERIFY_MODES: Final = ("on", "optional", "optional_no_ca", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """Client certificates on the HTTPS listener (ingress-nginx's auth-tls-*; built by
+    proxy/clientauth.py, the handshake side in proxy/peercert.py and proxy/tls.py). The host's
+    handshake asks for a certificate (unless `verify` is "off") and checks it against `ca_pem`
+    to `depth`; each request is then answered as nginx does: 400 for a certificate that did
+    not verify (495; "optional_no_ca" lets an unknown issuer through) or, with "on", for none
+    (496), or a 302 to `error_page` instead; 403 when `match_cn` (a regular expression, RE2)
+    is not found in the subject DN. The pod is sent ssl-client-verify, -subject-dn,
+    -issuer-dn and, with `pass_certificate`, ssl-client-cert (the URL-encoded PEM), replacing
+    any the client sent."""
+
+    ca_pem: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            type(self.ca_pem) is str and "-----BEGIN CERTIFICATE-----" in self.ca_pem,
+            "client CA bundle",
+        )
+        _check(self.verify in CLIENT_VERIFY_MODES, f"verify-client {self.verify!r}")
+        _check(type(self.depth) is int and 1 <= self.depth <= 100, f"verify depth {self.depth!r}")
+        _check(
+            self.error_page == ""
+            or (self.error_page.startswith(("http://", "https://")) and _visible(self.error_page)),
+            f"error page {self.error_page!r}",
+        )
+        if self.match_cn:
+            compile_header_pattern(self.match_cn)  # PatternError (a ValueError)
+
+
+# ingress-nginx's session-cookie-max-age / -expires: whole seconds, a sign allowed (its regex).
+_COOKIE_SECONDS: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+# A cookie name as RFC 6265 allows it (a token), kept to what ingress-nginx's validator takes.
+_COOKIE_NAME: Final = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+# A cookie Domain / Path: visible ASCII without ";" (nothing that ends the attribute).
+_COOKIE_ATTRIBUTE: Final = re.compile(r"^[!-:<-~]{1,256}$")
+SAMESITE_VALUES: Final = ("", "None", "Lax", "Strict")
+
+
+@dataclass(frozen=True, slots=True)
+class StickySessions:
+    """Session affinity by cookie (ingress-nginx's `affinity: cookie` and its session-cookie-*
+    annotations; built by proxy/route.py, run by proxy/affinity.py): a request carrying the
+    cookie `name` goes to the pod it names, one without (or naming a pod that left) is given
+    one and the cookie. `mode` "balanced": the cookie holds a random key placed on a
+    consistent-hash ring of the pods (scaling moves some sessions, as it rebalances);
+    "persistent": it names the pod itself (a session moves only when its pod leaves). `path`
+    "": the rule's path ("/" for a regex rule); `max_age` / `expires` "": not sent, else whole
+    seconds as written; `samesite` one of SAMESITE_VALUES; `secure`: always Secure (else only
+    on HTTPS); `conditional_samesite_none`: no SameSite=None for user agents that mishandle it;
+    `change_on_failure`: a request that had to go to another pod gets a new cookie for it."""
+
+    name: str = "INGRESSCOOKIE"
+    mode: str = "balanced"
+    path: str = ""
+    domain: str = ""
+    max_age: str = ""
+    expires: str = ""
+    samesite: str = ""
+    secure: bool = False
+    conditional_samesite_none: bool = False
+    change_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(_COOKIE_NAME.match(self.name)), f"affinity cookie name {self.name!r}")
+        _check(self.mode in ("balanced", "persistent"), f"affinity mode {self.mode!r}")
+        for text in (self.path, self.domain):
+            _check(not text or bool(_COOKIE_ATTRIBUTE.match(text)), f"cookie attribute {text!r}")
+        _check(not self.path or self.path.startswith("/"), f"cookie path {self.path!r}")
+        for seconds in (self.max_age, self.expires):
+            _check(not seconds or bool(_COOKIE_SECONDS.match(seconds)), f"seconds {seconds!r}")
+        _check(self.samesite in SAMESITE_VALUES, f"samesite {self.samesite!r}")
+
+
+# nginx variables upstream-hash-by may name: the request's own, and the families by prefix
+# (a header, a cookie, a query argument). Others (server or upstream state) have no meaning
+# before a pod is chosen, or none in Portico: refused rather than hashed as "".
+HASH_VARIABLES: Final = frozenset(
+    {
+        "request_uri",
+        "uri",
+        "document_uri",
+        "args",
+        "query_string",
+        "is_args",
+        "host",
+        "remote_addr",
+        "binary_remote_addr",
+        "scheme",
+        "request_method",
+    }
+)
+HASH_VARIABLE_PREFIXES: Final = ("http_", "cookie_", "arg_")
+_HASH_TOKEN: Final = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))|([^$]+)")
+
+
+def hash_terms(expression: str) -> tuple[tuple[str, str], ...]:
+    """upstream-hash-by's value as nginx reads a complex value: ("", text) for literal text,
+    (variable, "") for `$variable` / `${variable}`. ValueError: not one it can be."""
+    if not expression or len(expression) > 512 or not _header_safe(expression.replace(" ", "!")):
+        raise ValueError("expected nginx variables and text, like $request_uri")
+    terms: list[tuple[str, str]] = []
+    position = 0
+    while position < len(expression):
+        m = _HASH_TOKEN.match(expression, position)
+        if m is None:
+            raise ValueError(f"a '$' without a variable name at {position}")
+        braced, bare, text = m.groups()
+        if text is not None:
+            terms.append(("", text))
+        else:
+            name = (braced or bare).lower()
+            known = name in HASH_VARIABLES or any(
+                name.startswith(p) and len(name) > len(p) for p in HASH_VARIABLE_PREFIXES
+            )
+            if not known:
+                raise ValueError(f"${name} is not a request variable Portico hashes on")
+            terms.append((name, ""))
+        position = m.end()
+    if all(not variable for variable, _ in terms):
+        raise ValueError("no variable: every request would go to the same pod")
+    return tuple(terms)
+
+
+@dataclass(frozen=True, slots=True)
+class HashBy:
+    """Consistent hashing (ingress-nginx's upstream-hash-by; run by proxy/affinity.py): the
+    request's `expression` (nginx variables and text, see `hash_terms`) is hashed onto a ring
+    of the pods, so a key keeps its pod and a pod that leaves moves only its own keys. With
+    `subset`, the ring holds groups of `subset_size` pods and a request goes to one of its
+    group's pods at random (upstream-hash-by-subset)."""
+
+    expression: str
+    subset: bool = False
+    subset_size: int = 3
+
+    def __post_init__(self) -> None:
+        try:
+            hash_terms(self.expression)
+        except ValueError as exc:
+            raise SnapshotError(f"upstream hash {self.expression!r}: {exc}") from None
+        size = self.subset_size
+        _check(type(size) is int and 1 <= size <= 1000, f"subset size {size!r}")
+
+
 # The request variables an external-auth URL or sign-in URL may hold (nginx variables
 # ingress-nginx users write there), each rendered per request by proxy/extauth.py.
 AUTH_URL_VARIABLES: Final = (
@@ -613,6 +767,10 @@ class Canary:
     - else a random share: `weight` out of `weight_total` (ingress-nginx counts out of 100
       unless the total is larger; the compiler has done that).
 
+    Before these rules, when the rule has sticky sessions: a request whose affinity cookie names
+    the rule's backend stays there, and (`affinity_behavior` "sticky") one whose cookie names
+    the canary's backend goes to the canary (balancer.lua's is_affinitized checks).
+
     A canary backend without endpoints is never chosen (ingress-nginx has no balancer for it)."""
 
     backend: str
@@ -629,6 +787,15 @@ class Canary:
     # The canary backend's own balancer (BalancerKind): ingress-nginx keeps the canary
     # Ingress's load-balance for its backend.
     balancer: str = "round_robin"
+    # affinity-canary-behavior: "sticky" (the main rule's StickySessions go with the canary's
+    # backend too, its cookie naming that backend, and a request whose cookie names it stays
+    # on the canary), or "legacy" (the canary's backend has no sticky sessions).
+    affinity_behavior: str = "sticky"
+    # The canary Ingress's own upstream-hash-by ("" none) for its backend, as ingress-nginx
+    # keeps it (the main rule's is not the canary's); sticky sessions win over it.
+    hash_by: str = ""
+    hash_by_subset: bool = False
+    hash_by_subset_size: int = 3
 
     def __post_init__(self) -> None:
         _check(bool(self.backend) and bool(self.service), "canary without a backend")
@@ -645,6 +812,12 @@ class Canary:
             type(self.weight_total) is int and self.weight_total >= 100,
             f"canary weight total {self.weight_total!r}",
         )
+        _check(
+            self.affinity_behavior in ("sticky", "legacy"),
+            f"affinity canary behavior {self.affinity_behavior!r}",
+        )
+        if self.hash_by:
+            HashBy(self.hash_by, self.hash_by_subset, self.hash_by_subset_size)
 
 
 # ingress-nginx's auth-realm characters: letters, digits, "-._~/:" and spaces (nothing to
@@ -699,6 +872,9 @@ PolicyStep = (
     | HostRedirect
     | ShapeRequest
     | ResponseHeaders
+    | ClientCertificate
+    | StickySessions
+    | HashBy
     | ExternalAuth
     | SatisfyAny
     | Cors
@@ -722,6 +898,9 @@ _Step = TypeVar(
     RewriteCookies,
     ShapeRequest,
     ResponseHeaders,
+    ClientCertificate,
+    StickySessions,
+    HashBy,
     ExternalAuth,
     SatisfyAny,
     Cors,
@@ -745,6 +924,9 @@ STEP_KINDS: Final[dict[str, type[PolicyStep]]] = {
     "rewrite_cookies": RewriteCookies,
     "shape_request": ShapeRequest,
     "response_headers": ResponseHeaders,
+    "client_certificate": ClientCertificate,
+    "sticky_sessions": StickySessions,
+    "hash_by": HashBy,
     "external_auth": ExternalAuth,
     "satisfy_any": SatisfyAny,
     "cors": Cors,
@@ -804,6 +986,11 @@ class RouteOptions:
     # proxy-buffer-size: largest response head (status line and fields) taken from a pod,
     # larger is a 502; None: Portico's bound (proxy/upstream.py HEAD_BOUND).
     response_head_limit: int | None = None
+    # limit-rate / limit-rate-after (nginx's limit_rate, limit_rate_after; run by
+    # proxy/pacing.py): the response body is sent to the client at most `limit_rate` bytes per
+    # second, after its first `limit_rate_after` bytes; 0: no limit.
+    limit_rate: int = 0
+    limit_rate_after: int = 0
 
     def __post_init__(self) -> None:
         # Only the fields above get a check: the older ones are typed by the codec's callers.
@@ -818,6 +1005,9 @@ class RouteOptions:
         _check(timeout is None or timeout > 0, f"next_upstream_timeout {timeout!r}")
         limit = self.response_head_limit
         _check(limit is None or (type(limit) is int and limit > 0), f"head limit {limit!r}")
+        rate, after = self.limit_rate, self.limit_rate_after
+        _check(type(rate) is int and rate >= 0, f"limit_rate {rate!r}")
+        _check(type(after) is int and after >= 0, f"limit_rate_after {after!r}")
 
     def step(self, kind: type[_Step]) -> _Step | None:
         """The first step of a kind in the policy, or None."""

@@ -155,6 +155,10 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
         self.ctx = self.contexts.get(client_ip, self.scheme, self.port)
+        # Only a TLS connection to a host asking for client certificates has one (tlsserver.py).
+        certificate = transport.get_extra_info("client_certificate")
+        if certificate is not None:
+            self.ctx = self.ctx.with_certificate(certificate)
         if not self.connections.admit(self):
             self.closing = True
             self.transport.abort()
@@ -236,7 +240,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.write_paused = False
         active = self.active
         if active is not None:
-            flow.client_drained(active.conn, self.loop.time())
+            flow.client_drained(active.conn, self.loop.time(), active.pacer)
         if self.current is None and not self.in_head:
             self.deadline = 0.0 if active is not None else self._idle_deadline()
 

@@ -32,11 +32,14 @@ import time
 from proxy import flow
 from proxy import headers as hdr
 from proxy.accesslog import BATCH as ACCESS_BATCH
+from proxy.affinity import Chooser
 from proxy.clientside import ClientSide
+from proxy.cluster import Cluster
 from proxy.config import Endpoint
 from proxy.errorpages import serves
 from proxy.headers import RequestHead, ResponseHead
 from proxy.metrics import OTHER_METHOD
+from proxy.pacing import Pacer
 from proxy.policy import Policy
 from proxy.pool import Pool
 from proxy.ratelimit import release as release_limit
@@ -78,6 +81,7 @@ class Forwarding:
 
 class Exchange(Receiver):
     __slots__ = (
+        "affinity_fields",
         "answer",
         "attempts_left",
         "body_received",
@@ -94,6 +98,7 @@ class Exchange(Receiver):
         "head_at",
         "held",
         "hold",
+        "pacer",
         "pending",
         "pending_bytes",
         "policy",
@@ -158,6 +163,10 @@ class Exchange(Receiver):
         self.upstream: str | None = None  # authority of the attached connection, for the log
         self.sent_at = 0.0  # loop time the request head went to the pod (last attempt)
         self.head_at = 0.0  # loop time the final response head arrived; 0.0: none
+        # The pace of the response body (limit-rate, proxy/pacing.py); None: sent as read.
+        self.pacer: Pacer | None = None
+        # The Set-Cookie of a sticky session given by this request's attempt (proxy/affinity.py)
+        self.affinity_fields = b""
         # The index of the route's waiting request step (external auth) to run before a pod is
         # chosen, the steps after it following; -1: none (routing ran them all).
         self.checking = -1
@@ -274,6 +283,8 @@ class Exchange(Receiver):
         tried = self.tried
         if chosen is not None:
             endpoint: Endpoint | None = chosen
+        elif route.affinity is not None:
+            endpoint = self._choose(route.affinity, cluster)
         elif tried:
             endpoint = cluster.pick(route.balancer, tried)
         else:
@@ -300,6 +311,16 @@ class Exchange(Receiver):
             self._attach(conn)
         else:
             self._dial(endpoint)
+
+    def _choose(self, chooser: Chooser, cluster: Cluster) -> Endpoint | None:
+        """The pod a route's sticky sessions or hashing choose (proxy/affinity.py), keeping the
+        Set-Cookie that goes with it for the pod's response."""
+        head = self.head
+        assert head is not None
+        endpoint, fields = chooser.choose(cluster, head, self.client.ctx, self.tried)
+        if fields:
+            self.affinity_fields = fields
+        return endpoint
 
     def _dial(self, endpoint: Endpoint) -> None:
         route = self.route
@@ -523,6 +544,8 @@ class Exchange(Receiver):
                 if fields:
                     added += fields
                     parts = hdr.drop_response_fields(parts, step.replaces)
+        if self.affinity_fields:
+            added += self.affinity_fields
         granted = self.granted
         if granted is not None and (granted.always or status in COOKIE_STATUSES):
             added += granted.fields
@@ -536,6 +559,15 @@ class Exchange(Receiver):
             return
         self.response = response
         self.status = status
+        if route.limit_rate:
+            self.pacer = Pacer(
+                self.fwd.loop,
+                self.client,
+                conn,
+                route.limit_rate,
+                route.limit_rate_after,
+                self.started,
+            )
         if response.framing == hdr.FRAME_NONE and head.method == b"HEAD":
             keep = conn.finish_head_response()
             self.response_done(conn, keep, conn.read_at)
@@ -587,7 +619,11 @@ class Exchange(Receiver):
         if self.response is None or self.finished:
             return
         self.sent += len(body)
-        self.client.send_body(body)
+        pacer = self.pacer
+        if pacer is None:
+            self.client.send_body(body)
+        else:
+            pacer.body(body)
 
     def response_done(self, conn: UpstreamProtocol, upstream_keep_alive: bool, now: float) -> None:
         """The response is complete; `now` is the loop time of the read that completed it."""
@@ -600,6 +636,9 @@ class Exchange(Receiver):
         # A request that said `Connection: close` (connection-proxy-header) ends its connection.
         reuse = upstream_keep_alive and request_done and not self.policy.upstream_close
         self._release(conn, reuse, now)
+        pacer = self.pacer
+        if pacer is not None and pacer.end(lambda: self._finish(request_done)):
+            return  # the pod's part is over; the client's ends with the last paced piece
         self._finish(request_done, now)
 
     def upstream_upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
@@ -711,7 +750,11 @@ class Exchange(Receiver):
         if self.attempts_left <= 0 or not self.replayable or route is None:
             return None
         cluster = route.cluster
-        return None if cluster is None else cluster.pick(route.balancer, self.tried)
+        if cluster is None:
+            return None
+        if route.affinity is not None:
+            return self._choose(route.affinity, cluster)
+        return cluster.pick(route.balancer, self.tried)
 
     def _resend_status(self, rules: NextUpstream, conn: UpstreamProtocol, status: int) -> bool:
         """A response whose status the route retries (http_N): drop it for another pod when
@@ -869,6 +912,9 @@ class Exchange(Receiver):
         if self.held:
             release_limit(self.held)
             self.held = 0
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.stop()
         route = self.route
         head = self.head
         ctx = self.client.ctx

@@ -11,6 +11,9 @@ Bytes are never queued without bound: each side reads only as fast as the other 
 - No upstream connection yet (dialling, or between attempts): the body read meanwhile is kept,
   up to BUFFER_LIMIT; beyond it, stop reading the client until a connection takes it.
 - A connection taken for an exchange whose client is not reading starts paused.
+- A response paced by limit-rate (proxy/pacing.py): reading stops while the client is ahead
+  of the schedule; the client's buffer draining does not resume it then, the pacer's timer
+  does (once the client's buffer has room too).
 
 The mechanisms stay with their owners (the client side's pause bits, the upstream
 connection's deadlines); this module decides when each is used. A tunnel (after 101) couples
@@ -20,6 +23,7 @@ its two transports the same way, inside proxy/tunnel.py.
 from __future__ import annotations
 
 from proxy.clientside import ClientSide
+from proxy.pacing import Pacer
 from proxy.upstream import UpstreamProtocol
 
 # Body bytes buffered while no upstream connection is ready; beyond it the client is paused.
@@ -49,9 +53,9 @@ def client_stalled(conn: UpstreamProtocol | None) -> None:
         conn.pause_reading()
 
 
-def client_drained(conn: UpstreamProtocol | None, now: float) -> None:
-    """The client's write buffer drained: read the response again."""
-    if conn is not None:
+def client_drained(conn: UpstreamProtocol | None, now: float, pacer: Pacer | None) -> None:
+    """The client's write buffer drained: read the response again, unless its pace holds it."""
+    if conn is not None and (pacer is None or not pacer.holding):
         conn.resume_reading(now)
 
 

@@ -315,7 +315,7 @@ class H2Stream(ClientSide, GrpcClient):
                 self.call.client_drained()
             exchange = self.exchange
             if exchange is not None and not self.conn.write_paused:
-                flow.client_drained(exchange.conn, now)
+                flow.client_drained(exchange.conn, now, exchange.pacer)
             return True
         return False
 
@@ -445,7 +445,7 @@ class H2Connection(asyncio.Protocol, Handler):
         for stream in self.streams.values():
             exchange = stream.exchange
             if exchange is not None and not stream.write_paused:
-                flow.client_drained(exchange.conn, now)
+                flow.client_drained(exchange.conn, now, exchange.pacer)
         self._set_deadline()
 
     # ---- codec events (proxy/h2codec.py Handler) ----------------------------------------------

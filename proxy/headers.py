@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Final
 
+from proxy.peercert import PeerCertificate
 from proxy.settings import IPNetwork
 
 # Hop-by-hop fields (RFC 9110 §7.6.1) plus the framing ones we regenerate ourselves.
@@ -119,6 +120,7 @@ class ClientContext:
 
     __slots__ = (
         "address",
+        "certificate",
         "client_ip",
         "family",
         "fixed_forwarded",
@@ -138,6 +140,9 @@ class ClientContext:
         self.trusted = False
         self.family = 0
         self.address = 0
+        # The client certificate of a connection to a host that asks for one (its own
+        # context then, see `with_certificate`); None on every other connection.
+        self.certificate: PeerCertificate | None = None
         try:
             ip = ipaddress.ip_address(client_ip)
         except ValueError:
@@ -163,6 +168,13 @@ class ClientContext:
                 b"\r\n",
             )
         )
+
+    def with_certificate(self, certificate: PeerCertificate) -> ClientContext:
+        """A copy for one connection, holding what its TLS handshake found (not shared)."""
+        copy = ClientContext(self.client_ip.decode(), self.scheme.decode(), int(self.port), ())
+        copy.trusted = self.trusted
+        copy.certificate = certificate
+        return copy
 
 
 class ClientContexts:

@@ -29,11 +29,13 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.basicauth import BasicAuthStep
+from proxy.clientauth import VerifyClientCertificate
 from proxy.config import (
     HSTS,
     AppRoot,
     BasicAuth,
     BodyLimit,
+    ClientCertificate,
     Cors,
     ExternalAuth,
     HostRedirect,
@@ -236,6 +238,14 @@ class Policies:
                 redirects = spec
             elif isinstance(spec, RewriteCookies):
                 cookies = spec
+            elif isinstance(spec, ClientCertificate):
+                # On HTTPS before every other step, as nginx answers a certificate before its
+                # rewrite phase; on plain HTTP where the compiler put it (after the HTTPS
+                # redirect): there it only sees "no certificate".
+                args = (spec.ca_pem, spec.verify, spec.depth, spec.error_page)
+                more = (spec.pass_certificate, spec.match_cn)
+                request.insert(0, VerifyClientCertificate(*args, *more, schemes=SECURE))
+                request.append(VerifyClientCertificate(*args, *more, schemes=PLAIN))
             elif isinstance(spec, Cors):
                 preflight, fields = cors_steps(spec)
                 request.append(preflight)

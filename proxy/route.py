@@ -11,10 +11,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from proxy.affinity import CanarySessions, Chooser, StickyChooser, chooser_for
 from proxy.canary import CanaryChoice
 from proxy.cluster import Cluster
-from proxy.config import BalancerKind, Canary, ErrorPages, PathRule, RouteOptions
+from proxy.config import (
+    BalancerKind,
+    Canary,
+    ErrorPages,
+    HashBy,
+    PathRule,
+    PolicyStep,
+    RouteOptions,
+    StickySessions,
+)
 from proxy.errorpages import ErrorBackend
+from proxy.headers import RequestHead
 from proxy.metrics import RequestMetrics, Series
 from proxy.policy import Policies, Policy
 from proxy.replies import Answer
@@ -33,9 +44,11 @@ class Route:
 
     __slots__ = (
         "access_log",
+        "affinity",
         "balancer",
         "canary",
         "canary_route",
+        "canary_sessions",
         "cluster",
         "connect_timeout",
         "error_route",
@@ -44,6 +57,8 @@ class Route:
         "head_limit",
         "host",
         "key",
+        "limit_rate",
+        "limit_rate_after",
         "max_attempts",
         "next_upstream",
         "plain",
@@ -104,6 +119,10 @@ class Route:
         self.request_buffering = options.request_buffering
         # The largest response head taken from a pod (proxy-buffer-size); 0: Portico's bound.
         self.head_limit = options.response_head_limit or 0
+        # limit-rate (bytes per second; 0: none, and the exchange pays one attribute test per
+        # response) and limit-rate-after (bytes at full speed first): proxy/pacing.py.
+        self.limit_rate = options.limit_rate
+        self.limit_rate_after = options.limit_rate_after
         # The policy steps of requests on the plain-HTTP listener and on the HTTPS one.
         self.plain: Policy
         self.secure: Policy
@@ -136,10 +155,22 @@ class Route:
         spec = options.step(ErrorPages) if options.policy else None
         if spec is not None:
             self._error_pages(spec, clusters, settings, policies, host)
+        # Sticky sessions or consistent hashing (proxy/affinity.py): None for nearly every
+        # route, and then the exchange's balancer picks the pod.
+        self.affinity: Chooser | None = None
+        if options.policy:
+            sticky = options.step(StickySessions)
+            hashing = options.step(HashBy)
+            if sticky is not None or hashing is not None:
+                # A regex rule's path is no cookie Path: "/" unless session-cookie-path.
+                path = rule.path if rule.match != "regex" else "/"
+                self.affinity = chooser_for(sticky, hashing, rule.backend, path)
         # The route's canary (proxy/canary.py): None for nearly every route, and then a request
         # pays one attribute test.
         self.canary: CanaryChoice | None = None
         self.canary_route: Route | None = None
+        # The affinity cookie's hold on a sticky rule with a canary (proxy/affinity.py).
+        self.canary_sessions: CanarySessions | None = None
         canary = options.step(Canary) if options.policy else None
         if canary is not None:
             self._canary(canary, clusters, settings, policies, host)
@@ -189,7 +220,14 @@ class Route:
         # The canary's requests are the main rule's in all but the backend (ingress-nginx's
         # location is the main Ingress's): the same options and steps, without the canary, and
         # the canary backend's own balancer; the rule names the canary's Ingress and Service
-        # for logs and metrics.
+        # for logs and metrics. Its backend's pod choice is ingress-nginx's for an alternative
+        # backend: the main rule's sticky sessions copied to it (affinity-canary-behavior
+        # "sticky"; none with "legacy"), else the canary Ingress's own upstream-hash-by.
+        steps: list[PolicyStep] = [s for s in options.policy if not isinstance(s, (Canary, HashBy))]
+        if spec.affinity_behavior == "legacy":
+            steps = [s for s in steps if not isinstance(s, StickySessions)]
+        if spec.hash_by:
+            steps.append(HashBy(spec.hash_by, spec.hash_by_subset, spec.hash_by_subset_size))
         canary_rule = PathRule(
             rule.path,
             rule.match,
@@ -200,12 +238,30 @@ class Route:
             rule.path_type,
             dataclasses.replace(
                 options,
-                policy=tuple(s for s in options.policy if not isinstance(s, Canary)),
+                policy=tuple(steps),
                 balancer="least_request" if spec.balancer == "least_request" else "round_robin",
             ),
         )
-        self.canary_route = Route(canary_rule, clusters, settings, policies, host)
+        canary_route = Route(canary_rule, clusters, settings, policies, host)
+        self.canary_route = canary_route
         self.canary = CanaryChoice(spec)
+        main = self.affinity
+        if isinstance(main, StickyChooser):
+            held = canary_route.affinity
+            canary_tag = held.tag if isinstance(held, StickyChooser) else b""
+            self.canary_sessions = CanarySessions(main.cookie_name, main.tag, canary_tag)
+
+    def chooses_canary(self, head: RequestHead) -> bool:
+        """Whether a request of this rule (which has a canary) goes to the canary's backend:
+        an affinity cookie holding it to one of the two backends decides first (sticky rules
+        only), then the canary's header, cookie and weight rules."""
+        sessions = self.canary_sessions
+        if sessions is not None:
+            side = sessions.side(head)
+            if side:
+                return side > 0
+        canary = self.canary
+        return canary is not None and canary.chooses(head)
 
     def series_in(self, metrics: RequestMetrics) -> Series:
         """This rule's request metrics (created on the first request of the route)."""

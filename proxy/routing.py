@@ -247,7 +247,7 @@ class Routing:
                 # limit-connections counted this request: its exchange gives it back.
                 held = policy.limiter.take_held()
         canary = route.canary
-        if canary is not None and canary.chooses(head):
+        if canary is not None and route.chooses_canary(head):
             # The main rule's policy ran and stays; the canary's backend serves, unless it has
             # no endpoints (ingress-nginx then has no balancer for it and keeps the main one).
             alternative = route.canary_route

@@ -48,7 +48,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.config import Snapshot, TLSCertificate
+from proxy.config import ClientCertificate, Snapshot, TLSCertificate, VirtualHost
+from proxy.libssl import LIB, ctx_pointer
+from proxy.peercert import (
+    VerifyingContext,
+    request_certificate,
+    restrict_resumption,
+    verification_key,
+)
 
 logger = logging.getLogger("portico.tls")
 
@@ -89,12 +96,18 @@ def server_context(
     certificate: TLSCertificate,
     min_version: str = "1.2",
     alpn: tuple[str, ...] = ("http/1.1",),
+    client_auth: ClientCertificate | None = None,
 ) -> ssl.SSLContext:
     """A server SSLContext holding one certificate chain and key, with Portico's defaults;
-    `alpn`: the protocols offered, preferred first."""
+    `alpn`: the protocols offered, preferred first; with `client_auth`, a `VerifyingContext`
+    that asks for client certificates (peercert.py)."""
     if min_version not in _TLS_VERSIONS:
         raise ValueError(f"unsupported minimum TLS version {min_version!r}")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = (
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if client_auth is None
+        else VerifyingContext(ssl.PROTOCOL_TLS_SERVER)
+    )
     context.minimum_version = _TLS_VERSIONS[min_version]
     context.set_ciphers(INTERMEDIATE_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
@@ -105,6 +118,10 @@ def server_context(
         _memory_file(certificate.key_pem.encode()) as key_path,
     ):
         context.load_cert_chain(cert_path, key_path)
+    if client_auth is not None and isinstance(context, VerifyingContext):
+        context.load_verify_locations(cadata=client_auth.ca_pem)
+        context.key = verification_key(client_auth.ca_pem, client_auth.verify, client_auth.depth)
+        context.depth = client_auth.depth
     return context
 
 
@@ -162,6 +179,8 @@ class CertificateSet:
     exact: dict[str, ssl.SSLContext]
     wildcard: dict[str, ssl.SSLContext]  # keyed by parent domain: "*.a.com" -> "a.com"
     default: ssl.SSLContext
+    # Some host asks for client certificates (the listener then resumes no sessions).
+    verifying: bool = False
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext:
         if not server_name:
@@ -174,10 +193,28 @@ class CertificateSet:
         return self.wildcard.get(parent, self.default)
 
 
-def _content_key(certificate: TLSCertificate, min_version: str) -> bytes:
+def client_auth_of(vhost: VirtualHost) -> ClientCertificate | None:
+    """The client-certificate verification of a host: the first rule's that asks for one
+    (the compiler gives every rule of the host the same); None when none does."""
+    rules = vhost.rules if vhost.fallback is None else (*vhost.rules, vhost.fallback)
+    for rule in rules:
+        step: ClientCertificate | None = rule.options.step(ClientCertificate)
+        if step is not None and step.verify != "off":
+            return step
+    return None
+
+
+def _content_key(
+    certificate: TLSCertificate, min_version: str, client_auth: ClientCertificate | None = None
+) -> bytes:
     """Identifies a context by what it holds (a renewed Secret under the same name differs)."""
     digest = hashlib.sha256()
-    for part in (min_version, certificate.cert_pem, certificate.key_pem):
+    auth = (
+        ("", "", "")
+        if client_auth is None
+        else (client_auth.ca_pem, client_auth.verify, str(client_auth.depth))
+    )
+    for part in (min_version, certificate.cert_pem, certificate.key_pem, *auth):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.digest()
@@ -200,30 +237,42 @@ def build_certificate_set(
     old = {} if cache is None else dict(cache)
     used: dict[bytes, ssl.SSLContext] = {}
 
-    def context(certificate: TLSCertificate) -> ssl.SSLContext:
-        key = _content_key(certificate, min_version)
+    def context(
+        certificate: TLSCertificate, client_auth: ClientCertificate | None = None
+    ) -> ssl.SSLContext:
+        key = _content_key(certificate, min_version, client_auth)
         found = used.get(key) or old.get(key)
         if found is None:
-            found = server_context(certificate, min_version, alpn)
+            found = server_context(certificate, min_version, alpn, client_auth)
         used[key] = found
         return found
 
     exact: dict[str, ssl.SSLContext] = {}
     wildcard: dict[str, ssl.SSLContext] = {}
+    chosen = default
+    if snapshot.default_certificate is not None and snapshot.default_certificate in by_name:
+        chosen = by_name[snapshot.default_certificate]
+    verifying = False
     for vhost in snapshot.routes.virtual_hosts:
         name = vhost.tls_certificate
+        client_auth = client_auth_of(vhost) if vhost.host else None
+        verifying = verifying or client_auth is not None
         if not vhost.host or name is None or name not in by_name:
+            if client_auth is not None:
+                # A host asking for client certificates without its own: the default
+                # certificate, and the verification (nginx's server block has both).
+                if vhost.host.startswith("*."):
+                    wildcard[vhost.host[2:]] = context(chosen, client_auth)
+                else:
+                    exact[vhost.host] = context(chosen, client_auth)
             continue
         certificate = by_name[name]
         if vhost.host.startswith("*."):
             if vhost.host in certificate.hosts:
-                wildcard[vhost.host[2:]] = context(certificate)
+                wildcard[vhost.host[2:]] = context(certificate, client_auth)
         elif any(covers(pattern, vhost.host) for pattern in certificate.hosts):
-            exact[vhost.host] = context(certificate)
-    chosen = default
-    if snapshot.default_certificate is not None and snapshot.default_certificate in by_name:
-        chosen = by_name[snapshot.default_certificate]
-    result = CertificateSet(exact, wildcard, context(chosen))
+            exact[vhost.host] = context(certificate, client_auth)
+    result = CertificateSet(exact, wildcard, context(chosen), verifying)
     if cache is not None:
         cache.clear()
         cache.update(used)
@@ -234,9 +283,9 @@ def _tls_shape(snapshot: Snapshot) -> tuple[object, ...]:
     """Everything a CertificateSet depends on; equal shapes give equal sets."""
     return (
         tuple(
-            (vh.host, vh.tls_certificate)
+            (vh.host, vh.tls_certificate, client_auth_of(vh))
             for vh in snapshot.routes.virtual_hosts
-            if vh.tls_certificate is not None
+            if vh.tls_certificate is not None or client_auth_of(vh) is not None
         ),
         tuple((c.name, c.cert_pem, c.key_pem, c.hosts) for c in snapshot.certificates),
         snapshot.default_certificate,
@@ -269,6 +318,7 @@ class TLSTerminator:
         self._shape: tuple[object, ...] | None = None
         self._cache: dict[bytes, ssl.SSLContext] = {}
         self._listener: ssl.SSLContext | None = None
+        self._restricted = False
         self._tickets_rotated = 0.0
 
     def update(self, snapshot: Snapshot) -> bool:
@@ -288,6 +338,8 @@ class TLSTerminator:
             raise ValueError(f"cannot load a TLS certificate: {exc.reason or exc}") from None
         self.current = certificates
         self._shape = shape
+        if self._listener is not None:
+            self._restrict(certificates.verifying)
         self.rebuilds += 1
         logger.info(
             "tls.certificates",
@@ -312,12 +364,28 @@ class TLSTerminator:
             def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
                 certificates = self.current
                 if certificates is not None:
-                    sock.context = certificates.context_for(server_name)
+                    chosen = certificates.context_for(server_name)
+                    sock.context = chosen
+                    if isinstance(chosen, VerifyingContext):
+                        request_certificate(sock, chosen)
 
             context.sni_callback = pick
             self._listener = context
             self._tickets_rotated = time.monotonic()
+            self._restricted = False
+            if self.current is not None:
+                self._restrict(self.current.verifying)
         return self._listener
+
+    def _restrict(self, verifying: bool) -> None:
+        """Session resumption off while a host asks for client certificates (peercert.py);
+        the ticket keys are renewed as it turns off, so no older ticket resumes either."""
+        if self._listener is None or verifying == self._restricted:
+            return
+        self._restricted = verifying
+        restrict_resumption(self._listener, verifying)
+        if verifying:
+            rotate_ticket_keys(self._listener)
 
     def maybe_rotate(self, now: float | None = None) -> bool:
         """Rotate the session ticket keys once they are TICKET_KEY_LIFETIME old."""
@@ -333,60 +401,33 @@ class TLSTerminator:
 
 
 # ---- session ticket keys ---------------------------------------------------------------------
-# The ssl module has no API for ticket keys; OpenSSL's SSL_CTX_ctrl does. The SSL_CTX pointer is
-# the first field after the object header of CPython's PySSLContext; it is checked against the
-# context's options before use, and rotation is skipped (logged) if anything does not fit.
+# The ssl module has no API for ticket keys; OpenSSL's SSL_CTX_ctrl does (reached through
+# proxy/libssl.py); rotation is skipped (logged) when the context's SSL_CTX cannot be reached.
 
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
 _TICKET_KEYS_SIZE: Final = 80  # 16 name + 32 HMAC + 32 AES bytes
 
 
-def _libssl() -> ctypes.CDLL | None:
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIB: Final = _libssl()
-
-
-def _ctx_pointer(context: ssl.SSLContext) -> int | None:
-    if _LIB is None:
-        return None
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or _LIB.SSL_CTX_get_options(pointer) != int(context.options):
-        return None
-    return pointer
-
-
 def ticket_keys(context: ssl.SSLContext) -> bytes | None:
     """The context's current ticket key material (for tests), None if unreachable."""
-    pointer = _ctx_pointer(context)
-    if pointer is None or _LIB is None:
+    pointer = ctx_pointer(context)
+    if pointer is None or LIB is None:
         return None
     buf = ctypes.create_string_buffer(_TICKET_KEYS_SIZE)
-    if _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) != 1:
+    if LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) != 1:
         return None
     return buf.raw
 
 
 def rotate_ticket_keys(context: ssl.SSLContext) -> bool:
     """Replace the context's ticket keys with fresh random ones; False if unsupported."""
-    pointer = _ctx_pointer(context)
-    if pointer is None or _LIB is None:
+    pointer = ctx_pointer(context)
+    if pointer is None or LIB is None:
         return False
     buf = ctypes.create_string_buffer(os.urandom(_TICKET_KEYS_SIZE), _TICKET_KEYS_SIZE)
     ok = bool(
-        _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) == 1
+        LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_SIZE, buf) == 1
     )
     ctypes.memset(buf, 0, _TICKET_KEYS_SIZE)
     return ok

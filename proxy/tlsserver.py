@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from proxy.clienthello import MAX_HELLO, HelloError, Incomplete, server_name
+from proxy.peercert import VerifyingContext, peer_certificate
 from proxy.proxyprotocol import MAX_HEADER, ProxyHeaderError, Source, parse, refused
 
 logger = logging.getLogger("portico.tls")
@@ -227,6 +228,10 @@ class TLSTransport:
             self.extra["peername"] = self.source or self.sock.getpeername()
         except OSError:
             self.extra["peername"] = None
+        if isinstance(self.sock.context, VerifyingContext):
+            # A host that asks for client certificates: what this handshake found, for the
+            # policy step of the connection's requests (proxy/clientauth.py).
+            self.extra["client_certificate"] = peer_certificate(self.sock)
         try:
             self.protocol.connection_made(self)  # type: ignore[arg-type]
         except Exception as exc:

@@ -129,6 +129,7 @@ class Compiler:
             service_upstream=settings.service_upstream,
             global_auth=settings.global_auth,
             limit_statuses=(settings.limit_req_status_code, settings.limit_conn_status_code),
+            limit_rate=(settings.limit_rate, settings.limit_rate_after),
         )
         self._parts[key] = (ingress, part)
         return part

@@ -18,17 +18,21 @@ from typing import Any, Final
 
 from controller.compiler import extauth
 from proxy.config import (
+    CLIENT_VERIFY_MODES,
     CORS_ORIGIN,
     DEFAULT_OPTIONS,
     NEXT_UPSTREAM_NAMES,
     BodyLimit,
     Cors,
     ExternalAuth,
+    HashBy,
     PolicyStep,
     Redirect,
     RewriteCookies,
     RewriteRedirects,
     RouteOptions,
+    StickySessions,
+    hash_terms,
 )
 from proxy.regex import PatternError, compile_header_pattern
 
@@ -61,6 +65,20 @@ class AnnotationError:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """The auth-tls-* annotations of an Ingress with `auth-tls-secret` (ingress-nginx ignores
+    the others without it): the compiler resolves `secret` ("namespace/name", "" namespace: the
+    Ingress's) into the `ca.crt` of a `config.ClientCertificate` step for the Ingress's hosts."""
+
+    secret: str
+    verify: str = "on"
+    depth: int = 1
+    error_page: str = ""
+    pass_certificate: bool = False
+    match_cn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CanaryRules:
     """A canary Ingress's rules, as proxy/config.py's Canary step takes them (without the
     backend, which the compiler adds per paired rule)."""
@@ -72,6 +90,10 @@ class CanaryRules:
     cookie: str = ""
     weight: int = 0  # 0 or more
     weight_total: int = 100  # 100 or more (ingress-nginx counts out of 100 below that)
+    # affinity-canary-behavior: "sticky" (default) or "legacy" (see proxy/config.py Canary).
+    affinity_behavior: str = "sticky"
+    # The canary Ingress's own upstream-hash-by, which ingress-nginx keeps for its backend.
+    hash_by: HashBy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +162,10 @@ class IngressOptions:
     default_backend: str | None = None
     custom_http_errors: tuple[int, ...] | None = None
     disable_proxy_intercept_errors: bool = False
+    # Client certificates (auth-tls-*), None without auth-tls-secret; `invalid_client_auth`:
+    # one of them does not read, and the routes fail closed (503) rather than verify less.
+    client_auth: ClientAuth | None = None
+    invalid_client_auth: bool = False
     # External auth (auth-url and its family, controller/compiler/extauth.py): the step, None
     # without auth-url; `invalid_external_auth`: one of them does not read, and the routes fail
     # closed (503); `auth_proxy_set_headers`: "ns/name" of the ConfigMap of fields sent to the
@@ -177,6 +203,11 @@ class IngressOptions:
     limit_burst_multiplier: int = 5
     limit_allowlist: tuple[str, ...] = ()
     invalid_rate_limit: bool = False
+    # limit-rate / limit-rate-after in bytes (RouteOptions.limit_rate / limit_rate_after);
+    # None: not given or not readable, and the ConfigMap's limit-rate / limit-rate-after apply
+    # (ingress-nginx's parser falls back to them), set by the compiler.
+    limit_rate: int | None = None
+    limit_rate_after: int | None = None
 
     def redirect(self, host_has_tls: bool, default: bool = True) -> bool:
         """`default`: without an ssl-redirect annotation (`--ssl-redirect`)."""
@@ -550,6 +581,15 @@ def _limit(value: str) -> int:
     return int(value)
 
 
+def _kilobytes(value: str) -> int:
+    """limit-rate / limit-rate-after: kilobytes, as ingress-nginx reads them (strconv.Atoi, a
+    sign allowed, no unit) and writes them (`limit_rate 90k;`), in bytes; ingress-nginx writes
+    nothing for 0 or less, so a negative value is no limit too."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", value):
+        raise _Invalid('expected a whole number of kilobytes, like "64" ("0": no limit)')
+    return max(int(value), 0) * 1024
+
+
 def _tries(value: str) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
         raise _Invalid('expected a number of attempts, like "3" ("0": no limit)')
@@ -583,6 +623,82 @@ def _nginx_offset(value: str) -> int:
     if m is None:
         raise _Invalid('expected a size like "0", "1024m" or "1g"')
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+# ---- sticky sessions and hashing (StickySessions / HashBy steps, proxy/affinity.py) ----------
+# session-cookie-name and -domain: ingress-nginx's BasicCharsRegex without "/" and ":", which a
+# cookie name cannot hold and a Domain does not.
+_COOKIE_NAME_TEXT: Final = re.compile(r"^[-._~a-zA-Z0-9]{1,128}$")
+_COOKIE_DOMAIN_TEXT: Final = re.compile(r"^\.?[-_a-zA-Z0-9]+(\.[-_a-zA-Z0-9]+)*$")
+# session-cookie-path: ingress-nginx's URL characters (URLIsValidRegex), starting with "/".
+_COOKIE_PATH_TEXT: Final = re.compile(r"^/[-._~a-zA-Z0-9/:,?&=]{0,255}$")
+# session-cookie-max-age / -expires, as ingress-nginx's affinityCookieExpiresRegex reads them.
+_COOKIE_SECONDS_TEXT: Final = re.compile(r"^(0|-?[1-9][0-9]{0,11})$")
+_SAMESITE: Final = {"none": "None", "lax": "Lax", "strict": "Strict"}
+
+
+def _affinity(value: str) -> str:
+    if value.strip() != "cookie":
+        raise _Invalid('expected "cookie" (the only affinity ingress-nginx has)')
+    return "cookie"
+
+
+def _affinity_canary_behavior(value: str) -> str:
+    # ingress-nginx's options are case-sensitive, the value trimmed.
+    if value.strip() not in ("sticky", "legacy"):
+        raise _Invalid('expected "sticky" or "legacy"')
+    return value.strip()
+
+
+def _affinity_mode(value: str) -> str:
+    if value.strip() not in ("balanced", "persistent"):
+        raise _Invalid('expected "balanced" or "persistent"')
+    return value.strip()
+
+
+def _cookie_name(value: str) -> str:
+    if not _COOKIE_NAME_TEXT.match(value.strip()):
+        raise _Invalid("expected a cookie name: letters, digits, '-', '.', '_', '~'")
+    return value.strip()
+
+
+def _session_cookie_domain(value: str) -> str:
+    if not _COOKIE_DOMAIN_TEXT.match(value.strip()):
+        raise _Invalid('expected a domain name, like "example.com"')
+    return value.strip()
+
+
+def _session_cookie_path(value: str) -> str:
+    if not _COOKIE_PATH_TEXT.match(value.strip()):
+        raise _Invalid('expected a path starting with "/", URL characters only')
+    return value.strip()
+
+
+def _cookie_seconds(value: str) -> str:
+    if not _COOKIE_SECONDS_TEXT.match(value.strip()):
+        raise _Invalid('expected whole seconds, like "172800"')
+    return value.strip()
+
+
+def _samesite(value: str) -> str:
+    samesite = _SAMESITE.get(value.strip().lower())
+    if samesite is None:
+        raise _Invalid('expected "None", "Lax" or "Strict"')
+    return samesite
+
+
+def _hash_by(value: str) -> str:
+    try:
+        hash_terms(value.strip())
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value.strip()
+
+
+def _subset_size(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,4}", value.strip()) or int(value) > 1000:
+        raise _Invalid('expected a number of pods per subset, like "3"')
+    return int(value) or 3  # ingress-nginx's 0 is its default, 3
 
 
 # CORS, with ingress-nginx's defaults (internal/ingress/annotations/cors/main.go).
@@ -710,6 +826,52 @@ def _auth_realm(value: str) -> str:
 
 
 # annotation suffix -> (parser, RouteOptions field or IngressOptions field)
+_TLS_SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _tls_secret(value: str) -> str:
+    """auth-tls-secret: "namespace/name", or "name" in the Ingress's namespace ("/name")."""
+    ref = value.strip()
+    if "/" not in ref and _TLS_SECRET_NAME.match(ref):
+        return "/" + ref
+    return _secret_ref(ref)
+
+
+def _verify_client(value: str) -> str:
+    mode = value.strip()
+    if mode not in CLIENT_VERIFY_MODES:
+        raise _Invalid('expected "on", "off", "optional" or "optional_no_ca"')
+    return mode
+
+
+def _verify_depth(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or len(text) > 3 or int(text) > 100:
+        raise _Invalid("expected a depth from 0 to 100")
+    return int(text) or 1  # ingress-nginx: 0 is the default, 1
+
+
+def _error_page(value: str) -> str:
+    url = value.strip()
+    if url and not _REDIRECT_URL.match(url):
+        raise _Invalid(
+            "expected an http:// or https:// URL (Portico does not serve a path or a named "
+            "location as the error page)"
+        )
+    return url
+
+
+def _match_cn(value: str) -> str:
+    pattern = value.strip()
+    if not pattern.startswith("CN="):
+        raise _Invalid('expected "CN=" followed by a regular expression')
+    try:
+        compile_header_pattern(pattern)
+    except PatternError as exc:
+        raise _Invalid(str(exc)) from None
+    return pattern
+
+
 _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "ssl-redirect": (_bool, "ssl_redirect"),
     "force-ssl-redirect": (_bool, "force_ssl_redirect"),
@@ -771,6 +933,29 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "proxy-redirect-to": (_redirect_to, "proxy_redirect_to"),
     "proxy-cookie-domain": (_cookie_domain, "proxy_cookie_domain"),
     "proxy-cookie-path": (_cookie_path, "proxy_cookie_path"),
+    "auth-tls-secret": (_tls_secret, "tls_secret"),
+    "auth-tls-verify-client": (_verify_client, "tls_verify_client"),
+    "auth-tls-verify-depth": (_verify_depth, "tls_verify_depth"),
+    "auth-tls-error-page": (_error_page, "tls_error_page"),
+    "auth-tls-pass-certificate-to-upstream": (_bool, "tls_pass_certificate"),
+    "auth-tls-match-cn": (_match_cn, "tls_match_cn"),
+    # A StickySessions step (affinity: cookie), else a HashBy step (see _affinity_step).
+    "affinity": (_affinity, "affinity"),
+    "affinity-mode": (_affinity_mode, "affinity_mode"),
+    # Read on a canary Ingress only (CanaryRules), as ingress-nginx's mergeAlternativeBackend.
+    "affinity-canary-behavior": (_affinity_canary_behavior, "affinity_canary_behavior"),
+    "session-cookie-name": (_cookie_name, "session_cookie_name"),
+    "session-cookie-path": (_session_cookie_path, "session_cookie_path"),
+    "session-cookie-domain": (_session_cookie_domain, "session_cookie_domain"),
+    "session-cookie-max-age": (_cookie_seconds, "session_cookie_max_age"),
+    "session-cookie-expires": (_cookie_seconds, "session_cookie_expires"),
+    "session-cookie-samesite": (_samesite, "session_cookie_samesite"),
+    "session-cookie-secure": (_go_bool, "session_cookie_secure"),
+    "session-cookie-conditional-samesite-none": (_go_bool, "session_cookie_samesite_none"),
+    "session-cookie-change-on-failure": (_go_bool, "session_cookie_change_on_failure"),
+    "upstream-hash-by": (_hash_by, "upstream_hash_by"),
+    "upstream-hash-by-subset": (_go_bool, "upstream_hash_by_subset"),
+    "upstream-hash-by-subset-size": (_subset_size, "upstream_hash_by_subset_size"),
     # The ExternalAuth step (and satisfy, enable-global-auth): controller/compiler/extauth.py.
     **{name: (_raising(parse), field) for name, (parse, field) in extauth.PARSERS.items()},
     # The Cors step, made by _cors_step (the compiler puts it first in the route's policy).
@@ -811,6 +996,10 @@ _PARSERS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
     "limit-burst-multiplier": (_limit, "limit_burst_multiplier"),
     "limit-allowlist": (_cidrs, "limit_allowlist"),
     "limit-whitelist": (_cidrs, "limit_whitelist"),
+    # RouteOptions.limit_rate / limit_rate_after (proxy/pacing.py), set by the compiler; a value
+    # that does not read is ignored (the ConfigMap's applies, as ingress-nginx's; 0: no limit).
+    "limit-rate": (_kilobytes, "limit_rate"),
+    "limit-rate-after": (_kilobytes, "limit_rate_after"),
 }
 # Fields of annotations accepted and validated that set nothing (see their catalogue rows).
 _ACCEPTED: Final = frozenset(
@@ -827,6 +1016,25 @@ _REDIRECT_FIELDS: Final = frozenset(
 )
 _REWRITE_FIELDS: Final = frozenset(
     {"proxy_redirect_from", "proxy_redirect_to", "proxy_cookie_domain", "proxy_cookie_path"}
+)
+_AFFINITY_FIELDS: Final = frozenset(
+    {
+        "affinity",
+        "affinity_mode",
+        "affinity_canary_behavior",
+        "session_cookie_name",
+        "session_cookie_path",
+        "session_cookie_domain",
+        "session_cookie_max_age",
+        "session_cookie_expires",
+        "session_cookie_samesite",
+        "session_cookie_secure",
+        "session_cookie_samesite_none",
+        "session_cookie_change_on_failure",
+        "upstream_hash_by",
+        "upstream_hash_by_subset",
+        "upstream_hash_by_subset_size",
+    }
 )
 _SOURCE_RANGE_FIELDS: Final = frozenset(
     {"allow_source_range", "whitelist_source_range", "deny_source_range"}
@@ -865,6 +1073,16 @@ _RATE_LIMIT_FIELDS: Final = frozenset(
     }
 )
 # The annotation names (without prefix) parsed here: the catalogue's supported rows (a test).
+_CLIENT_AUTH_FIELDS: Final = frozenset(
+    {
+        "tls_secret",
+        "tls_verify_client",
+        "tls_verify_depth",
+        "tls_error_page",
+        "tls_pass_certificate",
+        "tls_match_cn",
+    }
+)
 PARSED_NAMES: Final = frozenset(_PARSERS)
 _INGRESS_FIELDS: Final = frozenset(
     {
@@ -891,11 +1109,15 @@ _INGRESS_FIELDS: Final = frozenset(
         "custom_http_errors",
         "disable_proxy_intercept_errors",
         *_REWRITE_FIELDS,
+        *_CLIENT_AUTH_FIELDS,
+        *_AFFINITY_FIELDS,
         *extauth.FIELDS,
         *_CORS_FIELDS,
         *_CANARY_FIELDS,
         *_AUTH_FIELDS,
         *_RATE_LIMIT_FIELDS,
+        "limit_rate",
+        "limit_rate_after",
     }
 )
 # The value of a source-range field whose winning annotation is invalid.
@@ -916,6 +1138,26 @@ def _url_redirect(values: Mapping[str, Any]) -> tuple[Redirect | None, bool]:
         if url:
             return Redirect(url, values.get(code_field, default)), False
     return None, False
+
+
+def _client_auth(values: Mapping[str, Any]) -> tuple[ClientAuth | None, bool]:
+    """(the auth-tls-* settings, whether one of them is invalid): nothing without
+    auth-tls-secret, as ingress-nginx; an invalid value with it fails closed."""
+    if "tls_secret" not in values:
+        return None, False
+    if any(values.get(f) is _INVALID for f in _CLIENT_AUTH_FIELDS):
+        return None, True
+    return (
+        ClientAuth(
+            secret=values["tls_secret"],
+            verify=values.get("tls_verify_client", "on"),
+            depth=values.get("tls_verify_depth", 1),
+            error_page=values.get("tls_error_page", ""),
+            pass_certificate=bool(values.get("tls_pass_certificate", False)),
+            match_cn=values.get("tls_match_cn", ""),
+        ),
+        False,
+    )
 
 
 _cache: dict[tuple[tuple[str, str], ...], tuple[IngressOptions, tuple[AnnotationError, ...]]] = {}
@@ -969,6 +1211,9 @@ def parse_annotations(
                 elif field in ("permanent_redirect", "temporal_redirect"):
                     # Neither: forwarding what was meant to be redirected could expose the pod.
                     values[field] = _INVALID
+                elif field in _CLIENT_AUTH_FIELDS:
+                    # Client certificates that cannot be read are not checked less: fail closed.
+                    values[field] = _INVALID
                 elif field == "cors_allow_origin":
                     # ingress-nginx would allow every origin; no origin is allowed instead.
                     values[field] = ()
@@ -981,6 +1226,9 @@ def parse_annotations(
     rewrites = _rewrite_steps(values, given, errors)
     if rewrites:
         route_values["policy"] = (*route_values.get("policy", ()), *rewrites)
+    affinity = _affinity_step(values)
+    if affinity is not None:
+        route_values["policy"] = (*route_values.get("policy", ()), affinity)
     if "next_upstream" not in values and (
         "next_upstream_tries" in values or "next_upstream_timeout" in values
     ):
@@ -989,6 +1237,7 @@ def parse_annotations(
     allow, deny, whitelist = ranges
     custom = values.get("custom_headers")
     url_redirect, invalid_redirect = _url_redirect(values)
+    client_auth, invalid_client_auth = _client_auth(values)
     external_auth, invalid_external_auth = _external_auth(values, given, errors)
     limits = {f: values[f] for f in _RATE_LIMIT_FIELDS if f in values}
     invalid_rate_limit = _INVALID in limits.values()
@@ -1024,6 +1273,8 @@ def parse_annotations(
             default_backend=values.get("default_backend"),
             custom_http_errors=values.get("custom_http_errors"),
             disable_proxy_intercept_errors=bool(values.get("disable_proxy_intercept_errors")),
+            client_auth=client_auth,
+            invalid_client_auth=invalid_client_auth,
             external_auth=external_auth,
             invalid_external_auth=invalid_external_auth,
             auth_proxy_set_headers=values.get("auth_proxy_set_headers")
@@ -1040,6 +1291,8 @@ def parse_annotations(
             limit_burst_multiplier=limits.get("limit_burst_multiplier", 5),
             limit_allowlist=limits.get("limit_allowlist", limits.get("limit_whitelist", ())),
             invalid_rate_limit=invalid_rate_limit,
+            limit_rate=values.get("limit_rate"),
+            limit_rate_after=values.get("limit_rate_after"),
         ),
         tuple(errors),
     )
@@ -1111,6 +1364,33 @@ def _rewrite_steps(
     if domain or path:
         steps.append(RewriteCookies(*(domain or ("", "")), *(path or ("", ""))))
     return tuple(steps)
+
+
+def _affinity_step(values: Mapping[str, Any]) -> StickySessions | HashBy | None:
+    """The route's StickySessions step (`affinity: cookie` with its session-cookie-*
+    annotations, which mean nothing without it), else its HashBy step (upstream-hash-by):
+    ingress-nginx's balancer takes the sticky balancer first, then consistent hashing."""
+    if values.get("affinity") == "cookie":
+        return StickySessions(
+            name=values.get("session_cookie_name", "INGRESSCOOKIE"),
+            mode=values.get("affinity_mode", "balanced"),
+            path=values.get("session_cookie_path", ""),
+            domain=values.get("session_cookie_domain", ""),
+            max_age=values.get("session_cookie_max_age", ""),
+            expires=values.get("session_cookie_expires", ""),
+            samesite=values.get("session_cookie_samesite", ""),
+            secure=bool(values.get("session_cookie_secure", False)),
+            conditional_samesite_none=bool(values.get("session_cookie_samesite_none", False)),
+            change_on_failure=bool(values.get("session_cookie_change_on_failure", False)),
+        )
+    expression = values.get("upstream_hash_by")
+    if expression:
+        return HashBy(
+            expression,
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+    return None
 
 
 def _cors_step(values: Mapping[str, Any]) -> Cors | None:
@@ -1189,4 +1469,15 @@ def _canary_rules(
         weight=max(values.get("canary_weight", 0), 0),
         # ingress-nginx's balancer draws out of 100 unless the total is larger.
         weight_total=total if total > 100 else 100,
+        # An invalid value is reported and the default applies, as ingress-nginx reads it.
+        affinity_behavior=values.get("affinity_canary_behavior", "sticky"),
+        # Its own upstream-hash-by, even beside affinity (the canary's affinity annotations
+        # are ignored: ingress-nginx never applies them to a canary's backend).
+        hash_by=HashBy(
+            values["upstream_hash_by"],
+            subset=bool(values.get("upstream_hash_by_subset", False)),
+            subset_size=values.get("upstream_hash_by_subset_size", 3),
+        )
+        if values.get("upstream_hash_by")
+        else None,
     )

@@ -145,6 +145,11 @@ def _checked(name: str, detail: str, *, status: Status = "supported", extra: str
     )
 
 
+def _client_tls(name: str, status: Status, detail: str) -> Entry:
+    """A client-certificate annotation (auth-tls-*): supported, access control."""
+    return _checked(name, detail, status=status)
+
+
 _AUTH_INVALID = (
     "An auth-* value that does not read denies the routes (503, InvalidExternalAuth), "
     "where ingress-nginx ignores some (auth-signin, ...)."
@@ -335,19 +340,56 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "its auth-signin redirect) wins over a 403; an auth service failure still answers 500. "
         "`all` (default): each must. Another value is reported and `all` applies.",
     ),
-    _auth("auth-tls-secret", "Client certificates: the Secret whose ca.crt verifies them."),
-    _auth("auth-tls-verify-client", "Client certificates: `on`, `optional`, `optional_no_ca`."),
-    _auth("auth-tls-verify-depth", "Client certificates: the verification depth."),
-    _auth("auth-tls-error-page", "Client certificates: where a failed verification redirects."),
-    _auth(
-        "auth-tls-pass-certificate-to-upstream",
-        "Client certificates: passes the certificate upstream in `ssl-client-cert`.",
+    _client_tls(
+        "auth-tls-secret",
+        "different",
+        "Client certificates on the HTTPS listener: the hosts of the Ingress ask for one in the "
+        'TLS handshake and verify it against the Secret\'s `ca.crt` ("namespace/name", or a '
+        "name in the Ingress's namespace; another namespace is refused, as ingress-nginx's "
+        "allow-cross-namespace-resources default). As ingress-nginx, the first Ingress of a "
+        "host with it sets it for every rule of the host. A Secret that cannot be used makes "
+        "the host answer 403 (never unverified). Different: while any host asks for client "
+        "certificates, the HTTPS listener resumes no TLS sessions (a resumed session could "
+        "carry another host's verification); a request whose SNI was another host verified "
+        "with another CA is answered 421, one on plain HTTP (ssl-redirect off) counts as "
+        "without a certificate (ingress-nginx serves it unchecked).",
     ),
-    _unsupported(
+    _client_tls(
+        "auth-tls-verify-client",
+        "supported",
+        "`on` (default): a request without a valid certificate is answered 400; `optional`: a "
+        "certificate, if sent, must verify; `optional_no_ca`: an unknown or self-signed issuer "
+        "is let through (ssl-client-verify says FAILED); `off`: none is asked for. An invalid "
+        "value makes the routes answer 503 (ingress-nginx falls back to `on`).",
+    ),
+    _client_tls(
+        "auth-tls-verify-depth",
+        "supported",
+        "The longest chain from the client certificate to the CA (default 1: signed by the CA "
+        "itself); a longer one fails verification (400).",
+    ),
+    _client_tls(
+        "auth-tls-error-page",
+        "different",
+        "A request answered 400 for its certificate (missing or not verified) is redirected "
+        "there (302) instead. Different: only an http:// or https:// URL; a path or a named "
+        "location (internal redirects in nginx) is an invalid value and the routes answer 503.",
+    ),
+    _client_tls(
+        "auth-tls-pass-certificate-to-upstream",
+        "supported",
+        '"true": the pod is sent `ssl-client-cert`, the client certificate as URL-encoded '
+        "PEM (nginx's $ssl_client_escaped_cert). With auth-tls-secret the pod always gets "
+        "`ssl-client-verify` (SUCCESS, NONE, FAILED:<reason>), `ssl-client-subject-dn` and "
+        "`ssl-client-issuer-dn` (RFC 4514); fields of those names sent by the client are "
+        "removed.",
+    ),
+    _client_tls(
         "auth-tls-match-cn",
-        "access-control",
-        "Client certificates: the subject CN must match this pattern. Not in a Portico issue yet.",
-        access=True,
+        "different",
+        '"CN=" and a regular expression, searched (case-sensitive) in the certificate\'s '
+        "subject DN; no match (or no certificate) is a 403. Different: the expression is RE2 "
+        "(no backreferences or lookaround: an invalid value, and the routes answer 503).",
     ),
     Entry(
         "allowlist-source-range",
@@ -794,76 +836,109 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "(fewest requests in flight, weighed by latency), which serves the same purpose by "
         "another formula; `least_request` names it directly.",
     ),
-    _unsupported(
+    _different(
         "upstream-hash-by",
         "load-balancing",
-        "Consistent hashing on request variables.",
-        ISSUE_PROTECTION,
+        "Consistent hashing: the request's key (nginx variables and text, like `$request_uri` or "
+        "`$host$request_uri`) is hashed onto a ring of the pods, so a key keeps its pod and a pod "
+        "that leaves moves only its own keys. Variables: `$request_uri`, `$uri`, `$args`, "
+        "`$host`, `$remote_addr`, `$scheme`, `$request_method`, `$http_NAME`, `$cookie_NAME`, "
+        "`$arg_NAME`; another variable is an invalid value (the annotation is ignored). "
+        "Differences: the ring's hash is not nginx's (keys land on other pods than with "
+        "ingress-nginx); `$uri` is the path as sent (nginx's is decoded); `$remote_addr` is the "
+        "connection's (or PROXY protocol's) address; it applies to the Ingress's routes, not "
+        "to every Ingress sharing the Service.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset", "load-balancing", "Hashing to subsets of pods.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset",
+        "load-balancing",
+        "With upstream-hash-by: the ring holds groups of pods (in address order, the last "
+        "group filled up with the first pods) and a request goes to a pod of its key's group "
+        "at random.",
     ),
-    _unsupported(
-        "upstream-hash-by-subset-size", "load-balancing", "Pods per subset.", ISSUE_PROTECTION
+    _supported(
+        "upstream-hash-by-subset-size",
+        "load-balancing",
+        "Pods per group of upstream-hash-by-subset (default 3; 0 is 3).",
     ),
     # ---- session affinity ---------------------------------------------------------------------
-    _unsupported("affinity", "session-affinity", "Sticky sessions by cookie.", ISSUE_PROTECTION),
-    _unsupported(
-        "affinity-mode", "session-affinity", "`balanced` or `persistent`.", ISSUE_PROTECTION
+    _different(
+        "affinity",
+        "session-affinity",
+        "`cookie`: sticky sessions. A request with a valid affinity cookie goes to its pod; "
+        "one without gets a pod and, on the pod's response, the cookie (`<key>|<backend "
+        "hash>`, HttpOnly). A pod that leaves moves only its own sessions. Differences: the "
+        "settings apply to the Ingress's routes, not to every Ingress sharing the Service "
+        "(ingress-nginx keeps one per backend); a retry after a failure goes to another pod "
+        "(see session-cookie-change-on-failure); the cookie is not sent on Portico's own "
+        "answers (502, 504).",
     ),
-    _unsupported(
+    _supported(
+        "affinity-mode",
+        "session-affinity",
+        "`balanced` (default): the cookie holds a random key placed on a consistent-hash ring "
+        "of the pods, so scaling up moves some sessions to the new pods; `persistent`: the "
+        "cookie names its pod, and a session moves only when its pod leaves.",
+    ),
+    _supported(
         "affinity-canary-behavior",
         "session-affinity",
-        "Affinity to canaries: `sticky`.",
-        ISSUE_PROTECTION,
+        "On a canary Ingress paired with a main rule that has `affinity: cookie`: `sticky` "
+        "(default) gives the canary's Service the main rule's sticky sessions (same cookie and "
+        "attributes, naming the canary's backend), so a request whose cookie names the canary "
+        "stays on it whatever the canary rules say; `legacy`: the canary's pods get no "
+        "affinity cookie and each request without a main cookie is decided by the canary "
+        "rules. Either way a cookie naming the main backend keeps the request there, before "
+        "the header, cookie and weight rules (ingress-nginx's balancer). Any other value is "
+        "an InvalidAnnotation problem and `sticky` applies.",
     ),
-    _unsupported(
-        "session-cookie-name", "session-affinity", "The affinity cookie's name.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-path", "session-affinity", "The affinity cookie's Path.", ISSUE_PROTECTION
-    ),
-    _unsupported(
-        "session-cookie-domain",
+    _supported(
+        "session-cookie-name",
         "session-affinity",
-        "The affinity cookie's Domain.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's name (default `INGRESSCOOKIE`): letters, digits, `-._~`.",
     ),
-    _unsupported(
+    _different(
+        "session-cookie-path",
+        "session-affinity",
+        "The affinity cookie's Path; without it, the rule's path. Difference: a regex rule "
+        "(use-regex) without it gets `Path=/` (ingress-nginx writes the expression).",
+    ),
+    _supported(
+        "session-cookie-domain", "session-affinity", "The affinity cookie's Domain (none without)."
+    ),
+    _supported(
         "session-cookie-max-age",
         "session-affinity",
-        "The affinity cookie's Max-Age.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Max-Age, whole seconds as written (none without: a session cookie).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-expires",
         "session-affinity",
-        "The affinity cookie's Expires.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's Expires: now plus these seconds, in nginx's cookie time format.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-samesite",
         "session-affinity",
-        "The affinity cookie's SameSite.",
-        ISSUE_PROTECTION,
+        "The affinity cookie's SameSite: `None`, `Lax` or `Strict` (any case).",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-secure",
         "session-affinity",
-        "The affinity cookie's Secure flag.",
-        ISSUE_PROTECTION,
+        "`true`: the affinity cookie is Secure on plain HTTP too (it always is on HTTPS).",
     ),
-    _unsupported(
+    _different(
         "session-cookie-change-on-failure",
         "session-affinity",
-        "A new affinity cookie after a failed request.",
-        ISSUE_PROTECTION,
+        "`true`: a request whose pod failed and that went to another pod gets a cookie for "
+        "that pod. Difference: without it, the retry still goes to another pod (Portico never "
+        "retries a pod that failed the request; ingress-nginx retries the cookie's pod), and "
+        "the cookie keeps naming the first one.",
     ),
-    _unsupported(
+    _supported(
         "session-cookie-conditional-samesite-none",
         "session-affinity",
-        "SameSite=None left out for browsers that mishandle it.",
-        ISSUE_PROTECTION,
+        "`true`: no SameSite=None for the user agents ingress-nginx leaves it out for (Chrome "
+        "40-69, iOS 12, Safari on macOS 10.14).",
     ),
     # ---- canary -------------------------------------------------------------------------------
     _different(
@@ -885,8 +960,10 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "never chosen, as ingress-nginx has no balancer for it. The canary Ingress's "
         "load-balance applies to its backend. A canary carrying access control Portico does "
         "not enforce yet is not used (fail closed: its requests stay on the main Ingress). "
-        "Its affinity-canary-behavior and "
-        "upstream-hash-by are not applied yet.",
+        "The canary Ingress's upstream-hash-by chooses its pods (the main rule's does not), "
+        "unless the main rule's sticky sessions go with it (affinity-canary-behavior); its own "
+        "affinity annotations are ignored, as ingress-nginx never applies them to a canary's "
+        "Service.",
     ),
     _supported(
         "canary-by-header",
@@ -974,14 +1051,24 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "rate-limiting",
         "The older spelling of limit-allowlist (limit-allowlist wins when both are given).",
     ),
-    _unsupported(
-        "limit-rate", "rate-limiting", "Bytes per second of each response.", ISSUE_PROTECTION
+    _supported(
+        "limit-rate",
+        "rate-limiting",
+        "Kilobytes (1024 bytes) per second at which each proxied response body is sent to the "
+        "client, per request as nginx's limit_rate (two requests at once get twice the rate); "
+        "0 or less: no limit. As nginx, the allowance counts from the start of the request with "
+        "one second's worth ahead, so a response of N kilobytes at R takes about N/R - 1 "
+        "seconds. Portico stops reading the pod while the client is ahead of the schedule, with "
+        "proxy-buffering on or off (memory stays bounded, the pod is slowed too). A value that "
+        "does not read is ignored, as ingress-nginx falls back to the ConfigMap's limit-rate "
+        "(--limit-rate; 0 by default: no limit).",
     ),
-    _unsupported(
+    _supported(
         "limit-rate-after",
         "rate-limiting",
-        "Bytes sent before limit-rate applies.",
-        ISSUE_PROTECTION,
+        "Kilobytes of each response body sent at full speed before limit-rate applies (nginx's "
+        "limit_rate_after; the response head is not counted). Nothing without limit-rate. "
+        "Without it (or unreadable), the ConfigMap's limit-rate-after (--limit-rate-after).",
     ),
     # ---- CORS ---------------------------------------------------------------------------------
     _supported(
@@ -1394,6 +1481,22 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "rate-limiting",
             "Status of the requests limit-connections refuses (400 to 599; 503 default).",
             "--limit-conn-status-code",
+        ),
+        _key(
+            "limit-rate",
+            "supported",
+            "rate-limiting",
+            "Kilobytes per second of each proxied response, for Ingresses without the "
+            "limit-rate annotation (0: no limit).",
+            "--limit-rate",
+        ),
+        _key(
+            "limit-rate-after",
+            "supported",
+            "rate-limiting",
+            "Kilobytes of each response sent before limit-rate applies, for Ingresses without "
+            "the limit-rate-after annotation.",
+            "--limit-rate-after",
         ),
         _key(
             "allow-snippet-annotations",

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from controller.compiler.annotations import CanaryRules, IngressOptions, parse_annotations
+from controller.compiler.annotations import (
+    CanaryRules,
+    ClientAuth,
+    IngressOptions,
+    parse_annotations,
+)
 from controller.compiler.backends import FIRST_PORT, BackendUse, backend_key
 from controller.compiler.problems import (
     ACCESS_CONTROL_NOT_ENFORCED,
@@ -46,6 +51,7 @@ from proxy.config import (
     AppRoot,
     BasicAuth,
     Canary,
+    ClientCertificate,
     Cors,
     ErrorPages,
     ExternalAuth,
@@ -104,6 +110,12 @@ INVALID_CUSTOM_HEADERS: Final = Refuse(503, "InvalidCustomHeaders")
 # be read: its routes fail closed rather than forward what was meant to be redirected
 # (InvalidAnnotation problem).
 INVALID_REDIRECT: Final = Refuse(503, "InvalidRedirect")
+# auth-tls-* with a value that does not read: the routes fail closed (503) rather than check
+# client certificates less than asked.
+INVALID_CLIENT_AUTH: Final = Refuse(503, "InvalidClientCertificate")
+# auth-tls-secret that cannot be used (missing, no ca.crt, another namespace): ingress-nginx's
+# server `return 403` for its AuthTLSError; never served without verification.
+CLIENT_AUTH_UNUSABLE: Final = Refuse(403, "ClientCertificateSecretInvalid")
 # The first policy step of an Ingress whose external auth cannot be read (an auth-* annotation,
 # the ConfigMap's global-auth-* keys it would take, its auth-proxy-set-headers ConfigMap): its
 # routes are denied (503), never served unauthenticated.
@@ -315,6 +327,9 @@ class IngressPart:
     # `ssl-passthrough` with --enable-ssl-passthrough: HTTPS connections for its hosts go to
     # the pods unterminated (`assemble` makes the Snapshot.passthrough entries).
     passthrough: bool = False
+    # auth-tls-* (`secret` "ns/name"): `assemble` resolves its ca.crt into the
+    # ClientCertificate step of every rule of this Ingress's hosts.
+    client_auth: ClientAuth | None = None
     # Basic auth: ("namespace/name" of the auth-secret, auth-secret-type, auth-realm), which
     # `assemble` reads into a BasicAuth step (or locks the routes when it cannot).
     basic_auth: tuple[str, str, str] | None = None
@@ -405,6 +420,7 @@ def compile_ingress(
     global_auth: ExternalAuth | Refuse | None = None,
     limit_statuses: tuple[int, int] = (503, 503),
     ssl_passthrough: bool = False,
+    limit_rate: tuple[int, int] = (0, 0),
 ) -> IngressPart:
     """Validate one Ingress into its part; every rejected rule becomes a problem.
 
@@ -415,7 +431,8 @@ def compile_ingress(
     answer 403 as for its own unenforced annotations (the problem is the ConfigMap's);
     `service_upstream`: the default of the service-upstream annotation; `limit_statuses`:
     the answers of the rate limits (the ConfigMap's limit-req-status-code and
-    limit-conn-status-code);
+    limit-conn-status-code); `limit_rate`: the (limit-rate, limit-rate-after) in bytes of an
+    Ingress without those annotations (the ConfigMap's keys);
     `ssl_passthrough`: --enable-ssl-passthrough is on (else the annotation is a problem and
     its hosts are terminated, as ingress-nginx ignores it without the flag); `global_auth`: the
     ConfigMap's global external auth (or its refusal when its keys do not read), for an Ingress
@@ -449,6 +466,10 @@ def compile_ingress(
     )
     tls_hosts = tuple(h for t in tls for h in t.hosts)
     plain = opts.route
+    rate = limit_rate[0] if opts.limit_rate is None else opts.limit_rate
+    rate_after = limit_rate[1] if opts.limit_rate_after is None else opts.limit_rate_after
+    if rate or rate_after:
+        plain = dataclasses.replace(plain, limit_rate=rate, limit_rate_after=rate_after)
     allow = opts.allow_source_range
     deny = opts.deny_source_range
     allow = source_ranges[0] if allow is None else allow
@@ -490,6 +511,13 @@ def compile_ingress(
     error_backend, global_error_codes, error_pages = _error_pages(ingress, opts)
     if error_pages is not None:
         plain = dataclasses.replace(plain, policy=(*plain.policy, error_pages))
+    if opts.invalid_client_auth:
+        plain = dataclasses.replace(plain, policy=(INVALID_CLIENT_AUTH, *plain.policy))
+    client_auth = opts.client_auth
+    if client_auth is not None and client_auth.secret.startswith("/"):
+        client_auth = dataclasses.replace(
+            client_auth, secret=ingress.namespace + client_auth.secret
+        )
     if global_access_denied or screening.denied(serve_without_access_control):
         # Fail closed with an answer: every request is refused before any other step of the
         # route (a body limit, ...) sees it, and never reaches a pod.
@@ -682,6 +710,7 @@ def compile_ingress(
         error_backend=error_backend,
         global_error_codes=global_error_codes,
         passthrough=opts.ssl_passthrough and ssl_passthrough,
+        client_auth=client_auth,
         basic_auth=(basic_auth, opts.auth_secret_type, opts.auth_realm) if basic_auth else None,
     )
 
@@ -911,6 +940,80 @@ def _with_ca(part: IngressPart, pem: str) -> IngressPart:
     return _map_options(part, lambda o: dataclasses.replace(o, upstream_ca_pem=pem))
 
 
+def _client_auth_steps(
+    parts: list[IngressPart],
+    ca_bundle: Callable[[str], tuple[str | None, str | None]] | None,
+    problems: list[Problem],
+) -> dict[str, PolicyStep]:
+    """The client-certificate step of each host: the first Ingress (in precedence order) with
+    auth-tls-secret for a host gives it, as ingress-nginx sets it on the host's server block;
+    a Secret that cannot be used gives a 403 refusal instead (never an unverified host)."""
+    by_host: dict[str, PolicyStep] = {}
+    for part in parts:
+        auth = part.client_auth
+        if auth is None or not part.hosts:
+            continue
+        namespace = auth.secret.partition("/")[0]
+        pem: str | None = None
+        reason: str | None
+        if namespace != part.namespace:
+            # ingress-nginx's allow-cross-namespace-resources is false by default.
+            reason = "a Secret in another namespace is not allowed"
+        elif ca_bundle is None:
+            reason = "no Secret can be read"
+        else:
+            pem, reason = ca_bundle(auth.secret)
+        step: PolicyStep
+        if pem is None:
+            problems.append(
+                Problem(
+                    "Ingress",
+                    part.ref,
+                    SECRET_INVALID,
+                    f'auth-tls-secret "{auth.secret}": {reason}; its hosts answer 403',
+                )
+            )
+            step = CLIENT_AUTH_UNUSABLE
+        else:
+            step = ClientCertificate(
+                ca_pem=pem,
+                verify=auth.verify,
+                depth=auth.depth,
+                error_page=auth.error_page,
+                pass_certificate=auth.pass_certificate,
+                match_cn=auth.match_cn,
+            )
+        for host in part.hosts:
+            by_host.setdefault(host, step)
+    return by_host
+
+
+def _with_host_steps(part: IngressPart, steps: Mapping[str, PolicyStep]) -> IngressPart:
+    """The part with each host's client-certificate step first (after the redirects) in the
+    policy of its rules on that host."""
+    if not any(e.host in steps for e in (*part.entries, *part.fallbacks)):
+        return part
+
+    def rule(r: PathRule | None, host: str) -> PathRule | None:
+        if r is None:
+            return None
+        options = _with_step(r.options, steps[host], first=True)
+        return dataclasses.replace(r, options=options)
+
+    def entry(e: RuleEntry) -> RuleEntry:
+        if e.host not in steps:
+            return e
+        new = rule(e.rule, e.host)
+        assert new is not None
+        return dataclasses.replace(e, rule=new, unredirected=rule(e.unredirected, e.host))
+
+    return dataclasses.replace(
+        part,
+        entries=tuple(entry(e) for e in part.entries),
+        fallbacks=tuple(entry(e) for e in part.fallbacks),
+    )
+
+
 def _with_step(options: RouteOptions, step: PolicyStep, *, first: bool) -> RouteOptions:
     """`step` added last, or `first`: first after the redirects (which answer before any
     other step, as ingress-nginx redirects before it denies)."""
@@ -1059,6 +1162,10 @@ def _pair_canaries(
             rules.weight,
             rules.weight_total,
             entry.rule.options.balancer,  # the canary Ingress's load-balance (or the default)
+            affinity_behavior=rules.affinity_behavior,
+            hash_by=rules.hash_by.expression if rules.hash_by is not None else "",
+            hash_by_subset=rules.hash_by is not None and rules.hash_by.subset,
+            hash_by_subset_size=rules.hash_by.subset_size if rules.hash_by is not None else 3,
         )
         _use(uses, entry, part.ref)
         return _with_canary(main, step)
@@ -1208,6 +1315,9 @@ def assemble(
     if request_headers[0]:
         change = _with_request_headers(*request_headers)
         parts = [_map_options(part, change) for part in parts]
+    client_auth = _client_auth_steps(parts, ca_bundle, problems)
+    if client_auth:
+        parts = [_with_host_steps(part, client_auth) for part in parts]
 
     unredirected: dict[tuple[str, str, MatchKind], PathRule] = {}
     fallback_unredirected: dict[str, PathRule] = {}

@@ -66,6 +66,10 @@ class CompileSettings:
     # `--limit-conn-status-code`, the ingress-nginx ConfigMap's keys of those names).
     limit_req_status_code: int = 503
     limit_conn_status_code: int = 503
+    # limit-rate / limit-rate-after, in bytes, of every Ingress without those annotations
+    # (`--limit-rate`, `--limit-rate-after`, the ingress-nginx ConfigMap's keys); 0: none.
+    limit_rate: int = 0
+    limit_rate_after: int = 0
 
     def configmaps(self) -> tuple[tuple[str, str], ...]:
         """(namespace, name) of the ConfigMaps these settings name."""

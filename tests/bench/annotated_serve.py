@@ -19,6 +19,9 @@ Profiles (each keeps the path the backend sees, so proxy-bench's answer check st
 - `canary-weight`: each bench Ingress gets a canary Ingress (`canary-weight: 50`) for the same
   host and path, whose Service is a copy of the bench Service (same pods, its EndpointSlices
   copied): half the requests go to each backend, chosen by a random draw per request.
+- `passthrough-other`: `--enable-ssl-passthrough` and one more Ingress with `ssl-passthrough`
+  for another host (`passthrough.bench.local`): the bench hosts are not passthrough, so this is
+  what passthrough costs every other HTTPS connection (the SNI peek before the handshake).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ PROFILES: dict[str, tuple[dict[str, str], str, str]] = {
     "cors-any": ({"nginx.ingress.kubernetes.io/enable-cors": "true"}, "/", "Prefix"),
     "plain": ({}, "/", "Prefix"),
     "canary-weight": ({}, "/", "Prefix"),
+    "passthrough-other": ({}, "/", "Prefix"),
 }
 # profile -> the annotations of a canary Ingress added next to each bench Ingress.
 CANARY_PROFILES: dict[str, dict[str, str]] = {
@@ -63,6 +67,8 @@ CANARY_PROFILES: dict[str, dict[str, str]] = {
     },
 }
 CANARY_SUFFIX = "-canary"
+# profile -> a passthrough host added beside the bench hosts (with --enable-ssl-passthrough).
+PASSTHROUGH_PROFILES: dict[str, str] = {"passthrough-other": "passthrough.bench.local"}
 BENCH_INGRESSES = ("bench", "bench-tls")
 
 
@@ -82,6 +88,27 @@ def annotate(directory: Path, profile: str) -> None:
         file.write_text(yaml.safe_dump_all(docs))
     if profile in CANARY_PROFILES:
         add_canaries(directory, CANARY_PROFILES[profile])
+    if profile in PASSTHROUGH_PROFILES:
+        add_passthrough(directory, PASSTHROUGH_PROFILES[profile])
+
+
+def add_passthrough(directory: Path, host: str) -> None:
+    """A copy of the plain bench Ingress for `host`, with ssl-passthrough."""
+    for file in sorted(directory.glob("*.yaml")):
+        for doc in yaml.safe_load_all(file.read_text()):
+            if (
+                isinstance(doc, dict)
+                and doc.get("kind") == "Ingress"
+                and doc["metadata"]["name"] == BENCH_INGRESSES[0]
+            ):
+                passthrough = copy.deepcopy(doc)
+                passthrough["metadata"]["name"] = "bench-passthrough"
+                passthrough["metadata"]["annotations"] = {
+                    "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
+                }
+                passthrough["spec"]["rules"][0]["host"] = host
+                (directory / "zz-passthrough.yaml").write_text(yaml.safe_dump(passthrough))
+                return
 
 
 def add_canaries(directory: Path, annotations: dict[str, str]) -> None:
@@ -128,6 +155,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"usage: annotated_serve.py {{{','.join(PROFILES)}}} serve --manifests DIR ...")
     profile, args = argv[0], argv[1:]
     annotate(Path(args[args.index("--manifests") + 1]), profile)
+    if profile in PASSTHROUGH_PROFILES:
+        args.append("--enable-ssl-passthrough")
     os.execv(sys.executable, [sys.executable, "-m", "controller", *args])
 
 

@@ -30,6 +30,7 @@ from controller.configmap import compile_settings, overlay, read
 from controller.settings import Settings
 from proxy.server import ProxyServer
 from tests.kube_factory import Raw, ingress, rule
+from tests.unenforced import UNENFORCED, unenforced  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.uvloop, pytest.mark.timeout(30)]
 
@@ -43,28 +44,16 @@ class Row(NamedTuple):
     refused_by_ingress_nginx: int = 401  # what ingress-nginx answers the request (for the record)
 
 
-CLIENT_CERT = {"auth-tls-secret": "default/ca-secret", "auth-tls-verify-client": "on"}
-
 ROWS: dict[str, Row] = {
     # Basic auth, external auth and satisfy are enforced (issue 18): tests/integration/
-    # test_basic_auth.py and test_external_auth.py.
-    "auth-tls-secret": Row(
-        {"auth-tls-verify-client": "on"}, "default/ca-secret", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-verify-client": Row(
-        {"auth-tls-secret": "default/ca-secret"}, "on", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-verify-depth": Row(CLIENT_CERT, "1", "https", refused_by_ingress_nginx=400),
-    "auth-tls-error-page": Row(
-        CLIENT_CERT, "https://error.example.test/", "https", refused_by_ingress_nginx=302
-    ),
-    "auth-tls-pass-certificate-to-upstream": Row(
-        CLIENT_CERT, "true", "https", refused_by_ingress_nginx=400
-    ),
-    "auth-tls-match-cn": Row(CLIENT_CERT, "CN=client", "https", refused_by_ingress_nginx=400),
+    # test_basic_auth.py and test_external_auth.py; client certificates:
+    # test_client_certificates.py. The rule is shown with a stand-in (tests/unenforced.py): an
+    # auth-tls-match-cn made unenforced (without auth-tls-secret it does nothing else).
+    UNENFORCED: Row({}, "CN=client", "https", refused_by_ingress_nginx=403),
 }
 
 
+@pytest.mark.usefixtures("unenforced")
 def test_the_table_is_the_catalogue_fail_closed_set() -> None:
     assert set(ROWS) == {name for name, e in ANNOTATIONS.items() if e.fails_closed}
 
@@ -86,6 +75,7 @@ async def _get(proxy: ProxyServer, scheme: str, host: str) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.usefixtures("unenforced")
 async def test_refused_with_403_and_never_forwarded(
     pod: Pod, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:

@@ -23,6 +23,7 @@ from backends import Client, Pod
 from tls_env import running
 
 from controller.compiler import CompileResult, CompileSettings, compile_view
+from proxy.affinity import backend_tag
 from tests.integration.manifests import ingress as manifest_ingress
 from tests.integration.manifests import ingress_class, service_with_pods
 from tests.integration.serving import echo_pods, eventually, free_port, start_serve, stop_serve
@@ -354,3 +355,126 @@ async def test_canary_ingress_changes_apply_live(tmp_path: Path) -> None:
                 assert await _served_by(session, http, always) == "main"
         finally:
             await stop_serve(process, grace=5)
+
+
+# ---- affinity-canary-behavior: the affinity cookie and the canary ----------------------------
+
+# The main Ingress of each host is sticky (affinity: cookie, session-cookie-name aff); its canary
+# is forced by the header ForceCanary: yes, else weight 0, with this behaviour (None: not set).
+STICKY_MAIN = {N + "affinity": "cookie", N + "session-cookie-name": "aff"}
+FORCED = {**ON, N + "canary-by-header": "ForceCanary", N + "canary-by-header-value": "yes"}
+BEHAVIORS: dict[str, dict[str, str]] = {
+    "default": {**FORCED, N + "canary-weight": "0"},
+    "sticky": {**FORCED, N + "canary-weight": "0", N + "affinity-canary-behavior": "sticky"},
+    "legacy": {**FORCED, N + "canary-weight": "0", N + "affinity-canary-behavior": "legacy"},
+    # Weight 100: every request without a hold goes to the canary.
+    "sticky-100": {**FORCED, N + "canary-weight": "100"},
+    "legacy-100": {**FORCED, N + "canary-weight": "100", N + "affinity-canary-behavior": "legacy"},
+}
+
+
+def _sticky_compiled(main: Pod, canary: Pod) -> CompileResult:
+    objects: list[dict[str, Any]] = [kube_ingress_class()]
+    for name, pod in (("main", main), ("canary", canary)):
+        objects.append(service(name, ports=[service_port(80, "http", pod.port)]))
+        objects.append(
+            endpoint_slice(name, name, endpoints=[endpoint(pod.host)], ports=[("http", pod.port)])
+        )
+    for host, notes in BEHAVIORS.items():
+        objects.append(
+            ingress(
+                host,
+                annotations=STICKY_MAIN,
+                rules=[rule(f"{host}.test", path("/info", "main"))],
+                created=10,
+            )
+        )
+        objects.append(
+            ingress(
+                f"{host}-canary",
+                annotations=notes,
+                rules=[rule(f"{host}.test", path("/info", "canary"))],
+                created=20,
+            )
+        )
+    return compile_view(store_of(*objects), CompileSettings())
+
+
+class Visit(NamedTuple):
+    pod: str  # "main" or "canary"
+    cookie: str | None  # the Set-Cookie of the affinity cookie, None: none
+
+
+async def _visit(port: int, host: str, headers: dict[str, str], main: Pod, canary: Pod) -> Visit:
+    client = await Client.connect(port)
+    try:
+        resp = await client.request("GET", "/info", headers, host=f"{host}.test")
+    finally:
+        await client.close()
+    got = _who(resp, main, canary)
+    assert isinstance(got, str), got
+    cookies = [c for c in resp.header_all("Set-Cookie") if c.startswith("aff=")]
+    assert len(cookies) <= 1, cookies
+    return Visit(got, cookies[0] if cookies else None)
+
+
+def _value(set_cookie: str) -> str:
+    return set_cookie.split(";", 1)[0].removeprefix("aff=")
+
+
+MAIN_TAG = backend_tag("default/main/80")
+CANARY_TAG = backend_tag("default/canary/80")
+
+
+async def test_affinity_canary_behavior(pod: Pod, canary_pod: Pod) -> None:
+    result = _sticky_compiled(pod, canary_pod)
+    assert result.problems == ()
+    force = {"ForceCanary": "yes"}
+    async with running(result.snapshot) as proxy:
+        port = proxy.http_port
+
+        async def visits(host: str, headers: dict[str, str], n: int = 10) -> set[str]:
+            return {(await _visit(port, host, headers, pod, canary_pod)).pod for _ in range(n)}
+
+        # A main visit: the main backend's cookie, with the main rule's attributes.
+        first_main = await _visit(port, "sticky", {}, pod, canary_pod)
+        assert first_main.pod == "main" and first_main.cookie is not None
+        assert _value(first_main.cookie).endswith("|" + MAIN_TAG)
+        attributes = first_main.cookie.split(";", 1)[1]
+        main_cookie = {"Cookie": "aff=" + _value(first_main.cookie)}
+
+        for host in ("default", "sticky"):
+            # canary.go "always routes traffic to canary if first request was affinitized to
+            # canary (default behavior)" / "(explicit sticky behavior)": the forced visit
+            # gets the cookie, naming the canary's backend, with the same attributes...
+            first = await _visit(port, host, force, pod, canary_pod)
+            assert first.pod == "canary" and first.cookie is not None, (host, first)
+            assert _value(first.cookie).endswith("|" + CANARY_TAG), first.cookie
+            assert first.cookie.split(";", 1)[1] == attributes
+            # ...and keeps the client on the canary though the weight is 0 (no new cookie).
+            held = {"Cookie": "aff=" + _value(first.cookie)}
+            assert await visits(host, held) == {"canary"}, host
+            again = await _visit(port, host, held, pod, canary_pod)
+            assert again.cookie is None
+            # Without the cookie, the weight (0) decides.
+            assert await visits(host, {}) == {"main"}, host
+
+        # canary.go "routes traffic to either mainline or canary backend (legacy behavior)":
+        # no affinity cookie from the canary, and a cookie naming the canary holds nothing.
+        first = await _visit(port, "legacy", force, pod, canary_pod)
+        assert first == Visit("canary", None)
+        forged = {"Cookie": f"aff=0123456789abcdef|{CANARY_TAG}"}
+        assert await visits("legacy", forged) == {"main"}
+        assert await visits("sticky", forged) == {"canary"}
+
+        # balancer.lua route_to_alternative_balancer: a cookie naming the main backend keeps
+        # the request there before any canary rule (weight 100, or the header), both ways;
+        # without it weight 100 goes to the canary.
+        for host in ("sticky-100", "legacy-100"):
+            assert await visits(host, main_cookie) == {"main"}, host
+            assert await visits(host, {**main_cookie, **force}) == {"main"}, host
+            assert await visits(host, {}) == {"canary"}, host
+        # A cookie naming neither backend (another Service's) holds nothing.
+        other = {"Cookie": f"aff=0123456789abcdef|{backend_tag('default/other/80')}"}
+        assert await visits("sticky-100", other) == {"canary"}
+        assert await visits("sticky", other) == {"main"}

@@ -110,11 +110,13 @@ def test_shipped_scenarios_cover_every_area() -> None:
         "rewrite",
         "error-pages",
         "response-rewriting",
+        "affinity",
         "rate-limits",
         "retries",
         "upstream",
         "cors",
         "basic-auth",
+        "limit-rate",
         "external-auth",
     }
     names = [s.full_name for s in scenarios]
@@ -363,6 +365,22 @@ def test_compare_all_checks_the_pod_set_and_failed_attempts() -> None:
     assert failed == ["GET http://lb.example/: request failed: refused"]
 
 
+def test_compare_header_patterns_and_one_pod() -> None:
+    """The affinity scenarios: a cookie with a random key, every answer from one pod."""
+    cookie = "SERVERID=k1|0123456789abcdef0123456789abcdef; Path=/; HttpOnly"
+    answer = echo_answer(headers={"set-cookie": cookie})
+    pattern = {"Set-Cookie": r"SERVERID=[^|;]+\|[0-9a-f]{32}; Path=/; HttpOnly"}
+    assert compare(Expect(status=200, header_patterns=pattern), answer, 0) == []
+    (problem,) = compare(Expect(status=200, header_patterns=pattern), echo_answer(), 0)
+    assert "header Set-Cookie matching" in problem and "(got None)" in problem
+    request = Request.model_validate(
+        {"host": "h.example", "count": 2, "expect": {"status": 200, "one_pod": True}}
+    )
+    assert compare_all(request, [echo_answer(pod="web-2")] * 2, 0) == []
+    (problem,) = compare_all(request, [echo_answer(pod="web-1"), echo_answer(pod="web-2")], 0)
+    assert problem.endswith("2 answers came from pods ['web-1', 'web-2'], expected one")
+
+
 def test_compare_what_the_pod_saw() -> None:
     seen = {"headers": {"Host": "a.example", "X-Forwarded-Proto": "http"}, "body_bytes": 3}
     answer = Answer(
@@ -384,6 +402,21 @@ def test_compare_what_the_pod_saw() -> None:
     assert "the pod to see X-Forwarded-Proto 'https' (saw 'http')" in problem
     assert "the pod to see host absent (saw 'a.example')" in problem
     assert "the pod to receive 4 body bytes (got 3)" in problem
+
+
+def test_compare_the_response_length_and_time() -> None:
+    # limit-rate scenarios: the body the client got, and how long it took.
+    answer = Answer(status=200, headers={}, body=b"x" * 10, elapsed=2.5)
+    assert (
+        compare(Expect(status=200, response_bytes=10, min_seconds=2, max_seconds=3), answer, 0)
+        == []
+    )
+    (problem,) = compare(
+        Expect(status=200, response_bytes=11, min_seconds=3, max_seconds=1), answer, 0
+    )
+    assert "a body of 11 bytes (got 10)" in problem
+    assert "at least 3 s (took 2.50 s)" in problem
+    assert "at most 1 s (took 2.50 s)" in problem
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from controller.cli import main
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 # main() runs in this process: it must leave pytest's logging alone.
 pytestmark = pytest.mark.usefixtures("cli_logging_off")
@@ -165,7 +166,7 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
     ({}, 0),
     ({N + "proxy-read-timeout": "30", "cert-manager.io/cluster-issuer": "le"}, 0),
     ({N + "load-balance": "ewma"}, 1),  # different
-    ({N + "limit-rate": "5"}, 1),  # unsupported
+    ({N + "mirror-target": "http://mirror/"}, 1),  # unsupported
     ({N + "rewite-target": "/"}, 1),  # unknown
     ({N + "backend-protocol": "FCGI"}, 1),  # a value Portico does not accept
     ({N + "whitelist-source-range": "10.0.0.0/8"}, 0),  # enforced
@@ -179,6 +180,7 @@ EXIT_ROWS: list[tuple[dict[str, str], int]] = [
 
 
 @pytest.mark.parametrize(("annotations", "status"), EXIT_ROWS)
+@pytest.mark.usefixtures("unenforced")
 def test_exit_status(tmp_path: Path, annotations: dict[str, str], status: int) -> None:
     path = tmp_path / "app.yaml"
     path.write_text(INGRESS.format(annotations=json.dumps(annotations)))
@@ -186,6 +188,7 @@ def test_exit_status(tmp_path: Path, annotations: dict[str, str], status: int) -
     assert code == status, out + err
 
 
+@pytest.mark.usefixtures("unenforced")
 def test_text_output_is_grouped_with_totals(tmp_path: Path) -> None:
     path = tmp_path / "app.yaml"
     annotations = {N + "auth-tls-match-cn": "CN=client", N + "proxy-body-size": "8m"}

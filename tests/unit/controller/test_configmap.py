@@ -85,6 +85,11 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     # CM#limit-req-status-code, CM#limit-conn-status-code (its table row).
     ("limit-req-status-code", "429", "limit_req_status_code", 429, "503"),
     ("limit-conn-status-code", "429", "limit_conn_status_code", 429, "503"),
+    # CM#limit-rate, CM#limit-rate-after (int, 0): kilobytes, as the template writes them
+    # (`limit_rate Nk;`, only above 0: a negative value is no limit).
+    ("limit-rate", "64", "limit_rate", 64, "0"),
+    ("limit-rate", "-5", "limit_rate", 0, "0"),
+    ("limit-rate-after", "128", "limit_rate_after", 128, "0"),
     (
         "proxy-set-headers",
         "ingress/custom-headers",

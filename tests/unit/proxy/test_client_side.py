@@ -18,6 +18,7 @@ from proxy.clientside import ClientSide
 from proxy.config import Backend, Endpoint, PathRule, RouteTable, Snapshot, VirtualHost
 from proxy.exchange import Exchange
 from proxy.headers import ClientContext, RequestHead, ResponseHead, render_response
+from proxy.pacing import Pacer
 from proxy.policy import Policy
 from proxy.pool import Pool
 from proxy.replies import Answer
@@ -177,11 +178,19 @@ async def test_backpressure_rules() -> None:
     assert not pod.reading and conn.deadline == 0.0
     # It reads again: so does the connection, with a fresh read deadline.
     client.write_paused = False
-    flow.client_drained(conn, 100.0)
+    flow.client_drained(conn, 100.0, None)
     assert pod.reading and conn.deadline == 100.0 + server.settings.upstream_read_timeout
     flow.client_stalled(conn)
     assert not pod.reading and conn.deadline == 0.0
-    flow.client_drained(conn, 100.0)
+    # A response paced by limit-rate and ahead of its schedule stays paused when the client
+    # drains: the pacer's timer resumes it.
+    pacer = Pacer(loop, client, conn, 1024, 0, loop.time())
+    pacer.body(b"x" * 4096)
+    assert pacer.holding
+    flow.client_drained(conn, 100.0, pacer)
+    assert not pod.reading
+    pacer.stop()
+    flow.client_drained(conn, 100.0, pacer)
     # The pod does not take the body: the client's body waits, the pod is timed as a send.
     conn.pause_writing()
     assert client.reading_paused

@@ -14,11 +14,13 @@ from proxy.config import (
     BasicAuth,
     BodyLimit,
     Canary,
+    ClientCertificate,
     Cors,
     Endpoint,
     EndpointsUpdate,
     ErrorPages,
     ExternalAuth,
+    HashBy,
     HostRedirect,
     HTTPSRedirect,
     PassthroughHost,
@@ -37,6 +39,7 @@ from proxy.config import (
     Snapshot,
     SnapshotError,
     SourceRanges,
+    StickySessions,
     TLSCertificate,
     VirtualHost,
     apply_endpoints_update,
@@ -45,6 +48,8 @@ from proxy.config import (
     encode_endpoints_update,
     encode_snapshot,
 )
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def full_snapshot() -> Snapshot:
@@ -61,6 +66,20 @@ def full_snapshot() -> Snapshot:
         ErrorPages("ns/errors/0", "ns/errors", (404, 503), fallback=True),
         RewriteRedirects("http://pod:8080/", "/app/"),
         RewriteCookies("pod.local", "example.org", "/", "/app/"),
+        ClientCertificate(CA_PEM, "optional_no_ca", 2, "https://e.example/err", True, "CN=(a|b)"),
+        StickySessions(
+            "SERVERID",
+            "persistent",
+            "/app",
+            "example.org",
+            "-1",
+            "172800",
+            "None",
+            True,
+            True,
+            True,
+        ),
+        HashBy("$host$request_uri", subset=True, subset_size=2),
         Cors(
             ("https://a.test", "https://*.b.test:8443", "null"), "GET, POST", "X-A", "*", True, 60
         ),
@@ -350,6 +369,22 @@ CORS: dict[str, object] = {
             {"step": "rewrite_redirects", "prefix": "/a", "replacement": "/b\r\nX: y"},
             id="redirect-splits-the-head",
         ),
+        pytest.param({"step": "client_certificate", "ca_pem": "x"}, id="client-ca-not-pem"),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "verify": "sometimes"},
+            id="client-verify-mode",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "depth": 0}, id="client-depth-0"
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "error_page": "/error"},
+            id="client-error-page-path",
+        ),
+        pytest.param(
+            {"step": "client_certificate", "ca_pem": CA_PEM, "match_cn": "CN=(a)\\1"},
+            id="client-match-cn-backreference",
+        ),
         pytest.param({"step": "rewrite_cookies"}, id="cookies-without-rule"),
         pytest.param({"step": "rewrite_cookies", "path": "/"}, id="cookie-path-alone"),
         pytest.param(
@@ -359,6 +394,20 @@ CORS: dict[str, object] = {
         pytest.param(
             {"step": "rewrite_cookies", "domain": ".a", "domain_replacement": "b"},
             id="cookie-domain-dot",
+        ),
+        pytest.param({"step": "sticky_sessions", "name": "a=b"}, id="sticky-name-injected"),
+        pytest.param({"step": "sticky_sessions", "mode": "sticky"}, id="sticky-mode"),
+        pytest.param({"step": "sticky_sessions", "path": "/a;b"}, id="sticky-path-injected"),
+        pytest.param({"step": "sticky_sessions", "path": "a"}, id="sticky-path-relative"),
+        pytest.param({"step": "sticky_sessions", "max_age": "1d"}, id="sticky-max-age"),
+        pytest.param({"step": "sticky_sessions", "expires": 10}, id="sticky-expires-a-number"),
+        pytest.param({"step": "sticky_sessions", "samesite": "none"}, id="sticky-samesite"),
+        pytest.param({"step": "sticky_sessions", "secure": "true"}, id="sticky-secure-a-string"),
+        pytest.param({"step": "hash_by", "expression": "$upstream_addr"}, id="hash-unknown"),
+        pytest.param({"step": "hash_by", "expression": "text"}, id="hash-no-variable"),
+        pytest.param({"step": "hash_by", "expression": "$"}, id="hash-lone-dollar"),
+        pytest.param(
+            {"step": "hash_by", "expression": "$uri", "subset_size": 0}, id="hash-subset-0"
         ),
         *(
             pytest.param({**CORS, **change}, id=f"cors-{name}")
@@ -472,6 +521,9 @@ def test_policy_steps_keep_their_order() -> None:
         "ErrorPages",
         "RewriteRedirects",
         "RewriteCookies",
+        "ClientCertificate",
+        "StickySessions",
+        "HashBy",
         "Cors",
         "BasicAuth",
         "RateLimit",
@@ -528,6 +580,33 @@ def test_rejects_bad_retry_options(fields: dict[str, object]) -> None:
         decode_snapshot(json.dumps(doc).encode())
 
 
+# ---- response bandwidth (limit-rate, limit-rate-after) -----------------------------------
+
+
+def test_limit_rate_round_trip() -> None:
+    options = RouteOptions(limit_rate=65536, limit_rate_after=131072)
+    rule = PathRule("/", "prefix", "ns/web/80", "ns/ing", "ns/web", 80, "Prefix", options)
+    snapshot = Snapshot(RouteTable((VirtualHost("a.example", (rule,)),)))
+    assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"limit_rate": -1}, id="negative-rate"),
+        pytest.param({"limit_rate": 1.5}, id="rate-not-an-int"),
+        pytest.param({"limit_rate": "64k"}, id="rate-not-a-number"),
+        pytest.param({"limit_rate_after": -1}, id="negative-after"),
+        pytest.param({"limit_rate_after": True}, id="after-not-an-int"),
+    ],
+)
+def test_rejects_bad_limit_rate(fields: dict[str, object]) -> None:
+    doc = json.loads(encode_snapshot(full_snapshot()))
+    doc["options"][1].update(fields)
+    with pytest.raises(SnapshotError):
+        decode_snapshot(json.dumps(doc).encode())
+
+
 # ---- canaries (canary Ingresses paired with a main rule) -----------------------------------
 
 CANARIES = {
@@ -548,6 +627,17 @@ CANARIES = {
     ),
     "weight": Canary("ns/canary/80", "ns/canary", "ns/c", "80", weight=100, weight_total=200),
     "balancer": Canary("ns/canary/80", "ns/canary", "ns/c", "80", balancer="least_request"),
+    # affinity-canary-behavior and the canary Ingress's own upstream-hash-by.
+    "legacy": Canary("ns/canary/80", "ns/canary", "ns/c", "80", affinity_behavior="legacy"),
+    "own-hash-by": Canary(
+        "ns/canary/80",
+        "ns/canary",
+        "ns/c",
+        "80",
+        hash_by="$http_x_user$request_uri",
+        hash_by_subset=True,
+        hash_by_subset_size=2,
+    ),
 }
 
 
@@ -571,6 +661,9 @@ def test_canary_step_round_trips(step: Canary) -> None:
         {"header_pattern": "(a"},  # a pattern the worker cannot compile refuses the snapshot
         {"backend": ""},
         {"balancer": "ewma"},  # the compiler's names only
+        {"affinity_behavior": "Sticky"},  # "sticky" or "legacy", as ingress-nginx's options
+        {"hash_by": "$upstream_addr"},  # the canary's hash-by holds HashBy's variables only
+        {"hash_by": "$request_uri", "hash_by_subset_size": 0},
     ],
     ids=str,
 )

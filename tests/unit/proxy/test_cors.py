@@ -84,7 +84,7 @@ def test_fields_in_ingress_nginx_order() -> None:
     preflight, response = cors_steps(spec)
     assert response.dynamic
     head = _head(b"Origin: https://a.test\r\n", b"OPTIONS")
-    ctx = ClientContext.__new__(ClientContext)
+    ctx = ClientContext("192.0.2.1", "https", 443, ())
     assert preflight.request(head, ctx) is PREFLIGHT
     assert response.response(head, 204) == (
         b"Access-Control-Allow-Origin: https://a.test\r\n"

@@ -16,6 +16,7 @@ from controller.explain import explain
 from controller.files import read_manifests
 from proxy.config import Refuse, SourceRanges
 from tests.kube_factory import ingress, ingress_class, path, rule, service, store_of, tls_entry
+from tests.unenforced import make_unenforced, unenforced  # noqa: F401 (a fixture)
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -41,10 +42,10 @@ def reasons(result: CompileResult) -> list[str]:
 
 
 def test_unsupported_annotation_is_a_problem_and_the_rest_is_served() -> None:
-    result = run({N + "limit-rate": "10", N + "proxy-read-timeout": "7"})
+    result = run({N + "mirror-target": "http://mirror/", N + "proxy-read-timeout": "7"})
     assert reasons(result) == ["UnsupportedAnnotation"]
     message = result.problems[0].message
-    assert N + "limit-rate" in message and "issue 18" in message
+    assert N + "mirror-target" in message and "not in Portico" in message
     assert hosts(result) == [HOST, "other.test"]
     app_rule = result.snapshot.routes.virtual_hosts[0].rules[0]
     assert app_rule.options.read_timeout == 7.0
@@ -103,9 +104,12 @@ def test_snippet_refusal_even_with_serve_without_access_control() -> None:
     assert hosts(result) == ["other.test"]
 
 
-FAIL_CLOSED_ROWS = [
-    {N + "auth-tls-secret": "default/ca", N + "auth-tls-verify-client": "on"},
+# Every access-control annotation is enforced now (issue 18: basic auth, external auth, satisfy,
+# client certificates): the rule is shown with a stand-in (tests/unenforced.py).
+FAIL_CLOSED_ROWS: list[dict[str, str]] = [
     {N + "auth-tls-match-cn": "CN=client"},
+    {P + "auth-tls-match-cn": "CN=client"},  # the Portico prefix means the same
+    {N + "auth-tls-match-cn": "CN=client", N + "whitelist-source-range": "10.0.0.0/8"},
 ]
 
 
@@ -114,14 +118,15 @@ def _id(annotations: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("annotations", FAIL_CLOSED_ROWS, ids=_id)
+@pytest.mark.usefixtures("unenforced")
 def test_unenforced_access_control_fails_closed(annotations: dict[str, str]) -> None:
     result = run(annotations)
-    unenforced = [n for n in annotations if "source-range" not in n]
+    not_enforced = [n for n in annotations if "source-range" not in n]
     assert reasons(result) == sorted(
-        ["AccessControlNotEnforced", *["UnsupportedAnnotation"] * len(unenforced)]
+        ["AccessControlNotEnforced", *["UnsupportedAnnotation"] * len(not_enforced)]
     )
     closed = next(p for p in result.problems if p.reason == "AccessControlNotEnforced")
-    assert all(name in closed.message for name in unenforced)
+    assert all(name in closed.message for name in not_enforced)
     assert "fail closed" in closed.message and "403" in closed.message
     # Its routes stay, answered 403 by the proxy before anything else (tests/integration/
     # test_access_control.py sends the requests).
@@ -217,6 +222,7 @@ def test_global_source_ranges_apply_where_an_ingress_has_none() -> None:
     ]
 
 
+@pytest.mark.usefixtures("unenforced")
 def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() -> None:
     app = ingress(
         "app",
@@ -234,6 +240,7 @@ def test_a_fail_closed_host_is_answered_403_not_passed_to_what_else_matches() ->
     assert explain(result, store, f"http://{HOST}/private", {})["status"] == 308
 
 
+@pytest.mark.usefixtures("unenforced")
 def test_served_without_access_control_logs_a_warning_per_compile(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -280,6 +287,9 @@ def test_check_prints_the_new_problems_and_takes_the_setting(
         assert main(["check", "--ingress-class", "nginx", str(CORPUS), *flags], out) == 1
         return out.getvalue()
 
+    # Every access-control annotation is enforced now (issue 18): my-ingress's auth-tls-secret
+    # stands in for one that is not.
+    make_unenforced(monkeypatch, "auth-tls-secret")
     out = check()
     assert "Ingress default/my-ingress: AccessControlNotEnforced: routes answered 403" in out
     # External auth is enforced (issue 18): that Ingress is served.

@@ -82,6 +82,15 @@ ACCESS_CONTROL = {
 
 
 SOURCE_RANGES = ("allowlist-source-range", "whitelist-source-range", "denylist-source-range")
+# Client certificates (issue 18 item 3): enforced, so out of the fail-closed list.
+CLIENT_TLS = (
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-verify-depth",
+    "auth-tls-error-page",
+    "auth-tls-pass-certificate-to-upstream",
+    "auth-tls-match-cn",
+)
 # External auth and satisfy (issue 18: controller/compiler/extauth.py).
 EXTERNAL_AUTH = {n for n in EXTAUTH_PARSERS}
 
@@ -93,12 +102,19 @@ def test_access_control_rows() -> None:
     expected = {n for n in ANNOTATIONS if n.startswith("auth-")} | ACCESS_CONTROL
     assert {n for n, e in ANNOTATIONS.items() if e.access_control} == expected
     # Every one of them fails closed today, except the refused auth-snippet and those Portico
-    # enforces: the source ranges, basic auth, external auth.
+    # enforces: the source ranges, basic auth, external auth, client certificates.
     closed = {n for n, e in ANNOTATIONS.items() if e.fails_closed}
-    assert closed == expected - {"auth-snippet", *SOURCE_RANGES, *BASIC_AUTH, *EXTERNAL_AUTH}
+    assert closed == expected - {
+        "auth-snippet",
+        *SOURCE_RANGES,
+        *BASIC_AUTH,
+        *EXTERNAL_AUTH,
+        *CLIENT_TLS,
+    }
     assert all(ANNOTATIONS[n].status in ("supported", "different") for n in EXTERNAL_AUTH)
     assert all(ANNOTATIONS[n].status == "supported" for n in SOURCE_RANGES)
     assert all(ANNOTATIONS[n].status in ("supported", "different") for n in BASIC_AUTH)
+    assert all(ANNOTATIONS[n].status in ("supported", "different") for n in CLIENT_TLS)
 
 
 @pytest.mark.parametrize("name", sorted(ANNOTATIONS))

@@ -18,7 +18,8 @@ import pytest
 from controller.compiler import CompileResult, CompileSettings, compile_view
 from controller.compiler.annotations import CanaryRules, parse_annotations
 from controller.compiler.catalogue import ANNOTATIONS
-from proxy.config import Canary, PathRule
+from proxy.affinity import HashChooser, StickyChooser, backend_tag
+from proxy.config import Canary, HashBy, PathRule
 from proxy.policy import Policies
 from proxy.route import Route
 from proxy.settings import ProxySettings
@@ -104,6 +105,57 @@ PARSED: dict[str, tuple[dict[str, str], CanaryRules | None, int]] = {
     "portico prefix wins": (
         {**ON, N + "canary-weight": "10", P + "canary-weight": "30"},
         CanaryRules(weight=30),
+        0,
+    ),
+    # affinity-canary-behavior (sessionaffinity/main.go: ValidateOptions(sticky, legacy),
+    # case-sensitive, trimmed; an invalid value reads as "", which mergeAlternativeBackend
+    # treats as sticky). canary.go "... affinitized to canary (explicit sticky behavior)".
+    "affinity-canary-behavior sticky": (
+        {**ON, N + "affinity-canary-behavior": "sticky"},
+        CanaryRules(affinity_behavior="sticky"),
+        0,
+    ),
+    # canary.go "routes traffic to either mainline or canary backend (legacy behavior)".
+    "affinity-canary-behavior legacy": (
+        {**ON, N + "affinity-canary-behavior": "legacy"},
+        CanaryRules(affinity_behavior="legacy"),
+        0,
+    ),
+    "affinity-canary-behavior trimmed": (
+        {**ON, N + "affinity-canary-behavior": " legacy "},
+        CanaryRules(affinity_behavior="legacy"),
+        0,
+    ),
+    "affinity-canary-behavior case-sensitive: invalid, sticky applies": (
+        {**ON, N + "affinity-canary-behavior": "Legacy"},
+        CanaryRules(),
+        1,
+    ),
+    "affinity-canary-behavior unknown: invalid, sticky applies": (
+        {**ON, N + "affinity-canary-behavior": "none"},
+        CanaryRules(),
+        1,
+    ),
+    "affinity-canary-behavior portico prefix wins": (
+        {**ON, N + "affinity-canary-behavior": "sticky", P + "affinity-canary-behavior": "legacy"},
+        CanaryRules(affinity_behavior="legacy"),
+        0,
+    ),
+    # annotations.md#canary: upstream-hash-by is not ignored on a canary (controller.go
+    # createUpstreams sets it on the canary's backend).
+    "the canary's own upstream-hash-by": (
+        {
+            **ON,
+            N + "upstream-hash-by": "$request_uri",
+            N + "upstream-hash-by-subset": "true",
+            N + "upstream-hash-by-subset-size": "2",
+        },
+        CanaryRules(hash_by=HashBy("$request_uri", subset=True, subset_size=2)),
+        0,
+    ),
+    "its upstream-hash-by beside its (ignored) affinity": (
+        {**ON, N + "affinity": "cookie", N + "upstream-hash-by": "$remote_addr"},
+        CanaryRules(hash_by=HashBy("$remote_addr")),
         0,
     ),
 }
@@ -283,3 +335,85 @@ def test_canary_with_unenforced_access_control_is_not_used() -> None:
     (only,) = _rules(result)
     assert only.options.step(Canary) is None
     assert only.options.policy == ()
+
+
+# The canary backend's pod choice and the affinity cookie's hold (controller.go
+# mergeAlternativeBackend: with a canary-behavior other than "legacy" the main backend's
+# SessionAffinity is copied to the canary's; createServers never applies a canary's own
+# affinity (its backend is NoServer); createUpstreams keeps its upstream-hash-by;
+# balancer.lua get_implementation: sticky before chash).
+AFFINITY = {N + "affinity": "cookie", N + "session-cookie-name": "aff"}
+CANARY_CHOICE: dict[str, tuple[dict[str, str], dict[str, str], str, str | None, bool]] = {
+    # id: (main notes, canary notes, canary chooser, its hash expression, canary held by tag)
+    "sticky (default): the main's sessions, the canary's tag": (AFFINITY, {}, "sticky", None, True),
+    "legacy: no affinity on the canary": (
+        AFFINITY,
+        {N + "affinity-canary-behavior": "legacy"},
+        "none",
+        None,
+        False,
+    ),
+    "legacy: the canary's own hash": (
+        AFFINITY,
+        {N + "affinity-canary-behavior": "legacy", N + "upstream-hash-by": "$remote_addr"},
+        "hash",
+        "$remote_addr",
+        False,
+    ),
+    "sticky wins over the canary's own hash": (
+        AFFINITY,
+        {N + "upstream-hash-by": "$remote_addr"},
+        "sticky",
+        None,
+        True,
+    ),
+    "the main's hash is not the canary's": (
+        {N + "upstream-hash-by": "$request_uri"},
+        {},
+        "none",
+        None,
+        False,
+    ),
+    "the canary's own hash": (
+        {},
+        {N + "upstream-hash-by": "$remote_addr"},
+        "hash",
+        "$remote_addr",
+        False,
+    ),
+    "the canary's own affinity is ignored": ({}, AFFINITY, "none", None, False),
+}
+
+
+@pytest.mark.parametrize("case", CANARY_CHOICE.values(), ids=CANARY_CHOICE.keys())
+def test_canary_backend_pod_choice(
+    case: tuple[dict[str, str], dict[str, str], str, str | None, bool],
+) -> None:
+    main_notes, canary_notes, kind, expression, held = case
+    main = ingress(
+        "main", annotations=main_notes, rules=[rule("foo", path("/info", "main"))], created=10
+    )
+    result = _objects(main, _canary(canary_notes))
+    assert [p for p in result.problems if p.reason != "UnsupportedAnnotation"] == []
+    (only,) = _rules(result)
+    route = Route(only, {}, ProxySettings(), Policies(ProxySettings()))
+    canary = route.canary_route
+    assert canary is not None
+    chooser = canary.affinity
+    if kind == "sticky":
+        assert isinstance(chooser, StickyChooser)
+        assert isinstance(route.affinity, StickyChooser)
+        # The main rule's cookie and attributes, the canary's backend in it.
+        assert chooser.spec == route.affinity.spec
+        assert chooser.tag == backend_tag("default/canary/80").encode()
+    elif kind == "hash":
+        assert isinstance(chooser, HashChooser) and chooser.spec.expression == expression
+    else:
+        assert chooser is None
+    sessions = route.canary_sessions
+    if N + "affinity" not in main_notes:
+        assert sessions is None
+    else:
+        assert sessions is not None and sessions.cookie_name == b"aff"
+        assert sessions.main_tag == backend_tag("default/main/80").encode()
+        assert sessions.canary_tag == (backend_tag("default/canary/80").encode() if held else b"")

@@ -28,6 +28,7 @@ from tests.kube_factory import (
     service,
     store_of,
 )
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 BASE = [ingress_class(), service("web"), service("api"), endpoint_slice()]
 N = "nginx.ingress.kubernetes.io/"
@@ -200,6 +201,7 @@ ROWS: dict[str, Row] = {
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=k) for k, r in ROWS.items()])
+@pytest.mark.usefixtures("unenforced")
 def test_passthrough_hosts(row: Row) -> None:
     result = run(*row.objects, settings=row.settings)
     assert result.snapshot.passthrough == row.passthrough

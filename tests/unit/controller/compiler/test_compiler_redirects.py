@@ -38,6 +38,7 @@ from tests.kube_factory import (
     tls_entry,
     tls_secret,
 )
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -243,6 +244,7 @@ PLACEMENT_ROWS: dict[str, Placed] = {
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=k) for k, r in PLACEMENT_ROWS.items()])
+@pytest.mark.usefixtures("unenforced")
 def test_redirect_step_place(row: Placed) -> None:
     tls = [tls_entry(None, "r.example")] if row.tls else None
     ing = ingress(annotations={N + k: v for k, v in row.annotations.items()}, tls=tls)

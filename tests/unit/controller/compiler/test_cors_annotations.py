@@ -38,6 +38,7 @@ from tests.kube_factory import (
     store_of,
     tls_entry,
 )
+from tests.unenforced import unenforced  # noqa: F401 (a fixture)
 
 N = "nginx.ingress.kubernetes.io/"
 P = "portico.dev/"
@@ -219,5 +220,6 @@ def _kinds(policy: tuple[PolicyStep, ...]) -> list[type]:
     ],
     ids=repr,
 )
+@pytest.mark.usefixtures("unenforced")
 def test_policy_order(annotations: dict[str, str], tls: bool, kinds: list[type]) -> None:
     assert _kinds(_policy({"enable-cors": "true", **annotations}, tls)) == kinds
