@@ -291,7 +291,13 @@ class H2Stream(ClientSide, GrpcClient):
             self.conn.schedule_flush()
 
     def grpc_done(self, status: int, reason: str | None, upstream: str | None) -> None:
+        call = self.call
         self.call = None
+        if call is not None and not call.request_ended and not self.client_reset:
+            # Answered before the client ended its request stream: what it still sends is
+            # dropped, and once the response is out it is told to stop (RST_STREAM NO_ERROR).
+            self.discarding = True
+            self.conn.cutting.append(self)
         exchange = self.exchange
         self.exchange = None
         now = self.conn.loop.time()
