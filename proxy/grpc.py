@@ -40,6 +40,8 @@ logger = logging.getLogger("portico.proxy")
 # Request data queued for the pod (its window shut) past which the client's data is no longer
 # acknowledged; response data queued for the client past which the pod's is not.
 HIGH = 64 * 1024
+# Request data kept for a resend to another pod (as proxy/exchange.py's REPLAY_LIMIT).
+REPLAY_LIMIT = 64 * 1024
 
 OK = 0
 CANCELLED = 1
@@ -223,6 +225,10 @@ class GrpcCall(UpstreamStream):
         self.max_body = max_body
         self.body_received = 0
         self.pending: list[bytes] = []  # request data before the pod's stream exists
+        # The request data sent, for a resend when the pod refuses the stream (REFUSED_STREAM:
+        # not processed); None once past REPLAY_LIMIT.
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
         self.pending_bytes = 0
         self.unacked_request = 0  # client data held back while the pod's side is full
         self.unacked_response = 0  # pod data held back while the client's side is full
@@ -309,6 +315,12 @@ class GrpcCall(UpstreamStream):
             self.client.grpc_consume(len(data))
             return
         self.body_received += len(data)
+        if self.replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(data)
         if self.max_body and self.body_received > self.max_body:
             self.client.grpc_consume(len(data))
             if self.responded:
@@ -421,8 +433,18 @@ class GrpcCall(UpstreamStream):
             return
         self.conn = None
         if not self.responded:
-            if code == h2codec.REFUSED_STREAM and self.attempts_left > 0:
-                self.begin()  # not processed by the pod (RFC 9113 §8.7): safe elsewhere
+            replay = self.replay
+            if code == h2codec.REFUSED_STREAM and self.attempts_left > 0 and replay is not None:
+                # Not processed by the pod (RFC 9113 §8.7): resent elsewhere, with the request
+                # data kept for that.
+                self.pending = list(replay)
+                self.pending_bytes = self.replay_bytes
+                self.begin()
+                return
+            if code == h2codec.REFUSED_STREAM:
+                # Passed on as such: the client knows the call was not processed (gRPC
+                # clients retry it transparently).
+                self._reset_client(code, "UpstreamRefused")
                 return
             self._answer(502, "UpstreamReset")
         else:

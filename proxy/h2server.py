@@ -295,9 +295,11 @@ class H2Stream(ClientSide, GrpcClient):
         self.call = None
         if call is not None and not call.request_ended and not self.client_reset:
             # Answered before the client ended its request stream: what it still sends is
-            # dropped, and once the response is out it is told to stop (RST_STREAM NO_ERROR).
+            # dropped. A gRPC client ends the stream itself once it has the status (an
+            # RST_STREAM of ours meanwhile fails its pending write: grpcio reports INTERNAL
+            # instead of the status); one that does not is reset after client_body_timeout.
             self.discarding = True
-            self.conn.cutting.append(self)
+            self.body_deadline = self.conn.loop.time() + self.conn.settings.client_body_timeout
         exchange = self.exchange
         self.exchange = None
         now = self.conn.loop.time()

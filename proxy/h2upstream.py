@@ -292,9 +292,10 @@ class H2Upstream(asyncio.Protocol, UpstreamHandler):
         self.streams.clear()
         self.blocked.clear()
         for call in streams:
-            call.failed(reason) if reason == "UpstreamNotHTTP2" else call.reset(
-                h2codec.INTERNAL_ERROR
-            )
+            if reason == "UpstreamNotHTTP2":
+                call.failed(reason)
+            else:
+                call.reset(h2codec.INTERNAL_ERROR)
 
     def abort(self) -> None:
         self._lost("Aborted")

@@ -698,3 +698,40 @@ async def test_body_size_limit_over_the_stream(stubs: Any, pod: Pod) -> None:
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await proxy.shutdown(1.0)
+
+
+async def test_pod_refusing_a_stream_is_retried(stubs: Any, pod: Pod) -> None:
+    """A pod's REFUSED_STREAM before any response (not processed, RFC 9113 §8.7): the call is
+    resent to another pod with its request data (up to 64 KiB kept), and succeeds."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    refused = 0
+
+    async def refusing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal refused
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    refused += 1
+                    conn.reset_stream(event.stream_id, 0x7)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+
+    server = await asyncio.start_server(refusing, "127.0.0.7", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy({"ns/svc/80": [("127.0.0.7", port), (pod.host, pod.port)]})
+    try:
+        async with channel(proxy.http_port) as ch:
+            stub = stubs[1].EchoStub(ch)
+            for i in range(4):
+                reply = await stub.Unary(stubs[0].Msg(data=b"%d" % i), timeout=10)
+                assert reply.data == b"%d" % i
+        assert refused >= 1
+    finally:
+        await proxy.shutdown(1.0)
+        server.close()
