@@ -235,16 +235,17 @@ class DataPlaneCollector(Collector):
         labels = ["namespace", "ingress", "service"]
         requests = CounterMetricFamily(
             "portico_requests",
-            "Requests answered (or ended) by the workers, by Ingress, Service, status class and "
-            "method; requests without a route have empty ingress and service",
-            labels=[*labels, "status", "method"],
+            "Requests answered (or ended) by the workers, by Ingress, Service, status class, "
+            "method and client protocol (HTTP/1.1, HTTP/2.0: the access log's protocol); "
+            "requests without a route have empty ingress and service",
+            labels=[*labels, "status", "method", "protocol"],
         )
         by_request: dict[tuple[str, ...], float] = {}
         by_route: dict[tuple[str, str, str], list[float]] = {}
-        for (ingress, service, _host, _path, status, method), values in series.items():
+        for (ingress, service, _host, _path, status, method, protocol), values in series.items():
             namespace, name = _split(ingress)
             route = (namespace, name, _split(service)[1])
-            key = (*route, f"{status}xx", method)
+            key = (*route, f"{status}xx", method, protocol)
             by_request[key] = by_request.get(key, 0.0) + sum(
                 values[DURATION : DURATION + _TIME_CELLS]
             )
@@ -430,7 +431,10 @@ class DataPlaneCollector(Collector):
             ):
                 family = HistogramMetricFamily(prefix + name, doc, labels=[*names, *tags])
                 histograms.append((family, cell, total, bounds))
-        series = self.requests.series()
+        # ingress-nginx's families have no protocol label: its series are summed over it.
+        series: dict[tuple[str, str, str, str, int, str], list[float]] = {}
+        for (*route_key, _protocol), values in sorted(self.requests.series().items()):
+            _add(series.setdefault(tuple(route_key), []), values)  # type: ignore[arg-type]
         for (ingress, service, host, path, status, method), values in sorted(series.items()):
             namespace, name = _split(ingress)
             label_values = {

@@ -65,8 +65,9 @@ class Reply:
 
 
 # The labels of one series of per-request cells (proxy/metrics.py): ingress "ns/name", service
-# "ns/name", host, path pattern ("" where there is none), status class 0..9, method.
-SeriesKey = tuple[str, str, str, str, int, str]
+# "ns/name", host, path pattern ("" where there is none), status class 0..9, method, client
+# protocol ("HTTP/1.1", "HTTP/2.0": the access log's words).
+SeriesKey = tuple[str, str, str, str, int, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +106,16 @@ class RequestCounts:
         """The inverse of `to_json`; raises ValueError (or TypeError, KeyError) when malformed."""
         series: dict[SeriesKey, tuple[float, ...]] = {}
         for row in raw["series"]:
-            key = (str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]), str(row[5]))
-            series[key] = tuple(float(v) for v in row[6:])
+            key = (
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                str(row[3]),
+                int(row[4]),
+                str(row[5]),
+                str(row[6]),
+            )
+            series[key] = tuple(float(v) for v in row[7:])
         return cls(
             series=series,
             sizes=bool(raw["sizes"]),

@@ -28,7 +28,7 @@ from proxy.headers import ClientContext, RequestHead, ResponseHead
 class ClientSide:
     """The interface; every method is implemented by each client protocol."""
 
-    __slots__ = ("ctx", "read_at", "write_paused")
+    __slots__ = ("ctx", "metrics_protocol", "read_at", "write_paused")
 
     # Who the client is (address, whether it is a trusted proxy, listener scheme and port).
     ctx: ClientContext | None
@@ -37,6 +37,9 @@ class ClientSide:
     # The client does not take what is written to it (its send buffer is full): the exchange
     # must stop reading the response (proxy/flow.py).
     write_paused: bool
+    # The client's protocol as a request metrics label (proxy/metrics.py PROTOCOLS): set once
+    # per connection (or stream), one attribute read per exchange.
+    metrics_protocol: str
 
     def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """An informational (1xx) response: `100 Continue`, or one relayed from the pod."""

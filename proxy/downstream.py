@@ -29,6 +29,7 @@ from proxy.clientside import ClientSide
 from proxy.connections import Connections
 from proxy.exchange import Exchange
 from proxy.headers import REQUEST_NAMES, ClientContexts, RequestHead, ResponseHead
+from proxy.metrics import HTTP1
 from proxy.replies import CONTINUE, local_reply
 from proxy.routing import Routing
 from proxy.settings import ProxySettings
@@ -132,6 +133,7 @@ class DownstreamProtocol(ClientSide, asyncio.Protocol):
         self.starting: Exchange | None = None
         self.paused = 0
         self.write_paused = False
+        self.metrics_protocol = HTTP1
         # The response being sent: how its body is framed, its head while it waits for the
         # first body piece, and whether the connection may stay open after it.
         self.framing = hdr.FRAME_NONE

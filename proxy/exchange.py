@@ -929,6 +929,7 @@ class Exchange(Receiver):
             self.body_received,
             self.sent,
             reason,
+            self.client.metrics_protocol,
         )
         access = telemetry.access
         if access is None or (route is not None and not route.access_log):

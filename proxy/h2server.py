@@ -43,6 +43,7 @@ from proxy.grpc import GrpcCall, GrpcClient, grpc_status, is_grpc, parse_timeout
 from proxy.h2codec import CodecError, Handler, Headers, ServerCodec
 from proxy.h2upstream import pool_for
 from proxy.headers import REQUEST_NAMES, ClientContexts, RequestHead, ResponseHead
+from proxy.metrics import HTTP2
 from proxy.replies import local_reply
 from proxy.routing import Routing
 from proxy.settings import ProxySettings
@@ -117,6 +118,7 @@ class H2Stream(ClientSide, GrpcClient):
         self.ctx = conn.ctx
         self.read_at = conn.read_at
         self.write_paused = False
+        self.metrics_protocol = HTTP2
         self.exchange: Exchange | None = None
         self.ended = False  # the response's end (or a reset) is submitted
         self.paused = False  # the exchange does not take more body now

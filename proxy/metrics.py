@@ -1,15 +1,17 @@
 """Per-request accounting of one worker: counters and histograms with bounded label sets.
 
 Every finished exchange makes one `RequestMetrics.record` call (from `proxy/exchange.py`), which
-appends one tuple of its numbers to a short batch; every BATCH requests (and before each
-export) the batch is folded into the cells: counters and histogram buckets in flat lists, one
-cell per path rule, status class and method. Each bytecode amid the request path costs several
-times what it costs in a tight loop (the path's code keeps evicting it from the CPU's caches),
-so folding in bulk costs about half as much per request as incrementing in place (measured
-with tests/bench/hotpath.py), as the access log's batches do. Labels are bounded by the
-snapshot: the rule gives namespace, Ingress, Service, host and path pattern (never the raw
-path), the status is reduced to its class and the method to a fixed set. Requests without a
-rule (404, malformed) share one cell set with empty labels.
+appends one tuple of its numbers to a short batch; every BATCH requests (and before each export) the
+batch is folded into the cells: counters and histogram buckets in flat lists, one cell per path
+rule, status class, method and client protocol. Each bytecode amid the request path costs several
+times what it costs in a tight loop (the path's code keeps evicting it from the CPU's caches), so
+folding in bulk costs about half as much per request as incrementing in place (measured with
+tests/bench/hotpath.py), as the access log's batches do. Labels are bounded by the snapshot: the
+rule gives namespace, Ingress, Service, host and path pattern (never the raw path), the status is
+reduced to its class and the method to a fixed set. Requests without a rule (404, malformed) share
+one cell set with empty labels. The protocol is the client connection's, in the access log's words
+(PROTOCOLS): "HTTP/2.0" for an HTTP/2 stream, "HTTP/1.1" for an HTTP/1.x connection (HTTP/1.0
+requests included: the exchange reads one attribute of its client for it, never the head's version).
 
 Once a second the worker sends `export()` (a `proxy.channel.RequestCounts`) in its STATS message:
 the cumulative values of only the cells that moved since the last export. The controller
@@ -34,6 +36,10 @@ SIZE_BUCKETS: Final[Buckets] = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
 OTHER_METHOD: Final = b"OTHER"
+# The client protocols (`ClientSide.metrics_protocol`), as the access log's `protocol` says them.
+HTTP1: Final = "HTTP/1.1"
+HTTP2: Final = "HTTP/2.0"
+PROTOCOLS: Final = (HTTP1, HTTP2)
 _MAX_METHOD_KEYS: Final = 32  # unknown methods seen before they all map to OTHER's row
 _CLASSES: Final = 10  # status classes 0xx..9xx (httptools takes any 3-digit status from a pod)
 BATCH: Final = 256  # requests recorded before they are folded into the cells
@@ -57,20 +63,29 @@ SeriesLabels = tuple[str, str, str, str]
 # Method (as sent) -> cells by status class.
 Rows = list[list[float] | None]
 # One recorded request: series, method, status, seconds, upstream seconds (< 0: no response
-# head), body bytes in, body bytes out, reason.
-Pending = tuple["Series", bytes, int, float, float, int, int, str | None]
+# head), body bytes in, body bytes out, reason, client protocol.
+Pending = tuple["Series", bytes, int, float, float, int, int, str | None, str]
 
 
 class Series:
-    """The cells of one label set: rows by request method, cells by status class."""
+    """The cells of one label set: rows by client protocol and request method, cells by status
+    class."""
 
     __slots__ = ("labels", "methods", "rows")
 
     def __init__(self, labels: SeriesLabels) -> None:
         self.labels = labels
-        # One row per METHODS entry; `methods` maps the method bytes to it.
-        self.rows: dict[str, Rows] = {m: [None] * _CLASSES for m in METHODS}
-        self.methods: dict[bytes, Rows] = {m.encode(): self.rows[m] for m in METHODS}
+        # One row per PROTOCOLS x METHODS entry; `methods` maps protocol, then the method bytes,
+        # to it.
+        self.rows: dict[tuple[str, str], Rows] = {}
+        self.methods: dict[str, dict[bytes, Rows]] = {}
+        for protocol in PROTOCOLS:
+            by_method: dict[bytes, Rows] = {}
+            for m in METHODS:
+                row: Rows = [None] * _CLASSES
+                self.rows[(protocol, m)] = row
+                by_method[m.encode()] = row
+            self.methods[protocol] = by_method
 
 
 class RequestMetrics:
@@ -115,17 +130,21 @@ class RequestMetrics:
         received: int,
         sent: int,
         reason: str | None,
+        protocol: str,
     ) -> None:
         """Account one finished exchange (answered, refused, cut or abandoned): `series` is its
-        route's (`Route.series_in`, or `unrouted`); `upstream_seconds` < 0: no response head."""
+        route's (`Route.series_in`, or `unrouted`); `upstream_seconds` < 0: no response head;
+        `protocol`: one of PROTOCOLS."""
         pending = self.pending
-        pending.append((series, method, status, seconds, upstream_seconds, received, sent, reason))
+        pending.append(
+            (series, method, status, seconds, upstream_seconds, received, sent, reason, protocol)
+        )
         if len(pending) >= BATCH:
             self.fold()
 
     def record_refusal(self, status: int, reason: str) -> None:
-        """A request refused before it became an exchange (an unparsable head)."""
-        self.pending.append((self.unrouted, OTHER_METHOD, status, 0.0, -1.0, 0, 0, reason))
+        """A request refused before it became an exchange (an unparsable HTTP/1.x head)."""
+        self.pending.append((self.unrouted, OTHER_METHOD, status, 0.0, -1.0, 0, 0, reason, HTTP1))
 
     def fold(self) -> None:
         """Add the recorded requests to their cells."""
@@ -136,10 +155,13 @@ class RequestMetrics:
         size = self._cell_size
         sizes = self.sizes
         replies = self.local_replies
-        for series, method, status, duration, upstream, received, sent, reason in pending:
-            rows = series.methods.get(method)
+        for series, method, status, duration, upstream, received, sent, reason, protocol in pending:
+            methods = series.methods.get(protocol)
+            if methods is None:
+                methods = series.methods[HTTP1]  # not a protocol of PROTOCOLS: never happens
+            rows = methods.get(method)
             if rows is None:
-                rows = self._other(series, method)
+                rows = self._other(methods, method)
             status_class = status // 100 % _CLASSES
             cell = rows[status_class]
             if cell is None:
@@ -160,11 +182,11 @@ class RequestMetrics:
 
     # ---- label sets (once per route) -----------------------------------------------------------
 
-    def _other(self, series: Series, method: bytes) -> Rows:
+    def _other(self, methods: dict[bytes, Rows], method: bytes) -> Rows:
         """A method outside METHODS: counted as OTHER (remembered, up to a bound)."""
-        rows = series.methods[OTHER_METHOD]
-        if len(series.methods) < _MAX_METHOD_KEYS:
-            series.methods[method] = rows
+        rows = methods[OTHER_METHOD]
+        if len(methods) < _MAX_METHOD_KEYS:
+            methods[method] = rows
         return rows
 
     def series_for(self, labels: SeriesLabels) -> Series:
@@ -179,8 +201,8 @@ class RequestMetrics:
 
     def export(self) -> RequestCounts:
         """Cumulative values of the cells that moved since the last export, by (ingress,
-        service, host, path, status class, method): the controller replaces what it held for
-        that label set with these values. Folds the recorded requests first.
+        service, host, path, status class, method, protocol): the controller replaces what it
+        held for that label set with these values. Folds the recorded requests first.
         """
         self.fold()
         moved: dict[SeriesKey, tuple[float, ...]] = {}
@@ -188,7 +210,7 @@ class RequestMetrics:
         count_end = DURATION + len(TIME_BUCKETS) + 1
         for series in self._by_labels.values():
             labels = series.labels
-            for method, cells in series.rows.items():
+            for (protocol, method), cells in series.rows.items():
                 for status_class, cell in enumerate(cells):
                     if cell is None:
                         continue
@@ -196,7 +218,7 @@ class RequestMetrics:
                     if exported.get(id(cell)) == count:
                         continue
                     exported[id(cell)] = count
-                    moved[(*labels, status_class, method)] = tuple(cell)
+                    moved[(*labels, status_class, method, protocol)] = tuple(cell)
         return RequestCounts(
             moved, self.sizes, dict(self.local_replies), self.retries, self.ejections
         )

@@ -39,6 +39,7 @@ from serving import eventually
 from proxy import h2codec
 from proxy.config import DEFAULT_OPTIONS, HTTPSRedirect
 from proxy.h2server import STREAM_HIGH, H2Connection
+from proxy.metrics import DURATION
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 
@@ -644,8 +645,9 @@ async def _h2_connection(proxy: ProxyServer) -> H2Connection | None:
     return None
 
 
-async def test_access_log_names_the_protocol(pod: Pod) -> None:
-    """Issue 19 items 1 and 7: the access log says which protocol the client spoke."""
+async def test_access_log_and_metrics_name_the_protocol(pod: Pod) -> None:
+    """Issue 19 items 1 and 7: the access log and the request metrics say which protocol the
+    client spoke, in the same words."""
     proxy = await start(pod, h2c=True, access_log=True)
     access = proxy.access
     assert access is not None
@@ -660,6 +662,9 @@ async def test_access_log_names_the_protocol(pod: Pod) -> None:
         lines = [json.loads(line) for line in access.stream.getvalue().splitlines()]
         by_target = {line["target"]: line["protocol"] for line in lines}
         assert by_target == {"/echo?h2": "HTTP/2.0", "/echo?h1": "HTTP/1.1"}
+        series = proxy.telemetry.metrics.export().series
+        by_protocol = {key[6]: sum(cell[DURATION : DURATION + 12]) for key, cell in series.items()}
+        assert by_protocol == {"HTTP/2.0": 1, "HTTP/1.1": 1}
     finally:
         await client.close()
         await proxy.shutdown(1.0)

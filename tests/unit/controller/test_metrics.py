@@ -49,19 +49,19 @@ async def test_worker_cells_and_export_of_moved_series_only() -> None:
 
     first = _rows(metrics.export())
     route = ("default/bench", "", "bench.local", "/")  # the rule names no Service
-    get = first[(*route, 2, "GET")]
+    get = first[(*route, 2, "GET", "HTTP/1.1")]
     assert sum(get[_COUNT]) == 3
     assert get[BYTES_OUT] == 3 * len(fakes.SMALL_BODY)
-    assert sum(first[(*route, 2, "OTHER")][_COUNT]) == 1
-    assert sum(first[("", "", "", "", 4, "GET")][_COUNT]) == 1
+    assert sum(first[(*route, 2, "OTHER", "HTTP/1.1")][_COUNT]) == 1
+    assert sum(first[("", "", "", "", 4, "GET", "HTTP/1.1")][_COUNT]) == 1
     assert metrics.export().local_replies == {"NoRoute": 1}
 
     # Nothing moved: nothing sent. Then only the cell that moved, with cumulative values.
     assert metrics.export().series == {}
     fakes.run(2, "small", down, up)
     again = _rows(metrics.export())
-    assert list(again) == [(*route, 2, "GET")]
-    assert sum(again[(*route, 2, "GET")][_COUNT]) == 5
+    assert list(again) == [(*route, 2, "GET", "HTTP/1.1")]
+    assert sum(again[(*route, 2, "GET", "HTTP/1.1")][_COUNT]) == 5
 
 
 async def test_unknown_methods_cannot_grow_the_label_set() -> None:
@@ -80,14 +80,14 @@ def test_refusals_count_without_a_route() -> None:
     metrics = RequestMetrics(sizes=True)
     metrics.record_refusal(400, "MalformedRequest")
     (key,) = metrics.export().series
-    assert key == ("", "", "", "", 4, "OTHER")
+    assert key == ("", "", "", "", 4, "OTHER", "HTTP/1.1")
     assert metrics.local_replies == {"MalformedRequest": 1}
 
 
 def _payload(count: int, reason_count: int, ejections: int) -> RequestCounts:
     cell = (0.5 * count, 0.0, 0.0, 10.0 * count, float(count)) + (0.0,) * 23
     return RequestCounts(
-        series={("default/a", "default/s", "a.test", "/", 2, "GET"): cell},
+        series={("default/a", "default/s", "a.test", "/", 2, "GET", "HTTP/1.1"): cell},
         local_replies={"NoRoute": reason_count},
         retries=count,
         ejections=ejections,
@@ -175,6 +175,32 @@ async def test_metrics_text_parses_with_both_name_sets() -> None:
         buckets = [s.value for s in duration.samples if s.name.endswith("_bucket")]
         assert buckets == sorted(buckets) and buckets[-1] == 4  # cumulative, +Inf == count
         assert ("nginx_ingress_controller_requests" in families) is nginx
+    worker.task.cancel()
+    publisher.detach(link)
+
+
+async def test_the_protocol_is_a_label_of_portico_names_only() -> None:
+    """Issue 19 item 7: portico_requests by client protocol (the access log's words);
+    ingress-nginx's families have no such label, so their series are summed over it."""
+    totals = WorkerTotals()
+    publisher = Publisher(totals)
+    link, worker = await connect(publisher)
+    await publisher.publish(make_snapshot("127.0.0.2"))
+    await wait_for(lambda: link.listening)
+    cell = (0.5, 0.0, 0.0, 10.0, 1.0) + (0.0,) * 23
+    series = {
+        ("default/a", "default/s", "a.test", "/", 2, "GET", "HTTP/1.1"): cell,
+        ("default/a", "default/s", "a.test", "/", 2, "GET", "HTTP/2.0"): cell,
+    }
+    totals.update(link, WorkerStats(request_metrics=RequestCounts(series=series)))
+    for nginx in (False, True):
+        text = AdminState(publisher, totals, ingress_nginx_names=nginx).metrics_text().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        portico = {s.labels["protocol"]: s.value for s in families["portico_requests"].samples}
+        assert portico == {"HTTP/1.1": 1, "HTTP/2.0": 1}
+        if nginx:
+            (sample,) = families["nginx_ingress_controller_requests"].samples
+            assert sample.value == 2 and "protocol" not in sample.labels
     worker.task.cancel()
     publisher.detach(link)
 

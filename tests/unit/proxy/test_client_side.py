@@ -39,6 +39,7 @@ class StreamClient(ClientSide):
         self.ctx = ClientContext("127.0.0.1", "https", 443, ())
         self.read_at = 0.0
         self.write_paused = False
+        self.metrics_protocol = "HTTP/2.0"  # as an HTTP/2 stream's
         self.events: list[tuple[str, object]] = []
         self.reading_paused = False
 
@@ -153,6 +154,9 @@ async def test_the_response_reaches_any_client_side(
         conn.data_received(piece)
     assert client.events == events
     assert exchange.finished and server.pool.idle_count() == 1  # the connection is pooled again
+    # The request metrics are labelled with the client side's protocol (issue 19 item 7).
+    protocols = {key[6] for key in server.telemetry.metrics.export().series}
+    assert protocols == {"HTTP/2.0"}
 
 
 async def test_local_answers_go_through_the_client_side() -> None:

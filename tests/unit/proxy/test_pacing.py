@@ -59,6 +59,7 @@ class Client:
     def __init__(self) -> None:
         self.received = bytearray()
         self.write_paused = False
+        self.metrics_protocol = "HTTP/1.1"
 
     def send_body(self, piece: bytes | memoryview) -> None:
         self.received += piece

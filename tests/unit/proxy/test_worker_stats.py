@@ -14,8 +14,8 @@ from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 
 SERIES = {
-    ("default/a", "default/s", "a.test", "/", 2, "GET"): (0.25, 0.0, 12.0, 1e12, 3.0),
-    ("", "", "", "", 4, "OTHER"): (0.0, 0.0, 0.0, 0.0, 1.0),
+    ("default/a", "default/s", "a.test", "/", 2, "GET", "HTTP/1.1"): (0.25, 0.0, 12.0, 1e12, 3.0),
+    ("", "", "", "", 4, "OTHER", "HTTP/2.0"): (0.0, 0.0, 0.0, 0.0, 1.0),
 }
 
 
@@ -32,7 +32,20 @@ def test_round_trip() -> None:
     assert WorkerStats.decode(WorkerStats().encode()) == WorkerStats()
     # Whole numbers go out as integers (a second's worth of series stays small).
     (row, _) = json.loads(stats.encode())["metrics"]["series"]
-    assert row == ["default/a", "default/s", "a.test", "/", 2, "GET", 0.25, 0, 12, 10**12, 3]
+    assert row == [
+        "default/a",
+        "default/s",
+        "a.test",
+        "/",
+        2,
+        "GET",
+        "HTTP/1.1",
+        0.25,
+        0,
+        12,
+        10**12,
+        3,
+    ]
 
 
 def _without(doc: dict[str, Any], *path: str) -> dict[str, Any]:
