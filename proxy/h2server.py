@@ -25,6 +25,16 @@ client (`consume`) when the exchange has taken it, unless the exchange paused re
 buffered); the acknowledgement then waits for `resume_reading`. Response data beyond what the
 client's windows admit queues in the codec, up to STREAM_HIGH per stream; past it the pod's
 connection stops being read until the client opens its window again.
+
+Timeouts per connection and per stream (issue 19 item 3): a connection with no stream open is
+closed (graceful GOAWAY) `keepalive_timeout` after its last read; a stream that owes request body
+is answered 408 after `client_body_timeout` without any; and a header block (the preface, a frame
+header, a HEADERS frame and its CONTINUATIONs) must arrive whole within `client_header_timeout`
+of its start, as nginx times a partial frame with `client_header_timeout`. The codec reports a
+request only once its block is whole, so `HeaderClock` follows the frame boundaries of the bytes
+read (nine bytes of each frame header, the rest skipped) to know when a block is pending. A block
+cannot be dropped alone (the HPACK context would be lost): past the timeout the connection ends
+with GOAWAY (PROTOCOL_ERROR, nginx's code for a client timing out).
 """
 
 from __future__ import annotations
@@ -91,6 +101,56 @@ def _limits(settings: ProxySettings) -> h2codec.Limits:
 
 
 _LIMITS: dict[ProxySettings, h2codec.Limits] = {}
+
+
+# Frame types that carry a header block, and the flag that ends one (RFC 9113 §6.2, §6.10).
+_BLOCK_FRAMES = frozenset((0x1, 0x5, 0x9))  # HEADERS, PUSH_PROMISE, CONTINUATION
+_END_HEADERS = 0x4
+
+
+class HeaderClock:
+    """Since when the client owes the rest of a header block (0.0: it does not), from the
+    frame boundaries of the bytes it sent (see the module docstring)."""
+
+    __slots__ = ("in_block", "partial", "since", "skip", "skipping_block")
+
+    def __init__(self, now: float) -> None:
+        self.skip = len(h2codec.PREFACE)  # payload bytes of the current frame still to come
+        self.skipping_block = True  # the bytes being skipped are the preface or a header block
+        self.partial = b""  # the start of a frame header split across reads
+        self.in_block = False  # a header block is open: CONTINUATION must follow
+        self.since = now  # the preface is owed from the start
+
+    def read(self, data: bytes, now: float) -> None:
+        """Bytes read from the client, before the codec takes them."""
+        size = len(data)
+        pos = 0
+        if self.skip:
+            pos = min(self.skip, size)
+            self.skip -= pos
+        if self.partial:
+            data = self.partial + data[pos:]
+            size = len(data)
+            pos = 0
+            self.partial = b""
+        while pos < size:
+            if size - pos < 9:
+                self.partial = data[pos:]
+                break
+            kind = data[pos + 3]
+            if kind in _BLOCK_FRAMES:
+                self.in_block = not data[pos + 4] & _END_HEADERS
+                self.skipping_block = True
+            else:
+                self.skipping_block = False
+            pos += 9 + int.from_bytes(data[pos : pos + 3], "big")
+        if pos > size:
+            self.skip = pos - size
+        pending = self.in_block or bool(self.partial) or (self.skip > 0 and self.skipping_block)
+        if not pending:
+            self.since = 0.0
+        elif not self.since:
+            self.since = now
 
 
 class H2Stream(ClientSide, GrpcClient):
@@ -376,6 +436,7 @@ class H2Connection(asyncio.Protocol, Handler):
         self.cutting: list[H2Stream] = []
         self.read_at = 0.0
         self.deadline = 0.0
+        self.headers_owed = HeaderClock(0.0)  # reset when the connection starts
         self.closing = False
         self.write_paused = False
         self.flush_scheduled = False
@@ -399,13 +460,15 @@ class H2Connection(asyncio.Protocol, Handler):
             self.transport.abort()
             return
         self.read_at = now = self.loop.time()
+        self.headers_owed = HeaderClock(now)
         self.deadline = now + self.settings.client_header_timeout
         self._flush()  # our SETTINGS
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.read_at = self.loop.time()
+        self.read_at = now = self.loop.time()
+        self.headers_owed.read(data, now)
         # Whatever the events below queue is written once, at the end of this read.
         self.flush_scheduled = True
         try:
@@ -725,6 +788,11 @@ class H2Connection(asyncio.Protocol, Handler):
             self.deadline = min(due) if due else 0.0
         else:
             self.deadline = self.read_at + self.settings.keepalive_timeout
+        since = self.headers_owed.since
+        if since:
+            header_due = since + self.settings.client_header_timeout
+            if not self.deadline or header_due < self.deadline:
+                self.deadline = header_due
 
     def timeout(self) -> None:
         """Called by the server's sweep when `deadline` passed."""
@@ -735,12 +803,23 @@ class H2Connection(asyncio.Protocol, Handler):
             self.telemetry.reject(self.ctx, 0, "ClientNotReading")
             self.abort()
             return
+        now = self.loop.time()
+        since = self.headers_owed.since
+        if since and since + self.settings.client_header_timeout <= now:
+            # A header block that does not come whole (slowloris over HTTP/2): the streams
+            # open are cut with the connection.
+            self.telemetry.reject(self.ctx, 408, "HTTP2HeaderTimeout")
+            self.going_away = self.goaway_sent = True
+            self.telemetry.stats.http2_goaways_sent += 1
+            self.codec.goaway(h2codec.PROTOCOL_ERROR)
+            self._flush()
+            self.close()
+            return
         if not self.streams:
             self._go_away()
             self._flush()
             self.close()
             return
-        now = self.loop.time()
         for stream in list(self.streams.values()):
             if 0.0 < stream.body_deadline <= now:
                 exchange = stream.exchange

@@ -565,6 +565,90 @@ async def test_client_body_timeout_answers_408_on_the_stream(pod: Pod) -> None:
         await proxy.shutdown(1.0)
 
 
+async def _dribble(client: RawClient, frames: bytes) -> None:
+    """Send `frames` a byte every 50 ms (a slowloris), until the connection ends."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(frames)):
+            client.writer.write(frames[i : i + 1])
+            await client.writer.drain()
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "other_stream",
+    [
+        pytest.param(False, id="alone"),
+        pytest.param(True, id="beside-a-stream-owing-its-body"),
+    ],
+)
+async def test_header_block_dribbled_ends_at_the_header_timeout(
+    pod: Pod, other_stream: bool
+) -> None:
+    """Issue 19 item 3, nginx's client_header_timeout on a partial frame: a HEADERS frame
+    whose CONTINUATION comes a byte at a time is cut at the header timeout, each byte notwith-
+    standing (it would otherwise hold the connection for as long as it dribbles), with GOAWAY
+    PROTOCOL_ERROR; the request never reaches the pod."""
+    proxy = await start(
+        pod, h2c=True, client_header_timeout=0.4, keepalive_timeout=30, client_body_timeout=30
+    )
+    client = await RawClient.connect(proxy.http_port)
+    dribbling: asyncio.Task[None] | None = None
+    try:
+        # A first exchange settles the SETTINGS (an ACK amid the block would be a protocol
+        # error of the test's own).
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+        stream = 3
+        if other_stream:
+            stream = client.request("/sink", "POST", body=b"", end=False) + 2
+
+            async def pod_saw_it() -> bool:
+                return pod.requests == 2
+
+            await eventually(pod_saw_it)
+        block = hpack.Encoder().encode(
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", HOST.encode()),
+                (b":path", b"/echo?slow"),
+                (b"x-pad", b"p" * 400),
+            ]
+        )
+        headers = HeadersFrame(stream, flags=["END_STREAM"], data=block[:10])
+        continuation = ContinuationFrame(stream, flags=["END_HEADERS"], data=block[10:])
+        client.writer.write(headers.serialize())
+        dribbling = asyncio.create_task(_dribble(client, continuation.serialize()))
+        await asyncio.wait_for(_read_to_end(client), 5)
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == h2codec.PROTOCOL_ERROR
+        assert not dribbling.done()  # cut while the block was still coming
+        assert pod.requests == (2 if other_stream else 1)
+        assert proxy.stats.http2_goaways_sent == 1
+    finally:
+        if dribbling is not None:
+            dribbling.cancel()
+        await client.close()
+        await proxy.shutdown(1.0)
+
+
+async def test_idle_connection_closes_after_keepalive_timeout(pod: Pod) -> None:
+    """Issue 19 item 3: a connection with no stream open is closed keepalive_timeout after
+    its last read (nginx's keepalive_timeout for HTTP/2), with a graceful GOAWAY."""
+    proxy = await start(pod, h2c=True, keepalive_timeout=0.4, client_header_timeout=30)
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        fields, _, _ = await client.response(client.request("/echo"))
+        assert fields[b":status"] == b"200"
+        await asyncio.wait_for(_read_to_end(client), 5)
+        goaway = client.goaway()
+        assert client.closed and goaway is not None
+        assert (goaway.error_code, goaway.last_stream_id) == (h2codec.NO_ERROR, 1)
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
+
+
 async def test_drain_finishes_streams_in_flight(pod: Pod) -> None:
     """Shutdown: GOAWAY at once, the stream in flight answered, then the connection closes
     (issue 19 item 6)."""
