@@ -895,20 +895,33 @@ class Exchange(Receiver):
         self.client.finish(self, keep_alive, now)
 
     def ended_elsewhere(
-        self, status: int, reason: str | None, upstream: str | None, now: float
+        self,
+        status: int,
+        reason: str | None,
+        upstream: str | None,
+        now: float,
+        upstream_status: int = 0,
+        sent_at: float = 0.0,
+        head_at: float = 0.0,
     ) -> None:
         """The request was answered by another path (a gRPC call, proxy/grpc.py): its metrics
-        and access-log entry, as for any exchange."""
+        and access-log entry, as for any exchange. `upstream_status`: the pod's `:status` (0:
+        none, Portico answered); `sent_at`, `head_at`: loop times the request went to the pod
+        and its response head came back (0.0: none)."""
         if self.finished:
             return
         self.finished = True
         self.status = status
         self.upstream = upstream
         self.reason = reason
-        self._ended(reason, now)
+        self.sent_at = sent_at
+        self.head_at = head_at
+        self._ended(reason, now, upstream_status)
 
-    def _ended(self, reason: str | None, now: float) -> None:
-        """Every exchange ends here once: its request metrics and access-log entry."""
+    def _ended(self, reason: str | None, now: float, upstream_status: int = -1) -> None:
+        """Every exchange ends here once: its request metrics and access-log entry
+        (`upstream_status` >= 0: the pod's status as another path saw it, see
+        `ended_elsewhere`)."""
         if self.held:
             release_limit(self.held)
             self.held = 0
@@ -956,7 +969,9 @@ class Exchange(Receiver):
                     head.request_id if head is not None else b"",
                     reason,
                     head.forwarded_for if head is not None else None,
-                    self.status if self.response is not None else 0,
+                    upstream_status
+                    if upstream_status >= 0
+                    else (self.status if self.response is not None else 0),
                     head_at - self.sent_at,
                     route.rule if route is not None else None,
                     self.client.protocol(head),

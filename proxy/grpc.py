@@ -196,8 +196,9 @@ class GrpcClient:
         """`size` bytes of the request were taken by the pod's side: acknowledge them."""
         raise NotImplementedError
 
-    def grpc_done(self, status: int, reason: str | None, upstream: str | None) -> None:
-        """The call is over (for the access log and metrics)."""
+    def grpc_done(self, call: GrpcCall, status: int, reason: str | None) -> None:
+        """The call is over (for the access log and metrics: `status` is the client's,
+        `call` tells the pod's side)."""
         raise NotImplementedError
 
 
@@ -238,6 +239,10 @@ class GrpcCall(UpstreamStream):
         self.tried: list[Endpoint] = []
         self.attempts_left = route.max_attempts
         self.responded = False  # the response head went to the client
+        self.sent_at = 0.0  # loop time the pod's stream was opened (last attempt)
+        self.head_at = 0.0  # loop time the pod's response head came; 0.0: none
+        # The endpoint whose in-flight count this call holds (least-request balancer).
+        self.counted: Endpoint | None = None
         self.finished = False
         self.status = 0
         now = self.loop.time()
@@ -279,9 +284,13 @@ class GrpcCall(UpstreamStream):
             return
         self.conn = conn
         self.stream_id = stream_id
+        self.sent_at = self.loop.time()
         route = self.route
         if route.cluster is not None and self.endpoint is not None:
             route.cluster.connect_succeeded(self.endpoint)
+            if route.track:
+                route.cluster.request_started(self.endpoint)
+                self.counted = self.endpoint
         pending = self.pending
         if pending:
             self.pending = []
@@ -294,6 +303,7 @@ class GrpcCall(UpstreamStream):
     def failed(self, reason: str) -> None:
         if self.finished:
             return
+        self._uncount()
         self.conn = None
         self.stream_id = 0
         route = self.route
@@ -394,7 +404,7 @@ class GrpcCall(UpstreamStream):
     def response(self, headers: Headers, end_stream: bool) -> None:
         if self.finished:
             return
-        self.active_at = self.loop.time()
+        self.active_at = self.head_at = self.loop.time()
         status = 0
         for name, value in headers:
             if name == b":status":
@@ -431,6 +441,7 @@ class GrpcCall(UpstreamStream):
     def reset(self, code: int) -> None:
         if self.finished:
             return
+        self._uncount()
         self.conn = None
         if not self.responded:
             replay = self.replay
@@ -481,6 +492,15 @@ class GrpcCall(UpstreamStream):
 
     # ---- ends --------------------------------------------------------------------------------
 
+    def _uncount(self) -> None:
+        """The pod's stream is over: its endpoint's in-flight count and latency, as an
+        exchange's (proxy/exchange.py)."""
+        endpoint = self.counted
+        cluster = self.route.cluster
+        if endpoint is not None and cluster is not None:
+            self.counted = None
+            cluster.request_finished(endpoint, self.loop.time() - self.sent_at)
+
     def _reset_pod(self, code: int) -> None:
         conn = self.conn
         if conn is not None and self.stream_id:
@@ -506,6 +526,7 @@ class GrpcCall(UpstreamStream):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._uncount()
         if self.unacked_request:
             self.client.grpc_consume(self.unacked_request)
             self.unacked_request = 0
@@ -515,4 +536,4 @@ class GrpcCall(UpstreamStream):
             if self.unacked_response:
                 conn.consume(self.stream_id, self.unacked_response)
                 self.unacked_response = 0
-        self.client.grpc_done(status, reason, self.endpoint.authority if self.endpoint else None)
+        self.client.grpc_done(self, status, reason)

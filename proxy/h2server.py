@@ -352,10 +352,9 @@ class H2Stream(ClientSide, GrpcClient):
             self.conn.codec.consume(self.stream_id, size)
             self.conn.schedule_flush()
 
-    def grpc_done(self, status: int, reason: str | None, upstream: str | None) -> None:
-        call = self.call
+    def grpc_done(self, call: GrpcCall, status: int, reason: str | None) -> None:
         self.call = None
-        if call is not None and not call.request_ended and not self.client_reset:
+        if not call.request_ended and not self.client_reset:
             # Answered before the client ended its request stream: what it still sends is
             # dropped. A gRPC client ends the stream itself once it has the status (an
             # RST_STREAM of ours meanwhile fails its pending write: grpcio reports INTERNAL
@@ -366,7 +365,16 @@ class H2Stream(ClientSide, GrpcClient):
         self.exchange = None
         now = self.conn.loop.time()
         if exchange is not None:
-            exchange.ended_elsewhere(status, reason, upstream, now)
+            endpoint = call.endpoint
+            exchange.ended_elsewhere(
+                status,
+                reason,
+                endpoint.authority if endpoint is not None else None,
+                now,
+                call.status if call.responded else 0,
+                call.sent_at,
+                call.head_at,
+            )
         if not self.ended:
             # The call ended before the client's response did (its stream reset meanwhile).
             self.ended = True

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import io
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -735,3 +737,54 @@ async def test_pod_refusing_a_stream_is_retried(stubs: Any, pod: Pod) -> None:
     finally:
         await proxy.shutdown(1.0)
         server.close()
+
+
+async def test_access_log_upstream_status_and_least_request_in_flight(stubs: Any, pod: Pod) -> None:
+    """A gRPC call's access-log entry names the pod's status and time like an exchange's
+    (Portico's own answer: none), and the least-request balancer counts a call in flight on
+    its endpoint until it ends (issue 19 items 4 and 7)."""
+    proxy = ProxyServer(ProxySettings(access_log=True, h2c=True))
+    options = dataclasses.replace(GRPC_OPTIONS, balancer="least_request")
+    proxy.apply(
+        snapshot(
+            {"ns/svc/80": [(pod.host, pod.port)], "ns/none/80": []},
+            [("", "/", "ns/svc/80"), ("none.test", "/", "ns/none/80")],
+            options=options,
+        )
+    )
+    await proxy.start(host="127.0.0.1", http_port=0)
+    access = proxy.access
+    assert access is not None
+    access.stream = io.BytesIO()
+    generation = proxy.routing.generation
+    assert generation is not None
+    cluster = generation.clusters["ns/svc/80"]
+    (endpoint,) = cluster.endpoints
+    try:
+        async with channel(proxy.http_port) as ch:
+            stub = stubs[1].EchoStub(ch)
+            call = stub.Bidi()
+            await call.write(stubs[0].Msg(data=b"1"))
+            await asyncio.wait_for(call.read(), 5)
+            assert cluster.active_requests(endpoint) == 1
+            await call.done_writing()
+            while await asyncio.wait_for(call.read(), 5) != grpc.aio.EOF:
+                pass
+            assert await call.code() == grpc.StatusCode.OK
+            assert cluster.active_requests(endpoint) == 0
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{proxy.http_port}", options=[("grpc.default_authority", "none.test")]
+        ) as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(data=b"x"))
+        access.flush()
+        lines = [json.loads(line) for line in access.stream.getvalue().splitlines()]
+        by_host = {line["host"]: line for line in lines}
+        assert set(by_host) == {f"127.0.0.1:{proxy.http_port}", "none.test"}
+        answered = by_host[f"127.0.0.1:{proxy.http_port}"]
+        assert answered["upstream_status"] == 200 and answered["upstream_ms"] is not None
+        assert answered["upstream"] == f"{pod.host}:{pod.port}"
+        local = by_host["none.test"]
+        assert local["upstream_status"] is None and local["status"] == 503
+    finally:
+        await proxy.shutdown(1.0)
