@@ -2,17 +2,22 @@
 
 An exchange asks `acquire(endpoint, tls)` for an idle connection to an endpoint and, when there
 is none, dials with `connect`. After a complete response on a reusable connection the exchange
-hands it back with `release`; it then idles (LIFO, so the warmest connection is reused first and the
-coldest ones expire) until `upstream_keepalive_timeout`, at most `upstream_keepalive_max` per
-endpoint. A connection older than `upstream_keepalive_time` (default 5 s) is closed instead of
-pooled: measured with proxy-bench --body 64k, connections reused for good ran ever slower (the
-pod's TCP left its startup phase after spurious tail-loss probes while a busy worker read late,
-then paced every response: 22k -> 14k responses/s over five 5-second runs); renewed every 5 s
-they stayed at 22k, and 100-byte responses lost nothing (a renewal per connection per 5 s).
-Renewal after a number of requests instead (nginx's keepalive_requests) cost 12 % on those.
-When a snapshot drops an endpoint, `retain` closes its idle connections and makes later
-releases to it close instead. The pool alone builds connection keys (`key`) and moves
-connections in and out of its idle lists.
+hands it back with `release`; it then idles (LIFO, so the warmest connection is reused first and
+the coldest ones expire) until `upstream_keepalive_timeout`, `upstream_keepalive_max` per
+endpoint; past that number an idle connection is kept only SURPLUS_IDLE seconds. An HTTP/2
+client's streams (500 in flight in proxy-bench --h2) each hold an upstream connection, and one
+read that ends a burst of them releases far more at once than the cap, just before the client's
+next requests take them again: closing the surplus made those connect anew (--h2c 0.29x nginx,
+p99 7x with the cap of 64; with 320, still 0.53x, p99 4.3x). Kept briefly, they are reused, and
+a load that falls leaves the cap's number within SURPLUS_IDLE. A connection older than
+`upstream_keepalive_time` (default 5 s) is closed instead of pooled: measured with proxy-bench
+--body 64k, connections reused for good ran ever slower (the pod's TCP left its startup phase
+after spurious tail-loss probes while a busy worker read late, then paced every response: 22k ->
+14k responses/s over five 5-second runs); renewed every 5 s they stayed at 22k, and 100-byte
+responses lost nothing (a renewal per connection per 5 s). Renewal after a number of requests
+instead (nginx's keepalive_requests) cost 12 % on those. When a snapshot drops an endpoint,
+`retain` closes its idle connections and makes later releases to it close instead. The pool
+alone builds connection keys (`key`) and moves connections in and out of its idle lists.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ logger = logging.getLogger("portico.proxy")
 _Key = tuple[str, int]
 # (ip, port) for plain connections, (ip, port, UpstreamTLS) for TLS ones.
 _PoolKey = tuple[object, ...]
+
+# Seconds an idle connection beyond `upstream_keepalive_max` is kept for reuse (see above).
+SURPLUS_IDLE = 1.0
 
 
 class Pool:
@@ -98,13 +106,14 @@ class Pool:
         if not now:
             now = self.loop.time()
         if (
-            (retained is not None and conn.key not in retained)
-            or len(idle) >= self.keepalive_max
-            or now - conn.born > self.keepalive_time
-        ):
+            retained is not None and conn.key not in retained
+        ) or now - conn.born > self.keepalive_time:
             conn.close()
             return
-        conn.park(now, self.keepalive_timeout)
+        if len(idle) >= self.keepalive_max:
+            conn.park(now, min(SURPLUS_IDLE, self.keepalive_timeout))
+        else:
+            conn.park(now, self.keepalive_timeout)
         idle.append(conn)
 
     async def connect(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from backends import Client, Pod, render_request, snapshot, start_proxy
 
+from proxy import pool as pool_module
 from proxy.config import BodyLimit, RouteOptions
 from tests.integration.serving import free_port
 
@@ -306,11 +307,16 @@ async def test_keepalive_idle_timeout_closes(pods: list[Pod]) -> None:
         await proxy.shutdown(0.5)
 
 
-async def test_upstream_pool_idle_timeout_and_cap(pods: list[Pod]) -> None:
+async def test_upstream_pool_idle_timeout_and_cap(
+    pods: list[Pod], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past upstream_keepalive_max, idle connections stay only SURPLUS_IDLE seconds (a burst of
+    # HTTP/2 streams releases many at once, just before the client's next requests take them).
+    monkeypatch.setattr(pool_module, "SURPLUS_IDLE", 0.2)
     pod = pods[0]
     proxy = await start_proxy(
         snapshot({"ns/svc/80": [(pod.host, pod.port)]}),
-        upstream_keepalive_timeout=0.3,
+        upstream_keepalive_timeout=1.5,
         upstream_keepalive_max=2,
     )
     try:
@@ -319,13 +325,24 @@ async def test_upstream_pool_idle_timeout_and_cap(pods: list[Pod]) -> None:
             c.send(render_request("GET", "/slow?delay=0.1"))
         for c in clients:
             assert (await c.response()).status == 200
-        assert proxy.pool.idle_count() == 2  # capped
-        await asyncio.sleep(0.8)
-        assert proxy.pool.idle_count() == 0  # expired
+        assert proxy.pool.idle_count() == 4  # two within the cap, two surplus for a while
+        assert await _idle_becomes(proxy, 2, within=1.0)  # the surplus expired: capped
+        assert await _idle_becomes(proxy, 0, within=2.5)  # the rest after the keep-alive
         for c in clients:
             await c.close()
     finally:
         await proxy.shutdown(0.5)
+
+
+async def _idle_becomes(proxy: Any, count: int, within: float) -> bool:
+    """Whether the pool's idle connections come down to `count` within `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while proxy.pool.idle_count() != count:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 async def test_upstream_connection_renewed_after_keepalive_time(pods: list[Pod]) -> None:
