@@ -40,6 +40,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.errorpages",
     "proxy.exchange",
     "proxy.flow",
+    "proxy.h2server",
     "proxy.headers",
     "proxy.metrics",
     "proxy.pacing",
