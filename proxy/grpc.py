@@ -28,6 +28,8 @@ import asyncio
 import logging
 from urllib.parse import quote
 
+from mypy_extensions import trait
+
 from proxy import h2codec
 from proxy.config import Endpoint
 from proxy.h2codec import Headers
@@ -176,6 +178,8 @@ def response_fields(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n, v) for n, v in headers if n not in _RESPONSE_NOT_FORWARDED]
 
 
+# A trait: H2Stream, compiled with mypyc, is a ClientSide too (one non-trait base only).
+@trait
 class GrpcClient:
     """What a gRPC call needs from the client stream (proxy/h2server.py `H2Stream`)."""
 
