@@ -1218,6 +1218,11 @@ def _options_from_json(raw: Mapping[str, Any]) -> RouteOptions:
     next_upstream = fields.get("next_upstream")
     if type(next_upstream) is list:
         fields["next_upstream"] = tuple(next_upstream)  # names, checked by RouteOptions
+    for name, value in fields.items():
+        # JSON's true is not a number here. RouteOptions checks its own fields, but compiled
+        # (mypyc) an int field stores a bool as 1 before the check sees it.
+        if type(value) is bool and type(getattr(DEFAULT_OPTIONS, name, None)) is not bool:
+            raise SnapshotError(f"bad {name} in route options {raw!r}")
     return RouteOptions(**fields, policy=policy)
 
 

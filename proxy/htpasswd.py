@@ -112,7 +112,7 @@ def _verify(password: bytes, hashed: str) -> bool:
     password = password.partition(b"\0")[0]
     encoded = hashed.encode("ascii")
     if encoded.startswith(_BCRYPT_PREFIXES):
-        return bcrypt.checkpw(password[:_BCRYPT_MAX], encoded)
+        return bool(bcrypt.checkpw(password[:_BCRYPT_MAX], encoded))
     if hashed.startswith("$apr1$"):
         return bool(apr_md5_crypt.verify(password, hashed))
     if hashed.startswith("$1$"):

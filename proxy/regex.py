@@ -26,7 +26,7 @@ do not need. Swapping the engine is a change of this module alone.
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Any, Final
 
 from re2 import _re2  # type: ignore[import-untyped,unused-ignore]
 
@@ -58,6 +58,25 @@ _UNSUPPORTED: Final = (
 
 class PatternError(ValueError):
     """A path that is not a usable regular expression; the message says why."""
+
+
+def _compile(pattern: str, options: object, subject: str) -> Any:
+    """RE2's program for `pattern` with `options`, within the bounds, or PatternError saying
+    why (what RE2 lacks named as such); `subject` is what the pattern matches, for messages."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise PatternError(f"longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        raw = pattern.encode("latin-1")
+    except UnicodeEncodeError:
+        raise PatternError(f"only Latin-1 characters can match {subject}") from None
+    compiled = _re2.RE2(raw, options)
+    if not compiled.ok():
+        error = compiled.error().decode("utf-8", "replace")
+        for known, reason in _UNSUPPORTED:
+            if error.startswith(known):
+                raise PatternError(reason)
+        raise PatternError(f"not a valid regular expression: {error}")
+    return compiled
 
 
 def _options() -> object:
@@ -99,19 +118,7 @@ class PathPattern:
 def compile_path(pattern: str) -> PathPattern:
     """The compiled expression of a path, or PatternError. Cached: a snapshot's table and its
     rewrite steps, and the next snapshots, share one compiled object per pattern."""
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise PatternError(f"longer than {MAX_PATTERN_LENGTH} characters")
-    try:
-        raw = pattern.encode("latin-1")
-    except UnicodeEncodeError:
-        raise PatternError("only Latin-1 characters can match a request path") from None
-    compiled = _re2.RE2(raw, _OPTIONS)
-    if not compiled.ok():
-        error = compiled.error().decode("utf-8", "replace")
-        for known, reason in _UNSUPPORTED:
-            if error.startswith(known):
-                raise PatternError(reason)
-        raise PatternError(f"not a valid regular expression: {error}")
+    compiled = _compile(pattern, _OPTIONS, "a request path")
     return PathPattern(pattern, compiled, int(compiled.NumberOfCapturingGroups()))
 
 
@@ -151,17 +158,5 @@ class HeaderPattern:
 def compile_header_pattern(pattern: str) -> HeaderPattern:
     """The compiled expression of a header pattern, or PatternError (same bounds and messages
     as paths)."""
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise PatternError(f"longer than {MAX_PATTERN_LENGTH} characters")
-    try:
-        raw = pattern.encode("latin-1")
-    except UnicodeEncodeError:
-        raise PatternError("only Latin-1 characters can match a field value") from None
-    compiled = _re2.RE2(raw, _HEADER_OPTIONS)
-    if not compiled.ok():
-        error = compiled.error().decode("utf-8", "replace")
-        for known, reason in _UNSUPPORTED:
-            if error.startswith(known):
-                raise PatternError(reason)
-        raise PatternError(f"not a valid regular expression: {error}")
+    compiled = _compile(pattern, _HEADER_OPTIONS, "a field value")
     return HeaderPattern(pattern, compiled)

@@ -1,7 +1,12 @@
 """proxy/pacing.py rule by rule, on a clock the test moves: nginx's limit_rate allowance
 (rate x (seconds since the request + 1) + limit_rate_after, as its write filter computes it),
 what is held and when the pod is read again. The wire behaviour is in
-tests/integration/test_limit_rate.py."""
+tests/integration/test_limit_rate.py.
+
+The fakes below stand in for the client side and the pod's connection, which compiled (mypyc)
+are native classes a fake cannot pass for: these rules run on the sources (the test command's
+pure-Python pass of tests/unit), and the compiled pacer is exercised through real sockets by
+test_limit_rate.py."""
 
 from __future__ import annotations
 
@@ -9,9 +14,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
+
+import proxy.pacing
 from proxy.clientside import ClientSide
 from proxy.pacing import Pacer
 from proxy.upstream import UpstreamProtocol
+
+pytestmark = pytest.mark.skipif(
+    not proxy.pacing.__file__.endswith(".py"),
+    reason="compiled: the fakes cannot stand in for native classes (run on the sources)",
+)
 
 RATE = 1000  # bytes per second
 START = 100.0
