@@ -63,7 +63,10 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
     "upstream_send_timeout": "Seconds allowed between two writes of a request body to a pod.",
     "upstream_read_timeout": "Seconds to wait for a response head, and between two body reads.",
     "upstream_keepalive_timeout": "Seconds an idle pooled upstream connection is kept.",
-    "upstream_keepalive_max": "Idle pooled connections kept per endpoint.",
+    "upstream_keepalive_max": (
+        "Idle pooled connections kept per endpoint for upstream-keepalive-timeout; more are "
+        "kept only 1 s (a burst of HTTP/2 streams returns them just before reusing them)."
+    ),
     "upstream_keepalive_time": "Seconds an upstream connection is reused (then closed once idle).",
     "upstream_max_attempts": "Distinct endpoints tried when connecting fails.",
     "ejection_base": "Seconds an endpoint is ejected after a connect failure (doubles).",

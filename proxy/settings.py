@@ -42,7 +42,7 @@ class ProxySettings:
     upstream_send_timeout: float = 60.0  # between two writes of the request body
     upstream_read_timeout: float = 60.0  # waiting for response head / between body reads
     upstream_keepalive_timeout: float = 60.0  # idle pooled connection lifetime
-    upstream_keepalive_max: int = 64  # idle pooled connections per endpoint
+    upstream_keepalive_max: int = 64  # idle pooled connections kept per endpoint (more: 1 s)
     # Seconds one upstream connection is reused before it is closed once idle: a long-lived
     # connection keeps the pod's congestion state from long ago (see proxy/pool.py).
     upstream_keepalive_time: float = 5.0
