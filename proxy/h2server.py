@@ -212,12 +212,12 @@ class H2Stream(ClientSide, GrpcClient):
         added: bytes,
         replaced: frozenset[bytes],
     ) -> ResponseHead:
-        response = hdr.render_response(
-            status, parts, special, head.method == b"HEAD", True, True, added, replaced
+        fields, response = hdr.response_fields(
+            status, parts, special, head.method == b"HEAD", added, replaced
         )
         if not self.ended:
             end = response.framing == hdr.FRAME_NONE
-            self.conn.codec.send_headers(self.stream_id, _h2_fields(status, response.data), end)
+            self.conn.codec.send_headers(self.stream_id, fields, end)
             self.ended = end
             self.conn.schedule_flush()
         return response

@@ -715,6 +715,73 @@ def render_response(
     the fields of the route's response steps, rendered (b"": none); `replaced` the lower-case
     names of the pod's RESPONSE_SPECIAL fields they replace (a Strict-Transport-Security of
     ours replaces the pod's, as ingress-nginx's does, so a client never sees two policies)."""
+    out = ResponseHead()
+    parts, has_server = _end_to_end(status, parts, special, head_request, version_11, replaced, out)
+    append = parts.append
+    if not has_server:
+        append(b"Server: portico\r\n")
+    if added:
+        append(added)
+    if out.framing == FRAME_CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif out.framing == FRAME_CLOSE:
+        keep_alive = False
+    if not keep_alive:
+        append(b"Connection: close\r\n\r\n")
+    elif not version_11:
+        append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        append(b"\r\n")
+    out.keep_alive = keep_alive
+    out.data = b"".join(parts)
+    return out
+
+
+def response_fields(
+    status: int,
+    parts: list[bytes],
+    special: list[tuple[bytes, bytes, bytes]],
+    head_request: bool,
+    added: bytes,
+    replaced: frozenset[bytes],
+) -> tuple[list[tuple[bytes, bytes]], ResponseHead]:
+    """The same response as `render_response` gives an HTTP/1.1 client, as HTTP/2 fields
+    (RFC 9113 §8.3.2: `:status` first, names in lower case, no connection-specific field) for
+    proxy/h2server.py, without rendering the head to parse it again. The ResponseHead's
+    `data` is empty; its framing is what an HTTP/1.1 keep-alive client would get."""
+    out = ResponseHead()
+    parts, has_server = _end_to_end(status, parts, special, head_request, True, replaced, out)
+    fields = [(b":status", b"%d" % status)]
+    append = fields.append
+    # parts[1:] is name, ": ", value, CRLF per field; none is connection-specific (those
+    # are all RESPONSE_SPECIAL, and _end_to_end keeps none of them).
+    for i in range(1, len(parts), 4):
+        append((parts[i].lower(), parts[i + 2]))
+    if not has_server:
+        append((b"server", b"portico"))
+    if added:
+        for line in added.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                append((name.lower(), value.strip(b" \t")))
+    out.keep_alive = True
+    out.data = b""
+    return fields, out
+
+
+def _end_to_end(
+    status: int,
+    parts: list[bytes],
+    special: list[tuple[bytes, bytes, bytes]],
+    head_request: bool,
+    version_11: bool,
+    replaced: frozenset[bytes],
+    out: ResponseHead,
+) -> tuple[list[bytes], bool]:
+    """What every client gets of the pod's head, whatever its protocol: `parts` with the
+    status line first and the pod's end-to-end fields (content-length and server included,
+    hop-by-hop and replaced ones dropped, and the fields Connection names), four items per
+    field; whether the pod sent a Server field; and `out`'s framing and length."""
     line = _STATUS_LINES.get(status)
     parts[0] = line if line is not None else status_line(status)
     has_server = False
@@ -742,7 +809,6 @@ def render_response(
         elif lname not in HOP_BY_HOP and lname not in replaced:
             parts += (name, b": ", value, b"\r\n")
         # Any other hop-by-hop field is dropped, and the pod's fields a step replaces.
-    append = parts.append
     if connection is not None:
         # Content-Length stays whatever Connection names: the body is framed by it.
         named = [
@@ -750,13 +816,6 @@ def render_response(
         ]
         if named:
             parts = _drop_named_response(parts, frozenset(named))
-            append = parts.append
-    if not has_server:
-        append(b"Server: portico\r\n")
-    if added:
-        append(added)
-
-    out = ResponseHead()
     out.upstream_chunked = chunked
     if head_request or status < 200 or status in {204, 304}:
         out.framing = FRAME_NONE
@@ -767,20 +826,10 @@ def render_response(
     elif version_11:
         out.framing = FRAME_CHUNKED
         out.length = -1
-        append(b"Transfer-Encoding: chunked\r\n")
     else:
         out.framing = FRAME_CLOSE
         out.length = -1
-        keep_alive = False
-    if not keep_alive:
-        append(b"Connection: close\r\n\r\n")
-    elif not version_11:
-        append(b"Connection: keep-alive\r\n\r\n")
-    else:
-        append(b"\r\n")
-    out.keep_alive = keep_alive
-    out.data = b"".join(parts)
-    return out
+    return parts, has_server
 
 
 def _drop_named_response(parts: list[bytes], names: frozenset[bytes]) -> list[bytes]:
