@@ -15,6 +15,7 @@ import hashlib
 import socket
 import ssl
 import termios
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ class Recorder(asyncio.Protocol):
         self.on_resume: Callable[[Recorder], None] | None = None
         self.transport: TLSTransport | None = None
         self.data = bytearray()
+        self.chunks: list[bytes] = []  # each data_received call's bytes
         self.events: list[str] = []
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.write_paused = False
@@ -60,6 +62,7 @@ class Recorder(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert type(data) is bytes
         self.data += data
+        self.chunks.append(data)
         self.received.set()
 
     def eof_received(self) -> bool | None:
@@ -99,10 +102,12 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def tls_server(
-    on_made: Callable[[Recorder], None] | None = None, handshake_timeout: float = 5.0
+    on_made: Callable[[Recorder], None] | None = None,
+    handshake_timeout: float = 5.0,
+    alpn: tuple[str, ...] = ("http/1.1",),
 ) -> AsyncIterator[Server]:
     loop = asyncio.get_running_loop()
-    context = server_context(self_signed_certificate())
+    context = server_context(self_signed_certificate(), alpn=alpn)
     sock = socket.create_server(("127.0.0.1", 0))
     protocols: list[Recorder] = []
 
@@ -169,6 +174,73 @@ async def test_round_trip_and_connection_facts() -> None:
         assert not transport.can_write_eof()
         assert server.listener.handshaking == set()
         writer.close()
+
+
+def send_records_at_once(port: int, alpn: str, records: list[bytes]) -> socket.socket:
+    """A client that completes its handshake (offering `alpn`), then writes each of `records`
+    as a TLS record of its own, all in one send: the server finds them in its socket together."""
+    context = client_context()
+    context.set_alpn_protocols([alpn])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+    raw.sendall(outgoing.read())
+    assert tls.selected_alpn_protocol() == alpn
+    time.sleep(0.2)  # the server finishes its side of the handshake first
+    for record in records:
+        tls.write(record)
+    raw.sendall(outgoing.read())
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("alpn", "reads"),
+    [
+        ("h2", [b"onetwothree"]),
+        ("http/1.1", [b"one", b"two", b"three"]),
+    ],
+)
+async def test_a_multiplexed_connection_takes_every_record_in_one_read(
+    alpn: str, reads: list[bytes]
+) -> None:
+    """With ALPN h2 the records the client wrote together reach the protocol in one
+    data_received (its streams are answered in one write); an HTTP/1.1 connection gets a
+    record per readiness event, as it reads one request at a time."""
+    async with tls_server(alpn=("h2", "http/1.1")) as server:
+        raw = await asyncio.to_thread(
+            send_records_at_once, server.port, alpn, [b"one", b"two", b"three"]
+        )
+        try:
+            protocol = await server.protocol()
+            for _ in range(500):
+                if len(protocol.data) >= 11:
+                    break
+                await asyncio.sleep(0.01)
+            assert protocol.chunks == reads
+        finally:
+            raw.close()
+
+
+async def test_records_then_the_clients_close_in_one_burst() -> None:
+    """A multiplexed read that meets the end of the connection after some records hands
+    those records over first, then reports the EOF once."""
+    async with tls_server(alpn=("h2", "http/1.1")) as server:
+
+        def send_and_close() -> None:
+            send_records_at_once(server.port, "h2", [b"last", b"words"]).close()
+
+        await asyncio.to_thread(send_and_close)
+        protocol = await server.protocol()
+        assert await asyncio.wait_for(protocol.lost, 5) is None
+        assert bytes(protocol.data) == b"lastwords"
+        assert protocol.events == ["made", "eof", "lost"]
 
 
 async def test_writelines_joins_small_pieces_and_keeps_views() -> None:
