@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import ngh2
+from mypy_extensions import mypyc_attr
 
 # RFC 9113 §7 error codes, as Portico uses them.
 NO_ERROR: Final = 0x0
@@ -102,6 +103,7 @@ class CodecError(Exception):
         self.goaway = goaway
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Handler:
     """What the codec reports to; every method is called from within `ServerCodec.feed`."""
 
@@ -252,7 +254,7 @@ class ServerCodec:
         Streams this output closes (a response's end, a reset) are reported to the handler
         (`closed`) before it returns."""
         try:
-            data = self._conn.data_to_send()
+            data: bytes = self._conn.data_to_send()
         except ngh2.NGH2Error:
             return b""
         self._dispatch_events()
@@ -260,13 +262,16 @@ class ServerCodec:
 
     @property
     def wants_write(self) -> bool:
-        return self._conn.want_write
+        want: bool = self._conn.want_write
+        return want
 
     @property
     def open(self) -> bool:
         """False once both directions are over (after a GOAWAY and its streams): close."""
         conn = self._conn
-        return conn.want_read or conn.want_write
+        reading: bool = conn.want_read
+        writing: bool = conn.want_write
+        return reading or writing
 
     def send_headers(
         self, stream_id: int, headers: Iterable[tuple[bytes, bytes]], end_stream: bool
@@ -305,7 +310,8 @@ class ServerCodec:
     def queued(self, stream_id: int) -> int:
         """Response body bytes of the stream waiting for the client's windows."""
         try:
-            return self._conn.queued_body_size(stream_id)
+            size: int = self._conn.queued_body_size(stream_id)
+            return size
         except ngh2.NGH2Error:
             return 0
 
@@ -324,6 +330,7 @@ class ServerCodec:
 # ---- the client side: HTTP/2 to pods (gRPC) ------------------------------------------------------
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamHandler:
     """What a client-side codec reports to (proxy/h2upstream.py); called from within `feed`."""
 
@@ -443,7 +450,7 @@ class ClientCodec:
     def output(self) -> bytes:
         """The bytes to write now; streams this output closes are reported first."""
         try:
-            data = self._conn.data_to_send()
+            data: bytes = self._conn.data_to_send()
         except ngh2.NGH2Error:
             return b""
         self._dispatch_events()
@@ -452,18 +459,22 @@ class ClientCodec:
     @property
     def can_open(self) -> bool:
         """Whether a new stream fits the pod's SETTINGS_MAX_CONCURRENT_STREAMS (and no GOAWAY)."""
-        return self._conn.can_send_request
+        can: bool = self._conn.can_send_request
+        return can
 
     @property
     def open(self) -> bool:
         conn = self._conn
-        return conn.want_read or conn.want_write
+        reading: bool = conn.want_read
+        writing: bool = conn.want_write
+        return reading or writing
 
     def send_request(self, headers: Iterable[tuple[bytes, bytes]], end_stream: bool) -> int:
         """A request head (pseudo-header fields first); its stream id. Raises CodecError
         when no stream can be opened (ids exhausted, the connection going away)."""
         try:
-            return self._conn.send_request(headers, end_stream=end_stream)
+            stream_id: int = self._conn.send_request(headers, end_stream=end_stream)
+            return stream_id
         except ngh2.NGH2Error as exc:
             raise CodecError(f"{type(exc).__name__}: {exc}", REFUSED_STREAM, b"") from exc
 
@@ -489,7 +500,8 @@ class ClientCodec:
     def queued(self, stream_id: int) -> int:
         """Request body bytes of the stream waiting for the pod's windows."""
         try:
-            return self._conn.queued_body_size(stream_id)
+            size: int = self._conn.queued_body_size(stream_id)
+            return size
         except ngh2.NGH2Error:
             return 0
 

@@ -41,6 +41,7 @@ COMPILED: Final[tuple[str, ...]] = (
     "proxy.exchange",
     "proxy.flow",
     "proxy.grpc",
+    "proxy.h2codec",
     "proxy.h2server",
     "proxy.h2upstream",
     "proxy.headers",
