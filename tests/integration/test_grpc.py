@@ -177,7 +177,7 @@ async def start_proxy(pods: dict[str, list[tuple[str, int]] | str], **settings: 
     settings.setdefault("h2c", True)
     proxy = ProxyServer(ProxySettings(**settings))
     proxy.apply(snapshot(pods, options=GRPC_OPTIONS))
-    await proxy.start(host="127.0.0.1", http_port=0)
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
     return proxy
 
 
@@ -197,20 +197,47 @@ async def proxy(pod: Pod) -> AsyncIterator[ProxyServer]:
     await proxy.shutdown(1.0)
 
 
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.max_send_message_length", 16 << 20),
+    ("grpc.enable_retries", 0),
+]
+
+
 def channel(port: int) -> Any:
-    return grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[
-            ("grpc.max_receive_message_length", 16 << 20),
-            ("grpc.max_send_message_length", 16 << 20),
-            ("grpc.enable_retries", 0),
-        ],
+    """A cleartext channel (h2c with prior knowledge, Portico's `--h2c`)."""
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+
+
+def tls_channel(proxy: ProxyServer) -> Any:
+    """A channel to Portico's HTTPS listener (ALPN h2), trusting its fallback certificate."""
+    assert proxy.tls is not None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=proxy.tls.fallback.cert_pem.encode()
+    )
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{proxy.https_port}",
+        credentials,
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", "portico.invalid")],
     )
 
 
+@pytest.fixture(params=["h2c", "tls"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """How the suite's client reaches Portico: cleartext HTTP/2, then TLS (ALPN h2)."""
+    param: str = request.param
+    return param
+
+
+def client_channel(proxy: ProxyServer, transport: str) -> Any:
+    return channel(proxy.http_port) if transport == "h2c" else tls_channel(proxy)
+
+
 @pytest.fixture
-async def stub(proxy: ProxyServer, stubs: tuple[ModuleType, ModuleType]) -> AsyncIterator[Any]:
-    async with channel(proxy.http_port) as ch:
+async def stub(
+    transport: str, proxy: ProxyServer, stubs: tuple[ModuleType, ModuleType]
+) -> AsyncIterator[Any]:
+    async with client_channel(proxy, transport) as ch:
         yield stubs[1].EchoStub(ch)
 
 
@@ -321,14 +348,14 @@ async def test_bidi_cancel_reaches_pod(stub: Any, stubs: Any, pod: Pod) -> None:
     await asyncio.wait_for(pod.cancelled.wait(), 5)
 
 
-async def test_proxy_read_timeout_deadline(stubs: Any, pod: Pod) -> None:
+async def test_proxy_read_timeout_deadline(stubs: Any, pod: Pod, transport: str) -> None:
     """proxy-read-timeout (nginx's grpc_read_timeout): a pod silent that long ends the call 4."""
     proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
     options = dataclasses.replace(GRPC_OPTIONS, read_timeout=0.3)
     proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}, options=options))
-    await proxy.start(host="127.0.0.1", http_port=0)
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
     try:
-        async with channel(proxy.http_port) as ch:
+        async with client_channel(proxy, transport) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(sleep_ms=3000), timeout=10)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -339,14 +366,14 @@ async def test_proxy_read_timeout_deadline(stubs: Any, pod: Pod) -> None:
 # ---- Portico's own answers -----------------------------------------------------------------
 
 
-async def _call_status(port: int, stubs: Any) -> Any:
-    async with channel(port) as ch:
+async def _call_status(proxy: ProxyServer, transport: str, stubs: Any) -> Any:
+    async with client_channel(proxy, transport) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(data=b"q"), timeout=10)
     return info.value
 
 
-async def test_local_no_route_unimplemented(stubs: Any, pod: Pod) -> None:
+async def test_local_no_route_unimplemented(stubs: Any, pod: Pod, transport: str) -> None:
     proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
     proxy.apply(
         snapshot(
@@ -355,29 +382,29 @@ async def test_local_no_route_unimplemented(stubs: Any, pod: Pod) -> None:
             options=GRPC_OPTIONS,
         )
     )
-    await proxy.start(host="127.0.0.1", http_port=0)
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
     try:
-        error = await _call_status(proxy.http_port, stubs)
+        error = await _call_status(proxy, transport, stubs)
     finally:
         await proxy.shutdown(1.0)
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_local_no_endpoints_unavailable(stubs: Any) -> None:
+async def test_local_no_endpoints_unavailable(stubs: Any, transport: str) -> None:
     proxy = await start_proxy({"ns/svc/80": []})
     try:
-        error = await _call_status(proxy.http_port, stubs)
+        error = await _call_status(proxy, transport, stubs)
     finally:
         await proxy.shutdown(1.0)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "no endpoints" in error.details()
 
 
-async def test_local_unreachable_unavailable(stubs: Any) -> None:
+async def test_local_unreachable_unavailable(stubs: Any, transport: str) -> None:
     with socket_unused() as port:
         proxy = await start_proxy({"ns/svc/80": [("127.0.0.3", port)]})
     try:
-        error = await _call_status(proxy.http_port, stubs)
+        error = await _call_status(proxy, transport, stubs)
     finally:
         await proxy.shutdown(1.0)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -385,7 +412,7 @@ async def test_local_unreachable_unavailable(stubs: Any) -> None:
 
 
 async def test_pod_speaking_http1_unavailable_and_logged(
-    stubs: Any, caplog: pytest.LogCaptureFixture
+    stubs: Any, transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
@@ -398,7 +425,7 @@ async def test_pod_speaking_http1_unavailable_and_logged(
     proxy = await start_proxy({"ns/svc/80": [("127.0.0.4", port)]})
     try:
         with caplog.at_level("WARNING", logger="portico.proxy"):
-            error = await _call_status(proxy.http_port, stubs)
+            error = await _call_status(proxy, transport, stubs)
     finally:
         await proxy.shutdown(1.0)
         server.close()
@@ -476,7 +503,7 @@ async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
         await server.stop(0)
 
 
-async def test_grpcs_unverified_pod_refused(stubs: Any) -> None:
+async def test_grpcs_unverified_pod_refused(stubs: Any, transport: str) -> None:
     """A GRPCS pod whose certificate the route's CA did not issue is never spoken to (14)."""
     import trustme
 
@@ -496,9 +523,9 @@ async def test_grpcs_unverified_pod_refused(stubs: Any) -> None:
     )
     proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
     proxy.apply(snapshot({"ns/svc/80": [("127.0.0.5", port)]}, options=options))
-    await proxy.start(host="127.0.0.1", http_port=0)
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
     try:
-        error = await _call_status(proxy.http_port, stubs)
+        error = await _call_status(proxy, transport, stubs)
     finally:
         await proxy.shutdown(1.0)
         await server.stop(0)
