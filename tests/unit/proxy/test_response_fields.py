@@ -130,6 +130,7 @@ ROWS = [
     ids=[row[0] for row in ROWS],
 )
 def test_response_fields(
+    *,
     why: str,
     status: int,
     pod: list[tuple[bytes, bytes]],
@@ -180,6 +181,7 @@ FRAMING = [
     ids=[row[0] for row in FRAMING],
 )
 def test_response_fields_framing(
+    *,
     why: str,
     status: int,
     pod: list[tuple[bytes, bytes]],
