@@ -1013,3 +1013,32 @@ async def test_expect_100_continue_and_interim_responses(pod: Pod, h2c: ProxySer
         assert fields[b":status"] == b"200" and body == b"after hints"
     finally:
         await client.close()
+
+
+async def test_snapshot_swap_applies_to_new_streams_only(pods: list[Pod]) -> None:
+    """Issue 19 item 6: a snapshot swapped while a stream is in flight leaves that stream on
+    the pod it was routed to; the next stream of the same connection follows the new one."""
+    old, new = pods
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    proxy.apply(snapshot({"ns/old/80": [(old.host, old.port)]}, version=1))
+    await proxy.start(host="127.0.0.1", http_port=0)
+    client = await RawClient.connect(proxy.http_port)
+    try:
+        slow = client.request("/slow?delay=0.5")
+        for _ in range(200):  # the slow request reached the old pod
+            if old.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert old.requests == 1
+        proxy.apply(snapshot({"ns/new/80": [(new.host, new.port)]}, version=2))
+        fresh = client.request("/echo")
+        fields, body, reset = await client.response(slow)
+        assert (fields[b":status"], reset) == (b"200", None)
+        assert json.loads(body)["pod"] == old.host
+        fields, body, reset = await client.response(fresh)
+        assert (fields[b":status"], reset) == (b"200", None)
+        assert json.loads(body)["pod"] == new.host
+        assert client.goaway() is None  # the same connection carried both
+    finally:
+        await client.close()
+        await proxy.shutdown(1.0)
