@@ -104,23 +104,21 @@ class CodecError(Exception):
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class Handler:
-    """What the codec reports to; every method is called from within `ServerCodec.feed`."""
-
-    def request(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        """A request's head (validated by the codec's HTTP messaging rules)."""
-        raise NotImplementedError
+class StreamEvents:
+    """What a codec reports of its peer's streams, on either side; called from within `feed`
+    (and `output`, for the streams an output closes). The peer is a client sending requests on
+    the server side (`Handler`), a pod sending responses on the client side (`UpstreamHandler`)."""
 
     def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """A piece of a request body (to `consume` once the pod side took it)."""
+        """A piece of the peer's body (to `consume` once the other side took it)."""
         raise NotImplementedError
 
     def trailers(self, stream_id: int, headers: Headers) -> None:
-        """A request's trailer fields; the request is complete."""
+        """The peer's trailer fields; its message is complete."""
         raise NotImplementedError
 
     def reset(self, stream_id: int, code: int) -> None:
-        """The client reset the stream."""
+        """The peer reset the stream."""
         raise NotImplementedError
 
     def closed(self, stream_id: int, code: int) -> None:
@@ -129,11 +127,29 @@ class Handler:
         raise NotImplementedError
 
     def window_opened(self, stream_id: int) -> None:
-        """The client opened a window (0: the connection's): queued data may leave."""
+        """The peer opened a window (0: the connection's): queued data may leave."""
         raise NotImplementedError
 
     def goaway(self, last_stream_id: int, code: int) -> None:
-        """The client is going away; streams above `last_stream_id` were not processed."""
+        """The peer is going away; streams above `last_stream_id` were not processed."""
+        raise NotImplementedError
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Handler(StreamEvents):
+    """What a server-side codec reports to (proxy/h2server.py): a client's streams."""
+
+    def request(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        """A request's head (validated by the codec's HTTP messaging rules)."""
+        raise NotImplementedError
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class UpstreamHandler(StreamEvents):
+    """What a client-side codec reports to (proxy/h2upstream.py): a pod's streams."""
+
+    def response(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        """A final response head (a trailers-only response has `end_stream`)."""
         raise NotImplementedError
 
 
@@ -146,15 +162,104 @@ def _frame_goaway(last_stream_id: int, code: int) -> bytes:
     )
 
 
-class ServerCodec:
+class _Codec:
+    """What both sides' codecs share: one ngh2 connection, its events reported to a
+    `StreamEvents`, the output, and per-stream resets, consumption and queued data."""
+
+    __slots__ = ("_conn", "_dispatch", "_events")
+
+    def __init__(
+        self, conn: Any, events: StreamEvents, head: type, on_head: Callable[[Any], None]
+    ) -> None:
+        self._conn = conn
+        self._events = events
+        # The binding's event types, each to its report; `head` is the side's message head
+        # (a request on the server side, a response on the client side).
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            head: on_head,
+            ngh2.DataReceived: self._data,
+            ngh2.TrailersReceived: self._trailers,
+            ngh2.StreamReset: self._reset,
+            ngh2.StreamClosed: self._closed,
+            ngh2.WindowUpdated: self._window,
+            ngh2.GoAwayReceived: self._goaway,
+        }
+
+    def _dispatch_events(self) -> None:
+        dispatch = self._dispatch
+        for event in self._conn.events():
+            handle = dispatch.get(type(event))
+            if handle is not None:
+                handle(event)
+
+    def _data(self, event: Any) -> None:
+        self._events.data(event.stream_id, event.data, event.end_stream)
+
+    def _trailers(self, event: Any) -> None:
+        self._events.trailers(event.stream_id, event.headers)
+
+    def _reset(self, event: Any) -> None:
+        self._events.reset(event.stream_id, event.error_code)
+
+    def _closed(self, event: Any) -> None:
+        self._events.closed(event.stream_id, event.error_code)
+
+    def _window(self, event: Any) -> None:
+        self._events.window_opened(event.stream_id)
+
+    def _goaway(self, event: Any) -> None:
+        self._events.goaway(event.last_stream_id, event.error_code)
+
+    def output(self) -> bytes:
+        """The bytes to write now (b"" when nothing is due or the peer's windows are shut).
+        Streams this output closes (a message's end, a reset) are reported (`closed`) before
+        it returns."""
+        try:
+            data: bytes = self._conn.data_to_send()
+        except ngh2.NGH2Error:
+            return b""
+        self._dispatch_events()
+        return data
+
+    @property
+    def open(self) -> bool:
+        """False once both directions are over (after a GOAWAY and its streams): close."""
+        conn = self._conn
+        reading: bool = conn.want_read
+        writing: bool = conn.want_write
+        return reading or writing
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        """RST_STREAM; a stream already gone is not an error."""
+        with contextlib.suppress(ngh2.NGH2Error):
+            self._conn.reset_stream(stream_id, code)
+
+    def consume(self, stream_id: int, size: int) -> None:
+        """`size` bytes of the stream's incoming body were taken: the peer may send as many
+        more."""
+        if size:
+            # A stream closed meanwhile raises: the connection's window is updated anyway.
+            with contextlib.suppress(ngh2.NGH2Error):
+                self._conn.acknowledge_received_data(size, stream_id)
+
+    def queued(self, stream_id: int) -> int:
+        """Outgoing body bytes of the stream waiting for the peer's windows."""
+        try:
+            size: int = self._conn.queued_body_size(stream_id)
+            return size
+        except ngh2.NGH2Error:
+            return 0
+
+
+class ServerCodec(_Codec):
     """One server-side HTTP/2 connection's protocol state (no I/O)."""
 
-    __slots__ = ("_conn", "_dispatch", "handler", "last_stream_id")
+    __slots__ = ("handler", "last_stream_id")
 
     def __init__(self, handler: Handler, limits: Limits = DEFAULT_LIMITS) -> None:
         self.handler = handler
         self.last_stream_id = 0  # the highest stream the client opened, for our GOAWAY
-        self._conn = ngh2.Connection(
+        conn = ngh2.Connection(
             ngh2.Role.SERVER,
             ngh2.Configuration(
                 auto_window_update=False,
@@ -167,7 +272,7 @@ class ServerCodec:
                 max_inbound_header_count=limits.hard_header_fields,
             ),
         )
-        self._conn.initiate_connection(
+        conn.initiate_connection(
             {
                 ngh2.Setting.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
                 ngh2.Setting.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
@@ -175,15 +280,7 @@ class ServerCodec:
                 ngh2.Setting.ENABLE_PUSH: 0,
             }
         )
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            ngh2.RequestReceived: self._request,
-            ngh2.DataReceived: self._data,
-            ngh2.TrailersReceived: self._trailers,
-            ngh2.StreamReset: self._reset,
-            ngh2.StreamClosed: self._closed,
-            ngh2.WindowUpdated: self._window,
-            ngh2.GoAwayReceived: self._goaway,
-        }
+        super().__init__(conn, handler, ngh2.RequestReceived, self._request)
 
     # ---- input -------------------------------------------------------------------------------
 
@@ -205,13 +302,6 @@ class ServerCodec:
             raise self._failed("CodecError", INTERNAL_ERROR, exc) from exc
         self._dispatch_events()
 
-    def _dispatch_events(self) -> None:
-        dispatch = self._dispatch
-        for event in self._conn.events():
-            handle = dispatch.get(type(event))
-            if handle is not None:
-                handle(event)
-
     def _failed(self, reason: str, code: int, exc: Exception) -> CodecError:
         try:
             self._conn.terminate_connection(code, last_stream_id=self.last_stream_id)
@@ -229,49 +319,12 @@ class ServerCodec:
         self.last_stream_id = max(self.last_stream_id, stream_id)
         self.handler.request(stream_id, event.headers, event.end_stream)
 
-    def _data(self, event: Any) -> None:
-        self.handler.data(event.stream_id, event.data, event.end_stream)
-
-    def _trailers(self, event: Any) -> None:
-        self.handler.trailers(event.stream_id, event.headers)
-
-    def _reset(self, event: Any) -> None:
-        self.handler.reset(event.stream_id, event.error_code)
-
-    def _closed(self, event: Any) -> None:
-        self.handler.closed(event.stream_id, event.error_code)
-
-    def _window(self, event: Any) -> None:
-        self.handler.window_opened(event.stream_id)
-
-    def _goaway(self, event: Any) -> None:
-        self.handler.goaway(event.last_stream_id, event.error_code)
-
     # ---- output ------------------------------------------------------------------------------
-
-    def output(self) -> bytes:
-        """The bytes to write now (b"" when nothing is due or the client's windows are shut).
-        Streams this output closes (a response's end, a reset) are reported to the handler
-        (`closed`) before it returns."""
-        try:
-            data: bytes = self._conn.data_to_send()
-        except ngh2.NGH2Error:
-            return b""
-        self._dispatch_events()
-        return data
 
     @property
     def wants_write(self) -> bool:
         want: bool = self._conn.want_write
         return want
-
-    @property
-    def open(self) -> bool:
-        """False once both directions are over (after a GOAWAY and its streams): close."""
-        conn = self._conn
-        reading: bool = conn.want_read
-        writing: bool = conn.want_write
-        return reading or writing
 
     def send_headers(
         self, stream_id: int, headers: Iterable[tuple[bytes, bytes]], end_stream: bool
@@ -295,26 +348,6 @@ class ServerCodec:
         """End the response (after the data queued before)."""
         self._conn.end_stream(stream_id)
 
-    def reset_stream(self, stream_id: int, code: int) -> None:
-        """RST_STREAM; a stream already gone is not an error."""
-        with contextlib.suppress(ngh2.NGH2Error):
-            self._conn.reset_stream(stream_id, code)
-
-    def consume(self, stream_id: int, size: int) -> None:
-        """`size` bytes of the stream's body were taken: the client may send as many more."""
-        if size:
-            # A stream closed meanwhile raises: the connection's window is updated anyway.
-            with contextlib.suppress(ngh2.NGH2Error):
-                self._conn.acknowledge_received_data(size, stream_id)
-
-    def queued(self, stream_id: int) -> int:
-        """Response body bytes of the stream waiting for the client's windows."""
-        try:
-            size: int = self._conn.queued_body_size(stream_id)
-            return size
-        except ngh2.NGH2Error:
-            return 0
-
     def shutdown_notice(self) -> None:
         """The graceful GOAWAY's first step (last stream id 2^31-1: finish what is in flight);
         `goaway` follows with the real last stream id."""
@@ -330,53 +363,20 @@ class ServerCodec:
 # ---- the client side: HTTP/2 to pods (gRPC) ------------------------------------------------------
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
-class UpstreamHandler:
-    """What a client-side codec reports to (proxy/h2upstream.py); called from within `feed`."""
-
-    def response(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        """A final response head (a trailers-only response has `end_stream`)."""
-        raise NotImplementedError
-
-    def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """A piece of a response body (to `consume` once the client side took it)."""
-        raise NotImplementedError
-
-    def trailers(self, stream_id: int, headers: Headers) -> None:
-        """The response's trailer fields; the response is complete."""
-        raise NotImplementedError
-
-    def reset(self, stream_id: int, code: int) -> None:
-        """The pod reset the stream."""
-        raise NotImplementedError
-
-    def closed(self, stream_id: int, code: int) -> None:
-        """The stream is closed (either way); the codec forgets it."""
-        raise NotImplementedError
-
-    def window_opened(self, stream_id: int) -> None:
-        """The pod opened a window (0: the connection's): queued request data may leave."""
-        raise NotImplementedError
-
-    def goaway(self, last_stream_id: int, code: int) -> None:
-        """The pod is going away; streams above `last_stream_id` were not processed."""
-        raise NotImplementedError
-
-
 # The window a pod's response stream starts with, and the connection's: a pod may send this much
 # of one response ahead of what the client took (acknowledged as the client side takes it).
 UPSTREAM_STREAM_WINDOW: Final = 1 << 20
 UPSTREAM_CONNECTION_WINDOW: Final = 16 << 20
 
 
-class ClientCodec:
+class ClientCodec(_Codec):
     """One client-side HTTP/2 connection to a pod (no I/O): requests out, responses in."""
 
-    __slots__ = ("_conn", "_dispatch", "handler")
+    __slots__ = ("handler",)
 
     def __init__(self, handler: UpstreamHandler) -> None:
         self.handler = handler
-        self._conn = ngh2.Connection(
+        conn = ngh2.Connection(
             ngh2.Role.CLIENT,
             ngh2.Configuration(
                 auto_window_update=False,
@@ -387,7 +387,7 @@ class ClientCodec:
                 max_inbound_header_count=DEFAULT_LIMITS.hard_header_fields,
             ),
         )
-        self._conn.initiate_connection(
+        conn.initiate_connection(
             {
                 ngh2.Setting.ENABLE_PUSH: 0,
                 ngh2.Setting.INITIAL_WINDOW_SIZE: UPSTREAM_STREAM_WINDOW,
@@ -395,16 +395,8 @@ class ClientCodec:
             }
         )
         with contextlib.suppress(ngh2.NGH2Error):
-            self._conn.set_local_window_size(UPSTREAM_CONNECTION_WINDOW)
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            ngh2.ResponseReceived: self._response,
-            ngh2.DataReceived: self._data,
-            ngh2.TrailersReceived: self._trailers,
-            ngh2.StreamReset: self._reset,
-            ngh2.StreamClosed: self._closed,
-            ngh2.WindowUpdated: self._window,
-            ngh2.GoAwayReceived: self._goaway,
-        }
+            conn.set_local_window_size(UPSTREAM_CONNECTION_WINDOW)
+        super().__init__(conn, handler, ngh2.ResponseReceived, self._response)
 
     def feed(self, data: bytes) -> None:
         """Bytes read from the pod. Raises CodecError when the connection must end."""
@@ -419,55 +411,14 @@ class ClientCodec:
             raise CodecError(f"{type(exc).__name__}: {exc}", PROTOCOL_ERROR, goaway) from exc
         self._dispatch_events()
 
-    def _dispatch_events(self) -> None:
-        dispatch = self._dispatch
-        for event in self._conn.events():
-            handle = dispatch.get(type(event))
-            if handle is not None:
-                handle(event)
-
     def _response(self, event: Any) -> None:
         self.handler.response(event.stream_id, event.headers, event.end_stream)
-
-    def _data(self, event: Any) -> None:
-        self.handler.data(event.stream_id, event.data, event.end_stream)
-
-    def _trailers(self, event: Any) -> None:
-        self.handler.trailers(event.stream_id, event.headers)
-
-    def _reset(self, event: Any) -> None:
-        self.handler.reset(event.stream_id, event.error_code)
-
-    def _closed(self, event: Any) -> None:
-        self.handler.closed(event.stream_id, event.error_code)
-
-    def _window(self, event: Any) -> None:
-        self.handler.window_opened(event.stream_id)
-
-    def _goaway(self, event: Any) -> None:
-        self.handler.goaway(event.last_stream_id, event.error_code)
-
-    def output(self) -> bytes:
-        """The bytes to write now; streams this output closes are reported first."""
-        try:
-            data: bytes = self._conn.data_to_send()
-        except ngh2.NGH2Error:
-            return b""
-        self._dispatch_events()
-        return data
 
     @property
     def can_open(self) -> bool:
         """Whether a new stream fits the pod's SETTINGS_MAX_CONCURRENT_STREAMS (and no GOAWAY)."""
         can: bool = self._conn.can_send_request
         return can
-
-    @property
-    def open(self) -> bool:
-        conn = self._conn
-        reading: bool = conn.want_read
-        writing: bool = conn.want_write
-        return reading or writing
 
     def send_request(self, headers: Iterable[tuple[bytes, bytes]], end_stream: bool) -> int:
         """A request head (pseudo-header fields first); its stream id. Raises CodecError
@@ -486,24 +437,6 @@ class ClientCodec:
     def end_stream(self, stream_id: int) -> None:
         with contextlib.suppress(ngh2.NGH2Error):
             self._conn.end_stream(stream_id)
-
-    def reset_stream(self, stream_id: int, code: int) -> None:
-        with contextlib.suppress(ngh2.NGH2Error):
-            self._conn.reset_stream(stream_id, code)
-
-    def consume(self, stream_id: int, size: int) -> None:
-        """`size` bytes of the stream's response were taken: the pod may send as many more."""
-        if size:
-            with contextlib.suppress(ngh2.NGH2Error):
-                self._conn.acknowledge_received_data(size, stream_id)
-
-    def queued(self, stream_id: int) -> int:
-        """Request body bytes of the stream waiting for the pod's windows."""
-        try:
-            size: int = self._conn.queued_body_size(stream_id)
-            return size
-        except ngh2.NGH2Error:
-            return 0
 
     def goaway(self, code: int = NO_ERROR) -> None:
         with contextlib.suppress(ngh2.NGH2Error):
