@@ -50,6 +50,8 @@ def configure_logging(level: str = "info") -> None:
     """
     global _listener
     if _listener is not None:
+        # Stopped here, so not again at exit (a second stop fails: its thread is gone).
+        atexit.unregister(_listener.stop)
         _listener.stop()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
