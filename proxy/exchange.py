@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from proxy import flow
 from proxy import headers as hdr
@@ -81,6 +82,7 @@ class Forwarding:
 
 class Exchange(Receiver):
     __slots__ = (
+        "admitted",
         "affinity_fields",
         "answer",
         "attempts_left",
@@ -173,6 +175,9 @@ class Exchange(Receiver):
         self.check_task: asyncio.Task[Answer | Pass | None] | None = None
         # What a waiting step that let the request in adds to its response (auth Set-Cookie).
         self.granted: Pass | None = None
+        # Run instead of forwarding once the waiting steps let the request in: the start of
+        # the gRPC call that carries this request (proxy/h2server.py); None: forward it here.
+        self.admitted: Callable[[], None] | None = None
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -249,6 +254,11 @@ class Exchange(Receiver):
                 self._local(answer.status, answer.reason, answer.close, answer.fields)
                 return
         self.checking = -1
+        admitted = self.admitted
+        if admitted is not None:
+            self.admitted = None
+            admitted()
+            return
         unavailable = route.unavailable_answer if route.cluster is None else None
         if unavailable is not None:
             self._local(unavailable.status, unavailable.reason, False, unavailable.fields)
@@ -911,6 +921,10 @@ class Exchange(Receiver):
         if self.finished:
             return
         self.finished = True
+        check = self.check_task
+        if check is not None:  # (a call ended while its external auth was asked)
+            check.cancel()
+            self.check_task = None
         self.status = status
         self.upstream = upstream
         self.reason = reason

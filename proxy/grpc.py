@@ -258,6 +258,20 @@ class GrpcCall(UpstreamStream):
 
     # ---- start -------------------------------------------------------------------------------
 
+    def drop(self) -> None:
+        """The request was answered before this call began (its external auth said no): no
+        pod was asked; the request data held for it is let go."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending = []
+        if self.unacked_request:
+            self.client.grpc_consume(self.unacked_request)
+            self.unacked_request = 0
+
     def begin(self) -> None:
         if self.finished:
             return

@@ -44,7 +44,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from proxy import flow, h2codec, replies
+from proxy import flow, h2codec
 from proxy import headers as hdr
 from proxy.clientside import ClientSide
 from proxy.connections import Connections
@@ -262,6 +262,11 @@ class H2Stream(ClientSide, GrpcClient):
 
     def finish(self, exchange: object, reusable: bool, now: float) -> None:
         conn = self.conn
+        call = self.call
+        if call is not None:
+            # Answered before its gRPC call began (external auth said no): no pod was asked.
+            self.call = None
+            call.drop()
         if not self.ended:
             self.ended = True
             conn.codec.end_stream(self.stream_id)
@@ -618,17 +623,19 @@ class H2Connection(asyncio.Protocol, Handler):
         route = exchange.route
         head = exchange.head
         assert route is not None and head is not None
-        if exchange.checking >= 0:
-            # An external-auth step waits: not supported on gRPC routes yet (fails closed).
-            exchange.answer = replies.Answer(503, "GrpcAuthUnsupported")
-            self.starting.append(exchange)
-            return
         timeout = None
         if stream.grpc_timeout is not None:
             timeout = parse_timeout(stream.grpc_timeout)
         pool = pool_for(self.loop, self.settings.upstream_keepalive_timeout)
         call = GrpcCall(stream, route, head, pool, end_stream, timeout, exchange.policy.max_body)
         stream.call = call
+        if exchange.checking >= 0:
+            # An external-auth step first: the exchange runs it (and the steps after it) as for
+            # any request, and the call begins only once they let the request in; meanwhile
+            # the request data waits in the call, with its backpressure.
+            exchange.admitted = call.begin
+            self.starting.append(exchange)
+            return
         self.starting.append(call)
 
     def data(self, stream_id: int, data: bytes, end_stream: bool) -> None:

@@ -598,10 +598,11 @@ _ENTRIES: Final[tuple[Entry, ...]] = (
         "four call types, trailers, resets both ways, `grpc-timeout`); proxy-read-timeout is "
         "the pod's longest silence (grpc_read_timeout) and proxy-body-size counts the whole "
         "request stream (client_max_body_size), as in ingress-nginx; Portico's own answers to "
-        "gRPC requests are gRPC statuses (no route 12, unavailable 14, timeout 4). Differences: "
-        "an HTTP/1.1 request to a GRPC route is answered 502 and not forwarded; external auth "
-        "on a GRPC route answers 14. `AUTO_HTTP` and `FCGI` are not supported: such a value is "
-        "an InvalidAnnotation problem and the pods are reached over plain HTTP.",
+        "gRPC requests are gRPC statuses (no route 12, unavailable 14, timeout 4; an external "
+        "auth refusal 16 or 7, the auth-url check runs before the call as for any request). "
+        "Difference: an HTTP/1.1 request to a GRPC route is answered 502 and not forwarded. "
+        "`AUTO_HTTP` and `FCGI` are not supported: such a value is an InvalidAnnotation problem "
+        "and the pods are reached over plain HTTP.",
     ),
     _different(
         "upstream-vhost",

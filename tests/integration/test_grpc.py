@@ -24,9 +24,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from aiohttp import web
 from backends import snapshot
 
-from proxy.config import DEFAULT_OPTIONS
+from proxy.config import DEFAULT_OPTIONS, ExternalAuth
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings
 
@@ -124,6 +125,7 @@ async def start_pod(stubs: tuple[ModuleType, ModuleType], host: str = "127.0.0.2
                 await context.abort(grpc.StatusCode(_code(request.code)), request.details)
 
         async def ClientStream(self, request_iterator: Any, context: Any) -> Any:
+            seen[:] = list(context.invocation_metadata())
             total = 0
             count = 0
             async for msg in request_iterator:
@@ -814,5 +816,133 @@ async def test_access_log_upstream_status_and_least_request_in_flight(stubs: Any
         assert answered["upstream"] == f"{pod.host}:{pod.port}"
         local = by_host["none.test"]
         assert local["upstream_status"] is None and local["status"] == 503
+    finally:
+        await proxy.shutdown(1.0)
+
+
+# ---- external auth (auth-url) in front of a gRPC route -------------------------------------------
+
+
+class AuthService:
+    """An auth service on 127.0.0.30: /allow answers 200 with an identity field (/slow too,
+    after 2 s), /deny 401 and /forbid 403 (after 0.2 s); it records the requests it gets."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, str]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> AuthService:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._answer)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.30", 0).start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.asked.append({k.lower(): v for k, v in request.headers.items()})
+        if request.path == "/slow":
+            await asyncio.sleep(2)
+        if request.path in ("/allow", "/slow"):
+            return web.Response(status=200, headers={"X-Auth-Request-User": "alice"})
+        # Refusals take a moment, so a client's first message is written before them (a
+        # write racing the status makes grpcio report INTERNAL instead of the status).
+        await asyncio.sleep(0.2)
+        return web.Response(status=401 if request.path == "/deny" else 403)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.30:{self.port}{path}"
+
+
+@pytest.fixture
+async def auth() -> AsyncIterator[AuthService]:
+    service = await AuthService().start()
+    yield service
+    assert service.runner is not None
+    await service.runner.cleanup()
+
+
+async def authed_proxy(pod: Pod, auth: AuthService, path: str) -> ProxyServer:
+    """A GRPC route behind auth-url `path`, passing X-Auth-Request-User on to the pod
+    (auth-response-headers)."""
+    step = ExternalAuth(url=auth.url(path), response_headers=("X-Auth-Request-User",))
+    options = dataclasses.replace(GRPC_OPTIONS, policy=(step,))
+    proxy = ProxyServer(ProxySettings(access_log=False, h2c=True))
+    proxy.apply(snapshot({"ns/svc/80": [(pod.host, pod.port)]}, options=options))
+    await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
+    return proxy
+
+
+async def test_external_auth_lets_the_call_through_with_its_fields(
+    stubs: Any, pod: Pod, auth: AuthService, transport: str
+) -> None:
+    """auth-url on a GRPC route: the auth service is asked first (the call's path as
+    X-Original-URL, as ingress-nginx's auth subrequest carries it); on 2xx the call goes to the
+    pod with the auth-response-headers as metadata, the client's forged copy replaced."""
+    proxy = await authed_proxy(pod, auth, "/allow")
+    try:
+        async with client_channel(proxy, transport) as ch:
+            reply = (
+                await stubs[1]
+                .EchoStub(ch)
+                .Unary(
+                    stubs[0].Msg(data=b"in"),
+                    metadata=(("x-auth-request-user", "mallory"),),
+                    timeout=10,
+                )
+            )
+        assert reply.data == b"in"
+        assert len(auth.asked) == 1
+        assert auth.asked[0]["x-original-url"].endswith("/porticotest.Echo/Unary")
+        assert dict(pod.metadata)["x-auth-request-user"] == "alice"
+    finally:
+        await proxy.shutdown(1.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/deny", grpc.StatusCode.UNAUTHENTICATED),  # 401 -> 16 (HTTP-to-gRPC mapping)
+        ("/forbid", grpc.StatusCode.PERMISSION_DENIED),  # 403 -> 7
+    ],
+)
+async def test_external_auth_refusal_never_reaches_the_pod(
+    stubs: Any, pod: Pod, auth: AuthService, transport: str, *, path: str, code: Any
+) -> None:
+    """An auth service's 401/403 ends the call with the gRPC status of that HTTP status; the
+    pod is never asked, even for a client stream whose messages were already sent."""
+    proxy = await authed_proxy(pod, auth, path)
+    try:
+        async with client_channel(proxy, transport) as ch:
+            stub = stubs[1].EchoStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Unary(stubs[0].Msg(data=b"no"), timeout=10)
+            assert info.value.code() == code
+            call = stub.ClientStream(timeout=10)
+            await call.write(stubs[0].Msg(data=b"k" * 10_000))  # held by Portico meanwhile
+            assert await call.code() == code
+        assert len(auth.asked) == 2
+        assert pod.metadata == []  # the pod never got a call
+    finally:
+        await proxy.shutdown(1.0)
+
+
+async def test_deadline_while_external_auth_is_asked(
+    stubs: Any, pod: Pod, auth: AuthService, transport: str
+) -> None:
+    """The client's deadline passing while the auth service thinks ends the call (4) without
+    the pod; the connection serves the next call."""
+    proxy = await authed_proxy(pod, auth, "/slow")
+    try:
+        async with client_channel(proxy, transport) as ch:
+            stub = stubs[1].EchoStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Unary(stubs[0].Msg(data=b"late"), timeout=0.3)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert pod.metadata == []
+            reply = await stub.Unary(stubs[0].Msg(data=b"next"), timeout=10)
+            assert reply.data == b"next"
     finally:
         await proxy.shutdown(1.0)
