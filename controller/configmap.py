@@ -102,6 +102,13 @@ def _whole(value: str) -> int:
     return int(value.strip())
 
 
+def _positive(value: str) -> int:
+    number = _whole(value)
+    if number == 0:
+        raise _Invalid("expected a whole number above 0")
+    return number
+
+
 def _seconds(value: str) -> float:
     # ingress-nginx reads these as integers: "30s" was ignored there, and is refused here.
     if not _WHOLE.match(value.strip()) or int(value.strip()) == 0:
@@ -232,6 +239,7 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "worker-processes": Applied("workers", _workers),  # string, "auto"
     "use-proxy-protocol": Applied("proxy_protocol", _bool),  # bool, "false"
     "use-http2": Applied("http2", _bool),  # bool, "true"
+    "http2-max-requests": Applied("http2_max_requests", _positive),  # int, 1000
     "whitelist-source-range": Applied("allow_source_ranges", _networks),  # []string, empty
     "denylist-source-range": Applied("deny_source_ranges", _networks),  # []string, empty
     "service-upstream": Applied("service_upstream", _bool),  # bool, "false"
@@ -278,6 +286,7 @@ _SAME: Final[Mapping[str, Callable[[str, Mapping[str, str]], bool]]] = {
     "compute-full-forwarded-for": _same_full_forwarded_for,
     "forwarded-for-header": _is("x-forwarded-for"),
     "custom-http-errors": lambda v, _: _empty_list(v),
+    "http2-max-concurrent-streams": _is("128"),
     "ssl-protocols": lambda v, _: v.split() in (["TLSv1.2", "TLSv1.3"], ["TLSv1.3"]),
     # Access control that restricts nothing.
     **{

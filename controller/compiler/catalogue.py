@@ -58,7 +58,6 @@ CATEGORIES: Final = (
 )
 
 # The Portico issues that add what is not supported yet.
-ISSUE_FORWARDING: Final = 17  # paths, redirects, upstream requests, error pages, passthrough
 ISSUE_PROTECTION: Final = 18  # auth, client certificates, rate limits, CORS, affinity, canary
 
 FAIL_CLOSED_NOTE: Final = (
@@ -126,10 +125,6 @@ def _unsupported(
 def _enforced(entry: Entry) -> Entry:
     """A supported access-control row: an invalid value fails closed (screening.py)."""
     return replace(entry, access_control=True)
-
-
-def _auth(name: str, detail: str, category: str = "access-control") -> Entry:
-    return _unsupported(name, category, detail, ISSUE_PROTECTION, access=True)
 
 
 def _checked(name: str, detail: str, *, status: Status = "supported", extra: str = "") -> Entry:
@@ -1338,8 +1333,25 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "supported",
             "tls",
             "HTTP/2 on the HTTPS listener (ALPN h2, then http/1.1); false offers HTTP/1.1 only. "
-            "Pods are spoken to in HTTP/1.1 either way.",
+            "Pods are spoken to in HTTP/1.1 either way, except on GRPC/GRPCS routes "
+            "(backend-protocol).",
             "--http2",
+        ),
+        _key(
+            "http2-max-requests",
+            "supported",
+            "tls",
+            "Streams served on one HTTP/2 client connection before a graceful GOAWAY (the streams "
+            "open finish; the client opens a new connection).",
+            "--http2-max-requests",
+        ),
+        _key(
+            "http2-max-concurrent-streams",
+            "unsupported",
+            "tls",
+            "Portico announces 128 concurrent streams per HTTP/2 client connection "
+            '(SETTINGS_MAX_CONCURRENT_STREAMS), ingress-nginx\'s default ("128" is what Portico '
+            "does).",
         ),
         _key(
             "ssl-redirect",
@@ -1466,8 +1478,9 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             "custom-http-errors",
             "unsupported",
             "error-pages",
-            "Portico has no custom error pages yet (an empty list is what Portico does).",
-            issue=ISSUE_FORWARDING,
+            "The global list is not applied: set the custom-http-errors annotation (with "
+            "default-backend) on the Ingresses that need it (an empty list is what Portico "
+            "does).",
         ),
         _key(
             "limit-req-status-code",
@@ -1555,11 +1568,11 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
             )
         ),
         *(
-            _key(name, "unsupported", "access-control", text, access=True, issue=issue)
-            for name, text, issue in (
-                ("block-cidrs", "Client ranges refused everywhere.", ISSUE_PROTECTION),
-                ("block-user-agents", "User agents refused everywhere.", ISSUE_PROTECTION),
-                ("block-referers", "Referers refused everywhere.", ISSUE_PROTECTION),
+            _key(name, "unsupported", "access-control", text, access=True)
+            for name, text in (
+                ("block-cidrs", "Client ranges refused everywhere."),
+                ("block-user-agents", "User agents refused everywhere."),
+                ("block-referers", "Referers refused everywhere."),
             )
         ),
     )
