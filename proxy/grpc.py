@@ -20,6 +20,11 @@ the longest silence of the pod while the call waits for it) end the call with DE
 Portico's own answers to a gRPC request (content-type application/grpc*) are trailers-only
 responses, HTTP status 200 with `grpc-status` and `grpc-message` (`grpc_status`): no route 12
 (UNIMPLEMENTED), no endpoints or an unreachable pod 14 (UNAVAILABLE), a timeout 4.
+
+A route with external auth (auth-url) has the exchange ask first: the call is made but begins
+only once the check lets the request in (`Exchange.admitted` holds `begin`), its request data
+waiting in it meanwhile; a refusal is the exchange's answer (401 -> 16, 403 -> 7) and the call
+is dropped unbegun (`drop`).
 """
 
 from __future__ import annotations
