@@ -240,6 +240,7 @@ APPLIED: Final[Mapping[str, Applied]] = {
     "use-proxy-protocol": Applied("proxy_protocol", _bool),  # bool, "false"
     "use-http2": Applied("http2", _bool),  # bool, "true"
     "http2-max-requests": Applied("http2_max_requests", _positive),  # int, 1000
+    "http2-max-concurrent-streams": Applied("http2_max_concurrent_streams", _positive),  # 128
     "whitelist-source-range": Applied("allow_source_ranges", _networks),  # []string, empty
     "denylist-source-range": Applied("deny_source_ranges", _networks),  # []string, empty
     "service-upstream": Applied("service_upstream", _bool),  # bool, "false"
@@ -286,7 +287,6 @@ _SAME: Final[Mapping[str, Callable[[str, Mapping[str, str]], bool]]] = {
     "compute-full-forwarded-for": _same_full_forwarded_for,
     "forwarded-for-header": _is("x-forwarded-for"),
     "custom-http-errors": lambda v, _: _empty_list(v),
-    "http2-max-concurrent-streams": _is("128"),
     "ssl-protocols": lambda v, _: v.split() in (["TLSv1.2", "TLSv1.3"], ["TLSv1.3"]),
     # Access control that restricts nothing.
     **{

@@ -105,6 +105,11 @@ _PROXY_HELP: Final[Mapping[str, str]] = {
         "Streams served on one HTTP/2 connection before a graceful GOAWAY (ingress-nginx's "
         "http2-max-requests)."
     ),
+    "http2_max_concurrent_streams": (
+        "Streams a client may have open at once on one HTTP/2 connection (announced as "
+        "SETTINGS_MAX_CONCURRENT_STREAMS; more are refused; ingress-nginx's "
+        "http2-max-concurrent-streams)."
+    ),
     "shutdown_delay": (
         "Seconds listeners stay open after SIGTERM (readiness already failing) so load "
         "balancers notice."
@@ -119,6 +124,7 @@ _PROXY_MINIMUM: Final[Mapping[str, int]] = {
     "max_connections": 1,
     "upstream_max_attempts": 1,
     "http2_max_requests": 1,
+    "http2_max_concurrent_streams": 1,
 }
 
 

@@ -87,12 +87,14 @@ def _h2_fields(status: int, rendered: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def _limits(settings: ProxySettings) -> h2codec.Limits:
-    """The codec's limits for the worker's settings: the header list announced is
+    """The codec's limits for the worker's settings: the streams open at once are
+    `--http2-max-concurrent-streams`; the header list announced is
     `--max-header-bytes` (a request past it, or past `--max-headers` fields, is answered 431 as
     in HTTP/1.1); the codec keeps twice that at most before it ends the connection."""
     found = _LIMITS.get(settings)
     if found is None:
         found = _LIMITS[settings] = h2codec.Limits(
+            max_concurrent_streams=settings.http2_max_concurrent_streams,
             max_header_list_bytes=settings.max_header_bytes,
             hard_header_list_bytes=2 * settings.max_header_bytes,
             hard_header_fields=2 * settings.max_headers,

@@ -78,10 +78,12 @@ class ProxySettings:
 
     # HTTP/2 (proxy/h2server.py): ALPN h2 on the HTTPS listener; with h2c, cleartext HTTP/2 with
     # prior knowledge on the HTTP listener too; a graceful GOAWAY after so many streams on one
-    # connection (ingress-nginx's http2-max-requests, 1000).
+    # connection (ingress-nginx's http2-max-requests, 1000); so many streams open at once per
+    # connection (SETTINGS_MAX_CONCURRENT_STREAMS, ingress-nginx's http2-max-concurrent-streams).
     http2: bool = True
     h2c: bool = False
     http2_max_requests: int = 1000
+    http2_max_concurrent_streams: int = 128
 
     # Graceful shutdown (SIGTERM/SIGINT): /readyz fails at once, listeners stay open this long so
     # load balancers notice, then in-flight requests get up to drain_timeout to finish.

@@ -1347,11 +1347,11 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
         ),
         _key(
             "http2-max-concurrent-streams",
-            "unsupported",
+            "supported",
             "tls",
-            "Portico announces 128 concurrent streams per HTTP/2 client connection "
-            '(SETTINGS_MAX_CONCURRENT_STREAMS), ingress-nginx\'s default ("128" is what Portico '
-            "does).",
+            "Streams a client may have open at once on one HTTP/2 connection (announced as "
+            "SETTINGS_MAX_CONCURRENT_STREAMS; a stream beyond it is refused).",
+            "--http2-max-concurrent-streams",
         ),
         _key(
             "ssl-redirect",

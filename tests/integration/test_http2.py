@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import hpack
 import pytest
 from backends import Pod, snapshot
@@ -1041,4 +1043,38 @@ async def test_snapshot_swap_applies_to_new_streams_only(pods: list[Pod]) -> Non
         assert client.goaway() is None  # the same connection carried both
     finally:
         await client.close()
+        await proxy.shutdown(1.0)
+
+
+async def test_max_concurrent_streams_is_announced_and_kept(pod: Pod) -> None:
+    """`--http2-max-concurrent-streams` (ingress-nginx's http2-max-concurrent-streams) is the
+    SETTINGS_MAX_CONCURRENT_STREAMS the client is told; as many streams are served at once,
+    and a client that opens more once the setting is acknowledged breaks the protocol
+    (RFC 9113 §5.1.2): libnghttp2 ends the connection (GOAWAY PROTOCOL_ERROR) and the stream
+    past the limit never reaches the pod."""
+    proxy = await start(pod, h2c=True, http2_max_concurrent_streams=2)
+    limit = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+    try:
+        for streams, served in ((2, 2), (3, 2)):
+            client = await RawClient.connect(proxy.http_port)
+            try:
+                while client.h2.remote_settings.max_concurrent_streams != 2:
+                    assert await client.read(), "no SETTINGS from the proxy"
+                # The h2 package would not open a third stream: its copy of the proxy's
+                # setting is raised behind its back.
+                client.h2.remote_settings._settings[limit] = deque([10])
+                before = pod.requests
+                ids = [client.request("/slow?delay=0.2") for _ in range(streams)]
+                results = [await client.response(stream_id) for stream_id in ids]
+                statuses = [fields.get(b":status") for fields, _, _ in results]
+                goaway = client.goaway()
+                if streams == served:
+                    assert statuses == [b"200"] * served and goaway is None
+                    assert pod.requests - before == served
+                else:
+                    assert goaway is not None and goaway.error_code == h2codec.PROTOCOL_ERROR
+                    assert pod.requests - before <= served
+            finally:
+                await client.close()
+    finally:
         await proxy.shutdown(1.0)

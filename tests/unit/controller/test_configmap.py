@@ -68,6 +68,8 @@ APPLIED_ROWS: list[tuple[str, str, str, Any, str]] = [
     ("use-http2", "false", "http2", False, "true"),  # CM#use-http2
     ("use-http2", "true", "http2", True, "true"),
     ("http2-max-requests", "500", "http2_max_requests", 500, "1000"),  # CM#http2-max-requests
+    # CM#http2-max-concurrent-streams (int, 128)
+    ("http2-max-concurrent-streams", "64", "http2_max_concurrent_streams", 64, "128"),
     # CM#whitelist-source-range, CM#denylist-source-range: []string, comma-separated, default
     # empty (splitAndTrimSpace drops empty fields).
     ("whitelist-source-range", "10.0.0.0/8", "allow_source_ranges", ("10.0.0.0/8",), ""),
@@ -220,15 +222,13 @@ PROBLEM_ROWS: list[tuple[str, str, str, str | None, str]] = [
     ("worker-processes", "0", "unsupported", INVALID_VALUE, '"auto"'),
     ("use-proxy-protocol", "on", "unsupported", INVALID_VALUE, '"true" or "false"'),
     ("http2-max-requests", "0", "unsupported", INVALID_VALUE, "above 0"),
+    ("http2-max-concurrent-streams", "0", "unsupported", INVALID_VALUE, "above 0"),
     # Access control that does not read fails closed (see test_invalid_source_range_...).
     ("whitelist-source-range", "10.0.0.0/8, example.com", "unsupported", INVALID_VALUE, "503"),
     ("denylist-source-range", "10.0.0.0/255.0.0.0", "unsupported", INVALID_VALUE, "503"),
     # Documented keys Portico does not apply: the catalogue row, or "no equivalent".
     ("block-cidrs", "192.0.2.0/24", "unsupported", ACCESS_CONTROL_NOT_ENFORCED, "403"),
     ("custom-http-errors", "404,503", "unsupported", UNSUPPORTED_KEY, "annotation"),
-    # CM#http2-max-concurrent-streams (int, 128): Portico's fixed 128.
-    ("http2-max-concurrent-streams", "256", "unsupported", UNSUPPORTED_KEY, "128"),
-    ("http2-max-concurrent-streams", "128", "supported", None, "128"),
     ("use-gzip", "true", "unsupported", UNSUPPORTED_KEY, "no equivalent"),
     ("hsts-preload", "true", "unsupported", UNSUPPORTED_KEY, "preload"),
     # ... unless the value is what Portico does anyway (the catalogue's "is what Portico does").
