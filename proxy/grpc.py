@@ -266,16 +266,22 @@ class GrpcCall(UpstreamStream):
     def drop(self) -> None:
         """The request was answered before this call began (its external auth said no): no
         pod was asked; the request data held for it is let go."""
+        if self._stop():
+            self.pending = []
+
+    def _stop(self) -> bool:
+        """The call is over: its timer stops, the client data it held back is acknowledged.
+        False when it was over already."""
         if self.finished:
-            return
+            return False
         self.finished = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.pending = []
         if self.unacked_request:
             self.client.grpc_consume(self.unacked_request)
             self.unacked_request = 0
+        return True
 
     def begin(self) -> None:
         if self.finished:
@@ -543,16 +549,9 @@ class GrpcCall(UpstreamStream):
         self._end(status, reason)
 
     def _end(self, status: int, reason: str | None) -> None:
-        if self.finished:
+        if not self._stop():
             return
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self._uncount()
-        if self.unacked_request:
-            self.client.grpc_consume(self.unacked_request)
-            self.unacked_request = 0
         conn = self.conn
         if conn is not None:
             conn.blocked.discard(self)

@@ -1243,6 +1243,19 @@ def _key(
     return Entry(name, status, category, detail, access, portico, issue)
 
 
+# The auth-url options the ConfigMap takes for global-auth-url, each as global-<name>
+# (ingress-nginx's GlobalExternalAuth); controller/compiler/extauth.py parses them.
+GLOBAL_AUTH_OPTIONS: Final = (
+    "auth-method",
+    "auth-signin",
+    "auth-signin-redirect-param",
+    "auth-response-headers",
+    "auth-request-redirect",
+    "auth-cache-key",
+    "auth-cache-duration",
+    "auth-always-set-cookie",
+)
+
 CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
     e.name: e
     for e in (
@@ -1556,16 +1569,7 @@ CONFIGMAP_KEYS: Final[Mapping[str, Entry]] = {
                 f"The {name} of global-auth-url.",
                 access=True,
             )
-            for name in (
-                "auth-method",
-                "auth-signin",
-                "auth-signin-redirect-param",
-                "auth-response-headers",
-                "auth-request-redirect",
-                "auth-cache-key",
-                "auth-cache-duration",
-                "auth-always-set-cookie",
-            )
+            for name in GLOBAL_AUTH_OPTIONS
         ),
         *(
             _key(name, "unsupported", "access-control", text, access=True)

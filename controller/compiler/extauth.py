@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from controller.compiler.catalogue import GLOBAL_AUTH_OPTIONS
 from proxy.config import ExternalAuth
 
 _METHODS: Final = frozenset(
@@ -229,18 +230,7 @@ def external_auth(values: Mapping[str, Any]) -> ExternalAuth | None:
 GLOBAL_KEYS: Final = {
     "global-" + name: entry
     for name, entry in PARSERS.items()
-    if name
-    in (
-        "auth-url",
-        "auth-method",
-        "auth-signin",
-        "auth-signin-redirect-param",
-        "auth-response-headers",
-        "auth-request-redirect",
-        "auth-cache-key",
-        "auth-cache-duration",
-        "auth-always-set-cookie",
-    )
+    if name == "auth-url" or name in GLOBAL_AUTH_OPTIONS
 }
 
 

@@ -457,13 +457,9 @@ def test_generated_stub_path(stubs: Any) -> None:
 # ---- over TLS both ways (GRPCS) ----------------------------------------------------------------
 
 
-async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
-    """The client speaks TLS (ALPN h2) to Portico, Portico TLS with ALPN h2 to the pod, verified
-    against the route's CA (proxy-ssl-secret) and name (proxy-ssl-name): annotations.md
-    "Backend Protocol" (GRPCS), backendprotocol.go "should set backend protocol to grpcs://"."""
-    import trustme
-
-    ca = trustme.CA()
+async def start_grpcs_pod(stubs: tuple[ModuleType, ModuleType], ca: Any) -> tuple[Any, int]:
+    """A grpcio pod on 127.0.0.5 speaking TLS with a certificate `ca` issued for
+    pod.grpc.test: (its server, its port)."""
     issued = ca.issue_cert("pod.grpc.test")
     server = grpc.aio.server()
     stubs[1].add_EchoServicer_to_server(plain_echo(stubs), server)
@@ -472,6 +468,17 @@ async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
     )
     port = server.add_secure_port("127.0.0.5:0", credentials)
     await server.start()
+    return server, port
+
+
+async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
+    """The client speaks TLS (ALPN h2) to Portico, Portico TLS with ALPN h2 to the pod, verified
+    against the route's CA (proxy-ssl-secret) and name (proxy-ssl-name): annotations.md
+    "Backend Protocol" (GRPCS), backendprotocol.go "should set backend protocol to grpcs://"."""
+    import trustme
+
+    ca = trustme.CA()
+    server, port = await start_grpcs_pod(stubs, ca)
     options = dataclasses.replace(
         DEFAULT_OPTIONS,
         upstream_protocol="GRPCS",
@@ -482,15 +489,7 @@ async def test_grpcs_over_tls_both_ways(stubs: Any) -> None:
     proxy.apply(snapshot({"ns/svc/80": [("127.0.0.5", port)]}, options=options))
     await proxy.start(host="127.0.0.1", http_port=0, https_port=0)
     try:
-        assert proxy.tls is not None
-        client_credentials = grpc.ssl_channel_credentials(
-            root_certificates=proxy.tls.fallback.cert_pem.encode()
-        )
-        async with grpc.aio.secure_channel(
-            f"127.0.0.1:{proxy.https_port}",
-            client_credentials,
-            options=[("grpc.ssl_target_name_override", "portico.invalid")],
-        ) as ch:
+        async with tls_channel(proxy) as ch:
             reply = await stubs[1].EchoStub(ch).Unary(stubs[0].Msg(data=b"tls"), timeout=10)
             assert reply.data == b"tls"
             got = [
@@ -509,14 +508,7 @@ async def test_grpcs_unverified_pod_refused(stubs: Any, transport: str) -> None:
     """A GRPCS pod whose certificate the route's CA did not issue is never spoken to (14)."""
     import trustme
 
-    issued = trustme.CA().issue_cert("pod.grpc.test")
-    server = grpc.aio.server()
-    stubs[1].add_EchoServicer_to_server(plain_echo(stubs), server)
-    credentials = grpc.ssl_server_credentials(
-        [(issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes())]
-    )
-    port = server.add_secure_port("127.0.0.5:0", credentials)
-    await server.start()
+    server, port = await start_grpcs_pod(stubs, trustme.CA())
     options = dataclasses.replace(
         DEFAULT_OPTIONS,
         upstream_protocol="GRPCS",
